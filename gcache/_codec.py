@@ -1,0 +1,73 @@
+"""Values to envelopes and back, with pickle or a user Serializer (sync or async)."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from typing import Any
+
+from gcache import _envelope
+from gcache.config import Serializer
+from gcache.errors import ConfigError
+
+__all__ = ["Codec"]
+
+
+class Codec:
+    """How one use case serializes; ``is_async`` says whether ``adump``/``aload`` must be awaited."""
+
+    __slots__ = ("_serializer", "is_async", "serializer_id")
+
+    def __init__(self, serializer: Serializer | None) -> None:
+        if serializer is not None and not (
+            callable(getattr(serializer, "dump", None)) and callable(getattr(serializer, "load", None))
+        ):
+            raise ConfigError(f"serializer must have dump() and load() methods, got {serializer!r}")
+        self._serializer = serializer
+        self.serializer_id = (
+            _envelope.SERIALIZER_PICKLE if serializer is None else _envelope.SERIALIZER_CUSTOM
+        )
+        self.is_async = serializer is not None and (
+            inspect.iscoroutinefunction(serializer.dump) or inspect.iscoroutinefunction(serializer.load)
+        )
+
+    def dump(self, value: Any) -> tuple[bytes, int]:
+        """``(payload, flags)``, for a sync serializer."""
+        if self._serializer is None:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 0
+        return _payload(self._serializer.dump(value))
+
+    async def adump(self, value: Any) -> tuple[bytes, int]:
+        if self._serializer is None:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 0
+        result = self._serializer.dump(value)
+        if inspect.isawaitable(result):
+            result = await result
+        return _payload(result)
+
+    def load(self, envelope: _envelope.Envelope) -> Any:
+        if self._serializer is None:
+            return pickle.loads(envelope.payload)
+        return self._serializer.load(_data(envelope))
+
+    async def aload(self, envelope: _envelope.Envelope) -> Any:
+        if self._serializer is None:
+            return pickle.loads(envelope.payload)
+        result = self._serializer.load(_data(envelope))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _payload(data: Any) -> tuple[bytes, int]:
+    if isinstance(data, str):
+        return data.encode("utf-8"), _envelope.FLAG_STR
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), 0
+    raise TypeError(f"Serializer.dump must return bytes or str, got {type(data).__name__}")
+
+
+def _data(envelope: _envelope.Envelope) -> bytes | str:
+    if envelope.flags & _envelope.FLAG_STR:
+        return envelope.payload.decode("utf-8")
+    return envelope.payload

@@ -1,0 +1,81 @@
+"""The versioned frame every REMOTE value is stored in.
+
+    offset  size  field
+    0       2     magic b"gC"
+    2       1     format version (1)
+    3       1     serializer id (0 pickle, 1 custom Serializer)
+    4       1     flags (bit 0: the serializer produced str)
+    5       16    creation stamp: Redis server time in microseconds, ASCII digits, zero-padded
+    21      8     nonce of the invalidation fence the entry was written under (zeros if untracked)
+    29      ...   payload
+
+The stamp is ASCII so the write script can fill it with ``string.format``; the write script fills
+both stamp and nonce of tracked entries, since only the server knows them at write time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "FLAG_STR",
+    "HEADER_SIZE",
+    "NO_NONCE",
+    "SERIALIZER_CUSTOM",
+    "SERIALIZER_PICKLE",
+    "Envelope",
+    "EnvelopeError",
+    "decode",
+    "encode",
+]
+
+MAGIC = b"gC"
+VERSION = 1
+SERIALIZER_PICKLE = 0
+SERIALIZER_CUSTOM = 1
+FLAG_STR = 1
+NONCE_SIZE = 8
+NO_NONCE = b"\0" * NONCE_SIZE
+HEADER_SIZE = 29
+_PREFIX = MAGIC + bytes([VERSION])
+
+
+class EnvelopeError(Exception):
+    """An entry that cannot be decoded; ``reason`` is the miss reason it is counted under."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Envelope(NamedTuple):
+    serializer_id: int
+    flags: int
+    stamp_us: int
+    nonce: bytes
+    payload: bytes
+
+
+def encode(
+    payload: bytes, serializer_id: int, flags: int = 0, stamp_us: int = 0, nonce: bytes = NO_NONCE
+) -> bytes:
+    return b"".join((_PREFIX, bytes((serializer_id, flags)), b"%016d" % stamp_us, nonce, payload))
+
+
+def decode(raw: bytes) -> Envelope:
+    """Split a stored entry into its header fields and payload.
+
+    Raises:
+        EnvelopeError: reason ``foreign`` (not written by gcache), ``version`` (a format this
+            release does not read) or ``corrupt`` (truncated or malformed header).
+    """
+    if len(raw) < HEADER_SIZE:
+        raise EnvelopeError("foreign" if raw[:2] != MAGIC else "corrupt")
+    if raw[:2] != MAGIC:
+        raise EnvelopeError("foreign")
+    if raw[2] != VERSION:
+        raise EnvelopeError("version")
+    stamp = raw[5:21]
+    if not stamp.isdigit():
+        raise EnvelopeError("corrupt")
+    return Envelope(raw[3], raw[4], int(stamp), raw[21:29], raw[29:])

@@ -1,0 +1,66 @@
+"""A private event loop on a daemon thread, for coroutines a sync caller has to run.
+
+Used only when there is no sync alternative (an async config provider or serializer, or a
+``redis_client_factory`` that returns asyncio clients): it costs one thread hop per use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+__all__ = ["LoopThread"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def owns(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return loop is self._loop
+
+    def in_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` on the loop thread and wait for its result.
+
+        Raises:
+            RuntimeError: called from the loop thread itself, where waiting would deadlock.
+        """
+        if self.in_thread():
+            raise RuntimeError(f"{self._name}: a sync gcache call cannot wait on its own loop thread")
+        loop = self._loop or self._start()
+
+        async def runner() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(runner(), loop).result()
+
+    def stop(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()

@@ -1,0 +1,78 @@
+"""Server-side Lua scripts. Every key a script touches shares the entity's ``{...}`` hash tag.
+
+Time stamps are microseconds of the Redis server clock (``TIME``), the one clock all staleness
+decisions use. Numbers written into Redis go through ``string.format('%.0f')`` so they stay exact
+integers (Redis would otherwise render large Lua numbers in exponent form).
+"""
+
+from __future__ import annotations
+
+__all__ = ["INVALIDATE", "READ_TRACKED", "WRITE_TRACKED"]
+
+# KEYS[1] value key, KEYS[2] fence (watermark) key
+# Returns {value or nil, fence nonce or nil, watermark (us) or nil, server now (us)}.
+READ_TRACKED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = redis.call('GET', KEYS[1])
+local f = redis.call('HMGET', KEYS[2], 'n', 'w')
+return {v, f[1], f[2], string.format('%.0f', now)}
+"""
+
+# KEYS[1] value key, KEYS[2] fence key
+# ARGV[1] t0: server time (us) of the read that missed; '' means now (a direct put)
+# ARGV[2] entry TTL (ms)
+# ARGV[3] fence nonce the read saw; '' if the fence was missing
+# ARGV[4] nonce for a fence this write has to create (8 bytes)
+# ARGV[5] envelope; bytes 6-29 (stamp and nonce) are filled in here
+# ARGV[6] compute limit (us): a read older than this may have outlived an invalidation fence
+# Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced since the read; -2 too slow.
+WRITE_TRACKED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local t0 = tonumber(ARGV[1]) or now
+if now - t0 > tonumber(ARGV[6]) then return -2 end
+local f = redis.call('HMGET', KEYS[2], 'n', 'w')
+local n = f[1]
+if n then
+  if ARGV[3] ~= '' and n ~= ARGV[3] then return -1 end
+  if tonumber(f[2]) >= t0 then return 0 end
+else
+  if ARGV[3] ~= '' then return -1 end
+  n = ARGV[4]
+  redis.call('HSET', KEYS[2], 'n', n, 'w', '0')
+end
+local ttl = tonumber(ARGV[2])
+local env = ARGV[5]
+redis.call('SET', KEYS[1], string.sub(env, 1, 5) .. string.format('%016.0f', t0) .. n .. string.sub(env, 30),
+           'PX', ttl)
+if redis.call('PTTL', KEYS[2]) < ttl + 1000 then
+  redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+end
+return 1
+"""
+
+# KEYS[1] fence key
+# ARGV[1] future buffer (ms), ARGV[2] nonce for a fence this call has to create (8 bytes),
+# ARGV[3] minimum fence life (ms): the compute limit, so no write that read before this
+#         invalidation can find the fence gone.
+# Returns the watermark (us) now in force; it never goes down.
+INVALIDATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local buffer = tonumber(ARGV[1])
+local w = now + buffer * 1000
+local f = redis.call('HMGET', KEYS[1], 'n', 'w')
+if f[1] then
+  local current = tonumber(f[2]) or 0
+  if current > w then w = current end
+  redis.call('HSET', KEYS[1], 'w', string.format('%.0f', w))
+else
+  redis.call('HSET', KEYS[1], 'n', ARGV[2], 'w', string.format('%.0f', w))
+end
+local life = buffer + tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < life then
+  redis.call('PEXPIRE', KEYS[1], life)
+end
+return string.format('%.0f', w)
+"""

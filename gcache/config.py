@@ -1,0 +1,357 @@
+"""Configuration objects: what the cache is connected to and how each use case behaves."""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from gcache.errors import ConfigError, RedisConfigConflictError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from gcache.keys import GCacheKey
+
+__all__ = [
+    "CacheConfigProvider",
+    "CacheLayer",
+    "GCacheConfig",
+    "GCacheKeyConfig",
+    "RedisConfig",
+    "Serializer",
+]
+
+
+class CacheLayer(Enum):
+    """The layers of the read-through chain, checked in this order."""
+
+    LOCAL = "local"
+    """In-process TTL cache: fastest, private to one process."""
+
+    REMOTE = "remote"
+    """Redis: shared by every process, one network round trip."""
+
+
+_LEGACY_LAYERS = {"noop"}  # the original library's placeholder layer; configs that name it still load
+
+
+def _layer(name: CacheLayer | str, where: str) -> CacheLayer | None:
+    if isinstance(name, CacheLayer):
+        return name
+    if isinstance(name, str):
+        lowered = name.lower()
+        if lowered in _LEGACY_LAYERS:
+            return None
+        for layer in CacheLayer:
+            if layer.value == lowered:
+                return layer
+    raise ConfigError(f"{where}: unknown cache layer {name!r} (expected one of 'local', 'remote')")
+
+
+def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | None) -> dict[CacheLayer, Any]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a mapping of layer to number, got {values!r}")
+    result: dict[CacheLayer, Any] = {}
+    for name, value in values.items():
+        layer = _layer(name, where)
+        if layer is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}[{layer.value}] must be a number, got {value!r}")
+        if value < 0 or (upper is not None and value > upper):
+            bound = f"between 0 and {upper:g}" if upper is not None else "0 or more"
+            raise ConfigError(f"{where}[{layer.value}] must be {bound}, got {value!r}")
+        result[layer] = value
+    return result
+
+
+@dataclass
+class GCacheKeyConfig:
+    """TTL and ramp per layer for one use case, as returned by the config provider.
+
+    A layer takes part in a call when its TTL is above 0 and a draw against its ramp (0-100, a
+    percentage of calls) succeeds; a layer missing from either mapping is off.
+
+    Args:
+        ttl_sec: seconds an entry lives in each layer.
+        ramp: percentage of calls that use each layer.
+
+    Raises:
+        ConfigError: a negative TTL, a ramp outside 0-100, or an unknown layer name.
+    """
+
+    ttl_sec: dict[CacheLayer, float] = field(default_factory=dict)
+    ramp: dict[CacheLayer, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ttl_sec = _layer_map(self.ttl_sec, "GCacheKeyConfig.ttl_sec", upper=None)
+        self.ramp = _layer_map(self.ramp, "GCacheKeyConfig.ramp", upper=100)
+
+    @staticmethod
+    def enabled(ttl_sec: float) -> GCacheKeyConfig:
+        """Every layer on for every call, with one TTL."""
+        return GCacheKeyConfig(
+            ttl_sec=dict.fromkeys(CacheLayer, ttl_sec), ramp=dict.fromkeys(CacheLayer, 100)
+        )
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """A JSON-ready dict, layers named by their string values."""
+        return {
+            "ttl_sec": {layer.value: v for layer, v in self.ttl_sec.items()},
+            "ramp": {layer.value: v for layer, v in self.ramp.items()},
+        }
+
+    model_dump = to_dict  # the original library's (pydantic) spelling
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> GCacheKeyConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"GCacheKeyConfig must be a mapping, got {data!r}")
+        unknown = set(data) - {"ttl_sec", "ramp"}
+        if unknown:
+            raise ConfigError(f"GCacheKeyConfig: unknown fields {sorted(unknown)}")
+        return GCacheKeyConfig(ttl_sec=dict(data.get("ttl_sec") or {}), ramp=dict(data.get("ramp") or {}))
+
+    @staticmethod
+    def loads(data: str | bytes | Mapping[str, Any]) -> GCacheKeyConfig:
+        """Parse a config from JSON text or an already-decoded dict."""
+        if isinstance(data, (str, bytes)):
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise ConfigError(f"GCacheKeyConfig: invalid JSON: {exc}") from exc
+        return GCacheKeyConfig.from_dict(data)  # type: ignore[arg-type]
+
+    @staticmethod
+    def load_configs(data: str | Mapping[str, Any]) -> GCacheKeyConfigs:
+        """Parse ``{use_case: config}``; a value may itself map environment names to configs."""
+        raw = json.loads(data) if isinstance(data, str) else data
+        configs: GCacheKeyConfigs = {}
+        for use_case, value in raw.items():
+            if isinstance(value, Mapping) and set(value) <= {"ttl_sec", "ramp"}:
+                configs[use_case] = GCacheKeyConfig.from_dict(value)
+            elif isinstance(value, Mapping):
+                configs[use_case] = {env: GCacheKeyConfig.loads(v) for env, v in value.items()}
+            else:
+                raise ConfigError(f"config for use case {use_case!r} must be a mapping, got {value!r}")
+        return configs
+
+    @staticmethod
+    def dump_configs(data: GCacheKeyConfigs) -> str:
+        out: dict[str, Any] = {}
+        for use_case, value in data.items():
+            if isinstance(value, GCacheKeyConfig):
+                out[use_case] = value.to_dict()
+            else:
+                out[use_case] = {env: cfg.to_dict() for env, cfg in value.items()}
+        return json.dumps(out, indent=2)
+
+
+GCacheKeyConfigs = dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]]
+
+CacheConfigProvider = Callable[["GCacheKey"], Awaitable[GCacheKeyConfig | None] | GCacheKeyConfig | None]
+"""Called once per cached call (sync or async); ``None`` means "use the decorator's default_config"."""
+
+
+class Serializer(ABC):
+    """Turns values into bytes for Redis and back. ``dump`` and ``load`` may be sync or async.
+
+    The default (no serializer) is pickle. A serializer applies only to the REMOTE layer: LOCAL
+    keeps the Python object itself.
+    """
+
+    @abstractmethod
+    def dump(self, obj: Any) -> bytes | str | Awaitable[bytes | str]: ...
+
+    @abstractmethod
+    def load(self, data: bytes | str) -> Any: ...
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+_DEFAULT_REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 1.0,
+}
+
+
+@dataclass
+class RedisConfig:
+    """Where the REMOTE layer lives.
+
+    Either give ``url`` (``redis://``, ``rediss://`` for TLS, or ``unix://``), or the parts
+    (host, port, db, username, password, ``tls``); ``url`` is filled from the parts when omitted.
+    ``redis_py_options`` are passed to the redis-py client as they are (timeouts, pool size, ...).
+
+    Raises:
+        ConfigError: an unparsable URL, an unknown scheme, a port out of range, db on a cluster.
+    """
+
+    host: str = "localhost"
+    port: int = 6379
+    db: int = 0
+    username: str = ""
+    password: str = ""
+    protocol: str = "redis"
+    tls: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: str = "required"
+    cluster: bool = False
+    url: str | None = None
+    redis_py_options: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_REDIS_OPTIONS))
+
+    def __post_init__(self) -> None:
+        if self.url is None:
+            self._validate_parts()
+            scheme = "rediss" if self.tls else self.protocol
+            auth = ""
+            if self.username or self.password:
+                auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
+        else:
+            self._validate_url(self.url)
+        if self.cluster and self.db != 0:
+            raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={self.db}")
+        if not isinstance(self.redis_py_options, dict):
+            raise ConfigError(f"RedisConfig.redis_py_options must be a dict, got {self.redis_py_options!r}")
+
+    def _validate_parts(self) -> None:
+        if self.protocol not in ("redis", "rediss"):
+            raise ConfigError(f"RedisConfig.protocol must be 'redis' or 'rediss', got {self.protocol!r}")
+        if not self.host:
+            raise ConfigError("RedisConfig.host must not be empty")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ConfigError(f"RedisConfig.port must be an integer from 1 to 65535, got {self.port!r}")
+        if isinstance(self.db, bool) or not isinstance(self.db, int) or self.db < 0:
+            raise ConfigError(f"RedisConfig.db must be a non-negative integer, got {self.db!r}")
+
+    @staticmethod
+    def _validate_url(url: str) -> None:
+        shown = _mask_url(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"RedisConfig.url {shown!r} is not a valid URL: {exc}") from exc
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ConfigError(
+                f"RedisConfig.url {shown!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or unix://"
+            )
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ConfigError(f"RedisConfig.url {shown!r} names no socket path")
+            return
+        if not parts.hostname:
+            raise ConfigError(f"RedisConfig.url {shown!r} names no host")
+        if port is not None and port == 0:
+            raise ConfigError(f"RedisConfig.url {shown!r} has port 0")
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ConfigError(f"RedisConfig.url {shown!r}: database {db!r} is not a number")
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for redis-py's ``from_url`` (TLS settings, then redis_py_options)."""
+        options: dict[str, Any] = {}
+        if self.tls or (self.url or "").startswith("rediss://"):
+            options["ssl_cert_reqs"] = self.ssl_cert_reqs
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    options[name] = getattr(self, name)
+        options.update(self.redis_py_options)
+        options["decode_responses"] = False  # values are binary envelopes
+        return options
+
+    def __repr__(self) -> str:
+        return f"RedisConfig(url={_mask_url(self.url or '')!r}, cluster={self.cluster})"
+
+
+def _mask_url(url: str) -> str:
+    """The URL with its password replaced, for error messages and reprs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return url.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        pass
+    return url
+
+
+@dataclass
+class GCacheConfig:
+    """Everything a GCache instance needs.
+
+    Args:
+        cache_config_provider: sync or async ``(GCacheKey) -> GCacheKeyConfig | None``, called once
+            per cached call; ``None`` falls back to the decorator's ``default_config``.
+        redis_config: where Redis is; omit both this and ``redis_client_factory`` for LOCAL only.
+        redis_client_factory: ``() -> redis.asyncio.Redis | RedisCluster``, for clients you build.
+        urn_prefix: first part of every key; ``flushall`` finds this cache's keys by it.
+        metrics_prefix: prepended to every metric name.
+        logger: where errors are logged (rate-limited); default ``logging.getLogger("gcache")``.
+        local_max_entries: LOCAL entries kept per use case (least recently used go first).
+        max_future_buffer_ms: the largest ``future_buffer_ms`` an invalidation accepts.
+        tracked_compute_limit_sec: a tracked value whose computation took longer than this is
+            returned but not written to Redis; invalidation fences live at least this long, which
+            keeps the invalidation guarantee exact.
+        error_log_interval_sec: at most one log line per kind of error in this interval.
+        metrics_registry: the prometheus_client registry (default: the global one).
+
+    Raises:
+        ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
+    """
+
+    cache_config_provider: CacheConfigProvider | None = None
+    redis_config: RedisConfig | None = None
+    redis_client_factory: Callable[[], Any] | None = None
+    urn_prefix: str | None = "urn:gcache"
+    metrics_prefix: str = ""
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
+    local_max_entries: int = 10_000
+    max_future_buffer_ms: int = 3_600_000
+    tracked_compute_limit_sec: float = 300.0
+    error_log_interval_sec: float = 5.0
+    metrics_registry: CollectorRegistry | None = None
+
+    def __post_init__(self) -> None:
+        if self.redis_config is not None and self.redis_client_factory is not None:
+            raise RedisConfigConflictError(
+                "GCacheConfig: give redis_config or redis_client_factory, not both"
+            )
+        if self.redis_config is not None and not isinstance(self.redis_config, RedisConfig):
+            raise ConfigError(f"GCacheConfig.redis_config must be a RedisConfig, got {self.redis_config!r}")
+        if self.redis_client_factory is not None and not callable(self.redis_client_factory):
+            raise ConfigError("GCacheConfig.redis_client_factory must be callable")
+        if self.cache_config_provider is not None and not callable(self.cache_config_provider):
+            raise ConfigError("GCacheConfig.cache_config_provider must be callable")
+        if self.urn_prefix is None:
+            self.urn_prefix = "urn:gcache"
+        if not self.urn_prefix or any(c in self.urn_prefix for c in "{}*?[]\\"):
+            raise ConfigError(
+                f"GCacheConfig.urn_prefix must be non-empty and free of {{}}*?[]\\, got {self.urn_prefix!r}"
+            )
+        _positive("local_max_entries", self.local_max_entries, integer=True)
+        _positive("max_future_buffer_ms", self.max_future_buffer_ms, integer=True, zero=True)
+        _positive("tracked_compute_limit_sec", self.tracked_compute_limit_sec)
+        _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
+
+
+def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or (value == 0 and not zero):
+        what = "an integer" if integer else "a number"
+        bound = "0 or more" if zero else "above 0"
+        raise ConfigError(f"GCacheConfig.{name} must be {what} {bound}, got {value!r}")

@@ -1,0 +1,464 @@
+"""The GCache facade: decorating functions, switching caching on, invalidating, direct access."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar
+
+from gcache._log import ErrorLog
+from gcache._loop_thread import LoopThread
+from gcache._readthrough import Runtime, UseCase
+from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
+from gcache.errors import (
+    ConfigError,
+    FutureBufferTooLargeError,
+    RemoteError,
+    UseCaseIsAlreadyRegisteredError,
+    UseCaseNameIsReservedError,
+)
+from gcache.keys import WATERMARK_USE_CASE, GCacheKey, KeyBuilder, entity_key, value_key, watermark_key
+from gcache.local import Epochs, LocalStore
+from gcache.metrics import Metrics, UseCaseMetrics
+from gcache.remote import RemoteCache
+
+__all__ = ["GCache"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_instances = itertools.count(1)
+
+
+class _Enable:
+    """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it."""
+
+    __slots__ = ("_tokens", "_value", "_var")
+
+    def __init__(self, var: ContextVar[bool], value: bool) -> None:
+        self._var = var
+        self._value = value
+        self._tokens: list[Token[bool]] = []
+
+    def __enter__(self) -> None:
+        self._tokens.append(self._var.set(self._value))
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._tokens.pop())
+
+
+class GCache:
+    """A two-tier read-through cache: LOCAL (in-process) then REMOTE (Redis) then the function.
+
+    Several instances may live in one process; each owns its Redis clients and must be closed
+    (``close()``/``aclose()``, or use it as a context manager).
+
+    Args:
+        config: connections and behaviour; ``GCacheConfig()`` gives a LOCAL-only cache.
+
+    Raises:
+        ConfigError: the configuration is invalid.
+    """
+
+    def __init__(self, config: GCacheConfig | None = None) -> None:
+        config = config if config is not None else GCacheConfig()
+        if not isinstance(config, GCacheConfig):
+            raise ConfigError(f"GCache takes a GCacheConfig, got {config!r}")
+        self.config = config
+        self._prefix: str = config.urn_prefix or "urn:gcache"
+        self._enabled: ContextVar[bool] = ContextVar(f"gcache_enabled_{next(_instances)}", default=False)
+        self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
+        self._epochs = Epochs()
+        self._loop_thread = LoopThread("gcache-loop")
+        self._remote: RemoteCache | None = None
+        if config.redis_config is not None or config.redis_client_factory is not None:
+            self._remote = RemoteCache(
+                redis_config=config.redis_config,
+                client_factory=config.redis_client_factory,
+                compute_limit_ms=int(config.tracked_compute_limit_sec * 1000),
+                loop_thread=self._loop_thread,
+            )
+        logger = config.logger if config.logger is not None else logging.getLogger("gcache")
+        self._runtime = Runtime(
+            prefix=self._prefix,
+            enabled=self._enabled,
+            provider=config.cache_config_provider,
+            remote=self._remote,
+            epochs=self._epochs,
+            errors=ErrorLog(logger, config.error_log_interval_sec),
+            loop_thread=self._loop_thread,
+        )
+        self._stores: dict[tuple[str, bool], LocalStore] = {}
+        self._registered: set[str] = set()
+        self._direct: dict[tuple[Any, ...], UseCase] = {}
+        self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
+        self._closed = False
+
+    # -- switching caching on ------------------------------------------------------------------
+
+    def enable(self, enabled: bool = True) -> _Enable:
+        """Turn caching on (or, with ``False``, off) for the block; blocks nest.
+
+        The state lives in a ContextVar: it follows asyncio tasks created inside the block, and
+        each thread starts with caching off.
+        """
+        return _Enable(self._enabled, bool(enabled))
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled.get()
+
+    # -- decorating ----------------------------------------------------------------------------
+
+    def cached(
+        self,
+        *,
+        key_type: str,
+        id_arg: str | tuple[str, Callable[[Any], Any]],
+        use_case: str | None = None,
+        arg_adapters: dict[str, Callable[[Any], Any]] | None = None,
+        ignore_args: Sequence[str] | None = None,
+        track_for_invalidation: bool = False,
+        default_config: GCacheKeyConfig | None = None,
+        serializer: Serializer | None = None,
+    ) -> Callable[[F], F]:
+        """Cache a function (sync or async) under ``key_type`` + the value of ``id_arg``.
+
+        Args:
+            key_type: the kind of entity the id names (``user_id``); invalidation targets it.
+            id_arg: the parameter holding the id, or ``(parameter, extractor)``.
+            use_case: names this cache in keys, metrics and config; default ``module.qualname``.
+            arg_adapters: parameter -> function giving the string used in the key.
+            ignore_args: parameters left out of the key.
+            track_for_invalidation: entries honour ``invalidate(key_type, id)``.
+            default_config: used when the provider returns None (or there is no provider).
+            serializer: REMOTE serialization (default pickle).
+
+        Raises:
+            ConfigError: a name that is not a parameter, a duplicate or reserved use_case, or a
+                bad option; raised now, at decoration.
+        """
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"cached(): key_type must be a non-empty string, got {key_type!r}")
+        if default_config is not None and not isinstance(default_config, GCacheKeyConfig):
+            raise ConfigError(f"cached(): default_config must be a GCacheKeyConfig, got {default_config!r}")
+        if ignore_args is not None and (
+            isinstance(ignore_args, str) or not isinstance(ignore_args, Sequence)
+        ):
+            raise ConfigError(f"cached(): ignore_args must be a list of names, got {ignore_args!r}")
+
+        def decorate(func: F) -> F:
+            name = use_case if use_case is not None else f"{func.__module__}.{func.__qualname__}"
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"cached(): use_case must be a non-empty string, got {name!r}")
+            if name == WATERMARK_USE_CASE:
+                raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+            if name in self._registered:
+                raise UseCaseIsAlreadyRegisteredError(
+                    f"use_case {name!r} is already used by another function"
+                )
+            if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                raise ConfigError(
+                    f"cached(): {func.__qualname__} is a generator; its result cannot be cached"
+                )
+            keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
+            uc = self._use_case(name, key_type, track_for_invalidation, default_config, serializer, keys)
+            self._registered.add(name)
+
+            if inspect.iscoroutinefunction(func):
+                acall = uc.acall
+
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return await acall(func, args, kwargs)
+
+                wrapper: Any = async_wrapper
+            else:
+                call = uc.call
+
+                def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return call(func, args, kwargs)
+
+                wrapper = sync_wrapper
+            functools.update_wrapper(wrapper, func)
+            wrapper.use_case = name
+            return wrapper  # type: ignore[no-any-return]
+
+        return decorate
+
+    def _use_case(
+        self,
+        name: str,
+        key_type: str,
+        tracked: bool,
+        default_config: GCacheKeyConfig | None,
+        serializer: Serializer | None,
+        keys: KeyBuilder | None,
+    ) -> UseCase:
+        store = self._stores.get((name, tracked))
+        if store is None:
+            store = self._stores[(name, tracked)] = LocalStore(
+                self.config.local_max_entries, self._epochs, tracked=tracked
+            )
+        metrics = UseCaseMetrics(self._metrics, name, key_type)
+        metrics.local_entries.set_function(store.__len__)
+        uc = UseCase(
+            self._runtime,
+            use_case=name,
+            key_type=key_type,
+            tracked=tracked,
+            default_config=default_config,
+            serializer=serializer,
+            local=store,
+            metrics=metrics,
+            keys=keys,
+        )
+        if self._closed:
+            uc.remote = None
+        self._use_cases.add(uc)
+        return uc
+
+    def _for_key(self, key: GCacheKey) -> UseCase:
+        if not isinstance(key, GCacheKey):
+            raise ConfigError(f"expected a GCacheKey, got {key!r}")
+        ident = (
+            key.use_case,
+            key.key_type,
+            key.invalidation_tracking,
+            id(key.default_config),
+            id(key.serializer),
+        )
+        uc = self._direct.get(ident)
+        if uc is None:
+            if len(self._direct) > 1000:
+                self._direct.clear()
+            uc = self._direct[ident] = self._use_case(
+                key.use_case,
+                key.key_type,
+                key.invalidation_tracking,
+                key.default_config,
+                key.serializer,
+                None,
+            )
+        return uc
+
+    def _where(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]]:
+        uc = self._for_key(key)
+        entity = entity_key(self._prefix, key.key_type, key.id)
+        pairs = tuple(key.args)
+        return uc, entity, value_key(entity, pairs, key.use_case), pairs
+
+    # -- direct key access -----------------------------------------------------------------------
+
+    async def aget(self, key: GCacheKey, fallback: Callable[[], Awaitable[Any]]) -> Any:
+        """Read ``key`` through the layers; on a miss ``fallback()`` computes the value.
+
+        Follows the same rules as a cached function, ``enable()`` included.
+        """
+        uc, entity, urn, pairs = self._where(key)
+        if not self._enabled.get():
+            uc.m.disabled_context.inc()
+            return await fallback()
+        return await uc.aread_through(urn, entity, key.id, pairs, fallback, (), {})
+
+    def get(self, key: GCacheKey, fallback: Callable[[], Any]) -> Any:
+        """Sync twin of :meth:`aget`; ``fallback`` is a plain function."""
+        uc, entity, urn, pairs = self._where(key)
+        if not self._enabled.get():
+            uc.m.disabled_context.inc()
+            return fallback()
+        return uc.read_through(urn, entity, key.id, pairs, fallback, (), {})
+
+    async def aput(self, key: GCacheKey, value: Any) -> None:
+        """Write ``value`` to every layer the key's config turns on, without reading first.
+
+        A tracked key is stamped with the server time of the write, so invalidations that
+        happened before it do not hide it and later ones do. Failures are counted, not raised.
+        """
+        uc, entity, urn, pairs = self._where(key)
+        config = await uc.aconfig(key.id, pairs)
+        if config is None:
+            return
+        local_ttl, remote_ttl = uc.layers(config)
+        epoch = self._epochs.current
+        if remote_ttl:
+            try:
+                await uc.aremote_put(urn, entity, value, remote_ttl, None)
+            except Exception as exc:
+                uc.remote_error(exc, "remote write failed")
+        if local_ttl:
+            uc.local_put(urn, entity, value, local_ttl, epoch)
+
+    def put(self, key: GCacheKey, value: Any) -> None:
+        """Sync twin of :meth:`aput`."""
+        uc, entity, urn, pairs = self._where(key)
+        config = uc.config(key.id, pairs)
+        if config is None:
+            return
+        local_ttl, remote_ttl = uc.layers(config)
+        epoch = self._epochs.current
+        if remote_ttl:
+            try:
+                uc.remote_put(urn, entity, value, remote_ttl, None)
+            except Exception as exc:
+                uc.remote_error(exc, "remote write failed")
+        if local_ttl:
+            uc.local_put(urn, entity, value, local_ttl, epoch)
+
+    async def adelete(self, key: GCacheKey) -> bool:
+        """Remove one entry from both layers; True if either held it.
+
+        Raises:
+            RemoteError: Redis failed (the LOCAL entry is gone all the same).
+        """
+        uc, _entity, urn, _pairs = self._where(key)
+        deleted = uc.local.delete(urn)
+        if uc.remote is not None:
+            deleted = await self._remote_op(uc.remote.adelete(urn), key.key_type) or deleted
+        return deleted
+
+    def delete(self, key: GCacheKey) -> bool:
+        """Sync twin of :meth:`adelete`."""
+        uc, _entity, urn, _pairs = self._where(key)
+        deleted = uc.local.delete(urn)
+        if uc.remote is not None:
+            deleted = self._remote_sync_op(lambda: uc.remote.delete(urn), key.key_type) or deleted  # type: ignore[union-attr]
+        return deleted
+
+    # -- invalidation and flushing ---------------------------------------------------------------
+
+    def _fence(self, key_type: str, id: Any, future_buffer_ms: int) -> tuple[str, str]:
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"invalidate(): key_type must be a non-empty string, got {key_type!r}")
+        if (
+            isinstance(future_buffer_ms, bool)
+            or not isinstance(future_buffer_ms, int)
+            or future_buffer_ms < 0
+        ):
+            raise ConfigError(
+                f"invalidate(): future_buffer_ms must be a non-negative integer, got {future_buffer_ms!r}"
+            )
+        if future_buffer_ms > self.config.max_future_buffer_ms:
+            raise FutureBufferTooLargeError(
+                f"invalidate(): future_buffer_ms={future_buffer_ms} exceeds max_future_buffer_ms="
+                f"{self.config.max_future_buffer_ms}"
+            )
+        entity = entity_key(self._prefix, key_type, str(id))
+        self._epochs.bump(entity)
+        self._metrics.invalidation.labels(key_type, "local").inc()
+        return entity, watermark_key(entity)
+
+    async def ainvalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
+        """Make every tracked entry of the entity stale, in this process at once and in Redis.
+
+        When this returns, no call that starts afterwards is served an entry computed before it.
+        ``future_buffer_ms`` also makes entries computed in the next milliseconds stale, for
+        sources that lag (read replicas).
+
+        Raises:
+            FutureBufferTooLargeError: the buffer is above ``max_future_buffer_ms``.
+            RemoteError: Redis did not take the invalidation; the entity's REMOTE entries may
+                still be served until their TTL, so retry or handle it.
+        """
+        _entity, fence = self._fence(key_type, id, future_buffer_ms)
+        if self._remote is not None and not self._closed:
+            await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
+            self._metrics.invalidation.labels(key_type, "remote").inc()
+
+    def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
+        """Sync twin of :meth:`ainvalidate`."""
+        _entity, fence = self._fence(key_type, id, future_buffer_ms)
+        if self._remote is not None and not self._closed:
+            remote = self._remote
+            self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
+            self._metrics.invalidation.labels(key_type, "remote").inc()
+
+    async def aflushall(self) -> int:
+        """Delete every entry of this cache: LOCAL, and the Redis keys under ``urn_prefix``.
+
+        Uses SCAN and UNLINK on this cache's prefix only, never FLUSHALL/FLUSHDB. Returns the
+        number of Redis keys deleted.
+        """
+        self._flush_local()
+        if self._remote is None or self._closed:
+            return 0
+        deleted: int = await self._remote_op(self._remote.aflush(self._prefix), "*")
+        return deleted
+
+    def flushall(self) -> int:
+        """Sync twin of :meth:`aflushall`."""
+        self._flush_local()
+        if self._remote is None or self._closed:
+            return 0
+        remote = self._remote
+        deleted: int = self._remote_sync_op(lambda: remote.flush(self._prefix), "*")
+        return deleted
+
+    def _flush_local(self) -> None:
+        for store in self._stores.values():
+            store.clear()
+        self._epochs.drop_all()
+
+    async def _remote_op(self, op: Awaitable[Any], key_type: str) -> Any:
+        try:
+            return await op
+        except RemoteError as exc:
+            self._management_failed(exc, key_type)
+            raise
+
+    def _remote_sync_op(self, op: Callable[[], Any], key_type: str) -> Any:
+        try:
+            return op()
+        except RemoteError as exc:
+            self._management_failed(exc, key_type)
+            raise
+
+    def _management_failed(self, exc: RemoteError, key_type: str) -> None:
+        self._metrics.error.labels("", key_type, "remote", type(exc.cause).__name__, "false").inc()
+        self._runtime.errors.warning(("", exc.operation), str(exc), exc)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close Redis connections and the helper thread. Cached functions keep working, LOCAL only."""
+        self._closed = True
+        if self._remote is not None:
+            self._remote.close()
+        self._detach_remote()
+        self._loop_thread.stop()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`; closes the running loop's connections gracefully."""
+        self._closed = True
+        if self._remote is not None:
+            await self._remote.aclose()
+        self._detach_remote()
+        self._loop_thread.stop()
+
+    def _detach_remote(self) -> None:
+        self._runtime.remote = None
+        for uc in self._use_cases:
+            uc.remote = None
+
+    def __enter__(self) -> GCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> GCache:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        layers = "local+remote" if self._remote is not None else "local"
+        return f"GCache(prefix={self._prefix!r}, layers={layers}, closed={self._closed})"

@@ -1,0 +1,245 @@
+"""Cache keys: the URN grammar, its escaping, and the per-function key builder.
+
+    value key:      {<prefix>:<key_type>:<id>}?<arg>=<val>&<arg>=<val>#<use_case>
+    watermark key:  {<prefix>:<key_type>:<id>}#watermark
+
+Only the grammar's own delimiters are escaped (as ``%XX``), and each only where it would be
+ambiguous, so keys stay readable in ``redis-cli`` while two different (key_type, id, args,
+use_case) never render to the same key. The braces are a Redis Cluster hash tag: every key of an
+entity, and its watermark, share one slot.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
+
+if TYPE_CHECKING:
+    from gcache.config import GCacheKeyConfig, Serializer
+
+__all__ = ["GCacheKey", "KeyBuilder", "WATERMARK_USE_CASE", "entity_key", "value_key", "watermark_key"]
+
+WATERMARK_USE_CASE = "watermark"
+DEFAULT_URN_PREFIX = "urn:gcache"
+
+
+def _table(chars: str) -> dict[int, str]:
+    return {ord(c): f"%{ord(c):02X}" for c in "%" + chars}
+
+
+# Which delimiters each component must escape to keep the grammar unambiguous.
+_KEY_TYPE = _table("{}:")  # the first ':' after the prefix ends key_type
+_ID = _table("{}")  # the closing brace ends the id
+_ARG_NAME = _table("{}=&#")  # the first '=' ends a name
+_ARG_VALUE = _table("{}&#")  # '&' ends a value, '#' ends the argument list
+_USE_CASE = _table("{}")  # the rest of the key
+
+
+def entity_key(prefix: str, key_type: str, id: str) -> str:
+    """The hash-tagged entity part shared by all keys of one entity."""
+    return "{" + f"{prefix}:{key_type.translate(_KEY_TYPE)}:{id.translate(_ID)}" + "}"
+
+
+def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> str:
+    if args:
+        rendered = "&".join(f"{n.translate(_ARG_NAME)}={v.translate(_ARG_VALUE)}" for n, v in args)
+        return f"{entity}?{rendered}#{use_case.translate(_USE_CASE)}"
+    return f"{entity}#{use_case.translate(_USE_CASE)}"
+
+
+def watermark_key(entity: str) -> str:
+    return f"{entity}#{WATERMARK_USE_CASE}"
+
+
+@dataclass(frozen=True)
+class GCacheKey:
+    """One logical cache key: which entity, which use case, which other arguments.
+
+    This is what config providers receive and what ``aget``/``aput``/``adelete`` take. ``args`` are
+    (name, string value) pairs; they are rendered sorted by name.
+    """
+
+    key_type: str
+    id: str
+    use_case: str
+    args: Sequence[tuple[str, str]] = ()
+    invalidation_tracking: bool = False
+    default_config: GCacheKeyConfig | None = None
+    serializer: Serializer | None = None
+    urn_prefix: str = DEFAULT_URN_PREFIX
+    prefix: str = field(init=False, repr=False, compare=False)
+    urn: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_type, str) or not self.key_type:
+            raise ConfigError(f"GCacheKey.key_type must be a non-empty string, got {self.key_type!r}")
+        if not isinstance(self.use_case, str) or not self.use_case:
+            raise ConfigError(f"GCacheKey.use_case must be a non-empty string, got {self.use_case!r}")
+        if self.use_case == WATERMARK_USE_CASE:
+            raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+        args = tuple(sorted((str(n), str(v)) for n, v in self.args))
+        object.__setattr__(self, "id", str(self.id))
+        object.__setattr__(self, "args", args)
+        entity = entity_key(self.urn_prefix, self.key_type, self.id)
+        object.__setattr__(self, "prefix", entity)
+        object.__setattr__(self, "urn", value_key(entity, args, self.use_case))
+
+    @property
+    def watermark_key(self) -> str:
+        return watermark_key(self.prefix)
+
+    def __hash__(self) -> int:
+        return hash(self.urn)
+
+    def __str__(self) -> str:
+        return self.urn
+
+
+_EMPTY = inspect.Parameter.empty
+
+
+class KeyBuilder:
+    """Turns a call's arguments into ``(id, args)``; compiled once per decorated function.
+
+    The signature is inspected here, at decoration, so a call costs a few index lookups instead
+    of ``inspect.signature().bind``. Names given in ``id_arg``, ``arg_adapters`` and
+    ``ignore_args`` are checked against the signature now, with an error that lists the
+    parameters.
+    """
+
+    __slots__ = (
+        "_extra_skip",
+        "_fields",
+        "_id_extract",
+        "_id_field",
+        "_n_positional",
+        "_var_keyword",
+        "_var_positional",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        id_arg: str | tuple[str, Callable[[Any], Any]],
+        arg_adapters: Mapping[str, Callable[[Any], Any]] | None = None,
+        ignore_args: Sequence[str] | None = None,
+    ) -> None:
+        adapters = dict(arg_adapters or {})
+        ignored = set(ignore_args or ())
+        name = getattr(func, "__qualname__", repr(func))
+        if isinstance(id_arg, str):
+            id_name, id_extract = id_arg, None
+        elif (
+            isinstance(id_arg, tuple)
+            and len(id_arg) == 2
+            and isinstance(id_arg[0], str)
+            and callable(id_arg[1])
+        ):
+            id_name, id_extract = id_arg
+        else:
+            raise IdArgError(f"{name}: id_arg must be a parameter name or (name, extractor), got {id_arg!r}")
+
+        params = list(inspect.signature(func).parameters.values())
+        shown = ", ".join(p.name for p in params)
+        receiver = None
+        if (
+            params
+            and params[0].name in ("self", "cls")
+            and params[0].kind
+            in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            )
+        ):
+            receiver = params[0].name
+        names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        var_positional = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
+        var_keyword = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+
+        def check(option: str, arg: str) -> None:
+            if arg == receiver or (arg not in names and arg != var_positional and var_keyword is None):
+                raise IdArgError(f"{name}: {option} {arg!r} is not a parameter of {name}({shown})")
+
+        check("id_arg", id_name)
+        for arg in adapters:
+            check("arg_adapters name", arg)
+        for arg in ignored:
+            check("ignore_args name", arg)
+        if id_name in ignored:
+            raise IdArgError(f"{name}: id_arg {id_name!r} is also in ignore_args")
+        if receiver is not None:
+            ignored.add(receiver)
+
+        positions: dict[str, int] = {}
+        positional_only: set[str] = set()
+        defaults: dict[str, Any] = {}
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                positions[p.name] = len(positions)
+            if p.kind is p.POSITIONAL_ONLY:
+                positional_only.add(p.name)
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                defaults[p.name] = p.default
+
+        def make_field(arg: str) -> _Field:
+            return (
+                arg,
+                positions.get(arg),
+                defaults.get(arg, _EMPTY),
+                adapters.get(arg),
+                arg not in positional_only,
+            )
+
+        keyed = sorted(n for n in names if n not in ignored and (n != id_name or n in adapters))
+        self._fields = tuple(make_field(n) for n in keyed)
+        self._id_field = make_field(id_name)
+        self._id_extract = id_extract
+        self._n_positional = len(positions)
+        self._var_positional = var_positional if var_positional not in ignored else None
+        self._var_keyword = var_keyword
+        skip = set(names) | ignored
+        if id_name not in adapters:
+            skip.add(id_name)
+        self._extra_skip = frozenset(skip)
+
+    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The id and the sorted (name, value) pairs for one call.
+
+        Raises:
+            LookupError: a required argument is missing (the function itself will raise TypeError).
+        """
+        raw_id = _value(self._id_field, args, kwargs)
+        if self._id_extract is not None:
+            raw_id = self._id_extract(raw_id)
+        pairs = []
+        for fld in self._fields:
+            v = _value(fld, args, kwargs)
+            adapter = fld[3]
+            pairs.append((fld[0], str(v if adapter is None else adapter(v))))
+        if self._var_positional is None and self._var_keyword is None:
+            return str(raw_id), tuple(pairs)
+        if self._var_positional is not None:
+            pairs.append((self._var_positional, str(args[self._n_positional :])))
+        if self._var_keyword is not None and kwargs:
+            skip = self._extra_skip
+            pairs.extend((n, str(v)) for n, v in kwargs.items() if n not in skip)
+        pairs.sort()
+        return str(raw_id), tuple(pairs)
+
+
+_Field = tuple[str, "int | None", Any, "Callable[[Any], Any] | None", bool]
+
+
+def _value(fld: _Field, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    name, position, default, _adapter, by_keyword = fld
+    if by_keyword and kwargs and name in kwargs:
+        return kwargs[name]
+    if position is not None and position < len(args):
+        return args[position]
+    if default is _EMPTY:
+        raise LookupError(name)
+    return default

@@ -1,0 +1,171 @@
+"""Prometheus metrics, and the ways to serve them.
+
+Collectors exist once per (registry, metrics_prefix): several GCache instances with the same
+prefix share them, as they share the process. Each use case binds its label children once, so a
+call does no label lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import start_http_server as _start_http_server
+
+__all__ = ["LAYER_ALL", "LAYER_NONE", "Metrics", "UseCaseMetrics", "make_metrics_app", "start_metrics_server"]
+
+LAYER_ALL = "all"  # a reason that turned off every layer of a call
+LAYER_NONE = "none"  # the function ran with no layer taking part
+
+_LATENCY = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+_FALLBACK = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SERIALIZATION = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
+_SIZE = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
+
+_UC = ("use_case", "key_type")
+
+
+class Metrics:
+    """The collectors of one (registry, prefix)."""
+
+    _shared: ClassVar[dict[tuple[int, str], Metrics]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def get(cls, registry: CollectorRegistry | None, prefix: str) -> Metrics:
+        registry = registry if registry is not None else REGISTRY
+        with cls._shared_lock:
+            metrics = cls._shared.get((id(registry), prefix))
+            if metrics is None or metrics.registry is not registry:
+                metrics = cls._shared[(id(registry), prefix)] = cls(registry, prefix)
+            return metrics
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.registry = registry
+        p = prefix + "gcache_"
+        kw: dict[str, Any] = {"registry": registry}
+        self.request = Counter(f"{p}request_counter", "Lookups per layer.", [*_UC, "layer"], **kw)
+        self.miss = Counter(
+            f"{p}miss_counter",
+            "Lookups that found nothing usable, by reason.",
+            [*_UC, "layer", "reason"],
+            **kw,
+        )
+        self.disabled = Counter(
+            f"{p}disabled_counter",
+            "Calls or layers that skipped the cache, by reason.",
+            [*_UC, "layer", "reason"],
+            **kw,
+        )
+        self.error = Counter(
+            f"{p}error_counter",
+            "Errors, by exception type; in_fallback: raised by the function.",
+            [*_UC, "layer", "error", "in_fallback"],
+            **kw,
+        )
+        self.invalidation = Counter(
+            f"{p}invalidation_counter",
+            "Entity invalidations applied, per layer.",
+            ["key_type", "layer"],
+            **kw,
+        )
+        self.remote_write = Counter(
+            f"{p}remote_write_counter",
+            "Writes to Redis by result (stored, invalidated, fence_replaced, too_slow).",
+            [*_UC, "result"],
+            **kw,
+        )
+        self.get_timer = Histogram(
+            f"{p}get_timer", "Seconds per lookup, per layer.", [*_UC, "layer"], buckets=_LATENCY, **kw
+        )
+        self.fallback_timer = Histogram(
+            f"{p}fallback_timer",
+            "Seconds spent in the wrapped function; layer: the last one that missed.",
+            [*_UC, "layer"],
+            buckets=_FALLBACK,
+            **kw,
+        )
+        self.serialization_timer = Histogram(
+            f"{p}serialization_timer",
+            "Seconds to dump or load a value.",
+            [*_UC, "layer", "operation"],
+            buckets=_SERIALIZATION,
+            **kw,
+        )
+        self.size = Histogram(
+            f"{p}size_histogram", "Bytes per value written to a layer.", [*_UC, "layer"], buckets=_SIZE, **kw
+        )
+        self.local_entries = Gauge(f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), **kw)
+
+
+class _Children:
+    """Label children bound on first use, then reused: one dict lookup per rare event."""
+
+    __slots__ = ("_bind", "_children")
+
+    def __init__(self, bind: Callable[..., Any]) -> None:
+        self._bind = bind
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._bind(*labels)
+        return child
+
+
+class UseCaseMetrics:
+    """One use case's label children; the hot-path ones are plain attributes."""
+
+    def __init__(self, metrics: Metrics, use_case: str, key_type: str) -> None:
+        uc = (use_case, key_type)
+        self.request_local = metrics.request.labels(*uc, "local")
+        self.request_remote = metrics.request.labels(*uc, "remote")
+        self.get_local = metrics.get_timer.labels(*uc, "local")
+        self.get_remote = metrics.get_timer.labels(*uc, "remote")
+        self.disabled_context = metrics.disabled.labels(*uc, LAYER_ALL, "context")
+        self.dump = metrics.serialization_timer.labels(*uc, "remote", "dump")
+        self.load = metrics.serialization_timer.labels(*uc, "remote", "load")
+        self.size = metrics.size.labels(*uc, "remote")
+        self.local_entries = metrics.local_entries.labels(*uc)
+        self.miss = _Children(lambda layer, reason: metrics.miss.labels(*uc, layer, reason))
+        self.disabled = _Children(lambda layer, reason: metrics.disabled.labels(*uc, layer, reason))
+        self.error = _Children(lambda layer, error, in_fb: metrics.error.labels(*uc, layer, error, in_fb))
+        self.fallback = _Children(lambda layer: metrics.fallback_timer.labels(*uc, layer))
+        self.remote_write = _Children(lambda result: metrics.remote_write.labels(*uc, result))
+
+
+def start_metrics_server(
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> tuple[Any, threading.Thread]:
+    """Serve ``/metrics`` over HTTP from a daemon thread; returns ``(server, thread)``.
+
+    Call ``server.shutdown()`` to stop it. Binds to loopback unless ``addr`` says otherwise.
+    """
+    server, thread = _start_http_server(port, addr=addr, registry=registry or REGISTRY)
+    return server, thread
+
+
+def make_metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
+    """An ASGI app serving the metrics, to mount at ``/metrics`` (Starlette, FastAPI, ...)."""
+    return make_asgi_app(registry=registry or REGISTRY)

@@ -1,0 +1,75 @@
+"""Test fixtures: a private real Redis for the session, fakeredis for fast unit tests.
+
+The real server is started on a free loopback port and stopped by its process id;
+``GCACHE_TEST_REDIS_URL`` points the suite at an existing server instead. Nothing here depends
+on a Redis already running on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import GCache, GCacheConfig, RedisConfig
+from gcache._embedded_redis import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    external = os.environ.get("GCACHE_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A sync client on the test server, emptied before each test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def make_cache(
+    redis_url: str, redis_client: redis.Redis, registry: CollectorRegistry
+) -> AsyncIterator[Callable[..., GCache]]:
+    """Build GCache instances on the real Redis with a private metrics registry.
+
+    They are closed after the test on the test's own event loop, as an application would.
+    """
+    caches: list[GCache] = []
+
+    def make(**overrides: Any) -> GCache:
+        options: dict[str, Any] = {"redis_config": RedisConfig(url=redis_url), "metrics_registry": registry}
+        options.update(overrides)
+        cache = GCache(GCacheConfig(**options))
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        await cache.aclose()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The value of one sample (0 when absent), matching the given labels."""
+    total = 0.0
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
