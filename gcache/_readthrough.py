@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gcache import _envelope
 from gcache._codec import Codec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
+from gcache.errors import RemoteError
 from gcache.keys import GCacheKey, KeyBuilder, entity_key, value_key, watermark_key
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
@@ -86,7 +87,6 @@ class UseCase:
         self.remote = runtime.remote
         self.m = metrics
         self.keys = keys
-        self._entity_prefix = entity_key(runtime.prefix, key_type, "")[:-1]
 
     # -- decisions (no I/O) ----------------------------------------------------------------------
 
@@ -177,8 +177,9 @@ class UseCase:
         self.m.size.observe(len(payload))
         return _envelope.encode(payload, self.codec.serializer_id, flags, time.time_ns() // 1000)
 
-    def wrote(self, result: int) -> None:
+    def wrote(self, result: int) -> bool:
         self.m.remote_write(_WRITE_RESULTS.get(result, "unknown")).inc()
+        return result == 1
 
     def key_error(self, exc: BaseException) -> None:
         self._error(LAYER_ALL, exc, "could not build the cache key")
@@ -187,10 +188,12 @@ class UseCase:
         self._error("remote", exc, what)
 
     def _error(self, layer: str, exc: BaseException, what: str) -> None:
-        self.m.error(layer, type(exc).__name__, "false").inc()
+        cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
+        kind = type(cause).__name__
+        self.m.error(layer, kind, "false").inc()
         self.rt.errors.warning(
-            (self.use_case, layer, type(exc).__name__),
-            f"{what} for use case {self.use_case!r} ({layer}): {type(exc).__name__}: {exc}; served uncached",
+            (self.use_case, layer, kind),
+            f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; served uncached",
             exc,
         )
 
@@ -237,7 +240,7 @@ class UseCase:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
-        epoch = self.rt.epochs.current
+        epoch = self.rt.epochs.start(entity)
         read = None
         if remote_ttl:
             try:
@@ -253,7 +256,8 @@ class UseCase:
         value = await self.afunction(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
         if remote_ttl:
             try:
-                await self.aremote_put(urn, entity, value, remote_ttl, read)
+                if not await self.aremote_put(urn, entity, value, remote_ttl, read):
+                    local_ttl = 0  # Redis says the value is already stale: LOCAL must not keep it
             except Exception as exc:
                 self.remote_error(exc, "remote write failed")
         if local_ttl:
@@ -299,7 +303,8 @@ class UseCase:
 
     async def aremote_put(
         self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None
-    ) -> None:
+    ) -> bool:
+        """Write to Redis; False when the write was refused because the value is stale."""
         remote = self.remote
         assert remote is not None
         start = _perf()
@@ -309,10 +314,11 @@ class UseCase:
         ttl_ms = max(1, int(ttl * 1000))
         if self.tracked:
             t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
-            self.wrote(await remote.awrite_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope))
-        else:
-            await remote.aset(urn, envelope, ttl_ms)
-            self.wrote(1)
+            return self.wrote(
+                await remote.awrite_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope)
+            )
+        await remote.aset(urn, envelope, ttl_ms)
+        return self.wrote(1)
 
     async def afunction(
         self, layer: str, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -360,7 +366,7 @@ class UseCase:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
-        epoch = self.rt.epochs.current
+        epoch = self.rt.epochs.start(entity)
         read = None
         if remote_ttl:
             try:
@@ -376,7 +382,8 @@ class UseCase:
         value = self.function(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
         if remote_ttl:
             try:
-                self.remote_put(urn, entity, value, remote_ttl, read)
+                if not self.remote_put(urn, entity, value, remote_ttl, read):
+                    local_ttl = 0  # Redis says the value is already stale: LOCAL must not keep it
             except Exception as exc:
                 self.remote_error(exc, "remote write failed")
         if local_ttl:
@@ -425,7 +432,7 @@ class UseCase:
         self.m.load.observe(_perf() - start)
         return value, read
 
-    def remote_put(self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None) -> None:
+    def remote_put(self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None) -> bool:
         remote = self.remote
         assert remote is not None
         start = _perf()
@@ -439,10 +446,9 @@ class UseCase:
         ttl_ms = max(1, int(ttl * 1000))
         if self.tracked:
             t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
-            self.wrote(remote.write_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope))
-        else:
-            remote.set(urn, envelope, ttl_ms)
-            self.wrote(1)
+            return self.wrote(remote.write_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope))
+        remote.set(urn, envelope, ttl_ms)
+        return self.wrote(1)
 
     def function(
         self, layer: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

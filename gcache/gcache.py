@@ -35,20 +35,29 @@ _instances = itertools.count(1)
 
 
 class _Enable:
-    """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it."""
+    """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it.
+
+    The tokens to restore are kept in a ContextVar, not on this object, so one object may be
+    entered by several tasks or threads at once (a middleware that builds it once).
+    """
 
     __slots__ = ("_tokens", "_value", "_var")
 
-    def __init__(self, var: ContextVar[bool], value: bool) -> None:
+    def __init__(
+        self, var: ContextVar[bool], tokens: ContextVar[tuple[Token[bool], ...]], value: bool
+    ) -> None:
         self._var = var
+        self._tokens = tokens
         self._value = value
-        self._tokens: list[Token[bool]] = []
 
     def __enter__(self) -> None:
-        self._tokens.append(self._var.set(self._value))
+        token = self._var.set(self._value)
+        self._tokens.set((*self._tokens.get(), token))
 
     def __exit__(self, *exc: object) -> None:
-        self._var.reset(self._tokens.pop())
+        *rest, token = self._tokens.get()
+        self._tokens.set(tuple(rest))
+        self._var.reset(token)
 
 
 class GCache:
@@ -70,7 +79,11 @@ class GCache:
             raise ConfigError(f"GCache takes a GCacheConfig, got {config!r}")
         self.config = config
         self._prefix: str = config.urn_prefix or "urn:gcache"
-        self._enabled: ContextVar[bool] = ContextVar(f"gcache_enabled_{next(_instances)}", default=False)
+        instance = next(_instances)
+        self._enabled: ContextVar[bool] = ContextVar(f"gcache_enabled_{instance}", default=False)
+        self._enable_tokens: ContextVar[tuple[Token[bool], ...]] = ContextVar(
+            f"gcache_enable_tokens_{instance}", default=()
+        )
         self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
         self._epochs = Epochs()
         self._loop_thread = LoopThread("gcache-loop")
@@ -106,7 +119,7 @@ class GCache:
         The state lives in a ContextVar: it follows asyncio tasks created inside the block, and
         each thread starts with caching off.
         """
-        return _Enable(self._enabled, bool(enabled))
+        return _Enable(self._enabled, self._enable_tokens, bool(enabled))
 
     @property
     def is_enabled(self) -> bool:
@@ -283,10 +296,11 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._epochs.current
+        epoch = self._epochs.start(entity)
         if remote_ttl:
             try:
-                await uc.aremote_put(urn, entity, value, remote_ttl, None)
+                if not await uc.aremote_put(urn, entity, value, remote_ttl, None):
+                    local_ttl = 0
             except Exception as exc:
                 uc.remote_error(exc, "remote write failed")
         if local_ttl:
@@ -299,10 +313,11 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._epochs.current
+        epoch = self._epochs.start(entity)
         if remote_ttl:
             try:
-                uc.remote_put(urn, entity, value, remote_ttl, None)
+                if not uc.remote_put(urn, entity, value, remote_ttl, None):
+                    local_ttl = 0
             except Exception as exc:
                 uc.remote_error(exc, "remote write failed")
         if local_ttl:
@@ -347,7 +362,7 @@ class GCache:
                 f"{self.config.max_future_buffer_ms}"
             )
         entity = entity_key(self._prefix, key_type, str(id))
-        self._epochs.bump(entity)
+        self._epochs.bump(entity, future_buffer_ms / 1000)
         self._metrics.invalidation.labels(key_type, "local").inc()
         return entity, watermark_key(entity)
 

@@ -5,7 +5,9 @@
 
 Only the grammar's own delimiters are escaped (as ``%XX``), and each only where it would be
 ambiguous, so keys stay readable in ``redis-cli`` while two different (key_type, id, args,
-use_case) never render to the same key. The braces are a Redis Cluster hash tag: every key of an
+use_case) never render to the same key. Between the prefix and the closing brace there is
+exactly one raw ``:``, so caches whose prefixes extend each other (``app``, ``app:tenant``)
+never share a key. The braces are a Redis Cluster hash tag: every key of an
 entity, and its watermark, share one slot.
 """
 
@@ -21,7 +23,15 @@ from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
 if TYPE_CHECKING:
     from gcache.config import GCacheKeyConfig, Serializer
 
-__all__ = ["GCacheKey", "KeyBuilder", "WATERMARK_USE_CASE", "entity_key", "value_key", "watermark_key"]
+__all__ = [
+    "WATERMARK_USE_CASE",
+    "GCacheKey",
+    "KeyBuilder",
+    "entity_key",
+    "owned_by",
+    "value_key",
+    "watermark_key",
+]
 
 WATERMARK_USE_CASE = "watermark"
 DEFAULT_URN_PREFIX = "urn:gcache"
@@ -33,7 +43,7 @@ def _table(chars: str) -> dict[int, str]:
 
 # Which delimiters each component must escape to keep the grammar unambiguous.
 _KEY_TYPE = _table("{}:")  # the first ':' after the prefix ends key_type
-_ID = _table("{}")  # the closing brace ends the id
+_ID = _table("{}:")  # the closing brace ends the id; ':' so a longer prefix never collides
 _ARG_NAME = _table("{}=&#")  # the first '=' ends a name
 _ARG_VALUE = _table("{}&#")  # '&' ends a value, '#' ends the argument list
 _USE_CASE = _table("{}")  # the rest of the key
@@ -49,6 +59,13 @@ def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> st
         rendered = "&".join(f"{n.translate(_ARG_NAME)}={v.translate(_ARG_VALUE)}" for n, v in args)
         return f"{entity}?{rendered}#{use_case.translate(_USE_CASE)}"
     return f"{entity}#{use_case.translate(_USE_CASE)}"
+
+
+def owned_by(key: str, prefix: str) -> bool:
+    """Whether ``key`` was rendered under exactly ``prefix`` (not a longer one that extends it)."""
+    head = "{" + prefix + ":"
+    end = key.find("}")
+    return key.startswith(head) and end > 0 and key.count(":", len(head), end) == 1
 
 
 def watermark_key(entity: str) -> str:

@@ -21,20 +21,43 @@ class Epochs:
 
     Every tracked entry remembers the epoch current when the read that filled it *started*. An
     invalidation gives the entity a new, higher epoch, so every entry of that entity filled by a
-    read that started earlier is stale at once, without finding and deleting the entries. ``drop_all``
-    raises the floor below which every tracked entry is stale (used when invalidations may have
-    been missed, and to keep the per-entity table bounded).
+    read that started earlier is stale at once, without finding and deleting the entries. An
+    invalidation with a future buffer also keeps the entity *unfillable* until the buffer ends:
+    a read that starts inside it may see a lagging source. ``drop_all`` raises the floor below
+    which every tracked entry is stale (used when invalidations may have been missed, and to
+    keep the per-entity table bounded).
     """
 
-    __slots__ = ("_by_entity", "_counter", "_lock", "_max_entities", "current", "floor")
+    __slots__ = (
+        "_buffered",
+        "_by_entity",
+        "_counter",
+        "_lock",
+        "_max_entities",
+        "_timer",
+        "current",
+        "floor",
+    )
 
-    def __init__(self, max_entities: int = 100_000) -> None:
+    def __init__(self, max_entities: int = 100_000, timer: Callable[[], float] = time.monotonic) -> None:
         self._by_entity: dict[str, int] = {}
+        self._buffered: dict[str, float] = {}  # entity -> end of its future buffer (timer clock)
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self._max_entities = max_entities
+        self._timer = timer
         self.current = 0
         self.floor = 0
+
+    def start(self, entity: str) -> int:
+        """The epoch a read of this entity starts at; -1 (never storable) inside a future buffer."""
+        if self._buffered:
+            until = self._buffered.get(entity)
+            if until is not None:
+                if self._timer() < until:
+                    return -1
+                self._buffered.pop(entity, None)
+        return self.current
 
     def of(self, entity: str) -> int:
         """The epoch an entry of this entity must have reached to be fresh."""
@@ -42,7 +65,7 @@ class Epochs:
         epoch = self._by_entity.get(entity, 0)
         return epoch if epoch > floor else floor
 
-    def bump(self, entity: str) -> None:
+    def bump(self, entity: str, buffer_sec: float = 0.0) -> None:
         with self._lock:
             epoch = next(self._counter)
             if len(self._by_entity) >= self._max_entities:
@@ -50,6 +73,12 @@ class Epochs:
                 self.floor = epoch
             else:
                 self._by_entity[entity] = epoch
+            if buffer_sec > 0:
+                if len(self._buffered) >= self._max_entities:
+                    now = self._timer()
+                    self._buffered = {e: u for e, u in self._buffered.items() if u > now}
+                until = self._timer() + buffer_sec
+                self._buffered[entity] = max(until, self._buffered.get(entity, until))
             self.current = epoch
 
     def drop_all(self) -> None:
@@ -96,7 +125,7 @@ class LocalStore:
 
     def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> bool:
         """Store unless the entity was invalidated after ``epoch`` (when the read started)."""
-        if self.tracked and epoch < self._epochs.of(entity):
+        if self.tracked and (epoch < 0 or epoch < self._epochs.of(entity)):
             return False
         with self._lock:
             self._cache[key] = (value, epoch, ttl)

@@ -22,6 +22,7 @@ from gcache import _scripts
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
+from gcache.keys import owned_by
 
 __all__ = ["RemoteCache", "TrackedRead"]
 
@@ -216,7 +217,8 @@ class RemoteCache:
             deleted = 0
             batch: list[bytes] = []
             async for key in c.client.scan_iter(match=_flush_pattern(prefix), count=_SCAN_BATCH):
-                batch.append(key)
+                if _owned(key, prefix):
+                    batch.append(key)
                 if len(batch) >= _SCAN_BATCH:
                     deleted += await _aunlink(c.client, batch)
                     batch = []
@@ -234,7 +236,8 @@ class RemoteCache:
             deleted = 0
             batch: list[bytes] = []
             for key in c.client.scan_iter(match=_flush_pattern(prefix), count=_SCAN_BATCH):
-                batch.append(key)
+                if _owned(key, prefix):
+                    batch.append(key)
                 if len(batch) >= _SCAN_BATCH:
                     deleted += _unlink(c.client, batch)
                     batch = []
@@ -281,6 +284,11 @@ class RemoteCache:
 
 def _flush_pattern(prefix: str) -> str:
     return "{" + prefix + ":*"
+
+
+def _owned(key: bytes, prefix: str) -> bool:
+    """The pattern also matches keys of a longer prefix (``prefix:tenant``); keep only ours."""
+    return owned_by(key.decode("utf-8", "surrogateescape"), prefix)
 
 
 def _unlink(client: Any, keys: list[bytes]) -> int:

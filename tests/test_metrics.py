@@ -1,0 +1,336 @@
+"""Prometheus metrics: names, label sets, exact movements, prefixes and the ways to serve them."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import (
+    CacheLayer,
+    GCache,
+    GCacheConfig,
+    GCacheKeyConfig,
+    _envelope,
+    make_metrics_app,
+    start_metrics_server,
+)
+from gcache._embedded_redis import free_port
+from tests.conftest import sample
+
+BOTH = GCacheKeyConfig.enabled(60)
+LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+
+_UC = {"use_case", "key_type"}
+DOCUMENTED: dict[str, tuple[str, set[str]]] = {
+    "gcache_request_counter": ("counter", {*_UC, "layer"}),
+    "gcache_miss_counter": ("counter", {*_UC, "layer", "reason"}),
+    "gcache_disabled_counter": ("counter", {*_UC, "layer", "reason"}),
+    "gcache_error_counter": ("counter", {*_UC, "layer", "error", "in_fallback"}),
+    "gcache_invalidation_counter": ("counter", {"key_type", "layer"}),
+    "gcache_get_timer": ("histogram", {*_UC, "layer"}),
+    "gcache_fallback_timer": ("histogram", {*_UC, "layer"}),
+    "gcache_serialization_timer": ("histogram", {*_UC, "layer", "operation"}),
+    "gcache_size_histogram": ("histogram", {*_UC, "layer"}),
+}
+DISABLED_REASONS = {"context", "ramped_down", "missing_config", "config_error", "server_down"}
+
+Call = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def cached_fn(
+    cache: GCache,
+    is_async: bool,
+    calls: list[str],
+    *,
+    use_case: str,
+    config: GCacheKeyConfig = BOTH,
+    tracked: bool = False,
+) -> Call:
+    """A cached ``(uid, region="eu")`` function, awaitable either way (sync runs in a thread)."""
+    options: dict[str, Any] = {
+        "key_type": "user_id",
+        "id_arg": "uid",
+        "use_case": use_case,
+        "default_config": config,
+        "track_for_invalidation": tracked,
+    }
+    if is_async:
+
+        @cache.cached(**options)
+        async def get_async(uid: str, region: str = "eu") -> dict[str, Any]:
+            calls.append(uid)
+            return {"uid": uid, "region": region}
+
+        return get_async
+
+    @cache.cached(**options)
+    def get_sync(uid: str, region: str = "eu") -> dict[str, Any]:
+        calls.append(uid)
+        return {"uid": uid, "region": region}
+
+    async def run(uid: str, region: str = "eu") -> Any:
+        return await asyncio.to_thread(get_sync, uid, region)
+
+    return run
+
+
+def failing_fn(cache: GCache, is_async: bool, use_case: str) -> Call:
+    options: dict[str, Any] = {
+        "key_type": "user_id",
+        "id_arg": "uid",
+        "use_case": use_case,
+        "default_config": BOTH,
+    }
+    if is_async:
+
+        @cache.cached(**options)
+        async def fail_async(uid: str) -> None:
+            raise LookupError(uid)
+
+        return fail_async
+
+    @cache.cached(**options)
+    def fail_sync(uid: str) -> None:
+        raise LookupError(uid)
+
+    async def run(uid: str) -> Any:
+        return await asyncio.to_thread(fail_sync, uid)
+
+    return run
+
+
+async def invalidate(cache: GCache, is_async: bool, key_type: str, id: str) -> None:
+    if is_async:
+        await cache.ainvalidate(key_type, id)
+    else:
+        await asyncio.to_thread(cache.invalidate, key_type, id)
+
+
+async def traffic(make_cache: Callable[..., GCache], is_async: bool, uid: str, region: str) -> None:
+    """Calls that move every documented metric: hits, misses, errors, invalidations, loads."""
+    cache = make_cache()
+    calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="Traffic", tracked=True)
+    fail = failing_fn(cache, is_async, "Failing")
+    await get(uid, region)  # outside enable(): disabled{reason="context"}
+    with cache.enable():
+        await get(uid, region)
+        await get(uid, region)
+        with pytest.raises(LookupError):
+            await fail(uid)
+        await invalidate(cache, is_async, "user_id", uid)
+        await get(uid, region)
+    other = make_cache()  # an empty LOCAL: the next call is a REMOTE hit (a load)
+    get_other = cached_fn(other, is_async, [], use_case="Traffic", tracked=True)
+    with other.enable():
+        await get_other(uid, region)
+
+
+async def test_every_documented_metric_has_exactly_its_labels_after_traffic(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    await traffic(make_cache, is_async, "u-1", "eu")
+    families = {m.name: m for m in registry.collect()}
+    for name, (kind, labels) in DOCUMENTED.items():
+        assert name in families, name
+        family = families[name]
+        assert family.type == kind, name
+        assert family.samples, f"{name} has no samples after traffic"
+        for s in family.samples:
+            assert set(s.labels) - {"le"} == labels, (name, s)
+    assert {s.labels["operation"] for s in families["gcache_serialization_timer"].samples} == {"dump", "load"}
+    assert {s.labels["reason"] for s in families["gcache_disabled_counter"].samples} <= DISABLED_REASONS
+    assert sample(registry, "gcache_disabled_counter_total", use_case="Traffic", reason="context") == 1
+    assert (
+        sample(
+            registry,
+            "gcache_error_counter_total",
+            use_case="Failing",
+            error="LookupError",
+            in_fallback="true",
+        )
+        == 1
+    )
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="local") == 1
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="remote") == 1
+
+
+async def test_labels_never_carry_ids_or_argument_values_after_traffic(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    uid, region = "id-7d1c0ffee", "region-b16b00b5"
+    await traffic(make_cache, is_async, uid, region)
+    samples = [s for m in registry.collect() for s in m.samples]
+    assert samples
+    for s in samples:
+        for value in s.labels.values():
+            assert uid not in value, s
+            assert region not in value, s
+
+
+async def test_metrics_move_exactly_as_documented_when_scripted(
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    redis_client: redis.Redis,
+    is_async: bool,
+) -> None:
+    def count(name: str, **labels: str) -> float:
+        return sample(registry, name, use_case="Scripted", key_type="user_id", **labels)
+
+    request, miss = "gcache_request_counter_total", "gcache_miss_counter_total"
+    cache = make_cache()
+    calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="Scripted")
+    value = {"uid": "1", "region": "eu"}
+
+    with cache.enable():
+        assert await get("1") == value
+    assert count(request, layer="local") == 1
+    assert count(miss, layer="local", reason="not_found") == 1
+    assert count(request, layer="remote") == 1
+    assert count(miss, layer="remote", reason="not_found") == 1
+    assert count(miss) == 2
+    assert count("gcache_get_timer_count", layer="local") == 1
+    assert count("gcache_get_timer_count", layer="remote") == 1
+    assert count("gcache_fallback_timer_count", layer="remote") == 1
+    assert count("gcache_fallback_timer_count") == 1
+    assert count("gcache_serialization_timer_count", layer="remote", operation="dump") == 1
+    assert count("gcache_serialization_timer_count", operation="load") == 0
+    raw = redis_client.get("{urn:gcache:user_id:1}?region=eu#Scripted")
+    assert isinstance(raw, bytes)
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    assert raw[_envelope.HEADER_SIZE :] == payload
+    assert count("gcache_size_histogram_count", layer="remote") == 1
+    assert count("gcache_size_histogram_sum", layer="remote") == len(payload)
+    assert count("gcache_error_counter_total") == 0
+    assert count("gcache_disabled_counter_total") == 0
+
+    with cache.enable():
+        assert await get("1") == value  # a LOCAL hit
+    assert calls == ["1"]
+    assert count(request, layer="local") == 2
+    assert count(request, layer="remote") == 1
+    assert count(miss) == 2
+    assert count("gcache_get_timer_count", layer="local") == 2
+    assert count("gcache_fallback_timer_count") == 1
+    assert count("gcache_serialization_timer_count", operation="dump") == 1
+
+    other = make_cache()  # same Redis, same registry, empty LOCAL
+    other_calls: list[str] = []
+    get_other = cached_fn(other, is_async, other_calls, use_case="Scripted")
+    with other.enable():
+        assert await get_other("1") == value  # a REMOTE hit
+    assert other_calls == []
+    assert count(request, layer="local") == 3
+    assert count(miss, layer="local", reason="not_found") == 2
+    assert count(request, layer="remote") == 2
+    assert count(miss, layer="remote") == 1
+    assert count("gcache_serialization_timer_count", layer="remote", operation="load") == 1
+    assert count("gcache_serialization_timer_count", operation="dump") == 1
+    assert count("gcache_fallback_timer_count") == 1
+    assert count("gcache_size_histogram_count") == 1
+
+
+async def test_every_metric_is_prefixed_and_shared_when_metrics_prefix_set(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    first = make_cache(metrics_prefix="myapp_")
+    second = make_cache(metrics_prefix="myapp_")  # same registry and prefix: no duplicate error
+    get_first = cached_fn(first, is_async, [], use_case="First")
+    get_second = cached_fn(second, is_async, [], use_case="Second")
+    with first.enable(), second.enable():
+        await get_first("1")
+        await get_second("1")
+        await get_second("2")
+    names = {m.name for m in registry.collect()}
+    assert names
+    assert all(name.startswith("myapp_gcache_") for name in names), names
+    assert {f"myapp_{name}" for name in DOCUMENTED} <= names
+    assert sample(registry, "myapp_gcache_request_counter_total", use_case="First", layer="local") == 1
+    assert sample(registry, "myapp_gcache_request_counter_total", use_case="Second", layer="local") == 2
+    assert sample(registry, "gcache_request_counter_total") == 0
+
+
+async def test_local_entries_gauge_counts_entries_when_filled_and_flushed(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache()
+    get = cached_fn(cache, is_async, [], use_case="Entries", config=LOCAL_ONLY)
+    other = cached_fn(cache, is_async, [], use_case="Other", config=LOCAL_ONLY)
+    gauge = "gcache_local_entries"
+    assert sample(registry, gauge, use_case="Entries", key_type="user_id") == 0
+    with cache.enable():
+        for uid in ("1", "2", "3", "1"):
+            await get(uid)
+        await other("1")
+    assert sample(registry, gauge, use_case="Entries", key_type="user_id") == 3
+    assert sample(registry, gauge, use_case="Other", key_type="user_id") == 1
+    if is_async:
+        await cache.aflushall()
+    else:
+        await asyncio.to_thread(cache.flushall)
+    assert sample(registry, gauge, use_case="Entries", key_type="user_id") == 0
+
+
+def test_metrics_served_over_http_when_server_started(registry: CollectorRegistry) -> None:
+    with GCache(GCacheConfig(metrics_registry=registry)) as cache:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="Http", default_config=LOCAL_ONLY)
+        def get(uid: str) -> str:
+            return uid
+
+        with cache.enable():
+            assert get("1") == "1"
+        port = free_port()
+        server, thread = start_metrics_server(port=port, addr="127.0.0.1", registry=registry)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                status = response.status
+                body = response.read().decode()
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+    assert status == 200
+    assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Http"} 1.0' in body
+
+
+async def test_metrics_served_by_asgi_app_when_called(registry: CollectorRegistry) -> None:
+    async with GCache(GCacheConfig(metrics_registry=registry)) as cache:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="Asgi", default_config=LOCAL_ONLY)
+        async def get(uid: str) -> str:
+            return uid
+
+        with cache.enable():
+            assert await get("1") == "1"
+
+    app = make_metrics_app(registry)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "query_string": b"", "headers": []}
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 200
+    body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Asgi"} 1.0' in body
+    for name in DOCUMENTED:
+        assert f"# TYPE {name}" in body

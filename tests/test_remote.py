@@ -1,0 +1,599 @@
+"""RemoteCache and its Lua scripts: the server-clock invalidation protocol, key by key.
+
+Every test runs against the real Redis of the session and against fakeredis (with Lua), and
+through both the async and the sync twin of each operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from gcache import GCache, RedisConfig, RemoteError
+from gcache import _envelope as envelope
+from gcache._loop_thread import LoopThread
+from gcache.remote import RemoteCache, TrackedRead
+
+KEY = "{urn:gcache:user_id:1}?a=1#UC"
+KEY2 = "{urn:gcache:user_id:1}#Other"
+FENCE = "{urn:gcache:user_id:1}#watermark"
+PAYLOAD = b"\x80payload"
+ENV = envelope.encode(PAYLOAD, envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, 0)
+LIMIT_MS = 60_000
+
+pytestmark = pytest.mark.parametrize("mode", ["async", "sync"])
+
+
+def stored(client: redis.Redis, key: str) -> bytes:
+    """The raw bytes Redis holds at ``key`` (which must exist)."""
+    raw = client.get(key)
+    assert isinstance(raw, bytes), f"{key!r} holds {raw!r}"
+    return raw
+
+
+@dataclass
+class Backend:
+    """A RemoteCache factory plus a sync client to look at what the scripts left in Redis."""
+
+    name: str
+    inspect: redis.Redis
+    make: Callable[..., RemoteCache]
+
+    def now_us(self) -> int:
+        seconds, micros = self.inspect.time()
+        return int(seconds) * 1_000_000 + int(micros)
+
+
+class Ops:
+    """One RemoteCache driven through its async or its sync twins."""
+
+    def __init__(self, remote: RemoteCache, mode: str) -> None:
+        self.remote = remote
+        self.mode = mode
+
+    async def _do(self, name: str, *args: Any) -> Any:
+        if self.mode == "async":
+            return await getattr(self.remote, "a" + name)(*args)
+        return getattr(self.remote, name)(*args)
+
+    async def get(self, key: str) -> bytes | None:
+        result: bytes | None = await self._do("get", key)
+        return result
+
+    async def set(self, key: str, env: bytes, ttl_ms: int) -> None:
+        await self._do("set", key, env, ttl_ms)
+
+    async def read(self, key: str = KEY, fence: str = FENCE) -> TrackedRead:
+        result: TrackedRead = await self._do("read_tracked", key, fence)
+        return result
+
+    async def write(
+        self,
+        t0_us: int | None,
+        read_nonce: bytes | None,
+        *,
+        key: str = KEY,
+        fence: str = FENCE,
+        ttl_ms: int = 10_000,
+        env: bytes = ENV,
+    ) -> int:
+        result: int = await self._do("write_tracked", key, fence, t0_us, ttl_ms, read_nonce, env)
+        return result
+
+    async def invalidate(self, buffer_ms: int = 0, fence: str = FENCE) -> int:
+        result: int = await self._do("invalidate", fence, buffer_ms)
+        return result
+
+    async def delete(self, key: str) -> bool:
+        result: bool = await self._do("delete", key)
+        return result
+
+    async def flush(self, prefix: str) -> int:
+        result: int = await self._do("flush", prefix)
+        return result
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    remotes: list[tuple[RemoteCache, LoopThread]] = []
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        inspect: redis.Redis = request.getfixturevalue("redis_client")
+
+        def make(compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
+            loop_thread = LoopThread("test-remote")
+            remote = RemoteCache(
+                redis_config=RedisConfig(url=url),
+                client_factory=None,
+                compute_limit_ms=compute_limit_ms,
+                loop_thread=loop_thread,
+            )
+            remotes.append((remote, loop_thread))
+            return remote
+
+    else:
+        server = fakeredis.FakeServer()
+        inspect = fakeredis.FakeRedis(server=server)
+
+        def make(compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
+            loop_thread = LoopThread("test-remote")
+            remote = RemoteCache(
+                redis_config=None,
+                client_factory=lambda: fakeredis.FakeAsyncRedis(server=server),
+                compute_limit_ms=compute_limit_ms,
+                loop_thread=loop_thread,
+            )
+            remotes.append((remote, loop_thread))
+            return remote
+
+    yield Backend(request.param, inspect, make)
+    for remote, loop_thread in remotes:
+        await remote.aclose()
+        loop_thread.stop()
+    if request.param == "fakeredis":
+        inspect.close()
+
+
+@pytest.fixture
+def ops(backend: Backend, mode: str) -> Ops:
+    return Ops(backend.make(), mode)
+
+
+# -- plain get / set ------------------------------------------------------------------------------
+
+
+async def test_set_stores_envelope_with_ttl_and_get_returns_it(backend: Backend, ops: Ops) -> None:
+    assert await ops.get(KEY) is None
+
+    await ops.set(KEY, ENV, 5_000)
+
+    assert await ops.get(KEY) == ENV
+    assert backend.inspect.get(KEY) == ENV
+    assert 4_000 < backend.inspect.pttl(KEY) <= 5_000
+
+
+async def test_delete_removes_key_and_reports_whether_it_existed(backend: Backend, ops: Ops) -> None:
+    await ops.set(KEY, ENV, 5_000)
+
+    assert await ops.delete(KEY) is True
+    assert await ops.delete(KEY) is False
+    assert backend.inspect.exists(KEY) == 0
+
+
+# -- read_tracked ---------------------------------------------------------------------------------
+
+
+async def test_read_tracked_missing_entity_returns_no_value_no_nonce_and_server_time(
+    backend: Backend, ops: Ops
+) -> None:
+    before = backend.now_us()
+    read = await ops.read()
+    after = backend.now_us()
+
+    assert read.raw is None
+    assert read.nonce is None
+    assert read.watermark_us == 0
+    assert before <= read.now_us <= after
+    assert backend.inspect.exists(KEY, FENCE) == 0  # reading creates nothing
+
+
+async def test_read_tracked_returns_value_fence_nonce_and_watermark(backend: Backend, ops: Ops) -> None:
+    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "1234567"})
+    backend.inspect.set(KEY, ENV)
+
+    read = await ops.read()
+
+    assert read.raw == ENV
+    assert read.nonce == b"ABCDEFGH"
+    assert read.watermark_us == 1234567
+
+
+# -- write_tracked --------------------------------------------------------------------------------
+
+
+async def test_write_tracked_missing_fence_creates_fence_and_stamps_read_time(
+    backend: Backend, ops: Ops
+) -> None:
+    read = await ops.read()
+
+    assert await ops.write(read.now_us, read.nonce, ttl_ms=10_000) == 1
+
+    fence = backend.inspect.hgetall(FENCE)
+    assert set(fence) == {b"n", b"w"}
+    assert len(fence[b"n"]) == 8
+    assert fence[b"w"] == b"0"
+    raw = stored(backend.inspect, KEY)
+    assert raw[5:21] == b"%016d" % read.now_us
+    assert raw[21:29] == fence[b"n"]
+    decoded = envelope.decode(raw)
+    assert decoded == envelope.Envelope(
+        envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, read.now_us, fence[b"n"], PAYLOAD
+    )
+    entry_ttl = backend.inspect.pttl(KEY)
+    assert 9_000 < entry_ttl <= 10_000
+    assert backend.inspect.pttl(FENCE) >= entry_ttl
+
+
+async def test_write_tracked_then_read_tracked_sees_value_under_same_nonce(
+    backend: Backend, ops: Ops
+) -> None:
+    first = await ops.read()
+    assert await ops.write(first.now_us, first.nonce) == 1
+
+    second = await ops.read()
+
+    assert second.raw is not None
+    assert second.nonce == backend.inspect.hget(FENCE, "n")
+    assert second.watermark_us == 0
+    assert second.now_us >= first.now_us
+    decoded = envelope.decode(second.raw)
+    assert decoded.nonce == second.nonce
+    assert decoded.stamp_us == first.now_us > second.watermark_us
+
+
+async def test_write_tracked_existing_fence_keeps_its_nonce(backend: Backend, ops: Ops) -> None:
+    backend.inspect.hset(FENCE, mapping={"n": b"NONCE--1", "w": "0"})
+    read = await ops.read()
+    assert read.nonce == b"NONCE--1"
+
+    assert await ops.write(read.now_us, read.nonce, key=KEY) == 1
+    assert await ops.write(read.now_us, read.nonce, key=KEY2) == 1
+
+    assert backend.inspect.hgetall(FENCE) == {b"n": b"NONCE--1", b"w": b"0"}
+    for key in (KEY, KEY2):
+        raw = stored(backend.inspect, key)
+        assert envelope.decode(raw).nonce == b"NONCE--1"
+
+
+async def test_write_tracked_fence_outlives_longest_entry(backend: Backend, ops: Ops) -> None:
+    read = await ops.read()
+    assert await ops.write(read.now_us, read.nonce, key=KEY, ttl_ms=50_000) == 1
+    assert await ops.write(read.now_us, read.nonce, key=KEY2, ttl_ms=5_000) == 1
+
+    # the shorter write does not shorten the fence
+    assert backend.inspect.pttl(FENCE) >= backend.inspect.pttl(KEY) > 40_000
+    assert 4_000 < backend.inspect.pttl(KEY2) <= 5_000
+
+
+async def test_write_tracked_without_read_time_stamps_server_now(backend: Backend, ops: Ops) -> None:
+    before = backend.now_us()
+    assert await ops.write(None, None) == 1
+    after = backend.now_us()
+
+    raw = stored(backend.inspect, KEY)
+    decoded = envelope.decode(raw)
+    assert before <= decoded.stamp_us <= after
+    assert decoded.nonce == backend.inspect.hget(FENCE, "n")
+
+
+async def test_write_tracked_refused_when_invalidated_after_read(backend: Backend, ops: Ops) -> None:
+    first = await ops.read()
+    assert await ops.write(first.now_us, first.nonce) == 1
+    read = await ops.read()
+    assert read.nonce is not None
+
+    await ops.invalidate()
+
+    assert await ops.write(read.now_us, read.nonce, key=KEY2) == 0
+    assert backend.inspect.exists(KEY2) == 0
+
+
+async def test_write_tracked_refused_when_watermark_equals_read_time(backend: Backend, ops: Ops) -> None:
+    backend.inspect.hset(FENCE, mapping={"n": b"NONCE--1", "w": "0"})
+    read = await ops.read()
+    backend.inspect.hset(FENCE, "w", str(read.now_us))
+
+    assert await ops.write(read.now_us, read.nonce) == 0
+    assert await ops.write(read.now_us + 1, read.nonce) == 1
+    raw = stored(backend.inspect, KEY)
+    assert envelope.decode(raw).stamp_us == read.now_us + 1
+
+
+async def test_write_tracked_refused_when_fence_created_by_invalidation_after_missing_read(
+    backend: Backend, ops: Ops
+) -> None:
+    read = await ops.read()
+    assert read.nonce is None
+
+    await ops.invalidate()
+
+    assert await ops.write(read.now_us, read.nonce) == 0
+    assert backend.inspect.exists(KEY) == 0
+
+
+async def test_write_tracked_after_missing_read_joins_fence_another_writer_created(
+    backend: Backend, ops: Ops
+) -> None:
+    read_a = await ops.read(KEY)
+    read_b = await ops.read(KEY2)
+    assert read_a.nonce is None
+    assert read_b.nonce is None
+
+    assert await ops.write(read_a.now_us, None, key=KEY) == 1
+    assert await ops.write(read_b.now_us, None, key=KEY2) == 1
+
+    nonce = backend.inspect.hget(FENCE, "n")
+    for key in (KEY, KEY2):
+        raw = stored(backend.inspect, key)
+        assert envelope.decode(raw).nonce == nonce
+
+
+async def test_write_tracked_refused_with_minus_one_when_fence_nonce_changed_since_read(
+    backend: Backend, ops: Ops
+) -> None:
+    assert await ops.write(None, None) == 1
+    read = await ops.read(KEY2)
+    assert read.nonce is not None
+    backend.inspect.hset(FENCE, "n", b"REPLACED")
+
+    assert await ops.write(read.now_us, read.nonce, key=KEY2) == -1
+    assert backend.inspect.exists(KEY2) == 0
+    assert backend.inspect.hget(FENCE, "n") == b"REPLACED"
+
+
+async def test_write_tracked_refused_with_minus_one_when_fence_vanished_since_read(
+    backend: Backend, ops: Ops
+) -> None:
+    assert await ops.write(None, None) == 1
+    read = await ops.read(KEY2)
+    assert read.nonce is not None
+    backend.inspect.delete(FENCE)
+
+    assert await ops.write(read.now_us, read.nonce, key=KEY2) == -1
+    assert backend.inspect.exists(KEY2, FENCE) == 0
+
+
+async def test_write_tracked_refused_with_minus_two_when_compute_limit_exceeded(
+    backend: Backend, mode: str
+) -> None:
+    ops = Ops(backend.make(compute_limit_ms=50), mode)
+    read = await ops.read()
+
+    await asyncio.sleep(0.12)
+
+    assert await ops.write(read.now_us, read.nonce) == -2
+    assert backend.inspect.exists(KEY, FENCE) == 0
+
+
+async def test_write_tracked_compute_limit_does_not_apply_to_direct_put(backend: Backend, mode: str) -> None:
+    ops = Ops(backend.make(compute_limit_ms=1), mode)
+
+    assert await ops.write(None, None) == 1
+    assert backend.inspect.exists(KEY) == 1
+
+
+# -- invalidate -----------------------------------------------------------------------------------
+
+
+async def test_invalidate_missing_fence_creates_it_with_server_now_watermark(
+    backend: Backend, ops: Ops
+) -> None:
+    before = backend.now_us()
+    watermark = await ops.invalidate()
+    after = backend.now_us()
+
+    assert before <= watermark <= after
+    fence = backend.inspect.hgetall(FENCE)
+    assert len(fence[b"n"]) == 8
+    assert int(fence[b"w"]) == watermark
+
+
+async def test_invalidate_adds_future_buffer_to_server_now(backend: Backend, ops: Ops) -> None:
+    before = backend.now_us()
+    watermark = await ops.invalidate(buffer_ms=500)
+    after = backend.now_us()
+
+    assert before + 500_000 <= watermark <= after + 500_000
+    assert int(backend.inspect.hget(FENCE, "w") or 0) == watermark
+
+
+async def test_invalidate_keeps_existing_fence_nonce(backend: Backend, ops: Ops) -> None:
+    assert await ops.write(None, None) == 1
+    nonce = backend.inspect.hget(FENCE, "n")
+
+    await ops.invalidate()
+    await ops.invalidate(buffer_ms=10)
+
+    assert backend.inspect.hget(FENCE, "n") == nonce
+
+
+async def test_invalidate_never_lowers_watermark(backend: Backend, ops: Ops) -> None:
+    high = await ops.invalidate(buffer_ms=10_000)
+
+    assert await ops.invalidate(buffer_ms=0) == high
+    assert await ops.invalidate(buffer_ms=5_000) == high
+    assert int(backend.inspect.hget(FENCE, "w") or 0) == high
+
+    higher = await ops.invalidate(buffer_ms=20_000)
+    assert higher > high
+    assert int(backend.inspect.hget(FENCE, "w") or 0) == higher
+
+
+async def test_invalidate_watermark_moves_forward_with_server_time(backend: Backend, ops: Ops) -> None:
+    first = await ops.invalidate()
+    await asyncio.sleep(0.002)
+    second = await ops.invalidate()
+
+    assert second > first
+
+
+async def test_invalidate_fence_lives_at_least_buffer_plus_compute_limit(backend: Backend, mode: str) -> None:
+    ops = Ops(backend.make(compute_limit_ms=2_000), mode)
+
+    await ops.invalidate(buffer_ms=3_000)
+
+    assert 4_500 < backend.inspect.pttl(FENCE) <= 5_000
+
+
+async def test_invalidate_does_not_shorten_longer_fence_ttl(backend: Backend, mode: str) -> None:
+    ops = Ops(backend.make(compute_limit_ms=2_000), mode)
+    assert await ops.write(None, None, ttl_ms=100_000) == 1
+
+    await ops.invalidate(buffer_ms=0)
+
+    assert backend.inspect.pttl(FENCE) > 95_000
+
+
+async def test_invalidate_extends_shorter_fence_ttl(backend: Backend, mode: str) -> None:
+    ops = Ops(backend.make(compute_limit_ms=1_000), mode)
+    assert await ops.write(None, None, ttl_ms=1_000) == 1
+    assert backend.inspect.pttl(FENCE) <= 2_000
+
+    await ops.invalidate(buffer_ms=60_000)
+
+    assert backend.inspect.pttl(FENCE) > 59_000
+
+
+async def test_invalidate_then_entry_written_before_is_stale_by_stamp(backend: Backend, ops: Ops) -> None:
+    assert await ops.write(None, None) == 1
+
+    watermark = await ops.invalidate()
+    read = await ops.read()
+
+    assert read.raw is not None
+    assert read.watermark_us == watermark
+    assert envelope.decode(read.raw).stamp_us <= read.watermark_us
+    assert read.now_us >= watermark
+
+
+async def test_invalidate_with_future_buffer_refuses_writes_read_within_buffer(
+    backend: Backend, ops: Ops
+) -> None:
+    await ops.invalidate(buffer_ms=60_000)
+    read = await ops.read()
+
+    assert await ops.write(read.now_us, read.nonce) == 0
+    assert await ops.write(None, None) == 0  # a direct put lands inside the buffer too
+    assert backend.inspect.exists(KEY) == 0
+
+
+# -- flush ----------------------------------------------------------------------------------------
+
+
+async def test_flush_deletes_only_keys_under_prefix_and_counts_them(backend: Backend, ops: Ops) -> None:
+    mine = [
+        "{urn:test:user_id:1}#A",
+        "{urn:test:user_id:1}?x=1#A",
+        "{urn:test:user_id:1}#watermark",
+        "{urn:test:org:2}#B",
+    ]
+    foreign = [
+        "other",
+        "{urn:other:user_id:1}#A",
+        "{urn:testing:user_id:1}#A",
+        "urn:test:user_id:1#A",
+        "x{urn:test:user_id:1}#A",
+    ]
+    for key in mine + foreign:
+        backend.inspect.set(key, b"v")
+
+    assert await ops.flush("urn:test") == len(mine)
+
+    assert backend.inspect.exists(*mine) == 0
+    assert backend.inspect.exists(*foreign) == len(foreign)
+    assert await ops.flush("urn:test") == 0
+
+
+async def test_flush_deletes_more_keys_than_one_scan_batch(backend: Backend, ops: Ops) -> None:
+    with backend.inspect.pipeline(transaction=False) as pipe:
+        for i in range(2_345):
+            pipe.set(f"{{urn:test:user_id:{i}}}#A", b"v")
+        pipe.set("{urn:keep:user_id:1}#A", b"v")
+        pipe.execute()
+
+    assert await ops.flush("urn:test") == 2_345
+
+    assert backend.inspect.dbsize() == 1
+
+
+# -- twins agree ----------------------------------------------------------------------------------
+
+
+async def test_sync_and_async_twins_give_same_results(backend: Backend, mode: str) -> None:
+    remote = backend.make()
+    async_ops, sync_ops = Ops(remote, "async"), Ops(remote, "sync")
+    first, second = (async_ops, sync_ops) if mode == "async" else (sync_ops, async_ops)
+
+    written = await first.write(None, None)
+    read_first, read_second = await first.read(), await second.read()
+    assert written == 1
+    assert (read_first.raw, read_first.nonce, read_first.watermark_us) == (
+        read_second.raw,
+        read_second.nonce,
+        read_second.watermark_us,
+    )
+    assert await first.get(KEY) == await second.get(KEY) == read_first.raw
+
+    watermark = await first.invalidate(buffer_ms=60_000)
+    assert await second.invalidate(buffer_ms=0) == watermark
+    assert await first.write(None, None, key=KEY2) == await second.write(None, None, key=KEY2) == 0
+    assert await first.delete(KEY) is True
+    assert await second.delete(KEY) is False
+    backend.inspect.set("{urn:gcache:user_id:9}#A", b"v")
+    assert await first.flush("urn:gcache") == 2  # the fence and the key above
+    assert await second.flush("urn:gcache") == 0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dead_remote() -> AsyncIterator[RemoteCache]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    loop_thread = LoopThread("test-dead")
+    remote = RemoteCache(
+        redis_config=RedisConfig(url=f"redis://127.0.0.1:{port}/0"),
+        client_factory=None,
+        compute_limit_ms=LIMIT_MS,
+        loop_thread=loop_thread,
+    )
+    yield remote
+    await remote.aclose()
+    loop_thread.stop()
+
+
+@pytest.mark.parametrize(
+    ("operation", "call"),
+    [
+        ("get", lambda o: o.get(KEY)),
+        ("set", lambda o: o.set(KEY, ENV, 1_000)),
+        ("read", lambda o: o.read()),
+        ("write", lambda o: o.write(None, None)),
+        ("invalidate", lambda o: o.invalidate()),
+        ("delete", lambda o: o.delete(KEY)),
+        ("flush", lambda o: o.flush("urn:gcache")),
+    ],
+)
+async def test_redis_failure_raises_remote_error_naming_operation(
+    dead_remote: RemoteCache, mode: str, operation: str, call: Callable[[Ops], Any]
+) -> None:
+    ops = Ops(dead_remote, mode)
+
+    with pytest.raises(RemoteError) as info:
+        await call(ops)
+
+    assert info.value.operation == operation
+    assert isinstance(info.value.cause, (redis.ConnectionError, OSError))
+    assert f"redis {operation} failed" in str(info.value)
+
+
+async def test_gcache_remote_is_a_remote_cache_on_its_redis(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, mode: str
+) -> None:
+    cache = make_cache(tracked_compute_limit_sec=0.5)
+    remote = cache._remote
+    assert isinstance(remote, RemoteCache)
+    ops = Ops(remote, mode)
+
+    await ops.invalidate(buffer_ms=100)
+
+    assert 500 < redis_client.pttl(FENCE) <= 600
