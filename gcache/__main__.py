@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+__all__ = ["main"]
+
 
 def _positive_int(text: str) -> int:
     value = int(text)

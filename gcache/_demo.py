@@ -282,14 +282,11 @@ class Samples:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._samples = [(s.name, s.labels, s.value) for metric in registry.collect() for s in metric.samples]
 
-    def sum(self, name: str, labels: Mapping[str, str], exclude: Mapping[str, str] | None = None) -> float:
-        exclude = exclude or {}
+    def sum(self, name: str, labels: Mapping[str, str]) -> float:
         return sum(
             value
             for sample_name, sample_labels, value in self._samples
-            if sample_name == name
-            and all(sample_labels.get(k) == v for k, v in labels.items())
-            and all(sample_labels.get(k) != v for k, v in exclude.items())
+            if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
         )
 
     def mean(self, name: str, labels: Mapping[str, str]) -> float | None:
@@ -300,8 +297,7 @@ class Samples:
 def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = "") -> list[Row]:
     """Hits per layer, function calls and latency per path, as the library's metrics report them.
 
-    hits = lookups (gcache_request_counter) - misses (gcache_miss_counter); a local-write refusal
-    (reason ``invalidated_during_read``) is not a lookup. Latency per path adds up the mean
+    hits = lookups (gcache_request_counter) - misses (gcache_miss_counter). Latency per path adds up the mean
     lookup times (gcache_get_timer) and the mean time in the function (gcache_fallback_timer).
     """
     s = Samples(registry)
@@ -313,7 +309,7 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
         for layer in ("local", "remote"):
             where = {"use_case": use_case, "layer": layer}
             requests = s.sum(f"{m}request_counter_total", where)
-            misses = s.sum(f"{m}miss_counter_total", where, exclude={"reason": "invalidated_during_read"})
+            misses = s.sum(f"{m}miss_counter_total", where)
             hits[layer] = int(requests - misses) if requests else None
             lookup[layer] = s.mean(f"{m}get_timer", where) or 0.0
         where = {"use_case": use_case}

@@ -145,8 +145,10 @@ class UseCase:
         return value
 
     def local_put(self, urn: str, entity: str, value: Any, ttl: float, epoch: int) -> None:
-        if not self.local.put(urn, entity, value, ttl, epoch):
-            self.m.miss("local", "invalidated_during_read").inc()
+        if self.local.put(urn, entity, value, ttl, epoch):
+            self.m.local_stored.inc()
+        else:
+            self.m.write("local", "invalidated").inc()
 
     def fresh(self, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
         """The envelope of a remote entry that may be served, or None (the miss is counted)."""
@@ -178,7 +180,7 @@ class UseCase:
         return _envelope.encode(payload, self.codec.serializer_id, flags, time.time_ns() // 1000)
 
     def wrote(self, result: int) -> bool:
-        self.m.remote_write(_WRITE_RESULTS.get(result, "unknown")).inc()
+        self.m.write("remote", _WRITE_RESULTS.get(result, "unknown")).inc()
         return result == 1
 
     def key_error(self, exc: BaseException) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,8 @@ def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | N
         layer = _layer(name, where)
         if layer is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}[{layer.value}] must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}[{layer.value}] must be a finite number, got {value!r}")
         if value < 0 or (upper is not None and value > upper):
             bound = f"between 0 and {upper:g}" if upper is not None else "0 or more"
             raise ConfigError(f"{where}[{layer.value}] must be {bound}, got {value!r}")
@@ -136,7 +137,15 @@ class GCacheKeyConfig:
     @staticmethod
     def load_configs(data: str | Mapping[str, Any]) -> GCacheKeyConfigs:
         """Parse ``{use_case: config}``; a value may itself map environment names to configs."""
-        raw = json.loads(data) if isinstance(data, str) else data
+        if isinstance(data, str):
+            try:
+                raw = json.loads(data)
+            except ValueError as exc:
+                raise ConfigError(f"GCacheKeyConfig.load_configs: invalid JSON: {exc}") from exc
+        else:
+            raw = data
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"GCacheKeyConfig.load_configs: expected an object of use cases, got {raw!r}")
         configs: GCacheKeyConfigs = {}
         for use_case, value in raw.items():
             if isinstance(value, Mapping) and set(value) <= {"ttl_sec", "ramp"}:
@@ -224,8 +233,9 @@ class RedisConfig:
             self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
         else:
             self._validate_url(self.url)
-        if self.cluster and self.db != 0:
-            raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={self.db}")
+        if self.cluster and (self.db != 0 or _url_db(self.url or "") != 0):
+            db = self.db or _url_db(self.url or "")
+            raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={db}")
         if not isinstance(self.redis_py_options, dict):
             raise ConfigError(f"RedisConfig.redis_py_options must be a dict, got {self.redis_py_options!r}")
 
@@ -277,6 +287,13 @@ class RedisConfig:
 
     def __repr__(self) -> str:
         return f"RedisConfig(url={_mask_url(self.url or '')!r}, cluster={self.cluster})"
+
+
+def _url_db(url: str) -> int:
+    """The database number a (validated) redis:// URL names, 0 when it names none."""
+    parts = urlsplit(url)
+    db = parts.path.lstrip("/") if parts.scheme != "unix" else ""
+    return int(db) if db.isdigit() else 0
 
 
 def _mask_url(url: str) -> str:

@@ -433,7 +433,7 @@ class GCache:
 
     def _management_failed(self, exc: RemoteError, key_type: str) -> None:
         self._metrics.error.labels("", key_type, "remote", type(exc.cause).__name__, "false").inc()
-        self._runtime.errors.warning(("", exc.operation), str(exc), exc)
+        self._runtime.errors.warning(("", exc.operation), f"{exc} (raised to the caller)")
 
     # -- lifecycle -------------------------------------------------------------------------------
 

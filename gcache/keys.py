@@ -129,6 +129,7 @@ class KeyBuilder:
     """
 
     __slots__ = (
+        "_extra_adapters",
         "_extra_skip",
         "_fields",
         "_id_extract",
@@ -218,10 +219,13 @@ class KeyBuilder:
         self._n_positional = len(positions)
         self._var_positional = var_positional if var_positional not in ignored else None
         self._var_keyword = var_keyword
-        skip = set(names) | ignored
-        if id_name not in adapters:
+        # Extra keyword arguments (**kwargs) are keyed by name, except those that bind a declared
+        # parameter; a positional-only name passed by keyword lands in **kwargs and is keyed.
+        skip = {n for n in names if n not in positional_only} | ignored
+        if id_name not in adapters and id_name not in positional_only:
             skip.add(id_name)
         self._extra_skip = frozenset(skip)
+        self._extra_adapters = adapters
 
     def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
         """The id and the sorted (name, value) pairs for one call.
@@ -242,8 +246,10 @@ class KeyBuilder:
         if self._var_positional is not None:
             pairs.append((self._var_positional, str(args[self._n_positional :])))
         if self._var_keyword is not None and kwargs:
-            skip = self._extra_skip
-            pairs.extend((n, str(v)) for n, v in kwargs.items() if n not in skip)
+            skip, adapt = self._extra_skip, self._extra_adapters
+            for n, v in kwargs.items():
+                if n not in skip:
+                    pairs.append((n, str(adapt[n](v) if n in adapt else v)))
         pairs.sort()
         return str(raw_id), tuple(pairs)
 

@@ -89,10 +89,10 @@ class Metrics:
             ["key_type", "layer"],
             **kw,
         )
-        self.remote_write = Counter(
-            f"{p}remote_write_counter",
-            "Writes to Redis by result (stored, invalidated, fence_replaced, too_slow).",
-            [*_UC, "result"],
+        self.write = Counter(
+            f"{p}write_counter",
+            "Writes after a miss, per layer, by result (stored, or why it was refused as stale).",
+            [*_UC, "layer", "result"],
             **kw,
         )
         self.get_timer = Histogram(
@@ -152,7 +152,8 @@ class UseCaseMetrics:
         self.disabled = _Children(lambda layer, reason: metrics.disabled.labels(*uc, layer, reason))
         self.error = _Children(lambda layer, error, in_fb: metrics.error.labels(*uc, layer, error, in_fb))
         self.fallback = _Children(lambda layer: metrics.fallback_timer.labels(*uc, layer))
-        self.remote_write = _Children(lambda result: metrics.remote_write.labels(*uc, result))
+        self.local_stored = metrics.write.labels(*uc, "local", "stored")
+        self.write = _Children(lambda layer, result: metrics.write.labels(*uc, layer, result))
 
 
 def start_metrics_server(

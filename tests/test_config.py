@@ -1,0 +1,443 @@
+"""Configuration objects: GCacheKeyConfig, RedisConfig, GCacheConfig, and the error classes."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+import gcache
+import gcache.errors
+from gcache import CacheLayer, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache.errors import (
+    ConfigError,
+    FutureBufferTooLargeError,
+    GCacheError,
+    IdArgError,
+    RedisConfigConflictError,
+    UseCaseIsAlreadyRegisteredError,
+    UseCaseNameIsReservedError,
+)
+
+LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
+SECRET = "s3cret-Pw"
+
+# ---------------------------------------------------------------------------------------------
+# GCacheKeyConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def test_key_config_keeps_values_given_by_layer() -> None:
+    cfg = GCacheKeyConfig(ttl_sec={LOCAL: 60, REMOTE: 300}, ramp={LOCAL: 100, REMOTE: 25.5})
+    assert cfg.ttl_sec == {LOCAL: 60, REMOTE: 300}
+    assert cfg.ramp == {LOCAL: 100, REMOTE: 25.5}
+
+
+def test_key_config_accepts_layer_names_in_any_case() -> None:
+    ttl: dict[Any, float] = {"local": 60, "REMOTE": 300}
+    ramp: dict[Any, float] = {"Local": 0, "remote": 100}
+    cfg = GCacheKeyConfig(ttl_sec=ttl, ramp=ramp)
+    assert cfg.ttl_sec == {LOCAL: 60, REMOTE: 300}
+    assert cfg.ramp == {LOCAL: 0, REMOTE: 100}
+    assert cfg == GCacheKeyConfig(ttl_sec={LOCAL: 60, REMOTE: 300}, ramp={LOCAL: 0, REMOTE: 100})
+
+
+def test_key_config_defaults_to_every_layer_off() -> None:
+    cfg = GCacheKeyConfig()
+    assert cfg.ttl_sec == {}
+    assert cfg.ramp == {}
+
+
+def test_key_config_ignores_legacy_noop_layer() -> None:
+    ttl: dict[Any, float] = {"noop": 5, "local": 1}
+    ramp: dict[Any, float] = {"NOOP": 100}
+    cfg = GCacheKeyConfig(ttl_sec=ttl, ramp=ramp)
+    assert cfg.ttl_sec == {LOCAL: 1}
+    assert cfg.ramp == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "message"),
+    [
+        ("ttl_sec", {"local": -1}, "GCacheKeyConfig.ttl_sec[local] must be 0 or more, got -1"),
+        ("ttl_sec", {REMOTE: -0.5}, "GCacheKeyConfig.ttl_sec[remote] must be 0 or more, got -0.5"),
+        ("ramp", {"remote": 101}, "GCacheKeyConfig.ramp[remote] must be between 0 and 100, got 101"),
+        ("ramp", {LOCAL: -1}, "GCacheKeyConfig.ramp[local] must be between 0 and 100, got -1"),
+        ("ramp", {LOCAL: 100.5}, "GCacheKeyConfig.ramp[local] must be between 0 and 100, got 100.5"),
+        ("ttl_sec", {"local": True}, "GCacheKeyConfig.ttl_sec[local] must be a finite number, got True"),
+        ("ramp", {"remote": "50"}, "GCacheKeyConfig.ramp[remote] must be a finite number, got '50'"),
+        ("ttl_sec", {"local": None}, "GCacheKeyConfig.ttl_sec[local] must be a finite number, got None"),
+        ("ramp", {"local": float("nan")}, "GCacheKeyConfig.ramp[local] must be a finite number, got nan"),
+        ("ttl_sec", {"remote": float("inf")}, "ttl_sec[remote] must be a finite number, got inf"),
+        ("ttl_sec", {"disk": 5}, "GCacheKeyConfig.ttl_sec: unknown cache layer 'disk'"),
+        ("ramp", {3: 5}, "GCacheKeyConfig.ramp: unknown cache layer 3"),
+        ("ttl_sec", [60], "GCacheKeyConfig.ttl_sec must be a mapping"),
+    ],
+)
+def test_key_config_raises_config_error_naming_field_and_value(field: str, values: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        GCacheKeyConfig(**{field: values})
+
+
+def test_key_config_accepts_bounds_of_ranges() -> None:
+    cfg = GCacheKeyConfig(ttl_sec={LOCAL: 0, REMOTE: 10**9}, ramp={LOCAL: 0, REMOTE: 100})
+    assert cfg.ttl_sec == {LOCAL: 0, REMOTE: 10**9}
+    assert cfg.ramp == {LOCAL: 0, REMOTE: 100}
+
+
+def test_enabled_turns_every_layer_on_with_one_ttl() -> None:
+    cfg = GCacheKeyConfig.enabled(30)
+    assert cfg.ttl_sec == {LOCAL: 30, REMOTE: 30}
+    assert cfg.ramp == {LOCAL: 100, REMOTE: 100}
+
+
+def test_enabled_rejects_negative_ttl() -> None:
+    with pytest.raises(ConfigError, match="ttl_sec"):
+        GCacheKeyConfig.enabled(-1)
+
+
+def test_dumps_names_layers_as_strings_and_loads_round_trips() -> None:
+    cfg = GCacheKeyConfig(ttl_sec={LOCAL: 60, REMOTE: 300}, ramp={LOCAL: 100, REMOTE: 25})
+    text = cfg.dumps()
+    assert '"local"' in text
+    assert '"remote"' in text
+    assert "CacheLayer" not in text
+    assert json.loads(text) == {"ttl_sec": {"local": 60, "remote": 300}, "ramp": {"local": 100, "remote": 25}}
+    assert GCacheKeyConfig.loads(text) == cfg
+    assert GCacheKeyConfig.loads(text.encode()) == cfg
+    assert GCacheKeyConfig.loads(json.loads(text)) == cfg
+
+
+def test_to_dict_and_model_dump_use_layer_names() -> None:
+    cfg = GCacheKeyConfig.enabled(5)
+    expected = {"ttl_sec": {"local": 5, "remote": 5}, "ramp": {"local": 100, "remote": 100}}
+    assert cfg.to_dict() == expected
+    assert cfg.model_dump() == expected
+    assert GCacheKeyConfig.from_dict(expected) == cfg
+
+
+def test_loads_ignores_legacy_noop_layer() -> None:
+    cfg = GCacheKeyConfig.loads('{"ttl_sec": {"noop": 1, "local": 2}, "ramp": {"noop": 100, "local": 50}}')
+    assert cfg == GCacheKeyConfig(ttl_sec={LOCAL: 2}, ramp={LOCAL: 50})
+
+
+@pytest.mark.parametrize("text", ["{not json", "", '{"ttl_sec": {"local": 1}'])
+def test_loads_raises_config_error_when_json_invalid(text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        GCacheKeyConfig.loads(text)
+
+
+def test_loads_raises_config_error_when_fields_unknown_or_not_mapping() -> None:
+    with pytest.raises(ConfigError, match="ttl"):
+        GCacheKeyConfig.loads('{"ttl": {"local": 1}}')
+    with pytest.raises(ConfigError, match="mapping"):
+        GCacheKeyConfig.loads("[1, 2]")
+    with pytest.raises(ConfigError, match=re.escape("ramp[remote]")):
+        GCacheKeyConfig.loads('{"ramp": {"remote": 150}}')
+
+
+def test_dump_configs_and_load_configs_round_trip_with_environments() -> None:
+    configs: dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]] = {
+        "GetUser": GCacheKeyConfig.enabled(60),
+        "GetOrg": {
+            "prod": GCacheKeyConfig(ttl_sec={LOCAL: 5, REMOTE: 600}, ramp={LOCAL: 100, REMOTE: 10}),
+            "staging": GCacheKeyConfig(ttl_sec={LOCAL: 1}, ramp={LOCAL: 100}),
+        },
+    }
+    text = GCacheKeyConfig.dump_configs(configs)
+    assert json.loads(text) == {
+        "GetUser": {"ttl_sec": {"local": 60, "remote": 60}, "ramp": {"local": 100, "remote": 100}},
+        "GetOrg": {
+            "prod": {"ttl_sec": {"local": 5, "remote": 600}, "ramp": {"local": 100, "remote": 10}},
+            "staging": {"ttl_sec": {"local": 1}, "ramp": {"local": 100}},
+        },
+    }
+    assert GCacheKeyConfig.load_configs(text) == configs
+    assert GCacheKeyConfig.load_configs(json.loads(text)) == configs
+
+
+def test_load_configs_reads_hand_written_layer_names() -> None:
+    configs = GCacheKeyConfig.load_configs(
+        '{"A": {"ttl_sec": {"LOCAL": 3}, "ramp": {"local": 100}},'
+        ' "B": {"prod": {"ttl_sec": {"remote": 9}, "ramp": {"Remote": 50}}}}'
+    )
+    assert configs == {
+        "A": GCacheKeyConfig(ttl_sec={LOCAL: 3}, ramp={LOCAL: 100}),
+        "B": {"prod": GCacheKeyConfig(ttl_sec={REMOTE: 9}, ramp={REMOTE: 50})},
+    }
+
+
+def test_load_configs_raises_config_error_when_value_invalid() -> None:
+    with pytest.raises(ConfigError, match="'A'"):
+        GCacheKeyConfig.load_configs('{"A": 5}')
+    with pytest.raises(ConfigError, match=re.escape("ttl_sec[local]")):
+        GCacheKeyConfig.load_configs('{"A": {"prod": {"ttl_sec": {"local": -5}}}}')
+
+
+@pytest.mark.parametrize("text", ["{not json", ""])
+def test_load_configs_raises_config_error_when_json_invalid(text: str) -> None:
+    with pytest.raises(ConfigError):
+        GCacheKeyConfig.load_configs(text)
+
+
+def test_load_configs_raises_config_error_when_top_level_not_an_object() -> None:
+    with pytest.raises(ConfigError):
+        GCacheKeyConfig.load_configs("[1, 2]")
+
+
+# ---------------------------------------------------------------------------------------------
+# RedisConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def test_redis_config_defaults_to_localhost_url() -> None:
+    assert RedisConfig().url == "redis://localhost:6379/0"
+
+
+def test_redis_config_builds_url_from_parts_with_quoted_credentials() -> None:
+    cfg = RedisConfig(host="cache.internal", port=6380, db=2, username="app user", password="p@ss:w/rd")
+    assert cfg.url == "redis://app%20user:p%40ss%3Aw%2Frd@cache.internal:6380/2"
+
+
+def test_redis_config_builds_url_with_password_only() -> None:
+    assert RedisConfig(password="pw").url == "redis://:pw@localhost:6379/0"
+
+
+def test_redis_config_uses_rediss_scheme_when_tls() -> None:
+    assert RedisConfig(host="h", tls=True).url == "rediss://h:6379/0"
+    assert RedisConfig(host="h", protocol="rediss").url == "rediss://h:6379/0"
+
+
+def test_redis_config_brackets_ipv6_host() -> None:
+    assert RedisConfig(host="::1", port=7000).url == "redis://[::1]:7000/0"
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://cache:6379/0", "rediss://u:pw@cache.example.com:6380/3", "unix:///tmp/redis.sock"]
+)
+def test_redis_config_accepts_valid_url(url: str) -> None:
+    assert RedisConfig(url=url).url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (f"http://user:{SECRET}@cache:6379/0", "scheme 'http'"),
+        (f"redis://user:{SECRET}@:6379/0", "names no host"),
+        (f"redis://user:{SECRET}@cache:6379/abc", "database 'abc' is not a number"),
+        (f"redis://user:{SECRET}@cache:notaport/0", "not a valid URL"),
+        (f"redis://user:{SECRET}@cache:99999/0", "not a valid URL"),
+        (f"redis://:{SECRET}@cache:0/0", "port 0"),
+        ("unix://", "no socket path"),
+    ],
+)
+def test_redis_config_raises_config_error_naming_url_problem(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as info:
+        RedisConfig(url=url)
+    assert SECRET not in str(info.value)
+    assert "RedisConfig.url" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"port": 0}, "RedisConfig.port"),
+        ({"port": 70000}, "RedisConfig.port"),
+        ({"port": "6379"}, "RedisConfig.port"),
+        ({"db": -1}, "RedisConfig.db"),
+        ({"host": ""}, "RedisConfig.host"),
+        ({"protocol": "http"}, "RedisConfig.protocol"),
+    ],
+)
+def test_redis_config_raises_config_error_naming_bad_part(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as info:
+        RedisConfig(password=SECRET, **options)
+    assert SECRET not in str(info.value)
+
+
+def test_redis_config_repr_hides_password() -> None:
+    from_url = RedisConfig(url=f"redis://user:{SECRET}@cache:6379/0")
+    from_parts = RedisConfig(host="cache", username="user", password=SECRET)
+    for cfg in (from_url, from_parts):
+        assert SECRET not in repr(cfg)
+        assert SECRET not in str(cfg)
+        assert "***" in repr(cfg)
+        assert "cache" in repr(cfg)
+
+
+def test_redis_config_rejects_db_on_cluster_from_parts() -> None:
+    with pytest.raises(ConfigError, match="db"):
+        RedisConfig(db=1, cluster=True)
+
+
+def test_redis_config_rejects_db_on_cluster_from_url() -> None:
+    with pytest.raises(ConfigError, match="db"):
+        RedisConfig(url="redis://cache:6379/3", cluster=True)
+
+
+def test_redis_config_accepts_cluster_with_db_zero() -> None:
+    assert RedisConfig(url="redis://cache:6379/0", cluster=True).cluster is True
+    assert RedisConfig(host="cache", cluster=True).url == "redis://cache:6379/0"
+
+
+def test_client_options_include_tls_settings_and_force_binary_responses() -> None:
+    cfg = RedisConfig(
+        host="cache",
+        tls=True,
+        ssl_ca_certs="/etc/ca.pem",
+        ssl_certfile="/etc/client.pem",
+        ssl_cert_reqs="none",
+        redis_py_options={"socket_timeout": 2.5, "decode_responses": True, "max_connections": 20},
+    )
+    assert cfg.client_options() == {
+        "ssl_cert_reqs": "none",
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_certfile": "/etc/client.pem",
+        "socket_timeout": 2.5,
+        "max_connections": 20,
+        "decode_responses": False,
+    }
+
+
+def test_client_options_include_tls_settings_when_url_is_rediss() -> None:
+    options = RedisConfig(url="rediss://cache:6380/0", ssl_keyfile="/k.pem").client_options()
+    assert options["ssl_cert_reqs"] == "required"
+    assert options["ssl_keyfile"] == "/k.pem"
+    assert options["decode_responses"] is False
+
+
+def test_client_options_without_tls_have_no_ssl_settings() -> None:
+    options = RedisConfig(host="cache").client_options()
+    assert options == {"socket_connect_timeout": 1.0, "socket_timeout": 1.0, "decode_responses": False}
+
+
+def test_redis_config_raises_when_redis_py_options_not_dict() -> None:
+    bad: Any = [("socket_timeout", 1)]
+    with pytest.raises(ConfigError, match="redis_py_options"):
+        RedisConfig(redis_py_options=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# GCacheConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gcache_config_raises_conflict_when_both_redis_options_given() -> None:
+    with pytest.raises(RedisConfigConflictError, match="redis_config or redis_client_factory"):
+        GCacheConfig(redis_config=RedisConfig(), redis_client_factory=lambda: None)
+    assert issubclass(RedisConfigConflictError, ConfigError)
+
+
+def test_gcache_config_defaults() -> None:
+    cfg = GCacheConfig()
+    assert cfg.urn_prefix == "urn:gcache"
+    assert cfg.metrics_prefix == ""
+    assert cfg.redis_config is None
+    assert cfg.redis_client_factory is None
+    assert cfg.cache_config_provider is None
+
+
+def test_gcache_config_uses_default_prefix_when_none() -> None:
+    assert GCacheConfig(urn_prefix=None).urn_prefix == "urn:gcache"
+
+
+def test_gcache_config_keeps_custom_prefix() -> None:
+    assert GCacheConfig(urn_prefix="svc:users").urn_prefix == "svc:users"
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "a}b", "cache*", "a?b", "a[b]", "a\\b"])
+def test_gcache_config_raises_config_error_when_prefix_invalid(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="urn_prefix") as info:
+        GCacheConfig(urn_prefix=prefix)
+    assert repr(prefix) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("local_max_entries", 0),
+        ("local_max_entries", -1),
+        ("local_max_entries", 1.5),
+        ("local_max_entries", True),
+        ("local_max_entries", "100"),
+        ("max_future_buffer_ms", -1),
+        ("max_future_buffer_ms", 2.5),
+        ("max_future_buffer_ms", None),
+        ("tracked_compute_limit_sec", 0),
+        ("tracked_compute_limit_sec", -3),
+        ("tracked_compute_limit_sec", "60"),
+        ("error_log_interval_sec", -1),
+    ],
+)
+def test_gcache_config_raises_config_error_naming_option(option: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"GCacheConfig.{option}")) as info:
+        GCacheConfig(**{option: value})
+    assert repr(value) in str(info.value)
+
+
+def test_gcache_config_accepts_zero_where_zero_means_none() -> None:
+    cfg = GCacheConfig(max_future_buffer_ms=0, error_log_interval_sec=0, tracked_compute_limit_sec=0.5)
+    assert cfg.max_future_buffer_ms == 0
+    assert cfg.error_log_interval_sec == 0
+    assert cfg.tracked_compute_limit_sec == 0.5
+
+
+@pytest.mark.parametrize("option", ["cache_config_provider", "redis_client_factory"])
+def test_gcache_config_raises_config_error_when_callable_option_not_callable(option: str) -> None:
+    options: dict[str, Any] = {option: 42}
+    with pytest.raises(ConfigError, match=option):
+        GCacheConfig(**options)
+
+
+def test_gcache_config_raises_config_error_when_redis_config_wrong_type() -> None:
+    bad: Any = {"host": "cache"}
+    with pytest.raises(ConfigError, match="redis_config"):
+        GCacheConfig(redis_config=bad)
+
+
+def test_gcache_config_accepts_sync_and_async_providers() -> None:
+    def sync_provider(key: gcache.GCacheKey) -> GCacheKeyConfig | None:
+        return None
+
+    async def async_provider(key: gcache.GCacheKey) -> GCacheKeyConfig | None:
+        return None
+
+    assert GCacheConfig(cache_config_provider=sync_provider).cache_config_provider is sync_provider
+    assert GCacheConfig(cache_config_provider=async_provider).cache_config_provider is async_provider
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_legacy_error_names_are_the_same_classes() -> None:
+    assert gcache.errors.KeyArgDoesNotExist is IdArgError
+    assert gcache.errors.RedisConfigConflict is RedisConfigConflictError
+    assert gcache.errors.UseCaseIsAlreadyRegistered is UseCaseIsAlreadyRegisteredError
+    assert gcache.errors.UseCaseNameIsReserved is UseCaseNameIsReservedError
+
+
+def test_error_hierarchy_roots_at_gcache_error() -> None:
+    for cls in (
+        IdArgError,
+        RedisConfigConflictError,
+        UseCaseIsAlreadyRegisteredError,
+        UseCaseNameIsReservedError,
+    ):
+        assert issubclass(cls, ConfigError)
+    assert issubclass(ConfigError, GCacheError)
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(FutureBufferTooLargeError, GCacheError)
+    assert gcache.ConfigError is ConfigError
+    assert gcache.IdArgError is IdArgError
+
+
+def test_remote_error_keeps_operation_and_cause() -> None:
+    cause = ConnectionError("refused")
+    err = gcache.errors.RemoteError("get", cause)
+    assert err.operation == "get"
+    assert err.cause is cause
+    assert str(err) == "redis get failed: ConnectionError: refused"

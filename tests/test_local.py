@@ -1,0 +1,336 @@
+"""LOCAL layer: per-entry TTL, size bound, entity epochs, and thread safety (with a fake clock)."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from gcache.local import MISS, Epochs, LocalStore
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _store(
+    clock: FakeClock, *, maxsize: int = 100, tracked: bool = False, epochs: Epochs | None = None
+) -> LocalStore:
+    return LocalStore(maxsize, epochs or Epochs(), tracked=tracked, timer=clock)
+
+
+# ---------------------------------------------------------------------------------------------
+# TTL and size
+# ---------------------------------------------------------------------------------------------
+
+
+def test_get_returns_miss_not_found_when_key_absent(clock: FakeClock) -> None:
+    store = _store(clock)
+    value, reason = store.get("k", "e")
+    assert value is MISS
+    assert reason == "not_found"
+
+
+def test_get_returns_stored_value_with_no_reason(clock: FakeClock) -> None:
+    store = _store(clock)
+    payload = {"a": 1}
+    assert store.put("k", "e", payload, 10, 0) is True
+    value, reason = store.get("k", "e")
+    assert value is payload
+    assert reason is None
+
+
+def test_get_returns_none_value_as_hit(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("k", "e", None, 10, 0)
+    assert store.get("k", "e") == (None, None)
+
+
+def test_entries_expire_at_their_own_ttl(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("short", "e1", "s", 10, 0)
+    store.put("long", "e2", "l", 60, 0)
+    clock.advance(9.999)
+    assert store.get("short", "e1") == ("s", None)
+    assert store.get("long", "e2") == ("l", None)
+    clock.advance(0.001)
+    assert store.get("short", "e1") == (MISS, "not_found")
+    assert store.get("long", "e2") == ("l", None)
+    assert len(store) == 1
+    clock.advance(49.999)
+    assert store.get("long", "e2") == ("l", None)
+    clock.advance(0.001)
+    assert store.get("long", "e2") == (MISS, "not_found")
+    assert len(store) == 0
+
+
+def test_rewrite_takes_the_new_ttl(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("k", "e", "v1", 100, 0)
+    clock.advance(50)
+    store.put("k", "e", "v2", 5, 0)
+    clock.advance(4)
+    assert store.get("k", "e") == ("v2", None)
+    clock.advance(1)
+    assert store.get("k", "e") == (MISS, "not_found")
+
+
+def test_maxsize_evicts_least_recently_used(clock: FakeClock) -> None:
+    store = _store(clock, maxsize=2)
+    store.put("a", "e", 1, 60, 0)
+    store.put("b", "e", 2, 60, 0)
+    assert store.get("a", "e") == (1, None)  # "b" is now the least recently used
+    store.put("c", "e", 3, 60, 0)
+    assert len(store) == 2
+    assert store.get("b", "e") == (MISS, "not_found")
+    assert store.get("a", "e") == (1, None)
+    assert store.get("c", "e") == (3, None)
+
+
+def test_len_never_exceeds_maxsize(clock: FakeClock) -> None:
+    store = _store(clock, maxsize=5)
+    for i in range(50):
+        store.put(f"k{i}", "e", i, 60, 0)
+        assert len(store) <= 5
+    assert len(store) == 5
+    assert [store.get(f"k{i}", "e")[0] for i in range(45, 50)] == [45, 46, 47, 48, 49]
+
+
+def test_delete_and_clear_remove_entries(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("a", "e", 1, 60, 0)
+    store.put("b", "e", 2, 60, 0)
+    assert store.delete("a") is True
+    assert store.delete("a") is False
+    assert store.get("a", "e") == (MISS, "not_found")
+    store.clear()
+    assert len(store) == 0
+    assert store.get("b", "e") == (MISS, "not_found")
+
+
+# ---------------------------------------------------------------------------------------------
+# Epochs: invalidation of tracked entries
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bump_makes_entity_entries_stale_but_not_other_entities(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    start = epochs.current
+    store.put("u1#A", "u1", "a1", 60, start)
+    store.put("u1#B", "u1", "b1", 60, start)
+    store.put("u2#A", "u2", "a2", 60, start)
+    epochs.bump("u1")
+    assert store.get("u1#A", "u1") == (MISS, "invalidated")
+    assert store.get("u1#B", "u1") == (MISS, "invalidated")
+    assert store.get("u2#A", "u2") == ("a2", None)
+    # a stale entry is removed once seen
+    assert store.get("u1#A", "u1") == (MISS, "not_found")
+    assert len(store) == 1
+
+
+def test_put_refused_when_read_started_before_invalidation(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    read_started = epochs.start("u1")
+    epochs.bump("u1")  # an invalidation lands while the function runs
+    assert store.put("u1#A", "u1", "old", 60, read_started) is False
+    assert store.get("u1#A", "u1") == (MISS, "not_found")
+    # other entities are not affected by that invalidation
+    assert store.put("u2#A", "u2", "fine", 60, read_started) is True
+    assert store.get("u2#A", "u2") == ("fine", None)
+
+
+def test_put_accepted_when_read_started_after_invalidation(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    epochs.bump("u1")
+    read_started = epochs.start("u1")
+    assert read_started == epochs.current
+    assert store.put("u1#A", "u1", "new", 60, read_started) is True
+    assert store.get("u1#A", "u1") == ("new", None)
+    epochs.bump("u2")  # a later invalidation of another entity changes nothing here
+    assert store.get("u1#A", "u1") == ("new", None)
+
+
+def test_entry_written_between_two_bumps_is_stale_after_the_second(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    epochs.bump("u1")
+    store.put("u1#A", "u1", "v", 60, epochs.current)
+    epochs.bump("u1")
+    assert store.get("u1#A", "u1") == (MISS, "invalidated")
+
+
+def test_future_buffer_keeps_entity_unfillable_until_it_ends(clock: FakeClock) -> None:
+    epochs = Epochs(timer=clock)
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", "before", 60, epochs.start("u1"))
+    epochs.bump("u1", buffer_sec=5)
+    assert store.get("u1#A", "u1") == (MISS, "invalidated")
+    clock.advance(4.9)
+    inside = epochs.start("u1")
+    assert inside == -1
+    assert store.put("u1#A", "u1", "lagging", 60, inside) is False
+    assert store.get("u1#A", "u1") == (MISS, "not_found")
+    # other entities fill as usual during the buffer
+    assert store.put("u2#A", "u2", "v2", 60, epochs.start("u2")) is True
+    clock.advance(0.1)
+    after = epochs.start("u1")
+    assert after == epochs.current
+    assert store.put("u1#A", "u1", "fresh", 60, after) is True
+    assert store.get("u1#A", "u1") == ("fresh", None)
+
+
+def test_future_buffer_never_shortened_by_a_later_smaller_one(clock: FakeClock) -> None:
+    epochs = Epochs(timer=clock)
+    epochs.bump("u1", buffer_sec=10)
+    epochs.bump("u1", buffer_sec=1)
+    clock.advance(5)
+    assert epochs.start("u1") == -1
+    clock.advance(5)
+    assert epochs.start("u1") == epochs.current
+
+
+def test_bump_without_buffer_leaves_entity_fillable(clock: FakeClock) -> None:
+    epochs = Epochs(timer=clock)
+    epochs.bump("u1")
+    assert epochs.start("u1") == epochs.current == 1
+
+
+def test_untracked_store_ignores_epochs(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=False, epochs=epochs)
+    read_started = epochs.current
+    epochs.bump("u1")
+    assert store.put("u1#A", "u1", "v", 60, read_started) is True
+    epochs.bump("u1")
+    epochs.drop_all()
+    assert store.get("u1#A", "u1") == ("v", None)
+
+
+def test_drop_all_makes_every_tracked_entry_stale(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    start = epochs.current
+    for i in range(5):
+        store.put(f"u{i}#A", f"u{i}", i, 60, start)
+    epochs.drop_all()
+    for i in range(5):
+        assert store.get(f"u{i}#A", f"u{i}") == (MISS, "invalidated")
+    # reads that started before drop_all cannot fill; reads after it can
+    assert store.put("u0#A", "u0", "old", 60, start) is False
+    assert store.put("u0#A", "u0", "new", 60, epochs.current) is True
+    assert store.get("u0#A", "u0") == ("new", None)
+
+
+def test_bounded_epoch_table_still_invalidates_every_bumped_entity(clock: FakeClock) -> None:
+    epochs = Epochs(max_entities=3)
+    store = _store(clock, tracked=True, epochs=epochs)
+    start = epochs.current
+    entities = [f"e{i}" for i in range(5)]
+    for e in entities:
+        store.put(f"{e}#A", e, e, 60, start)
+    for e in entities:
+        epochs.bump(e)
+    for e in entities:
+        assert store.get(f"{e}#A", e) == (MISS, "invalidated"), e
+        assert store.put(f"{e}#A", e, "late", 60, start) is False, e
+    # and fills that started after the bumps are kept
+    after = epochs.current
+    for e in entities:
+        assert store.put(f"{e}#A", e, "fresh", 60, after) is True
+        assert store.get(f"{e}#A", e) == ("fresh", None)
+
+
+def test_bounded_epoch_table_stays_bounded(clock: FakeClock) -> None:
+    epochs = Epochs(max_entities=3)
+    for i in range(1_000):
+        epochs.bump(f"e{i}")
+        assert len(epochs._by_entity) <= 3
+    assert epochs.current == 1_000
+
+
+def test_epoch_of_unknown_entity_is_floor() -> None:
+    epochs = Epochs()
+    assert epochs.of("never-bumped") == 0
+    epochs.bump("a")
+    assert epochs.of("never-bumped") == 0
+    assert epochs.of("a") == epochs.current == 1
+    epochs.drop_all()
+    assert epochs.of("never-bumped") == epochs.floor == epochs.current == 2
+    assert epochs.of("a") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Thread safety
+# ---------------------------------------------------------------------------------------------
+
+
+def test_concurrent_put_get_bump_raise_nothing_and_stay_bounded() -> None:
+    maxsize = 64
+    epochs = Epochs(max_entities=16)
+    stores = [LocalStore(maxsize, epochs, tracked=t) for t in (True, False)]
+    errors: list[BaseException] = []
+    oversize: list[int] = []
+    start = threading.Barrier(8)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            start.wait()
+            for _ in range(4_000):
+                store = stores[rng.randrange(2)]
+                entity = f"e{rng.randrange(40)}"
+                key = f"{entity}#{rng.randrange(10)}"
+                op = rng.random()
+                if op < 0.45:
+                    store.put(key, entity, seed, rng.choice((0.001, 60)), epochs.current)
+                elif op < 0.85:
+                    value: Any
+                    value, reason = store.get(key, entity)
+                    assert (value is MISS) == (reason is not None)
+                elif op < 0.95:
+                    epochs.bump(entity)
+                elif op < 0.97:
+                    epochs.drop_all()
+                elif op < 0.99:
+                    store.delete(key)
+                else:
+                    n = len(store)
+                    if n > maxsize:
+                        oversize.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to shake out races
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert oversize == []
+    assert all(len(s) <= maxsize for s in stores)
