@@ -129,8 +129,12 @@ class UseCase:
 
     def _ttl(self, config: GCacheKeyConfig, layer: CacheLayer, name: str) -> float:
         ttl = config.ttl_sec.get(layer, 0)
+        if ttl <= 0:
+            return 0  # the layer is not set up for this use case: nothing was ramped down
         ramp = config.ramp.get(layer, 0)
-        if ttl <= 0 or ramp <= 0 or (ramp < 100 and _random() * 100 >= ramp):
+        if ramp >= 100:
+            return ttl
+        if ramp <= 0 or _random() * 100 >= ramp:
             self.m.disabled(name, "ramped_down").inc()
             return 0
         return ttl
