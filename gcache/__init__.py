@@ -18,9 +18,9 @@ from gcache.errors import (
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
+from gcache.exposition import make_metrics_app, start_metrics_server
 from gcache.gcache import GCache
 from gcache.keys import GCacheKey
-from gcache.metrics import make_metrics_app, start_metrics_server
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics, and the ways to serve them.
+"""Prometheus collectors: one set per (registry, prefix), label children bound once per use case.
 
 Collectors exist once per (registry, metrics_prefix): several GCache instances with the same
 prefix share them, as they share the process. Each use case binds its label children once, so a
@@ -11,10 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
-from prometheus_client import start_http_server as _start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LAYER_ALL", "LAYER_NONE", "Metrics", "UseCaseMetrics", "make_metrics_app", "start_metrics_server"]
+__all__ = ["LAYER_ALL", "LAYER_NONE", "Metrics", "UseCaseMetrics"]
 
 LAYER_ALL = "all"  # a reason that turned off every layer of a call
 LAYER_NONE = "none"  # the function ran with no layer taking part
@@ -154,19 +153,3 @@ class UseCaseMetrics:
         self.fallback = _Children(lambda layer: metrics.fallback_timer.labels(*uc, layer))
         self.local_stored = metrics.write.labels(*uc, "local", "stored")
         self.write = _Children(lambda layer, result: metrics.write.labels(*uc, layer, result))
-
-
-def start_metrics_server(
-    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
-) -> tuple[Any, threading.Thread]:
-    """Serve ``/metrics`` over HTTP from a daemon thread; returns ``(server, thread)``.
-
-    Call ``server.shutdown()`` to stop it. Binds to loopback unless ``addr`` says otherwise.
-    """
-    server, thread = _start_http_server(port, addr=addr, registry=registry or REGISTRY)
-    return server, thread
-
-
-def make_metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
-    """An ASGI app serving the metrics, to mount at ``/metrics`` (Starlette, FastAPI, ...)."""
-    return make_asgi_app(registry=registry or REGISTRY)
