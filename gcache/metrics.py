@@ -40,6 +40,7 @@ _LATENCY = (
 _FALLBACK = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SERIALIZATION = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
 _SIZE = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
+_BUS_LAG = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 _UC = ("use_case", "key_type")
 
@@ -115,6 +116,31 @@ class Metrics:
             f"{p}size_histogram", "Bytes per value written to a layer.", [*_UC, "layer"], buckets=_SIZE, **kw
         )
         self.local_entries = Gauge(f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), **kw)
+        self.local_dropped = Counter(
+            f"{p}local_dropped_counter",
+            "LOCAL entries dropped before their TTL, by reason (invalidated, deleted, bus_down, flushed).",
+            [*_UC, "reason"],
+            **kw,
+        )
+        # The invalidation bus (Redis pub/sub) that carries invalidations to other processes.
+        self.bus_message = Counter(
+            f"{p}bus_message_counter",
+            "Invalidation bus messages by direction (published, received) and kind (invalidate, delete).",
+            ["key_type", "direction", "kind"],
+            **kw,
+        )
+        self.bus_reconnect = Counter(
+            f"{p}bus_reconnect_counter", "Times the invalidation bus subscription was set up again.", **kw
+        )
+        self.bus_connected = Gauge(
+            f"{p}bus_connected", "1 while the invalidation bus is subscribed, else 0 (per GCache).", **kw
+        )
+        self.bus_lag = Histogram(
+            f"{p}bus_lag_seconds",
+            "Seconds from publishing an invalidation to receiving it, on the Redis server clock.",
+            buckets=_BUS_LAG,
+            **kw,
+        )
 
 
 class _Children:
