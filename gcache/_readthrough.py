@@ -149,10 +149,11 @@ class UseCase:
         return value
 
     def local_put(self, urn: str, entity: str, value: Any, ttl: float, epoch: int) -> None:
-        if self.local.put(urn, entity, value, ttl, epoch):
+        refused = self.local.put(urn, entity, value, ttl, epoch)
+        if refused is None:
             self.m.local_stored.inc()
         else:
-            self.m.write("local", "invalidated").inc()
+            self.m.write("local", refused).inc()
 
     def fresh(self, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
         """The envelope of a remote entry that may be served, or None (the miss is counted)."""

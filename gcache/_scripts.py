@@ -7,7 +7,7 @@ integers (Redis would otherwise render large Lua numbers in exponent form).
 
 from __future__ import annotations
 
-__all__ = ["INVALIDATE", "READ_TRACKED", "WRITE_TRACKED"]
+__all__ = ["ANNOUNCE_FLUSH", "DELETE", "INVALIDATE", "READ_TRACKED", "WRITE_TRACKED"]
 
 # KEYS[1] value key, KEYS[2] fence (watermark) key
 # Returns {value or nil, fence nonce or nil, watermark (us) or nil, server now (us)}.
@@ -55,8 +55,11 @@ return 1
 # KEYS[1] fence key
 # ARGV[1] future buffer (ms), ARGV[2] nonce for a fence this call has to create (8 bytes),
 # ARGV[3] minimum fence life (ms): the compute limit, so no write that read before this
-#         invalidation can find the fence gone.
-# Returns the watermark (us) now in force; it never goes down.
+#         invalidation can find the fence gone,
+# ARGV[4] invalidation bus channel, ARGV[5] the entity ({...} part of the keys),
+# ARGV[6] origin: the publishing GCache instance, which has applied the change already
+# Publishes "i|<server now us>|<buffer ms>|<origin>|<entity>" in the same step, so the message
+# and the watermark cannot disagree. Returns the watermark (us) now in force; it never goes down.
 INVALIDATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -74,5 +77,27 @@ local life = buffer + tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < life then
   redis.call('PEXPIRE', KEYS[1], life)
 end
+redis.call('PUBLISH', ARGV[4],
+           'i|' .. string.format('%.0f', now) .. '|' .. ARGV[1] .. '|' .. ARGV[6] .. '|' .. ARGV[5])
 return string.format('%.0f', w)
+"""
+
+# KEYS[1] value key
+# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance)
+# Deletes the entry and publishes "d|<server now us>|0|<origin>|<key>" so other processes drop
+# their LOCAL copy. Returns the number of keys deleted.
+DELETE = """
+local n = redis.call('DEL', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('PUBLISH', ARGV[1], 'd|' .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|' .. KEYS[1])
+return n
+"""
+
+# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance)
+# Tells every process that this cache was flushed: "f|<server now us>|0|<origin>|". Returns receivers.
+ANNOUNCE_FLUSH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return redis.call('PUBLISH', ARGV[1], 'f|' .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|')
 """

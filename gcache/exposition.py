@@ -1,15 +1,66 @@
-"""Serving the metrics: an HTTP endpoint on a thread, or an ASGI app to mount."""
+"""Serving the metrics: an HTTP endpoint on a thread, an ASGI app to mount, and multi-process mode.
+
+One process (a single uvicorn worker, a Celery worker): ``start_metrics_server`` or
+``make_metrics_app`` serve the default registry, where gcache's collectors live.
+
+Pre-fork servers (gunicorn, ``uvicorn --workers N``): every worker is its own process with its
+own counters. ``prometheus_client``'s multi-process mode has each process write its values to
+files in the directory named by ``PROMETHEUS_MULTIPROC_DIR``, and a ``MultiProcessCollector``
+adds them up at scrape time. When that variable is set, ``start_metrics_server`` and
+``make_metrics_app`` serve such a registry unless given another one. The variable must be set,
+and the directory emptied, before the server starts its workers (prometheus_client picks its
+value store when it is first imported); gunicorn's ``child_exit`` hook should call
+``gunicorn_child_exit`` so the live gauges of a dead worker go away.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, multiprocess
 from prometheus_client import start_http_server as _start_http_server
 
-__all__ = ["make_metrics_app", "start_metrics_server"]
+__all__ = [
+    "MULTIPROC_DIR_ENV",
+    "gunicorn_child_exit",
+    "make_metrics_app",
+    "mark_process_dead",
+    "multiprocess_enabled",
+    "multiprocess_registry",
+    "start_metrics_server",
+]
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_enabled() -> bool:
+    """True when ``PROMETHEUS_MULTIPROC_DIR`` is set: every process writes its metrics there."""
+    return bool(os.environ.get(MULTIPROC_DIR_ENV))
+
+
+def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> CollectorRegistry:
+    """A registry whose only collector adds up the metrics of every process writing to ``path``.
+
+    ``path`` defaults to ``PROMETHEUS_MULTIPROC_DIR``; it must be an existing directory
+    (``ValueError`` otherwise). The registry is new and holds nothing else: do not pass it to
+    ``GCacheConfig(metrics_registry=...)`` (gcache's own collectors stay in the default
+    registry, and their values reach the files from there), or they would be counted twice.
+    """
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+        registry, path=None if path is None else os.fspath(path)
+    )
+    return registry
+
+
+def _serving_registry(registry: CollectorRegistry | None) -> CollectorRegistry:
+    """The registry to serve: the one given, else the multi-process one when enabled, else REGISTRY."""
+    if registry is not None:
+        return registry
+    return multiprocess_registry() if multiprocess_enabled() else REGISTRY
 
 
 def start_metrics_server(
@@ -17,12 +68,29 @@ def start_metrics_server(
 ) -> tuple[Any, threading.Thread]:
     """Serve ``/metrics`` over HTTP from a daemon thread; returns ``(server, thread)``.
 
-    Call ``server.shutdown()`` to stop it. Binds to loopback unless ``addr`` says otherwise.
+    ``port=0`` picks a free port (``server.server_port``). Call ``server.shutdown()`` then
+    ``server.server_close()`` to stop it. Binds to loopback unless ``addr`` says otherwise.
+    Without ``registry``: the sum over all processes when ``PROMETHEUS_MULTIPROC_DIR`` is set
+    (start it once, e.g. from gunicorn's ``when_ready`` hook), else the default registry.
     """
-    server, thread = _start_http_server(port, addr=addr, registry=registry or REGISTRY)
+    server, thread = _start_http_server(port, addr=addr, registry=_serving_registry(registry))
     return server, thread
 
 
 def make_metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
-    """An ASGI app serving the metrics, to mount at ``/metrics`` (Starlette, FastAPI, ...)."""
-    return make_asgi_app(registry=registry or REGISTRY)
+    """An ASGI app serving the metrics, to mount at ``/metrics`` (Starlette, FastAPI, ...).
+
+    Without ``registry``: the sum over all processes when ``PROMETHEUS_MULTIPROC_DIR`` is set,
+    so whichever worker answers the scrape reports the whole server; else the default registry.
+    """
+    return make_asgi_app(registry=_serving_registry(registry))
+
+
+def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Forget a dead process's live gauges (``live*`` multiprocess modes); counters are kept."""
+    multiprocess.mark_process_dead(pid, None if path is None else os.fspath(path))  # type: ignore[no-untyped-call]
+
+
+def gunicorn_child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook: in ``gunicorn.conf.py``, ``child_exit = gunicorn_child_exit``."""
+    mark_process_dead(worker.pid)

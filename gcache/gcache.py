@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
 import logging
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 from gcache._log import ErrorLog
 from gcache._loop_thread import LoopThread
 from gcache._readthrough import Runtime, UseCase
+from gcache.bus import BusMessage, InvalidationBus
 from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
 from gcache.errors import (
     ConfigError,
@@ -23,8 +26,18 @@ from gcache.errors import (
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
-from gcache.keys import WATERMARK_USE_CASE, GCacheKey, KeyBuilder, entity_key, value_key, watermark_key
-from gcache.local import Epochs, LocalStore
+from gcache.keys import (
+    WATERMARK_USE_CASE,
+    GCacheKey,
+    KeyBuilder,
+    bus_channel,
+    entity_key,
+    entity_of,
+    key_type_of,
+    value_key,
+    watermark_key,
+)
+from gcache.local import LocalLayer
 from gcache.metrics import Metrics, UseCaseMetrics
 from gcache.remote import RemoteCache
 
@@ -85,31 +98,78 @@ class GCache:
             f"gcache_enable_tokens_{instance}", default=()
         )
         self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
-        self._epochs = Epochs()
+        self._local = LocalLayer(config.local_max_entries, self._count_dropped)
         self._loop_thread = LoopThread("gcache-loop")
+        logger = config.logger if config.logger is not None else logging.getLogger("gcache")
+        errors = ErrorLog(logger, config.error_log_interval_sec)
         self._remote: RemoteCache | None = None
+        self._bus: InvalidationBus | None = None
+        self._bus_up = threading.Event()
         if config.redis_config is not None or config.redis_client_factory is not None:
             self._remote = RemoteCache(
                 redis_config=config.redis_config,
                 client_factory=config.redis_client_factory,
                 compute_limit_ms=int(config.tracked_compute_limit_sec * 1000),
                 loop_thread=self._loop_thread,
+                channel=bus_channel(self._prefix),
             )
-        logger = config.logger if config.logger is not None else logging.getLogger("gcache")
+            # Other processes' invalidations reach LOCAL only through the bus: tracked LOCAL
+            # entries are used once it is subscribed (it starts on the first tracked LOCAL use).
+            self._bus = InvalidationBus(
+                channel=bus_channel(self._prefix),
+                origin=self._remote.origin,
+                connect=self._remote.new_bus_client,
+                loop_thread=self._loop_thread,
+                on_message=self._on_bus_message,
+                on_up=self._on_bus_up,
+                on_down=self._on_bus_down,
+                errors=errors,
+            )
+            self._local.epochs.trusted = False
+            self._local.epochs.wake = self._bus.ensure_started
         self._runtime = Runtime(
             prefix=self._prefix,
             enabled=self._enabled,
             provider=config.cache_config_provider,
             remote=self._remote,
-            epochs=self._epochs,
-            errors=ErrorLog(logger, config.error_log_interval_sec),
+            epochs=self._local.epochs,
+            errors=errors,
             loop_thread=self._loop_thread,
         )
-        self._stores: dict[tuple[str, bool], LocalStore] = {}
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
         self._closed = False
+
+    # -- the invalidation bus ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 5.0) -> bool:
+        """Subscribe to the invalidation bus now and wait until it is (at most ``timeout`` s).
+
+        The bus also starts by itself on the first use of a tracked LOCAL entry; until it is
+        subscribed those calls skip LOCAL. Call this at start-up (a FastAPI lifespan, a worker's
+        init) to have tracked LOCAL hits from the first request. Returns whether the bus is
+        subscribed; always True for a LOCAL-only cache, which needs no bus.
+        """
+        if self._bus is None:
+            return True
+        self._bus.ensure_started()
+        return self._bus_up.wait(timeout)
+
+    @property
+    def bus_subscribed(self) -> bool:
+        """Whether this process hears invalidations from others (always True when LOCAL only).
+
+        While False, tracked use cases skip LOCAL. Useful in a readiness probe.
+        """
+        return self._bus is None or self._bus_up.is_set()
+
+    async def astart(self, timeout: float = 5.0) -> bool:
+        """Async twin of :meth:`start`; waits without blocking the event loop."""
+        if self._bus is None:
+            return True
+        self._bus.ensure_started()
+        return await asyncio.to_thread(self._bus_up.wait, timeout)
 
     # -- switching caching on ------------------------------------------------------------------
 
@@ -211,11 +271,7 @@ class GCache:
         serializer: Serializer | None,
         keys: KeyBuilder | None,
     ) -> UseCase:
-        store = self._stores.get((name, tracked))
-        if store is None:
-            store = self._stores[(name, tracked)] = LocalStore(
-                self.config.local_max_entries, self._epochs, tracked=tracked
-            )
+        store = self._local.store(name, key_type, tracked=tracked)
         metrics = UseCaseMetrics(self._metrics, name, key_type)
         metrics.local_entries.set_function(store.__len__)
         uc = UseCase(
@@ -296,7 +352,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._epochs.start(entity)
+        epoch = self._local.epochs.start(entity)
         if remote_ttl:
             try:
                 if not await uc.aremote_put(urn, entity, value, remote_ttl, None):
@@ -313,7 +369,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._epochs.start(entity)
+        epoch = self._local.epochs.start(entity)
         if remote_ttl:
             try:
                 if not uc.remote_put(urn, entity, value, remote_ttl, None):
@@ -330,17 +386,20 @@ class GCache:
             RemoteError: Redis failed (the LOCAL entry is gone all the same).
         """
         uc, _entity, urn, _pairs = self._where(key)
-        deleted = uc.local.delete(urn)
+        deleted = self._local.delete(urn)
         if uc.remote is not None:
             deleted = await self._remote_op(uc.remote.adelete(urn), key.key_type) or deleted
+            self._metrics.bus_message.labels(key.key_type, "published", "delete").inc()
         return deleted
 
     def delete(self, key: GCacheKey) -> bool:
         """Sync twin of :meth:`adelete`."""
         uc, _entity, urn, _pairs = self._where(key)
-        deleted = uc.local.delete(urn)
+        deleted = self._local.delete(urn)
         if uc.remote is not None:
-            deleted = self._remote_sync_op(lambda: uc.remote.delete(urn), key.key_type) or deleted  # type: ignore[union-attr]
+            remote = uc.remote
+            deleted = self._remote_sync_op(lambda: remote.delete(urn), key.key_type) or deleted
+            self._metrics.bus_message.labels(key.key_type, "published", "delete").inc()
         return deleted
 
     # -- invalidation and flushing ---------------------------------------------------------------
@@ -362,7 +421,7 @@ class GCache:
                 f"{self.config.max_future_buffer_ms}"
             )
         entity = entity_key(self._prefix, key_type, str(id))
-        self._epochs.bump(entity, future_buffer_ms / 1000)
+        self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
         self._metrics.invalidation.labels(key_type, "local").inc()
         return entity, watermark_key(entity)
 
@@ -382,6 +441,7 @@ class GCache:
         if self._remote is not None and not self._closed:
             await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
             self._metrics.invalidation.labels(key_type, "remote").inc()
+            self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
 
     def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
         """Sync twin of :meth:`ainvalidate`."""
@@ -390,6 +450,7 @@ class GCache:
             remote = self._remote
             self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
             self._metrics.invalidation.labels(key_type, "remote").inc()
+            self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
 
     async def aflushall(self) -> int:
         """Delete every entry of this cache: LOCAL, and the Redis keys under ``urn_prefix``.
@@ -413,9 +474,38 @@ class GCache:
         return deleted
 
     def _flush_local(self) -> None:
-        for store in self._stores.values():
-            store.clear()
-        self._epochs.drop_all()
+        self._local.clear("flushed")
+
+    # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
+
+    def _on_bus_message(self, message: BusMessage, lag_sec: float) -> None:
+        if message.kind == "flush":
+            self._local.clear("flushed")
+            key_type = ""
+        else:
+            entity = entity_of(message.target)
+            key_type = key_type_of(entity, self._prefix)
+            if message.kind == "invalidate":
+                self._local.invalidate(entity, key_type, message.buffer_ms / 1000)
+            else:
+                self._local.delete(message.target)
+        self._metrics.bus_message.labels(key_type, "received", message.kind).inc()
+        self._metrics.bus_lag.observe(lag_sec)
+
+    def _on_bus_up(self) -> None:
+        self._local.trust()
+        self._bus_up.set()
+        self._metrics.bus_connected.inc()
+        if self._bus is not None and self._bus.connections > 1:
+            self._metrics.bus_reconnect.inc()
+
+    def _on_bus_down(self) -> None:
+        self._bus_up.clear()
+        self._local.distrust()
+        self._metrics.bus_connected.dec()
+
+    def _count_dropped(self, use_case: str, key_type: str, reason: str, count: int) -> None:
+        self._metrics.local_dropped.labels(use_case, key_type, reason).inc(count)
 
     async def _remote_op(self, op: Awaitable[Any], key_type: str) -> Any:
         try:
@@ -438,8 +528,14 @@ class GCache:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close Redis connections and the helper thread. Cached functions keep working, LOCAL only."""
+        """Close Redis connections and the helper thread.
+
+        Cached functions keep working on LOCAL only (tracked use cases uncached: without the bus
+        this process would not hear invalidations).
+        """
         self._closed = True
+        if self._bus is not None:
+            self._bus.stop()
         if self._remote is not None:
             self._remote.close()
         self._detach_remote()
@@ -448,6 +544,8 @@ class GCache:
     async def aclose(self) -> None:
         """Async twin of :meth:`close`; closes the running loop's connections gracefully."""
         self._closed = True
+        if self._bus is not None:
+            self._bus.stop()
         if self._remote is not None:
             await self._remote.aclose()
         self._detach_remote()

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
 
@@ -27,7 +28,10 @@ __all__ = [
     "WATERMARK_USE_CASE",
     "GCacheKey",
     "KeyBuilder",
+    "bus_channel",
     "entity_key",
+    "entity_of",
+    "key_type_of",
     "owned_by",
     "value_key",
     "watermark_key",
@@ -70,6 +74,22 @@ def owned_by(key: str, prefix: str) -> bool:
 
 def watermark_key(entity: str) -> str:
     return f"{entity}#{WATERMARK_USE_CASE}"
+
+
+def entity_of(key: str) -> str:
+    """The entity part (``{...}``) of a value or watermark key."""
+    return key[: key.index("}") + 1]
+
+
+def bus_channel(prefix: str) -> str:
+    """The pub/sub channel that carries this prefix's invalidations to every process."""
+    return f"{prefix}#invalidation"
+
+
+def key_type_of(entity: str, prefix: str) -> str:
+    """The (unescaped) key_type of an entity rendered under ``prefix``."""
+    start = len(prefix) + 2
+    return unquote(entity[start : entity.index(":", start)])
 
 
 @dataclass(frozen=True)

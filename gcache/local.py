@@ -10,7 +10,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-__all__ = ["MISS", "Epochs", "LocalStore"]
+__all__ = ["MISS", "Epochs", "LocalLayer", "LocalStore"]
 
 MISS: Any = object()
 """Returned by lookups that found nothing usable (``None`` is a value that can be cached)."""
@@ -26,6 +26,10 @@ class Epochs:
     a read that starts inside it may see a lagging source. ``drop_all`` raises the floor below
     which every tracked entry is stale (used when invalidations may have been missed, and to
     keep the per-entity table bounded).
+
+    ``trusted`` says whether this process hears every invalidation. Without a REMOTE layer it
+    always does; with one, only while the invalidation bus is subscribed. Tracked LOCAL entries
+    are neither served nor filled while it is False, and ``wake`` asks for the bus to start.
     """
 
     __slots__ = (
@@ -37,6 +41,8 @@ class Epochs:
         "_timer",
         "current",
         "floor",
+        "trusted",
+        "wake",
     )
 
     def __init__(self, max_entities: int = 100_000, timer: Callable[[], float] = time.monotonic) -> None:
@@ -48,9 +54,23 @@ class Epochs:
         self._timer = timer
         self.current = 0
         self.floor = 0
+        self.trusted = True
+        self.wake: Callable[[], None] = _nothing
+
+    def distrust(self) -> None:
+        """Invalidations may be missed from now on: drop every tracked entry, fill none."""
+        self.trusted = False
+        self.drop_all()
+
+    def trust(self) -> None:
+        """Invalidations are heard again; reads that started before now still may not fill."""
+        self.drop_all()
+        self.trusted = True
 
     def start(self, entity: str) -> int:
         """The epoch a read of this entity starts at; -1 (never storable) inside a future buffer."""
+        if not self.trusted:
+            return -1
         if self._buffered:
             until = self._buffered.get(entity)
             if until is not None:
@@ -89,7 +109,11 @@ class Epochs:
             self.current = epoch
 
 
-def _expires(_key: str, entry: tuple[Any, int, float], now: float) -> float:
+def _nothing() -> None:
+    return None
+
+
+def _expires(_key: str, entry: tuple[Any, int, float, str], now: float) -> float:
     return now + entry[2]
 
 
@@ -101,18 +125,25 @@ class LocalStore:
     immutable.
     """
 
-    __slots__ = ("_cache", "_epochs", "_lock", "tracked")
+    __slots__ = ("_cache", "_entities", "_epochs", "_lock", "_maxsize", "tracked")
 
     def __init__(
         self, maxsize: int, epochs: Epochs, *, tracked: bool, timer: Callable[[], float] = time.monotonic
     ) -> None:
-        self._cache: TLRUCache[str, tuple[Any, int, float]] = TLRUCache(maxsize, _expires, timer=timer)
+        self._cache: TLRUCache[str, tuple[Any, int, float, str]] = TLRUCache(maxsize, _expires, timer=timer)
         self._lock = threading.Lock()
         self._epochs = epochs
+        self._maxsize = maxsize
+        # entity -> its keys, so an invalidation frees them at once (tracked stores only). Keys the
+        # cache evicted linger here until the entity is dropped or the index is rebuilt.
+        self._entities: dict[str, set[str]] = {}
         self.tracked = tracked
 
     def get(self, key: str, entity: str) -> tuple[Any, str | None]:
         """``(value, None)`` on a hit, ``(MISS, reason)`` otherwise."""
+        if self.tracked and not self._epochs.trusted:
+            self._epochs.wake()
+            return MISS, "bus_unsubscribed"
         with self._lock:
             entry = self._cache.get(key)
         if entry is None:
@@ -123,23 +154,127 @@ class LocalStore:
             return MISS, "invalidated"
         return entry[0], None
 
-    def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> bool:
-        """Store unless the entity was invalidated after ``epoch`` (when the read started)."""
-        if self.tracked and (epoch < 0 or epoch < self._epochs.of(entity)):
-            return False
+    def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> str | None:
+        """Store unless stale; returns None when stored, else why not.
+
+        A tracked value is refused when the entity was invalidated after ``epoch`` (when the
+        read that produced it started), or while invalidations may go unheard.
+        """
+        if self.tracked:
+            if not self._epochs.trusted:
+                return "bus_unsubscribed"
+            if epoch < 0 or epoch < self._epochs.of(entity):
+                return "invalidated"
         with self._lock:
-            self._cache[key] = (value, epoch, ttl)
-        return True
+            self._cache[key] = (value, epoch, ttl, entity)
+            if self.tracked:
+                keys = self._entities.get(entity)
+                if keys is None:
+                    if len(self._entities) >= 2 * self._maxsize:
+                        self._reindex()
+                    keys = self._entities[entity] = set()
+                keys.add(key)
+        return None
+
+    def _reindex(self) -> None:
+        """Rebuild the entity index from the keys actually held (called under the lock)."""
+        self._entities = {}
+        for key, entry in self._cache.items():
+            self._entities.setdefault(entry[3], set()).add(key)
+
+    def drop_entity(self, entity: str) -> int:
+        """Remove every entry of one entity; returns how many were held."""
+        with self._lock:
+            keys = self._entities.pop(entity, ())
+            return sum(1 for key in keys if self._cache.pop(key, None) is not None)
 
     def delete(self, key: str) -> bool:
         with self._lock:
             return self._cache.pop(key, None) is not None
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Remove every entry; returns how many were held."""
         with self._lock:
+            self._cache.expire()
+            count = len(self._cache)
             self._cache.clear()
+            self._entities.clear()
+            return count
 
     def __len__(self) -> int:
         with self._lock:
             self._cache.expire()
             return len(self._cache)
+
+
+class LocalLayer:
+    """Every LOCAL store of one GCache and the epochs they share.
+
+    What happens to LOCAL when an entity is invalidated, an entry deleted, the cache flushed, or
+    the invalidation bus lost, is decided here; ``on_drop(use_case, key_type, reason, count)``
+    reports entries dropped before their TTL.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        on_drop: Callable[[str, str, str, int], None],
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.epochs = Epochs(timer=timer)
+        self._max_entries = max_entries
+        self._on_drop = on_drop
+        self._timer = timer
+        self._stores: dict[tuple[str, bool], tuple[LocalStore, str]] = {}
+        self._lock = threading.Lock()
+
+    def store(self, use_case: str, key_type: str, *, tracked: bool) -> LocalStore:
+        """The store of a use case (one per use case and tracking mode), created on first use."""
+        with self._lock:
+            found = self._stores.get((use_case, tracked))
+            if found is None:
+                store = LocalStore(self._max_entries, self.epochs, tracked=tracked, timer=self._timer)
+                found = self._stores[(use_case, tracked)] = (store, key_type)
+            return found[0]
+
+    def _each(self, tracked_only: bool) -> list[tuple[str, str, LocalStore]]:
+        with self._lock:
+            return [
+                (use_case, key_type, store)
+                for (use_case, tracked), (store, key_type) in self._stores.items()
+                if tracked or not tracked_only
+            ]
+
+    def invalidate(self, entity: str, key_type: str, buffer_sec: float = 0.0) -> None:
+        """Make the entity's tracked entries stale, and free the ones held."""
+        self.epochs.bump(entity, buffer_sec)
+        for use_case, _key_type, store in self._each(tracked_only=True):
+            dropped = store.drop_entity(entity)
+            if dropped:
+                self._on_drop(use_case, key_type, "invalidated", dropped)
+
+    def delete(self, key: str) -> bool:
+        deleted = False
+        for use_case, key_type, store in self._each(tracked_only=False):
+            if store.delete(key):
+                deleted = True
+                self._on_drop(use_case, key_type, "deleted", 1)
+        return deleted
+
+    def clear(self, reason: str) -> None:
+        self._clear(reason, tracked_only=False)
+        self.epochs.drop_all()
+
+    def distrust(self) -> None:
+        """Invalidations may go unheard: drop tracked entries and fill none until ``trust``."""
+        self.epochs.distrust()
+        self._clear("bus_down", tracked_only=True)
+
+    def trust(self) -> None:
+        self.epochs.trust()
+
+    def _clear(self, reason: str, *, tracked_only: bool) -> None:
+        for use_case, key_type, store in self._each(tracked_only):
+            dropped = store.clear()
+            if dropped:
+                self._on_drop(use_case, key_type, reason, dropped)

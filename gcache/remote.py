@@ -22,12 +22,16 @@ from gcache import _scripts
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
-from gcache.keys import owned_by
+from gcache.keys import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
 __all__ = ["RemoteCache", "TrackedRead"]
 
 T = TypeVar("T")
 
+_NODE_OPTIONS = {
+    "username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+    "socket_connect_timeout", "socket_keepalive", "credential_provider",
+}  # fmt: skip
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 
@@ -42,13 +46,15 @@ class TrackedRead(NamedTuple):
 class _Connection:
     """A client with this module's scripts registered on it."""
 
-    __slots__ = ("client", "invalidate", "read_tracked", "write_tracked")
+    __slots__ = ("announce_flush", "client", "delete", "invalidate", "read_tracked", "write_tracked")
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.read_tracked = client.register_script(_scripts.READ_TRACKED)
         self.write_tracked = client.register_script(_scripts.WRITE_TRACKED)
         self.invalidate = client.register_script(_scripts.INVALIDATE)
+        self.delete = client.register_script(_scripts.DELETE)
+        self.announce_flush = client.register_script(_scripts.ANNOUNCE_FLUSH)
 
 
 def _parse_tracked(reply: list[Any]) -> TrackedRead:
@@ -68,6 +74,7 @@ class RemoteCache:
         client_factory: returns a ``redis.asyncio`` client, called once per event loop.
         compute_limit_ms: see ``GCacheConfig.tracked_compute_limit_sec``.
         loop_thread: where sync callers run async-only clients.
+        channel: where invalidations and deletions are published for other processes.
     """
 
     def __init__(
@@ -77,7 +84,10 @@ class RemoteCache:
         client_factory: Callable[[], Any] | None,
         compute_limit_ms: int,
         loop_thread: LoopThread,
+        channel: str = bus_channel(DEFAULT_URN_PREFIX),
     ) -> None:
+        self.channel = channel
+        self.origin = os.urandom(6).hex()  # names this instance in what it publishes
         self._config = redis_config
         self._factory = client_factory
         self._compute_limit_ms = compute_limit_ms
@@ -155,12 +165,19 @@ class RemoteCache:
         return lambda c: c.write_tracked(keys=[key, fence], args=args)
 
     def _invalidate(self, fence: str, future_buffer_ms: int) -> Callable[[_Connection], Any]:
-        args = [future_buffer_ms, new_nonce(), self._compute_limit_ms]
+        args = [
+            future_buffer_ms,
+            new_nonce(),
+            self._compute_limit_ms,
+            self.channel,
+            entity_of(fence),
+            self.origin,
+        ]
         return lambda c: c.invalidate(keys=[fence], args=args)
 
-    @staticmethod
-    def _delete(key: str) -> Callable[[_Connection], Any]:
-        return lambda c: c.client.delete(key)
+    def _delete(self, key: str) -> Callable[[_Connection], Any]:
+        args = [self.channel, self.origin]
+        return lambda c: c.delete(keys=[key], args=args)
 
     async def aget(self, key: str) -> bytes | None:
         result: bytes | None = await self._arun("get", self._get(key))
@@ -224,6 +241,7 @@ class RemoteCache:
                     batch = []
             if batch:
                 deleted += await _aunlink(c.client, batch)
+            await c.announce_flush(args=[self.channel, self.origin])
             return deleted
 
         return await self._arun("flush", flush)
@@ -243,10 +261,29 @@ class RemoteCache:
                     batch = []
             if batch:
                 deleted += _unlink(c.client, batch)
+            c.announce_flush(args=[self.channel, self.origin])
             return deleted
 
         result: int = self._run("flush", flush)
         return result
+
+    async def new_bus_client(self) -> Any:
+        """A fresh asyncio client for the invalidation bus's own connection.
+
+        On a cluster any node will do: classic pub/sub messages are broadcast to every node.
+        """
+        if self._factory is not None:
+            client = self._factory()
+            if not isinstance(client, redis.asyncio.RedisCluster):
+                return client
+            await client.initialize()
+            node = client.get_random_node()
+            options = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_OPTIONS}
+            await client.aclose()
+            return redis.asyncio.Redis(host=node.host, port=int(node.port), **options)
+        assert self._config is not None
+        assert self._config.url is not None
+        return redis.asyncio.Redis.from_url(self._config.url, **self._config.client_options())
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -271,13 +308,13 @@ class RemoteCache:
         except RuntimeError:
             current = None
         for loop, conn in list(self._by_loop.items()):
-            if loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(conn.client.aclose(), loop)
-                if loop is not current:
-                    future.result(timeout=5)
+            if loop.is_running() and loop is not current:
+                asyncio.run_coroutine_threadsafe(conn.client.aclose(), loop).result(timeout=5)
             elif not loop.is_closed() and current is None:
                 loop.run_until_complete(conn.client.aclose())
             else:
+                # This thread's running loop (a sync close() in async code) cannot be awaited
+                # here: close the sockets now and let the loop finish the teardown.
                 _drop_sockets(conn.client)
         self._by_loop.clear()
 

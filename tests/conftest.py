@@ -8,6 +8,7 @@ on a Redis already running on the machine.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -49,15 +50,19 @@ async def make_cache(
 ) -> AsyncIterator[Callable[..., GCache]]:
     """Build GCache instances on the real Redis with a private metrics registry.
 
-    They are closed after the test on the test's own event loop, as an application would.
+    Like an application at start-up, each one subscribes to the invalidation bus before it is
+    handed out (``start_bus=False`` leaves that to the first tracked LOCAL use). They are
+    closed after the test on the test's own event loop, as an application would.
     """
     caches: list[GCache] = []
 
-    def make(**overrides: Any) -> GCache:
+    def make(*, start_bus: bool = True, **overrides: Any) -> GCache:
         options: dict[str, Any] = {"redis_config": RedisConfig(url=redis_url), "metrics_registry": registry}
         options.update(overrides)
         cache = GCache(GCacheConfig(**options))
         caches.append(cache)
+        if start_bus:
+            cache.start()
         return cache
 
     yield make
@@ -73,3 +78,12 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (it may block the calling loop: gcache's bus runs on its own thread)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)

@@ -33,7 +33,7 @@ from gcache import (
     _envelope,
 )
 from gcache._embedded_redis import EmbeddedRedis, free_port
-from tests.conftest import sample
+from tests.conftest import sample, wait_until
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 BOTH = GCacheKeyConfig.enabled(60)
@@ -202,7 +202,9 @@ async def test_calls_served_uncached_and_caching_resumes_when_redis_killed_and_r
 async def test_calls_served_uncached_when_connection_refused(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
-    cache = make_cache(redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)))
+    cache = make_cache(
+        redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)), start_bus=False
+    )
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Refused", config=BOTH)
     with cache.enable():
@@ -219,7 +221,7 @@ async def test_calls_return_within_bound_when_server_hangs(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, hanging_port: int, is_async: bool
 ) -> None:
     url = f"redis://127.0.0.1:{hanging_port}/0"
-    cache = make_cache(redis_config=RedisConfig(url=url, redis_py_options=dict(FAST)))
+    cache = make_cache(redis_config=RedisConfig(url=url, redis_py_options=dict(FAST)), start_bus=False)
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Hang")
     start = time.monotonic()
@@ -326,6 +328,7 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
         redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)),
         error_log_interval_sec=60,
         logger=logger,
+        start_bus=False,
     )
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Logged", id_arg=("uid", _failing_extractor))
@@ -349,20 +352,32 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
 # -- management operations are explicit --------------------------------------------------------
 
 
-async def test_invalidate_raises_and_still_bumps_local_epoch_when_redis_down(
+async def test_invalidate_raises_and_tracked_local_is_not_served_when_redis_dies(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
-    cache = make_cache(redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)))
-    calls: list[str] = []
-    get = cached_fn(cache, is_async, calls, use_case="Inval", config=BOTH, tracked=True)
-    with cache.enable():
-        assert await get("1") == {"uid": "1", "n": 1}
-        assert await get("1") == {"uid": "1", "n": 1}  # a LOCAL hit
-        errors = sample(registry, ERRORS, layer="remote")
-        with pytest.raises(RemoteError):
-            await invalidate(cache, is_async, "user_id", "1")
-        assert sample(registry, ERRORS, layer="remote") == errors + 1
-        assert await get("1") == {"uid": "1", "n": 2}  # the LOCAL entry is stale
+    with EmbeddedRedis() as server:
+        cache = make_cache(redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)))
+        calls: list[str] = []
+        get = cached_fn(cache, is_async, calls, use_case="Inval", config=BOTH, tracked=True)
+        untracked = cached_fn(cache, is_async, calls, use_case="InvalU", config=BOTH)
+        with cache.enable():
+            assert await get("1") == {"uid": "1", "n": 1}
+            assert await untracked("1") == {"uid": "1", "n": 2}
+            assert await get("1") == {"uid": "1", "n": 1}  # a LOCAL hit
+
+            server.kill()
+            # The bus is gone with Redis: this process can no longer hear invalidations, so the
+            # tracked LOCAL entry is dropped and none is filled; untracked LOCAL keeps serving.
+            wait_until(lambda: not cache.bus_subscribed, what="the bus to notice Redis is gone")
+            assert await get("1") == {"uid": "1", "n": 3}
+            assert await get("1") == {"uid": "1", "n": 4}
+            assert await untracked("1") == {"uid": "1", "n": 2}
+            errors = sample(registry, ERRORS, layer="remote")
+            with pytest.raises(RemoteError):
+                await invalidate(cache, is_async, "user_id", "1")
+            assert sample(registry, ERRORS, layer="remote") == errors + 1
+    dropped = "gcache_local_dropped_counter_total"
+    assert sample(registry, dropped, use_case="Inval", reason="bus_down") == 1
     assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="local") == 1
     assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="remote") == 0
 
@@ -370,27 +385,27 @@ async def test_invalidate_raises_and_still_bumps_local_epoch_when_redis_down(
 async def test_flushall_raises_and_still_clears_local_when_redis_down(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
-    cache = make_cache(redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)))
+    cache = make_cache(
+        redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)), start_bus=False
+    )
     calls: list[str] = []
-    tracked = cached_fn(cache, is_async, calls, use_case="FlushT", config=BOTH, tracked=True)
     untracked = cached_fn(cache, is_async, calls, use_case="FlushU", config=BOTH)
     with cache.enable():
-        assert await tracked("1") == {"uid": "1", "n": 1}
-        assert await untracked("1") == {"uid": "1", "n": 2}
-        assert await tracked("1") == {"uid": "1", "n": 1}
-        assert await untracked("1") == {"uid": "1", "n": 2}
+        assert await untracked("1") == {"uid": "1", "n": 1}
+        assert await untracked("1") == {"uid": "1", "n": 1}
         errors = sample(registry, ERRORS, layer="remote")
         with pytest.raises(RemoteError):
             await flushall(cache, is_async)
         assert sample(registry, ERRORS, layer="remote") == errors + 1
-        assert await tracked("1") == {"uid": "1", "n": 3}
-        assert await untracked("1") == {"uid": "1", "n": 4}
+        assert await untracked("1") == {"uid": "1", "n": 2}
 
 
 async def test_put_does_not_raise_and_fills_local_when_redis_down(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
-    cache = make_cache(redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)))
+    cache = make_cache(
+        redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)), start_bus=False
+    )
     key = GCacheKey("user_id", "7", "Direct", default_config=BOTH)
     fallbacks: list[int] = []
 
@@ -449,7 +464,9 @@ async def test_error_label_names_redis_exception_when_connection_refused(
     ``invalidate`` labels the error with the redis-py exception (``ConnectionError``); a cached
     call on the same refused Redis must say the same, not gcache's own wrapper.
     """
-    cache = make_cache(redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)))
+    cache = make_cache(
+        redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)), start_bus=False
+    )
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Label")
     with cache.enable():

@@ -51,7 +51,7 @@ def test_get_returns_miss_not_found_when_key_absent(clock: FakeClock) -> None:
 def test_get_returns_stored_value_with_no_reason(clock: FakeClock) -> None:
     store = _store(clock)
     payload = {"a": 1}
-    assert store.put("k", "e", payload, 10, 0) is True
+    assert store.put("k", "e", payload, 10, 0) is None
     value, reason = store.get("k", "e")
     assert value is payload
     assert reason is None
@@ -151,10 +151,10 @@ def test_put_refused_when_read_started_before_invalidation(clock: FakeClock) -> 
     store = _store(clock, tracked=True, epochs=epochs)
     read_started = epochs.start("u1")
     epochs.bump("u1")  # an invalidation lands while the function runs
-    assert store.put("u1#A", "u1", "old", 60, read_started) is False
+    assert store.put("u1#A", "u1", "old", 60, read_started) == "invalidated"
     assert store.get("u1#A", "u1") == (MISS, "not_found")
     # other entities are not affected by that invalidation
-    assert store.put("u2#A", "u2", "fine", 60, read_started) is True
+    assert store.put("u2#A", "u2", "fine", 60, read_started) is None
     assert store.get("u2#A", "u2") == ("fine", None)
 
 
@@ -164,7 +164,7 @@ def test_put_accepted_when_read_started_after_invalidation(clock: FakeClock) -> 
     epochs.bump("u1")
     read_started = epochs.start("u1")
     assert read_started == epochs.current
-    assert store.put("u1#A", "u1", "new", 60, read_started) is True
+    assert store.put("u1#A", "u1", "new", 60, read_started) is None
     assert store.get("u1#A", "u1") == ("new", None)
     epochs.bump("u2")  # a later invalidation of another entity changes nothing here
     assert store.get("u1#A", "u1") == ("new", None)
@@ -188,14 +188,14 @@ def test_future_buffer_keeps_entity_unfillable_until_it_ends(clock: FakeClock) -
     clock.advance(4.9)
     inside = epochs.start("u1")
     assert inside == -1
-    assert store.put("u1#A", "u1", "lagging", 60, inside) is False
+    assert store.put("u1#A", "u1", "lagging", 60, inside) == "invalidated"
     assert store.get("u1#A", "u1") == (MISS, "not_found")
     # other entities fill as usual during the buffer
-    assert store.put("u2#A", "u2", "v2", 60, epochs.start("u2")) is True
+    assert store.put("u2#A", "u2", "v2", 60, epochs.start("u2")) is None
     clock.advance(0.1)
     after = epochs.start("u1")
     assert after == epochs.current
-    assert store.put("u1#A", "u1", "fresh", 60, after) is True
+    assert store.put("u1#A", "u1", "fresh", 60, after) is None
     assert store.get("u1#A", "u1") == ("fresh", None)
 
 
@@ -220,7 +220,7 @@ def test_untracked_store_ignores_epochs(clock: FakeClock) -> None:
     store = _store(clock, tracked=False, epochs=epochs)
     read_started = epochs.current
     epochs.bump("u1")
-    assert store.put("u1#A", "u1", "v", 60, read_started) is True
+    assert store.put("u1#A", "u1", "v", 60, read_started) is None
     epochs.bump("u1")
     epochs.drop_all()
     assert store.get("u1#A", "u1") == ("v", None)
@@ -236,8 +236,8 @@ def test_drop_all_makes_every_tracked_entry_stale(clock: FakeClock) -> None:
     for i in range(5):
         assert store.get(f"u{i}#A", f"u{i}") == (MISS, "invalidated")
     # reads that started before drop_all cannot fill; reads after it can
-    assert store.put("u0#A", "u0", "old", 60, start) is False
-    assert store.put("u0#A", "u0", "new", 60, epochs.current) is True
+    assert store.put("u0#A", "u0", "old", 60, start) == "invalidated"
+    assert store.put("u0#A", "u0", "new", 60, epochs.current) is None
     assert store.get("u0#A", "u0") == ("new", None)
 
 
@@ -252,11 +252,11 @@ def test_bounded_epoch_table_still_invalidates_every_bumped_entity(clock: FakeCl
         epochs.bump(e)
     for e in entities:
         assert store.get(f"{e}#A", e) == (MISS, "invalidated"), e
-        assert store.put(f"{e}#A", e, "late", 60, start) is False, e
+        assert store.put(f"{e}#A", e, "late", 60, start) == "invalidated", e
     # and fills that started after the bumps are kept
     after = epochs.current
     for e in entities:
-        assert store.put(f"{e}#A", e, "fresh", 60, after) is True
+        assert store.put(f"{e}#A", e, "fresh", 60, after) is None
         assert store.get(f"{e}#A", e) == ("fresh", None)
 
 
