@@ -1,0 +1,281 @@
+"""The invalidation bus: LOCAL entries of other instances (other processes) follow invalidations.
+
+Two GCache instances on one Redis stand for two processes: each has its own LOCAL layer and its
+own bus subscription, and each its own metrics registry here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig
+from gcache.keys import bus_channel
+from tests.conftest import sample, wait_until
+
+BOTH = GCacheKeyConfig.enabled(60)
+LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+DROPPED = "gcache_local_dropped_counter_total"
+MESSAGES = "gcache_bus_message_counter_total"
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Fn:
+    """A cached function (sync or async per mode) that counts its calls."""
+
+    def __init__(self, cache: GCache, mode: str, use_case: str, tracked: bool = True) -> None:
+        self.calls = 0
+        self.mode = mode
+        options: dict[str, Any] = {
+            "key_type": "user_id",
+            "id_arg": "uid",
+            "use_case": use_case,
+            "track_for_invalidation": tracked,
+            "default_config": BOTH,
+        }
+        if mode == "async":
+
+            async def afn(uid: str) -> tuple[str, int]:
+                self.calls += 1
+                return uid, self.calls
+
+            self._afn: Callable[[str], Awaitable[tuple[str, int]]] = cache.cached(**options)(afn)
+        else:
+
+            def fn(uid: str) -> tuple[str, int]:
+                self.calls += 1
+                return uid, self.calls
+
+            self._fn: Callable[[str], tuple[str, int]] = cache.cached(**options)(fn)
+
+    async def __call__(self, uid: str) -> tuple[str, int]:
+        return await self._afn(uid) if self.mode == "async" else self._fn(uid)
+
+
+async def invalidate(cache: GCache, mode: str, id: str, future_buffer_ms: int = 0) -> None:
+    if mode == "async":
+        await cache.ainvalidate("user_id", id, future_buffer_ms=future_buffer_ms)
+    else:
+        cache.invalidate("user_id", id, future_buffer_ms=future_buffer_ms)
+
+
+def two(make_cache: Callable[..., GCache]) -> tuple[GCache, CollectorRegistry, GCache, CollectorRegistry]:
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    return make_cache(metrics_registry=reg_a), reg_a, make_cache(metrics_registry=reg_b), reg_b
+
+
+# -- starting ----------------------------------------------------------------------------------
+
+
+async def test_bus_starts_on_first_tracked_local_use_and_local_skipped_until_subscribed(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, mode: str
+) -> None:
+    cache = make_cache(start_bus=False)
+    tracked = Fn(cache, mode, "Tracked")
+    untracked = Fn(cache, mode, "Untracked", tracked=False)
+    assert not cache.bus_subscribed
+
+    with cache.enable():
+        assert await untracked("1") == ("1", 1)
+        assert await untracked("1") == ("1", 1)  # untracked LOCAL never waits for the bus
+        assert not cache.bus_subscribed  # and does not start it
+
+        assert await tracked("1") == ("1", 1)  # starts the bus; LOCAL sits this call out
+        wait_until(lambda: cache.bus_subscribed, what="the bus to subscribe")
+        assert await tracked("1") == ("1", 1)  # a REMOTE hit, filling LOCAL now
+        assert await tracked("1") == ("1", 1)
+    misses = "gcache_miss_counter_total"
+    assert sample(registry, misses, use_case="Tracked", layer="local", reason="bus_unsubscribed") == 1
+    assert sample(registry, "gcache_bus_connected") == 1
+    assert sample(registry, "gcache_bus_reconnect_counter_total") == 0
+
+
+async def test_start_subscribes_and_local_only_cache_needs_no_bus(make_cache: Callable[..., GCache]) -> None:
+    cache = make_cache(start_bus=False)
+    assert not cache.bus_subscribed
+    assert await cache.astart(timeout=5)
+    assert cache.bus_subscribed
+    assert cache.start(timeout=5)  # idempotent
+
+    local_only = GCache(GCacheConfig(metrics_registry=CollectorRegistry()))
+    try:
+        assert local_only.bus_subscribed
+        assert local_only.start(timeout=0)
+    finally:
+        await local_only.aclose()
+
+
+# -- what travels ------------------------------------------------------------------------------
+
+
+async def test_invalidation_drops_local_entries_of_other_instance(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    a, reg_a, b, reg_b = two(make_cache)
+    fa, fb = Fn(a, mode, "Profile"), Fn(b, mode, "Profile")
+    other_b = Fn(b, mode, "Other", tracked=False)
+
+    with a.enable(), b.enable():
+        assert await fa("1") == ("1", 1)
+        assert await fb("1") == ("1", 1)  # a REMOTE hit: B holds A's value in its LOCAL now
+        assert await fb("2") == ("2", 1)
+        assert await other_b("1") == ("1", 1)
+        assert fb.calls == 1
+
+        await invalidate(a, mode, "1")
+        wait_until(
+            lambda: sample(reg_b, DROPPED, use_case="Profile", reason="invalidated") == 1,
+            what="B to drop user 1's entry",
+        )
+        assert await fb("1") == ("1", 2)  # recomputed by B
+        assert await fb("2") == ("2", 1)  # another entity: still cached
+        assert await other_b("1") == ("1", 1)  # untracked: untouched
+    assert sample(reg_a, MESSAGES, key_type="user_id", direction="published", kind="invalidate") == 1
+    assert sample(reg_b, MESSAGES, key_type="user_id", direction="received", kind="invalidate") == 1
+    assert sample(reg_a, MESSAGES, direction="received") == 0  # its own message is not applied twice
+    assert sample(reg_b, "gcache_bus_lag_seconds_count") == 1
+    assert 0 <= sample(reg_b, "gcache_bus_lag_seconds_sum") < 5
+
+
+async def test_own_invalidation_echo_does_not_drop_refilled_entry(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, mode: str
+) -> None:
+    cache = make_cache()
+    fn = Fn(cache, mode, "Echo")
+    with cache.enable():
+        assert await fn("1") == ("1", 1)
+        await invalidate(cache, mode, "1")
+        assert await fn("1") == ("1", 2)
+        await asyncio.sleep(0.2)  # the message comes back to this instance meanwhile
+        assert await fn("1") == ("1", 2)  # still a LOCAL hit
+    assert sample(registry, DROPPED, use_case="Echo", reason="invalidated") == 1  # only the first
+
+
+async def test_future_buffer_travels_with_the_invalidation(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    a, _reg_a, b, reg_b = two(make_cache)
+    fb = Fn(b, mode, "Buffered")
+    with a.enable(), b.enable():
+        await invalidate(a, mode, "1", future_buffer_ms=400)
+        wait_until(lambda: sample(reg_b, MESSAGES, direction="received") == 1, what="B to hear it")
+        assert await fb("1") == ("1", 1)
+        assert await fb("1") == ("1", 2)  # inside the buffer: neither layer keeps the value
+        await asyncio.sleep(0.45)
+        assert await fb("1") == ("1", 3)
+        assert await fb("1") == ("1", 3)  # after it: cached again
+
+
+async def test_delete_drops_local_entry_of_other_instance(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    a, reg_a, b, reg_b = two(make_cache)
+    key = GCacheKey("user_id", "7", "Direct", default_config=BOTH)
+    fallbacks: list[str] = []
+
+    def fallback() -> str:
+        fallbacks.append("b")
+        return "computed"
+
+    async def afallback() -> str:
+        return fallback()
+
+    async def read_b() -> Any:
+        return await b.aget(key, afallback) if mode == "async" else b.get(key, fallback)
+
+    with a.enable(), b.enable():
+        if mode == "async":
+            await a.aput(key, "put")
+        else:
+            a.put(key, "put")
+        assert await read_b() == "put"  # from Redis, now in B's LOCAL too
+        if mode == "async":
+            assert await a.adelete(key)
+        else:
+            assert a.delete(key)
+        wait_until(lambda: sample(reg_b, DROPPED, reason="deleted") == 1, what="B to drop the entry")
+        assert await read_b() == "computed"
+    assert fallbacks == ["b"]
+    assert sample(reg_a, MESSAGES, direction="published", kind="delete") == 1
+    assert sample(reg_b, MESSAGES, direction="received", kind="delete") == 1
+
+
+async def test_flushall_clears_local_entries_of_other_instance(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    a, _reg_a, b, reg_b = two(make_cache)
+    untracked = Fn(b, mode, "Plain", tracked=False)
+    with b.enable():
+        assert await untracked("1") == ("1", 1)
+        assert await untracked("1") == ("1", 1)
+        if mode == "async":
+            await a.aflushall()
+        else:
+            a.flushall()
+        wait_until(lambda: sample(reg_b, DROPPED, reason="flushed") == 1, what="B to clear its LOCAL layer")
+        assert await untracked("1") == ("1", 2)
+    assert sample(reg_b, MESSAGES, direction="received", kind="flush") == 1
+
+
+# -- losing the bus ----------------------------------------------------------------------------
+
+
+async def test_lost_subscription_drops_tracked_local_and_reconnects(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, mode: str
+) -> None:
+    cache = make_cache()
+    tracked = Fn(cache, mode, "T")
+    untracked = Fn(cache, mode, "U", tracked=False)
+    with cache.enable():
+        assert await tracked("1") == ("1", 1)
+        assert await untracked("1") == ("1", 1)
+
+        assert redis_client.client_kill_filter(_type="pubsub") >= 1  # the server drops the subscription
+        wait_until(lambda: sample(registry, "gcache_bus_reconnect_counter_total") == 1, what="a reconnect")
+        wait_until(lambda: cache.bus_subscribed, what="the bus to subscribe again")
+
+        assert await untracked("1") == ("1", 1)  # untracked LOCAL kept its entry
+        assert await tracked("1") == ("1", 1)  # LOCAL entry dropped; REMOTE still has it
+        redis_client.delete("{urn:gcache:user_id:1}#T")
+        assert await tracked("1") == ("1", 1)  # LOCAL filled again after the reconnect
+    assert sample(registry, DROPPED, use_case="T", reason="bus_down") == 1
+    assert sample(registry, DROPPED, use_case="U") == 0
+    assert sample(registry, "gcache_bus_connected") == 1
+
+
+async def test_malformed_message_is_ignored_and_logged(
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = make_cache()
+    fn = Fn(cache, "async", "M")
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        assert await fn("1") == ("1", 1)
+        assert redis_client.publish(bus_channel("urn:gcache"), b"nonsense") == 1
+        wait_until(lambda: any("malformed" in r.getMessage() for r in caplog.records), what="a log line")
+        assert cache.bus_subscribed
+        assert await fn("1") == ("1", 1)
+    assert sample(registry, MESSAGES, direction="received") == 0
+    assert sample(registry, "gcache_bus_reconnect_counter_total") == 0
+
+
+async def test_bus_connected_counts_subscribed_instances_sharing_a_registry(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry
+) -> None:
+    first = make_cache()
+    make_cache()
+    assert sample(registry, "gcache_bus_connected") == 2
+    await first.aclose()
+    assert sample(registry, "gcache_bus_connected") == 1
