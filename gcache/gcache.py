@@ -26,6 +26,7 @@ from gcache.errors import (
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
+from gcache.exposition import multiprocess_enabled
 from gcache.keys import (
     WATERMARK_USE_CASE,
     GCacheKey,
@@ -273,7 +274,10 @@ class GCache:
     ) -> UseCase:
         store = self._local.store(name, key_type, tracked=tracked)
         metrics = UseCaseMetrics(self._metrics, name, key_type)
-        metrics.local_entries.set_function(store.__len__)
+        if multiprocess_enabled():
+            store.on_size = metrics.local_entries.set  # each process writes its own count
+        else:
+            metrics.local_entries.set_function(store.__len__)
         uc = UseCase(
             self._runtime,
             use_case=name,

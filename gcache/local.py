@@ -125,7 +125,7 @@ class LocalStore:
     immutable.
     """
 
-    __slots__ = ("_cache", "_entities", "_epochs", "_lock", "_maxsize", "tracked")
+    __slots__ = ("_cache", "_entities", "_epochs", "_lock", "_maxsize", "on_size", "tracked")
 
     def __init__(
         self, maxsize: int, epochs: Epochs, *, tracked: bool, timer: Callable[[], float] = time.monotonic
@@ -138,6 +138,9 @@ class LocalStore:
         # cache evicted linger here until the entity is dropped or the index is rebuilt.
         self._entities: dict[str, set[str]] = {}
         self.tracked = tracked
+        # Told the number of entries after each change, for metrics that cannot ask (prometheus
+        # multi-process mode); None leaves the gauge to read len() when scraped.
+        self.on_size: Callable[[int], None] | None = None
 
     def get(self, key: str, entity: str) -> tuple[Any, str | None]:
         """``(value, None)`` on a hit, ``(MISS, reason)`` otherwise."""
@@ -174,6 +177,9 @@ class LocalStore:
                         self._reindex()
                     keys = self._entities[entity] = set()
                 keys.add(key)
+            size = len(self._cache)
+        if self.on_size is not None:
+            self.on_size(size)
         return None
 
     def _reindex(self) -> None:
@@ -186,11 +192,19 @@ class LocalStore:
         """Remove every entry of one entity; returns how many were held."""
         with self._lock:
             keys = self._entities.pop(entity, ())
-            return sum(1 for key in keys if self._cache.pop(key, None) is not None)
+            dropped = sum(1 for key in keys if self._cache.pop(key, None) is not None)
+            size = len(self._cache)
+        if dropped and self.on_size is not None:
+            self.on_size(size)
+        return dropped
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            return self._cache.pop(key, None) is not None
+            deleted = self._cache.pop(key, None) is not None
+            size = len(self._cache)
+        if deleted and self.on_size is not None:
+            self.on_size(size)
+        return deleted
 
     def clear(self) -> int:
         """Remove every entry; returns how many were held."""
@@ -199,7 +213,9 @@ class LocalStore:
             count = len(self._cache)
             self._cache.clear()
             self._entities.clear()
-            return count
+        if self.on_size is not None:
+            self.on_size(0)
+        return count
 
     def __len__(self) -> int:
         with self._lock:

@@ -115,7 +115,9 @@ class Metrics:
         self.size = Histogram(
             f"{p}size_histogram", "Bytes per value written to a layer.", [*_UC, "layer"], buckets=_SIZE, **kw
         )
-        self.local_entries = Gauge(f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), **kw)
+        self.local_entries = Gauge(
+            f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), multiprocess_mode="livesum", **kw
+        )
         self.local_dropped = Counter(
             f"{p}local_dropped_counter",
             "LOCAL entries dropped before their TTL, by reason (invalidated, deleted, bus_down, flushed).",
@@ -133,7 +135,10 @@ class Metrics:
             f"{p}bus_reconnect_counter", "Times the invalidation bus subscription was set up again.", **kw
         )
         self.bus_connected = Gauge(
-            f"{p}bus_connected", "1 while the invalidation bus is subscribed, else 0 (per GCache).", **kw
+            f"{p}bus_connected",
+            "Invalidation bus subscriptions up (each GCache adds 1 while subscribed).",
+            multiprocess_mode="livesum",
+            **kw,
         )
         self.bus_lag = Histogram(
             f"{p}bus_lag_seconds",

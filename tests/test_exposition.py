@@ -319,11 +319,6 @@ def test_gunicorn_child_exit_forgets_the_live_gauges_of_a_dead_worker(
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    reason="pending in gcache/metrics.py + gcache/gcache.py: gcache_local_entries uses "
-    "Gauge.set_function, which multi-process mode cannot see (each process reports 0)",
-    strict=True,
-)
 def test_multiprocess_mode_reports_local_entries_of_the_workers(
     multiproc_dir: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:

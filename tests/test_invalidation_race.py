@@ -1,0 +1,509 @@
+"""Race harness: once an invalidation returned, no read that starts afterwards sees older data.
+
+DESIGN.md, "Invalidation: never serve what was invalidated". A fake source of truth holds a
+version per entity. Readers call a tracked cached function that reads the source after a random
+delay (and returns after another one), so reads, computations, cache writes and invalidations
+interleave in every order. One writer bumps an entity's version in the source and THEN
+invalidates it, recording when the invalidation returned and the version it wrote. The checker
+then looks for a violation: a read that started after an invalidation of its entity returned,
+yet returned a version lower than the one written before that invalidation.
+
+The same checker is run against deliberately broken caches (a delete-on-invalidate dict, which
+has the read-compute-write race; an untracked use case, which ignores invalidations) and must
+find violations there, so a zero here means something. Every run also asserts that the cache
+served hits, and the clock-skew variant runs with the host clock ±30 s off the Redis clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheKeyConfig
+from tests.conftest import sample
+
+KEY_TYPE = "user_id"
+ENTITIES = ("1", "2", "3")
+READERS = 8
+ROUNDS = 250  # invalidations per run
+MAX_DELAY = 0.002  # the function waits up to this before reading the source, and again after
+
+BOTH = GCacheKeyConfig.enabled(60)
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+
+MODES = pytest.mark.parametrize("mode", ["async", "sync"])
+SETUPS = pytest.mark.parametrize("setup", ["same_instance", "other_instance"])
+
+REQUESTS = "gcache_request_counter_total"
+MISSES = "gcache_miss_counter_total"
+ERRORS = "gcache_error_counter_total"
+WRITES = "gcache_write_counter_total"
+
+
+# -- records and the checker ----------------------------------------------------------------------
+
+
+class Read(NamedTuple):
+    start: float  # time.monotonic() just before the call
+    entity: str
+    version: int
+
+
+class Invalidation(NamedTuple):
+    returned: float  # time.monotonic() just after invalidate returned
+    entity: str
+    version: int  # written to the source before the invalidation
+
+
+class Violation(NamedTuple):
+    read: Read
+    required: int  # the highest version written before an invalidation that returned before the read
+
+
+def find_violations(reads: list[Read], invalidations: list[Invalidation]) -> list[Violation]:
+    """Reads that started after an invalidation of their entity returned but saw an older version."""
+    returned: dict[str, list[float]] = {}
+    floor: dict[str, list[int]] = {}  # running maximum of the versions, in order of return
+    for inv in sorted(invalidations):
+        returned.setdefault(inv.entity, []).append(inv.returned)
+        versions = floor.setdefault(inv.entity, [])
+        versions.append(max(inv.version, versions[-1] if versions else inv.version))
+    found = []
+    for read in reads:
+        times = returned.get(read.entity)
+        if not times:
+            continue
+        before = bisect.bisect_left(times, read.start)  # invalidations that returned before the start
+        if before and read.version < floor[read.entity][before - 1]:
+            found.append(Violation(read, floor[read.entity][before - 1]))
+    return found
+
+
+# -- the source of truth and the subjects under test ----------------------------------------------
+
+
+class Source:
+    """Versioned values per entity, in process, behind a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions = dict.fromkeys(ENTITIES, 0)
+        self.computations = 0
+
+    def read(self, entity: str) -> int:
+        with self._lock:
+            return self._versions[entity]
+
+    def bump(self, entity: str) -> int:
+        with self._lock:
+            self._versions[entity] += 1
+            return self._versions[entity]
+
+    def computed(self) -> None:
+        """Counts a run of the function (a read the cache did not serve)."""
+        with self._lock:
+            self.computations += 1
+
+
+@dataclass
+class Subject:
+    """What a run drives: how a reader reads an entity and how the writer invalidates one.
+
+    Exactly the pair for the run's mode is set: ``aread``/``ainvalidate`` or ``read``/``invalidate``.
+    """
+
+    aread: Callable[[str], Awaitable[int]] | None = None
+    ainvalidate: Callable[[str], Awaitable[None]] | None = None
+    read: Callable[[str], int] | None = None
+    invalidate: Callable[[str], None] | None = None
+
+
+def cached_subject(
+    mode: str,
+    source: Source,
+    reader: GCache,
+    writer: GCache,
+    *,
+    use_case: str,
+    config: GCacheKeyConfig,
+    tracked: bool = True,
+) -> Subject:
+    """A cached function on ``reader`` over the source; ``writer`` invalidates."""
+    decorate = reader.cached(
+        key_type=KEY_TYPE,
+        id_arg="uid",
+        use_case=use_case,
+        track_for_invalidation=tracked,
+        default_config=config,
+    )
+    if mode == "async":
+
+        async def acompute(uid: str) -> int:
+            await asyncio.sleep(random.uniform(0, MAX_DELAY))
+            version = source.read(uid)
+            await asyncio.sleep(random.uniform(0, MAX_DELAY))
+            source.computed()
+            return version
+
+        afn = decorate(acompute)
+
+        async def aread(entity: str) -> int:
+            with reader.enable():
+                version: int = await afn(entity)
+                return version
+
+        async def ainvalidate(entity: str) -> None:
+            await writer.ainvalidate(KEY_TYPE, entity)
+
+        return Subject(aread=aread, ainvalidate=ainvalidate)
+
+    def compute(uid: str) -> int:
+        time.sleep(random.uniform(0, MAX_DELAY))
+        version = source.read(uid)
+        time.sleep(random.uniform(0, MAX_DELAY))
+        source.computed()
+        return version
+
+    fn = decorate(compute)
+
+    def read(entity: str) -> int:
+        with reader.enable():
+            version: int = fn(entity)
+            return version
+
+    def invalidate(entity: str) -> None:
+        writer.invalidate(KEY_TYPE, entity)
+
+    return Subject(read=read, invalidate=invalidate)
+
+
+class NaiveCache:
+    """A dict that deletes on invalidation: it has the read-compute-write race gcache closes.
+
+    A reader that read the source before the writer's bump stores its value after the writer's
+    delete, and the old version is then served to reads that start after the invalidation.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._values: dict[str, int] = {}
+
+    def subject(self, mode: str) -> Subject:
+        source, values = self._source, self._values
+        if mode == "async":
+
+            async def aread(entity: str) -> int:
+                version = values.get(entity)
+                if version is None:
+                    await asyncio.sleep(random.uniform(0, MAX_DELAY))
+                    version = source.read(entity)
+                    await asyncio.sleep(random.uniform(0, MAX_DELAY))
+                    source.computed()
+                    values[entity] = version
+                return version
+
+            async def ainvalidate(entity: str) -> None:
+                values.pop(entity, None)
+
+            return Subject(aread=aread, ainvalidate=ainvalidate)
+
+        def read(entity: str) -> int:
+            version = values.get(entity)
+            if version is None:
+                time.sleep(random.uniform(0, MAX_DELAY))
+                version = source.read(entity)
+                time.sleep(random.uniform(0, MAX_DELAY))
+                source.computed()
+                values[entity] = version
+            return version
+
+        def invalidate(entity: str) -> None:
+            values.pop(entity, None)
+
+        return Subject(read=read, invalidate=invalidate)
+
+
+# -- the harness ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    reads: list[Read] = field(default_factory=list)
+    invalidations: list[Invalidation] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[Violation]:
+        return find_violations(self.reads, self.invalidations)
+
+    def reads_after_an_invalidation(self) -> int:
+        """Reads that started after at least one invalidation of their entity had returned."""
+        first: dict[str, float] = {}
+        for inv in self.invalidations:
+            first[inv.entity] = min(inv.returned, first.get(inv.entity, inv.returned))
+        return sum(1 for r in self.reads if r.entity in first and r.start > first[r.entity])
+
+
+def _pause(rng: random.Random) -> float:
+    """The writer's pause before a round; a third of the rounds follow the previous at once."""
+    return 0.0 if rng.random() < 1 / 3 else rng.uniform(0, 0.003)
+
+
+def _next_entity(rng: random.Random, last: str) -> str:
+    """Often the entity just invalidated, so invalidations land on computations in flight."""
+    return last if rng.random() < 0.4 else rng.choice(ENTITIES)
+
+
+async def arun(subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS) -> Outcome:
+    """READERS asyncio tasks read while one task bumps and invalidates ``rounds`` times."""
+    aread, ainvalidate = subject.aread, subject.ainvalidate
+    assert aread is not None
+    assert ainvalidate is not None
+    outcome = Outcome()
+    done = False
+
+    async def reader(rng: random.Random) -> None:
+        while not done:
+            entity = rng.choice(ENTITIES)
+            start = time.monotonic()
+            version = await aread(entity)
+            outcome.reads.append(Read(start, entity, version))
+            await asyncio.sleep(0)  # a LOCAL hit never yields: let the writer run
+
+    async def writer(rng: random.Random) -> None:
+        nonlocal done
+        entity = rng.choice(ENTITIES)
+        try:
+            for _ in range(rounds):
+                pause = _pause(rng)
+                await asyncio.sleep(pause)
+                entity = _next_entity(rng, entity)
+                version = source.bump(entity)
+                await ainvalidate(entity)
+                outcome.invalidations.append(Invalidation(time.monotonic(), entity, version))
+        finally:
+            done = True
+
+    rngs = [random.Random(seed * 100 + i) for i in range(READERS + 1)]
+    await asyncio.gather(writer(rngs[0]), *(reader(rng) for rng in rngs[1:]))
+    return outcome
+
+
+def run_threads(subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS) -> Outcome:
+    """READERS threads read while one thread bumps and invalidates ``rounds`` times."""
+    read, invalidate = subject.read, subject.invalidate
+    assert read is not None
+    assert invalidate is not None
+    done = threading.Event()
+
+    def reader(rng: random.Random) -> list[Read]:
+        reads: list[Read] = []
+        while not done.is_set():
+            entity = rng.choice(ENTITIES)
+            start = time.monotonic()
+            version = read(entity)
+            reads.append(Read(start, entity, version))
+            time.sleep(0)  # let the writer have the GIL between reads
+        return reads
+
+    def writer(rng: random.Random) -> list[Invalidation]:
+        invalidations: list[Invalidation] = []
+        entity = rng.choice(ENTITIES)
+        try:
+            for _ in range(rounds):
+                time.sleep(_pause(rng))
+                entity = _next_entity(rng, entity)
+                version = source.bump(entity)
+                invalidate(entity)
+                invalidations.append(Invalidation(time.monotonic(), entity, version))
+        finally:
+            done.set()
+        return invalidations
+
+    rngs = [random.Random(seed * 100 + i) for i in range(READERS + 1)]
+    with concurrent.futures.ThreadPoolExecutor(READERS + 1, thread_name_prefix="race") as pool:
+        writing = pool.submit(writer, rngs[0])
+        reading = [pool.submit(reader, rng) for rng in rngs[1:]]
+        outcome = Outcome(invalidations=writing.result())
+        for future in reading:
+            outcome.reads.extend(future.result())
+    return outcome
+
+
+async def run(mode: str, subject: Subject, source: Source, *, seed: int) -> Outcome:
+    if mode == "async":
+        return await arun(subject, source, seed=seed)
+    return await asyncio.to_thread(run_threads, subject, source, seed=seed)
+
+
+# -- the cache under test --------------------------------------------------------------------------
+
+
+def build(
+    setup: str, mode: str, source: Source, make_cache: Callable[..., GCache], use_case: str
+) -> tuple[Subject, GCache]:
+    """The subject for a setup, and the GCache the readers use.
+
+    same_instance: readers and writer share one GCache with LOCAL and REMOTE.
+    other_instance: readers on a second GCache on the same Redis (as another process would be),
+    REMOTE only: the exact guarantee across processes is REMOTE's.
+    """
+    writer = make_cache()
+    if setup == "same_instance":
+        return cached_subject(mode, source, writer, writer, use_case=use_case, config=BOTH), writer
+    reader = make_cache()
+    return cached_subject(mode, source, reader, writer, use_case=use_case, config=REMOTE_ONLY), reader
+
+
+@dataclass
+class Served:
+    reads: int
+    hits: int
+    local_hits: int
+    remote_hits: int
+    refused_writes: int  # values the library computed but refused to store: races it caught
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.reads if self.reads else 0.0
+
+
+def served(registry: CollectorRegistry, use_case: str, reads: int) -> Served:
+    def hits(layer: str) -> int:
+        requests = sample(registry, REQUESTS, use_case=use_case, layer=layer)
+        return int(requests - sample(registry, MISSES, use_case=use_case, layer=layer))
+
+    refused = sum(
+        sample(registry, WRITES, use_case=use_case, layer=layer, result="invalidated")
+        for layer in ("local", "remote")
+    )
+    local, remote = hits("local"), hits("remote")
+    return Served(reads, local + remote, local, remote, int(refused))
+
+
+def report(label: str, outcome: Outcome, result: Served | None = None) -> None:
+    line = (
+        f"{label}: {len(outcome.reads)} reads ({outcome.reads_after_an_invalidation()} after an "
+        f"invalidation), {len(outcome.invalidations)} invalidations, "
+        f"{len(outcome.violations)} violations"
+    )
+    if result is not None:
+        line += (
+            f", hit ratio {result.hit_ratio:.2f} (local {result.local_hits}, remote "
+            f"{result.remote_hits}), {result.refused_writes} stale writes refused"
+        )
+    print(line)
+
+
+async def check_exact(
+    setup: str,
+    mode: str,
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    *,
+    use_case: str,
+    seed: int,
+) -> None:
+    source = Source()
+    subject, reader = build(setup, mode, source, make_cache, use_case)
+    outcome = await run(mode, subject, source, seed=seed)
+    result = served(registry, use_case, len(outcome.reads))
+    report(f"{setup}/{mode}", outcome, result)
+
+    assert outcome.violations == []
+    assert len(outcome.invalidations) == ROUNDS
+    assert len(outcome.reads) >= 2000
+    assert outcome.reads_after_an_invalidation() >= 1000
+    # The cache really served: a harness where every read misses would prove nothing.
+    assert sample(registry, ERRORS, use_case=use_case) == 0
+    assert result.hits + source.computations == len(outcome.reads)  # every read was a hit or computed
+    assert result.hit_ratio > 0.3
+    if setup == "same_instance":
+        assert result.local_hits > 0
+    else:
+        assert result.remote_hits > 0
+    assert reader.bus_subscribed
+
+
+# -- the checker itself ------------------------------------------------------------------------------
+
+
+def test_checker_flags_only_reads_started_after_invalidation_with_older_version() -> None:
+    invalidations = [Invalidation(10.0, "1", 3), Invalidation(20.0, "1", 5), Invalidation(15.0, "2", 1)]
+    reads = [
+        Read(9.0, "1", 0),  # started before any invalidation: anything goes
+        Read(10.0, "1", 2),  # started as it returned, not after
+        Read(11.0, "1", 3),
+        Read(12.0, "1", 2),  # violation: needs 3
+        Read(21.0, "1", 4),  # violation: needs 5
+        Read(21.0, "1", 6),
+        Read(16.0, "2", 0),  # violation: needs 1
+        Read(16.0, "3", 0),  # never invalidated
+    ]
+    assert find_violations(reads, invalidations) == [
+        Violation(reads[3], 3),
+        Violation(reads[4], 5),
+        Violation(reads[6], 1),
+    ]
+
+
+@MODES
+async def test_checker_finds_violations_when_cache_is_naive_delete_on_invalidate_dict(mode: str) -> None:
+    source = Source()
+    outcome = await run(mode, NaiveCache(source).subject(mode), source, seed=7)
+    report(f"naive dict/{mode}", outcome)
+    assert len(outcome.violations) > 0
+
+
+@MODES
+async def test_checker_finds_violations_when_use_case_is_untracked(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    source = Source()
+    writer = make_cache()
+    reader = make_cache()
+    subject = cached_subject(
+        mode, source, reader, writer, use_case="Untracked", config=REMOTE_ONLY, tracked=False
+    )
+    outcome = await run(mode, subject, source, seed=8)
+    report(f"untracked/{mode}", outcome)
+    assert len(outcome.violations) > 0
+
+
+# -- zero violations ----------------------------------------------------------------------------------
+
+
+@MODES
+@SETUPS
+async def test_no_read_sees_invalidated_version_when_readers_race_writer(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, setup: str, mode: str
+) -> None:
+    await check_exact(setup, mode, make_cache, registry, use_case="Race", seed=1)
+
+
+@MODES
+@SETUPS
+@pytest.mark.parametrize("skew_sec", [30.0, -30.0], ids=["ahead", "behind"])
+async def test_no_read_sees_invalidated_version_when_host_clock_skewed(
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    setup: str,
+    mode: str,
+    skew_sec: float,
+) -> None:
+    # Patched before the caches exist, so every host-clock reading of the run is off by skew_sec;
+    # the harness itself measures with time.monotonic, which is left alone.
+    real_time, real_time_ns = time.time, time.time_ns
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew_sec)
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + int(skew_sec * 1e9))
+    await check_exact(setup, mode, make_cache, registry, use_case="Skewed", seed=2)
