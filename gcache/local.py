@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-
-from cachetools import TLRUCache
 
 __all__ = ["MISS", "Epochs", "LocalLayer", "LocalStore"]
 
@@ -113,29 +112,42 @@ def _nothing() -> None:
     return None
 
 
-def _expires(_key: str, entry: tuple[Any, int, float, str], now: float) -> float:
-    return now + entry[2]
-
-
 class LocalStore:
     """One use case's LOCAL entries: a size-bounded cache with a TTL per entry, safe across threads.
 
     The TTL of an entry is the one in force when it was written. Entries hold the value itself
     (no copy, no serialization): callers share the object, so values should be treated as
     immutable.
+
+    Built for the hit path: a lookup is one ``dict`` read and a clock read, without a lock; only
+    writes, and keeping the least recently used entry first once the store is more than half
+    full, take the lock. When full, the least recently used entry goes first.
     """
 
-    __slots__ = ("_cache", "_entities", "_epochs", "_lock", "_maxsize", "on_size", "tracked")
+    __slots__ = (
+        "_data",
+        "_entities",
+        "_epochs",
+        "_half",
+        "_lock",
+        "_maxsize",
+        "_timer",
+        "on_size",
+        "tracked",
+    )
 
     def __init__(
         self, maxsize: int, epochs: Epochs, *, tracked: bool, timer: Callable[[], float] = time.monotonic
     ) -> None:
-        self._cache: TLRUCache[str, tuple[Any, int, float, str]] = TLRUCache(maxsize, _expires, timer=timer)
+        # key -> (value, expires at, epoch at read start, entity); least recently used first.
+        self._data: OrderedDict[str, tuple[Any, float, int, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._epochs = epochs
         self._maxsize = maxsize
-        # entity -> its keys, so an invalidation frees them at once (tracked stores only). Keys the
-        # cache evicted linger here until the entity is dropped or the index is rebuilt.
+        self._half = maxsize // 2
+        self._timer = timer
+        # entity -> its keys, so an invalidation frees them at once (tracked stores only). Keys that
+        # left otherwise linger here until the entity is dropped or the index is rebuilt.
         self._entities: dict[str, set[str]] = {}
         self.tracked = tracked
         # Told the number of entries after each change, for metrics that cannot ask (prometheus
@@ -147,15 +159,25 @@ class LocalStore:
         if self.tracked and not self._epochs.trusted:
             self._epochs.wake()
             return MISS, "bus_unsubscribed"
-        with self._lock:
-            entry = self._cache.get(key)
+        entry = self._data.get(key)
         if entry is None:
             return MISS, "not_found"
-        if self.tracked and entry[1] < self._epochs.of(entity):
-            with self._lock:
-                self._cache.pop(key, None)
+        if entry[1] <= self._timer():
+            self._discard(key, entry)
+            return MISS, "not_found"
+        if self.tracked and entry[2] < self._epochs.of(entity):
+            self._discard(key, entry)
             return MISS, "invalidated"
+        if len(self._data) > self._half:  # eviction order matters only when the store may fill
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
         return entry[0], None
+
+    def _discard(self, key: str, entry: tuple[Any, float, int, str]) -> None:
+        with self._lock:
+            if self._data.get(key) is entry:
+                del self._data[key]
 
     def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> str | None:
         """Store unless stale; returns None when stored, else why not.
@@ -168,8 +190,13 @@ class LocalStore:
                 return "bus_unsubscribed"
             if epoch < 0 or epoch < self._epochs.of(entity):
                 return "invalidated"
+        now = self._timer()
+        data = self._data
         with self._lock:
-            self._cache[key] = (value, epoch, ttl, entity)
+            data[key] = (value, now + ttl, epoch, entity)
+            data.move_to_end(key)
+            while len(data) > self._maxsize:
+                data.popitem(last=False)
             if self.tracked:
                 keys = self._entities.get(entity)
                 if keys is None:
@@ -177,7 +204,7 @@ class LocalStore:
                         self._reindex()
                     keys = self._entities[entity] = set()
                 keys.add(key)
-            size = len(self._cache)
+            size = len(data)
         if self.on_size is not None:
             self.on_size(size)
         return None
@@ -185,42 +212,43 @@ class LocalStore:
     def _reindex(self) -> None:
         """Rebuild the entity index from the keys actually held (called under the lock)."""
         self._entities = {}
-        for key, entry in self._cache.items():
+        for key, entry in self._data.items():
             self._entities.setdefault(entry[3], set()).add(key)
 
     def drop_entity(self, entity: str) -> int:
         """Remove every entry of one entity; returns how many were held."""
         with self._lock:
             keys = self._entities.pop(entity, ())
-            dropped = sum(1 for key in keys if self._cache.pop(key, None) is not None)
-            size = len(self._cache)
+            dropped = sum(1 for key in keys if self._data.pop(key, None) is not None)
+            size = len(self._data)
         if dropped and self.on_size is not None:
             self.on_size(size)
         return dropped
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            deleted = self._cache.pop(key, None) is not None
-            size = len(self._cache)
+            deleted = self._data.pop(key, None) is not None
+            size = len(self._data)
         if deleted and self.on_size is not None:
             self.on_size(size)
         return deleted
 
     def clear(self) -> int:
-        """Remove every entry; returns how many were held."""
+        """Remove every entry; returns how many live ones were held."""
+        now = self._timer()
         with self._lock:
-            self._cache.expire()
-            count = len(self._cache)
-            self._cache.clear()
+            count = sum(1 for entry in self._data.values() if entry[1] > now)
+            self._data.clear()
             self._entities.clear()
         if self.on_size is not None:
             self.on_size(0)
         return count
 
     def __len__(self) -> int:
+        """Live entries (expired ones still held are left out)."""
+        now = self._timer()
         with self._lock:
-            self._cache.expire()
-            return len(self._cache)
+            return sum(1 for entry in self._data.values() if entry[1] > now)
 
 
 class LocalLayer:

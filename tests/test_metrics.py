@@ -223,7 +223,7 @@ async def test_metrics_move_exactly_as_documented_when_scripted(
     assert count(request, layer="local") == 2
     assert count(request, layer="remote") == 1
     assert count(miss) == 2
-    assert count("gcache_get_timer_count", layer="local") == 2
+    assert count("gcache_get_timer_count", layer="local") == 1  # LOCAL lookups are timed one in 16
     assert count("gcache_fallback_timer_count") == 1
     assert count("gcache_serialization_timer_count", operation="dump") == 1
 
@@ -334,3 +334,18 @@ async def test_metrics_served_by_asgi_app_when_called(registry: CollectorRegistr
     assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Asgi"} 1.0' in body
     for name in DOCUMENTED:
         assert f"# TYPE {name}" in body
+
+
+async def test_local_lookups_are_timed_first_then_one_in_sixteen(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache()
+    calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="Sampled")
+    with cache.enable():
+        for _ in range(33):
+            await get("1")
+    assert calls == ["1"]
+    assert sample(registry, "gcache_request_counter_total", use_case="Sampled", layer="local") == 33
+    timed = sample(registry, "gcache_get_timer_count", use_case="Sampled", layer="local")
+    assert timed == 3  # lookups 1, 17 and 33
