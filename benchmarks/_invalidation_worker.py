@@ -5,7 +5,8 @@ reads every entity once (warm-up), prints ``ready`` and then reads the entities 
 a line arrives on stdin (or stdin closes, or ``max_seconds`` pass). Every read is recorded: when
 it started (``time.time()``), which entity, the version it returned and the layer that served it
 (LOCAL, REMOTE or the function). The records go to ``out_path`` as packed arrays; a JSON line on
-stdout reports what the worker's own Prometheus registry saw (bus lag, remote write results).
+stdout reports what the worker's own Prometheus registry saw (bus lag, remote write results) and
+when each invalidation from the bus was applied.
 
 With ``mode == "original"`` the worker imitates the original library; see :func:`imitate_original`.
 """
@@ -19,7 +20,6 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -27,11 +27,21 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 from gcache._readthrough import UseCase
-from gcache.bus import InvalidationBus
+from gcache.bus import BusMessage, InvalidationBus
 from gcache.local import MISS
 from gcache.remote import TrackedRead
 
-__all__ = ["FUNCTION", "KEY_TYPE", "LOCAL", "REMOTE", "USE_CASE", "imitate_original", "read_records"]
+__all__ = [
+    "FUNCTION",
+    "KEY_TYPE",
+    "LOCAL",
+    "REMOTE",
+    "USE_CASE",
+    "Records",
+    "imitate_original",
+    "read_records",
+    "write_records",
+]
 
 LOCAL, REMOTE, FUNCTION = 0, 1, 2  # the layer that served a read
 KEY_TYPE = "bench_entity"
@@ -103,6 +113,21 @@ def imitate_original() -> None:
     InvalidationBus.ensure_started = never_start  # type: ignore[method-assign]
 
 
+def _observe_bus(applied: list[tuple[str, float, int]]) -> None:
+    """Record when each invalidation from the bus was applied (host clock) and published (Redis clock).
+
+    A pass-through wrapper; must be installed before the GCache is built (it binds the method).
+    """
+    on_message = GCache._on_bus_message
+
+    def observed(self: GCache, message: BusMessage, lag_sec: float) -> None:
+        on_message(self, message, lag_sec)
+        if message.kind == "invalidate":
+            applied.append((message.target, time.time(), message.published_us))
+
+    GCache._on_bus_message = observed  # type: ignore[method-assign]
+
+
 def _wait_for_stop(stop: threading.Event) -> None:
     sys.stdin.readline()  # a line, or EOF when the parent goes away
     stop.set()
@@ -111,20 +136,29 @@ def _wait_for_stop(stop: threading.Event) -> None:
 def _registry_stats(registry: CollectorRegistry) -> dict[str, Any]:
     buckets: dict[str, float] = {}
     writes: dict[str, float] = {}
+    lag_sum = 0.0
     for metric in registry.collect():
         for sample in metric.samples:
             if sample.name == "gcache_bus_lag_seconds_bucket":
                 buckets[sample.labels["le"]] = sample.value
+            elif sample.name == "gcache_bus_lag_seconds_sum":
+                lag_sum = sample.value
             elif sample.name == "gcache_write_counter_total" and sample.labels.get("layer") == "remote":
                 writes[sample.labels["result"]] = writes.get(sample.labels["result"], 0) + sample.value
-    return {"bus_lag_buckets": buckets, "remote_writes": writes}
+    return {"bus_lag_buckets": buckets, "bus_lag_sum": lag_sum, "remote_writes": writes}
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
+Records = tuple["array.array[float]", "array.array[int]", "array.array[int]", "array.array[int]"]
+
+
+async def run(spec: dict[str, Any]) -> tuple[Records, dict[str, Any]]:
+    """Read until told to stop; the records of every read and what the registry and bus saw."""
     stop = threading.Event()
     threading.Thread(target=_wait_for_stop, args=(stop,), daemon=True).start()
     original = spec["mode"] == "original"
     _observe_local_hits()
+    applied: list[tuple[str, float, int]] = []
+    _observe_bus(applied)
     if original:
         imitate_original()
     registry = CollectorRegistry()
@@ -168,36 +202,39 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     entities = array.array("b")
     layers = array.array("b")
     pace = spec["pace"]
-    read: Callable[[str], Awaitable[int]] = load
     try:
         with cache.enable():
             for entity in ids:
-                await read(entity)
+                await load(entity)
             print("ready", flush=True)
             deadline = time.monotonic() + spec["max_seconds"]
             while not stop.is_set() and time.monotonic() < deadline:
                 for index, entity in enumerate(ids):
                     _probe.local_hit = _probe.computed = False
                     start = time.time()
-                    version = await read(entity)
+                    version = await load(entity)
                     starts.append(start)
                     versions.append(version)
                     entities.append(index)
                     layers.append(LOCAL if _probe.local_hit else FUNCTION if _probe.computed else REMOTE)
                 # Non-cache work between rounds. time.sleep, not asyncio.sleep: it releases the GIL
-                # as real work on I/O does, and is not rounded up to epoll's 1 ms.
-                time.sleep(pace)
+                # as real work on I/O does, and is not rounded up to epoll's 1 ms. Nothing else
+                # runs on this loop (one reader, one read at a time), so blocking it delays nothing.
+                time.sleep(pace)  # noqa: ASYNC251
     finally:
         await source.aclose()
         await cache.aclose()
-    with open(spec["out_path"], "wb") as out:
-        for records in (starts, versions, entities, layers):
-            out.write(len(records).to_bytes(8, "little"))
-            records.tofile(out)
-    return _registry_stats(registry)
+    return (starts, versions, entities, layers), {**_registry_stats(registry), "bus_applied": applied}
 
 
-def read_records(path: str) -> tuple[array.array[float], array.array[int], array.array[int], array.array[int]]:
+def write_records(path: str, records: Records) -> None:
+    with open(path, "wb") as out:
+        for column in records:
+            out.write(len(column).to_bytes(8, "little"))
+            column.tofile(out)
+
+
+def read_records(path: str) -> Records:
     """Starts, versions, entity indexes and layers, as the worker wrote them."""
     found: list[Any] = []
     with open(path, "rb") as f:
@@ -210,7 +247,8 @@ def read_records(path: str) -> tuple[array.array[float], array.array[int], array
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    stats = asyncio.run(run(spec))
+    records, stats = asyncio.run(run(spec))
+    write_records(spec["out_path"], records)
     print(json.dumps(stats), flush=True)
     return 0
 

@@ -177,10 +177,7 @@ class UseCase:
             self.m.miss("remote", "serializer_mismatch").inc()
             return None
         if read is not None:
-            if read.nonce is None:
-                self.m.miss("remote", "fence_missing").inc()
-                return None
-            if env.nonce != read.nonce:
+            if env.nonce != read.nonce:  # the fence it was written under was lost or replaced
                 self.m.miss("remote", "fence_mismatch").inc()
                 return None
             if env.stamp_us <= read.watermark_us:

@@ -10,12 +10,21 @@ from __future__ import annotations
 __all__ = ["ANNOUNCE_FLUSH", "DELETE", "INVALIDATE", "READ_TRACKED", "WRITE_TRACKED"]
 
 # KEYS[1] value key, KEYS[2] fence (watermark) key
-# Returns {value or nil, fence nonce or nil, watermark (us) or nil, server now (us)}.
+# ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute
+#         limit, which the write after a miss extends
+# A missing fence is created here, so every read carries a nonce: if the fence is lost while the
+# function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
+# Returns {value or nil, fence nonce, watermark (us), server now (us)}.
 READ_TRACKED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local v = redis.call('GET', KEYS[1])
 local f = redis.call('HMGET', KEYS[2], 'n', 'w')
+if not f[1] then
+  redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', '0')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  f = {ARGV[1], '0'}
+end
 return {v, f[1], f[2], string.format('%.0f', now)}
 """
 

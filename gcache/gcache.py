@@ -441,20 +441,25 @@ class GCache:
             RemoteError: Redis did not take the invalidation; the entity's REMOTE entries may
                 still be served until their TTL, so retry or handle it.
         """
-        _entity, fence = self._fence(key_type, id, future_buffer_ms)
+        entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
             await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
-            self._metrics.invalidation.labels(key_type, "remote").inc()
-            self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
+            self._invalidated_remotely(entity, key_type, future_buffer_ms)
 
     def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
         """Sync twin of :meth:`ainvalidate`."""
-        _entity, fence = self._fence(key_type, id, future_buffer_ms)
+        entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
             remote = self._remote
             self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
-            self._metrics.invalidation.labels(key_type, "remote").inc()
-            self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
+            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+
+    def _invalidated_remotely(self, entity: str, key_type: str, future_buffer_ms: int) -> None:
+        # A read in this process between the first LOCAL bump and the watermark's rise took the
+        # new epoch yet read the still-fresh REMOTE value; bumping again makes its fill stale.
+        self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
+        self._metrics.invalidation.labels(key_type, "remote").inc()
+        self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
 
     async def aflushall(self) -> int:
         """Delete every entry of this cache: LOCAL, and the Redis keys under ``urn_prefix``.

@@ -145,7 +145,8 @@ class RemoteCache:
         return lambda c: c.client.get(key)
 
     def _read_tracked(self, key: str, fence: str) -> Callable[[_Connection], Any]:
-        return lambda c: c.read_tracked(keys=[key, fence])
+        args = [new_nonce(), self._compute_limit_ms]
+        return lambda c: c.read_tracked(keys=[key, fence], args=args)
 
     @staticmethod
     def _set(key: str, envelope: bytes, ttl_ms: int) -> Callable[[_Connection], Any]:

@@ -269,7 +269,8 @@ def test_multiprocess_mode_reports_the_sum_of_the_workers(
     assert mp(registry, "gcache_write_counter_total", layer="remote", result="stored") == total
     # Histograms: counts and every bucket add up.
     assert mp(registry, "gcache_fallback_timer_count", layer="remote") == total
-    assert mp(registry, "gcache_get_timer_count", layer="local") == 2 * total
+    # LOCAL lookups are timed the first time and then one in 16: the first of each worker here.
+    assert mp(registry, "gcache_get_timer_count", layer="local") == 2
     assert mp(registry, "gcache_size_histogram_count", layer="remote") == total
     assert mp(registry, "gcache_size_histogram_bucket", layer="remote", le="+Inf") == total
     assert mp(registry, "gcache_serialization_timer_count", layer="remote", operation="dump") == total

@@ -11,7 +11,9 @@ yet returned a version lower than the one written before that invalidation.
 The same checker is run against deliberately broken caches (a delete-on-invalidate dict, which
 has the read-compute-write race; an untracked use case, which ignores invalidations) and must
 find violations there, so a zero here means something. Every run also asserts that the cache
-served hits, and the clock-skew variant runs with the host clock ±30 s off the Redis clock.
+served hits and that the library refused stale writes (computations really raced invalidations).
+The clock-skew variant runs with ``time.time``/``time.time_ns`` 30 s ahead of or behind the Redis
+clock for the whole process. One test replays the same-instance overlap step by step.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache.remote import RemoteCache
 from tests.conftest import sample
 
 KEY_TYPE = "user_id"
 ENTITIES = ("1", "2", "3")
 READERS = 8
-ROUNDS = 250  # invalidations per run
+ROUNDS = 400  # invalidations per run
 MAX_DELAY = 0.002  # the function waits up to this before reading the source, and again after
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -68,6 +71,7 @@ class Invalidation(NamedTuple):
 class Violation(NamedTuple):
     read: Read
     required: int  # the highest version written before an invalidation that returned before the read
+    late: float  # seconds from the first invalidation the read should have seen to the read's start
 
 
 def find_violations(reads: list[Read], invalidations: list[Invalidation]) -> list[Violation]:
@@ -84,9 +88,25 @@ def find_violations(reads: list[Read], invalidations: list[Invalidation]) -> lis
         if not times:
             continue
         before = bisect.bisect_left(times, read.start)  # invalidations that returned before the start
-        if before and read.version < floor[read.entity][before - 1]:
-            found.append(Violation(read, floor[read.entity][before - 1]))
+        versions = floor[read.entity]
+        if before and read.version < versions[before - 1]:
+            first = bisect.bisect_right(versions, read.version)  # the first one it should have seen
+            found.append(Violation(read, versions[before - 1], read.start - times[first]))
     return found
+
+
+def describe(violations: list[Violation]) -> str:
+    if not violations:
+        return "no violations"
+    late = sorted(v.late for v in violations)
+    shown = "; ".join(
+        f"entity {v.read.entity} got v{v.read.version}, needed v{v.required}, {v.late * 1000:.2f} ms late"
+        for v in violations[:5]
+    )
+    return (
+        f"{len(violations)} reads started after an invalidation returned yet saw an older version "
+        f"(up to {late[-1] * 1000:.1f} ms after it, median {late[len(late) // 2] * 1000:.2f} ms): {shown}"
+    )
 
 
 # -- the source of truth and the subjects under test ----------------------------------------------
@@ -419,7 +439,8 @@ async def check_exact(
     result = served(registry, use_case, len(outcome.reads))
     report(f"{setup}/{mode}", outcome, result)
 
-    assert outcome.violations == []
+    violations = outcome.violations
+    assert violations == [], describe(violations)
     assert len(outcome.invalidations) == ROUNDS
     assert len(outcome.reads) >= 2000
     assert outcome.reads_after_an_invalidation() >= 1000
@@ -427,6 +448,7 @@ async def check_exact(
     assert sample(registry, ERRORS, use_case=use_case) == 0
     assert result.hits + source.computations == len(outcome.reads)  # every read was a hit or computed
     assert result.hit_ratio > 0.3
+    assert result.refused_writes > 0  # computations really raced invalidations
     if setup == "same_instance":
         assert result.local_hits > 0
     else:
@@ -450,9 +472,9 @@ def test_checker_flags_only_reads_started_after_invalidation_with_older_version(
         Read(16.0, "3", 0),  # never invalidated
     ]
     assert find_violations(reads, invalidations) == [
-        Violation(reads[3], 3),
-        Violation(reads[4], 5),
-        Violation(reads[6], 1),
+        Violation(reads[3], 3, 2.0),
+        Violation(reads[4], 5, 1.0),
+        Violation(reads[6], 1, 1.0),
     ]
 
 
@@ -477,6 +499,77 @@ async def test_checker_finds_violations_when_use_case_is_untracked(
     outcome = await run(mode, subject, source, seed=8)
     report(f"untracked/{mode}", outcome)
     assert len(outcome.violations) > 0
+
+
+# -- one overlap, step by step ------------------------------------------------------------------------
+
+
+@MODES
+async def test_local_is_not_refilled_with_invalidated_value_when_read_overlaps_invalidation(
+    make_cache: Callable[..., GCache], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The race harness's same-instance case, made deterministic.
+
+    The invalidation's Redis round trip is held up (as a slow network would) while a read of the
+    same entity runs in this process. That read overlaps the invalidation, so either version is
+    fine for it; but once the invalidation has returned, the next read must see the new version.
+    """
+    cache = make_cache()
+    source = Source()
+    subject = cached_subject(mode, source, cache, cache, use_case="Overlap", config=BOTH)
+    landed, release = threading.Event(), threading.Event()
+
+    if mode == "async":
+        aread = subject.aread
+        assert aread is not None
+        original_ainvalidate = RemoteCache.ainvalidate
+
+        async def slow_ainvalidate(self: RemoteCache, fence: str, future_buffer_ms: int) -> int:
+            landed.set()
+            await asyncio.to_thread(release.wait, 5)
+            return await original_ainvalidate(self, fence, future_buffer_ms)
+
+        monkeypatch.setattr(RemoteCache, "ainvalidate", slow_ainvalidate)
+        assert await aread("1") == 0  # cached on both layers
+
+        async def awrite() -> None:
+            source.bump("1")
+            await cache.ainvalidate(KEY_TYPE, "1")
+
+        writing = asyncio.ensure_future(awrite())
+        await asyncio.to_thread(landed.wait, 5)
+        assert await aread("1") in (0, 1)  # overlaps the invalidation
+        release.set()
+        await asyncio.wait_for(writing, 5)
+        assert await aread("1") == 1  # started after the invalidation returned
+        return
+
+    read = subject.read
+    assert read is not None
+    original_invalidate = RemoteCache.invalidate
+
+    def slow_invalidate(self: RemoteCache, fence: str, future_buffer_ms: int) -> int:
+        landed.set()
+        release.wait(5)
+        return original_invalidate(self, fence, future_buffer_ms)
+
+    monkeypatch.setattr(RemoteCache, "invalidate", slow_invalidate)
+
+    def write() -> None:
+        source.bump("1")
+        cache.invalidate(KEY_TYPE, "1")
+
+    def scenario() -> None:
+        assert read("1") == 0  # cached on both layers
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(write)
+            assert landed.wait(5)
+            assert read("1") in (0, 1)  # overlaps the invalidation
+            release.set()
+            writing.result(5)
+        assert read("1") == 1  # started after the invalidation returned
+
+    await asyncio.to_thread(scenario)
 
 
 # -- zero violations ----------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ async def test_delete_removes_key_and_reports_whether_it_existed(backend: Backen
 # -- read_tracked ---------------------------------------------------------------------------------
 
 
-async def test_read_tracked_missing_entity_returns_no_value_no_nonce_and_server_time(
+async def test_read_tracked_missing_entity_creates_fence_and_returns_its_nonce_and_server_time(
     backend: Backend, ops: Ops
 ) -> None:
     before = backend.now_us()
@@ -178,10 +178,24 @@ async def test_read_tracked_missing_entity_returns_no_value_no_nonce_and_server_
     after = backend.now_us()
 
     assert read.raw is None
-    assert read.nonce is None
+    assert read.nonce is not None
+    assert len(read.nonce) == 8
     assert read.watermark_us == 0
     assert before <= read.now_us <= after
-    assert backend.inspect.exists(KEY, FENCE) == 0  # reading creates nothing
+    # The fence the read created, so that a write can tell if it is lost meanwhile; it lives
+    # as long as a computation may (the compute limit) unless a write extends it.
+    assert backend.inspect.exists(KEY) == 0
+    assert backend.inspect.hgetall(FENCE) == {b"n": read.nonce, b"w": b"0"}
+    assert 0 < backend.inspect.pttl(FENCE) <= LIMIT_MS
+
+
+async def test_write_tracked_refused_when_fence_lost_while_computing(backend: Backend, ops: Ops) -> None:
+    read = await ops.read()
+    await ops.invalidate()  # raises the watermark of the fence the read created...
+    backend.inspect.delete(FENCE)  # ...which is then lost (evicted, Redis restarted)
+
+    assert await ops.write(read.now_us, read.nonce) == -1
+    assert backend.inspect.exists(KEY) == 0
 
 
 async def test_read_tracked_returns_value_fence_nonce_and_watermark(backend: Backend, ops: Ops) -> None:
@@ -296,11 +310,10 @@ async def test_write_tracked_refused_when_watermark_equals_read_time(backend: Ba
     assert envelope.decode(raw).stamp_us == read.now_us + 1
 
 
-async def test_write_tracked_refused_when_fence_created_by_invalidation_after_missing_read(
+async def test_write_tracked_refused_when_invalidated_after_read_of_new_entity(
     backend: Backend, ops: Ops
 ) -> None:
     read = await ops.read()
-    assert read.nonce is None
 
     await ops.invalidate()
 
@@ -308,16 +321,16 @@ async def test_write_tracked_refused_when_fence_created_by_invalidation_after_mi
     assert backend.inspect.exists(KEY) == 0
 
 
-async def test_write_tracked_after_missing_read_joins_fence_another_writer_created(
+async def test_write_tracked_after_read_of_new_entity_shares_the_fence_that_read_created(
     backend: Backend, ops: Ops
 ) -> None:
     read_a = await ops.read(KEY)
     read_b = await ops.read(KEY2)
-    assert read_a.nonce is None
-    assert read_b.nonce is None
+    assert read_a.nonce is not None
+    assert read_b.nonce == read_a.nonce  # the second read found the fence the first one created
 
-    assert await ops.write(read_a.now_us, None, key=KEY) == 1
-    assert await ops.write(read_b.now_us, None, key=KEY2) == 1
+    assert await ops.write(read_a.now_us, read_a.nonce, key=KEY) == 1
+    assert await ops.write(read_b.now_us, read_b.nonce, key=KEY2) == 1
 
     nonce = backend.inspect.hget(FENCE, "n")
     for key in (KEY, KEY2):

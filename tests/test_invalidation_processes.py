@@ -1,0 +1,335 @@
+"""Invalidation across real processes: how long other processes keep serving an invalidated value.
+
+Three worker processes (tests/_invalidation_worker.py) read a few entities in a loop through a
+tracked use case with LOCAL and REMOTE on; this test process bumps the source of truth and then
+invalidates. The cache lives on a private Redis that the test kills mid-run and restarts on the
+same port; the source of truth lives on the session Redis, so it survives the outage.
+
+For every invalidation and every worker, the staleness window is how long after the invalidation
+returned that worker still returned an older version to reads that started after the return (0
+when it never did). Only the bus propagation lag can make it non-zero: REMOTE is exact. All
+processes share the host clock, so ``time.time()`` stamps are comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import pytest
+import redis
+import redis.asyncio
+
+from gcache import GCache, RedisConfig, RemoteError
+from gcache._embedded_redis import EmbeddedRedis
+from tests._invalidation_worker import KEY_TYPE, USE_CASE, source_key
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 3
+ENTITIES = ("1", "2", "3")
+STEADY_SEC = 5.0  # writing before the cache's Redis is killed
+OUTAGE_SEC = 1.0
+AFTER_SEC = 5.0  # writing after it is back
+WRITE_EVERY = 0.025  # seconds between invalidations, on average
+RETRY_EVERY = 0.05  # seconds between attempts of an invalidation Redis refused
+BOUND_SEC = 1.0  # no worker serves an invalidated version for longer than this
+FAST = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+class Invalidation(NamedTuple):
+    returned: float  # time.time() just after ainvalidate returned
+    entity: str
+    version: int  # written to the source before the invalidation
+
+
+class Read(NamedTuple):
+    start: float
+    entity: str
+    version: int
+    computed: bool
+
+
+@dataclass
+class Writes:
+    invalidations: list[Invalidation] = field(default_factory=list)
+    failed: list[float] = field(default_factory=list)  # when an attempt raised RemoteError
+
+
+@dataclass
+class Worker:
+    index: int
+    out: Path
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @property
+    def ready(self) -> bool:
+        return Path(f"{self.out}.ready").exists()
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(f"{self.out}.log").read_text(errors="replace")
+
+    def reads(self) -> list[Read]:
+        with open(f"{self.out}.jsonl") as lines:
+            return [Read(s, e, v, bool(c)) for s, e, v, c in map(json.loads, lines)]
+
+    def summary(self) -> dict[str, object]:
+        with open(f"{self.out}.summary.json") as file:
+            found: dict[str, object] = json.load(file)
+            return found
+
+
+def spawn(index: int, cache_url: str, source_url: str, tmp: Path) -> Worker:
+    out = tmp / f"worker{index}"
+    log = open(f"{out}.log", "wb")  # noqa: SIM115 (closed by stop_all)
+    args = [
+        sys.executable,
+        "-W",
+        "error",
+        "-m",
+        "tests._invalidation_worker",
+        "--cache-url",
+        cache_url,
+        "--source-url",
+        source_url,
+        "--out",
+        str(out),
+        "--mode",
+        "async" if index % 2 else "sync",
+        "--entities",
+        ",".join(ENTITIES),
+        "--max-seconds",
+        "40",
+        "--seed",
+        str(index),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return Worker(index, out, process, log)
+
+
+def stop_all(workers: list[Worker]) -> None:
+    """Terminate, then kill, every worker still running; by process id, never by name."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait(timeout=5)
+        worker.log.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """The test's worker processes, always stopped at the end."""
+    running: list[Worker] = []
+    try:
+        yield running
+    finally:
+        stop_all(running)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def write(cache: GCache, source: redis.asyncio.Redis, stop: asyncio.Event, writes: Writes) -> None:
+    """Bump an entity in the source, THEN invalidate it; retry an invalidation Redis refused."""
+    rng = random.Random(0)
+    while not stop.is_set():
+        entity = rng.choice(ENTITIES)
+        version = int(await source.incr(source_key(entity)))
+        while True:
+            try:
+                await cache.ainvalidate(KEY_TYPE, entity)
+            except RemoteError:
+                writes.failed.append(time.time())
+                if stop.is_set():
+                    break
+                await asyncio.sleep(RETRY_EVERY)
+                continue
+            writes.invalidations.append(Invalidation(time.time(), entity, version))
+            break
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * WRITE_EVERY)
+
+
+# -- analysis ------------------------------------------------------------------------------------
+
+
+def staleness_windows(reads: list[Read], invalidations: list[Invalidation]) -> list[float]:
+    """Per invalidation: how long after it returned this worker still served an older version.
+
+    A read is stale for an invalidation of its entity that returned before the read started and
+    wrote a higher version than the read returned. Versions of one entity grow with time (the
+    writer is sequential), so a read is stale for a contiguous run of invalidations.
+    """
+    windows = [0.0] * len(invalidations)
+    by_entity: dict[str, list[int]] = {}
+    for i, inv in enumerate(invalidations):
+        by_entity.setdefault(inv.entity, []).append(i)
+    for indexes in by_entity.values():
+        versions = [invalidations[i].version for i in indexes]
+        assert versions == sorted(versions), "the writer's versions must grow"
+    for read in reads:
+        indexes = by_entity.get(read.entity, [])
+        returned = [invalidations[i].returned for i in indexes]
+        versions = [invalidations[i].version for i in indexes]
+        before = bisect.bisect_left(returned, read.start)  # returned before the read started
+        fresh = bisect.bisect_right(versions, read.version)  # wrote no more than the read saw
+        for k in range(fresh, before):
+            i = indexes[k]
+            windows[i] = max(windows[i], read.start - invalidations[i].returned)
+    return windows
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def metric(summary: dict[str, object], name: str, **labels: str) -> float:
+    """Sum of a worker's metric samples with this name and these labels."""
+    metrics = summary["metrics"]
+    assert isinstance(metrics, dict)
+    total = 0.0
+    for key, value in metrics.items():
+        sample_name, _, rest = key.partition("{")
+        found = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        if sample_name == name and all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def hits(summary: dict[str, object], layer: str) -> float:
+    requests = metric(summary, "gcache_request_counter_total", use_case=USE_CASE, layer=layer)
+    return requests - metric(summary, "gcache_miss_counter_total", use_case=USE_CASE, layer=layer)
+
+
+def mean_bus_lag(summary: dict[str, object]) -> float:
+    """Publish to receipt, on the Redis clock, as the worker's own histogram measured it."""
+    count = metric(summary, "gcache_bus_lag_seconds_count")
+    return metric(summary, "gcache_bus_lag_seconds_sum") / count if count else 0.0
+
+
+# -- the test ------------------------------------------------------------------------------------
+
+
+async def test_workers_stop_serving_invalidated_version_within_bound_across_cache_redis_restart(
+    make_cache: Callable[..., GCache],
+    redis_url: str,
+    redis_client: redis.Redis,
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    # The source of truth lives on the session Redis (emptied by redis_client); the cache on its own.
+    writes = Writes()
+    with EmbeddedRedis() as server:
+        for index in range(WORKERS):
+            workers.append(spawn(index, server.url, redis_url, tmp_path))
+        try:
+            await wait_for(
+                lambda: all(w.ready or w.process.poll() is not None for w in workers), 30, "workers ready"
+            )
+            assert all(w.ready for w in workers), "a worker exited before it was ready"
+            cache = make_cache(
+                redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
+            )
+            source = redis.asyncio.Redis.from_url(redis_url)
+            stop = asyncio.Event()
+            writing = asyncio.create_task(write(cache, source, stop, writes))
+            try:
+                await asyncio.sleep(STEADY_SEC)
+                killed_at = time.time()
+                server.kill()
+                await asyncio.sleep(OUTAGE_SEC)
+                await asyncio.to_thread(server.start)  # the same port, empty
+                restarted_at = time.time()
+                await asyncio.sleep(AFTER_SEC)
+            finally:
+                stop.set()
+                await asyncio.wait_for(writing, 10)
+                await source.aclose()
+            cache_client = redis.Redis.from_url(server.url)
+            try:
+                cached_again = cache_client.keys("*#" + USE_CASE)
+            finally:
+                cache_client.close()
+            for worker in workers:
+                await asyncio.to_thread(Path(f"{worker.out}.stop").touch)
+            for worker in workers:
+                assert await asyncio.to_thread(worker.process.wait, 15) == 0, worker.log_text()
+        except BaseException:
+            for worker in workers:
+                print(f"--- worker {worker.index} log ---\n{worker.log_text()}")
+            raise
+
+    reads = {w.index: w.reads() for w in workers}
+    summaries = {w.index: w.summary() for w in workers}
+    invalidations = writes.invalidations
+    windows = {i: staleness_windows(reads[i], invalidations) for i in reads}
+    every = [w for ws in windows.values() for w in ws]
+
+    print(
+        f"\n{len(invalidations)} invalidations ({len(writes.failed)} attempts refused during the "
+        f"outage), reads per worker {[len(reads[i]) for i in sorted(reads)]}"
+    )
+    print(
+        "staleness window after ainvalidate returned, per (invalidation, worker): "
+        f"p50 {percentile(every, 50) * 1000:.2f} ms, p99 {percentile(every, 99) * 1000:.2f} ms, "
+        f"max {max(every) * 1000:.2f} ms; non-zero {sum(1 for w in every if w > 0)} of {len(every)}"
+    )
+    for i in sorted(reads):
+        outage = sum(1 for r in reads[i] if killed_at < r.start < restarted_at)
+        after = [r for r in reads[i] if r.start > restarted_at]
+        print(
+            f"worker {i}: {len(reads[i])} reads, {outage} during the outage, "
+            f"{sum(1 for r in after if not r.computed)} of {len(after)} served by the cache after the "
+            f"restart; hits local {hits(summaries[i], 'local'):.0f} "
+            f"remote {hits(summaries[i], 'remote'):.0f}, "
+            f"bus reconnects {metric(summaries[i], 'gcache_bus_reconnect_counter_total'):.0f}, mean bus "
+            f"lag {mean_bus_lag(summaries[i]) * 1000:.2f} ms, max window "
+            f"{max(windows[i]) * 1000:.2f} ms"
+        )
+
+    # Enough happened to measure: invalidations on both sides of the outage, and refused ones in it.
+    assert len(invalidations) >= 200
+    assert any(inv.returned < killed_at for inv in invalidations)
+    assert any(inv.returned > restarted_at for inv in invalidations)
+    assert any(killed_at < t < restarted_at for t in writes.failed)
+
+    # The bound holds, before, during and after the outage, and most windows are (almost) zero.
+    assert max(every) < BOUND_SEC
+    assert sum(1 for w in every if w <= 0.010) >= 0.9 * len(every)
+
+    for i in sorted(reads):
+        during = [r for r in reads[i] if killed_at < r.start < restarted_at]
+        after = [r for r in reads[i] if r.start > restarted_at + 1.0]
+        assert len(during) > 0, f"worker {i} stopped serving while the cache's Redis was down"
+        assert any(not r.computed for r in after), f"worker {i} served nothing from the cache after restart"
+        assert hits(summaries[i], "local") > 0
+        assert hits(summaries[i], "remote") > 0
+        assert metric(summaries[i], "gcache_bus_reconnect_counter_total") >= 1
+        assert summaries[i]["bus_subscribed"] is True
+    assert cached_again, "no entry was written to the cache's Redis after it restarted"
