@@ -35,6 +35,7 @@ _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
 _LOCAL_TIMING_MASK = 15  # gcache_get_timer{layer="local"}: lookups 1, 17, 33, ... of a use case
 _perf = time.perf_counter
+_monotonic = time.monotonic
 _random = random.random
 
 
@@ -51,8 +52,10 @@ class Runtime:
         epochs: Epochs,
         errors: ErrorLog,
         loop_thread: LoopThread,
+        config_reuse_sec: float = 0.0,
     ) -> None:
         self.prefix = prefix
+        self.config_reuse_sec = config_reuse_sec
         self.enabled = enabled
         self.provider = provider
         self.remote = remote
@@ -89,6 +92,7 @@ class UseCase:
         self.m = metrics
         self.keys = keys
         self._tick = 0
+        self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
 
     # -- decisions (no I/O) ----------------------------------------------------------------------
@@ -107,6 +111,11 @@ class UseCase:
             self.serializer,
             self.rt.prefix,
         )
+
+    def _keep(self, provided: Any) -> None:
+        """Remember the provider's answer for ``config_reuse_sec`` (errors are never kept)."""
+        if self.rt.config_reuse_sec:
+            self._reused = (provided, _monotonic() + self.rt.config_reuse_sec)
 
     def _resolved(self, provided: Any) -> GCacheKeyConfig | None:
         config = self.default_config if provided is None else provided
@@ -280,6 +289,9 @@ class UseCase:
         provider = self.rt.provider
         if provider is None:
             return self._resolved(None)
+        reused = self._reused
+        if reused is not None and reused[1] > _monotonic():
+            return self._resolved(reused[0])
         try:
             provided = provider(self.make_key(id, pairs))
             if inspect.isawaitable(provided):
@@ -287,6 +299,7 @@ class UseCase:
         except Exception as exc:
             self._config_error(exc)
             return None
+        self._keep(provided)
         return self._resolved(provided)
 
     async def aremote_get(self, urn: str, entity: str) -> tuple[Any, TrackedRead | None]:
@@ -406,6 +419,9 @@ class UseCase:
         provider = self.rt.provider
         if provider is None:
             return self._resolved(None)
+        reused = self._reused
+        if reused is not None and reused[1] > _monotonic():
+            return self._resolved(reused[0])
         try:
             provided = provider(self.make_key(id, pairs))
             if inspect.isawaitable(provided):
@@ -414,6 +430,7 @@ class UseCase:
         except Exception as exc:
             self._config_error(exc)
             return None
+        self._keep(provided)
         return self._resolved(provided)
 
     def remote_get(self, urn: str, entity: str) -> tuple[Any, TrackedRead | None]:

@@ -201,7 +201,10 @@ class RedisConfig:
 
     Either give ``url`` (``redis://``, ``rediss://`` for TLS, or ``unix://``), or the parts
     (host, port, db, username, password, ``tls``); ``url`` is filled from the parts when omitted.
-    ``redis_py_options`` are passed to the redis-py client as they are (timeouts, pool size, ...).
+    Each client (one per event loop, one for sync callers) has a pool of at most
+    ``max_connections``; when all are busy a caller waits up to ``pool_timeout`` seconds for one
+    (then the call is served uncached) instead of failing at once. ``redis_py_options`` are passed
+    to the redis-py client as they are (timeouts, ...) and win over the fields.
 
     Raises:
         ConfigError: an unparsable URL, an unknown scheme, a port out of range, db on a cluster.
@@ -220,6 +223,8 @@ class RedisConfig:
     ssl_cert_reqs: str = "required"
     cluster: bool = False
     url: str | None = None
+    max_connections: int = 64
+    pool_timeout: float = 1.0
     redis_py_options: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_REDIS_OPTIONS))
 
     def __post_init__(self) -> None:
@@ -238,6 +243,22 @@ class RedisConfig:
             raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={db}")
         if not isinstance(self.redis_py_options, dict):
             raise ConfigError(f"RedisConfig.redis_py_options must be a dict, got {self.redis_py_options!r}")
+        if (
+            isinstance(self.max_connections, bool)
+            or not isinstance(self.max_connections, int)
+            or self.max_connections < 1
+        ):
+            raise ConfigError(
+                f"RedisConfig.max_connections must be an integer of 1 or more, got {self.max_connections!r}"
+            )
+        if (
+            isinstance(self.pool_timeout, bool)
+            or not isinstance(self.pool_timeout, (int, float))
+            or self.pool_timeout < 0
+        ):
+            raise ConfigError(
+                f"RedisConfig.pool_timeout must be a number of seconds >= 0, got {self.pool_timeout!r}"
+            )
 
     def _validate_parts(self) -> None:
         if self.protocol not in ("redis", "rediss"):
@@ -320,6 +341,9 @@ class GCacheConfig:
         metrics_prefix: prepended to every metric name.
         logger: where errors are logged (rate-limited); default ``logging.getLogger("gcache")``.
         local_max_entries: LOCAL entries kept per use case (least recently used go first).
+        config_reuse_sec: reuse a use case's config provider answer for this long (0: ask on
+            every call). Saves the provider call, and for a sync function with an async provider
+            the thread hop; assumes the answer depends on the use case, not the id or args.
         max_future_buffer_ms: the largest ``future_buffer_ms`` an invalidation accepts.
         tracked_compute_limit_sec: a tracked value whose computation took longer than this is
             returned but not written to Redis; invalidation fences live at least this long, which
@@ -338,6 +362,7 @@ class GCacheConfig:
     metrics_prefix: str = ""
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
     local_max_entries: int = 10_000
+    config_reuse_sec: float = 0.0
     max_future_buffer_ms: int = 3_600_000
     tracked_compute_limit_sec: float = 300.0
     error_log_interval_sec: float = 5.0
@@ -362,6 +387,7 @@ class GCacheConfig:
             )
         _positive("local_max_entries", self.local_max_entries, integer=True)
         _positive("max_future_buffer_ms", self.max_future_buffer_ms, integer=True, zero=True)
+        _positive("config_reuse_sec", self.config_reuse_sec, zero=True)
         _positive("tracked_compute_limit_sec", self.tracked_compute_limit_sec)
         _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
 

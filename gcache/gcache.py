@@ -136,6 +136,7 @@ class GCache:
             epochs=self._local.epochs,
             errors=errors,
             loop_thread=self._loop_thread,
+            config_reuse_sec=config.config_reuse_sec,
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}

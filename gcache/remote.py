@@ -111,17 +111,20 @@ class RemoteCache:
         if self._factory is not None:
             return self._factory()
         assert self._config is not None
-        assert self._config.url is not None
-        cls = redis.asyncio.RedisCluster if self._config.cluster else redis.asyncio.Redis
-        return cls.from_url(self._config.url, **self._config.client_options())
+        return _client(
+            self._config,
+            redis.asyncio.Redis,
+            redis.asyncio.RedisCluster,
+            redis.asyncio.BlockingConnectionPool,
+        )
 
     def _sync_connection(self) -> _Connection:
         conn = self._sync
         if conn is None:
             assert self._config is not None
-            assert self._config.url is not None
-            cls = redis.RedisCluster if self._config.cluster else redis.Redis
-            conn = self._sync = _Connection(cls.from_url(self._config.url, **self._config.client_options()))
+            conn = self._sync = _Connection(
+                _client(self._config, redis.Redis, redis.RedisCluster, redis.BlockingConnectionPool)
+            )
         return conn
 
     async def _arun(self, operation: str, command: Callable[[_Connection], Awaitable[T]]) -> T:
@@ -284,7 +287,9 @@ class RemoteCache:
             return redis.asyncio.Redis(host=node.host, port=int(node.port), **options)
         assert self._config is not None
         assert self._config.url is not None
-        return redis.asyncio.Redis.from_url(self._config.url, **self._config.client_options())
+        return redis.asyncio.Redis.from_url(
+            self._config.url, **self._config.client_options()
+        )  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -318,6 +323,15 @@ class RemoteCache:
                 # here: close the sockets now and let the loop finish the teardown.
                 _drop_sockets(conn.client)
         self._by_loop.clear()
+
+
+def _client(config: RedisConfig, single: Any, cluster: Any, pool: Any) -> Any:
+    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client."""
+    assert config.url is not None
+    options = {"max_connections": config.max_connections, **config.client_options()}
+    if config.cluster:
+        return cluster.from_url(config.url, **options)
+    return single.from_pool(pool.from_url(config.url, timeout=config.pool_timeout, **options))
 
 
 def _flush_pattern(prefix: str) -> str:
