@@ -341,6 +341,8 @@ class GCacheConfig:
         metrics_prefix: prepended to every metric name.
         logger: where errors are logged (rate-limited); default ``logging.getLogger("gcache")``.
         local_max_entries: LOCAL entries kept per use case (least recently used go first).
+        local_max_bytes: also bound each use case's LOCAL values to this many bytes (sized by
+            their pickled length on each fill; None: no byte bound).
         config_reuse_sec: reuse a use case's config provider answer for this long (0: ask on
             every call). Saves the provider call, and for a sync function with an async provider
             the thread hop; assumes the answer depends on the use case, not the id or args.
@@ -362,6 +364,7 @@ class GCacheConfig:
     metrics_prefix: str = ""
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
     local_max_entries: int = 10_000
+    local_max_bytes: int | None = None
     config_reuse_sec: float = 0.0
     max_future_buffer_ms: int = 3_600_000
     tracked_compute_limit_sec: float = 300.0
@@ -386,6 +389,8 @@ class GCacheConfig:
                 f"GCacheConfig.urn_prefix must be non-empty and free of {{}}*?[]\\, got {self.urn_prefix!r}"
             )
         _positive("local_max_entries", self.local_max_entries, integer=True)
+        if self.local_max_bytes is not None:
+            _positive("local_max_bytes", self.local_max_bytes, integer=True)
         _positive("max_future_buffer_ms", self.max_future_buffer_ms, integer=True, zero=True)
         _positive("config_reuse_sec", self.config_reuse_sec, zero=True)
         _positive("tracked_compute_limit_sec", self.tracked_compute_limit_sec)

@@ -99,7 +99,9 @@ class GCache:
             f"gcache_enable_tokens_{instance}", default=()
         )
         self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
-        self._local = LocalLayer(config.local_max_entries, self._count_dropped)
+        self._local = LocalLayer(
+            config.local_max_entries, self._count_dropped, max_bytes=config.local_max_bytes
+        )
         self._loop_thread = LoopThread("gcache-loop")
         logger = config.logger if config.logger is not None else logging.getLogger("gcache")
         errors = ErrorLog(logger, config.error_log_interval_sec)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import pickle
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MISS", "Epochs", "LocalLayer", "LocalStore"]
+__all__ = ["MISS", "Epochs", "LocalLayer", "LocalStore", "pickled_size"]
 
 MISS: Any = object()
 """Returned by lookups that found nothing usable (``None`` is a value that can be cached)."""
@@ -108,6 +110,14 @@ class Epochs:
             self.current = epoch
 
 
+def pickled_size(value: Any) -> int:
+    """A value's size for ``local_max_bytes``: its pickled length, else its shallow size."""
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return sys.getsizeof(value)
+
+
 def _nothing() -> None:
     return None
 
@@ -122,25 +132,44 @@ class LocalStore:
     Built for the hit path: a lookup is one ``dict`` read and a clock read, without a lock; only
     writes, and keeping the least recently used entry first once the store is more than half
     full, take the lock. When full, the least recently used entry goes first.
+
+    With ``max_bytes`` the store also keeps the sum of its values' sizes (``sizer``: the pickled
+    length by default, measured on each fill) under that budget; a value larger than the whole
+    budget is not kept.
     """
 
     __slots__ = (
+        "_bytes",
         "_data",
         "_entities",
         "_epochs",
         "_half",
+        "_half_bytes",
         "_lock",
+        "_max_bytes",
         "_maxsize",
+        "_sizer",
         "_timer",
         "on_size",
         "tracked",
     )
 
     def __init__(
-        self, maxsize: int, epochs: Epochs, *, tracked: bool, timer: Callable[[], float] = time.monotonic
+        self,
+        maxsize: int,
+        epochs: Epochs,
+        *,
+        tracked: bool,
+        timer: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
+        sizer: Callable[[Any], int] | None = None,
     ) -> None:
-        # key -> (value, expires at, epoch at read start, entity); least recently used first.
-        self._data: OrderedDict[str, tuple[Any, float, int, str]] = OrderedDict()
+        # key -> (value, expires at, epoch at read start, entity, size); least recently used first.
+        self._data: OrderedDict[str, tuple[Any, float, int, str, int]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._half_bytes = max_bytes // 2 if max_bytes is not None else sys.maxsize
+        self._sizer = sizer or pickled_size
+        self._bytes = 0
         self._lock = threading.Lock()
         self._epochs = epochs
         self._maxsize = maxsize
@@ -168,16 +197,22 @@ class LocalStore:
         if self.tracked and entry[2] < self._epochs.of(entity):
             self._discard(key, entry)
             return MISS, "invalidated"
-        if len(self._data) > self._half:  # eviction order matters only when the store may fill
+        if len(self._data) > self._half or self._bytes > self._half_bytes:  # only when it may fill
             with self._lock:
                 if key in self._data:
                     self._data.move_to_end(key)
         return entry[0], None
 
-    def _discard(self, key: str, entry: tuple[Any, float, int, str]) -> None:
+    def _discard(self, key: str, entry: tuple[Any, float, int, str, int]) -> None:
         with self._lock:
             if self._data.get(key) is entry:
                 del self._data[key]
+                self._bytes -= entry[4]
+
+    @property
+    def bytes(self) -> int:
+        """The sum of the sizes of the values held (0 unless ``max_bytes`` is set)."""
+        return self._bytes
 
     def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> str | None:
         """Store unless stale; returns None when stored, else why not.
@@ -190,13 +225,24 @@ class LocalStore:
                 return "bus_unsubscribed"
             if epoch < 0 or epoch < self._epochs.of(entity):
                 return "invalidated"
+        size = 0
+        if self._max_bytes is not None:
+            size = self._sizer(value)
+            if size > self._max_bytes:
+                return "too_large"
         now = self._timer()
         data = self._data
         with self._lock:
-            data[key] = (value, now + ttl, epoch, entity)
+            old = data.get(key)
+            if old is not None:
+                self._bytes -= old[4]
+            data[key] = (value, now + ttl, epoch, entity, size)
             data.move_to_end(key)
-            while len(data) > self._maxsize:
-                data.popitem(last=False)
+            self._bytes += size
+            while len(data) > self._maxsize or (
+                self._max_bytes is not None and self._bytes > self._max_bytes
+            ):
+                self._bytes -= data.popitem(last=False)[1][4]
             if self.tracked:
                 keys = self._entities.get(entity)
                 if keys is None:
@@ -218,8 +264,12 @@ class LocalStore:
     def drop_entity(self, entity: str) -> int:
         """Remove every entry of one entity; returns how many were held."""
         with self._lock:
-            keys = self._entities.pop(entity, ())
-            dropped = sum(1 for key in keys if self._data.pop(key, None) is not None)
+            dropped = 0
+            for key in self._entities.pop(entity, ()):
+                entry = self._data.pop(key, None)
+                if entry is not None:
+                    dropped += 1
+                    self._bytes -= entry[4]
             size = len(self._data)
         if dropped and self.on_size is not None:
             self.on_size(size)
@@ -227,7 +277,10 @@ class LocalStore:
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            deleted = self._data.pop(key, None) is not None
+            entry = self._data.pop(key, None)
+            if entry is not None:
+                self._bytes -= entry[4]
+            deleted = entry is not None
             size = len(self._data)
         if deleted and self.on_size is not None:
             self.on_size(size)
@@ -240,6 +293,7 @@ class LocalStore:
             count = sum(1 for entry in self._data.values() if entry[1] > now)
             self._data.clear()
             self._entities.clear()
+            self._bytes = 0
         if self.on_size is not None:
             self.on_size(0)
         return count
@@ -264,7 +318,9 @@ class LocalLayer:
         max_entries: int,
         on_drop: Callable[[str, str, str, int], None],
         timer: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
     ) -> None:
+        self._max_bytes = max_bytes
         self.epochs = Epochs(timer=timer)
         self._max_entries = max_entries
         self._on_drop = on_drop
@@ -277,7 +333,13 @@ class LocalLayer:
         with self._lock:
             found = self._stores.get((use_case, tracked))
             if found is None:
-                store = LocalStore(self._max_entries, self.epochs, tracked=tracked, timer=self._timer)
+                store = LocalStore(
+                    self._max_entries,
+                    self.epochs,
+                    tracked=tracked,
+                    timer=self._timer,
+                    max_bytes=self._max_bytes,
+                )
                 found = self._stores[(use_case, tracked)] = (store, key_type)
             return found[0]
 

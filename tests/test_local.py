@@ -334,3 +334,60 @@ def test_concurrent_put_get_bump_raise_nothing_and_stay_bounded() -> None:
     assert errors == []
     assert oversize == []
     assert all(len(s) <= maxsize for s in stores)
+
+
+# -- the byte bound ------------------------------------------------------------------------------
+
+
+def _sized_store(clock: FakeClock, max_bytes: int, *, tracked: bool = False) -> LocalStore:
+    return LocalStore(1000, Epochs(), tracked=tracked, timer=clock, max_bytes=max_bytes, sizer=len)
+
+
+def test_byte_bound_evicts_least_recently_used_until_under_budget(clock: FakeClock) -> None:
+    store = _sized_store(clock, max_bytes=10)
+    assert store.put("a", "e", "aaaa", 60, 0) is None
+    assert store.put("b", "e", "bbbb", 60, 0) is None
+    assert store.get("a", "e") == ("aaaa", None)  # "b" is now the least recently used
+    assert store.bytes == 8
+    assert store.put("c", "e", "cccc", 60, 0) is None  # 12 > 10: "b" goes
+    assert store.bytes == 8
+    assert store.get("b", "e") == (MISS, "not_found")
+    assert store.get("a", "e") == ("aaaa", None)
+    assert store.get("c", "e") == ("cccc", None)
+
+
+def test_byte_bound_refuses_a_value_larger_than_the_budget(clock: FakeClock) -> None:
+    store = _sized_store(clock, max_bytes=10)
+    assert store.put("a", "e", "aaaa", 60, 0) is None
+    assert store.put("huge", "e", "x" * 11, 60, 0) == "too_large"
+    assert store.get("a", "e") == ("aaaa", None)  # nothing was evicted for it
+    assert store.bytes == 4
+
+
+def test_byte_accounting_follows_every_removal(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = LocalStore(1000, epochs, tracked=True, timer=clock, max_bytes=100, sizer=len)
+    store.put("{u1}#A", "{u1}", "12345", 60, epochs.current)
+    store.put("{u1}#B", "{u1}", "123", 60, epochs.current)
+    store.put("{u2}#A", "{u2}", "12", 60, epochs.current)
+    store.put("{u2}#A", "{u2}", "1234", 60, epochs.current)  # replaced: 2 bytes out, 4 in
+    assert store.bytes == 12
+    assert store.drop_entity("{u1}") == 2
+    assert store.bytes == 4
+    assert store.delete("{u2}#A") is True
+    assert store.bytes == 0
+    store.put("{u3}#A", "{u3}", "123", 1, epochs.current)
+    clock.advance(2)
+    assert store.get("{u3}#A", "{u3}") == (MISS, "not_found")  # expired: discarded on lookup
+    assert store.bytes == 0
+    store.put("{u4}#A", "{u4}", "123", 60, epochs.current)
+    store.clear()
+    assert store.bytes == 0
+
+
+def test_pickled_size_measures_values_and_falls_back_for_unpicklable_ones() -> None:
+    from gcache.local import pickled_size
+
+    assert pickled_size({"a": 1}) == len(__import__("pickle").dumps({"a": 1}, protocol=5))
+    unpicklable = threading.Lock()
+    assert pickled_size(unpicklable) == sys.getsizeof(unpicklable)
