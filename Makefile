@@ -33,7 +33,13 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check gcache tests benchmarks
 	$(PY) -m mypy
 
-bench: $(STAMP)
+# cashews, aiocache and matplotlib (the bench extra) are installed once, on the first `make bench`.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks
 
 demo: $(STAMP)

@@ -1,46 +1,50 @@
-"""``python -m benchmarks [scenario ...]``: run scenarios against a private Redis, print and save tables.
+"""``python -m benchmarks [scenario ...]``: run scenarios against a private Redis, print and save results.
 
-Scenarios, in the order they run: ``hits`` (results/results.md) and ``invalidation``
-(results/invalidation.md). With no argument every scenario runs. ``REDIS_URL`` points them at an
-existing Redis instead of a private one.
+Scenarios, in the order they run (with no argument, all of them):
+
+- ``hits``: LOCAL and REMOTE hits, sync and async (bench_hits)
+- ``miss``: miss + write-back (bench_miss)
+- ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
+- ``memory``: resident memory per 100k LOCAL entries (bench_memory)
+- ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
+
+The first four write their rows to results/<scenario>.json; results/results.md (the table) and
+results/results.png (the chart) are rebuilt from every saved scenario after each run.
+``REDIS_URL`` points the scenarios at an existing Redis instead of a private one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import platform
 import sys
+import time
 from collections.abc import Callable
 
-from benchmarks import bench_hits, bench_invalidation
-from benchmarks._harness import Result
+from benchmarks import (
+    _report,
+    _rivals,
+    bench_concurrency,
+    bench_hits,
+    bench_invalidation,
+    bench_memory,
+    bench_miss,
+)
+from benchmarks._harness import Result, environment, server_version
 from gcache._embedded_redis import EmbeddedRedis
 
-RESULTS = pathlib.Path(__file__).parent / "results"
-
-
-def table(results: list[Result]) -> str:
-    lines = [
-        "| scenario | gcache (µs/op) | baseline | baseline (µs/op) | ratio |",
-        "|---|---:|---|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.scenario} | {r.subject_us:.2f} | {r.baseline} | {r.baseline_us:.2f} | {r.ratio:.2f}x |"
-        )
-    return "\n".join(lines)
+RESULTS = _report.RESULTS
+TABLED: dict[str, Callable[[str], list[Result]]] = {
+    "hits": bench_hits.run,
+    "miss": bench_miss.run,
+    "concurrency": bench_concurrency.run,
+    "memory": bench_memory.run,
+}
 
 
 def machine() -> str:
     return f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores."
-
-
-def hits(redis_url: str) -> None:
-    text = table(bench_hits.run(redis_url))
-    print(text)
-    (RESULTS / "results.md").write_text(f"{machine()}\n\n{text}\n")
 
 
 def invalidation(redis_url: str) -> None:
@@ -54,23 +58,46 @@ def invalidation(redis_url: str) -> None:
     )
 
 
-SCENARIOS: dict[str, Callable[[str], None]] = {"hits": hits, "invalidation": invalidation}
+SCENARIOS = [*TABLED, "invalidation"]
 
 
 def main(argv: list[str] | None = None) -> int:
     names = sys.argv[1:] if argv is None else argv
     unknown = [name for name in names if name not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
-        return 2
+    if unknown or any(name in ("-h", "--help") for name in names):
+        if unknown:
+            print(f"unknown scenario {', '.join(map(repr, unknown))}", file=sys.stderr)
+        print(f"usage: python -m benchmarks [{' | '.join(SCENARIOS)} ...]", file=sys.stderr)
+        print(f"scenarios: {', '.join(SCENARIOS)} (none given: all of them)", file=sys.stderr)
+        return 2 if unknown else 0
     chosen = [name for name in SCENARIOS if name in names] if names else list(SCENARIOS)
     RESULTS.mkdir(exist_ok=True)
+    missing = _rivals.missing()
+    if missing:
+        print(f"not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')", file=sys.stderr)
     url = os.environ.get("REDIS_URL")
+    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if not url:
             url = stack.enter_context(EmbeddedRedis()).url  # stopped, and its directory removed, at exit
+        facts = {"redis-server": server_version(url)}
         for name in chosen:
-            SCENARIOS[name](url)
+            began = time.perf_counter()
+            print(f"== {name}", flush=True)
+            if name == "invalidation":
+                invalidation(url)
+            else:
+                before = environment()  # the load average before the scenario ran
+                results = TABLED[name](url)
+                _report.save(name, results, {**facts, "date": before["date"], "load": before["load"]})
+                print(_report.table(results))
+            print(f"({name}: {time.perf_counter() - began:.0f} s)\n", flush=True)
+    if any(name in TABLED for name in chosen):
+        text, chart = _report.build(list(TABLED))
+        print(f"All saved scenarios, as in {RESULTS / 'results.md'}:\n\n{text}\n")
+        if chart is not None:
+            print(f"chart: {chart}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 
 

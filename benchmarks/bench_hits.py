@@ -1,100 +1,205 @@
-"""LOCAL and REMOTE hits, sync and async, against bare cachetools and bare redis-py in the same run."""
+"""Hits: LOCAL and REMOTE, sync and async, against bare cachetools and bare redis-py.
+
+Scenarios (1)-(4) of the benchmark issue, each against its floor measured in the same run:
+
+- LOCAL hit (async, sync) vs a read-through over a bare ``cachetools.TTLCache`` written by hand
+  in a coroutine / a function: look the id up, compute and store on a miss, return.
+- REMOTE hit (async, sync) vs a bare redis-py GET of a value of the same size: one round trip.
+  gcache runs with a REMOTE-only config, untracked (a GET) and tracked
+  (``track_for_invalidation=True``: one Lua script returns the value and the entity's fence).
+
+LOCAL hits are measured untracked and tracked (the bus is subscribed first, ``start()``).
+A tracked REMOTE hit runs a Lua script, which costs the server more than a GET; so the same
+script called alone through gcache's ``RemoteCache`` is timed too, and the tracked row's note
+gives the ratio to it: what the read-through adds around its one round trip.
+cashews and aiocache take part in the async scenarios (in-memory backends for LOCAL, their Redis
+backends for REMOTE); they are compared with gcache's untracked use case, the closest to what
+they do (neither has exact invalidation).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
+from typing import Any
 
 import cachetools
-import redis
-import redis.asyncio
-from prometheus_client import CollectorRegistry
 
-from benchmarks._harness import Result, atime_per_op, time_per_op
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from benchmarks import _rivals
+from benchmarks._harness import (
+    BASELINE,
+    GCACHE,
+    GCACHE_TRACKED,
+    TRACKED_FLOOR,
+    Result,
+    abatch,
+    atime_interleaved,
+    bare_async_client,
+    bare_sync_client,
+    batch,
+    make_gcache,
+    rows,
+    script_floor,
+    time_interleaved,
+    user,
+)
+from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache.keys import entity_key, value_key, watermark_key
 
-LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 600}, ramp={CacheLayer.LOCAL: 100})
-REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 600}, ramp={CacheLayer.REMOTE: 100})
+__all__ = ["LOCAL_TARGET", "REMOTE_TARGET", "run"]
+
+LOCAL_TARGET = 3.0
+REMOTE_TARGET = 1.3
+TTL = 600
+LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: TTL}, ramp={CacheLayer.LOCAL: 100})
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: TTL}, ramp={CacheLayer.REMOTE: 100})
+PREFIX = "bench-hits"
+LOCAL_CALLS, LOCAL_REPEAT = 5_000, 15
+REMOTE_CALLS, REMOTE_REPEAT = 300, 20  # many short batches: the best one dodges bursts of load
+ID = "1"
+
+
+def _functions(cache: GCache, layer: str, config: GCacheKeyConfig) -> dict[str, Any]:
+    """Sync and async, untracked and tracked cached functions over one layer."""
+    functions: dict[str, Any] = {}
+    for tracked in (False, True):
+        name = GCACHE_TRACKED if tracked else GCACHE
+        tag = f"{layer}{'Tracked' if tracked else ''}"
+
+        def sync_user(user_id: str) -> dict[str, Any]:
+            return user(user_id)
+
+        async def async_user(user_id: str) -> dict[str, Any]:
+            return user(user_id)
+
+        decorate = cache.cached(
+            key_type="user_id",
+            id_arg="user_id",
+            use_case=f"{tag}Sync",
+            default_config=config,
+            track_for_invalidation=tracked,
+        )
+        adecorate = cache.cached(
+            key_type="user_id",
+            id_arg="user_id",
+            use_case=f"{tag}Async",
+            default_config=config,
+            track_for_invalidation=tracked,
+        )
+        functions[f"sync {name}"] = decorate(sync_user)
+        functions[f"async {name}"] = adecorate(async_user)
+    return functions
 
 
 def run(redis_url: str) -> list[Result]:
-    cache = GCache(
-        GCacheConfig(redis_config=RedisConfig(url=redis_url), metrics_registry=CollectorRegistry())
-    )
-    ttl: cachetools.TTLCache[str, int] = cachetools.TTLCache(1000, 600)
-    ttl["1"] = 1
+    cache = make_gcache(redis_url, PREFIX)
+    if not cache.start():
+        raise RuntimeError("gcache's invalidation bus did not subscribe; tracked LOCAL would be off")
+    local = _functions(cache, "Local", LOCAL_ONLY)
+    remote = _functions(cache, "Remote", REMOTE_ONLY)
+    ttl_cache: cachetools.TTLCache[str, dict[str, Any]] = cachetools.TTLCache(10_000, TTL)
 
-    def bare_lookup(user_id: str) -> int | None:
-        return ttl.get(user_id)
+    def bare_local(user_id: str) -> dict[str, Any]:
+        value = ttl_cache.get(user_id)
+        if value is None:
+            value = ttl_cache[user_id] = user(user_id)
+        return value
 
-    async def abare_lookup(user_id: str) -> int | None:
-        return ttl.get(user_id)
+    async def abare_local(user_id: str) -> dict[str, Any]:
+        value = ttl_cache.get(user_id)
+        if value is None:
+            value = ttl_cache[user_id] = user(user_id)
+        return value
 
-    @cache.cached(key_type="user_id", id_arg="user_id", use_case="LocalSync", default_config=LOCAL_ONLY)
-    def local_sync(user_id: str) -> int:
-        return 1
-
-    @cache.cached(key_type="user_id", id_arg="user_id", use_case="LocalAsync", default_config=LOCAL_ONLY)
-    async def local_async(user_id: str) -> int:
-        return 1
-
-    @cache.cached(key_type="user_id", id_arg="user_id", use_case="RemoteSync", default_config=REMOTE_ONLY)
-    def remote_sync(user_id: str) -> int:
-        return 1
-
-    @cache.cached(key_type="user_id", id_arg="user_id", use_case="RemoteAsync", default_config=REMOTE_ONLY)
-    async def remote_async(user_id: str) -> int:
-        return 1
-
-    sync_client = redis.Redis.from_url(redis_url)
-    sync_client.set("bench:bare", b"x" * 64)
+    bare_key = "{" + PREFIX + ":bare:1}#RemoteBare"  # the length of gcache's keys, a payload as large
+    payload = pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24
+    sync_client = bare_sync_client(redis_url)
+    sync_client.set(bare_key, payload)
+    floor = script_floor(redis_url)
+    entity = entity_key(PREFIX, "user_id", ID)
+    tracked_key, fence = value_key(entity, (), "RemoteTrackedSync"), watermark_key(entity)
     results: list[Result] = []
-    with cache.enable():
-        local_sync("1")
-        remote_sync("1")
-        results.append(
-            Result(
-                "sync LOCAL hit",
-                "gcache",
-                "TTLCache lookup in a function",
-                time_per_op(lambda: local_sync("1"), 20_000),
-                time_per_op(lambda: bare_lookup("1"), 20_000),
+    try:
+        with cache.enable():
+            times = time_interleaved(
+                {
+                    BASELINE: batch(bare_local, (ID,), LOCAL_CALLS),
+                    GCACHE: batch(local[f"sync {GCACHE}"], (ID,), LOCAL_CALLS),
+                    GCACHE_TRACKED: batch(local[f"sync {GCACHE_TRACKED}"], (ID,), LOCAL_CALLS),
+                },
+                LOCAL_CALLS,
+                LOCAL_REPEAT,
             )
-        )
-        results.append(
-            Result(
-                "sync REMOTE hit",
-                "gcache",
-                "redis-py GET",
-                time_per_op(lambda: remote_sync("1"), 2_000),
-                time_per_op(lambda: sync_client.get("bench:bare"), 2_000),
+            results += rows("sync LOCAL hit", times, "TTLCache lookup in a function", LOCAL_TARGET)
+            times = time_interleaved(
+                {
+                    BASELINE: batch(sync_client.get, (bare_key,), REMOTE_CALLS),
+                    GCACHE: batch(remote[f"sync {GCACHE}"], (ID,), REMOTE_CALLS),
+                    GCACHE_TRACKED: batch(remote[f"sync {GCACHE_TRACKED}"], (ID,), REMOTE_CALLS),
+                    TRACKED_FLOOR: batch(floor.read_tracked, (tracked_key, fence), REMOTE_CALLS),
+                },
+                REMOTE_CALLS,
+                REMOTE_REPEAT,
             )
-        )
-
-        async def async_part() -> None:
-            client = redis.asyncio.Redis.from_url(redis_url)
-            await local_async("1")
-            await remote_async("1")
-            results.append(
-                Result(
-                    "async LOCAL hit",
-                    "gcache",
-                    "TTLCache lookup in a coroutine",
-                    await atime_per_op(lambda: local_async("1"), 20_000),
-                    await atime_per_op(lambda: abare_lookup("1"), 20_000),
-                )
-            )
-            results.append(
-                Result(
-                    "async REMOTE hit",
-                    "gcache",
-                    "redis.asyncio GET",
-                    await atime_per_op(lambda: remote_async("1"), 2_000),
-                    await atime_per_op(lambda: client.get("bench:bare"), 2_000),
-                )
-            )
-            await client.aclose()
-            await cache.aclose()
-
-        asyncio.run(async_part())
-    sync_client.close()
+            results += rows("sync REMOTE hit", times, "redis-py GET", REMOTE_TARGET)
+            results += asyncio.run(_async_part(cache, redis_url, local, remote, abare_local, bare_key))
+    finally:
+        floor.close()
+        sync_client.delete(bare_key)
+        sync_client.close()
+        cache.flushall()
+        cache.close()
     return results
+
+
+async def _async_part(
+    cache: GCache,
+    redis_url: str,
+    local: dict[str, Any],
+    remote: dict[str, Any],
+    abare_local: Any,
+    bare_key: str,
+) -> list[Result]:
+    results: list[Result] = []
+    memory = _rivals.rivals_memory(TTL)
+    on_redis = _rivals.rivals_redis(redis_url, TTL, PREFIX)
+    client = bare_async_client(redis_url)
+    floor = script_floor(redis_url)
+    entity = entity_key(PREFIX, "user_id", ID)
+    tracked_key, fence = value_key(entity, (), "RemoteTrackedAsync"), watermark_key(entity)
+    try:
+        batches = {
+            BASELINE: abatch(abare_local, (ID,), LOCAL_CALLS),
+            GCACHE: abatch(local[f"async {GCACHE}"], (ID,), LOCAL_CALLS),
+            GCACHE_TRACKED: abatch(local[f"async {GCACHE_TRACKED}"], (ID,), LOCAL_CALLS),
+        }
+        for rival in memory:
+            batches[rival.name] = abatch(rival.decorate(_async_user), (ID,), LOCAL_CALLS)
+        times = await atime_interleaved(batches, LOCAL_CALLS, LOCAL_REPEAT)
+        results += rows("async LOCAL hit", times, "TTLCache lookup in a coroutine", LOCAL_TARGET)
+
+        batches = {
+            BASELINE: abatch(client.get, (bare_key,), REMOTE_CALLS),
+            GCACHE: abatch(remote[f"async {GCACHE}"], (ID,), REMOTE_CALLS),
+            GCACHE_TRACKED: abatch(remote[f"async {GCACHE_TRACKED}"], (ID,), REMOTE_CALLS),
+            TRACKED_FLOOR: abatch(floor.aread_tracked, (tracked_key, fence), REMOTE_CALLS),
+        }
+        for rival in on_redis:
+            batches[rival.name] = abatch(rival.decorate(_async_user_remote), (ID,), REMOTE_CALLS)
+        times = await atime_interleaved(batches, REMOTE_CALLS, REMOTE_REPEAT)
+        results += rows("async REMOTE hit", times, "redis.asyncio GET", REMOTE_TARGET)
+    finally:
+        for rival in [*memory, *on_redis]:
+            await rival.close()
+        await client.aclose()
+        await floor.aclose()
+        await cache.aflushall()
+    return results
+
+
+async def _async_user(user_id: str) -> dict[str, Any]:
+    return user(user_id)
+
+
+async def _async_user_remote(user_id: str) -> dict[str, Any]:  # a second function: its own key
+    return user(user_id)

@@ -38,6 +38,10 @@ class CacheLayer(Enum):
     REMOTE = "remote"
     """Redis: shared by every process, one network round trip."""
 
+    # Members are singletons compared by identity; hashing by identity too keeps the per-call
+    # ttl_sec/ramp lookups in C (Enum's own __hash__ is Python code hashing the name).
+    __hash__ = object.__hash__
+
 
 _LEGACY_LAYERS = {"noop"}  # the original library's placeholder layer; configs that name it still load
 
