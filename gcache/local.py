@@ -122,6 +122,22 @@ def _nothing() -> None:
     return None
 
 
+_Entry = tuple[Any, float, int, str, int, float]
+"""A held entry: (value, fresh until, epoch at read start, entity, size, kept until)."""
+
+
+def _index_key(index: dict[str, str | set[str]], entity: str, key: str) -> None:
+    """Add a key to the entity index: the key itself while it is the entity's only one."""
+    keys = index.get(entity)
+    if keys is None:
+        index[entity] = key
+    elif isinstance(keys, str):
+        if keys != key:
+            index[entity] = {keys, key}
+    else:
+        keys.add(key)
+
+
 class LocalStore:
     """One use case's LOCAL entries: a size-bounded cache with a TTL per entry, safe across threads.
 
@@ -136,6 +152,11 @@ class LocalStore:
     With ``max_bytes`` the store also keeps the sum of its values' sizes (``sizer``: the pickled
     length by default, measured on each fill) under that budget; a value larger than the whole
     budget is not kept.
+
+    An entry written with a ``grace`` is kept that long past its TTL, for fail-safe: ``get`` no
+    longer serves it, but ``get_stale`` does, so a caller whose function fails can fall back to
+    it. Such entries still count against ``maxsize`` and ``max_bytes``; as they are never served
+    fresh, nothing moves them to the back, and they are among the first evicted.
     """
 
     __slots__ = (
@@ -164,8 +185,9 @@ class LocalStore:
         max_bytes: int | None = None,
         sizer: Callable[[Any], int] | None = None,
     ) -> None:
-        # key -> (value, expires at, epoch at read start, entity, size); least recently used first.
-        self._data: OrderedDict[str, tuple[Any, float, int, str, int]] = OrderedDict()
+        # key -> _Entry, least recently used first. The hit path in ``get`` reads only the first
+        # fields; the kept-until time is last so that a grace period adds nothing to a hit.
+        self._data: OrderedDict[str, _Entry] = OrderedDict()
         self._max_bytes = max_bytes
         self._half_bytes = max_bytes // 2 if max_bytes is not None else sys.maxsize
         self._sizer = sizer or pickled_size
@@ -176,15 +198,20 @@ class LocalStore:
         self._half = maxsize // 2
         self._timer = timer
         # entity -> its keys, so an invalidation frees them at once (tracked stores only). Keys that
-        # left otherwise linger here until the entity is dropped or the index is rebuilt.
-        self._entities: dict[str, set[str]] = {}
+        # left otherwise linger here until the entity is dropped or the index is rebuilt. Most
+        # entities have one key, held as the string itself: a set costs some 200 bytes more.
+        self._entities: dict[str, str | set[str]] = {}
         self.tracked = tracked
         # Told the number of entries after each change, for metrics that cannot ask (prometheus
         # multi-process mode); None leaves the gauge to read len() when scraped.
         self.on_size: Callable[[int], None] | None = None
 
     def get(self, key: str, entity: str) -> tuple[Any, str | None]:
-        """``(value, None)`` on a hit, ``(MISS, reason)`` otherwise."""
+        """``(value, None)`` on a hit, ``(MISS, reason)`` otherwise.
+
+        An entry past its TTL is a miss; it stays held while within its grace (see
+        ``get_stale``) unless invalidated, and is dropped after.
+        """
         if self.tracked and not self._epochs.trusted:
             self._epochs.wake()
             return MISS, "bus_unsubscribed"
@@ -192,7 +219,9 @@ class LocalStore:
         if entry is None:
             return MISS, "not_found"
         if entry[1] <= self._timer():
-            self._discard(key, entry)
+            # The clock is read again rather than kept, so that a hit pays nothing for grace.
+            if entry[5] <= self._timer() or (self.tracked and entry[2] < self._epochs.of(entity)):
+                self._discard(key, entry)
             return MISS, "not_found"
         if self.tracked and entry[2] < self._epochs.of(entity):
             self._discard(key, entry)
@@ -203,7 +232,25 @@ class LocalStore:
                     self._data.move_to_end(key)
         return entry[0], None
 
-    def _discard(self, key: str, entry: tuple[Any, float, int, str, int]) -> None:
+    def get_stale(self, key: str, entity: str) -> Any:
+        """The value held for a key, fresh or within its grace, for fail-safe; else ``MISS``.
+
+        Never what an invalidation made stale: a tracked entry is refused (and dropped) when its
+        entity was invalidated after the read that filled it started, and every tracked entry is
+        refused while invalidations may go unheard. Unlike ``get`` it does not count as a use, so
+        the entry keeps its place in the eviction order.
+        """
+        if self.tracked and not self._epochs.trusted:
+            return MISS
+        entry = self._data.get(key)
+        if entry is None:
+            return MISS
+        if entry[5] <= self._timer() or (self.tracked and entry[2] < self._epochs.of(entity)):
+            self._discard(key, entry)
+            return MISS
+        return entry[0]
+
+    def _discard(self, key: str, entry: _Entry) -> None:
         with self._lock:
             if self._data.get(key) is entry:
                 del self._data[key]
@@ -214,11 +261,14 @@ class LocalStore:
         """The sum of the sizes of the values held (0 unless ``max_bytes`` is set)."""
         return self._bytes
 
-    def put(self, key: str, entity: str, value: Any, ttl: float, epoch: int) -> str | None:
+    def put(
+        self, key: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
+    ) -> str | None:
         """Store unless stale; returns None when stored, else why not.
 
         A tracked value is refused when the entity was invalidated after ``epoch`` (when the
-        read that produced it started), or while invalidations may go unheard.
+        read that produced it started), or while invalidations may go unheard. The entry is
+        fresh for ``ttl`` seconds, then kept ``grace`` seconds more for ``get_stale`` only.
         """
         if self.tracked:
             if not self._epochs.trusted:
@@ -230,13 +280,14 @@ class LocalStore:
             size = self._sizer(value)
             if size > self._max_bytes:
                 return "too_large"
-        now = self._timer()
+        fresh_until = self._timer() + ttl
+        kept_until = fresh_until + grace if grace > 0 else fresh_until
         data = self._data
         with self._lock:
             old = data.get(key)
             if old is not None:
                 self._bytes -= old[4]
-            data[key] = (value, now + ttl, epoch, entity, size)
+            data[key] = (value, fresh_until, epoch, entity, size, kept_until)
             data.move_to_end(key)
             self._bytes += size
             while len(data) > self._maxsize or (
@@ -244,12 +295,9 @@ class LocalStore:
             ):
                 self._bytes -= data.popitem(last=False)[1][4]
             if self.tracked:
-                keys = self._entities.get(entity)
-                if keys is None:
-                    if len(self._entities) >= 2 * self._maxsize:
-                        self._reindex()
-                    keys = self._entities[entity] = set()
-                keys.add(key)
+                if entity not in self._entities and len(self._entities) >= 2 * self._maxsize:
+                    self._reindex()  # indexes the entry just written too, if still held
+                _index_key(self._entities, entity, key)
             size = len(data)
         if self.on_size is not None:
             self.on_size(size)
@@ -257,15 +305,17 @@ class LocalStore:
 
     def _reindex(self) -> None:
         """Rebuild the entity index from the keys actually held (called under the lock)."""
-        self._entities = {}
+        index: dict[str, str | set[str]] = {}
         for key, entry in self._data.items():
-            self._entities.setdefault(entry[3], set()).add(key)
+            _index_key(index, entry[3], key)
+        self._entities = index
 
     def drop_entity(self, entity: str) -> int:
         """Remove every entry of one entity; returns how many were held."""
         with self._lock:
             dropped = 0
-            for key in self._entities.pop(entity, ()):
+            keys = self._entities.pop(entity, ())
+            for key in (keys,) if isinstance(keys, str) else keys:
                 entry = self._data.pop(key, None)
                 if entry is not None:
                     dropped += 1
@@ -287,10 +337,10 @@ class LocalStore:
         return deleted
 
     def clear(self) -> int:
-        """Remove every entry; returns how many live ones were held."""
+        """Remove every entry; returns how many live ones were held (as ``len`` counts them)."""
         now = self._timer()
         with self._lock:
-            count = sum(1 for entry in self._data.values() if entry[1] > now)
+            count = sum(1 for entry in self._data.values() if entry[5] > now)
             self._data.clear()
             self._entities.clear()
             self._bytes = 0
@@ -299,10 +349,13 @@ class LocalStore:
         return count
 
     def __len__(self) -> int:
-        """Live entries (expired ones still held are left out)."""
+        """Live entries: fresh ones, and those kept for their grace (``get_stale`` serves them).
+
+        Entries in grace count because they hold memory; expired ones still held do not.
+        """
         now = self._timer()
         with self._lock:
-            return sum(1 for entry in self._data.values() if entry[1] > now)
+            return sum(1 for entry in self._data.values() if entry[5] > now)
 
 
 class LocalLayer:

@@ -302,11 +302,14 @@ def test_concurrent_put_get_bump_raise_nothing_and_stay_bounded() -> None:
                 key = f"{entity}#{rng.randrange(10)}"
                 op = rng.random()
                 if op < 0.45:
-                    store.put(key, entity, seed, rng.choice((0.001, 60)), epochs.current)
-                elif op < 0.85:
+                    ttl = rng.choice((0.001, 60))
+                    store.put(key, entity, seed, ttl, epochs.current, rng.choice((0.0, 0.01)))
+                elif op < 0.75:
                     value: Any
                     value, reason = store.get(key, entity)
                     assert (value is MISS) == (reason is not None)
+                elif op < 0.85:
+                    store.get_stale(key, entity)
                 elif op < 0.95:
                     epochs.bump(entity)
                 elif op < 0.97:
@@ -391,3 +394,221 @@ def test_pickled_size_measures_values_and_falls_back_for_unpicklable_ones() -> N
     assert pickled_size({"a": 1}) == len(__import__("pickle").dumps({"a": 1}, protocol=5))
     unpicklable = threading.Lock()
     assert pickled_size(unpicklable) == sys.getsizeof(unpicklable)
+
+
+# -- fail-safe grace -----------------------------------------------------------------------------
+
+
+def test_grace_entry_is_a_get_miss_but_served_stale_until_kept_until(clock: FakeClock) -> None:
+    store = _store(clock)
+    assert store.put("k", "e", "v", 10, 0, grace=5) is None
+    assert store.get("k", "e") == ("v", None)
+    assert store.get_stale("k", "e") == "v"  # fresh entries count too
+    clock.advance(10)
+    assert store.get("k", "e") == (MISS, "not_found")
+    assert store.get("k", "e") == (MISS, "not_found")  # still a miss, and still held
+    clock.advance(4.999)
+    assert store.get_stale("k", "e") == "v"
+    assert len(store) == 1
+    clock.advance(0.001)
+    assert store.get_stale("k", "e") is MISS
+    assert len(store) == 0
+    assert len(store._data) == 0  # dropped once seen past kept-until
+
+
+def test_get_past_kept_until_drops_the_entry(clock: FakeClock) -> None:
+    store = _sized_store(clock, max_bytes=100)
+    store.put("k", "e", "1234", 10, 0, grace=5)
+    clock.advance(12)
+    assert store.get("k", "e") == (MISS, "not_found")
+    assert store.bytes == 4  # within grace: kept
+    clock.advance(3)
+    assert store.get("k", "e") == (MISS, "not_found")
+    assert store.bytes == 0
+    assert store.get_stale("k", "e") is MISS
+
+
+def test_without_grace_nothing_is_kept_past_ttl(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("k", "e", "v", 10, 0)
+    assert store.get_stale("k", "e") == "v"
+    clock.advance(10)
+    assert store.get_stale("k", "e") is MISS
+    assert store.get_stale("absent", "e") is MISS
+    assert len(store._data) == 0
+
+
+def test_rewrite_replaces_a_grace_entry_and_its_grace(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("k", "e", "old", 10, 0, grace=100)
+    clock.advance(20)
+    store.put("k", "e", "new", 10, 0)  # no grace this time
+    assert store.get("k", "e") == ("new", None)
+    clock.advance(10)
+    assert store.get_stale("k", "e") is MISS
+
+
+def test_get_stale_refuses_an_invalidated_entry(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", "fresh", 10, epochs.current, grace=60)
+    store.put("u1#B", "u1", "in grace", 10, epochs.current, grace=60)
+    store.put("u2#A", "u2", "other", 10, epochs.current, grace=60)
+    clock.advance(20)
+    assert store.get_stale("u1#B", "u1") == "in grace"
+    epochs.bump("u1")
+    assert store.get_stale("u1#A", "u1") is MISS
+    assert store.get_stale("u1#B", "u1") is MISS
+    assert store.get_stale("u2#A", "u2") == "other"
+    assert set(store._data) == {"u2#A"}  # refused entries are dropped
+
+
+def test_get_stale_refuses_entries_after_drop_all(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", "v", 10, epochs.current, grace=60)
+    clock.advance(20)
+    epochs.drop_all()
+    assert store.get("u1#A", "u1") == (MISS, "not_found")  # past TTL; invalidated, so dropped
+    assert len(store._data) == 0
+    assert store.get_stale("u1#A", "u1") is MISS
+
+
+def test_get_stale_refuses_tracked_entries_while_distrusted(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", "v", 10, epochs.current, grace=60)
+    clock.advance(20)
+    epochs.trusted = False  # the trust check alone, without the drop_all that distrust() does
+    assert store.get_stale("u1#A", "u1") is MISS
+    epochs.trusted = True
+    assert store.get_stale("u1#A", "u1") == "v"
+
+
+def test_untracked_get_stale_ignores_epochs(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=False, epochs=epochs)
+    store.put("u1#A", "u1", "v", 10, epochs.current, grace=60)
+    clock.advance(20)
+    epochs.bump("u1")
+    epochs.trusted = False
+    assert store.get_stale("u1#A", "u1") == "v"
+
+
+def test_get_stale_does_not_refresh_lru_order(clock: FakeClock) -> None:
+    store = _store(clock, maxsize=2)
+    store.put("a", "e", 1, 60, 0)
+    store.put("b", "e", 2, 60, 0)
+    assert store.get_stale("a", "e") == 1  # not a use: "a" stays least recently used
+    store.put("c", "e", 3, 60, 0)
+    assert store.get_stale("a", "e") is MISS
+    assert store.get("b", "e") == (2, None)
+    assert store.get("c", "e") == (3, None)
+
+
+def test_grace_entries_count_against_maxsize_and_go_first(clock: FakeClock) -> None:
+    store = _store(clock, maxsize=3)
+    store.put("a", "e", 1, 10, 0, grace=100)
+    store.put("b", "e", 2, 10, 0, grace=100)
+    clock.advance(20)  # both now kept only for grace
+    store.put("c", "e", 3, 60, 0)
+    assert len(store) == 3
+    store.put("d", "e", 4, 60, 0)
+    assert len(store) == 3
+    assert store.get_stale("a", "e") is MISS  # evicted first, as least recently used
+    assert store.get_stale("b", "e") == 2
+    assert store.get("c", "e") == (3, None)
+    assert store.get("d", "e") == (4, None)
+
+
+def test_grace_entries_count_against_max_bytes(clock: FakeClock) -> None:
+    store = _sized_store(clock, max_bytes=10)
+    store.put("a", "e", "aaaa", 10, 0, grace=100)
+    clock.advance(20)
+    store.put("b", "e", "bbbb", 60, 0)
+    assert store.bytes == 8
+    store.put("c", "e", "cccc", 60, 0)  # 12 > 10: the grace entry goes
+    assert store.bytes == 8
+    assert store.get_stale("a", "e") is MISS
+
+
+def test_len_and_clear_count_entries_within_grace(clock: FakeClock) -> None:
+    store = _store(clock)
+    store.put("fresh", "e", 1, 60, 0)
+    store.put("grace", "e", 2, 10, 0, grace=100)
+    store.put("gone", "e", 3, 10, 0)
+    clock.advance(20)
+    assert len(store) == 2
+    assert store.clear() == 2
+    assert len(store) == 0
+    assert store.get_stale("grace", "e") is MISS
+
+
+def test_drop_entity_removes_entries_in_grace(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", "v", 10, epochs.current, grace=60)
+    clock.advance(20)
+    assert store.drop_entity("u1") == 1
+    assert store.get_stale("u1#A", "u1") is MISS
+
+
+# -- the entity index ----------------------------------------------------------------------------
+
+
+def _indexed(store: LocalStore, entity: str) -> set[str]:
+    keys = store._entities.get(entity, set())
+    return {keys} if isinstance(keys, str) else set(keys)
+
+
+def _index_entry(store: LocalStore, entity: str) -> str | set[str]:
+    """What the entity index holds for an entity, as held: its lone key, or a set of keys."""
+    return store._entities[entity]
+
+
+def test_entity_index_holds_a_lone_key_as_a_string_then_a_set(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", 1, 60, epochs.current)
+    assert _index_entry(store, "u1") == "u1#A"
+    store.put("u1#A", "u1", 2, 60, epochs.current)  # the same key again: still one
+    assert _index_entry(store, "u1") == "u1#A"
+    store.put("u1#B", "u1", 3, 60, epochs.current)
+    assert _index_entry(store, "u1") == {"u1#A", "u1#B"}
+    store.put("u1#C", "u1", 4, 60, epochs.current)
+    assert _index_entry(store, "u1") == {"u1#A", "u1#B", "u1#C"}
+
+
+def test_drop_entity_removes_every_key_of_the_entity(clock: FakeClock) -> None:
+    epochs = Epochs()
+    store = _store(clock, tracked=True, epochs=epochs)
+    store.put("u1#A", "u1", 1, 60, epochs.current)
+    store.put("u1#B", "u1", 2, 60, epochs.current)
+    store.put("u2#A", "u2", 3, 60, epochs.current)
+    assert store.drop_entity("u1") == 2
+    assert store.get("u1#A", "u1") == (MISS, "not_found")
+    assert store.get("u1#B", "u1") == (MISS, "not_found")
+    assert store.drop_entity("u2") == 1  # a lone key, held as a string
+    assert store.get("u2#A", "u2") == (MISS, "not_found")
+    assert store.drop_entity("u2") == 0
+    assert store._entities == {}
+    assert len(store) == 0
+
+
+def test_entity_index_stays_bounded_and_right_when_rebuilt(clock: FakeClock) -> None:
+    epochs = Epochs()
+    maxsize = 4
+    store = _store(clock, maxsize=maxsize, tracked=True, epochs=epochs)
+    for i in range(50):
+        store.put("multi#1", "multi", i, 60, epochs.current)  # kept recent, so held throughout
+        store.put("multi#2", "multi", i, 60, epochs.current)
+        store.put(f"e{i}#A", f"e{i}", i, 60, epochs.current)
+        assert len(store._entities) <= 2 * maxsize
+        for key, entry in store._data.items():
+            assert key in _indexed(store, entry[3]), key
+    assert _index_entry(store, "multi") == {"multi#1", "multi#2"}  # a set survives the rebuild
+    assert _index_entry(store, "e49") == "e49#A"
+    assert "e0" not in store._entities  # long evicted, and the rebuild forgot it
+    assert store.drop_entity("multi") == 2
+    assert store.drop_entity("e49") == 1
+    assert set(store._data) == {"e48#A"}
