@@ -135,9 +135,15 @@ class UseCase:
 
     def layers(self, config: GCacheKeyConfig) -> tuple[float, float]:
         """TTL of LOCAL and REMOTE for this call, 0 for a layer that sits it out."""
-        return self._ttl(config, _LOCAL, "local"), (
-            self._ttl(config, _REMOTE, "remote") if self.remote else 0
-        )
+        local_ttl = self._ttl(config, _LOCAL, "local")
+        remote = self.remote
+        if remote is None:
+            return local_ttl, 0
+        remote_ttl = self._ttl(config, _REMOTE, "remote")
+        if remote_ttl and remote.breaker.is_open:
+            self.m.disabled("remote", "server_down").inc()
+            return local_ttl, 0
+        return local_ttl, remote_ttl
 
     def _ttl(self, config: GCacheKeyConfig, layer: CacheLayer, name: str) -> float:
         ttl = config.ttl_sec.get(layer, 0)

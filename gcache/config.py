@@ -78,6 +78,10 @@ def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | N
     return result
 
 
+_OPTIONS = ("ttl_jitter", "fail_safe_sec", "soft_timeout_sec", "lock_sec")  # GCacheKeyConfig, off at 0
+_FIELDS = {"ttl_sec", "ramp", *_OPTIONS}
+
+
 @dataclass
 class GCacheKeyConfig:
     """TTL and ramp per layer for one use case, as returned by the config provider.
@@ -85,20 +89,50 @@ class GCacheKeyConfig:
     A layer takes part in a call when its TTL is above 0 and a draw against its ramp (0-100, a
     percentage of calls) succeeds; a layer missing from either mapping is off.
 
+    The other fields are off by default and steer how the use case behaves under trouble.
+
     Args:
         ttl_sec: seconds an entry lives in each layer.
         ramp: percentage of calls that use each layer.
+        ttl_jitter: a fraction (0-1) by which each write may shorten its TTL, drawn at random,
+            so entries written together do not all expire together.
+        fail_safe_sec: keep entries this long past their TTL; when the function raises (or
+            outlasts ``soft_timeout_sec``) the stale value is served instead. Invalidated entries
+            are never served.
+        soft_timeout_sec: with ``fail_safe_sec``, a call whose function runs longer than this
+            returns the stale value (when there is one) and lets the function finish in the
+            background, where its value refreshes the cache.
+        lock_sec: distributed single flight: the first process to miss a key holds a Redis lock
+            for at most this long while it computes; the others wait for its value (at most as
+            long) instead of running the function too. 0: off.
 
     Raises:
-        ConfigError: a negative TTL, a ramp outside 0-100, or an unknown layer name.
+        ConfigError: a negative TTL, a ramp outside 0-100, or an unknown layer name; a jitter
+            outside 0-1, a negative duration, or a soft timeout without fail-safe.
     """
 
     ttl_sec: dict[CacheLayer, float] = field(default_factory=dict)
     ramp: dict[CacheLayer, float] = field(default_factory=dict)
+    ttl_jitter: float = 0.0
+    fail_safe_sec: float = 0.0
+    soft_timeout_sec: float = 0.0
+    lock_sec: float = 0.0
 
     def __post_init__(self) -> None:
         self.ttl_sec = _layer_map(self.ttl_sec, "GCacheKeyConfig.ttl_sec", upper=None)
         self.ramp = _layer_map(self.ramp, "GCacheKeyConfig.ramp", upper=100)
+        for name in _OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"GCacheKeyConfig.{name} must be a finite number, got {value!r}")
+            if value < 0 or (name == "ttl_jitter" and value > 1):
+                bound = "between 0 and 1" if name == "ttl_jitter" else "0 or more"
+                raise ConfigError(f"GCacheKeyConfig.{name} must be {bound}, got {value!r}")
+        if self.soft_timeout_sec and not self.fail_safe_sec:
+            raise ConfigError(
+                "GCacheKeyConfig.soft_timeout_sec needs fail_safe_sec: without a grace period "
+                "there is no stale value to serve"
+            )
 
     @staticmethod
     def enabled(ttl_sec: float) -> GCacheKeyConfig:
@@ -107,12 +141,16 @@ class GCacheKeyConfig:
             ttl_sec=dict.fromkeys(CacheLayer, ttl_sec), ramp=dict.fromkeys(CacheLayer, 100)
         )
 
-    def to_dict(self) -> dict[str, dict[str, float]]:
-        """A JSON-ready dict, layers named by their string values."""
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, layers named by their string values; options only when set."""
+        data: dict[str, Any] = {
             "ttl_sec": {layer.value: v for layer, v in self.ttl_sec.items()},
             "ramp": {layer.value: v for layer, v in self.ramp.items()},
         }
+        for name in _OPTIONS:
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        return data
 
     model_dump = to_dict  # the original library's (pydantic) spelling
 
@@ -123,10 +161,13 @@ class GCacheKeyConfig:
     def from_dict(data: Mapping[str, Any]) -> GCacheKeyConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"GCacheKeyConfig must be a mapping, got {data!r}")
-        unknown = set(data) - {"ttl_sec", "ramp"}
+        unknown = set(data) - _FIELDS
         if unknown:
             raise ConfigError(f"GCacheKeyConfig: unknown fields {sorted(unknown)}")
-        return GCacheKeyConfig(ttl_sec=dict(data.get("ttl_sec") or {}), ramp=dict(data.get("ramp") or {}))
+        options = {name: data[name] for name in _OPTIONS if name in data}
+        return GCacheKeyConfig(
+            ttl_sec=dict(data.get("ttl_sec") or {}), ramp=dict(data.get("ramp") or {}), **options
+        )
 
     @staticmethod
     def loads(data: str | bytes | Mapping[str, Any]) -> GCacheKeyConfig:
@@ -152,7 +193,7 @@ class GCacheKeyConfig:
             raise ConfigError(f"GCacheKeyConfig.load_configs: expected an object of use cases, got {raw!r}")
         configs: GCacheKeyConfigs = {}
         for use_case, value in raw.items():
-            if isinstance(value, Mapping) and set(value) <= {"ttl_sec", "ramp"}:
+            if isinstance(value, Mapping) and set(value) <= _FIELDS:
                 configs[use_case] = GCacheKeyConfig.from_dict(value)
             elif isinstance(value, Mapping):
                 configs[use_case] = {env: GCacheKeyConfig.loads(v) for env, v in value.items()}
@@ -356,6 +397,16 @@ class GCacheConfig:
             keeps the invalidation guarantee exact.
         error_log_interval_sec: at most one log line per kind of error in this interval.
         metrics_registry: the prometheus_client registry (default: the global one).
+        read_timeout_sec: deadline of one cache lookup in Redis (None: the client's own socket
+            timeout). Past it the call is served uncached.
+        write_timeout_sec: deadline of one write-back or lock operation (None: likewise).
+            Invalidations, deletions and flushes use the client's socket timeout (1 s by default).
+        breaker_failures: Redis failures in a row (connection errors, timeouts) that open the
+            circuit breaker; while it is open REMOTE is skipped. 0: no breaker.
+        breaker_probe_sec: while the breaker is open, Redis is probed (PING) this often in the
+            background; the first answer closes it.
+        max_value_bytes: a value whose serialized form is larger is served but not cached
+            (None: no limit).
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -374,6 +425,11 @@ class GCacheConfig:
     tracked_compute_limit_sec: float = 300.0
     error_log_interval_sec: float = 5.0
     metrics_registry: CollectorRegistry | None = None
+    read_timeout_sec: float | None = 0.05
+    write_timeout_sec: float | None = 0.25
+    breaker_failures: int = 5
+    breaker_probe_sec: float = 1.0
+    max_value_bytes: int | None = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -399,6 +455,13 @@ class GCacheConfig:
         _positive("config_reuse_sec", self.config_reuse_sec, zero=True)
         _positive("tracked_compute_limit_sec", self.tracked_compute_limit_sec)
         _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
+        for name in ("read_timeout_sec", "write_timeout_sec"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive("breaker_failures", self.breaker_failures, integer=True, zero=True)
+        _positive("breaker_probe_sec", self.breaker_probe_sec)
+        if self.max_value_bytes is not None:
+            _positive("max_value_bytes", self.max_value_bytes, integer=True)
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

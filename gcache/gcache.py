@@ -105,6 +105,7 @@ class GCache:
         self._loop_thread = LoopThread("gcache-loop")
         logger = config.logger if config.logger is not None else logging.getLogger("gcache")
         errors = ErrorLog(logger, config.error_log_interval_sec)
+        self._errors = errors
         self._remote: RemoteCache | None = None
         self._bus: InvalidationBus | None = None
         self._bus_up = threading.Event()
@@ -115,6 +116,11 @@ class GCache:
                 compute_limit_ms=int(config.tracked_compute_limit_sec * 1000),
                 loop_thread=self._loop_thread,
                 channel=bus_channel(self._prefix),
+                read_timeout=config.read_timeout_sec,
+                write_timeout=config.write_timeout_sec,
+                breaker_failures=config.breaker_failures,
+                breaker_probe_sec=config.breaker_probe_sec,
+                on_breaker=self._on_breaker,
             )
             # Other processes' invalidations reach LOCAL only through the bus: tracked LOCAL
             # entries are used once it is subscribed (it starts on the first tracked LOCAL use).
@@ -515,6 +521,19 @@ class GCache:
         self._bus_up.clear()
         self._local.distrust()
         self._metrics.bus_connected.dec()
+
+    def _on_breaker(self, is_open: bool) -> None:
+        if is_open:
+            self._metrics.breaker_open.inc()
+            self._metrics.breaker_transition.labels("open").inc()
+            self._errors.warning(
+                ("breaker", self._prefix),
+                f"Redis is failing: circuit breaker open, REMOTE skipped for {self._prefix!r} until "
+                "a probe gets an answer",
+            )
+        else:
+            self._metrics.breaker_open.dec()
+            self._metrics.breaker_transition.labels("closed").inc()
 
     def _count_dropped(self, use_case: str, key_type: str, reason: str, count: int) -> None:
         self._metrics.local_dropped.labels(use_case, key_type, reason).inc(count)

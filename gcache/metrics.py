@@ -140,6 +140,20 @@ class Metrics:
             multiprocess_mode="livesum",
             **kw,
         )
+        self.breaker_open = Gauge(
+            f"{p}breaker_open",
+            "Circuit breakers open (each GCache adds 1 while Redis is skipped as failing).",
+            multiprocess_mode="livesum",
+            **kw,
+        )
+        self.breaker_transition = Counter(
+            f"{p}breaker_transition_counter",
+            "Circuit breaker changes, by the state entered (open, closed).",
+            ["state"],
+            **kw,
+        )
+        for state in ("open", "closed"):  # both series exist from the start, so increase() sees the first
+            self.breaker_transition.labels(state)
         self.bus_lag = Histogram(
             f"{p}bus_lag_seconds",
             "Seconds from publishing an invalidation to receiving it, on the Redis server clock.",

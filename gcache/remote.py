@@ -4,6 +4,13 @@ Async callers use a redis-py asyncio client, one per event loop (asyncio connect
 the loop that opened them). Sync callers use a redis-py sync client in their own thread; only a
 ``redis_client_factory`` (which returns asyncio clients) sends them through the loop thread.
 Every redis-py failure leaves this module as :class:`~gcache.errors.RemoteError`.
+
+Every operation has a deadline by its kind: a lookup (READ), a write-back or lock (WRITE), or an
+invalidation, deletion or flush (ADMIN, the client's own socket timeout). With a RedisConfig each
+kind has its own client whose socket timeout is that deadline, which costs nothing per call; a
+factory's client is shared by the kinds and each operation is wrapped in an asyncio timeout.
+redis-py's own retries are off (redis-py 8 retries 10 times with backoff): a cache that waits
+for a failing server only multiplies the damage, and the breaker decides when to try again.
 """
 
 from __future__ import annotations
@@ -11,20 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+import redis.retry
 
 from gcache import _scripts
 from gcache._loop_thread import LoopThread
+from gcache.breaker import CircuitBreaker
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
 from gcache.keys import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
-__all__ = ["RemoteCache", "TrackedRead"]
+__all__ = ["ADMIN", "READ", "WRITE", "RemoteCache", "TrackedRead"]
 
 T = TypeVar("T")
 
@@ -34,6 +46,23 @@ _NODE_OPTIONS = {
 }  # fmt: skip
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
+READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
+
+
+def _no_retry(retry_class: Any) -> Any:
+    return retry_class(redis.backoff.NoBackoff(), 0)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 class TrackedRead(NamedTuple):
@@ -75,6 +104,10 @@ class RemoteCache:
         compute_limit_ms: see ``GCacheConfig.tracked_compute_limit_sec``.
         loop_thread: where sync callers run async-only clients.
         channel: where invalidations and deletions are published for other processes.
+        read_timeout, write_timeout: deadlines of READ and WRITE operations (None: the client's
+            socket timeout).
+        breaker_failures, breaker_probe_sec, on_breaker: the circuit breaker (see
+            :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens.
     """
 
     def __init__(
@@ -85,6 +118,11 @@ class RemoteCache:
         compute_limit_ms: int,
         loop_thread: LoopThread,
         channel: str = bus_channel(DEFAULT_URN_PREFIX),
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        breaker_failures: int = 0,
+        breaker_probe_sec: float = 1.0,
+        on_breaker: Callable[[bool], None] = lambda is_open: None,
     ) -> None:
         self.channel = channel
         self.origin = os.urandom(6).hex()  # names this instance in what it publishes
@@ -92,54 +130,87 @@ class RemoteCache:
         self._factory = client_factory
         self._compute_limit_ms = compute_limit_ms
         self._loop_thread = loop_thread
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
+        self._deadlines = (read_timeout, write_timeout, None)
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection | None]] = (
             weakref.WeakKeyDictionary()
         )
-        self._sync: _Connection | None = None
+        self._sync: list[_Connection | None] = [None, None, None]
+        self.breaker = CircuitBreaker(
+            threshold=breaker_failures,
+            probe_sec=breaker_probe_sec,
+            probe=self._probe,
+            submit=loop_thread.submit,
+            on_change=on_breaker,
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _async_connection(self) -> _Connection:
+    def _async_connection(self, kind: int) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = self._by_loop.get(loop)
+        conns = self._by_loop.get(loop)
+        if conns is None:
+            conns = self._by_loop[loop] = [None, None, None]
+        conn = conns[kind]
         if conn is None:
-            conn = _Connection(self._new_async_client())
-            self._by_loop[loop] = conn
+            if self._factory is not None:  # one client per loop, shared by every kind
+                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = _Connection(self._factory())
+            else:
+                assert self._config is not None
+                conn = conns[kind] = _Connection(
+                    _client(
+                        self._config,
+                        redis.asyncio.Redis,
+                        redis.asyncio.RedisCluster,
+                        redis.asyncio.BlockingConnectionPool,
+                        _no_retry(redis.asyncio.retry.Retry),
+                        self._deadlines[kind],
+                    )
+                )
         return conn
 
-    def _new_async_client(self) -> Any:
-        if self._factory is not None:
-            return self._factory()
-        assert self._config is not None
-        return _client(
-            self._config,
-            redis.asyncio.Redis,
-            redis.asyncio.RedisCluster,
-            redis.asyncio.BlockingConnectionPool,
-        )
-
-    def _sync_connection(self) -> _Connection:
-        conn = self._sync
+    def _sync_connection(self, kind: int) -> _Connection:
+        conn = self._sync[kind]
         if conn is None:
             assert self._config is not None
-            conn = self._sync = _Connection(
-                _client(self._config, redis.Redis, redis.RedisCluster, redis.BlockingConnectionPool)
+            conn = self._sync[kind] = _Connection(
+                _client(
+                    self._config,
+                    redis.Redis,
+                    redis.RedisCluster,
+                    redis.BlockingConnectionPool,
+                    _no_retry(redis.retry.Retry),
+                    self._deadlines[kind],
+                )
             )
         return conn
 
-    async def _arun(self, operation: str, command: Callable[[_Connection], Awaitable[T]]) -> T:
+    async def _arun(self, operation: str, kind: int, command: Callable[[_Connection], Awaitable[T]]) -> T:
         try:
-            return await command(self._async_connection())
+            deadline = self._deadlines[kind]
+            if self._factory is not None and deadline is not None:
+                result = await _within(deadline, command(self._async_connection(kind)))
+            else:
+                result = await command(self._async_connection(kind))
         except _REDIS_ERRORS as exc:
+            self.breaker.failure(exc)
             raise RemoteError(operation, exc) from exc
+        self.breaker.success()
+        return result
 
-    def _run(self, operation: str, command: Callable[[_Connection], Any]) -> Any:
+    def _run(self, operation: str, kind: int, command: Callable[[_Connection], Any]) -> Any:
         if self._factory is not None:
-            return self._loop_thread.run(lambda: self._arun(operation, command))
+            return self._loop_thread.run(lambda: self._arun(operation, kind, command))
         try:
-            return command(self._sync_connection())
+            result = command(self._sync_connection(kind))
         except _REDIS_ERRORS as exc:
+            self.breaker.failure(exc)
             raise RemoteError(operation, exc) from exc
+        self.breaker.success()
+        return result
+
+    async def _probe(self) -> None:
+        """The breaker's question, asked on the loop thread: does Redis answer a PING in time?"""
+        await self._arun("ping", READ, lambda c: c.client.ping())
 
     # -- operations: each builds its command once; _arun / _run only differ in awaiting it ------
 
@@ -184,24 +255,24 @@ class RemoteCache:
         return lambda c: c.delete(keys=[key], args=args)
 
     async def aget(self, key: str) -> bytes | None:
-        result: bytes | None = await self._arun("get", self._get(key))
+        result: bytes | None = await self._arun("get", READ, self._get(key))
         return result
 
     def get(self, key: str) -> bytes | None:
-        result: bytes | None = self._run("get", self._get(key))
+        result: bytes | None = self._run("get", READ, self._get(key))
         return result
 
     async def aread_tracked(self, key: str, fence: str) -> TrackedRead:
-        return _parse_tracked(await self._arun("read", self._read_tracked(key, fence)))
+        return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence)))
 
     def read_tracked(self, key: str, fence: str) -> TrackedRead:
-        return _parse_tracked(self._run("read", self._read_tracked(key, fence)))
+        return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
-        await self._arun("set", self._set(key, envelope, ttl_ms))
+        await self._arun("set", WRITE, self._set(key, envelope, ttl_ms))
 
     def set(self, key: str, envelope: bytes, ttl_ms: int) -> None:
-        self._run("set", self._set(key, envelope, ttl_ms))
+        self._run("set", WRITE, self._set(key, envelope, ttl_ms))
 
     async def awrite_tracked(
         self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
@@ -211,25 +282,27 @@ class RemoteCache:
         Returns 1 (stored), 0 (invalidated at or after t0), -1 (fence replaced), -2 (too slow).
         """
         command = self._write_tracked(key, fence, t0_us, ttl_ms, read_nonce, envelope)
-        return int(await self._arun("write", command))
+        return int(await self._arun("write", WRITE, command))
 
     def write_tracked(
         self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
     ) -> int:
-        return int(self._run("write", self._write_tracked(key, fence, t0_us, ttl_ms, read_nonce, envelope)))
+        return int(
+            self._run("write", WRITE, self._write_tracked(key, fence, t0_us, ttl_ms, read_nonce, envelope))
+        )
 
     async def ainvalidate(self, fence: str, future_buffer_ms: int) -> int:
         """Raise the entity's watermark to at least server-now + buffer; returns it (us)."""
-        return int(await self._arun("invalidate", self._invalidate(fence, future_buffer_ms)))
+        return int(await self._arun("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
 
     def invalidate(self, fence: str, future_buffer_ms: int) -> int:
-        return int(self._run("invalidate", self._invalidate(fence, future_buffer_ms)))
+        return int(self._run("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
 
     async def adelete(self, key: str) -> bool:
-        return bool(await self._arun("delete", self._delete(key)))
+        return bool(await self._arun("delete", ADMIN, self._delete(key)))
 
     def delete(self, key: str) -> bool:
-        return bool(self._run("delete", self._delete(key)))
+        return bool(self._run("delete", ADMIN, self._delete(key)))
 
     async def aflush(self, prefix: str) -> int:
         """Delete every key of this cache (found by SCAN on its prefix); returns how many."""
@@ -248,7 +321,7 @@ class RemoteCache:
             await c.announce_flush(args=[self.channel, self.origin])
             return deleted
 
-        return await self._arun("flush", flush)
+        return await self._arun("flush", ADMIN, flush)
 
     def flush(self, prefix: str) -> int:
         if self._factory is not None:
@@ -268,7 +341,7 @@ class RemoteCache:
             c.announce_flush(args=[self.channel, self.origin])
             return deleted
 
-        result: int = self._run("flush", flush)
+        result: int = self._run("flush", ADMIN, flush)
         return result
 
     async def new_bus_client(self) -> Any:
@@ -284,51 +357,72 @@ class RemoteCache:
             node = client.get_random_node()
             options = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_OPTIONS}
             await client.aclose()
-            return redis.asyncio.Redis(host=node.host, port=int(node.port), **options)
+            return redis.asyncio.Redis(
+                host=node.host, port=int(node.port), retry=_no_retry(redis.asyncio.retry.Retry), **options
+            )
         assert self._config is not None
         assert self._config.url is not None
-        return redis.asyncio.Redis.from_url(
-            self._config.url, **self._config.client_options()
-        )  # one connection
+        options = {"retry": _no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
+        return redis.asyncio.Redis.from_url(self._config.url, **options)  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the clients; the one of the running loop is closed gracefully."""
+        """Close the clients; the ones of the running loop are closed gracefully."""
+        self.breaker.stop()
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        conn = self._by_loop.pop(loop) if loop is not None and loop in self._by_loop else None
-        if conn is not None:
-            await conn.client.aclose()
+        conns = self._by_loop.pop(loop) if loop is not None and loop in self._by_loop else []
+        for client in _clients(conns):
+            await client.aclose()
         self.close()
 
     def close(self) -> None:
         """Close every client, each asyncio client on its own loop where that loop can still run."""
-        if self._sync is not None:
-            self._sync.client.close()
-            self._sync = None
+        self.breaker.stop()
+        for client in _clients(self._sync):
+            client.close()
+        self._sync = [None, None, None]
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, conn in list(self._by_loop.items()):
-            if loop.is_running() and loop is not current:
-                asyncio.run_coroutine_threadsafe(conn.client.aclose(), loop).result(timeout=5)
-            elif not loop.is_closed() and current is None:
-                loop.run_until_complete(conn.client.aclose())
-            else:
-                # This thread's running loop (a sync close() in async code) cannot be awaited
-                # here: close the sockets now and let the loop finish the teardown.
-                _drop_sockets(conn.client)
+        for loop, conns in list(self._by_loop.items()):
+            for client in _clients(conns):
+                if loop.is_running() and loop is not current:
+                    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
+                elif not loop.is_closed() and current is None:
+                    loop.run_until_complete(client.aclose())
+                else:
+                    # This thread's running loop (a sync close() in async code) cannot be awaited
+                    # here: close the sockets now and let the loop finish the teardown.
+                    _drop_sockets(client)
         self._by_loop.clear()
 
 
-def _client(config: RedisConfig, single: Any, cluster: Any, pool: Any) -> Any:
-    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client."""
+def _clients(conns: list[_Connection | None]) -> list[Any]:
+    """The distinct clients of a connection list (a factory's client fills every slot)."""
+    clients: list[Any] = []
+    for conn in conns:
+        if conn is not None and all(conn.client is not c for c in clients):
+            clients.append(conn.client)
+    return clients
+
+
+def _client(
+    config: RedisConfig, single: Any, cluster: Any, pool: Any, retry: Any, socket_timeout: float | None
+) -> Any:
+    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
+
+    ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
+    ``retry`` in ``redis_py_options`` wins over ``retry`` (none by default).
+    """
     assert config.url is not None
-    options = {"max_connections": config.max_connections, **config.client_options()}
+    options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
+    if socket_timeout is not None:
+        options["socket_timeout"] = socket_timeout
     if config.cluster:
         return cluster.from_url(config.url, **options)
     return single.from_pool(pool.from_url(config.url, timeout=config.pool_timeout, **options))

@@ -369,6 +369,14 @@ def test_gcache_config_raises_config_error_when_prefix_invalid(prefix: str) -> N
         ("tracked_compute_limit_sec", -3),
         ("tracked_compute_limit_sec", "60"),
         ("error_log_interval_sec", -1),
+        ("read_timeout_sec", 0),
+        ("read_timeout_sec", -0.05),
+        ("write_timeout_sec", "1"),
+        ("breaker_failures", -1),
+        ("breaker_failures", 2.5),
+        ("breaker_probe_sec", 0),
+        ("max_value_bytes", 0),
+        ("max_value_bytes", 1.5),
     ],
 )
 def test_gcache_config_raises_config_error_naming_option(option: str, value: Any) -> None:
@@ -382,6 +390,59 @@ def test_gcache_config_accepts_zero_where_zero_means_none() -> None:
     assert cfg.max_future_buffer_ms == 0
     assert cfg.error_log_interval_sec == 0
     assert cfg.tracked_compute_limit_sec == 0.5
+    off = GCacheConfig(
+        breaker_failures=0, read_timeout_sec=None, write_timeout_sec=None, max_value_bytes=None
+    )
+    assert (off.breaker_failures, off.read_timeout_sec, off.write_timeout_sec, off.max_value_bytes) == (
+        0,
+        None,
+        None,
+        None,
+    )
+
+
+def test_gcache_config_resilience_defaults() -> None:
+    cfg = GCacheConfig()
+    assert cfg.read_timeout_sec == 0.05
+    assert cfg.write_timeout_sec == 0.25
+    assert cfg.breaker_failures == 5
+    assert cfg.breaker_probe_sec == 1.0
+    assert cfg.max_value_bytes == 4 * 1024 * 1024
+
+
+def test_key_config_resilience_options_default_off_and_round_trip_through_json() -> None:
+    plain = GCacheKeyConfig.enabled(30)
+    assert (plain.ttl_jitter, plain.fail_safe_sec, plain.soft_timeout_sec, plain.lock_sec) == (0, 0, 0, 0)
+    assert set(plain.to_dict()) == {"ttl_sec", "ramp"}  # configs written for the original stay as they were
+    full = GCacheKeyConfig(
+        ttl_sec={"local": 5},
+        ramp={"local": 100},
+        ttl_jitter=0.2,
+        fail_safe_sec=600,
+        soft_timeout_sec=0.5,
+        lock_sec=3,
+    )
+    again = GCacheKeyConfig.loads(full.dumps())
+    assert again == full
+    assert json.loads(full.dumps())["fail_safe_sec"] == 600
+    configs = GCacheKeyConfig.load_configs('{"GetUser": {"ttl_sec": {"remote": 60}, "lock_sec": 2}}')
+    assert configs["GetUser"] == GCacheKeyConfig(ttl_sec={"remote": 60}, lock_sec=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ttl_jitter": 1.5}, "ttl_jitter must be between 0 and 1, got 1.5"),
+        ({"ttl_jitter": -0.1}, "ttl_jitter must be between 0 and 1"),
+        ({"fail_safe_sec": -1}, "fail_safe_sec must be 0 or more, got -1"),
+        ({"lock_sec": float("inf")}, "lock_sec must be a finite number, got inf"),
+        ({"soft_timeout_sec": "1"}, "soft_timeout_sec must be a finite number"),
+        ({"soft_timeout_sec": 0.2}, "soft_timeout_sec needs fail_safe_sec"),
+    ],
+)
+def test_key_config_rejects_bad_resilience_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        GCacheKeyConfig(ttl_sec={"local": 5}, **options)
 
 
 @pytest.mark.parametrize("option", ["cache_config_provider", "redis_client_factory"])

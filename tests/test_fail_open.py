@@ -329,6 +329,7 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
         error_log_interval_sec=60,
         logger=logger,
         start_bus=False,
+        breaker_failures=0,  # every call meets the error (an open breaker would skip REMOTE)
     )
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Logged", id_arg=("uid", _failing_extractor))

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, ConfigError, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
+from gcache.remote import ADMIN, READ, WRITE
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -153,12 +156,53 @@ async def test_clients_use_a_blocking_pool_of_max_connections(redis_url: str) ->
     try:
         remote = cache._remote
         assert remote is not None
-        async_pool = remote._async_connection().client.connection_pool
-        sync_pool = remote._sync_connection().client.connection_pool
+        async_pool = remote._async_connection(READ).client.connection_pool
+        sync_pool = remote._sync_connection(READ).client.connection_pool
         for pool in (async_pool, sync_pool):
             assert isinstance(pool, (redis.asyncio.BlockingConnectionPool, redis.BlockingConnectionPool))
             assert pool.max_connections == 7
             assert pool.timeout == 2.5
+    finally:
+        await cache.aclose()
+
+
+async def test_each_kind_of_operation_has_its_deadline_and_redis_py_does_not_retry(redis_url: str) -> None:
+    cache = GCache(
+        GCacheConfig(
+            redis_config=RedisConfig(url=redis_url),
+            metrics_registry=CollectorRegistry(),
+            read_timeout_sec=0.03,
+            write_timeout_sec=0.2,
+        )
+    )
+    try:
+        remote = cache._remote
+        assert remote is not None
+        for kind, deadline in ((READ, 0.03), (WRITE, 0.2), (ADMIN, 1.0)):  # ADMIN: RedisConfig's default
+            for client in (remote._async_connection(kind).client, remote._sync_connection(kind).client):
+                kwargs = client.connection_pool.connection_kwargs
+                assert kwargs["socket_timeout"] == deadline
+                assert kwargs["retry"].get_retries() == 0  # redis-py 8 would retry 10 times
+        assert remote._async_connection(READ).client is not remote._async_connection(WRITE).client
+    finally:
+        await cache.aclose()
+
+
+async def test_no_deadline_leaves_the_clients_socket_timeout_and_a_given_retry_wins(redis_url: str) -> None:
+    retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 2)
+    cache = GCache(
+        GCacheConfig(
+            redis_config=RedisConfig(url=redis_url, redis_py_options={"socket_timeout": 0.7, "retry": retry}),
+            metrics_registry=CollectorRegistry(),
+            read_timeout_sec=None,
+        )
+    )
+    try:
+        remote = cache._remote
+        assert remote is not None
+        kwargs = remote._async_connection(READ).client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.7
+        assert kwargs["retry"].get_retries() == 2
     finally:
         await cache.aclose()
 
@@ -183,7 +227,7 @@ async def test_many_concurrent_callers_share_a_small_pool_without_errors(
     assert sample(registry, "gcache_error_counter_total") == 0
     remote = cache._remote
     assert remote is not None
-    pool = remote._async_connection().client.connection_pool
+    pool = remote._async_connection(READ).client.connection_pool
     opened = len(pool._available_connections) + len(pool._in_use_connections)
     assert 1 <= opened <= 4  # never more than max_connections
 

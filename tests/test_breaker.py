@@ -1,0 +1,187 @@
+"""The circuit breaker: what opens it, what it skips, and the probe that closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
+from gcache._embedded_redis import EmbeddedRedis, free_port
+from gcache._loop_thread import LoopThread
+from gcache.breaker import CircuitBreaker, is_outage
+from gcache.errors import RemoteError
+from tests.conftest import sample, wait_until
+
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+FAST = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+class Probe:
+    """A probe that fails ``failures`` times, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RemoteError("ping", redis.ConnectionError("refused"))
+
+
+@pytest.fixture
+def loop_thread() -> Any:
+    thread = LoopThread("test-breaker")
+    yield thread
+    thread.stop()
+
+
+def breaker(
+    loop_thread: LoopThread, probe: Callable[[], Awaitable[Any]], threshold: int = 3
+) -> tuple[CircuitBreaker, list[bool]]:
+    changes: list[bool] = []
+    return (
+        CircuitBreaker(
+            threshold=threshold,
+            probe_sec=0.01,
+            probe=probe,
+            submit=loop_thread.submit,
+            on_change=changes.append,
+        ),
+        changes,
+    )
+
+
+def test_outages_are_connection_errors_and_timeouts_not_command_errors() -> None:
+    assert is_outage(RemoteError("get", redis.ConnectionError("refused")))
+    assert is_outage(RemoteError("get", redis.TimeoutError("timed out")))
+    assert is_outage(RemoteError("get", ConnectionResetError()))
+    assert is_outage(asyncio.TimeoutError())
+    assert not is_outage(RemoteError("set", redis.ResponseError("OOM command not allowed")))
+    assert not is_outage(RemoteError("get", redis.exceptions.NoScriptError("NOSCRIPT")))
+    assert not is_outage(ValueError("not redis at all"))
+
+
+def test_opens_after_threshold_failures_in_a_row_and_a_success_resets_the_count(
+    loop_thread: LoopThread,
+) -> None:
+    probe = Probe(failures=10**6)  # never answers: stays open
+    b, changes = breaker(loop_thread, probe)
+    outage = RemoteError("get", redis.ConnectionError("refused"))
+    b.failure(outage)
+    b.failure(outage)
+    b.success()
+    b.failure(outage)
+    b.failure(outage)
+    assert not b.is_open
+    assert changes == []
+    b.failure(RemoteError("set", redis.ResponseError("OOM")))  # the server answered: not counted
+    assert not b.is_open
+    b.failure(outage)
+    assert b.is_open
+    assert changes == [True]
+    b.failure(outage)  # already open: reported once
+    assert changes == [True]
+    wait_until(lambda: probe.calls >= 3, what="probes while open")
+    assert b.is_open
+    b.stop()
+    assert not b.is_open
+    assert changes == [True, False]
+    calls = probe.calls
+    time.sleep(0.05)
+    assert probe.calls <= calls + 1  # stop() ended the probing
+
+
+def test_a_probe_that_gets_an_answer_closes_it(loop_thread: LoopThread) -> None:
+    probe = Probe(failures=2)
+    b, changes = breaker(loop_thread, probe, threshold=1)
+    b.failure(RemoteError("get", redis.TimeoutError("timed out")))
+    assert b.is_open
+    wait_until(lambda: not b.is_open, what="the breaker to close")
+    assert probe.calls == 3
+    assert changes == [True, False]
+    assert b.failures == 0
+    b.failure(RemoteError("get", redis.TimeoutError("timed out")))  # and it opens again
+    assert b.is_open
+    assert changes == [True, False, True]
+    b.stop()
+
+
+def test_threshold_zero_never_opens(loop_thread: LoopThread) -> None:
+    b, changes = breaker(loop_thread, Probe(0), threshold=0)
+    for _ in range(100):
+        b.failure(RemoteError("get", redis.ConnectionError("refused")))
+    assert not b.is_open
+    assert changes == []
+
+
+# -- in a GCache, on a real server ---------------------------------------------------------------
+
+
+async def test_open_breaker_skips_remote_until_redis_answers_again(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    port = free_port()
+    cache = make_cache(
+        redis_config=RedisConfig(url=f"redis://127.0.0.1:{port}/0", redis_py_options=dict(FAST)),
+        breaker_failures=3,
+        breaker_probe_sec=0.05,
+        start_bus=False,
+    )
+    calls: list[str] = []
+
+    def compute(uid: str) -> str:
+        calls.append(uid)
+        return f"user-{uid}"
+
+    if is_async:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="Broken", default_config=REMOTE_ONLY)
+        async def aget(uid: str) -> str:
+            return compute(uid)
+
+        get: Callable[[str], Awaitable[str]] = aget
+    else:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="Broken", default_config=REMOTE_ONLY)
+        def sget(uid: str) -> str:
+            return compute(uid)
+
+        async def get(uid: str) -> str:
+            return sget(uid)
+
+    errors = {"use_case": "Broken", "layer": "remote", "error": "ConnectionError"}
+    down = {"use_case": "Broken", "layer": "remote", "reason": "server_down"}
+    with cache.enable():
+        for _i in range(3):
+            assert await get("1") == "user-1"
+        assert sample(registry, "gcache_error_counter_total", **errors) == 3
+        assert sample(registry, "gcache_breaker_open") == 1
+        assert sample(registry, "gcache_breaker_transition_counter_total", state="open") == 1
+        for _i in range(20):  # skipped: no more errors, no connection attempts
+            assert await get("1") == "user-1"
+        assert sample(registry, "gcache_error_counter_total", **errors) == 3
+        assert sample(registry, "gcache_disabled_counter_total", **down) == 20
+        assert len(calls) == 23
+
+        with EmbeddedRedis(port) as server:
+            wait_until(lambda: sample(registry, "gcache_breaker_open") == 0, what="a probe to close it")
+            assert sample(registry, "gcache_breaker_transition_counter_total", state="closed") == 1
+            assert await get("2") == "user-2"
+            assert await get("2") == "user-2"  # cached again
+            assert calls[-1] == "2"
+            assert len(calls) == 24
+            keys = redis.Redis.from_url(server.url).keys("*")
+            assert any(b"Broken" in k for k in keys)
+            await cache.aclose()  # while the server is up, so the clients close cleanly
