@@ -9,8 +9,10 @@ Every operation has a deadline by its kind: a lookup (READ), a write-back or loc
 invalidation, deletion or flush (ADMIN, the client's own socket timeout). With a RedisConfig each
 kind has its own client whose socket timeout is that deadline, which costs nothing per call; a
 factory's client is shared by the kinds and each operation is wrapped in an asyncio timeout.
-redis-py's own retries are off (redis-py 8 retries 10 times with backoff): a cache that waits
-for a failing server only multiplies the damage, and the breaker decides when to try again.
+redis-py's own retries are cut to one, at once, and only for a connection error (redis-py 8
+retries 10 times with backoff on timeouts too): a cache that waits for a failing server only
+multiplies the damage, and the breaker decides when to try again. The one retry is for pooled
+connections a restarted server has closed, which fail once each.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ _NODE_OPTIONS = {
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
+
+
+def _retry_policy(retry_class: Any) -> Any:
+    return retry_class(redis.backoff.NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
 
 
 def _no_retry(retry_class: Any) -> Any:
@@ -162,7 +168,7 @@ class RemoteCache:
                         redis.asyncio.Redis,
                         redis.asyncio.RedisCluster,
                         redis.asyncio.BlockingConnectionPool,
-                        _no_retry(redis.asyncio.retry.Retry),
+                        _retry_policy(redis.asyncio.retry.Retry),
                         self._deadlines[kind],
                     )
                 )
@@ -178,7 +184,7 @@ class RemoteCache:
                     redis.Redis,
                     redis.RedisCluster,
                     redis.BlockingConnectionPool,
-                    _no_retry(redis.retry.Retry),
+                    _retry_policy(redis.retry.Retry),
                     self._deadlines[kind],
                 )
             )
@@ -417,7 +423,7 @@ def _client(
     """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
 
     ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
-    ``retry`` in ``redis_py_options`` wins over ``retry`` (none by default).
+    ``retry`` in ``redis_py_options`` wins over ``retry``.
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}

@@ -182,7 +182,9 @@ async def test_each_kind_of_operation_has_its_deadline_and_redis_py_does_not_ret
             for client in (remote._async_connection(kind).client, remote._sync_connection(kind).client):
                 kwargs = client.connection_pool.connection_kwargs
                 assert kwargs["socket_timeout"] == deadline
-                assert kwargs["retry"].get_retries() == 0  # redis-py 8 would retry 10 times
+                retry = kwargs["retry"]
+                assert retry.get_retries() == 1  # redis-py 8 would retry 10 times, with backoff
+                assert retry._supported_errors == (redis.ConnectionError,)  # not a timeout
         assert remote._async_connection(READ).client is not remote._async_connection(WRITE).client
     finally:
         await cache.aclose()
