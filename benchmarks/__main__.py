@@ -7,6 +7,8 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
+- ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
+  against a bare configuration (bench_faults; results/faults.md; its own private servers)
 
 The first four write their rows to results/<scenario>.json; results/results.md (the table) and
 results/results.png (the chart) are rebuilt from every saved scenario after each run.
@@ -26,6 +28,7 @@ from benchmarks import (
     _report,
     _rivals,
     bench_concurrency,
+    bench_faults,
     bench_hits,
     bench_invalidation,
     bench_memory,
@@ -58,7 +61,21 @@ def invalidation(redis_url: str) -> None:
     )
 
 
-SCENARIOS = [*TABLED, "invalidation"]
+def faults() -> None:
+    load = os.getloadavg()[0]
+    cells = bench_faults.run()  # private servers and listeners: it kills and pauses them
+    text = bench_faults.table(cells)
+    print(text)
+    facts = environment()
+    (RESULTS / "faults.md").write_text(
+        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}, hiredis {facts['hiredis']}. "
+        f"Load average (1 min) before the run: {load:.1f}.\n\n"
+        f"{bench_faults.parameters()}\n\n{text}\n\n"
+        "Definitions: see the docstring of benchmarks/bench_faults.py.\n"
+    )
+
+
+SCENARIOS = [*TABLED, "invalidation", "faults"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
             if name == "invalidation":
                 invalidation(url)
+            elif name == "faults":
+                faults()
             else:
                 before = environment()  # the load average before the scenario ran
                 results = TABLED[name](url)
