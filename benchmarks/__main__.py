@@ -80,7 +80,7 @@ SCENARIOS = [*TABLED, "invalidation", "faults"]
 
 def main(argv: list[str] | None = None) -> int:
     names = sys.argv[1:] if argv is None else argv
-    unknown = [name for name in names if name not in SCENARIOS]
+    unknown = [name for name in names if name not in SCENARIOS and name not in ("-h", "--help")]
     if unknown or any(name in ("-h", "--help") for name in names):
         if unknown:
             print(f"unknown scenario {', '.join(map(repr, unknown))}", file=sys.stderr)
