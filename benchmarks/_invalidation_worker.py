@@ -96,14 +96,26 @@ def imitate_original() -> None:
     remote_put = UseCase.remote_put
 
     async def aremote_put_at_write_time(
-        self: UseCase, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None
+        self: UseCase,
+        urn: str,
+        entity: str,
+        value: Any,
+        ttl: float,
+        read: TrackedRead | None,
+        grace: float = 0.0,
     ) -> bool:
-        return await aremote_put(self, urn, entity, value, ttl, None)
+        return await aremote_put(self, urn, entity, value, ttl, None, grace)
 
     def remote_put_at_write_time(
-        self: UseCase, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None
+        self: UseCase,
+        urn: str,
+        entity: str,
+        value: Any,
+        ttl: float,
+        read: TrackedRead | None,
+        grace: float = 0.0,
     ) -> bool:
-        return remote_put(self, urn, entity, value, ttl, None)
+        return remote_put(self, urn, entity, value, ttl, None, grace)
 
     def never_start(self: InvalidationBus) -> None:
         return None

@@ -96,15 +96,17 @@ class SlowSource:
     def __init__(self, latency_sec: float, rng: random.Random, failure_rate: float = 0.0) -> None:
         self.latency_sec = latency_sec
         self.failure_rate = failure_rate
+        self.rate_failure_rate = 0.0  # the exchange-rate API fails more often than the database
         self.reads: Counter[str] = Counter()
         self._rng = rng
         self._lock = threading.Lock()  # sync reads run in worker threads
         self._plans: dict[int, str] = {}
 
     def _read(self, what: str) -> None:
+        rate = self.rate_failure_rate if what == "rate" else self.failure_rate
         with self._lock:
             self.reads[what] += 1
-            failed = self.failure_rate > 0 and self._rng.random() < self.failure_rate
+            failed = rate > 0 and self._rng.random() < rate
         if failed:
             raise SourceError(f"simulated database timeout reading {what}")
 
@@ -146,8 +148,10 @@ USE_CASE_CONFIGS: dict[str, GCacheKeyConfig] = {
     "GetUser": GCacheKeyConfig(ttl_sec={LOCAL: 30, REMOTE: 300}, ramp={LOCAL: 100, REMOTE: 100}),
     # Bigger values, read from a sync code path: Redis only, so every process sees one copy.
     "GetOrders": GCacheKeyConfig(ttl_sec={REMOTE: 120}, ramp={REMOTE: 100}),
-    # Small reference data that rarely changes: each process keeps its own copy, no Redis at all.
-    "GetExchangeRate": GCacheKeyConfig(ttl_sec={LOCAL: 60}, ramp={LOCAL: 100}),
+    # Reference data from an API that fails now and then: each process keeps its own copy, no
+    # Redis at all, fresh for 2 s; when the API fails, a rate up to 10 minutes old (fail-safe)
+    # beats an error.
+    "GetExchangeRate": GCacheKeyConfig(ttl_sec={LOCAL: 2}, ramp={LOCAL: 100}, fail_safe_sec=600),
 }
 
 USE_CASE_DESCRIPTIONS: dict[str, str] = {
@@ -247,6 +251,17 @@ class Traffic:
         except SourceError:
             self.source_errors += 1  # the cache passes the function's exception on, caches nothing
 
+    async def burst(self, user_id: int, size: int) -> None:
+        """``size`` concurrent calls for one user: a failing read fails them all (they share it)."""
+
+        async def one() -> None:
+            try:
+                await self.user(user_id)
+            except SourceError:
+                self.source_errors += 1
+
+        await asyncio.gather(*(one() for _ in range(size)))
+
     async def batch(self, size: int) -> None:
         """``size`` calls at once, as concurrent requests would make them."""
         await asyncio.gather(*(self.one_call() for _ in range(size)))
@@ -269,6 +284,7 @@ class Row:
     calls: int
     local_hits: int | None  # None: the layer took no part
     remote_hits: int | None
+    shared: int  # calls that took a concurrent call's result (single flight)
     function_calls: int
     local_hit_sec: float | None
     remote_hit_sec: float | None
@@ -314,6 +330,7 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
             lookup[layer] = s.mean(f"{m}get_timer", where) or 0.0
         where = {"use_case": use_case}
         function_calls = int(s.sum(f"{m}fallback_timer_count", where))
+        shared = int(s.sum(f"{m}single_flight_counter_total", {**where, "result": "joined"}))
         function_mean = s.mean(f"{m}fallback_timer", where)
         rows.append(
             Row(
@@ -321,6 +338,7 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
                 calls=calls[use_case],
                 local_hits=hits["local"],
                 remote_hits=hits["remote"],
+                shared=shared,
                 function_calls=function_calls,
                 local_hit_sec=lookup["local"] if hits["local"] else None,
                 remote_hit_sec=lookup["local"] + lookup["remote"] if hits["remote"] else None,
@@ -354,6 +372,7 @@ HEADER = (
     "calls",
     "LOCAL hits",
     "REMOTE hits",
+    "shared",
     "function calls",
     "avoided",
     "local hit",
@@ -370,6 +389,7 @@ def format_table(rows: Sequence[Row]) -> list[str]:
             _count(r.calls),
             _count(r.local_hits),
             _count(r.remote_hits),
+            _count(r.shared),
             _count(r.function_calls),
             _avoided(r.calls, r.function_calls),
             _duration(r.local_hit_sec),
@@ -385,6 +405,7 @@ def format_table(rows: Sequence[Row]) -> list[str]:
         _count(calls),
         _count(sum(r.local_hits or 0 for r in rows)),
         _count(sum(r.remote_hits or 0 for r in rows)),
+        _count(sum(r.shared for r in rows)),
         _count(functions),
         _avoided(calls, functions),
         "",
@@ -670,11 +691,13 @@ async def _serve(
     """Steady mixed traffic for dashboards: hits, misses, invalidations, failures, uncached calls."""
     until = f"{options.duration:g} s have passed" if options.duration else "Ctrl-C (SIGINT) or SIGTERM"
     say(f"Serving {metrics_url} with steady traffic until {until}:")
-    say("  hits and misses (some users are new), an invalidation a second, a failing source read now")
-    say("  and then (caught by the demo), and a few calls outside gcache.enable().")
+    say("  hits and misses (some users are new), an invalidation a second followed by concurrent calls")
+    say("  for that user (single flight), a failing source read now and then (caught by the demo, or")
+    say("  answered with a stale exchange rate by fail-safe), and a few calls outside gcache.enable().")
     say(f"  A second GCache on the same Redis, as another process of the service, caches {PEER_USE_CASE}")
     say("  and hears each invalidation over the invalidation bus.")
     traffic.source.failure_rate = 0.02
+    traffic.source.rate_failure_rate = 0.3
     traffic.new_user_share = 0.05
     traffic.uncached_share = 0.02
     peer = Peer(redis_url, registry, traffic)
@@ -700,6 +723,9 @@ async def _steady_traffic(
                 user_id = traffic.pick_user()
                 plan = "free" if traffic.source.plan_of(user_id) == "pro" else "pro"
                 await traffic.update_plan(user_id, plan)
+                # Concurrent requests for the user just invalidated: one runs the function, the
+                # others share its value (gcache_single_flight_counter{result="joined"}).
+                await traffic.burst(user_id, options.concurrency)
                 last_invalidation = now
             if now - last_report >= 10.0:
                 say(f"  [{now - started:4.0f} s] {_summary(traffic, registry)}")

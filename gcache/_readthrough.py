@@ -1,15 +1,25 @@
 """The read-through decisions for one use case, and the sync and async drivers that run them.
 
 Every decision that needs no I/O (config fallback, which layers take part, whether a remote
-entry is fresh, what to count) is a plain method here, written once. ``acall`` and ``call`` are
-the two drivers: they do the I/O those decisions ask for and are kept line-for-line alike, so a
-diff between them shows any drift.
+entry is fresh, who may share whose result, what to count) is a plain method here, written
+once. ``acall`` and ``call`` are the two drivers: they do the I/O those decisions ask for and are
+kept line-for-line alike, so a diff between them shows any drift.
+
+A miss goes: (tracked) the REMOTE read, whose fence decides who may join a flight; the single
+flight (join a running one or lead a new one); the leader's work (untracked REMOTE read, the
+distributed lock, the function, the write-backs); then each caller takes the outcome, or a stale
+value (fail-safe) when the function failed or outlasted the soft timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import inspect
+import math
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -19,9 +29,11 @@ from gcache import _envelope
 from gcache._codec import Codec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.errors import RemoteError
-from gcache.keys import _ID, _KEY_TYPE, GCacheKey, KeyBuilder, value_key, watermark_key
+from gcache.keys import _ID, _KEY_TYPE, GCacheKey, KeyBuilder, lock_key, value_key, watermark_key
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
+from gcache.remote import new_nonce
+from gcache.single_flight import Flight, FlightTable
 
 if TYPE_CHECKING:
     from gcache._log import ErrorLog
@@ -29,10 +41,11 @@ if TYPE_CHECKING:
     from gcache.local import Epochs
     from gcache.remote import RemoteCache, TrackedRead
 
-__all__ = ["Runtime", "UseCase"]
+__all__ = ["Miss", "Runtime", "UseCase"]
 
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
+_LOCK_POLL = (0.005, 0.05)  # distributed single flight: first and longest pause between polls (s)
 _LOCAL_TIMING_MASK = 15  # gcache_get_timer{layer="local"}: lookups 1, 17, 33, ... of a use case
 _perf = time.perf_counter
 _monotonic = time.monotonic
@@ -53,15 +66,75 @@ class Runtime:
         errors: ErrorLog,
         loop_thread: LoopThread,
         config_reuse_sec: float = 0.0,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.prefix = prefix
         self.config_reuse_sec = config_reuse_sec
+        self.max_value_bytes = max_value_bytes
         self.enabled = enabled
         self.provider = provider
         self.remote = remote
         self.epochs = epochs
         self.errors = errors
         self.loop_thread = loop_thread
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
+        self.background: set[asyncio.Future[Any]] = set()  # refreshes outliving a soft timeout
+
+    def workers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for sync functions that run past a soft timeout (created on first use)."""
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="gcache-refresh")
+            return self._workers
+
+    def close(self) -> None:
+        with self._workers_lock:
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False)
+
+
+class Miss:
+    """One call's miss: what the layers said, and what the leader's work needs."""
+
+    __slots__ = (
+        "config",
+        "entity",
+        "epoch",
+        "local_ttl",
+        "of",
+        "read",
+        "read_at",
+        "remote_ttl",
+        "stale",
+        "stale_layer",
+        "token",
+        "urn",
+    )
+
+    def __init__(
+        self,
+        urn: str,
+        entity: str,
+        config: GCacheKeyConfig,
+        local_ttl: float,
+        remote_ttl: float,
+        epoch: int,
+        of: int,
+    ) -> None:
+        self.urn = urn
+        self.entity = entity
+        self.config = config
+        self.local_ttl = local_ttl
+        self.remote_ttl = remote_ttl  # set to 0 when Redis fails during this call
+        self.epoch = epoch  # LOCAL epoch at the start (-1: LOCAL may not be filled)
+        self.of = of  # the entity's LOCAL invalidation epoch at the start
+        self.read: TrackedRead | None = None  # the latest tracked read
+        self.read_at = math.inf  # when the latest REMOTE read was sent (monotonic)
+        self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
+        self.stale_layer = ""
+        self.token: bytes | None = None  # the distributed lock, while this call holds it
 
 
 class UseCase:
@@ -94,6 +167,7 @@ class UseCase:
         self._tick = 0
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
+        self.flights = FlightTable()
 
     # -- decisions (no I/O) ----------------------------------------------------------------------
 
@@ -171,15 +245,20 @@ class UseCase:
             self.m.miss("local", reason).inc()
         return value
 
-    def local_put(self, urn: str, entity: str, value: Any, ttl: float, epoch: int) -> None:
-        refused = self.local.put(urn, entity, value, ttl, epoch)
+    def local_put(
+        self, urn: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
+    ) -> None:
+        refused = self.local.put(urn, entity, value, ttl, epoch, grace)
         if refused is None:
             self.m.local_stored.inc()
         else:
             self.m.write("local", refused).inc()
 
     def fresh(self, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
-        """The envelope of a remote entry that may be served, or None (the miss is counted)."""
+        """The envelope of a remote entry that is not invalidated, or None (the miss is counted).
+
+        Whether it is past its TTL (in a fail-safe grace period) is :meth:`expired`'s question.
+        """
         if raw is None:
             self.m.miss("remote", "not_found").inc()
             return None
@@ -200,9 +279,92 @@ class UseCase:
                 return None
         return env
 
-    def envelope(self, payload: bytes, flags: int) -> bytes:
+    def expired(self, m: Miss, pttl_ms: int) -> bool:
+        """Whether a fail-safe entry is past its TTL: it lives ``fail_safe_sec`` longer in Redis."""
+        grace_ms = m.config.fail_safe_sec * 1000
+        if grace_ms and 0 <= pttl_ms <= grace_ms:
+            self.m.miss("remote", "expired").inc()
+            return True
+        return False
+
+    def keep_stale(self, m: Miss, value: Any, layer: str) -> None:
+        if m.stale is MISS:
+            m.stale, m.stale_layer = value, layer
+
+    def envelope(self, payload: bytes, flags: int) -> bytes | None:
+        """The framed payload, or None when it is larger than ``max_value_bytes`` (counted)."""
+        limit = self.rt.max_value_bytes
+        if limit is not None and len(payload) > limit:
+            self.m.write("remote", "too_large").inc()
+            return None
         self.m.size.observe(len(payload))
         return _envelope.encode(payload, self.codec.serializer_id, flags, time.time_ns() // 1000)
+
+    # -- misses: single flight, fail-safe, TTLs -------------------------------------------------
+
+    def miss(
+        self, urn: str, entity: str, config: GCacheKeyConfig, local_ttl: float, remote_ttl: float
+    ) -> Miss:
+        epochs = self.rt.epochs
+        m = Miss(urn, entity, config, local_ttl, remote_ttl, epochs.start(entity), epochs.of(entity))
+        if config.fail_safe_sec and local_ttl:
+            self.keep_stale(m, self.local.get_stale(urn, entity), "local")
+        return m
+
+    def flight_for(self, m: Miss, owner: object) -> tuple[Flight, bool]:
+        """The flight this miss takes part in, and whether it leads it."""
+        flights = self.flights
+        seen = flights.get(m.urn)
+        if seen is not None and self.joinable(seen, m, owner):
+            return seen, False
+        mine = Flight(owner, m.read, m.of)
+        winner = flights.claim(m.urn, mine, seen)
+        if winner is mine or not self.joinable(winner, m, owner):
+            return mine, True  # leads; a winner it cannot join keeps its place, this call runs alone
+        return winner, False
+
+    def joinable(self, flight: Flight, m: Miss, owner: object) -> bool:
+        """May this miss take ``flight``'s outcome without breaking the invalidation guarantee?
+
+        Untracked use cases have nothing to break. A tracked miss needs its own read to have
+        seen the leader's fence with a watermark below the leader's read time (no invalidation
+        since the leader read); without reads on both sides, a trusted LOCAL epoch that has not
+        moved since the leader started. A finished flight serves only callers whose read was
+        sent before it finished (their miss raced its write).
+        """
+        if flight.owner == owner or flight.abandoned:
+            return False  # a recursive call from the leader's own function must not wait for itself
+        if flight.done_at and not m.read_at < flight.done_at:
+            return False
+        if not self.tracked:
+            return True
+        if m.of != flight.of:
+            return False
+        if m.read is not None and flight.read is not None:
+            return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
+        return m.epoch >= 0 and self.rt.epochs.trusted
+
+    def patience(self, m: Miss) -> float | None:
+        """How long this call waits for the function: the soft timeout when a stale value is at hand."""
+        soft = m.config.soft_timeout_sec
+        return soft if soft and m.stale is not MISS else None
+
+    def outcome(self, m: Miss, flight: Flight) -> Any:
+        if flight.error is None:
+            return flight.value
+        if m.stale is not MISS:
+            return self.served_stale(m, "function_error")
+        raise flight.error
+
+    def served_stale(self, m: Miss, reason: str) -> Any:
+        self.m.stale_served(m.stale_layer, reason).inc()
+        return m.stale
+
+    def write_ttls(self, m: Miss) -> tuple[float, float, float]:
+        """LOCAL TTL, REMOTE TTL and grace for a write: shortened at random by ``ttl_jitter``."""
+        jitter = m.config.ttl_jitter
+        scale = 1.0 - jitter * _random() if jitter else 1.0
+        return m.local_ttl * scale, m.remote_ttl * scale, m.config.fail_safe_sec
 
     def wrote(self, result: int) -> bool:
         self.m.write("remote", _WRITE_RESULTS.get(result, "unknown")).inc()
@@ -267,29 +429,127 @@ class UseCase:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
-        epoch = self.rt.epochs.start(entity)
-        read = None
-        if remote_ttl:
+        m = self.miss(urn, entity, config, local_ttl, remote_ttl)
+        if remote_ttl and self.tracked:  # read first: the fence it returns decides who may join whom
+            value = await self.aremote_read(m)
+            if value is not MISS:
+                return value
+        owner = asyncio.current_task()
+        while True:
+            flight, leading = self.flight_for(m, owner)
+            if leading:
+                break
+            self.m.joined.inc()
+            if not await flight.await_done(self.patience(m)):
+                return self.served_stale(m, "soft_timeout")
+            if not flight.abandoned:
+                return self.outcome(m, flight)
+        patience = self.patience(m)
+        if patience is None:
+            await self.awork(m, flight, func, args, kwargs)
+        else:  # the function may outlast the soft timeout: it goes on in the background
+            task = asyncio.ensure_future(self.awork(m, flight, func, args, kwargs))
+            self.rt.background.add(task)
+            task.add_done_callback(self.rt.background.discard)
+            if not await flight.await_done(patience):
+                return self.served_stale(m, "soft_timeout")
+        return self.outcome(m, flight)
+
+    async def awork(
+        self,
+        m: Miss,
+        flight: Flight,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The leader's part of a miss; its value or exception ends ``flight``."""
+        try:
+            value = MISS
+            if m.remote_ttl and not self.tracked:
+                value = await self.aremote_read(m)
+            if value is MISS and m.remote_ttl and m.config.lock_sec:
+                value = await self.alock(m)
+            if value is MISS:
+                try:
+                    value = await self.afunction(
+                        self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs
+                    )
+                    await self.awrite_back(m, value)
+                finally:
+                    if m.token is not None:
+                        await self.aunlock(m)
+        except BaseException as exc:
+            flight.fail(exc)
+            self.flights.sweep()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the flight is abandoned, its waiters start over
+            return
+        flight.succeed(value)
+        self.flights.sweep()
+
+    async def aremote_read(self, m: Miss) -> Any:
+        """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
+        try:
+            m.read_at = _monotonic()
+            value = await self.aremote_get(m)
+        except Exception as exc:
+            self.remote_error(exc, "remote read failed")
+            m.remote_ttl = 0
+            return MISS
+        if value is not MISS and m.local_ttl:
+            self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+        return value
+
+    async def awrite_back(self, m: Miss, value: Any) -> None:
+        local_ttl, remote_ttl, grace = self.write_ttls(m)
+        if m.remote_ttl:
             try:
-                value, read = await self.aremote_get(urn, entity)
-            except Exception as exc:
-                self.remote_error(exc, "remote read failed")
-                remote_ttl = 0
-            else:
-                if value is not MISS:
-                    if local_ttl:
-                        self.local_put(urn, entity, value, local_ttl, epoch)
-                    return value
-        value = await self.afunction(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
-        if remote_ttl:
-            try:
-                if not await self.aremote_put(urn, entity, value, remote_ttl, read):
-                    local_ttl = 0  # Redis says the value is already stale: LOCAL must not keep it
+                if not await self.aremote_put(m.urn, m.entity, value, remote_ttl, m.read, grace):
+                    local_ttl = 0  # stale or too large: LOCAL must not keep it either
             except Exception as exc:
                 self.remote_error(exc, "remote write failed")
         if local_ttl:
-            self.local_put(urn, entity, value, local_ttl, epoch)
-        return value
+            self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace)
+
+    async def alock(self, m: Miss) -> Any:
+        """Distributed single flight: MISS when this process is to run the function (holding the
+        lock when it got it), else the value another process wrote meanwhile."""
+        remote = self.remote
+        assert remote is not None
+        key, token = lock_key(m.urn), new_nonce()
+        deadline = _monotonic() + m.config.lock_sec
+        pause = _LOCK_POLL[0]
+        try:
+            while True:
+                if await remote.atry_lock(key, token, int(m.config.lock_sec * 1000)):
+                    m.token = token
+                    self.m.single_flight("lock_acquired").inc()
+                    return MISS
+                if _monotonic() + pause > deadline:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LOCK_POLL[1])
+                value = await self.aremote_read(m)
+                if value is not MISS:
+                    self.m.single_flight("lock_waited").inc()
+                    return value
+                if not m.remote_ttl:
+                    return MISS
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock failed")
+            return MISS
+        self.m.single_flight("lock_timeout").inc()
+        return MISS
+
+    async def aunlock(self, m: Miss) -> None:
+        assert self.remote is not None
+        assert m.token is not None
+        try:
+            await self.remote.aunlock(lock_key(m.urn), m.token)
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock release failed")  # it expires by itself
+        m.token = None
 
     async def aconfig(self, id: str, pairs: tuple[tuple[str, str], ...]) -> GCacheKeyConfig | None:
         provider = self.rt.provider
@@ -308,41 +568,54 @@ class UseCase:
         self._keep(provided)
         return self._resolved(provided)
 
-    async def aremote_get(self, urn: str, entity: str) -> tuple[Any, TrackedRead | None]:
+    async def aremote_get(self, m: Miss) -> Any:
+        """The fresh REMOTE value or MISS; keeps an expired one for fail-safe (``m.stale``)."""
         remote = self.remote
         assert remote is not None
         self.m.request_remote.inc()
         start = _perf()
+        pttl = -1
         if self.tracked:
-            read: TrackedRead | None = await remote.aread_tracked(urn, watermark_key(entity))
-            raw = read.raw  # type: ignore[union-attr]
+            read: TrackedRead | None = await remote.aread_tracked(m.urn, watermark_key(m.entity))
+            m.read = read
+            raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
+        elif m.config.fail_safe_sec:
+            read, (raw, pttl) = None, await remote.aget_with_ttl(m.urn)
         else:
-            read, raw = None, await remote.aget(urn)
+            read, raw = None, await remote.aget(m.urn)
         self.m.get_remote.observe(_perf() - start)
         env = self.fresh(raw, read)
         if env is None:
-            return MISS, read
+            return MISS
+        expired = self.expired(m, pttl)
+        if expired and m.stale is not MISS:
+            return MISS  # a stale LOCAL value is at hand already: no need to load this one
         start = _perf()
         try:
             value = await self.codec.aload(env) if self.codec.is_async else self.codec.load(env)
         except Exception as exc:
             self.m.miss("remote", "undecodable").inc()
             self.remote_error(exc, "stored value could not be loaded")
-            return MISS, read
+            return MISS
         self.m.load.observe(_perf() - start)
-        return value, read
+        if expired:
+            self.keep_stale(m, value, "remote")
+            return MISS
+        return value
 
     async def aremote_put(
-        self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None
+        self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
     ) -> bool:
-        """Write to Redis; False when the write was refused because the value is stale."""
+        """Write to Redis for ``ttl`` (+ ``grace``); False when refused as stale or too large."""
         remote = self.remote
         assert remote is not None
         start = _perf()
         payload, flags = await self.codec.adump(value) if self.codec.is_async else self.codec.dump(value)
         self.m.dump.observe(_perf() - start)
         envelope = self.envelope(payload, flags)
-        ttl_ms = max(1, int(ttl * 1000))
+        if envelope is None:
+            return False
+        ttl_ms = max(1, int((ttl + grace) * 1000))
         if self.tracked:
             t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
             return self.wrote(
@@ -397,29 +670,123 @@ class UseCase:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
-        epoch = self.rt.epochs.start(entity)
-        read = None
-        if remote_ttl:
+        m = self.miss(urn, entity, config, local_ttl, remote_ttl)
+        if remote_ttl and self.tracked:  # read first: the fence it returns decides who may join whom
+            value = self.remote_read(m)
+            if value is not MISS:
+                return value
+        owner = threading.get_ident()
+        while True:
+            flight, leading = self.flight_for(m, owner)
+            if leading:
+                break
+            self.m.joined.inc()
+            if not flight.wait(self.patience(m)):
+                return self.served_stale(m, "soft_timeout")
+            if not flight.abandoned:
+                return self.outcome(m, flight)
+        patience = self.patience(m)
+        if patience is None:
+            self.work(m, flight, func, args, kwargs)
+        else:  # the function may outlast the soft timeout: it goes on on a worker thread
+            context = contextvars.copy_context()
+            self.rt.workers().submit(context.run, self.work, m, flight, func, args, kwargs)
+            if not flight.wait(patience):
+                return self.served_stale(m, "soft_timeout")
+        return self.outcome(m, flight)
+
+    def work(
+        self,
+        m: Miss,
+        flight: Flight,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The leader's part of a miss; its value or exception ends ``flight``."""
+        try:
+            value = MISS
+            if m.remote_ttl and not self.tracked:
+                value = self.remote_read(m)
+            if value is MISS and m.remote_ttl and m.config.lock_sec:
+                value = self.lock(m)
+            if value is MISS:
+                try:
+                    value = self.function(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
+                    self.write_back(m, value)
+                finally:
+                    if m.token is not None:
+                        self.unlock(m)
+        except BaseException as exc:
+            flight.fail(exc)
+            self.flights.sweep()
+            if not isinstance(exc, Exception):
+                raise  # interrupted: the flight is abandoned, its waiters start over
+            return
+        flight.succeed(value)
+        self.flights.sweep()
+
+    def remote_read(self, m: Miss) -> Any:
+        """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
+        try:
+            m.read_at = _monotonic()
+            value = self.remote_get(m)
+        except Exception as exc:
+            self.remote_error(exc, "remote read failed")
+            m.remote_ttl = 0
+            return MISS
+        if value is not MISS and m.local_ttl:
+            self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+        return value
+
+    def write_back(self, m: Miss, value: Any) -> None:
+        local_ttl, remote_ttl, grace = self.write_ttls(m)
+        if m.remote_ttl:
             try:
-                value, read = self.remote_get(urn, entity)
-            except Exception as exc:
-                self.remote_error(exc, "remote read failed")
-                remote_ttl = 0
-            else:
-                if value is not MISS:
-                    if local_ttl:
-                        self.local_put(urn, entity, value, local_ttl, epoch)
-                    return value
-        value = self.function(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
-        if remote_ttl:
-            try:
-                if not self.remote_put(urn, entity, value, remote_ttl, read):
-                    local_ttl = 0  # Redis says the value is already stale: LOCAL must not keep it
+                if not self.remote_put(m.urn, m.entity, value, remote_ttl, m.read, grace):
+                    local_ttl = 0  # stale or too large: LOCAL must not keep it either
             except Exception as exc:
                 self.remote_error(exc, "remote write failed")
         if local_ttl:
-            self.local_put(urn, entity, value, local_ttl, epoch)
-        return value
+            self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace)
+
+    def lock(self, m: Miss) -> Any:
+        """Sync twin of :meth:`alock`."""
+        remote = self.remote
+        assert remote is not None
+        key, token = lock_key(m.urn), new_nonce()
+        deadline = _monotonic() + m.config.lock_sec
+        pause = _LOCK_POLL[0]
+        try:
+            while True:
+                if remote.try_lock(key, token, int(m.config.lock_sec * 1000)):
+                    m.token = token
+                    self.m.single_flight("lock_acquired").inc()
+                    return MISS
+                if _monotonic() + pause > deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, _LOCK_POLL[1])
+                value = self.remote_read(m)
+                if value is not MISS:
+                    self.m.single_flight("lock_waited").inc()
+                    return value
+                if not m.remote_ttl:
+                    return MISS
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock failed")
+            return MISS
+        self.m.single_flight("lock_timeout").inc()
+        return MISS
+
+    def unlock(self, m: Miss) -> None:
+        assert self.remote is not None
+        assert m.token is not None
+        try:
+            self.remote.unlock(lock_key(m.urn), m.token)
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock release failed")  # it expires by itself
+        m.token = None
 
     def config(self, id: str, pairs: tuple[tuple[str, str], ...]) -> GCacheKeyConfig | None:
         provider = self.rt.provider
@@ -439,20 +806,28 @@ class UseCase:
         self._keep(provided)
         return self._resolved(provided)
 
-    def remote_get(self, urn: str, entity: str) -> tuple[Any, TrackedRead | None]:
+    def remote_get(self, m: Miss) -> Any:
+        """Sync twin of :meth:`aremote_get`."""
         remote = self.remote
         assert remote is not None
         self.m.request_remote.inc()
         start = _perf()
+        pttl = -1
         if self.tracked:
-            read: TrackedRead | None = remote.read_tracked(urn, watermark_key(entity))
-            raw = read.raw  # type: ignore[union-attr]
+            read: TrackedRead | None = remote.read_tracked(m.urn, watermark_key(m.entity))
+            m.read = read
+            raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
+        elif m.config.fail_safe_sec:
+            read, (raw, pttl) = None, remote.get_with_ttl(m.urn)
         else:
-            read, raw = None, remote.get(urn)
+            read, raw = None, remote.get(m.urn)
         self.m.get_remote.observe(_perf() - start)
         env = self.fresh(raw, read)
         if env is None:
-            return MISS, read
+            return MISS
+        expired = self.expired(m, pttl)
+        if expired and m.stale is not MISS:
+            return MISS  # a stale LOCAL value is at hand already: no need to load this one
         start = _perf()
         try:
             value = (
@@ -463,11 +838,16 @@ class UseCase:
         except Exception as exc:
             self.m.miss("remote", "undecodable").inc()
             self.remote_error(exc, "stored value could not be loaded")
-            return MISS, read
+            return MISS
         self.m.load.observe(_perf() - start)
-        return value, read
+        if expired:
+            self.keep_stale(m, value, "remote")
+            return MISS
+        return value
 
-    def remote_put(self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None) -> bool:
+    def remote_put(
+        self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
+    ) -> bool:
         remote = self.remote
         assert remote is not None
         start = _perf()
@@ -478,7 +858,9 @@ class UseCase:
         )
         self.m.dump.observe(_perf() - start)
         envelope = self.envelope(payload, flags)
-        ttl_ms = max(1, int(ttl * 1000))
+        if envelope is None:
+            return False
+        ttl_ms = max(1, int((ttl + grace) * 1000))
         if self.tracked:
             t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
             return self.wrote(remote.write_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope))

@@ -7,14 +7,23 @@ integers (Redis would otherwise render large Lua numbers in exponent form).
 
 from __future__ import annotations
 
-__all__ = ["ANNOUNCE_FLUSH", "DELETE", "INVALIDATE", "READ_TRACKED", "WRITE_TRACKED"]
+__all__ = [
+    "ANNOUNCE_FLUSH",
+    "DELETE",
+    "INVALIDATE",
+    "READ_TRACKED",
+    "READ_WITH_TTL",
+    "UNLOCK",
+    "WRITE_TRACKED",
+]
 
 # KEYS[1] value key, KEYS[2] fence (watermark) key
 # ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute
 #         limit, which the write after a miss extends
 # A missing fence is created here, so every read carries a nonce: if the fence is lost while the
 # function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
-# Returns {value or nil, fence nonce, watermark (us), server now (us)}.
+# Returns {value or nil, fence nonce, watermark (us), server now (us), the value's PTTL (ms) or nil}.
+# The PTTL tells a fail-safe use case whether the value is past its TTL, in its grace period.
 READ_TRACKED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -25,7 +34,23 @@ if not f[1] then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   f = {ARGV[1], '0'}
 end
-return {v, f[1], f[2], string.format('%.0f', now)}
+local pttl = nil
+if v then pttl = redis.call('PTTL', KEYS[1]) end
+return {v, f[1], f[2], string.format('%.0f', now), pttl}
+"""
+
+# KEYS[1] value key. An untracked read of a fail-safe use case: {value or nil, its PTTL (ms)}.
+READ_WITH_TTL = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS[1] lock key, ARGV[1] the holder's token. Releases the lock only if this holder still has
+# it (it may have expired and been taken by another process). Returns 1 released, 0 not held.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 # KEYS[1] value key, KEYS[2] fence key

@@ -145,6 +145,7 @@ class GCache:
             errors=errors,
             loop_thread=self._loop_thread,
             config_reuse_sec=config.config_reuse_sec,
+            max_value_bytes=config.max_value_bytes,
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}
@@ -365,15 +366,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._local.epochs.start(entity)
-        if remote_ttl:
-            try:
-                if not await uc.aremote_put(urn, entity, value, remote_ttl, None):
-                    local_ttl = 0
-            except Exception as exc:
-                uc.remote_error(exc, "remote write failed")
-        if local_ttl:
-            uc.local_put(urn, entity, value, local_ttl, epoch)
+        await uc.awrite_back(uc.miss(urn, entity, config, local_ttl, remote_ttl), value)
 
     def put(self, key: GCacheKey, value: Any) -> None:
         """Sync twin of :meth:`aput`."""
@@ -382,15 +375,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        epoch = self._local.epochs.start(entity)
-        if remote_ttl:
-            try:
-                if not uc.remote_put(urn, entity, value, remote_ttl, None):
-                    local_ttl = 0
-            except Exception as exc:
-                uc.remote_error(exc, "remote write failed")
-        if local_ttl:
-            uc.local_put(urn, entity, value, local_ttl, epoch)
+        uc.write_back(uc.miss(urn, entity, config, local_ttl, remote_ttl), value)
 
     async def adelete(self, key: GCacheKey) -> bool:
         """Remove one entry from both layers; True if either held it.
@@ -399,6 +384,7 @@ class GCache:
             RemoteError: Redis failed (the LOCAL entry is gone all the same).
         """
         uc, _entity, urn, _pairs = self._where(key)
+        uc.flights.forget(urn)
         deleted = self._local.delete(urn)
         if uc.remote is not None:
             deleted = await self._remote_op(uc.remote.adelete(urn), key.key_type) or deleted
@@ -408,6 +394,7 @@ class GCache:
     def delete(self, key: GCacheKey) -> bool:
         """Sync twin of :meth:`adelete`."""
         uc, _entity, urn, _pairs = self._where(key)
+        uc.flights.forget(urn)
         deleted = self._local.delete(urn)
         if uc.remote is not None:
             remote = uc.remote
@@ -493,6 +480,8 @@ class GCache:
 
     def _flush_local(self) -> None:
         self._local.clear("flushed")
+        for uc in list(self._use_cases):
+            uc.flights.clear()
 
     # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
 
@@ -570,6 +559,7 @@ class GCache:
         if self._remote is not None:
             self._remote.close()
         self._detach_remote()
+        self._runtime.close()
         self._loop_thread.stop()
 
     async def aclose(self) -> None:
@@ -580,6 +570,7 @@ class GCache:
         if self._remote is not None:
             await self._remote.aclose()
         self._detach_remote()
+        self._runtime.close()
         self._loop_thread.stop()
 
     def _detach_remote(self) -> None:

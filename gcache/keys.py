@@ -32,6 +32,7 @@ __all__ = [
     "entity_key",
     "entity_of",
     "key_type_of",
+    "lock_key",
     "owned_by",
     "value_key",
     "watermark_key",
@@ -70,6 +71,16 @@ def owned_by(key: str, prefix: str) -> bool:
     head = "{" + prefix + ":"
     end = key.find("}")
     return key.startswith(head) and end > 0 and key.count(":", len(head), end) == 1
+
+
+def lock_key(value_key: str) -> str:
+    """The distributed single-flight lock of a value key: ``{entity}!lock`` then the rest.
+
+    A value key goes on from its entity with ``?`` or ``#``, so no value key, nor the fence,
+    can render to it; it shares the entity's slot and prefix (``flushall`` removes it).
+    """
+    end = value_key.index("}") + 1
+    return value_key[:end] + "!lock" + value_key[end:]
 
 
 def watermark_key(entity: str) -> str:

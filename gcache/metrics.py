@@ -115,6 +115,20 @@ class Metrics:
         self.size = Histogram(
             f"{p}size_histogram", "Bytes per value written to a layer.", [*_UC, "layer"], buckets=_SIZE, **kw
         )
+        self.single_flight = Counter(
+            f"{p}single_flight_counter",
+            "Stampede protection: joined (took the value another caller in this process was "
+            "computing), lock_acquired, lock_waited (another process's value arrived), lock_timeout.",
+            [*_UC, "result"],
+            **kw,
+        )
+        self.stale_served = Counter(
+            f"{p}stale_served_counter",
+            "Fail-safe: entries past their TTL served because the function raised (function_error) "
+            "or outlasted its soft timeout (soft_timeout).",
+            [*_UC, "layer", "reason"],
+            **kw,
+        )
         self.local_entries = Gauge(
             f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), multiprocess_mode="livesum", **kw
         )
@@ -198,3 +212,6 @@ class UseCaseMetrics:
         self.fallback = _Children(lambda layer: metrics.fallback_timer.labels(*uc, layer))
         self.local_stored = metrics.write.labels(*uc, "local", "stored")
         self.write = _Children(lambda layer, result: metrics.write.labels(*uc, layer, result))
+        self.joined = metrics.single_flight.labels(*uc, "joined")
+        self.single_flight = _Children(lambda result: metrics.single_flight.labels(*uc, result))
+        self.stale_served = _Children(lambda layer, reason: metrics.stale_served.labels(*uc, layer, reason))

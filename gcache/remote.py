@@ -76,12 +76,22 @@ class TrackedRead(NamedTuple):
     nonce: bytes | None  # None: the entity has no fence
     watermark_us: int
     now_us: int  # t0: server time of this read
+    pttl_ms: int = -1  # the value's remaining life; -1: no TTL or no value
 
 
 class _Connection:
     """A client with this module's scripts registered on it."""
 
-    __slots__ = ("announce_flush", "client", "delete", "invalidate", "read_tracked", "write_tracked")
+    __slots__ = (
+        "announce_flush",
+        "client",
+        "delete",
+        "invalidate",
+        "read_tracked",
+        "read_with_ttl",
+        "unlock",
+        "write_tracked",
+    )
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -90,11 +100,19 @@ class _Connection:
         self.invalidate = client.register_script(_scripts.INVALIDATE)
         self.delete = client.register_script(_scripts.DELETE)
         self.announce_flush = client.register_script(_scripts.ANNOUNCE_FLUSH)
+        self.read_with_ttl = client.register_script(_scripts.READ_WITH_TTL)
+        self.unlock = client.register_script(_scripts.UNLOCK)
 
 
 def _parse_tracked(reply: list[Any]) -> TrackedRead:
-    raw, nonce, watermark, now = reply
-    return TrackedRead(raw, nonce, int(watermark) if watermark is not None else 0, int(now))
+    raw, nonce, watermark, now = reply[:4]
+    pttl = reply[4] if len(reply) > 4 and reply[4] is not None else -1
+    return TrackedRead(raw, nonce, int(watermark) if watermark is not None else 0, int(now), int(pttl))
+
+
+def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
+    raw, pttl = reply
+    return raw, int(pttl) if raw is not None else -1
 
 
 def new_nonce() -> bytes:
@@ -224,6 +242,18 @@ class RemoteCache:
     def _get(key: str) -> Callable[[_Connection], Any]:
         return lambda c: c.client.get(key)
 
+    @staticmethod
+    def _get_with_ttl(key: str) -> Callable[[_Connection], Any]:
+        return lambda c: c.read_with_ttl(keys=[key])
+
+    @staticmethod
+    def _try_lock(key: str, token: bytes, ttl_ms: int) -> Callable[[_Connection], Any]:
+        return lambda c: c.client.set(key, token, nx=True, px=ttl_ms)
+
+    @staticmethod
+    def _unlock(key: str, token: bytes) -> Callable[[_Connection], Any]:
+        return lambda c: c.unlock(keys=[key], args=[token])
+
     def _read_tracked(self, key: str, fence: str) -> Callable[[_Connection], Any]:
         args = [new_nonce(), self._compute_limit_ms]
         return lambda c: c.read_tracked(keys=[key, fence], args=args)
@@ -267,6 +297,27 @@ class RemoteCache:
     def get(self, key: str) -> bytes | None:
         result: bytes | None = self._run("get", READ, self._get(key))
         return result
+
+    async def aget_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        """The value and its remaining life in ms (-1: none), for a fail-safe use case."""
+        return _parse_with_ttl(await self._arun("get", READ, self._get_with_ttl(key)))
+
+    def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        return _parse_with_ttl(self._run("get", READ, self._get_with_ttl(key)))
+
+    async def atry_lock(self, key: str, token: bytes, ttl_ms: int) -> bool:
+        """Take the lock ``key`` for ``ttl_ms`` unless another holder has it."""
+        return bool(await self._arun("lock", WRITE, self._try_lock(key, token, ttl_ms)))
+
+    def try_lock(self, key: str, token: bytes, ttl_ms: int) -> bool:
+        return bool(self._run("lock", WRITE, self._try_lock(key, token, ttl_ms)))
+
+    async def aunlock(self, key: str, token: bytes) -> bool:
+        """Release the lock if ``token`` still holds it."""
+        return bool(await self._arun("unlock", WRITE, self._unlock(key, token)))
+
+    def unlock(self, key: str, token: bytes) -> bool:
+        return bool(self._run("unlock", WRITE, self._unlock(key, token)))
 
     async def aread_tracked(self, key: str, fence: str) -> TrackedRead:
         return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence)))

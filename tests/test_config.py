@@ -415,8 +415,8 @@ def test_key_config_resilience_options_default_off_and_round_trip_through_json()
     assert (plain.ttl_jitter, plain.fail_safe_sec, plain.soft_timeout_sec, plain.lock_sec) == (0, 0, 0, 0)
     assert set(plain.to_dict()) == {"ttl_sec", "ramp"}  # configs written for the original stay as they were
     full = GCacheKeyConfig(
-        ttl_sec={"local": 5},
-        ramp={"local": 100},
+        ttl_sec={CacheLayer.LOCAL: 5},
+        ramp={CacheLayer.LOCAL: 100},
         ttl_jitter=0.2,
         fail_safe_sec=600,
         soft_timeout_sec=0.5,
@@ -426,7 +426,7 @@ def test_key_config_resilience_options_default_off_and_round_trip_through_json()
     assert again == full
     assert json.loads(full.dumps())["fail_safe_sec"] == 600
     configs = GCacheKeyConfig.load_configs('{"GetUser": {"ttl_sec": {"remote": 60}, "lock_sec": 2}}')
-    assert configs["GetUser"] == GCacheKeyConfig(ttl_sec={"remote": 60}, lock_sec=2)
+    assert configs["GetUser"] == GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, lock_sec=2)
 
 
 @pytest.mark.parametrize(
@@ -442,7 +442,7 @@ def test_key_config_resilience_options_default_off_and_round_trip_through_json()
 )
 def test_key_config_rejects_bad_resilience_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        GCacheKeyConfig(ttl_sec={"local": 5}, **options)
+        GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 5}, **options)
 
 
 @pytest.mark.parametrize("option", ["cache_config_provider", "redis_client_factory"])

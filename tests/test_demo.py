@@ -27,7 +27,7 @@ from gcache._embedded_redis import free_port
 pytestmark = pytest.mark.redis
 
 USE_CASES = ("GetUser", "GetOrders", "GetExchangeRate")
-HEADER = re.compile(r"use case\s+calls\s+LOCAL hits\s+REMOTE hits\s+function calls\s+avoided")
+HEADER = re.compile(r"use case\s+calls\s+LOCAL hits\s+REMOTE hits\s+shared\s+function calls\s+avoided")
 METRICS_URL = re.compile(r"Metrics\s+(http://127\.0\.0\.1:(\d+)/metrics)")
 EMBEDDED_REDIS = re.compile(r"started a private redis-server, redis://127\.0\.0\.1:(\d+)/0")
 
@@ -184,12 +184,14 @@ def test_demo_prints_a_table_that_adds_up_and_shows_the_invalidated_value() -> N
     rows = table_rows(out)
     assert set(rows) == {*USE_CASES, "total"}, out
     for name in USE_CASES:
-        calls, local, remote, function = (cell(c) for c in rows[name][1:5])
+        calls, local, remote, shared, function = (cell(c) for c in rows[name][1:6])
         assert calls is not None
         assert function is not None
-        assert calls == (local or 0) + (remote or 0) + function, rows[name]
+        assert shared is not None
+        # every call was a hit, ran the function, or shared a concurrent call's run (single flight)
+        assert calls == (local or 0) + (remote or 0) + shared + function, rows[name]
         assert function < calls, rows[name]  # the cache avoided some function calls
-        assert rows[name][5].endswith("%")
+        assert rows[name][6].endswith("%")
     user = [cell(c) for c in rows["GetUser"][1:5]]
     assert user[1], rows["GetUser"]  # LOCAL hits
     assert user[2], rows["GetUser"]  # REMOTE hits: users that LOCAL's 8 entries could not hold
@@ -197,7 +199,7 @@ def test_demo_prints_a_table_that_adds_up_and_shows_the_invalidated_value() -> N
     assert cell(rows["GetExchangeRate"][3]) is None  # LOCAL only
     assert cell(rows["total"][1]) == 300 + 3  # the traffic, plus the invalidation step's reads
     for name in USE_CASES:
-        latencies = [seconds(c) for c in rows[name][6:9]]
+        latencies = [seconds(c) for c in rows[name][7:10]]
         assert latencies[2] is not None
         assert latencies[2] >= 0.020, rows[name]  # a miss includes the source's 20 ms read
         assert all(t is None or 0 < t <= latencies[2] for t in latencies), rows[name]

@@ -391,6 +391,7 @@ class Served:
     local_hits: int
     remote_hits: int
     refused_writes: int  # values the library computed but refused to store: races it caught
+    joined: int = 0  # reads that took a concurrent read's computation (single flight)
 
     @property
     def hit_ratio(self) -> float:
@@ -407,7 +408,8 @@ def served(registry: CollectorRegistry, use_case: str, reads: int) -> Served:
         for layer in ("local", "remote")
     )
     local, remote = hits("local"), hits("remote")
-    return Served(reads, local + remote, local, remote, int(refused))
+    joined = int(sample(registry, "gcache_single_flight_counter_total", use_case=use_case, result="joined"))
+    return Served(reads, local + remote, local, remote, int(refused), joined)
 
 
 def report(label: str, outcome: Outcome, result: Served | None = None) -> None:
@@ -419,7 +421,7 @@ def report(label: str, outcome: Outcome, result: Served | None = None) -> None:
     if result is not None:
         line += (
             f", hit ratio {result.hit_ratio:.2f} (local {result.local_hits}, remote "
-            f"{result.remote_hits}), {result.refused_writes} stale writes refused"
+            f"{result.remote_hits}), {result.refused_writes} stale writes refused, {result.joined} joined"
         )
     print(line)
 
@@ -446,7 +448,8 @@ async def check_exact(
     assert outcome.reads_after_an_invalidation() >= 1000
     # The cache really served: a harness where every read misses would prove nothing.
     assert sample(registry, ERRORS, use_case=use_case) == 0
-    assert result.hits + source.computations == len(outcome.reads)  # every read was a hit or computed
+    # every read was a hit, computed, or took a concurrent computation (single flight)
+    assert result.hits + source.computations + result.joined == len(outcome.reads)
     assert result.hit_ratio > 0.3
     assert result.refused_writes > 0  # computations really raced invalidations
     if setup == "same_instance":

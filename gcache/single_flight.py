@@ -1,0 +1,173 @@
+"""Single flight: concurrent misses of one key in one process share one run of the function.
+
+A :class:`Flight` is the run a leader started; other callers of the same key wait for it and take
+its value or its exception. Whether a caller *may* take it (it must not be older than an
+invalidation the caller has to respect) is the read-through's decision; this module only keeps
+the outcome and wakes the waiters, threads and event-loop tasks alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gcache.remote import TrackedRead
+
+__all__ = ["Flight", "FlightTable"]
+
+_LINGER_SEC = 1.0  # how long a finished flight stays findable (see FlightTable)
+
+
+class Flight:
+    """One leader's run for one key: its outcome, and who waits for it.
+
+    Attributes set by the leader before anyone can find it: ``owner`` (the leader's thread id or
+    task, so a recursive call from inside the function never waits for itself), ``read`` (the
+    leader's tracked read, whose fence and server time decide who may join), ``of`` (the
+    entity's LOCAL epoch when it started). ``done_at`` is the monotonic time it finished: a
+    caller whose Redis read was sent before then may have missed the value only because the
+    write had not landed yet, so it may still take the outcome.
+    """
+
+    __slots__ = (
+        "_event",
+        "_futures",
+        "_lock",
+        "abandoned",
+        "done_at",
+        "error",
+        "of",
+        "owner",
+        "read",
+        "value",
+    )
+
+    def __init__(self, owner: object, read: TrackedRead | None, of: int) -> None:
+        self.owner = owner
+        self.read = read
+        self.of = of
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False  # the leader was cancelled or interrupted: waiters start over
+        self.done_at = 0.0  # 0 while running
+        self._lock = threading.Lock()
+        self._event: threading.Event | None = None
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def succeed(self, value: Any) -> None:
+        self.value = value
+        self._finish()
+
+    def fail(self, error: BaseException) -> None:
+        """An exception of the function is shared; anything else (a cancellation) abandons the flight."""
+        if isinstance(error, Exception):
+            self.error = error
+        else:
+            self.abandoned = True
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self.done_at = time.monotonic()
+            event, futures, self._futures = self._event, self._futures, []
+        if event is not None:
+            event.set()
+        if futures:
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            for loop, future in futures:
+                if loop is running:
+                    _wake(future)
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(_wake, future)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block this thread until the flight ends; False when ``timeout`` passed first."""
+        with self._lock:
+            if self.done_at:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    async def await_done(self, timeout: float | None = None) -> bool:
+        """Wait in this task until the flight ends; False when ``timeout`` passed first."""
+        with self._lock:
+            if self.done_at:
+                return True
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._futures.append((loop, future))
+        if timeout is None:
+            await future
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class FlightTable:
+    """The flights of one use case, by key.
+
+    A finished flight stays findable for about a second, for the callers whose read raced its
+    write (see :class:`Flight`); finished flights are swept at most once a second, so the table
+    holds the keys that missed in the last second or two.
+    """
+
+    __slots__ = ("_flights", "_swept_at")
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+        self._swept_at = time.monotonic()
+
+    def get(self, key: str) -> Flight | None:
+        return self._flights.get(key)
+
+    def claim(self, key: str, flight: Flight, replace: Flight | None) -> Flight:
+        """Register ``flight`` for ``key`` unless another caller got there first; returns the winner.
+
+        ``replace`` is the flight the caller saw and cannot join (finished, or too old for it):
+        it is replaced; any other flight registered meanwhile wins.
+        """
+        flights = self._flights
+        if replace is None:
+            return flights.setdefault(key, flight)
+        current = flights.get(key)
+        if current is replace or current is None:
+            flights[key] = flight  # a race with another replacer at worst runs the function twice
+            return flight
+        return current
+
+    def forget(self, key: str) -> None:
+        """Drop the flight of a key (deleted or flushed: its outcome must not be handed out)."""
+        self._flights.pop(key, None)
+
+    def clear(self) -> None:
+        self._flights.clear()
+
+    def sweep(self) -> None:
+        """Drop flights that finished more than a linger ago (at most once per linger)."""
+        now = time.monotonic()
+        if now - self._swept_at < _LINGER_SEC:
+            return
+        self._swept_at = now
+        cutoff = now - _LINGER_SEC
+        for key, flight in list(self._flights.items()):
+            if flight.done_at and flight.done_at < cutoff and self._flights.get(key) is flight:
+                self._flights.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._flights)
