@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
@@ -159,6 +160,7 @@ class RemoteCache:
             weakref.WeakKeyDictionary()
         )
         self._sync: list[_Connection | None] = [None, None, None]
+        self._sync_lock = threading.Lock()
         self.breaker = CircuitBreaker(
             threshold=breaker_failures,
             probe_sec=breaker_probe_sec,
@@ -193,6 +195,13 @@ class RemoteCache:
         return conn
 
     def _sync_connection(self, kind: int) -> _Connection:
+        conn = self._sync[kind]
+        if conn is None:
+            with self._sync_lock:  # many threads may ask for it at once: build one client
+                return self._new_sync_connection(kind)
+        return conn
+
+    def _new_sync_connection(self, kind: int) -> _Connection:
         conn = self._sync[kind]
         if conn is None:
             assert self._config is not None
