@@ -344,6 +344,15 @@ class UseCase:
             return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
         return m.epoch >= 0 and self.rt.epochs.trusted
 
+    def reads_first(self, m: Miss) -> bool:
+        """Whether a miss reads REMOTE before the single flight, each caller for itself.
+
+        Tracked: the fence the read returns decides who may join whom. Soft timeout: a caller must
+        know of a stale value before it decides how long to wait. Otherwise the leader reads once
+        for everyone.
+        """
+        return self.tracked or bool(m.config.soft_timeout_sec)
+
     def patience(self, m: Miss) -> float | None:
         """How long this call waits for the function: the soft timeout when a stale value is at hand."""
         soft = m.config.soft_timeout_sec
@@ -352,6 +361,8 @@ class UseCase:
     def outcome(self, m: Miss, flight: Flight) -> Any:
         if flight.error is None:
             return flight.value
+        if m.stale is MISS and flight.stale is not None:  # the leader's stale value, as good as ours
+            m.stale, m.stale_layer = flight.stale[0], flight.stale_layer
         if m.stale is not MISS:
             return self.served_stale(m, "function_error")
         raise flight.error
@@ -430,7 +441,7 @@ class UseCase:
             if value is not MISS:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl)
-        if remote_ttl and self.tracked:  # read first: the fence it returns decides who may join whom
+        if remote_ttl and self.reads_first(m):
             value = await self.aremote_read(m)
             if value is not MISS:
                 return value
@@ -466,7 +477,7 @@ class UseCase:
         """The leader's part of a miss; its value or exception ends ``flight``."""
         try:
             value = MISS
-            if m.remote_ttl and not self.tracked:
+            if m.remote_ttl and m.read_at == math.inf:  # an untracked read, shared with the joiners
                 value = await self.aremote_read(m)
             if value is MISS and m.remote_ttl and m.config.lock_sec:
                 value = await self.alock(m)
@@ -480,6 +491,8 @@ class UseCase:
                     if m.token is not None:
                         await self.aunlock(m)
         except BaseException as exc:
+            if m.stale is not MISS:
+                flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
             self.flights.sweep()
             if not isinstance(exc, Exception):
@@ -586,6 +599,8 @@ class UseCase:
         self.m.get_remote.observe(_perf() - start)
         env = self.fresh(raw, read)
         if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
             return MISS
         expired = self.expired(m, pttl)
         if expired and m.stale is not MISS:
@@ -671,7 +686,7 @@ class UseCase:
             if value is not MISS:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl)
-        if remote_ttl and self.tracked:  # read first: the fence it returns decides who may join whom
+        if remote_ttl and self.reads_first(m):
             value = self.remote_read(m)
             if value is not MISS:
                 return value
@@ -706,7 +721,7 @@ class UseCase:
         """The leader's part of a miss; its value or exception ends ``flight``."""
         try:
             value = MISS
-            if m.remote_ttl and not self.tracked:
+            if m.remote_ttl and m.read_at == math.inf:  # an untracked read, shared with the joiners
                 value = self.remote_read(m)
             if value is MISS and m.remote_ttl and m.config.lock_sec:
                 value = self.lock(m)
@@ -718,6 +733,8 @@ class UseCase:
                     if m.token is not None:
                         self.unlock(m)
         except BaseException as exc:
+            if m.stale is not MISS:
+                flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
             self.flights.sweep()
             if not isinstance(exc, Exception):
@@ -824,6 +841,8 @@ class UseCase:
         self.m.get_remote.observe(_perf() - start)
         env = self.fresh(raw, read)
         if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
             return MISS
         expired = self.expired(m, pttl)
         if expired and m.stale is not MISS:

@@ -42,6 +42,8 @@ class Flight:
         "of",
         "owner",
         "read",
+        "stale",
+        "stale_layer",
         "value",
     )
 
@@ -52,6 +54,8 @@ class Flight:
         self.value: Any = None
         self.error: BaseException | None = None
         self.abandoned = False  # the leader was cancelled or interrupted: waiters start over
+        self.stale: tuple[Any] | None = None  # with an error: the leader's fail-safe value, for
+        self.stale_layer = ""  # waiters that have none of their own
         self.done_at = 0.0  # 0 while running
         self._lock = threading.Lock()
         self._event: threading.Event | None = None

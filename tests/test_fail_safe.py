@@ -326,13 +326,6 @@ async def test_invalidation_from_another_instance_never_served_stale(
     assert sample(registry, STALE, use_case="InvOther") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: the tracked REMOTE read proves the entry invalidated (watermark >= stamp), "
-        "yet the stale LOCAL copy taken before that read is still served on a function error"
-    ),
-)
 async def test_stale_local_copy_not_served_when_remote_read_shows_entity_invalidated(
     make_cache: Callable[..., GCache],
     registry: CollectorRegistry,
@@ -370,18 +363,7 @@ SOFT_CASES = pytest.mark.parametrize(
     ("layer", "tracked"),
     [
         ("local", False),
-        pytest.param(
-            "remote",
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "library bug: an untracked use case reads REMOTE inside the leader's work, "
-                    "after the soft timeout was decided (no stale value yet), so the caller waits "
-                    "for the whole function"
-                ),
-            ),
-        ),
+        ("remote", False),
         ("remote", True),
     ],
     ids=["local", "remote", "remote-tracked"],
@@ -449,17 +431,7 @@ async def test_soft_timeout_serves_stale_and_function_refreshes_in_background(
     ("layer", "tracked"),
     [
         ("local", False),
-        pytest.param(
-            "remote",
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "library bug: callers that join an untracked flight never read REMOTE, so "
-                    "they hold no stale value and get the function's exception"
-                ),
-            ),
-        ),
+        ("remote", False),
         ("remote", True),
     ],
     ids=["local", "remote", "remote-tracked"],
