@@ -494,12 +494,12 @@ class UseCase:
             if m.stale is not MISS:
                 flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
-            self.flights.sweep()
+            self.flights.land(m.urn, flight, linger=self.reads_first(m))
             if not isinstance(exc, Exception):
                 raise  # cancelled: the flight is abandoned, its waiters start over
             return
         flight.succeed(value)
-        self.flights.sweep()
+        self.flights.land(m.urn, flight, linger=self.reads_first(m))
 
     async def aremote_read(self, m: Miss) -> Any:
         """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
@@ -736,12 +736,12 @@ class UseCase:
             if m.stale is not MISS:
                 flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
-            self.flights.sweep()
+            self.flights.land(m.urn, flight, linger=self.reads_first(m))
             if not isinstance(exc, Exception):
                 raise  # interrupted: the flight is abandoned, its waiters start over
             return
         flight.succeed(value)
-        self.flights.sweep()
+        self.flights.land(m.urn, flight, linger=self.reads_first(m))
 
     def remote_read(self, m: Miss) -> Any:
         """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""

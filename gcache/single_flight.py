@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Flight", "FlightTable"]
 
-_LINGER_SEC = 1.0  # how long a finished flight stays findable (see FlightTable)
+_LINGER_SEC = 0.25  # how long a finished flight stays findable (see FlightTable)
+_WAITERS = threading.Lock()  # guards every flight's waiter lists: held for a few instructions
 
 
 class Flight:
@@ -35,7 +36,6 @@ class Flight:
     __slots__ = (
         "_event",
         "_futures",
-        "_lock",
         "abandoned",
         "done_at",
         "error",
@@ -57,7 +57,6 @@ class Flight:
         self.stale: tuple[Any] | None = None  # with an error: the leader's fail-safe value, for
         self.stale_layer = ""  # waiters that have none of their own
         self.done_at = 0.0  # 0 while running
-        self._lock = threading.Lock()
         self._event: threading.Event | None = None
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -74,7 +73,7 @@ class Flight:
         self._finish()
 
     def _finish(self) -> None:
-        with self._lock:
+        with _WAITERS:
             self.done_at = time.monotonic()
             event, futures, self._futures = self._event, self._futures, []
         if event is not None:
@@ -92,7 +91,7 @@ class Flight:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block this thread until the flight ends; False when ``timeout`` passed first."""
-        with self._lock:
+        with _WAITERS:
             if self.done_at:
                 return True
             if self._event is None:
@@ -102,7 +101,7 @@ class Flight:
 
     async def await_done(self, timeout: float | None = None) -> bool:
         """Wait in this task until the flight ends; False when ``timeout`` passed first."""
-        with self._lock:
+        with _WAITERS:
             if self.done_at:
                 return True
             loop = asyncio.get_running_loop()
@@ -126,9 +125,10 @@ def _wake(future: asyncio.Future[None]) -> None:
 class FlightTable:
     """The flights of one use case, by key.
 
-    A finished flight stays findable for about a second, for the callers whose read raced its
-    write (see :class:`Flight`); finished flights are swept at most once a second, so the table
-    holds the keys that missed in the last second or two.
+    A finished flight whose callers read Redis before joining stays findable for a quarter of a
+    second, for the callers whose read raced its write (see :class:`Flight`); it is swept after
+    that (at most once per linger), so the table holds the keys that missed in the last half
+    second. Other finished flights leave at once.
     """
 
     __slots__ = ("_flights", "_swept_at")
@@ -136,6 +136,12 @@ class FlightTable:
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
         self._swept_at = time.monotonic()
+
+    def land(self, key: str, flight: Flight, *, linger: bool) -> None:
+        """A flight finished: it stays for the callers its write may have raced, or leaves."""
+        if not linger and self._flights.get(key) is flight:
+            self._flights.pop(key, None)
+        self.sweep()
 
     def get(self, key: str) -> Flight | None:
         return self._flights.get(key)
