@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
-from gcache._embedded_redis import EmbeddedRedis, free_port
+from gcache._embedded_redis import EmbeddedRedis, HangingListener, free_port
 from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker, is_outage
 from gcache.errors import RemoteError
@@ -185,3 +186,42 @@ async def test_open_breaker_skips_remote_until_redis_answers_again(
             keys = redis.Redis.from_url(server.url).keys("*")
             assert any(b"Broken" in k for k in keys)
             await cache.aclose()  # while the server is up, so the clients close cleanly
+
+
+async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    """A client built by redis_client_factory has its own timeouts; gcache's deadline still holds."""
+    with HangingListener() as listener:
+        cache = make_cache(
+            redis_config=None,
+            redis_client_factory=lambda: redis.asyncio.Redis.from_url(listener.url, socket_timeout=30),
+            read_timeout_sec=0.1,
+            breaker_failures=0,
+            start_bus=False,
+        )
+        if is_async:
+
+            @cache.cached(key_type="user_id", id_arg="uid", use_case="Factory", default_config=REMOTE_ONLY)
+            async def aget(uid: str) -> str:
+                return f"user-{uid}"
+
+            async def get(uid: str) -> str:
+                return await aget(uid)
+        else:
+
+            @cache.cached(key_type="user_id", id_arg="uid", use_case="Factory", default_config=REMOTE_ONLY)
+            def sget(uid: str) -> str:
+                return f"user-{uid}"
+
+            async def get(uid: str) -> str:
+                return await asyncio.to_thread(sget, uid)
+
+        with cache.enable():
+            for uid in ("1", "2"):
+                started = time.monotonic()
+                assert await get(uid) == f"user-{uid}"
+                assert 0.09 < time.monotonic() - started < 2.0  # the 0.1 s deadline, not the client's 30 s
+        timeouts = sample(registry, "gcache_error_counter_total", use_case="Factory", layer="remote")
+        assert timeouts == 2
+        await cache.aclose()
