@@ -303,11 +303,19 @@ class UseCase:
     # -- misses: single flight, fail-safe, TTLs -------------------------------------------------
 
     def miss(
-        self, urn: str, entity: str, config: GCacheKeyConfig, local_ttl: float, remote_ttl: float
+        self,
+        urn: str,
+        entity: str,
+        config: GCacheKeyConfig,
+        local_ttl: float,
+        remote_ttl: float,
+        *,
+        stale: bool = True,
     ) -> Miss:
+        """A miss's state; ``stale=False`` for a direct put, which serves nothing."""
         epochs = self.rt.epochs
         m = Miss(urn, entity, config, local_ttl, remote_ttl, epochs.start(entity), epochs.of(entity))
-        if config.fail_safe_sec and local_ttl:
+        if stale and config.fail_safe_sec and local_ttl:
             self.keep_stale(m, self.local.get_stale(urn, entity), "local")
         return m
 

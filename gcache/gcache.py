@@ -366,7 +366,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        await uc.awrite_back(uc.miss(urn, entity, config, local_ttl, remote_ttl), value)
+        await uc.awrite_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
 
     def put(self, key: GCacheKey, value: Any) -> None:
         """Sync twin of :meth:`aput`."""
@@ -375,7 +375,7 @@ class GCache:
         if config is None:
             return
         local_ttl, remote_ttl = uc.layers(config)
-        uc.write_back(uc.miss(urn, entity, config, local_ttl, remote_ttl), value)
+        uc.write_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
 
     async def adelete(self, key: GCacheKey) -> bool:
         """Remove one entry from both layers; True if either held it.

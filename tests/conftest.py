@@ -39,6 +39,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    """Run a test once with a sync cached function and once with an async one."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()

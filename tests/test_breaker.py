@@ -23,11 +23,6 @@ REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.
 FAST = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 class Probe:
     """A probe that fails ``failures`` times, then answers."""
 

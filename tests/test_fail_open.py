@@ -44,11 +44,6 @@ MISSES = "gcache_miss_counter_total"
 Call = Callable[[str], Awaitable[Any]]
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 def value_key(use_case: str, uid: str, key_type: str = "user_id") -> str:
     return "{urn:gcache:" + f"{key_type}:{uid}" + "}#" + use_case
 

@@ -43,11 +43,6 @@ LAYER_CASES = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 class SourceDown(RuntimeError):
     """The wrapped function's data source is failing."""
 

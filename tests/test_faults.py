@@ -60,11 +60,6 @@ REQUESTS = "gcache_request_counter_total"
 Timed = Callable[[str], Awaitable[tuple[Any, float]]]
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 def value_key(uid: str, use_case: str = USE_CASE) -> str:
     return "{urn:gcache:" + f"user_id:{uid}" + "}#" + use_case
 

@@ -44,11 +44,6 @@ DISABLED_REASONS = {"context", "ramped_down", "missing_config", "config_error", 
 Call = Callable[..., Awaitable[Any]]
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 def cached_fn(
     cache: GCache,
     is_async: bool,

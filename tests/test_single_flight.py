@@ -191,11 +191,6 @@ def test_500_concurrent_threads_on_a_cold_key_run_the_sync_function_once(
     assert sample(registry, "gcache_error_counter_total", use_case="SyncStampede") == 0
 
 
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 async def concurrently(is_async: bool, call: Callable[[], Any], n: int) -> list[Any]:
     """``n`` concurrent calls: tasks on this loop, or threads for a sync function; results or exceptions."""
     if is_async:
