@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from gcache import _envelope
@@ -16,7 +17,7 @@ __all__ = ["Codec"]
 class Codec:
     """How one use case serializes; ``is_async`` says whether ``adump``/``aload`` must be awaited."""
 
-    __slots__ = ("_serializer", "is_async", "serializer_id")
+    __slots__ = ("_serializer", "is_async", "loads", "serializer_id")
 
     def __init__(self, serializer: Serializer | None) -> None:
         if serializer is not None and not (
@@ -27,6 +28,8 @@ class Codec:
         self.serializer_id = (
             _envelope.SERIALIZER_PICKLE if serializer is None else _envelope.SERIALIZER_CUSTOM
         )
+        # Without a Serializer a payload is a pickle: the read path calls pickle.loads on it itself.
+        self.loads: Callable[[bytes], Any] | None = pickle.loads if serializer is None else None
         self.is_async = serializer is not None and (
             inspect.iscoroutinefunction(serializer.dump) or inspect.iscoroutinefunction(serializer.load)
         )

@@ -69,13 +69,17 @@ def decode(raw: bytes) -> Envelope:
         EnvelopeError: reason ``foreign`` (not written by gcache), ``version`` (a format this
             release does not read) or ``corrupt`` (truncated or malformed header).
     """
-    if len(raw) < HEADER_SIZE:
-        raise EnvelopeError("foreign" if raw[:2] != MAGIC else "corrupt")
+    if raw[:3] == _PREFIX and len(raw) >= HEADER_SIZE:  # every hit: one test, then the fields
+        stamp = raw[5:21]
+        if stamp.isdigit():
+            return _new_envelope(Envelope, (raw[3], raw[4], int(stamp), raw[21:29], raw[29:]))
     if raw[:2] != MAGIC:
         raise EnvelopeError("foreign")
+    if len(raw) < HEADER_SIZE:
+        raise EnvelopeError("corrupt")
     if raw[2] != VERSION:
         raise EnvelopeError("version")
-    stamp = raw[5:21]
-    if not stamp.isdigit():
-        raise EnvelopeError("corrupt")
-    return Envelope(raw[3], raw[4], int(stamp), raw[21:29], raw[29:])
+    raise EnvelopeError("corrupt")  # the stamp is not digits
+
+
+_new_envelope = tuple.__new__  # the fields as they are, without NamedTuple's argument handling

@@ -29,7 +29,16 @@ from gcache import _envelope
 from gcache._codec import Codec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.errors import RemoteError
-from gcache.keys import _ID, _KEY_TYPE, GCacheKey, KeyBuilder, lock_key, value_key, watermark_key
+from gcache.keys import (
+    _ID,
+    _KEY_TYPE,
+    GCacheKey,
+    KeyBuilder,
+    lock_key,
+    value_key,
+    value_key_tail,
+    watermark_key,
+)
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
 from gcache.remote import new_nonce
@@ -46,7 +55,7 @@ __all__ = ["Miss", "Runtime", "UseCase"]
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
 _LOCK_POLL = (0.005, 0.05)  # distributed single flight: first and longest pause between polls (s)
-_LOCAL_TIMING_MASK = 15  # gcache_get_timer{layer="local"}: lookups 1, 17, 33, ... of a use case
+_TIMING_MASK = 15  # LOCAL lookups and REMOTE reads timed: the 1st, 17th, 33rd, ... of a use case
 _perf = time.perf_counter
 _monotonic = time.monotonic
 _random = random.random
@@ -106,6 +115,7 @@ class Miss:
         "of",
         "read",
         "read_at",
+        "reads_first",
         "remote_ttl",
         "stale",
         "stale_layer",
@@ -122,6 +132,7 @@ class Miss:
         remote_ttl: float,
         epoch: int,
         of: int,
+        reads_first: bool,
     ) -> None:
         self.urn = urn
         self.entity = entity
@@ -132,6 +143,7 @@ class Miss:
         self.of = of  # the entity's LOCAL invalidation epoch at the start
         self.read: TrackedRead | None = None  # the latest tracked read
         self.read_at = math.inf  # when the latest REMOTE read was sent (monotonic)
+        self.reads_first = reads_first  # see UseCase.miss
         self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
         self.stale_layer = ""
         self.token: bytes | None = None  # the distributed lock, while this call holds it
@@ -164,9 +176,11 @@ class UseCase:
         self.remote = runtime.remote
         self.m = metrics
         self.keys = keys
-        self._tick = 0
+        self._tick = 0  # LOCAL lookups so far
+        self._reads = 0  # REMOTE reads so far
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
+        self._key_tail = value_key_tail(use_case)
         self.flights = FlightTable()
 
     # -- decisions (no I/O) ----------------------------------------------------------------------
@@ -208,24 +222,32 @@ class UseCase:
         self._error(LAYER_ALL, exc, "config provider failed")
 
     def layers(self, config: GCacheKeyConfig) -> tuple[float, float]:
-        """TTL of LOCAL and REMOTE for this call, 0 for a layer that sits it out."""
-        local_ttl = self._ttl(config, _LOCAL, "local")
+        """TTL of LOCAL and REMOTE for this call, 0 for a layer that sits it out.
+
+        A layer that is not set up (TTL 0) is out and nothing was ramped down; a layer at a ramp
+        of 100 is in without a random draw; only a ramp in between asks :meth:`_ramped`.
+        """
+        ttls, ramps = config.ttl_sec, config.ramp
+        local_ttl = ttls.get(_LOCAL, 0)
+        if local_ttl <= 0:
+            local_ttl = 0
+        elif ramps.get(_LOCAL, 0) < 100:
+            local_ttl = self._ramped(local_ttl, ramps.get(_LOCAL, 0), "local")
         remote = self.remote
         if remote is None:
             return local_ttl, 0
-        remote_ttl = self._ttl(config, _REMOTE, "remote")
+        remote_ttl = ttls.get(_REMOTE, 0)
+        if remote_ttl <= 0:
+            return local_ttl, 0
+        if ramps.get(_REMOTE, 0) < 100:
+            remote_ttl = self._ramped(remote_ttl, ramps.get(_REMOTE, 0), "remote")
         if remote_ttl and remote.breaker.is_open:
             self.m.disabled("remote", "server_down").inc()
             return local_ttl, 0
         return local_ttl, remote_ttl
 
-    def _ttl(self, config: GCacheKeyConfig, layer: CacheLayer, name: str) -> float:
-        ttl = config.ttl_sec.get(layer, 0)
-        if ttl <= 0:
-            return 0  # the layer is not set up for this use case: nothing was ramped down
-        ramp = config.ramp.get(layer, 0)
-        if ramp >= 100:
-            return ttl
+    def _ramped(self, ttl: float, ramp: float, name: str) -> float:
+        """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw; 0 (counted) otherwise."""
         if ramp <= 0 or _random() * 100 >= ramp:
             self.m.disabled(name, "ramped_down").inc()
             return 0
@@ -235,7 +257,7 @@ class UseCase:
         self.m.request_local.inc()
         tick = self._tick
         self._tick = tick + 1
-        if tick & _LOCAL_TIMING_MASK:
+        if tick & _TIMING_MASK:
             value, reason = self.local.get(urn, entity)
         else:  # timing costs more than the lookup: the first one, then one in 16, is measured
             start = _perf()
@@ -312,9 +334,19 @@ class UseCase:
         *,
         stale: bool = True,
     ) -> Miss:
-        """A miss's state; ``stale=False`` for a direct put, which serves nothing."""
-        epochs = self.rt.epochs
-        m = Miss(urn, entity, config, local_ttl, remote_ttl, epochs.start(entity), epochs.of(entity))
+        """A miss's state; ``stale=False`` for a direct put, which serves nothing.
+
+        Whether the miss reads REMOTE before the single flight, each caller for itself, is settled
+        here. Tracked: the fence the read returns decides who may join whom. Soft timeout: a
+        caller must know of a stale value before it decides how long to wait. Otherwise the
+        leader reads once for everyone.
+        """
+        epochs, tracked = self.rt.epochs, self.tracked
+        # The epochs matter for filling LOCAL, and for who may join whose flight when tracked.
+        epoch = epochs.start(entity) if local_ttl or tracked else -1
+        of = epochs.of(entity) if tracked else 0
+        reads_first = tracked or bool(config.soft_timeout_sec)
+        m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first)
         if stale and config.fail_safe_sec and local_ttl:
             self.keep_stale(m, self.local.get_stale(urn, entity), "local")
         return m
@@ -326,7 +358,7 @@ class UseCase:
         if seen is not None and self.joinable(seen, m, owner):
             return seen, False
         mine = Flight(owner, m.read, m.of)
-        winner = flights.claim(m.urn, mine, seen)
+        winner = flights.setdefault(m.urn, mine) if seen is None else flights.claim(m.urn, mine, seen)
         if winner is mine or not self.joinable(winner, m, owner):
             return mine, True  # leads; a winner it cannot join keeps its place, this call runs alone
         return winner, False
@@ -351,15 +383,6 @@ class UseCase:
         if m.read is not None and flight.read is not None:
             return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
         return m.epoch >= 0 and self.rt.epochs.trusted
-
-    def reads_first(self, m: Miss) -> bool:
-        """Whether a miss reads REMOTE before the single flight, each caller for itself.
-
-        Tracked: the fence the read returns decides who may join whom. Soft timeout: a caller must
-        know of a stale value before it decides how long to wait. Otherwise the leader reads once
-        for everyone.
-        """
-        return self.tracked or bool(m.config.soft_timeout_sec)
 
     def patience(self, m: Miss) -> float | None:
         """How long this call waits for the function: the soft timeout when a stale value is at hand."""
@@ -424,7 +447,7 @@ class UseCase:
         try:
             id, pairs = self.keys.build(args, kwargs)  # type: ignore[union-attr]
             entity = self.entity(id)
-            urn = value_key(entity, pairs, self.use_case)
+            urn = value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail
         except Exception as exc:
             self.key_error(exc)
             return await func(*args, **kwargs)
@@ -440,7 +463,10 @@ class UseCase:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        config = self._resolved(None) if self.rt.provider is None else await self.aconfig(id, pairs)
+        if self.rt.provider is None:
+            config = self.default_config or self._resolved(None)
+        else:
+            config = await self.aconfig(id, pairs)
         if config is None:
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         local_ttl, remote_ttl = self.layers(config)
@@ -449,7 +475,7 @@ class UseCase:
             if value is not MISS:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl)
-        if remote_ttl and self.reads_first(m):
+        if remote_ttl and m.reads_first:
             value = await self.aremote_read(m)
             if value is not MISS:
                 return value
@@ -463,7 +489,7 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
-        patience = self.patience(m)
+        patience = self.patience(m) if m.stale is not MISS else None
         if patience is None:
             await self.awork(m, flight, func, args, kwargs)
         else:  # the function may outlast the soft timeout: it goes on in the background
@@ -472,7 +498,7 @@ class UseCase:
             task.add_done_callback(self.rt.background.discard)
             if not await flight.await_done(patience):
                 return self.served_stale(m, "soft_timeout")
-        return self.outcome(m, flight)
+        return flight.value if flight.error is None else self.outcome(m, flight)
 
     async def awork(
         self,
@@ -502,23 +528,65 @@ class UseCase:
             if m.stale is not MISS:
                 flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
-            self.flights.land(m.urn, flight, linger=self.reads_first(m))
+            self.flights.land(m.urn, flight, linger=m.reads_first)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the flight is abandoned, its waiters start over
             return
         flight.succeed(value)
-        self.flights.land(m.urn, flight, linger=self.reads_first(m))
+        self.flights.land(m.urn, flight, linger=m.reads_first)
 
     async def aremote_read(self, m: Miss) -> Any:
         """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
+        remote = self.remote
+        assert remote is not None
+        self.m.request_remote.inc()
+        reads = self._reads
+        self._reads = reads + 1
+        timed = not reads & _TIMING_MASK  # the timers cost as much as the rest of a hit: 1 in 16
+        pttl = -1
+        m.read_at = _monotonic()
+        start = _perf() if timed else 0.0
         try:
-            m.read_at = _monotonic()
-            value = await self.aremote_get(m)
+            if self.tracked:
+                read: TrackedRead | None = await remote.aread_tracked(m.urn, watermark_key(m.entity))
+                m.read = read
+                raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
+            elif m.config.fail_safe_sec:
+                read, (raw, pttl) = None, await remote.aget_with_ttl(m.urn)
+            else:
+                read, raw = None, await remote.aget(m.urn)
         except Exception as exc:
             self.remote_error(exc, "remote read failed")
             m.remote_ttl = 0
             return MISS
-        if value is not MISS and m.local_ttl:
+        if timed:
+            self.m.get_remote.observe(_perf() - start)
+        env = self.fresh(raw, read)
+        if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
+            return MISS
+        expired = self.expired(m, pttl) if m.config.fail_safe_sec else False
+        if expired and m.stale is not MISS:
+            return MISS  # a stale LOCAL value is at hand already: no need to load this one
+        if timed:
+            start = _perf()
+        try:
+            codec = self.codec
+            if codec.loads is not None:  # pickle: straight to C
+                value = codec.loads(env.payload)
+            else:
+                value = await codec.aload(env) if codec.is_async else codec.load(env)
+        except Exception as exc:
+            self.m.miss("remote", "undecodable").inc()
+            self.remote_error(exc, "stored value could not be loaded")
+            return MISS
+        if timed:
+            self.m.load.observe(_perf() - start)
+        if expired:
+            self.keep_stale(m, value, "remote")
+            return MISS
+        if m.local_ttl:
             self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
         return value
 
@@ -589,43 +657,6 @@ class UseCase:
         self._keep(provided)
         return self._resolved(provided)
 
-    async def aremote_get(self, m: Miss) -> Any:
-        """The fresh REMOTE value or MISS; keeps an expired one for fail-safe (``m.stale``)."""
-        remote = self.remote
-        assert remote is not None
-        self.m.request_remote.inc()
-        start = _perf()
-        pttl = -1
-        if self.tracked:
-            read: TrackedRead | None = await remote.aread_tracked(m.urn, watermark_key(m.entity))
-            m.read = read
-            raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
-        elif m.config.fail_safe_sec:
-            read, (raw, pttl) = None, await remote.aget_with_ttl(m.urn)
-        else:
-            read, raw = None, await remote.aget(m.urn)
-        self.m.get_remote.observe(_perf() - start)
-        env = self.fresh(raw, read)
-        if env is None:
-            if raw is not None and m.stale_layer == "local":
-                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
-            return MISS
-        expired = self.expired(m, pttl)
-        if expired and m.stale is not MISS:
-            return MISS  # a stale LOCAL value is at hand already: no need to load this one
-        start = _perf()
-        try:
-            value = await self.codec.aload(env) if self.codec.is_async else self.codec.load(env)
-        except Exception as exc:
-            self.m.miss("remote", "undecodable").inc()
-            self.remote_error(exc, "stored value could not be loaded")
-            return MISS
-        self.m.load.observe(_perf() - start)
-        if expired:
-            self.keep_stale(m, value, "remote")
-            return MISS
-        return value
-
     async def aremote_put(
         self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
     ) -> bool:
@@ -669,7 +700,7 @@ class UseCase:
         try:
             id, pairs = self.keys.build(args, kwargs)  # type: ignore[union-attr]
             entity = self.entity(id)
-            urn = value_key(entity, pairs, self.use_case)
+            urn = value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail
         except Exception as exc:
             self.key_error(exc)
             return func(*args, **kwargs)
@@ -685,7 +716,10 @@ class UseCase:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        config = self._resolved(None) if self.rt.provider is None else self.config(id, pairs)
+        if self.rt.provider is None:
+            config = self.default_config or self._resolved(None)
+        else:
+            config = self.config(id, pairs)
         if config is None:
             return self.function(LAYER_NONE, func, args, kwargs)
         local_ttl, remote_ttl = self.layers(config)
@@ -694,7 +728,7 @@ class UseCase:
             if value is not MISS:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl)
-        if remote_ttl and self.reads_first(m):
+        if remote_ttl and m.reads_first:
             value = self.remote_read(m)
             if value is not MISS:
                 return value
@@ -708,7 +742,7 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
-        patience = self.patience(m)
+        patience = self.patience(m) if m.stale is not MISS else None
         if patience is None:
             self.work(m, flight, func, args, kwargs)
         else:  # the function may outlast the soft timeout: it goes on on a worker thread
@@ -716,7 +750,7 @@ class UseCase:
             self.rt.workers().submit(context.run, self.work, m, flight, func, args, kwargs)
             if not flight.wait(patience):
                 return self.served_stale(m, "soft_timeout")
-        return self.outcome(m, flight)
+        return flight.value if flight.error is None else self.outcome(m, flight)
 
     def work(
         self,
@@ -744,23 +778,67 @@ class UseCase:
             if m.stale is not MISS:
                 flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
             flight.fail(exc)
-            self.flights.land(m.urn, flight, linger=self.reads_first(m))
+            self.flights.land(m.urn, flight, linger=m.reads_first)
             if not isinstance(exc, Exception):
                 raise  # interrupted: the flight is abandoned, its waiters start over
             return
         flight.succeed(value)
-        self.flights.land(m.urn, flight, linger=self.reads_first(m))
+        self.flights.land(m.urn, flight, linger=m.reads_first)
 
     def remote_read(self, m: Miss) -> Any:
-        """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
+        """Sync twin of :meth:`aremote_read`."""
+        remote = self.remote
+        assert remote is not None
+        self.m.request_remote.inc()
+        reads = self._reads
+        self._reads = reads + 1
+        timed = not reads & _TIMING_MASK  # the timers cost as much as the rest of a hit: 1 in 16
+        pttl = -1
+        m.read_at = _monotonic()
+        start = _perf() if timed else 0.0
         try:
-            m.read_at = _monotonic()
-            value = self.remote_get(m)
+            if self.tracked:
+                read: TrackedRead | None = remote.read_tracked(m.urn, watermark_key(m.entity))
+                m.read = read
+                raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
+            elif m.config.fail_safe_sec:
+                read, (raw, pttl) = None, remote.get_with_ttl(m.urn)
+            else:
+                read, raw = None, remote.get(m.urn)
         except Exception as exc:
             self.remote_error(exc, "remote read failed")
             m.remote_ttl = 0
             return MISS
-        if value is not MISS and m.local_ttl:
+        if timed:
+            self.m.get_remote.observe(_perf() - start)
+        env = self.fresh(raw, read)
+        if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
+            return MISS
+        expired = self.expired(m, pttl) if m.config.fail_safe_sec else False
+        if expired and m.stale is not MISS:
+            return MISS  # a stale LOCAL value is at hand already: no need to load this one
+        if timed:
+            start = _perf()
+        try:
+            codec = self.codec
+            if codec.loads is not None:  # pickle: straight to C
+                value = codec.loads(env.payload)
+            elif codec.is_async:
+                value = self.rt.loop_thread.run(lambda: codec.aload(env))
+            else:
+                value = codec.load(env)
+        except Exception as exc:
+            self.m.miss("remote", "undecodable").inc()
+            self.remote_error(exc, "stored value could not be loaded")
+            return MISS
+        if timed:
+            self.m.load.observe(_perf() - start)
+        if expired:
+            self.keep_stale(m, value, "remote")
+            return MISS
+        if m.local_ttl:
             self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
         return value
 
@@ -830,47 +908,6 @@ class UseCase:
             return None
         self._keep(provided)
         return self._resolved(provided)
-
-    def remote_get(self, m: Miss) -> Any:
-        """Sync twin of :meth:`aremote_get`."""
-        remote = self.remote
-        assert remote is not None
-        self.m.request_remote.inc()
-        start = _perf()
-        pttl = -1
-        if self.tracked:
-            read: TrackedRead | None = remote.read_tracked(m.urn, watermark_key(m.entity))
-            m.read = read
-            raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
-        elif m.config.fail_safe_sec:
-            read, (raw, pttl) = None, remote.get_with_ttl(m.urn)
-        else:
-            read, raw = None, remote.get(m.urn)
-        self.m.get_remote.observe(_perf() - start)
-        env = self.fresh(raw, read)
-        if env is None:
-            if raw is not None and m.stale_layer == "local":
-                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
-            return MISS
-        expired = self.expired(m, pttl)
-        if expired and m.stale is not MISS:
-            return MISS  # a stale LOCAL value is at hand already: no need to load this one
-        start = _perf()
-        try:
-            value = (
-                self.rt.loop_thread.run(lambda: self.codec.aload(env))
-                if self.codec.is_async
-                else self.codec.load(env)
-            )
-        except Exception as exc:
-            self.m.miss("remote", "undecodable").inc()
-            self.remote_error(exc, "stored value could not be loaded")
-            return MISS
-        self.m.load.observe(_perf() - start)
-        if expired:
-            self.keep_stale(m, value, "remote")
-            return MISS
-        return value
 
     def remote_put(
         self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0

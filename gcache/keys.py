@@ -35,6 +35,7 @@ __all__ = [
     "lock_key",
     "owned_by",
     "value_key",
+    "value_key_tail",
     "watermark_key",
 ]
 
@@ -62,8 +63,13 @@ def entity_key(prefix: str, key_type: str, id: str) -> str:
 def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> str:
     if args:
         rendered = "&".join(f"{n.translate(_ARG_NAME)}={v.translate(_ARG_VALUE)}" for n, v in args)
-        return f"{entity}?{rendered}#{use_case.translate(_USE_CASE)}"
-    return f"{entity}#{use_case.translate(_USE_CASE)}"
+        return f"{entity}?{rendered}{value_key_tail(use_case)}"
+    return entity + value_key_tail(use_case)
+
+
+def value_key_tail(use_case: str) -> str:
+    """How a value key ends: a use case renders it once, for the calls of an id alone."""
+    return "#" + use_case.translate(_USE_CASE)
 
 
 def owned_by(key: str, prefix: str) -> bool:
@@ -165,6 +171,7 @@ class KeyBuilder:
         "_fields",
         "_id_extract",
         "_id_field",
+        "_id_position",
         "_n_positional",
         "_var_keyword",
         "_var_positional",
@@ -246,6 +253,7 @@ class KeyBuilder:
         keyed = sorted(n for n in names if n not in ignored and (n != id_name or n in adapters))
         self._fields = tuple(make_field(n) for n in keyed)
         self._id_field = make_field(id_name)
+        self._id_position = -1 if self._id_field[1] is None else self._id_field[1]
         self._id_extract = id_extract
         self._n_positional = len(positions)
         self._var_positional = var_positional if var_positional not in ignored else None
@@ -264,7 +272,11 @@ class KeyBuilder:
         Raises:
             LookupError: a required argument is missing (the function itself will raise TypeError).
         """
-        raw_id = _value(self._id_field, args, kwargs)
+        position = self._id_position
+        if not kwargs and 0 <= position < len(args):  # the id passed by position, as most calls do
+            raw_id = args[position]
+        else:
+            raw_id = _value(self._id_field, args, kwargs)
         if self._id_extract is not None:
             raw_id = self._id_extract(raw_id)
         pairs = []

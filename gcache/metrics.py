@@ -2,18 +2,21 @@
 
 Collectors exist once per (registry, metrics_prefix): several GCache instances with the same
 prefix share them, as they share the process. Each use case binds its label children once, so a
-call does no label lookup.
+call does no label lookup, and counts through :class:`FastCounter` / :class:`FastHistogram`,
+which skip prometheus_client's per-call checks.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LAYER_ALL", "LAYER_NONE", "Metrics", "UseCaseMetrics"]
+__all__ = ["LAYER_ALL", "LAYER_NONE", "FastCounter", "FastHistogram", "Metrics", "UseCaseMetrics"]
 
 LAYER_ALL = "all"  # a reason that turned off every layer of a call
 LAYER_NONE = "none"  # the function ran with no layer taking part
@@ -176,6 +179,60 @@ class Metrics:
         )
 
 
+class FastCounter:
+    """A bound counter child whose ``inc()`` adds 1 straight to the child's value.
+
+    ``Counter.inc`` checks on every call that the child has its label values and that the amount
+    is not negative, which costs more than the increment on a cache hit; both hold by
+    construction here. The value object (a lock-guarded float, or the multiprocess mmap value)
+    does the adding, so thread safety and multiprocess mode are prometheus_client's as before.
+    A prometheus_client without that value object gets the public method.
+    """
+
+    __slots__ = ("inc",)
+
+    def __init__(self, child: Counter) -> None:
+        value = getattr(child, "_value", None)
+        add = getattr(value, "inc", None)
+        self.inc: Callable[[], None] = functools.partial(add, 1) if callable(add) else child.inc
+
+
+class FastHistogram:
+    """A bound histogram child whose ``observe`` finds the bucket by bisection.
+
+    ``Histogram.observe`` walks the bucket bounds in a Python loop; ``bisect_left`` finds the
+    first bound at or above the amount (the bucket ``observe`` picks) in C. A prometheus_client
+    whose child does not keep its bounds, buckets and sum as this expects gets the public method.
+    """
+
+    __slots__ = ("observe",)
+
+    def __init__(self, child: Histogram) -> None:
+        self.observe: Callable[[float], None] = _bisecting_observe(child) or child.observe
+
+
+def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    add_sum = getattr(getattr(child, "_sum", None), "inc", None)
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and callable(add_sum)):
+        return None
+    if len(bounds) != len(buckets) or bounds != sorted(bounds) or bounds[-1] != float("inf"):
+        return None
+    adds = [getattr(bucket, "inc", None) for bucket in buckets]
+    if not all(callable(add) for add in adds):
+        return None
+    bucket_adds: tuple[Callable[[float], None], ...] = tuple(adds)  # type: ignore[arg-type]
+    upper_bounds = tuple(bounds)
+    add: Callable[[float], None] = add_sum
+
+    def observe(amount: float) -> None:
+        add(amount)
+        bucket_adds[bisect_left(upper_bounds, amount)](1)
+
+    return observe
+
+
 class _Children:
     """Label children bound on first use, then reused: one dict lookup per rare event."""
 
@@ -197,21 +254,27 @@ class UseCaseMetrics:
 
     def __init__(self, metrics: Metrics, use_case: str, key_type: str) -> None:
         uc = (use_case, key_type)
-        self.request_local = metrics.request.labels(*uc, "local")
-        self.request_remote = metrics.request.labels(*uc, "remote")
-        self.get_local = metrics.get_timer.labels(*uc, "local")
-        self.get_remote = metrics.get_timer.labels(*uc, "remote")
-        self.disabled_context = metrics.disabled.labels(*uc, LAYER_ALL, "context")
-        self.dump = metrics.serialization_timer.labels(*uc, "remote", "dump")
-        self.load = metrics.serialization_timer.labels(*uc, "remote", "load")
-        self.size = metrics.size.labels(*uc, "remote")
+        self.request_local = FastCounter(metrics.request.labels(*uc, "local"))
+        self.request_remote = FastCounter(metrics.request.labels(*uc, "remote"))
+        self.get_local = FastHistogram(metrics.get_timer.labels(*uc, "local"))
+        self.get_remote = FastHistogram(metrics.get_timer.labels(*uc, "remote"))
+        self.disabled_context = FastCounter(metrics.disabled.labels(*uc, LAYER_ALL, "context"))
+        self.dump = FastHistogram(metrics.serialization_timer.labels(*uc, "remote", "dump"))
+        self.load = FastHistogram(metrics.serialization_timer.labels(*uc, "remote", "load"))
+        self.size = FastHistogram(metrics.size.labels(*uc, "remote"))
         self.local_entries = metrics.local_entries.labels(*uc)
-        self.miss = _Children(lambda layer, reason: metrics.miss.labels(*uc, layer, reason))
-        self.disabled = _Children(lambda layer, reason: metrics.disabled.labels(*uc, layer, reason))
-        self.error = _Children(lambda layer, error, in_fb: metrics.error.labels(*uc, layer, error, in_fb))
-        self.fallback = _Children(lambda layer: metrics.fallback_timer.labels(*uc, layer))
-        self.local_stored = metrics.write.labels(*uc, "local", "stored")
-        self.write = _Children(lambda layer, result: metrics.write.labels(*uc, layer, result))
-        self.joined = metrics.single_flight.labels(*uc, "joined")
-        self.single_flight = _Children(lambda result: metrics.single_flight.labels(*uc, result))
-        self.stale_served = _Children(lambda layer, reason: metrics.stale_served.labels(*uc, layer, reason))
+        self.miss = _Children(lambda layer, reason: FastCounter(metrics.miss.labels(*uc, layer, reason)))
+        self.disabled = _Children(
+            lambda layer, reason: FastCounter(metrics.disabled.labels(*uc, layer, reason))
+        )
+        self.error = _Children(
+            lambda layer, error, in_fb: FastCounter(metrics.error.labels(*uc, layer, error, in_fb))
+        )
+        self.fallback = _Children(lambda layer: FastHistogram(metrics.fallback_timer.labels(*uc, layer)))
+        self.local_stored = FastCounter(metrics.write.labels(*uc, "local", "stored"))
+        self.write = _Children(lambda layer, result: FastCounter(metrics.write.labels(*uc, layer, result)))
+        self.joined = FastCounter(metrics.single_flight.labels(*uc, "joined"))
+        self.single_flight = _Children(lambda result: FastCounter(metrics.single_flight.labels(*uc, result)))
+        self.stale_served = _Children(
+            lambda layer, reason: FastCounter(metrics.stale_served.labels(*uc, layer, reason))
+        )

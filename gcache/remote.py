@@ -24,6 +24,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
 
 import redis
@@ -50,6 +51,9 @@ _NODE_OPTIONS = {
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
+
+
+_PING = methodcaller("ping")
 
 
 def _retry_policy(retry_class: Any) -> Any:
@@ -81,21 +85,31 @@ class TrackedRead(NamedTuple):
 
 
 class _Connection:
-    """A client with this module's scripts registered on it."""
+    """A client with this module's scripts registered on it.
+
+    Operations are ``methodcaller`` objects naming one of these attributes, so running one adds
+    no Python frame to redis-py's own.
+    """
 
     __slots__ = (
         "announce_flush",
         "client",
         "delete",
+        "get",
         "invalidate",
+        "ping",
         "read_tracked",
         "read_with_ttl",
+        "set",
         "unlock",
         "write_tracked",
     )
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.get = client.get
+        self.set = client.set
+        self.ping = client.ping
         self.read_tracked = client.register_script(_scripts.READ_TRACKED)
         self.write_tracked = client.register_script(_scripts.WRITE_TRACKED)
         self.invalidate = client.register_script(_scripts.INVALIDATE)
@@ -227,49 +241,30 @@ class RemoteCache:
         except _REDIS_ERRORS as exc:
             self.breaker.failure(exc)
             raise RemoteError(operation, exc) from exc
-        self.breaker.success()
+        if self.breaker.failures:  # a success only matters after failures
+            self.breaker.success()
         return result
 
     def _run(self, operation: str, kind: int, command: Callable[[_Connection], Any]) -> Any:
         if self._factory is not None:
             return self._loop_thread.run(lambda: self._arun(operation, kind, command))
         try:
-            result = command(self._sync_connection(kind))
+            result = command(self._sync[kind] or self._sync_connection(kind))
         except _REDIS_ERRORS as exc:
             self.breaker.failure(exc)
             raise RemoteError(operation, exc) from exc
-        self.breaker.success()
+        if self.breaker.failures:  # a success only matters after failures
+            self.breaker.success()
         return result
 
     async def _probe(self) -> None:
         """The breaker's question, asked on the loop thread: does Redis answer a PING in time?"""
-        await self._arun("ping", READ, lambda c: c.client.ping())
+        await self._arun("ping", READ, _PING)
 
     # -- operations: each builds its command once; _arun / _run only differ in awaiting it ------
 
-    @staticmethod
-    def _get(key: str) -> Callable[[_Connection], Any]:
-        return lambda c: c.client.get(key)
-
-    @staticmethod
-    def _get_with_ttl(key: str) -> Callable[[_Connection], Any]:
-        return lambda c: c.read_with_ttl(keys=[key])
-
-    @staticmethod
-    def _try_lock(key: str, token: bytes, ttl_ms: int) -> Callable[[_Connection], Any]:
-        return lambda c: c.client.set(key, token, nx=True, px=ttl_ms)
-
-    @staticmethod
-    def _unlock(key: str, token: bytes) -> Callable[[_Connection], Any]:
-        return lambda c: c.unlock(keys=[key], args=[token])
-
     def _read_tracked(self, key: str, fence: str) -> Callable[[_Connection], Any]:
-        args = [new_nonce(), self._compute_limit_ms]
-        return lambda c: c.read_tracked(keys=[key, fence], args=args)
-
-    @staticmethod
-    def _set(key: str, envelope: bytes, ttl_ms: int) -> Callable[[_Connection], Any]:
-        return lambda c: c.client.set(key, envelope, px=ttl_ms)
+        return methodcaller("read_tracked", keys=[key, fence], args=[new_nonce(), self._compute_limit_ms])
 
     def _write_tracked(
         self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
@@ -282,7 +277,7 @@ class RemoteCache:
             envelope,
             self._compute_limit_ms * 1000,
         ]
-        return lambda c: c.write_tracked(keys=[key, fence], args=args)
+        return methodcaller("write_tracked", keys=[key, fence], args=args)
 
     def _invalidate(self, fence: str, future_buffer_ms: int) -> Callable[[_Connection], Any]:
         args = [
@@ -293,40 +288,50 @@ class RemoteCache:
             entity_of(fence),
             self.origin,
         ]
-        return lambda c: c.invalidate(keys=[fence], args=args)
+        return methodcaller("invalidate", keys=[fence], args=args)
 
     def _delete(self, key: str) -> Callable[[_Connection], Any]:
-        args = [self.channel, self.origin]
-        return lambda c: c.delete(keys=[key], args=args)
+        return methodcaller("delete", keys=[key], args=[self.channel, self.origin])
 
     async def aget(self, key: str) -> bytes | None:
-        result: bytes | None = await self._arun("get", READ, self._get(key))
+        result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
         return result
 
     def get(self, key: str) -> bytes | None:
-        result: bytes | None = self._run("get", READ, self._get(key))
-        return result
+        """:meth:`_run` written out for the one operation of every untracked REMOTE hit."""
+        conn = self._sync[READ]
+        if conn is None or self._factory is not None:
+            result: bytes | None = self._run("get", READ, methodcaller("get", key))
+            return result
+        try:
+            raw: bytes | None = conn.get(key)
+        except _REDIS_ERRORS as exc:
+            self.breaker.failure(exc)
+            raise RemoteError("get", exc) from exc
+        if self.breaker.failures:
+            self.breaker.success()
+        return raw
 
     async def aget_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         """The value and its remaining life in ms (-1: none), for a fail-safe use case."""
-        return _parse_with_ttl(await self._arun("get", READ, self._get_with_ttl(key)))
+        return _parse_with_ttl(await self._arun("get", READ, methodcaller("read_with_ttl", keys=[key])))
 
     def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
-        return _parse_with_ttl(self._run("get", READ, self._get_with_ttl(key)))
+        return _parse_with_ttl(self._run("get", READ, methodcaller("read_with_ttl", keys=[key])))
 
     async def atry_lock(self, key: str, token: bytes, ttl_ms: int) -> bool:
         """Take the lock ``key`` for ``ttl_ms`` unless another holder has it."""
-        return bool(await self._arun("lock", WRITE, self._try_lock(key, token, ttl_ms)))
+        return bool(await self._arun("lock", WRITE, methodcaller("set", key, token, nx=True, px=ttl_ms)))
 
     def try_lock(self, key: str, token: bytes, ttl_ms: int) -> bool:
-        return bool(self._run("lock", WRITE, self._try_lock(key, token, ttl_ms)))
+        return bool(self._run("lock", WRITE, methodcaller("set", key, token, nx=True, px=ttl_ms)))
 
     async def aunlock(self, key: str, token: bytes) -> bool:
         """Release the lock if ``token`` still holds it."""
-        return bool(await self._arun("unlock", WRITE, self._unlock(key, token)))
+        return bool(await self._arun("unlock", WRITE, methodcaller("unlock", keys=[key], args=[token])))
 
     def unlock(self, key: str, token: bytes) -> bool:
-        return bool(self._run("unlock", WRITE, self._unlock(key, token)))
+        return bool(self._run("unlock", WRITE, methodcaller("unlock", keys=[key], args=[token])))
 
     async def aread_tracked(self, key: str, fence: str) -> TrackedRead:
         return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence)))
@@ -335,10 +340,10 @@ class RemoteCache:
         return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
-        await self._arun("set", WRITE, self._set(key, envelope, ttl_ms))
+        await self._arun("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))
 
     def set(self, key: str, envelope: bytes, ttl_ms: int) -> None:
-        self._run("set", WRITE, self._set(key, envelope, ttl_ms))
+        self._run("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))
 
     async def awrite_tracked(
         self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes

@@ -58,7 +58,7 @@ class Flight:
         self.stale_layer = ""  # waiters that have none of their own
         self.done_at = 0.0  # 0 while running
         self._event: threading.Event | None = None
-        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
 
     def succeed(self, value: Any) -> None:
         self.value = value
@@ -75,19 +75,11 @@ class Flight:
     def _finish(self) -> None:
         with _WAITERS:
             self.done_at = time.monotonic()
-            event, futures, self._futures = self._event, self._futures, []
+            event, futures, self._futures = self._event, self._futures, None
         if event is not None:
             event.set()
         if futures:
-            try:
-                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            for loop, future in futures:
-                if loop is running:
-                    _wake(future)
-                elif not loop.is_closed():
-                    loop.call_soon_threadsafe(_wake, future)
+            _wake_all(futures)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block this thread until the flight ends; False when ``timeout`` passed first."""
@@ -106,6 +98,8 @@ class Flight:
                 return True
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
+            if self._futures is None:
+                self._futures = []
             self._futures.append((loop, future))
         if timeout is None:
             await future
@@ -117,34 +111,46 @@ class Flight:
         return True
 
 
+def _wake_all(futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Wake each waiting task in its own loop: at once in this thread's loop, else thread-safely."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for loop, future in futures:
+        if loop is running:
+            _wake(future)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(_wake, future)
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-class FlightTable:
+class FlightTable(dict[str, Flight]):
     """The flights of one use case, by key.
 
-    A finished flight whose callers read Redis before joining stays findable for a quarter of a
-    second, for the callers whose read raced its write (see :class:`Flight`); it is swept after
-    that (at most once per linger), so the table holds the keys that missed in the last half
-    second. Other finished flights leave at once.
+    A dict, so that finding and registering a flight (every miss, every REMOTE hit) are single
+    C calls. A finished flight whose callers read Redis before joining stays findable for a
+    quarter of a second, for the callers whose read raced its write (see :class:`Flight`); it is
+    swept after that (at most once per linger), so the table holds the keys that missed in the
+    last half second. Other finished flights leave at once.
     """
 
-    __slots__ = ("_flights", "_swept_at")
+    __slots__ = ("_swept_at",)
 
     def __init__(self) -> None:
-        self._flights: dict[str, Flight] = {}
+        super().__init__()
         self._swept_at = time.monotonic()
 
     def land(self, key: str, flight: Flight, *, linger: bool) -> None:
         """A flight finished: it stays for the callers its write may have raced, or leaves."""
-        if not linger and self._flights.get(key) is flight:
-            self._flights.pop(key, None)
-        self.sweep()
-
-    def get(self, key: str) -> Flight | None:
-        return self._flights.get(key)
+        if not linger and self.get(key) is flight:
+            self.pop(key, None)
+        if flight.done_at - self._swept_at >= _LINGER_SEC:  # done_at: the time it finished
+            self.sweep()
 
     def claim(self, key: str, flight: Flight, replace: Flight | None) -> Flight:
         """Register ``flight`` for ``key`` unless another caller got there first; returns the winner.
@@ -152,21 +158,17 @@ class FlightTable:
         ``replace`` is the flight the caller saw and cannot join (finished, or too old for it):
         it is replaced; any other flight registered meanwhile wins.
         """
-        flights = self._flights
         if replace is None:
-            return flights.setdefault(key, flight)
-        current = flights.get(key)
+            return self.setdefault(key, flight)
+        current = self.get(key)
         if current is replace or current is None:
-            flights[key] = flight  # a race with another replacer at worst runs the function twice
+            self[key] = flight  # a race with another replacer at worst runs the function twice
             return flight
         return current
 
     def forget(self, key: str) -> None:
         """Drop the flight of a key (deleted or flushed: its outcome must not be handed out)."""
-        self._flights.pop(key, None)
-
-    def clear(self) -> None:
-        self._flights.clear()
+        self.pop(key, None)
 
     def sweep(self) -> None:
         """Drop flights that finished more than a linger ago (at most once per linger)."""
@@ -175,9 +177,6 @@ class FlightTable:
             return
         self._swept_at = now
         cutoff = now - _LINGER_SEC
-        for key, flight in list(self._flights.items()):
-            if flight.done_at and flight.done_at < cutoff and self._flights.get(key) is flight:
-                self._flights.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._flights)
+        for key, flight in list(self.items()):
+            if flight.done_at and flight.done_at < cutoff and self.get(key) is flight:
+                self.pop(key, None)

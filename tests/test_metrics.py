@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gcache import (
     CacheLayer,
@@ -22,10 +24,12 @@ from gcache import (
     start_metrics_server,
 )
 from gcache._embedded_redis import free_port
+from gcache.metrics import FastCounter, FastHistogram
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
 LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 
 _UC = {"use_case", "key_type"}
 DOCUMENTED: dict[str, tuple[str, set[str]]] = {
@@ -344,3 +348,70 @@ async def test_local_lookups_are_timed_first_then_one_in_sixteen(
     assert sample(registry, "gcache_request_counter_total", use_case="Sampled", layer="local") == 33
     timed = sample(registry, "gcache_get_timer_count", use_case="Sampled", layer="local")
     assert timed == 3  # lookups 1, 17 and 33
+
+
+async def test_remote_reads_are_timed_first_then_one_in_sixteen_and_counted_every_time(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache()
+    calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="SampledRemote", config=REMOTE_ONLY)
+    with cache.enable():
+        for _ in range(34):
+            assert await get("1") == {"uid": "1", "region": "eu"}
+    assert calls == ["1"]  # read 1 missed; reads 2-34 were REMOTE hits
+    labels = {"use_case": "SampledRemote", "layer": "remote"}
+    assert sample(registry, "gcache_request_counter_total", **labels) == 34
+    assert sample(registry, "gcache_get_timer_count", **labels) == 3  # reads 1, 17 and 33
+    assert sample(registry, "gcache_get_timer_sum", **labels) > 0
+    loads = sample(registry, "gcache_serialization_timer_count", use_case="SampledRemote", operation="load")
+    assert loads == 2  # reads 17 and 33 found a value to load; read 1 missed
+    assert sample(registry, "gcache_miss_counter_total", use_case="SampledRemote", layer="remote") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0, allow_nan=False), max_size=40))
+def test_fast_histogram_child_records_exactly_what_observe_records(amounts: list[float]) -> None:
+    registry = CollectorRegistry()
+    buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
+    official = Histogram("official", "h", ["l"], buckets=buckets, registry=registry).labels("x")
+    fast = FastHistogram(Histogram("fast", "h", ["l"], buckets=buckets, registry=registry).labels("x"))
+    for amount in [*amounts, *buckets]:  # the bounds themselves: observe puts them in their own bucket
+        official.observe(amount)
+        fast.observe(amount)
+    families = {m.name: m for m in registry.collect()}
+
+    def recorded(name: str) -> list[tuple[str, dict[str, str], float]]:
+        kept = [s for s in families[name].samples if s.name != f"{name}_created"]
+        return [(s.name.removeprefix(name), s.labels, s.value) for s in kept]
+
+    assert recorded("fast") == recorded("official")
+    assert recorded("fast")[-2] == ("_count", {"l": "x"}, len(amounts) + len(buckets))
+
+
+def test_fast_counter_child_adds_one_per_inc() -> None:
+    registry = CollectorRegistry()
+    fast = FastCounter(Counter("fast", "c", ["l"], registry=registry).labels("x"))
+    for _ in range(5):
+        fast.inc()
+    assert sample(registry, "fast_total", l="x") == 5
+
+
+def test_fast_children_fall_back_to_the_public_methods_on_an_unknown_prometheus_client() -> None:
+    class Child:
+        """A child without prometheus_client's internals: only the public methods."""
+
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def inc(self, amount: float = 1) -> None:
+            self.seen.append(amount)
+
+        def observe(self, amount: float) -> None:
+            self.seen.append(amount)
+
+    counter, histogram = Child(), Child()
+    FastCounter(counter).inc()  # type: ignore[arg-type]
+    FastHistogram(histogram).observe(0.5)  # type: ignore[arg-type]
+    assert counter.seen == [1]
+    assert histogram.seen == [0.5]
