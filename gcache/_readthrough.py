@@ -548,7 +548,8 @@ class UseCase:
         start = _perf() if timed else 0.0
         try:
             if self.tracked:
-                read: TrackedRead | None = await remote.aread_tracked(m.urn, watermark_key(m.entity))
+                fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
+                read: TrackedRead | None = await remote.aread_tracked(m.urn, fence, with_ttl=with_ttl)
                 m.read = read
                 raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
             elif m.config.fail_safe_sec:
@@ -798,7 +799,8 @@ class UseCase:
         start = _perf() if timed else 0.0
         try:
             if self.tracked:
-                read: TrackedRead | None = remote.read_tracked(m.urn, watermark_key(m.entity))
+                fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
+                read: TrackedRead | None = remote.read_tracked(m.urn, fence, with_ttl=with_ttl)
                 m.read = read
                 raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
             elif m.config.fail_safe_sec:

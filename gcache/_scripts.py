@@ -20,13 +20,15 @@ __all__ = [
 # KEYS[1] value key, KEYS[2] fence (watermark) key
 # ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute
 #         limit, which the write after a miss extends
+# ARGV[3] '1' to return the value's PTTL (a fail-safe use case), '' not to
 # A missing fence is created here, so every read carries a nonce: if the fence is lost while the
 # function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
-# Returns {value or nil, fence nonce, watermark (us), server now (us), the value's PTTL (ms) or nil}.
-# The PTTL tells a fail-safe use case whether the value is past its TTL, in its grace period.
+# Returns {value or nil, fence nonce, watermark (us), server time seconds, and microseconds,
+# the value's PTTL (ms) or nil}. The caller joins the two halves of the time: Lua arithmetic and
+# string.format cost the server more than the reads themselves. The PTTL tells a fail-safe use
+# case whether the value is past its TTL, in its grace period.
 READ_TRACKED = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local v = redis.call('GET', KEYS[1])
 local f = redis.call('HMGET', KEYS[2], 'n', 'w')
 if not f[1] then
@@ -35,8 +37,8 @@ if not f[1] then
   f = {ARGV[1], '0'}
 end
 local pttl = nil
-if v then pttl = redis.call('PTTL', KEYS[1]) end
-return {v, f[1], f[2], string.format('%.0f', now), pttl}
+if v and ARGV[3] == '1' then pttl = redis.call('PTTL', KEYS[1]) end
+return {v, f[1], f[2], t[1], t[2], pttl}
 """
 
 # KEYS[1] value key. An untracked read of a fail-safe use case: {value or nil, its PTTL (ms)}.

@@ -120,9 +120,15 @@ class _Connection:
 
 
 def _parse_tracked(reply: list[Any]) -> TrackedRead:
-    raw, nonce, watermark, now = reply[:4]
-    pttl = reply[4] if len(reply) > 4 and reply[4] is not None else -1
-    return TrackedRead(raw, nonce, int(watermark) if watermark is not None else 0, int(now), int(pttl))
+    raw, nonce, watermark, seconds, micros = reply[:5]
+    pttl = reply[5] if len(reply) > 5 and reply[5] is not None else -1  # Lua's nil ends the reply
+    return TrackedRead(
+        raw,
+        nonce,
+        int(watermark) if watermark is not None else 0,
+        int(seconds) * 1_000_000 + int(micros),
+        int(pttl),
+    )
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
@@ -263,8 +269,9 @@ class RemoteCache:
 
     # -- operations: each builds its command once; _arun / _run only differ in awaiting it ------
 
-    def _read_tracked(self, key: str, fence: str) -> Callable[[_Connection], Any]:
-        return methodcaller("read_tracked", keys=[key, fence], args=[new_nonce(), self._compute_limit_ms])
+    def _read_tracked(self, key: str, fence: str, with_ttl: bool) -> Callable[[_Connection], Any]:
+        args = [new_nonce(), self._compute_limit_ms, "1" if with_ttl else ""]
+        return methodcaller("read_tracked", keys=[key, fence], args=args)
 
     def _write_tracked(
         self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
@@ -333,11 +340,12 @@ class RemoteCache:
     def unlock(self, key: str, token: bytes) -> bool:
         return bool(self._run("unlock", WRITE, methodcaller("unlock", keys=[key], args=[token])))
 
-    async def aread_tracked(self, key: str, fence: str) -> TrackedRead:
-        return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence)))
+    async def aread_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
+        """The value, the entity's fence and the server time; the value's PTTL ``with_ttl``."""
+        return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
 
-    def read_tracked(self, key: str, fence: str) -> TrackedRead:
-        return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence)))
+    def read_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
+        return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
         await self._arun("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))

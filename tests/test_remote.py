@@ -70,9 +70,10 @@ class Ops:
     async def set(self, key: str, env: bytes, ttl_ms: int) -> None:
         await self._do("set", key, env, ttl_ms)
 
-    async def read(self, key: str = KEY, fence: str = FENCE) -> TrackedRead:
-        result: TrackedRead = await self._do("read_tracked", key, fence)
-        return result
+    async def read(self, key: str = KEY, fence: str = FENCE, *, with_ttl: bool = False) -> TrackedRead:
+        if self.mode == "async":
+            return await self.remote.aread_tracked(key, fence, with_ttl=with_ttl)
+        return self.remote.read_tracked(key, fence, with_ttl=with_ttl)
 
     async def write(
         self,
@@ -207,6 +208,23 @@ async def test_read_tracked_returns_value_fence_nonce_and_watermark(backend: Bac
     assert read.raw == ENV
     assert read.nonce == b"ABCDEFGH"
     assert read.watermark_us == 1234567
+    assert read.pttl_ms == -1  # not asked for: the script skips the PTTL
+
+
+async def test_read_tracked_with_ttl_returns_the_value_pttl_and_server_time_in_microseconds(
+    backend: Backend, ops: Ops
+) -> None:
+    backend.inspect.set(KEY, ENV, px=20_000)
+    before = backend.now_us()
+
+    read = await ops.read(with_ttl=True)
+    missing = await ops.read(KEY2, with_ttl=True)
+
+    assert read.raw == ENV
+    assert 19_000 < read.pttl_ms <= 20_000
+    assert before <= read.now_us <= backend.now_us()  # seconds and microseconds joined exactly
+    assert missing.raw is None
+    assert missing.pttl_ms == -1
 
 
 # -- write_tracked --------------------------------------------------------------------------------
