@@ -179,6 +179,8 @@ class RemoteCache:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection | None]] = (
             weakref.WeakKeyDictionary()
         )
+        # The loop asked last and its connections: almost every call comes from that one loop.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], list[_Connection | None]] | None = None
         self._sync: list[_Connection | None] = [None, None, None]
         self._sync_lock = threading.Lock()
         self.breaker = CircuitBreaker(
@@ -193,9 +195,13 @@ class RemoteCache:
 
     def _async_connection(self, kind: int) -> _Connection:
         loop = asyncio.get_running_loop()
-        conns = self._by_loop.get(loop)
-        if conns is None:
-            conns = self._by_loop[loop] = [None, None, None]
+        last = self._last
+        if last is not None and last[0]() is loop:
+            conns = last[1]
+        else:
+            found = self._by_loop.get(loop)
+            conns = self._by_loop[loop] = [None, None, None] if found is None else found
+            self._last = (weakref.ref(loop), conns)
         conn = conns[kind]
         if conn is None:
             if self._factory is not None:  # one client per loop, shared by every kind
@@ -301,8 +307,18 @@ class RemoteCache:
         return methodcaller("delete", keys=[key], args=[self.channel, self.origin])
 
     async def aget(self, key: str) -> bytes | None:
-        result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
-        return result
+        """:meth:`_arun` written out for the one operation of every untracked REMOTE hit."""
+        if self._factory is not None:
+            result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
+            return result
+        try:
+            raw: bytes | None = await self._async_connection(READ).get(key)
+        except _REDIS_ERRORS as exc:
+            self.breaker.failure(exc)
+            raise RemoteError("get", exc) from exc
+        if self.breaker.failures:
+            self.breaker.success()
+        return raw
 
     def get(self, key: str) -> bytes | None:
         """:meth:`_run` written out for the one operation of every untracked REMOTE hit."""
@@ -454,6 +470,7 @@ class RemoteCache:
         except RuntimeError:
             loop = None
         conns = self._by_loop.pop(loop) if loop is not None and loop in self._by_loop else []
+        self._last = None
         for client in _clients(conns):
             await client.aclose()
         self.close()
@@ -479,6 +496,7 @@ class RemoteCache:
                     # here: close the sockets now and let the loop finish the teardown.
                     _drop_sockets(client)
         self._by_loop.clear()
+        self._last = None
 
 
 def _clients(conns: list[_Connection | None]) -> list[Any]:
