@@ -19,7 +19,7 @@ import redis
 from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
-from gcache.remote import RemoteCache, TrackedRead
+from gcache.remote import READ, RemoteCache, TrackedRead
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
 KEY2 = "{urn:gcache:user_id:1}#Other"
@@ -628,3 +628,38 @@ async def test_gcache_remote_is_a_remote_cache_on_its_redis(
     await ops.invalidate(buffer_ms=100)
 
     assert 500 < redis_client.pttl(FENCE) <= 600
+
+
+def test_each_event_loop_keeps_its_own_client_when_loops_take_turns(
+    mode: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The connections of the loop asked last are kept at hand; another loop must not get them."""
+    loop_thread = LoopThread("test-loops")
+    remote = RemoteCache(
+        redis_config=RedisConfig(url=redis_url),
+        client_factory=None,
+        compute_limit_ms=LIMIT_MS,
+        loop_thread=loop_thread,
+    )
+    redis_client.set(KEY, ENV)
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+
+    async def read() -> tuple[bytes | None, object]:
+        return await remote.aget(KEY), remote._async_connection(READ).client
+
+    try:
+        turns = []
+        for loop in (first, second, first, second):
+            turns.append(loop.run_until_complete(read()))
+            if mode == "sync":  # the sync client, between the loops' turns, changes nothing
+                assert remote.get(KEY) == ENV
+        assert [value for value, _ in turns] == [ENV] * 4
+        clients = [client for _, client in turns]
+        assert clients[0] is clients[2]
+        assert clients[1] is clients[3]
+        assert clients[0] is not clients[1]
+    finally:
+        remote.close()
+        loop_thread.stop()
+        first.close()
+        second.close()
