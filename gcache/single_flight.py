@@ -132,11 +132,11 @@ def _wake(future: asyncio.Future[None]) -> None:
 class FlightTable(dict[str, Flight]):
     """The flights of one use case, by key.
 
-    A dict, so that finding and registering a flight (every miss, every REMOTE hit) are single
-    C calls. A finished flight whose callers read Redis before joining stays findable for a
-    quarter of a second, for the callers whose read raced its write (see :class:`Flight`); it is
-    swept after that (at most once per linger), so the table holds the keys that missed in the
-    last half second. Other finished flights leave at once.
+    A dict, so that finding and registering a flight (every miss, and every untracked REMOTE hit
+    of an async caller) are single C calls. A finished flight whose callers read Redis before
+    joining stays findable for a quarter of a second, for the callers whose read raced its write
+    (see :class:`Flight`); it is swept after that (at most once per linger), so the table holds
+    the keys that missed in the last half second. Other finished flights leave at once.
     """
 
     __slots__ = ("_swept_at",)
