@@ -543,7 +543,7 @@ class UseCase:
         self.m.request_remote.inc()
         reads = self._reads
         self._reads = reads + 1
-        timed = not reads & _TIMING_MASK  # the timers cost as much as the rest of a hit: 1 in 16
+        timed = not reads & _TIMING_MASK  # timing every read added a third to a hit's cost
         pttl = -1
         m.read_at = _monotonic()
         start = _perf() if timed else 0.0
@@ -794,7 +794,7 @@ class UseCase:
         self.m.request_remote.inc()
         reads = self._reads
         self._reads = reads + 1
-        timed = not reads & _TIMING_MASK  # the timers cost as much as the rest of a hit: 1 in 16
+        timed = not reads & _TIMING_MASK  # timing every read added a third to a hit's cost
         pttl = -1
         m.read_at = _monotonic()
         start = _perf() if timed else 0.0
