@@ -615,6 +615,13 @@ class UseCase:
             while True:
                 if await remote.atry_lock(key, token, int(m.config.lock_sec * 1000)):
                     m.token = token
+                    # Another process may have written the value and let go of the lock between
+                    # this call's read and its lock: read once more before running the function.
+                    value = await self.aremote_read(m)
+                    if value is not MISS:
+                        await self.aunlock(m)
+                        self.m.single_flight("lock_waited").inc()
+                        return value
                     self.m.single_flight("lock_acquired").inc()
                     return MISS
                 if _monotonic() + pause > deadline:
@@ -867,6 +874,11 @@ class UseCase:
             while True:
                 if remote.try_lock(key, token, int(m.config.lock_sec * 1000)):
                     m.token = token
+                    value = self.remote_read(m)  # see alock: the value may have landed meanwhile
+                    if value is not MISS:
+                        self.unlock(m)
+                        self.m.single_flight("lock_waited").inc()
+                        return value
                     self.m.single_flight("lock_acquired").inc()
                     return MISS
                 if _monotonic() + pause > deadline:

@@ -492,3 +492,58 @@ def test_four_processes_with_the_lock_run_the_function_once_in_total(
     assert int(redis_client.get("lock-test:calls") or 0) == 1  # the function ran once in the fleet
     assert sum(r["lock_acquired"] for r in reports) == 1
     assert sum(r["lock_waited"] for r in reports) == 3
+
+
+async def test_a_process_that_gets_the_lock_after_another_wrote_the_value_takes_that_value(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    """B misses; before B takes the lock, A computes, writes and lets go: B must not compute too."""
+    caches = [make_cache(urn_prefix="urn:raced", metrics_registry=r) for r in (CollectorRegistry(), registry)]
+    calls: list[str] = []
+
+    def make(name: str, cache: GCache) -> Callable[[str], Any]:
+        decorate = cache.cached(key_type="user_id", id_arg="uid", use_case="Raced", default_config=LOCKED)
+        if is_async:
+
+            async def aget(uid: str) -> str:
+                calls.append(name)
+                return f"user-{uid}"
+
+            return decorate(aget)
+
+        def sget(uid: str) -> str:
+            calls.append(name)
+            return f"user-{uid}"
+
+        return decorate(sget)
+
+    gets = [make(name, cache) for name, cache in zip("AB", caches, strict=True)]
+    remote_b = caches[1]._runtime.remote
+    assert remote_b is not None
+    if is_async:
+        original_async = remote_b.atry_lock
+
+        async def racing_async(key: str, token: bytes, ttl_ms: int) -> bool:
+            with caches[0].enable():
+                assert await gets[0]("1") == "user-1"  # A: computed, written, lock released
+            return await original_async(key, token, ttl_ms)
+
+        remote_b.atry_lock = racing_async  # type: ignore[method-assign]
+        with caches[1].enable():
+            got = await gets[1]("1")
+    else:
+        original = remote_b.try_lock
+
+        def racing(key: str, token: bytes, ttl_ms: int) -> bool:
+            with caches[0].enable():
+                assert gets[0]("1") == "user-1"
+            return original(key, token, ttl_ms)
+
+        remote_b.try_lock = racing  # type: ignore[method-assign]
+        with caches[1].enable():
+            got = await asyncio.to_thread(gets[1], "1")
+    assert got == "user-1"
+    assert calls == ["A"]  # B read again once it held the lock, found A's value and let go
+    assert sample(registry, JOINED, use_case="Raced", result="lock_waited") == 1
+    assert sample(registry, JOINED, use_case="Raced", result="lock_acquired") == 0
+    assert not [k for k in redis_client.keys("*") if b"!lock" in k]
