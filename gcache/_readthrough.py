@@ -490,7 +490,7 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
-        patience = self.patience(m) if m.stale is not MISS else None
+        patience = self.patience(m)
         if patience is None:
             await self.awork(m, flight, func, args, kwargs)
         else:  # the function may outlast the soft timeout: it goes on in the background
@@ -751,7 +751,7 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
-        patience = self.patience(m) if m.stale is not MISS else None
+        patience = self.patience(m)
         if patience is None:
             self.work(m, flight, func, args, kwargs)
         else:  # the function may outlast the soft timeout: it goes on on a worker thread

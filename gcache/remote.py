@@ -251,8 +251,7 @@ class RemoteCache:
             else:
                 result = await command(self._async_connection(kind))
         except _REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
-            raise RemoteError(operation, exc) from exc
+            raise self._failed(operation, exc) from exc
         if self.breaker.failures:  # a success only matters after failures
             self.breaker.success()
         return result
@@ -263,11 +262,15 @@ class RemoteCache:
         try:
             result = command(self._sync[kind] or self._sync_connection(kind))
         except _REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
-            raise RemoteError(operation, exc) from exc
+            raise self._failed(operation, exc) from exc
         if self.breaker.failures:  # a success only matters after failures
             self.breaker.success()
         return result
+
+    def _failed(self, operation: str, exc: BaseException) -> RemoteError:
+        """Count a failed operation on the breaker; returns the error to raise."""
+        self.breaker.failure(exc)
+        return RemoteError(operation, exc)
 
     async def _probe(self) -> None:
         """The breaker's question, asked on the loop thread: does Redis answer a PING in time?"""
@@ -314,9 +317,8 @@ class RemoteCache:
         try:
             raw: bytes | None = await self._async_connection(READ).get(key)
         except _REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
-            raise RemoteError("get", exc) from exc
-        if self.breaker.failures:
+            raise self._failed("get", exc) from exc
+        if self.breaker.failures:  # a success only matters after failures
             self.breaker.success()
         return raw
 
@@ -329,9 +331,8 @@ class RemoteCache:
         try:
             raw: bytes | None = conn.get(key)
         except _REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
-            raise RemoteError("get", exc) from exc
-        if self.breaker.failures:
+            raise self._failed("get", exc) from exc
+        if self.breaker.failures:  # a success only matters after failures
             self.breaker.success()
         return raw
 

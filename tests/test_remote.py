@@ -101,6 +101,16 @@ class Ops:
         return result
 
 
+def real_remote(url: str, loop_thread: LoopThread, compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
+    """A RemoteCache on the real server at ``url``."""
+    return RemoteCache(
+        redis_config=RedisConfig(url=url),
+        client_factory=None,
+        compute_limit_ms=compute_limit_ms,
+        loop_thread=loop_thread,
+    )
+
+
 @pytest.fixture(params=["redis", "fakeredis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     remotes: list[tuple[RemoteCache, LoopThread]] = []
@@ -110,12 +120,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         def make(compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
             loop_thread = LoopThread("test-remote")
-            remote = RemoteCache(
-                redis_config=RedisConfig(url=url),
-                client_factory=None,
-                compute_limit_ms=compute_limit_ms,
-                loop_thread=loop_thread,
-            )
+            remote = real_remote(url, loop_thread, compute_limit_ms)
             remotes.append((remote, loop_thread))
             return remote
 
@@ -635,12 +640,7 @@ def test_each_event_loop_keeps_its_own_client_when_loops_take_turns(
 ) -> None:
     """The connections of the loop asked last are kept at hand; another loop must not get them."""
     loop_thread = LoopThread("test-loops")
-    remote = RemoteCache(
-        redis_config=RedisConfig(url=redis_url),
-        client_factory=None,
-        compute_limit_ms=LIMIT_MS,
-        loop_thread=loop_thread,
-    )
+    remote = real_remote(redis_url, loop_thread)
     redis_client.set(KEY, ENV)
     first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
 
