@@ -6,11 +6,13 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``miss``: miss + write-back (bench_miss)
 - ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
+- ``instructions``: instructions per hit counted by callgrind, gcache and its floor
+  (bench_instructions; skipped without valgrind)
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
 
-The first four write their rows to results/<scenario>.json; results/results.md (the table) and
+The first five write their rows to results/<scenario>.json; results/results.md (the table) and
 results/results.png (the chart) are rebuilt from every saved scenario after each run.
 ``REDIS_URL`` points the scenarios at an existing Redis instead of a private one.
 """
@@ -30,6 +32,7 @@ from benchmarks import (
     bench_concurrency,
     bench_faults,
     bench_hits,
+    bench_instructions,
     bench_invalidation,
     bench_memory,
     bench_miss,
@@ -43,6 +46,7 @@ TABLED: dict[str, Callable[[str], list[Result]]] = {
     "miss": bench_miss.run,
     "concurrency": bench_concurrency.run,
     "memory": bench_memory.run,
+    "instructions": bench_instructions.run,
 }
 
 

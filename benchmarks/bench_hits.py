@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cachetools
@@ -46,7 +47,16 @@ from benchmarks._harness import (
 from gcache import CacheLayer, GCache, GCacheKeyConfig
 from gcache.keys import entity_key, value_key, watermark_key
 
-__all__ = ["LOCAL_TARGET", "REMOTE_TARGET", "run"]
+__all__ = [
+    "ID",
+    "LOCAL_ONLY",
+    "LOCAL_TARGET",
+    "REMOTE_ONLY",
+    "REMOTE_TARGET",
+    "TTL",
+    "read_through_ttl_cache",
+    "run",
+]
 
 LOCAL_TARGET = 3.0
 REMOTE_TARGET = 1.3
@@ -91,13 +101,10 @@ def _functions(cache: GCache, layer: str, config: GCacheKeyConfig) -> dict[str, 
     return functions
 
 
-def run(redis_url: str) -> list[Result]:
-    cache = make_gcache(redis_url, PREFIX)
-    if not cache.start():
-        raise RuntimeError("gcache's invalidation bus did not subscribe; tracked LOCAL would be off")
-    local = _functions(cache, "Local", LOCAL_ONLY)
-    remote = _functions(cache, "Remote", REMOTE_ONLY)
-    ttl_cache: cachetools.TTLCache[str, dict[str, Any]] = cachetools.TTLCache(10_000, TTL)
+def read_through_ttl_cache(
+    ttl_cache: cachetools.TTLCache[str, dict[str, Any]],
+) -> tuple[Callable[[str], dict[str, Any]], Callable[[str], Awaitable[dict[str, Any]]]]:
+    """The LOCAL floor: a read-through over a bare TTLCache, written by hand, sync and async."""
 
     def bare_local(user_id: str) -> dict[str, Any]:
         value = ttl_cache.get(user_id)
@@ -110,6 +117,17 @@ def run(redis_url: str) -> list[Result]:
         if value is None:
             value = ttl_cache[user_id] = user(user_id)
         return value
+
+    return bare_local, abare_local
+
+
+def run(redis_url: str) -> list[Result]:
+    cache = make_gcache(redis_url, PREFIX)
+    if not cache.start():
+        raise RuntimeError("gcache's invalidation bus did not subscribe; tracked LOCAL would be off")
+    local = _functions(cache, "Local", LOCAL_ONLY)
+    remote = _functions(cache, "Remote", REMOTE_ONLY)
+    bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))
 
     bare_key = "{" + PREFIX + ":bare:1}#RemoteBare"  # the length of gcache's keys, a payload as large
     payload = pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24

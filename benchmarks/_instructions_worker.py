@@ -1,0 +1,128 @@
+"""One measured process of the instruction-count benchmark (started by ``bench_instructions``).
+
+Usage: ``python -m benchmarks._instructions_worker <case> <calls> <redis_url>``. The worker sets its
+case up, warms it up (so connections, pools, caches and metric children exist), makes ``calls``
+calls of it and exits. ``bench_instructions`` runs it under callgrind twice, with two call counts,
+and takes the difference: set-up, warm-up and interpreter start-up cancel out.
+
+Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
+functions, keys and values as ``bench_hits``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import cachetools
+
+from benchmarks._harness import bare_async_client, bare_sync_client, gcache_errors, make_gcache, user
+from benchmarks.bench_hits import ID, LOCAL_ONLY, REMOTE_ONLY, TTL, read_through_ttl_cache
+from gcache import GCache
+
+__all__ = ["CASES", "main"]
+
+CASES = (
+    "sync LOCAL gcache",
+    "sync LOCAL baseline",
+    "async LOCAL gcache",
+    "async LOCAL baseline",
+    "sync REMOTE gcache",
+    "sync REMOTE baseline",
+    "async REMOTE gcache",
+    "async REMOTE baseline",
+)
+WARM_UP = 300
+PREFIX = "bench-instructions"
+_CACHES: list[GCache] = []  # the case's gcache, checked for errors at the end
+_RAN = [0]  # runs of the cached function: at most one, the first call's, when the rest hit
+
+
+def _stored(redis_url: str) -> str:
+    """The bare baseline's key, holding a value as large as gcache's (as in ``bench_hits``)."""
+    key = "{" + PREFIX + ":bare:1}#RemoteBare"
+    client = bare_sync_client(redis_url)
+    client.set(key, pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24)
+    client.close()
+    return key
+
+
+def _cached(mode: str, kind: str, redis_url: str) -> Callable[[str], Any]:
+    """gcache's cached function of the case, enabled for the life of the process."""
+    # Under valgrind a call runs some 50 times slower: the default 50 ms read deadline would fire,
+    # and a timed-out read (counted, logged, served uncached) costs far more than a hit.
+    cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0)
+    _CACHES.append(cache)
+    decorate = cache.cached(
+        key_type="user_id",
+        id_arg="user_id",
+        use_case=f"{kind}{mode.title()}",
+        default_config=LOCAL_ONLY if kind == "LOCAL" else REMOTE_ONLY,
+    )
+
+    def sync_user(user_id: str) -> dict[str, Any]:
+        _RAN[0] += 1
+        return user(user_id)
+
+    async def async_user(user_id: str) -> dict[str, Any]:
+        _RAN[0] += 1
+        return user(user_id)
+
+    cache.enable().__enter__()  # in the calling context: the process's, or the async run's task
+    return decorate(sync_user if mode == "sync" else async_user)
+
+
+def _case(case: str, redis_url: str) -> Callable[[], Any]:
+    """One call of ``case``: a plain call, or (async) a call returning the awaitable."""
+    mode, kind, subject = case.split()
+    if subject == "gcache":
+        cached_user = _cached(mode, kind, redis_url)
+        return lambda: cached_user(ID)
+    if kind == "LOCAL":
+        bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))
+        local = bare_local if mode == "sync" else abare_local
+        return lambda: local(ID)
+    key = _stored(redis_url)
+    client: Any = bare_sync_client(redis_url) if mode == "sync" else bare_async_client(redis_url)
+    return lambda: client.get(key)
+
+
+def _all_hits() -> int:
+    """0 when every call but the first was a hit (the first may hit too); else 1, with a message."""
+    errors = sum(gcache_errors(cache) for cache in _CACHES)
+    ran = _RAN[0] if _CACHES else 1
+    if errors or ran > 1:
+        print(f"{errors} cache errors, the function ran {ran} times: not every call hit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    case, calls, redis_url = argv[0], int(argv[1]), argv[2]
+    if case not in CASES:
+        print(f"unknown case {case!r}; one of: {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    if case.startswith("sync"):
+        call = _case(case, redis_url)
+        for _ in range(WARM_UP):
+            call()
+        for _ in range(calls):
+            call()
+        return _all_hits()
+
+    async def run() -> None:
+        acall = _case(case, redis_url)
+        for _ in range(WARM_UP):
+            await acall()
+        for _ in range(calls):
+            await acall()
+
+    asyncio.run(run())
+    return _all_hits()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""Instructions per hit: what gcache's own code costs the calling process, counted by callgrind.
+
+Wall-clock ratios on a busy 2-core machine move by several hundredths from run to run; a
+REMOTE hit's 1.3x target sits within that noise. ``valgrind --tool=callgrind`` counts the
+instructions the process runs, which repeat to within about 2 % whatever else the machine does.
+So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked) and its floor run in
+a worker process (``_instructions_worker``) twice, with ``LOW`` and ``HIGH`` calls; the difference
+over ``HIGH - LOW`` is the cost of one call, with start-up, set-up and warm-up cancelled out.
+
+What it counts: user-space instructions of the calling process. Not counted: the kernel's work
+on the socket, the Redis server's, and time spent waiting, which add the same to both sides of a
+REMOTE hit; so the instruction ratio of a REMOTE hit is stricter than its wall-clock ratio. It has
+no target of its own. Skipped, with a message, when valgrind is not installed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from benchmarks._harness import Result
+from benchmarks._instructions_worker import CASES
+
+__all__ = ["HIGH", "LOW", "count", "run"]
+
+LOW, HIGH = 500, 1_500
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+BASELINES = {
+    "LOCAL": "TTLCache lookup in a function",
+    "REMOTE": "redis-py GET",
+}
+
+
+def count(case: str, calls: int, redis_url: str) -> int:
+    """Instructions of one worker process (start-up to exit) making ``calls`` calls of ``case``."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks._instructions_worker",
+        case,
+        str(calls),
+        redis_url,
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same string hashes, the same dict probes
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind run of {case!r} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def run(redis_url: str) -> list[Result]:
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: instruction counts skipped", file=sys.stderr)
+        return []
+    jobs = [(case, calls) for case in CASES for calls in (LOW, HIGH)]
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        totals = dict(zip(jobs, pool.map(lambda job: count(job[0], job[1], redis_url), jobs), strict=True))
+    per_call = {case: (totals[case, HIGH] - totals[case, LOW]) / (HIGH - LOW) for case in CASES}
+    results = []
+    for case in CASES:
+        if not case.endswith("gcache"):
+            continue
+        mode, layer, _ = case.split()
+        baseline = BASELINES[layer].replace("function", "coroutine") if mode == "async" else BASELINES[layer]
+        if mode == "async" and layer == "REMOTE":
+            baseline = "redis.asyncio GET"
+        results.append(
+            Result(
+                f"{mode} {layer} hit, instructions",
+                "gcache",
+                per_call[case],
+                "instructions/op",
+                baseline,
+                per_call[f"{mode} {layer} baseline"],
+            )
+        )
+    return results
