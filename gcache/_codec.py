@@ -48,15 +48,16 @@ class Codec:
             result = await result
         return _payload(result)
 
-    def load(self, envelope: _envelope.Envelope) -> Any:
+    def load(self, payload: bytes, flags: int) -> Any:
+        """The value of a payload read from an envelope with these ``flags``."""
         if self._serializer is None:
-            return pickle.loads(envelope.payload)
-        return self._serializer.load(_data(envelope))
+            return pickle.loads(payload)
+        return self._serializer.load(_data(payload, flags))
 
-    async def aload(self, envelope: _envelope.Envelope) -> Any:
+    async def aload(self, payload: bytes, flags: int) -> Any:
         if self._serializer is None:
-            return pickle.loads(envelope.payload)
-        result = self._serializer.load(_data(envelope))
+            return pickle.loads(payload)
+        result = self._serializer.load(_data(payload, flags))
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -70,7 +71,7 @@ def _payload(data: Any) -> tuple[bytes, int]:
     raise TypeError(f"Serializer.dump must return bytes or str, got {type(data).__name__}")
 
 
-def _data(envelope: _envelope.Envelope) -> bytes | str:
-    if envelope.flags & _envelope.FLAG_STR:
-        return envelope.payload.decode("utf-8")
-    return envelope.payload
+def _data(payload: bytes, flags: int) -> bytes | str:
+    if flags & _envelope.FLAG_STR:
+        return payload.decode("utf-8")
+    return payload

@@ -27,6 +27,7 @@ __all__ = [
     "EnvelopeError",
     "decode",
     "encode",
+    "untracked_pickle",
 ]
 
 MAGIC = b"gC"
@@ -38,6 +39,7 @@ NONCE_SIZE = 8
 NO_NONCE = b"\0" * NONCE_SIZE
 HEADER_SIZE = 29
 _PREFIX = MAGIC + bytes([VERSION])
+_PICKLE_HEAD = _PREFIX + bytes((SERIALIZER_PICKLE, 0))  # the header up to the stamp, with no flags
 
 
 class EnvelopeError(Exception):
@@ -80,6 +82,17 @@ def decode(raw: bytes) -> Envelope:
     if raw[2] != VERSION:
         raise EnvelopeError("version")
     raise EnvelopeError("corrupt")  # the stamp is not digits
+
+
+def untracked_pickle(raw: bytes | None) -> bytes | None:
+    """The payload of a well-formed pickle entry, or None: anything else is :func:`decode`'s to judge.
+
+    An untracked read checks neither the stamp nor the nonce, so the common hit skips parsing them
+    (about a fifth of what gcache adds to a REMOTE hit); the header is still checked in full.
+    """
+    if raw is not None and len(raw) >= HEADER_SIZE and raw[:5] == _PICKLE_HEAD and raw[5:21].isdigit():
+        return raw[HEADER_SIZE:]
+    return None
 
 
 _new_envelope = tuple.__new__  # the fields as they are, without NamedTuple's argument handling

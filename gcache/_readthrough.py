@@ -2,8 +2,9 @@
 
 Every decision that needs no I/O (config fallback, which layers take part, whether a remote
 entry is fresh, who may share whose result, what to count) is a plain method here, written
-once. ``acall`` and ``call`` are the two drivers: they do the I/O those decisions ask for and are
-kept line-for-line alike, so a diff between them shows any drift.
+once. ``aread_through`` and ``read_through`` are the two drivers (entered from the function
+:meth:`UseCase.wrap` makes): they do the I/O those decisions ask for and are kept line-for-line
+alike, so a diff between them shows any drift.
 
 A miss goes: (tracked) the REMOTE read, whose fence decides who may join a flight; the single
 flight (join a running one or lead a new one); the leader's work (untracked REMOTE read, the
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcache import _envelope
 from gcache._codec import Codec
+from gcache._envelope import untracked_pickle
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.errors import RemoteError
 from gcache.keys import (
@@ -172,6 +174,7 @@ class UseCase:
         self.default_config = default_config
         self.serializer = serializer
         self.codec = Codec(serializer)
+        self._plain = not tracked and serializer is None  # see _envelope.untracked_pickle
         self.local = local
         self.remote = runtime.remote
         self.m = metrics
@@ -297,6 +300,21 @@ class UseCase:
                 self.m.miss("remote", "invalidated").inc()
                 return None
         return env
+
+    def to_load(
+        self, m: Miss, raw: bytes | None, read: TrackedRead | None, pttl_ms: int
+    ) -> tuple[bytes, int, bool] | None:
+        """What a REMOTE read found worth loading: payload, flags and whether it is past its TTL
+        (a fail-safe entry kept as a stale value); None when there is nothing to load."""
+        env = self.fresh(raw, read)
+        if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
+            return None
+        expired = self.expired(m, pttl_ms) if m.config.fail_safe_sec else False
+        if expired and m.stale is not MISS:
+            return None  # a stale LOCAL value is at hand already: no need to load this one
+        return env.payload, env.flags, expired
 
     def expired(self, m: Miss, pttl_ms: int) -> bool:
         """Whether a fail-safe entry is past its TTL: it lives ``fail_safe_sec`` longer in Redis."""
@@ -436,23 +454,55 @@ class UseCase:
     def fallback_layer(local_ttl: float, remote_ttl: float) -> str:
         return "remote" if remote_ttl else ("local" if local_ttl else LAYER_NONE)
 
-    # -- async driver ----------------------------------------------------------------------------
+    # -- the decorated function ------------------------------------------------------------------
 
-    async def acall(
-        self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """A decorated coroutine function's call."""
-        if not self.rt.enabled.get():
-            self.m.disabled_context.inc()
-            return await func(*args, **kwargs)
-        try:
-            id, pairs = self.keys.build(args, kwargs)  # type: ignore[union-attr]
-            entity = self._entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
-            urn = value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail
-        except Exception as exc:
-            self.key_error(exc)
-            return await func(*args, **kwargs)
-        return await self.aread_through(urn, entity, id, pairs, func, args, kwargs)
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """The decorated function, sync or async like ``func``.
+
+        It builds the key itself and hands over to the driver's read-through: no method call in
+        between, which on a hit would cost as much as the key (a coroutine, for async).
+        """
+        enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
+        assert keys is not None
+        build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case
+        key_error = self.key_error
+
+        if inspect.iscoroutinefunction(func):
+            aread_through = self.aread_through
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if not enabled.get():
+                    disabled_context.inc()
+                    return await func(*args, **kwargs)
+                try:
+                    id, pairs = build(args, kwargs)
+                    entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                    urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+                except Exception as exc:
+                    key_error(exc)
+                    return await func(*args, **kwargs)
+                return await aread_through(urn, entity, id, pairs, func, args, kwargs)
+
+            return async_wrapper
+
+        read_through = self.read_through
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not enabled.get():
+                disabled_context.inc()
+                return func(*args, **kwargs)
+            try:
+                id, pairs = build(args, kwargs)
+                entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+            except Exception as exc:
+                key_error(exc)
+                return func(*args, **kwargs)
+            return read_through(urn, entity, id, pairs, func, args, kwargs)
+
+        return sync_wrapper
+
+    # -- async driver ----------------------------------------------------------------------------
 
     async def aread_through(
         self,
@@ -563,22 +613,22 @@ class UseCase:
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
-        env = self.fresh(raw, read)
-        if env is None:
-            if raw is not None and m.stale_layer == "local":
-                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
-            return MISS
-        expired = self.expired(m, pttl) if m.config.fail_safe_sec else False
-        if expired and m.stale is not MISS:
-            return MISS  # a stale LOCAL value is at hand already: no need to load this one
+        expired, flags = False, 0
+        # The common hit, an untracked pickle without fail-safe, takes its payload at once.
+        payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None
+        if payload is None:
+            found = self.to_load(m, raw, read, pttl)
+            if found is None:
+                return MISS
+            payload, flags, expired = found
         if timed:
             start = _perf()
         try:
             codec = self.codec
             if codec.loads is not None:  # pickle: straight to C
-                value = codec.loads(env.payload)
+                value = codec.loads(payload)
             else:
-                value = await codec.aload(env) if codec.is_async else codec.load(env)
+                value = await codec.aload(payload, flags) if codec.is_async else codec.load(payload, flags)
         except Exception as exc:
             self.m.miss("remote", "undecodable").inc()
             self.remote_error(exc, "stored value could not be loaded")
@@ -701,20 +751,6 @@ class UseCase:
 
     # -- sync driver: the same steps; remote I/O on the sync client, in the caller's thread -----
 
-    def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A decorated plain function's call."""
-        if not self.rt.enabled.get():
-            self.m.disabled_context.inc()
-            return func(*args, **kwargs)
-        try:
-            id, pairs = self.keys.build(args, kwargs)  # type: ignore[union-attr]
-            entity = self._entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
-            urn = value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail
-        except Exception as exc:
-            self.key_error(exc)
-            return func(*args, **kwargs)
-        return self.read_through(urn, entity, id, pairs, func, args, kwargs)
-
     def read_through(
         self,
         urn: str,
@@ -821,24 +857,24 @@ class UseCase:
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
-        env = self.fresh(raw, read)
-        if env is None:
-            if raw is not None and m.stale_layer == "local":
-                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
-            return MISS
-        expired = self.expired(m, pttl) if m.config.fail_safe_sec else False
-        if expired and m.stale is not MISS:
-            return MISS  # a stale LOCAL value is at hand already: no need to load this one
+        expired, flags = False, 0
+        # The common hit, an untracked pickle without fail-safe, takes its payload at once.
+        payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None
+        if payload is None:
+            found = self.to_load(m, raw, read, pttl)
+            if found is None:
+                return MISS
+            payload, flags, expired = found
         if timed:
             start = _perf()
         try:
             codec = self.codec
             if codec.loads is not None:  # pickle: straight to C
-                value = codec.loads(env.payload)
+                value = codec.loads(payload)
             elif codec.is_async:
-                value = self.rt.loop_thread.run(lambda: codec.aload(env))
+                value = self.rt.loop_thread.run(lambda: codec.aload(payload, flags))
             else:
-                value = codec.load(env)
+                value = codec.load(payload, flags)
         except Exception as exc:
             self.m.miss("remote", "undecodable").inc()
             self.remote_error(exc, "stored value could not be loaded")

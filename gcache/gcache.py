@@ -253,20 +253,7 @@ class GCache:
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, serializer, keys)
             self._registered.add(name)
 
-            if inspect.iscoroutinefunction(func):
-                acall = uc.acall
-
-                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return await acall(func, args, kwargs)
-
-                wrapper: Any = async_wrapper
-            else:
-                call = uc.call
-
-                def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return call(func, args, kwargs)
-
-                wrapper = sync_wrapper
+            wrapper: Any = uc.wrap(func)
             functools.update_wrapper(wrapper, func)
             wrapper.use_case = name
             return wrapper  # type: ignore[no-any-return]

@@ -171,6 +171,7 @@ class KeyBuilder:
         "_fields",
         "_id_extract",
         "_id_field",
+        "_id_only",
         "_id_position",
         "_n_positional",
         "_var_keyword",
@@ -265,6 +266,9 @@ class KeyBuilder:
             skip.add(id_name)
         self._extra_skip = frozenset(skip)
         self._extra_adapters = adapters
+        # The key is the id alone (extra keywords, when there are none, add nothing): most cached
+        # functions, whose calls by position then skip the pairs.
+        self._id_only = not self._fields and self._var_positional is None and id_extract is None
 
     def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
         """The id and the sorted (name, value) pairs for one call.
@@ -275,6 +279,8 @@ class KeyBuilder:
         position = self._id_position
         if not kwargs and 0 <= position < len(args):  # the id passed by position, as most calls do
             raw_id = args[position]
+            if self._id_only:
+                return str(raw_id), ()
         else:
             raw_id = _value(self._id_field, args, kwargs)
         if self._id_extract is not None:

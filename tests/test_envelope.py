@@ -11,6 +11,8 @@ from typing import Any, cast
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, ConfigError, GCache, GCacheKeyConfig, Serializer
@@ -173,6 +175,38 @@ def test_decode_accepts_exact_header_with_empty_payload() -> None:
     assert envelope.decode(raw) == envelope.Envelope(1, 1, 7, NONCE, b"")
 
 
+def _framed(draw: st.DrawFn) -> bytes:
+    """An envelope with any header fields, maybe one byte changed, maybe cut short."""
+    raw = bytearray(
+        envelope.encode(
+            draw(st.binary(max_size=20)),
+            draw(st.sampled_from([envelope.SERIALIZER_PICKLE, envelope.SERIALIZER_CUSTOM, 7])),
+            draw(st.sampled_from([0, envelope.FLAG_STR, 2])),
+            draw(st.integers(min_value=0, max_value=10**16 - 1)),
+            draw(st.sampled_from([envelope.NO_NONCE, NONCE])),
+        )
+    )
+    if draw(st.booleans()):
+        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+    return bytes(raw[: draw(st.integers(0, len(raw)))] if draw(st.booleans()) else raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=40), st.composite(_framed)()))
+def test_untracked_pickle_takes_exactly_what_decode_reads_as_a_plain_pickle(raw: bytes) -> None:
+    """The hit's shortcut accepts no entry that ``decode`` refuses, and misses none it accepts."""
+    try:
+        read: envelope.Envelope | None = envelope.decode(raw)
+    except envelope.EnvelopeError:
+        read = None
+    plain = read is not None and read.serializer_id == envelope.SERIALIZER_PICKLE and read.flags == 0
+    assert envelope.untracked_pickle(raw) == (read.payload if plain and read is not None else None)
+
+
+def test_untracked_pickle_of_nothing_stored_is_none() -> None:
+    assert envelope.untracked_pickle(None) is None
+
+
 def test_envelope_error_carries_reason_as_message() -> None:
     error = envelope.EnvelopeError("corrupt")
 
@@ -183,8 +217,10 @@ def test_envelope_error_carries_reason_as_message() -> None:
 # -- codec ---------------------------------------------------------------------------------------
 
 
-def _through_envelope(payload: bytes, serializer_id: int, flags: int) -> envelope.Envelope:
-    return envelope.decode(envelope.encode(payload, serializer_id, flags, 1, NONCE))
+def _through_envelope(payload: bytes, serializer_id: int, flags: int) -> tuple[bytes, int]:
+    """The payload and flags as a read finds them, framed and unframed."""
+    read = envelope.decode(envelope.encode(payload, serializer_id, flags, 1, NONCE))
+    return read.payload, read.flags
 
 
 @pytest.mark.parametrize("value", [None, 0, "text", b"bytes", {"a": [1, 2.5, None]}, (1, "x"), {1, 2}])
@@ -196,11 +232,11 @@ async def test_codec_pickle_round_trips_values_sync_and_async(value: Any) -> Non
     payload, flags = codec.dump(value)
     assert flags == 0
     assert pickle.loads(payload) == value
-    assert codec.load(_through_envelope(payload, codec.serializer_id, flags)) == value
+    assert codec.load(*_through_envelope(payload, codec.serializer_id, flags)) == value
 
     apayload, aflags = await codec.adump(value)
     assert (apayload, aflags) == (payload, flags)
-    assert await codec.aload(_through_envelope(apayload, codec.serializer_id, aflags)) == value
+    assert await codec.aload(*_through_envelope(apayload, codec.serializer_id, aflags)) == value
 
 
 async def test_codec_str_serializer_sets_flag_str_and_load_gets_str() -> None:
@@ -213,13 +249,13 @@ async def test_codec_str_serializer_sets_flag_str_and_load_gets_str() -> None:
     payload, flags = codec.dump(value)
     assert flags & envelope.FLAG_STR
     assert payload == json.dumps(value).encode("utf-8")
-    assert codec.load(_through_envelope(payload, codec.serializer_id, flags)) == value
+    assert codec.load(*_through_envelope(payload, codec.serializer_id, flags)) == value
     assert serializer.loaded == [json.dumps(value)]
     assert isinstance(serializer.loaded[0], str)
 
     apayload, aflags = await codec.adump(value)
     assert (apayload, aflags) == (payload, flags)
-    assert await codec.aload(_through_envelope(apayload, codec.serializer_id, aflags)) == value
+    assert await codec.aload(*_through_envelope(apayload, codec.serializer_id, aflags)) == value
     assert isinstance(serializer.loaded[1], str)
 
 
@@ -241,7 +277,7 @@ async def test_codec_bytes_serializer_leaves_flag_clear_and_load_gets_bytes() ->
     payload, flags = codec.dump("abc")
     assert (payload, flags) == (b"abc", 0)
     assert type(payload) is bytes
-    assert codec.load(_through_envelope(payload, codec.serializer_id, flags)) == "abc"
+    assert codec.load(*_through_envelope(payload, codec.serializer_id, flags)) == "abc"
     assert serializer.loaded == [b"abc"]
 
 
@@ -253,7 +289,7 @@ async def test_codec_async_serializer_is_awaited() -> None:
 
     payload, flags = await codec.adump([1, "two"])
     assert (payload, flags) == (b'[1, "two"]', 0)
-    assert await codec.aload(_through_envelope(payload, codec.serializer_id, flags)) == [1, "two"]
+    assert await codec.aload(*_through_envelope(payload, codec.serializer_id, flags)) == [1, "two"]
     assert serializer.loaded == [b'[1, "two"]']
 
 

@@ -287,6 +287,89 @@ def test_builder_reads_positional_arguments_and_defaults() -> None:
     )
 
 
+def _id_only(user_id: Any) -> None:
+    return None
+
+
+def _id_and_extra_keywords(user_id: Any, **options: Any) -> None:
+    return None
+
+
+def _id_and_rest(user_id: Any, *rest: Any) -> None:
+    return None
+
+
+def _receiver_and_id(self: Any, user_id: Any) -> None:
+    return None
+
+
+_SHAPES: list[tuple[Callable[..., None], dict[str, Any], int]] = [
+    (_id_only, {}, 0),  # (function, KeyBuilder options, leading positional arguments before the id)
+    (_id_and_extra_keywords, {}, 0),
+    (_id_and_rest, {}, 0),
+    (_id_and_rest, {"ignore_args": ["rest"]}, 0),
+    (_receiver_and_id, {}, 1),
+    (_id_only, {"id_arg": ("user_id", lambda v: f"x{v}")}, 0),
+    (_id_only, {"arg_adapters": {"user_id": lambda v: f"a{v}"}}, 0),
+]
+
+
+def _reference_key(
+    func: Callable[..., None], options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The key by ``inspect.signature().bind``, the way the original library builds it."""
+    id_arg = options.get("id_arg", "user_id")
+    id_name, extract = (id_arg, None) if isinstance(id_arg, str) else id_arg
+    adapters, ignored = options.get("arg_adapters", {}), {*options.get("ignore_args", ()), "self"}
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    raw_id = bound.arguments[id_name]
+    pairs = []
+    for name, value in bound.arguments.items():
+        if name in ignored or (name == id_name and name not in adapters):
+            continue
+        if name == "options":
+            pairs += [(k, str(v)) for k, v in value.items()]
+        elif name == "rest":
+            pairs.append((name, str(value)))
+        else:
+            pairs.append((name, str(adapters[name](value) if name in adapters else value)))
+    return str(raw_id if extract is None else extract(raw_id)), tuple(sorted(pairs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_SHAPES),
+    st.one_of(st.integers(), st.text(max_size=5)),
+    st.booleans(),
+    st.lists(st.integers(0, 9), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b", "zz"]), st.integers(0, 9), max_size=2),
+)
+def test_builder_keys_every_call_form_as_signature_binding_does(
+    shape: tuple[Callable[..., None], dict[str, Any], int],
+    user_id: Any,
+    by_keyword: bool,
+    rest: list[int],
+    extra: dict[str, int],
+) -> None:
+    """Positional or keyword id, extra positionals and keywords where the function takes them."""
+    func, options, leading = shape
+    args: tuple[Any, ...] = ("receiver",) * leading
+    kwargs: dict[str, Any] = {}
+    if by_keyword:
+        kwargs["user_id"] = user_id
+    else:
+        args += (user_id,)
+        if func is _id_and_rest:
+            args += tuple(rest)
+    if func is _id_and_extra_keywords:
+        kwargs.update(extra)
+    builder = KeyBuilder(
+        func, options.get("id_arg", "user_id"), options.get("arg_adapters"), options.get("ignore_args")
+    )
+    assert builder.build(args, kwargs) == _reference_key(func, options, args, kwargs)
+
+
 def test_builder_reads_keyword_arguments() -> None:
     kb = KeyBuilder(_f, "user_id")
     built = kb.build((), {"page": 2, "verbose": True, "limit": 5, "region": "us", "user_id": "u9"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import sys
+import threading
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,8 +25,9 @@ from gcache import (
     make_metrics_app,
     start_metrics_server,
 )
+from gcache import metrics as metrics_module
 from gcache._embedded_redis import free_port
-from gcache.metrics import FastCounter, FastHistogram
+from gcache.metrics import CountingValue, FastCounter, FastHistogram
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -415,3 +418,99 @@ def test_fast_children_fall_back_to_the_public_methods_on_an_unknown_prometheus_
     FastHistogram(histogram).observe(0.5)  # type: ignore[arg-type]
     assert counter.seen == [1]
     assert histogram.seen == [0.5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just(("tick", 0.0)),
+            st.tuples(st.just("inc"), st.floats(min_value=0.0, max_value=1e6, allow_nan=False)),
+            st.tuples(st.just("set"), st.floats(min_value=0.0, max_value=1e6, allow_nan=False)),
+            st.just(("get", 0.0)),
+        ),
+        max_size=60,
+    )
+)
+def test_counting_value_reads_what_a_mutex_value_reads_after_any_operations(
+    operations: list[tuple[str, float]],
+) -> None:
+    """tick, inc(amount), set and get in any order: the value read is the model's every time."""
+    counting, model = CountingValue(), 0.0
+    for name, amount in operations:
+        if name == "tick":
+            counting.tick()
+            model += 1
+        elif name == "inc":
+            counting.inc(amount)
+            model += amount
+        elif name == "set":
+            counting.set(amount)
+            model = amount
+        else:
+            assert counting.get() == pytest.approx(model)
+    assert counting.get() == pytest.approx(model)
+    assert counting.get() == pytest.approx(model)  # reading does not move it
+
+
+def test_counting_value_loses_no_tick_across_threads_and_reads_never_go_back() -> None:
+    registry = CollectorRegistry()
+    child = Counter("threads", "c", ["l"], registry=registry).labels("x")
+    incs = [FastCounter(child).inc for _ in range(4)]  # one shared value: four FastCounters, one child
+    per_thread, readings = 20_000, []
+    start = threading.Barrier(len(incs) + 1)
+
+    def ticking(inc: Callable[[], object]) -> None:
+        start.wait()
+        for _ in range(per_thread):
+            inc()
+
+    def reading() -> None:
+        start.wait()
+        for _ in range(2_000):
+            readings.append(sample(registry, "threads_total", l="x"))
+
+    threads = [threading.Thread(target=ticking, args=(inc,)) for inc in incs]
+    threads.append(threading.Thread(target=reading))
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert sample(registry, "threads_total", l="x") == len(incs) * per_thread
+    assert readings == sorted(readings)
+    assert readings[-1] <= len(incs) * per_thread
+
+
+def test_fast_counter_shares_the_child_value_with_the_public_methods_and_reset() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("mixed", "c", ["l"], registry=registry)
+    child = counter.labels("x")
+    child.inc(2.5)  # counted before a FastCounter took the child over: kept
+    fast = FastCounter(child)
+    assert isinstance(child._value, CountingValue)
+    for _ in range(3):
+        fast.inc()
+    child.inc(4)
+    assert sample(registry, "mixed_total", l="x") == 9.5
+    child.reset()
+    fast.inc()
+    assert sample(registry, "mixed_total", l="x") == 1
+
+
+def test_fast_counter_keeps_prometheus_value_where_counting_is_not_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the GIL (a free-threaded build) the child keeps its locked value."""
+    monkeypatch.setattr(metrics_module, "_GIL", False)
+    registry = CollectorRegistry()
+    child = Counter("nogil", "c", ["l"], registry=registry).labels("x")
+    fast = FastCounter(child)
+    fast.inc()
+    fast.inc()
+    assert not isinstance(child._value, CountingValue)
+    assert sample(registry, "nogil_total", l="x") == 2
