@@ -59,7 +59,7 @@ __all__ = [
 GCACHE = "gcache"
 GCACHE_TRACKED = "gcache, tracked"
 BASELINE = "baseline"
-TRACKED_FLOOR = "tracked scripts alone"
+TRACKED_FLOOR = "tracked Redis calls alone"
 TIMES = "\N{MULTIPLICATION SIGN}"
 POOL_SIZE = 64  # connections per client, the same for every library in every REMOTE scenario
 
@@ -122,9 +122,9 @@ def rows(scenario: str, times: Mapping[str, float], baseline: str, target: float
     """The rows of a timed scenario (µs/op): gcache's subjects carry the target, every other
     subject (a rival library) is compared with gcache's untracked subject.
 
-    A subject named ``TRACKED_FLOOR`` (gcache's tracked script calls alone, through its
+    A subject named ``TRACKED_FLOOR`` (gcache's tracked Redis calls alone, through its
     ``RemoteCache``, without the read-through around them) is no row of its own: the tracked row's
-    note compares with it, since a script costs more than a GET on the server.
+    note compares with it, since they cost more than a GET (more commands, or a script).
     """
     found = []
     for subject, us in times.items():
@@ -142,7 +142,7 @@ def rows(scenario: str, times: Mapping[str, float], baseline: str, target: float
                 target=target if ours else None,
                 rival_of=None if ours else GCACHE,
                 note=(
-                    f"script calls alone {times[TRACKED_FLOOR]:.0f} µs: "
+                    f"its Redis calls alone {times[TRACKED_FLOOR]:.0f} µs: "
                     f"{us / times[TRACKED_FLOOR]:.2f}{TIMES} of them"
                     if subject == GCACHE_TRACKED and TRACKED_FLOOR in times
                     else ""
@@ -153,7 +153,7 @@ def rows(scenario: str, times: Mapping[str, float], baseline: str, target: float
 
 
 def script_floor(redis_url: str) -> RemoteCache:
-    """gcache's own Redis access layer, to time its tracked scripts without the read-through."""
+    """gcache's own Redis access layer, to time its tracked calls without the read-through."""
     return RemoteCache(
         redis_config=RedisConfig(url=redis_url, max_connections=POOL_SIZE),
         client_factory=None,

@@ -6,12 +6,13 @@ Scenarios (1)-(4) of the benchmark issue, each against its floor measured in the
   in a coroutine / a function: look the id up, compute and store on a miss, return.
 - REMOTE hit (async, sync) vs a bare redis-py GET of a value of the same size: one round trip.
   gcache runs with a REMOTE-only config, untracked (a GET) and tracked
-  (``track_for_invalidation=True``: one Lua script returns the value and the entity's fence).
+  (``track_for_invalidation=True``: TIME, GET and HMGET in one round trip return the value, the
+  entity's fence and the server time).
 
 LOCAL hits are measured untracked and tracked (the bus is subscribed first, ``start()``).
-A tracked REMOTE hit runs a Lua script, which costs the server more than a GET; so the same
-script called alone through gcache's ``RemoteCache`` is timed too, and the tracked row's note
-gives the ratio to it: what the read-through adds around its one round trip.
+A tracked REMOTE hit sends three commands; the same read called alone through gcache's
+``RemoteCache`` is timed too, and the tracked row's note gives the ratio to it: what the
+read-through adds around its one round trip.
 cashews and aiocache take part in the async scenarios (in-memory backends for LOCAL, their Redis
 backends for REMOTE); they are compared with gcache's untracked use case, the closest to what
 they do (neither has exact invalidation).

@@ -1,10 +1,11 @@
 """Miss and write-back: every call misses, runs the function and stores its value.
 
 Scenario (5) of the benchmark issue. Each call uses a new id, so every call misses. gcache runs
-with a REMOTE-only config, untracked (GET, then SET) and tracked (a read script, then a write
-script that checks the entity's fence), sync and async. The floor is what a hand-written cache
+with a REMOTE-only config, untracked (GET, then SET) and tracked, sync and async. A tracked miss
+of a new entity takes three round trips: the read (TIME, GET, HMGET) finds no fence, the read
+script creates one, and the write script checks it. The floor is what a hand-written cache
 does: a bare redis-py GET of a missing key, then a SET of the pickled value with a TTL: two
-round trips. The tracked row's note compares with gcache's two scripts called alone through its
+round trips. The tracked row's note compares with gcache's own Redis calls alone through its
 ``RemoteCache`` (a read, then a write with the read's time stamp and nonce). cashews and
 aiocache (Redis backends) take part in the async scenario and are compared with gcache's
 untracked use case.

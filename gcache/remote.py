@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -65,6 +66,12 @@ def _no_retry(retry_class: Any) -> Any:
 
 
 if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - Python 3.10: the package redis-py itself uses there
+    from async_timeout import timeout as _deadline
+
+
+if sys.version_info >= (3, 11):
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(seconds):
@@ -98,6 +105,7 @@ class _Connection:
         "get",
         "invalidate",
         "ping",
+        "pool",
         "read_tracked",
         "read_with_ttl",
         "set",
@@ -107,6 +115,10 @@ class _Connection:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        # A single server's pool, for the tracked read's pipeline; None for a cluster client, whose
+        # commands travel by slot (the read then runs its script).
+        cluster = isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster))
+        self.pool: Any = None if cluster else getattr(client, "connection_pool", None)
         self.get = client.get
         self.set = client.set
         self.ping = client.ping
@@ -129,6 +141,128 @@ def _parse_tracked(reply: list[Any]) -> TrackedRead:
         int(seconds) * 1_000_000 + int(micros),
         int(pttl),
     )
+
+
+def _fence_read(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> tuple[bytes, int]:
+    """READ_TRACKED's reads as plain commands in the script's order, TIME, GET, HMGET (, PTTL),
+    packed for the wire, and how many replies they get.
+
+    Packed here: redis-py's asyncio packer costs 5.7 µs for these three commands, this 1.
+    ``encode`` is the connection's own (its configured encoding), as redis-py would use.
+    """
+    k, f = encode(key), encode(fence)
+    value = b"$%d\r\n%b\r\n" % (len(k), k)
+    packed = b"".join(
+        (
+            b"*1\r\n$4\r\nTIME\r\n*2\r\n$3\r\nGET\r\n",
+            value,
+            b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n" % (len(f), f),
+            b"*2\r\n$4\r\nPTTL\r\n" + value if with_ttl else b"",
+        )
+    )
+    return packed, 4 if with_ttl else 3
+
+
+def _parse_fence_read(replies: list[Any]) -> TrackedRead | None:
+    """The replies of :func:`_fence_read`; None when the entity has no fence, which only the
+    script can create atomically with the read.
+
+    Other clients' commands may run between these reads, unlike the script's; each such
+    interleaving only makes the read more careful. An invalidation that lands after TIME raises
+    the watermark this read sees (its entry reads as invalidated, its write is refused, no caller
+    joins it); a fence replaced after GET has another nonce than the entry. A value that expired
+    between GET and PTTL was at the end of its grace period: it counts as past its TTL (0).
+    """
+    (seconds, micros), raw, (nonce, watermark) = replies[0], replies[1], replies[2]
+    if nonce is None:
+        return None
+    pttl = int(replies[3]) if raw is not None and len(replies) > 3 else -1
+    if pttl == -2:  # gone since GET: the very end of its grace period
+        pttl = 0
+    return TrackedRead(
+        raw,
+        nonce,
+        int(watermark) if watermark is not None else 0,
+        int(seconds) * 1_000_000 + int(micros),
+        pttl,
+    )
+
+
+def _pipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[Any]:
+    """The replies of :func:`_fence_read`'s commands, sent in one write on one pooled connection.
+
+    redis-py's Pipeline object costs the client as much as a Lua script costs the server (both
+    about 20 µs over a GET here); this costs about what one GET does. redis-py's retry policy
+    applies as to its own commands.
+    """
+    pool = conn.pool
+    connection = pool.get_connection()
+    try:
+        packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
+
+        def send_and_read() -> list[Any]:
+            connection.send_packed_command([packed])  # a list: redis-py's sync sender iterates it
+            return _read_replies(connection.read_response, n)
+
+        replies: list[Any] = connection.retry.call_with_retry(
+            send_and_read, lambda _: connection.disconnect()
+        )
+        return replies
+    except BaseException:
+        connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        pool.release(connection)
+
+
+async def _apipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[Any]:
+    """Async twin of :func:`_pipelined`.
+
+    One deadline (the connection's socket timeout) covers every reply, as it covers a GET's one:
+    redis-py's own deadline per reply costs a timer each, 4.5 µs.
+    """
+    pool = conn.pool
+    connection = await pool.get_connection()
+    try:
+        packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
+
+        async def send_and_read() -> list[Any]:
+            await connection.send_packed_command([packed])
+            replies = []
+            error: redis.ResponseError | None = None
+            async with _deadline(connection.socket_timeout):
+                for _ in range(n):
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except redis.ResponseError as exc:  # read the rest: the connection stays in step
+                        error = error or exc
+            if error is not None:
+                raise error
+            return replies
+
+        replies: list[Any] = await connection.retry.call_with_retry(
+            send_and_read, lambda _: connection.disconnect()
+        )
+        return replies
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+
+
+def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:
+    """``n`` replies; a command's error is raised after the last one is read."""
+    replies = []
+    error: redis.ResponseError | None = None
+    for _ in range(n):
+        try:
+            replies.append(read())
+        except redis.ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
@@ -358,10 +492,26 @@ class RemoteCache:
         return bool(self._run("unlock", WRITE, methodcaller("unlock", keys=[key], args=[token])))
 
     async def aread_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
-        """The value, the entity's fence and the server time; the value's PTTL ``with_ttl``."""
+        """The value, the entity's fence and the server time; the value's PTTL ``with_ttl``.
+
+        On a single server the reads go as one pipeline of plain commands (a Lua script costs the
+        server 15 µs more than a GET); the script runs when the fence is missing, to create it
+        with the read, and on a cluster.
+        """
+        if self._async_connection(READ).pool is not None:
+            pipelined = await self._arun("read", READ, lambda c: _apipelined(c, key, fence, with_ttl))
+            read = _parse_fence_read(pipelined)
+            if read is not None:
+                return read
         return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     def read_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
+        if self._factory is not None:  # an asyncio client: on the loop thread
+            return self._loop_thread.run(lambda: self.aread_tracked(key, fence, with_ttl=with_ttl))
+        if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
+            read = _parse_fence_read(self._run("read", READ, lambda c: _pipelined(c, key, fence, with_ttl)))
+            if read is not None:
+                return read
         return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:

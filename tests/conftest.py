@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
+import redis.connection
 from prometheus_client import CollectorRegistry
 
 from gcache import GCache, GCacheConfig, RedisConfig
@@ -37,6 +39,21 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What every redis-py connection (sync and asyncio) sends, one item per write: a round trip."""
+    sent: list[bytes] = []
+    for connection in (redis.connection.AbstractConnection, redis.asyncio.connection.AbstractConnection):
+        original = connection.send_packed_command
+
+        def counted(self: Any, command: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+            return _original(self, command, *args, **kwargs)
+
+        monkeypatch.setattr(connection, "send_packed_command", counted)
+    return sent
 
 
 @pytest.fixture(params=[False, True], ids=["sync", "async"])

@@ -19,7 +19,7 @@ import redis
 from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
-from gcache.remote import READ, RemoteCache, TrackedRead
+from gcache.remote import READ, RemoteCache, TrackedRead, _parse_fence_read
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
 KEY2 = "{urn:gcache:user_id:1}#Other"
@@ -230,6 +230,105 @@ async def test_read_tracked_with_ttl_returns_the_value_pttl_and_server_time_in_m
     assert before <= read.now_us <= backend.now_us()  # seconds and microseconds joined exactly
     assert missing.raw is None
     assert missing.pttl_ms == -1
+
+
+async def test_read_tracked_of_a_fenced_entity_returns_the_value_pttl_and_fence(
+    backend: Backend, ops: Ops
+) -> None:
+    """The common tracked read (the fence exists): the plain commands' pipeline, not the script."""
+    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "1234567"})
+    backend.inspect.set(KEY, ENV, px=20_000)
+    before = backend.now_us()
+
+    read = await ops.read(with_ttl=True)
+    missing = await ops.read(KEY2, with_ttl=True)
+    plain = await ops.read()
+
+    assert (read.raw, read.nonce, read.watermark_us) == (ENV, b"ABCDEFGH", 1234567)
+    assert 19_000 < read.pttl_ms <= 20_000
+    assert before <= read.now_us <= backend.now_us()
+    assert (missing.raw, missing.nonce, missing.pttl_ms) == (None, b"ABCDEFGH", -1)
+    assert (plain.raw, plain.pttl_ms) == (ENV, -1)
+
+
+async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_script(
+    mode: str, redis_url: str, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    loop_thread = LoopThread("test-pipeline")
+    remote = real_remote(redis_url, loop_thread)
+    ops = Ops(remote, mode)
+    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.set(KEY, ENV, px=20_000)
+    try:
+        await ops.read()  # connections open
+        redis_client.config_resetstat()
+        redis_writes.clear()
+        for _ in range(5):
+            assert (await ops.read(with_ttl=True)).raw == ENV
+        sent = list(redis_writes)
+    finally:
+        await remote.aclose()
+        loop_thread.stop()
+    stats = {name: value["calls"] for name, value in redis_client.info("commandstats").items()}
+    stats.pop("cmdstat_config|resetstat", None)
+    assert stats == {"cmdstat_time": 5, "cmdstat_get": 5, "cmdstat_hmget": 5, "cmdstat_pttl": 5}
+    assert len(sent) == 5  # one write per read: every command of it in one round trip
+    assert all(b"TIME" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
+
+
+async def test_read_tracked_of_a_fence_of_the_wrong_type_fails_and_leaves_the_connection_usable(
+    backend: Backend, ops: Ops
+) -> None:
+    backend.inspect.set(FENCE, b"not a hash")  # HMGET answers WRONGTYPE between good replies
+
+    with pytest.raises(RemoteError) as info:
+        await ops.read()
+
+    assert isinstance(info.value.cause, redis.ResponseError)
+    backend.inspect.delete(FENCE)
+    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    backend.inspect.set(KEY, ENV)
+    for _ in range(3):  # no reply of the failed read is left behind to be taken for these
+        read = await ops.read()
+        assert (read.raw, read.nonce) == (ENV, b"ABCDEFGH")
+
+
+async def test_read_tracked_retries_once_on_a_connection_the_server_closed(
+    mode: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    loop_thread = LoopThread("test-pipeline")
+    remote = real_remote(redis_url, loop_thread)
+    ops = Ops(remote, mode)
+    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.set(KEY, ENV)
+    try:
+        await ops.read()  # a pooled connection now exists
+        redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restarted server would
+
+        read = await ops.read()
+    finally:
+        await remote.aclose()
+        loop_thread.stop()
+    assert (read.raw, read.nonce) == (ENV, b"ABCDEFGH")
+    assert remote.breaker.failures == 0
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected"),
+    [
+        ([[b"1", b"2"], b"v", [b"N", b"5"], 900], TrackedRead(b"v", b"N", 5, 1_000_002, 900)),
+        ([[b"1", b"2"], b"v", [b"N", b"5"], -1], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], b"v", [b"N", b"5"], -2], TrackedRead(b"v", b"N", 5, 1_000_002, 0)),
+        ([[b"1", b"2"], None, [b"N", b"5"], -2], TrackedRead(None, b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], b"v", [b"N", b"5"]], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], b"v", [None, None]], None),
+    ],
+    ids=["pttl", "no-ttl", "expired-since-get", "no-value", "pttl-not-asked", "no-fence"],
+)
+def test_parse_fence_read_matches_the_script_and_leaves_a_missing_fence_to_it(
+    mode: str, replies: list[Any], expected: TrackedRead | None
+) -> None:
+    assert _parse_fence_read(replies) == expected
 
 
 # -- write_tracked --------------------------------------------------------------------------------
