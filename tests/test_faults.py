@@ -467,16 +467,18 @@ async def test_full_redis_counts_write_errors_keeps_breaker_closed_and_caches_wh
 # -- 5. deadlines without the breaker ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
 async def test_every_lookup_gives_up_at_read_deadline_when_breaker_off_and_redis_hangs(
-    make: MakeSubject, is_async: bool
+    make: MakeSubject, is_async: bool, tracked: bool
 ) -> None:
     """Without the breaker every call tries Redis, and gives up at ``read_timeout_sec``.
 
     Each call still returns the function's value; no call waits for the socket timeout (1 s), nor
-    for redis-py's retries (off: with them a call would take several seconds).
+    for redis-py's retries (off: with them a call would take several seconds). A tracked lookup
+    (several commands, several replies) has the one deadline too.
     """
     with HangingListener() as listener:
-        subject = make(listener.url, is_async=is_async, breaker_failures=0)
+        subject = make(listener.url, is_async=is_async, breaker_failures=0, tracked=tracked)
         assert READ_TIMEOUT is not None
         with subject.cache.enable():
             latencies = [await subject.fresh(f"hang-{i}") for i in range(2 * FAILURES)]
@@ -488,8 +490,9 @@ async def test_every_lookup_gives_up_at_read_deadline_when_breaker_off_and_redis
         assert subject.server_down() == 0
 
 
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
 async def test_lookup_waits_for_socket_timeout_when_read_deadline_is_none(
-    make: MakeSubject, is_async: bool
+    make: MakeSubject, is_async: bool, tracked: bool
 ) -> None:
     """``read_timeout_sec=None`` falls back to the client's socket timeout."""
     with HangingListener() as listener:
@@ -497,6 +500,7 @@ async def test_lookup_waits_for_socket_timeout_when_read_deadline_is_none(
         subject = make(
             listener.url,
             is_async=is_async,
+            tracked=tracked,
             breaker_failures=0,
             read_timeout_sec=None,
             redis_py_options=options,
