@@ -250,9 +250,15 @@ def _panel(ax: Any, title: str, rows: list[Result]) -> None:
         top = max(r.ratio for r in rows)
         ax.set_ylim(0.5, top * 2)
     ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels(
-        [s.replace(" concurrent", "\nconcurrent").replace(", ", ",\n") for s in scenarios], fontsize=9
-    )
+    ax.set_xticklabels([_tick(s) for s in scenarios], fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(f"{TIMES} baseline" + (" (log scale)" if log else ""))
     ax.grid(axis="y", alpha=0.3)
+
+
+def _tick(scenario: str) -> str:
+    """A scenario's name over short lines (the panel's title says what is counted)."""
+    name = scenario.removesuffix(", instructions")
+    if name != scenario:  # four scenarios in a third of the width
+        return name.replace(" ", "\n", 1)
+    return name.replace(" concurrent", "\nconcurrent").replace(", ", ",\n")

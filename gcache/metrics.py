@@ -17,7 +17,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.values import MutexValue
+
+try:  # the lock-guarded value of a counter child, as prometheus_client keeps it
+    from prometheus_client.values import MutexValue
+except ImportError:  # pragma: no cover - a prometheus_client arranged otherwise: public methods
+    MutexValue = None  # type: ignore[assignment,misc]
 
 __all__ = [
     "LAYER_ALL",
@@ -243,7 +247,7 @@ def _counting(value: object) -> CountingValue | None:
     (multiprocess mode's mmap values, a build without the GIL, a changed prometheus_client)."""
     if isinstance(value, CountingValue):
         return value
-    if type(value) is not MutexValue or not _GIL:
+    if MutexValue is None or type(value) is not MutexValue or not _GIL:
         return None
     return CountingValue(value.get())  # type: ignore[no-untyped-call]
 
