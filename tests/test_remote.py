@@ -276,6 +276,32 @@ async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_scr
     assert all(b"TIME" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
 
 
+async def test_read_tracked_of_an_entity_without_fence_runs_the_script_second(
+    mode: str, redis_url: str, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    """No fence: the pipeline's answer is set aside and the script reads again, creating it."""
+    loop_thread = LoopThread("test-pipeline")
+    remote = real_remote(redis_url, loop_thread)
+    ops = Ops(remote, mode)
+    try:
+        await ops.read(KEY2, FENCE)  # connections open and the script loaded; the fence now exists
+        redis_client.delete(FENCE)
+        redis_client.config_resetstat()
+        redis_writes.clear()
+        read = await ops.read()
+        again = await ops.read()
+        sent = list(redis_writes)
+    finally:
+        await remote.aclose()
+        loop_thread.stop()
+    stats = {name: value["calls"] for name, value in redis_client.info("commandstats").items()}
+    stats.pop("cmdstat_config|resetstat", None)
+    assert len(sent) == 3  # the first read: pipeline, then script; the second: pipeline alone
+    assert stats["cmdstat_evalsha"] == 1
+    assert redis_client.hget(FENCE, "n") == read.nonce == again.nonce
+    assert (read.raw, again.raw) == (None, None)
+
+
 async def test_read_tracked_of_a_fence_of_the_wrong_type_fails_and_leaves_the_connection_usable(
     backend: Backend, ops: Ops
 ) -> None:
