@@ -241,6 +241,9 @@ class CountingValue:
             return self._exemplar
 
 
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # itertools.count is atomic under the GIL
+
+
 def _counting(value: object) -> CountingValue | None:
     """``value`` as a :class:`CountingValue`: the same object, a new one taking over a
     ``MutexValue``'s count, or None where counting without a lock is not safe or not possible
@@ -250,9 +253,6 @@ def _counting(value: object) -> CountingValue | None:
     if MutexValue is None or type(value) is not MutexValue or not _GIL:
         return None
     return CountingValue(value.get())  # type: ignore[no-untyped-call]
-
-
-_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # itertools.count is atomic under the GIL
 
 
 class FastCounter:
