@@ -112,8 +112,9 @@ def _header(runs: list[tuple[str, dict[str, str], list[Result]]]) -> str:
     lines += [
         "",
         "Each ratio is the subject's figure over its baseline's, both measured in the same run, "
-        "timed in alternating batches, best batch kept (instruction counts: callgrind, two runs of "
-        "different lengths, their difference per call). µs/op and instructions: lower is better; "
+        "timed in alternating batches, median batch kept (concurrency: best round of waves; "
+        "instruction counts: callgrind, two runs of different lengths, their difference per call). "
+        "µs/op and instructions: lower is better; "
         "ops/s: higher is better. A rival library's row is met when gcache's row named in its target "
         "beats it.",
         "",

@@ -47,7 +47,7 @@ TARGET = 1.3
 TTL = 60  # seconds: the keys this scenario writes do not outlive it for long
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: TTL}, ramp={CacheLayer.REMOTE: 100})
 PREFIX = "bench-miss"
-CALLS, REPEAT = 250, 24  # many short batches: the best one dodges bursts of load
+CALLS, REPEAT = 250, 24  # many short batches: the median one is a typical one
 
 
 def run(redis_url: str) -> list[Result]:
