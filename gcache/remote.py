@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -196,7 +197,7 @@ def _pipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[
     applies as to its own commands.
     """
     pool = conn.pool
-    connection = pool.get_connection()
+    connection = pool.get_connection(*_POOL_ARGS)
     try:
         packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
 
@@ -222,7 +223,7 @@ async def _apipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -
     redis-py's own deadline per reply costs a timer each, 4.5 µs.
     """
     pool = conn.pool
-    connection = await pool.get_connection()
+    connection = await pool.get_connection(*_ASYNC_POOL_ARGS)
     try:
         packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
 
@@ -249,6 +250,17 @@ async def _apipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -
         raise
     finally:
         await pool.release(connection)
+
+
+def _pool_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
+    """What ``get_connection`` is called with: nothing since redis-py 5.3 (a command name warns);
+    before, a command name, which only a cluster uses."""
+    name = inspect.signature(get_connection).parameters.get("command_name")
+    return () if name is None or name.default is not inspect.Parameter.empty else ("TIME",)
+
+
+_POOL_ARGS = _pool_args(redis.ConnectionPool.get_connection)
+_ASYNC_POOL_ARGS = _pool_args(redis.asyncio.ConnectionPool.get_connection)
 
 
 def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:

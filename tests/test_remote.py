@@ -19,7 +19,7 @@ import redis
 from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
-from gcache.remote import READ, RemoteCache, TrackedRead, _parse_fence_read
+from gcache.remote import READ, RemoteCache, TrackedRead, _parse_fence_read, _pool_args
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
 KEY2 = "{urn:gcache:user_id:1}#Other"
@@ -337,6 +337,20 @@ async def test_read_tracked_retries_once_on_a_connection_the_server_closed(
         loop_thread.stop()
     assert (read.raw, read.nonce) == (ENV, b"ABCDEFGH")
     assert remote.breaker.failures == 0
+
+
+def test_pool_is_asked_for_a_connection_as_the_installed_redis_py_wants(mode: str) -> None:
+    """redis-py 5.3 and later warn about a command name; 5.0 to 5.2 require one."""
+
+    def before_5_3(self: Any, command_name: str, *keys: Any, **options: Any) -> None: ...
+
+    def since_5_3(self: Any, command_name: str | None = None, *keys: Any, **options: Any) -> None: ...
+
+    assert _pool_args(before_5_3) == ("TIME",)
+    assert _pool_args(since_5_3) == ()
+    installed = redis.asyncio.ConnectionPool if mode == "async" else redis.ConnectionPool
+    since = tuple(int(part) for part in redis.__version__.split(".")[:2]) >= (5, 3)
+    assert _pool_args(installed.get_connection) == (() if since else ("TIME",))
 
 
 @pytest.mark.parametrize(
