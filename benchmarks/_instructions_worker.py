@@ -1,16 +1,17 @@
 """One measured process of the instruction-count benchmark (started by ``bench_instructions``).
 
-Usage: ``python -m benchmarks._instructions_worker <case> <calls> <redis_url>``. The worker sets its
-case up, warms it up (so connections, pools, caches and metric children exist), makes ``calls``
-calls of it and exits. Each worker gets a Redis database of its own: its first call is then
-always a miss, whose one-off costs (the write client connecting, redis-py's lazy imports) stay in
-the warm-up; on a shared database it was left to chance which worker missed, and the counts
-moved by millions of instructions. ``bench_instructions`` runs it under callgrind twice, with two call counts,
-and takes the difference: set-up, warm-up and interpreter start-up cancel out.
+Usage: ``python -m benchmarks._instructions_worker <case> <calls> <redis_url>``. The worker sets
+its case up, warms it up (so connections, pools, caches and metric children exist), makes
+``calls`` calls of it and exits. ``bench_instructions`` runs it under callgrind twice, with two
+call counts, and takes the difference: set-up, warm-up and interpreter start-up cancel out.
+
+Each worker gets a Redis database of its own, so its first call is always a miss, whose one-off
+costs (the write client connecting, redis-py's lazy imports) stay in the warm-up. On a shared
+database it was left to chance which worker missed, and the counts moved by millions of
+instructions.
 
 Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
-functions, keys and values as ``bench_hits``.
-"""
+functions, keys and values as ``bench_hits``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Instructions per hit: what gcache's own code costs the calling process, counted by callgrind.
 
-Wall-clock ratios on a busy 2-core machine move by several hundredths from run to run; a
-REMOTE hit's 1.3x target sits within that noise. ``valgrind --tool=callgrind`` counts the
-instructions the process runs, which repeat to within about 2 % whatever else the machine does.
+Wall-clock ratios on a busy 2-core machine move by several hundredths from run to run.
+``valgrind --tool=callgrind`` counts the instructions the process runs, which repeat to a few
+hundred per call whatever else the machine does.
 So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked) and its floor run in
 a worker process (``_instructions_worker``) twice, with ``LOW`` and ``HIGH`` calls; the difference
 over ``HIGH - LOW`` is the cost of one call, with start-up, set-up and warm-up cancelled out.
