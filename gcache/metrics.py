@@ -241,6 +241,17 @@ class CountingValue:
             return self._exemplar
 
 
+def _adding_one(value: object) -> tuple[Any, Callable[[], object]] | None:
+    """What to keep in place of a counter's (or bucket's) ``value``, and how to add 1 to it: a
+    :class:`CountingValue` and its tick, else the value and its own ``inc(1)``; None when it has
+    neither (the caller keeps prometheus_client's public method)."""
+    counting = _counting(value)
+    if counting is not None:
+        return counting, counting.tick
+    inc = getattr(value, "inc", None)
+    return (value, functools.partial(inc, 1)) if callable(inc) else None
+
+
 _GIL = getattr(sys, "_is_gil_enabled", lambda: True)()  # itertools.count is atomic under the GIL
 
 
@@ -269,14 +280,11 @@ class FastCounter:
     __slots__ = ("inc",)
 
     def __init__(self, child: Counter) -> None:
-        value = getattr(child, "_value", None)
-        counting = _counting(value)
-        if counting is not None:
-            child._value = counting
-            self.inc: Callable[[], object] = counting.tick
-            return
-        add = getattr(value, "inc", None)
-        self.inc = functools.partial(add, 1) if callable(add) else child.inc
+        found = _adding_one(getattr(child, "_value", None))
+        if found is None:
+            self.inc: Callable[[], object] = child.inc
+        else:
+            child._value, self.inc = found
 
 
 class FastHistogram:
@@ -302,17 +310,11 @@ def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
         return None
     if len(bounds) != len(buckets) or bounds != sorted(bounds) or bounds[-1] != float("inf"):
         return None
-    adds: list[Callable[[], object]] = []
-    for i, bucket in enumerate(buckets):
-        counting = _counting(bucket)
-        if counting is not None:
-            buckets[i] = counting
-            adds.append(counting.tick)
-        elif callable(getattr(bucket, "inc", None)):
-            adds.append(functools.partial(bucket.inc, 1))
-        else:
-            return None
-    bucket_adds = tuple(adds)
+    found = [one for one in map(_adding_one, buckets) if one is not None]
+    if len(found) != len(buckets):
+        return None
+    buckets[:] = [value for value, _ in found]
+    bucket_adds = tuple(add for _, add in found)
     upper_bounds = tuple(bounds)
     add: Callable[[float], None] = add_sum
 

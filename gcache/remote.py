@@ -133,15 +133,12 @@ class _Connection:
 
 
 def _parse_tracked(reply: list[Any]) -> TrackedRead:
+    """The read script's reply, taken as the pipeline's replies (the script always has a fence)."""
     raw, nonce, watermark, seconds, micros = reply[:5]
-    pttl = reply[5] if len(reply) > 5 and reply[5] is not None else -1  # Lua's nil ends the reply
-    return TrackedRead(
-        raw,
-        nonce,
-        int(watermark) if watermark is not None else 0,
-        int(seconds) * 1_000_000 + int(micros),
-        int(pttl),
-    )
+    pttl = [p for p in reply[5:6] if p is not None]  # Lua's nil ends the reply
+    read = _parse_fence_read([[seconds, micros], raw, [nonce, watermark], *pttl])
+    assert read is not None, "the read script returned no fence"
+    return read
 
 
 def _fence_read(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> tuple[bytes, int]:

@@ -56,6 +56,13 @@ def redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return sent
 
 
+def commands_run(client: redis.Redis) -> dict[str, int]:
+    """Calls of each command the server ran since ``CONFIG RESETSTAT`` (the reset itself left out)."""
+    stats = {name: int(value["calls"]) for name, value in client.info("commandstats").items()}
+    stats.pop("cmdstat_config|resetstat", None)  # counted after it ran
+    return stats
+
+
 @pytest.fixture(params=[False, True], ids=["sync", "async"])
 def is_async(request: pytest.FixtureRequest) -> bool:
     """Run a test once with a sync cached function and once with an async one."""

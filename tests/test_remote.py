@@ -20,6 +20,7 @@ from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
 from gcache.remote import READ, RemoteCache, TrackedRead, _parse_fence_read, _pool_args
+from tests.conftest import commands_run
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
 KEY2 = "{urn:gcache:user_id:1}#Other"
@@ -152,6 +153,16 @@ def ops(backend: Backend, mode: str) -> Ops:
     return Ops(backend.make(), mode)
 
 
+@pytest.fixture
+async def real_ops(mode: str, redis_url: str) -> AsyncIterator[Ops]:
+    """Ops on a RemoteCache of the real server alone (the pipeline is a real server's)."""
+    loop_thread = LoopThread("test-real-remote")
+    remote = real_remote(redis_url, loop_thread)
+    yield Ops(remote, mode)
+    await remote.aclose()
+    loop_thread.stop()
+
+
 # -- plain get / set ------------------------------------------------------------------------------
 
 
@@ -252,50 +263,34 @@ async def test_read_tracked_of_a_fenced_entity_returns_the_value_pttl_and_fence(
 
 
 async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_script(
-    mode: str, redis_url: str, redis_client: redis.Redis, redis_writes: list[bytes]
+    real_ops: Ops, redis_client: redis.Redis, redis_writes: list[bytes]
 ) -> None:
-    loop_thread = LoopThread("test-pipeline")
-    remote = real_remote(redis_url, loop_thread)
-    ops = Ops(remote, mode)
     redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
     redis_client.set(KEY, ENV, px=20_000)
-    try:
-        await ops.read()  # connections open
-        redis_client.config_resetstat()
-        redis_writes.clear()
-        for _ in range(5):
-            assert (await ops.read(with_ttl=True)).raw == ENV
-        sent = list(redis_writes)
-    finally:
-        await remote.aclose()
-        loop_thread.stop()
-    stats = {name: value["calls"] for name, value in redis_client.info("commandstats").items()}
-    stats.pop("cmdstat_config|resetstat", None)
+    await real_ops.read()  # connections open
+    redis_client.config_resetstat()
+    redis_writes.clear()
+    for _ in range(5):
+        assert (await real_ops.read(with_ttl=True)).raw == ENV
+    sent = list(redis_writes)
+    stats = commands_run(redis_client)
     assert stats == {"cmdstat_time": 5, "cmdstat_get": 5, "cmdstat_hmget": 5, "cmdstat_pttl": 5}
     assert len(sent) == 5  # one write per read: every command of it in one round trip
     assert all(b"TIME" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
 
 
 async def test_read_tracked_of_an_entity_without_fence_runs_the_script_second(
-    mode: str, redis_url: str, redis_client: redis.Redis, redis_writes: list[bytes]
+    real_ops: Ops, redis_client: redis.Redis, redis_writes: list[bytes]
 ) -> None:
     """No fence: the pipeline's answer is set aside and the script reads again, creating it."""
-    loop_thread = LoopThread("test-pipeline")
-    remote = real_remote(redis_url, loop_thread)
-    ops = Ops(remote, mode)
-    try:
-        await ops.read(KEY2, FENCE)  # connections open and the script loaded; the fence now exists
-        redis_client.delete(FENCE)
-        redis_client.config_resetstat()
-        redis_writes.clear()
-        read = await ops.read()
-        again = await ops.read()
-        sent = list(redis_writes)
-    finally:
-        await remote.aclose()
-        loop_thread.stop()
-    stats = {name: value["calls"] for name, value in redis_client.info("commandstats").items()}
-    stats.pop("cmdstat_config|resetstat", None)
+    await real_ops.read(KEY2, FENCE)  # connections open and the script loaded; the fence now exists
+    redis_client.delete(FENCE)
+    redis_client.config_resetstat()
+    redis_writes.clear()
+    read = await real_ops.read()
+    again = await real_ops.read()
+    sent = list(redis_writes)
+    stats = commands_run(redis_client)
     assert len(sent) == 3  # the first read: pipeline, then script; the second: pipeline alone
     assert stats["cmdstat_evalsha"] == 1
     assert redis_client.hget(FENCE, "n") == read.nonce == again.nonce
@@ -320,23 +315,17 @@ async def test_read_tracked_of_a_fence_of_the_wrong_type_fails_and_leaves_the_co
 
 
 async def test_read_tracked_retries_once_on_a_connection_the_server_closed(
-    mode: str, redis_url: str, redis_client: redis.Redis
+    real_ops: Ops, redis_client: redis.Redis
 ) -> None:
-    loop_thread = LoopThread("test-pipeline")
-    remote = real_remote(redis_url, loop_thread)
-    ops = Ops(remote, mode)
     redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
     redis_client.set(KEY, ENV)
-    try:
-        await ops.read()  # a pooled connection now exists
-        redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restarted server would
+    await real_ops.read()  # a pooled connection now exists
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restarted server would
 
-        read = await ops.read()
-    finally:
-        await remote.aclose()
-        loop_thread.stop()
+    read = await real_ops.read()
+
     assert (read.raw, read.nonce) == (ENV, b"ABCDEFGH")
-    assert remote.breaker.failures == 0
+    assert real_ops.remote.breaker.failures == 0
 
 
 def test_pool_is_asked_for_a_connection_as_the_installed_redis_py_wants(mode: str) -> None:
