@@ -13,6 +13,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from gcache import _fork
+
 __all__ = ["LoopThread"]
 
 T = TypeVar("T")
@@ -33,6 +35,14 @@ class LoopThread:
                 thread.start()
                 self._loop, self._thread = loop, thread
             return self._loop
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's loop: its thread does not exist here, and its selector is shared
+        with the parent (closing it would unregister the parent's sockets). A new one starts
+        on first use."""
+        _fork.leave_untouched(self._loop)
+        self._lock = threading.Lock()
+        self._loop = self._thread = None
 
     def owns(self, loop: asyncio.AbstractEventLoop) -> bool:
         return loop is self._loop

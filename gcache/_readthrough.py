@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from gcache import _envelope
+from gcache import _envelope, _fork
 from gcache._codec import Codec
 from gcache._envelope import untracked_pickle
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
@@ -34,8 +34,10 @@ from gcache.errors import RemoteError
 from gcache.keys import (
     _ID,
     _KEY_TYPE,
+    ArgumentsDoNotBind,
     GCacheKey,
     KeyBuilder,
+    KeyPartWatch,
     lock_key,
     value_key,
     value_key_tail,
@@ -98,6 +100,13 @@ class Runtime:
             if self._workers is None:
                 self._workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="gcache-refresh")
             return self._workers
+
+    def after_fork_in_child(self) -> None:
+        """The parent's refresh threads and background tasks do not exist in this process."""
+        _fork.leave_untouched(self._workers)
+        self._workers = None
+        self._workers_lock = threading.Lock()
+        self.background = set()
 
     def close(self) -> None:
         with self._workers_lock:
@@ -185,6 +194,8 @@ class UseCase:
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
         self._key_tail = value_key_tail(use_case)
         self.flights = FlightTable()
+        self.closed = False  # the GCache was closed: calls are served uncached
+        self.watch = KeyPartWatch() if keys is not None else None
 
     # -- decisions (no I/O) ----------------------------------------------------------------------
 
@@ -447,6 +458,30 @@ class UseCase:
             exc,
         )
 
+    def watch_key(self, id: str, pairs: tuple[tuple[str, str], ...]) -> None:
+        """Tell (once per part) a key part that makes every call of this use case a miss."""
+        assert self.watch is not None
+        for part, why in self.watch.suspects(id, pairs):
+            fix = (
+                "pass the id itself, or give id_arg an extractor: id_arg=(name, lambda obj: obj.id)"
+                if part == "id"
+                else f"leave it out with ignore_args=[{part!r}], or key it by arg_adapters={{{part!r}: ...}}"
+            )
+            self.rt.errors.once(
+                ("key_part", self.use_case, part),
+                f"use case {self.use_case!r}: key part {part!r} {why}, so calls cannot hit the cache "
+                f"and each one stores an entry; {fix}",
+            )
+
+    def used_after_close(self) -> None:
+        self.m.disabled(LAYER_ALL, "closed").inc()
+        self.rt.errors.once(
+            ("closed", self.use_case),
+            f"use case {self.use_case!r} called after its GCache (prefix {self.rt.prefix!r}) was "
+            "closed: served uncached from now on (close the cache when the application stops, "
+            "after its last call)",
+        )
+
     def function_failed(self, layer: str, exc: BaseException) -> None:
         self.m.error(layer, type(exc).__name__, "true").inc()
 
@@ -478,6 +513,8 @@ class UseCase:
                     id, pairs = build(args, kwargs)
                     entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
                     urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+                except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
+                    return await func(*args, **kwargs)
                 except Exception as exc:
                     key_error(exc)
                     return await func(*args, **kwargs)
@@ -495,6 +532,8 @@ class UseCase:
                 id, pairs = build(args, kwargs)
                 entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
                 urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+            except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
+                return func(*args, **kwargs)
             except Exception as exc:
                 key_error(exc)
                 return func(*args, **kwargs)
@@ -514,6 +553,9 @@ class UseCase:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        if self.closed:
+            self.used_after_close()
+            return await self.afunction(LAYER_NONE, func, args, kwargs)
         if self.rt.provider is None:
             config = self.default_config or self._resolved(None)
         else:
@@ -540,6 +582,8 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
+        if self.watch is not None:
+            self.watch_key(id, pairs)
         patience = self.patience(m)
         if patience is None:
             await self.awork(m, flight, func, args, kwargs)
@@ -761,6 +805,9 @@ class UseCase:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        if self.closed:
+            self.used_after_close()
+            return self.function(LAYER_NONE, func, args, kwargs)
         if self.rt.provider is None:
             config = self.default_config or self._resolved(None)
         else:
@@ -787,6 +834,8 @@ class UseCase:
                 return self.served_stale(m, "soft_timeout")
             if not flight.abandoned:
                 return self.outcome(m, flight)
+        if self.watch is not None:
+            self.watch_key(id, pairs)
         patience = self.patience(m)
         if patience is None:
             self.work(m, flight, func, args, kwargs)

@@ -113,6 +113,14 @@ class CircuitBreaker:
             self._probing = None
         self._on_change(False)
 
+    def after_fork_in_child(self) -> None:
+        """Closed, with no failures: the parent's probe runs on a thread this process does not have
+        (an open breaker would stay open for ever). This process finds out for itself."""
+        self._lock = threading.Lock()
+        self._probing = None
+        self.is_open = False
+        self.failures = 0
+
     def stop(self) -> None:
         """Stop probing (the GCache is closing); an open breaker is reported closed."""
         with self._lock:

@@ -103,11 +103,26 @@ class InvalidationBus:
         self._clock_offset_us = 0.0
         self.subscribed = False
         self.connections = 0  # subscriptions set up so far (1 + reconnects)
+        self.resume = False  # a forked child whose parent had started the bus: start on first look
+
+    def after_fork_in_child(self, origin: str) -> None:
+        """Start over as a bus that never ran, under this process's own ``origin``.
+
+        The parent's subscription lives on the parent's loop thread and socket: neither is this
+        process's. It is started again on first need (``resume`` when the parent had it up).
+        """
+        self.origin = origin
+        self._lock = threading.Lock()
+        self.resume = self._task is not None and not self._stopping
+        self._task = self._running = None
+        self.subscribed = False
+        self.connections = 0
 
     def ensure_started(self) -> None:
         """Start the subscription if it is not running; cheap and idempotent."""
         if self._task is not None or self._stopping:
             return
+        self.resume = False
         with self._lock:
             if self._task is None and not self._stopping:
                 self._task = self._loop_thread.submit(self._run)

@@ -15,6 +15,7 @@ value store when it is first imported); gunicorn's ``child_exit`` hook should ca
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from prometheus_client import start_http_server as _start_http_server
 __all__ = [
     "MULTIPROC_DIR_ENV",
     "gunicorn_child_exit",
+    "gunicorn_when_ready",
     "make_metrics_app",
     "mark_process_dead",
     "multiprocess_enabled",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_logger = logging.getLogger("gcache")
 
 
 def multiprocess_enabled() -> bool:
@@ -91,6 +94,60 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
     multiprocess.mark_process_dead(pid, None if path is None else os.fspath(path))  # type: ignore[no-untyped-call]
 
 
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(kind: str, message: str, *args: object) -> None:
+    with _warned_lock:
+        if kind in _warned:
+            return
+        _warned.add(kind)
+    _logger.warning(message, *args)
+
+
 def gunicorn_child_exit(server: Any, worker: Any) -> None:
-    """gunicorn's ``child_exit`` hook: in ``gunicorn.conf.py``, ``child_exit = gunicorn_child_exit``."""
-    mark_process_dead(worker.pid)
+    """gunicorn's ``child_exit`` hook: in ``gunicorn.conf.py``, ``child_exit = gunicorn_child_exit``.
+
+    It runs in gunicorn's master, where an exception stops the master from replacing workers:
+    so it never raises. Without multi-process mode there is nothing to forget (each worker
+    counts for itself): it does nothing and says so once.
+    """
+    if not multiprocess_enabled():
+        _warn_once(
+            "child_exit",
+            "gcache: gunicorn_child_exit does nothing: %s is not set, so each worker keeps its own "
+            "metrics (set it, and empty the directory, before gunicorn starts, to add them up)",
+            MULTIPROC_DIR_ENV,
+        )
+        return
+    try:
+        mark_process_dead(worker.pid)
+    except Exception:  # a directory removed under the server, say: log it, keep the master up
+        _logger.exception("gcache: could not forget the metrics of gunicorn worker %s", worker.pid)
+
+
+def gunicorn_when_ready(port: int = 9100, addr: str = "127.0.0.1") -> Callable[[Any], None]:
+    """A gunicorn ``when_ready`` hook serving every worker's metrics from the master on ``port``.
+
+    In ``gunicorn.conf.py``: ``when_ready = gunicorn_when_ready(9100)``. It never raises in the
+    master: without multi-process mode the master has no worker's metrics to serve, so it serves
+    nothing and says so once (mount :func:`make_metrics_app` in the app instead); a port that
+    cannot be bound is logged.
+    """
+
+    def when_ready(server: Any) -> None:
+        if not multiprocess_enabled():
+            _warn_once(
+                "when_ready",
+                "gcache: gunicorn_when_ready serves no metrics: %s is not set, so the master has none "
+                "of its workers' (set it before gunicorn starts, or mount make_metrics_app() in the app)",
+                MULTIPROC_DIR_ENV,
+            )
+            return
+        try:
+            start_metrics_server(port, addr)
+        except Exception:
+            _logger.exception("gcache: could not serve the metrics on %s:%s", addr, port)
+
+    return when_ready

@@ -14,6 +14,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gcache import _fork
 from gcache._log import ErrorLog
 from gcache._loop_thread import LoopThread
 from gcache._readthrough import Runtime, UseCase
@@ -150,7 +151,31 @@ class GCache:
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
+        self._key_types: set[str] = set()  # of every use case, to tell a mistyped invalidation
         self._closed = False
+        _fork.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Become, in a forked child, the cache it would be if built there (see :mod:`gcache._fork`).
+
+        A new bus identity (the parent's would make this process ignore its siblings'
+        invalidations as its own echo), no connections, loop thread, probe, flights or refresh
+        threads of the parent's, fresh locks, and tracked LOCAL entries dropped until this
+        process's own bus is subscribed. Untracked LOCAL entries are kept.
+        """
+        if self._closed:
+            return
+        self._loop_thread.after_fork_in_child()
+        self._errors.after_fork_in_child()
+        self._bus_up = threading.Event()
+        if self._remote is not None:
+            self._remote.after_fork_in_child()
+        if self._bus is not None and self._remote is not None:
+            self._bus.after_fork_in_child(self._remote.origin)
+        self._local.after_fork_in_child(trusted=self._bus is None)
+        self._runtime.after_fork_in_child()
+        for uc in list(self._use_cases):
+            uc.flights.clear()
 
     # -- the invalidation bus ----------------------------------------------------------------------
 
@@ -173,7 +198,11 @@ class GCache:
 
         While False, tracked use cases skip LOCAL. Useful in a readiness probe.
         """
-        return self._bus is None or self._bus_up.is_set()
+        if self._bus is None:
+            return True
+        if self._bus.resume:  # a forked child whose parent had it up: subscribe again
+            self._bus.ensure_started()
+        return self._bus_up.is_set()
 
     async def astart(self, timeout: float = 5.0) -> bool:
         """Async twin of :meth:`start`; waits without blocking the event loop."""
@@ -269,6 +298,7 @@ class GCache:
         serializer: Serializer | None,
         keys: KeyBuilder | None,
     ) -> UseCase:
+        self._key_types.add(key_type)
         store = self._local.store(name, key_type, tracked=tracked)
         metrics = UseCaseMetrics(self._metrics, name, key_type)
         if multiprocess_enabled():
@@ -287,7 +317,7 @@ class GCache:
             keys=keys,
         )
         if self._closed:
-            uc.remote = None
+            uc.remote, uc.closed = None, True
         self._use_cases.add(uc)
         return uc
 
@@ -349,6 +379,9 @@ class GCache:
         happened before it do not hide it and later ones do. Failures are counted, not raised.
         """
         uc, entity, urn, pairs = self._where(key)
+        if uc.closed:
+            uc.used_after_close()
+            return
         config = await uc.aconfig(key.id, pairs)
         if config is None:
             return
@@ -358,6 +391,9 @@ class GCache:
     def put(self, key: GCacheKey, value: Any) -> None:
         """Sync twin of :meth:`aput`."""
         uc, entity, urn, pairs = self._where(key)
+        if uc.closed:
+            uc.used_after_close()
+            return
         config = uc.config(key.id, pairs)
         if config is None:
             return
@@ -407,10 +443,20 @@ class GCache:
                 f"invalidate(): future_buffer_ms={future_buffer_ms} exceeds max_future_buffer_ms="
                 f"{self.config.max_future_buffer_ms}"
             )
+        if key_type not in self._key_types:
+            self._unknown_key_type(key_type)
         entity = entity_key(self._prefix, key_type, str(id))
         self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
         self._metrics.invalidation.labels(key_type, "local").inc()
         return entity, watermark_key(entity)
+
+    def _unknown_key_type(self, key_type: str) -> None:
+        known = ", ".join(repr(k) for k in sorted(self._key_types)) or "none: it has no use case yet"
+        self._errors.once(
+            ("unknown_key_type", key_type),
+            f"invalidate({key_type!r}, ...): no use case of this GCache has key_type {key_type!r} "
+            f"(its key types: {known}); a typo? Applied all the same, as another process may cache it",
+        )
 
     async def ainvalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
         """Make every tracked entry of the entity stale, in this process at once and in Redis.
@@ -537,8 +583,8 @@ class GCache:
     def close(self) -> None:
         """Close Redis connections and the helper thread.
 
-        Cached functions keep working on LOCAL only (tracked use cases uncached: without the bus
-        this process would not hear invalidations).
+        Cached functions keep working, uncached (each use case says so once in a WARNING);
+        direct puts are dropped.
         """
         self._closed = True
         if self._bus is not None:
@@ -563,7 +609,7 @@ class GCache:
     def _detach_remote(self) -> None:
         self._runtime.remote = None
         for uc in self._use_cases:
-            uc.remote = None
+            uc.remote, uc.closed = None, True
 
     def __enter__(self) -> GCache:
         return self

@@ -14,6 +14,8 @@ entity, and its watermark, share one slot.
 from __future__ import annotations
 
 import inspect
+import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "WATERMARK_USE_CASE",
     "GCacheKey",
+    "ArgumentsDoNotBind",
     "KeyBuilder",
+    "KeyPartWatch",
     "bus_channel",
     "entity_key",
     "entity_of",
@@ -154,6 +158,13 @@ class GCacheKey:
 
 
 _EMPTY = inspect.Parameter.empty
+_NO_LIMIT = sys.maxsize
+
+
+class ArgumentsDoNotBind(TypeError):
+    """The call's arguments do not bind to the function's signature: the function itself would
+    raise TypeError, so the call must not be answered from the cache (the wrapper calls the
+    function, which raises its own error)."""
 
 
 class KeyBuilder:
@@ -166,6 +177,7 @@ class KeyBuilder:
     """
 
     __slots__ = (
+        "_by_keyword",
         "_extra_adapters",
         "_extra_skip",
         "_fields",
@@ -173,7 +185,10 @@ class KeyBuilder:
         "_id_field",
         "_id_only",
         "_id_position",
+        "_max_args",
+        "_min_args",
         "_n_positional",
+        "_required",
         "_var_keyword",
         "_var_positional",
     )
@@ -266,6 +281,24 @@ class KeyBuilder:
             skip.add(id_name)
         self._extra_skip = frozenset(skip)
         self._extra_adapters = adapters
+        # What binding checks, precompiled: how many positional arguments the function takes, which
+        # names it takes by keyword, which parameters must be given. A call without keywords
+        # binds when its count is in [_min_args, _max_args] (_min_args is out of reach when a
+        # keyword-only parameter is required).
+        self._by_keyword = {  # name -> its position (-1: keyword-only)
+            p.name: positions.get(p.name, -1)
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        self._required = tuple(
+            (p.name, positions.get(p.name, -1))
+            for p in params
+            if p.default is _EMPTY and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+        required_positional = sum(1 for _n, position in self._required if position >= 0)
+        required_keyword_only = len(self._required) > required_positional
+        self._min_args = _NO_LIMIT if required_keyword_only else required_positional
+        self._max_args = _NO_LIMIT if var_positional is not None else len(positions)
         # The key is the id alone (extra keywords, when there are none, add nothing): most cached
         # functions, whose calls by position then skip the pairs.
         self._id_only = not self._fields and self._var_positional is None and id_extract is None
@@ -274,10 +307,16 @@ class KeyBuilder:
         """The id and the sorted (name, value) pairs for one call.
 
         Raises:
-            LookupError: a required argument is missing (the function itself will raise TypeError).
+            ArgumentsDoNotBind: the function would reject these arguments (it raises TypeError).
         """
         position = self._id_position
-        if not kwargs and 0 <= position < len(args):  # the id passed by position, as most calls do
+        if kwargs:
+            self._check_keywords(args, kwargs)
+            raw_id = _value(self._id_field, args, kwargs)
+        elif not self._min_args <= len(args) <= self._max_args:
+            self._check_keywords(args, kwargs)  # raises, naming what is wrong
+            raise ArgumentsDoNotBind(f"{len(args)} positional arguments")
+        elif 0 <= position < len(args):  # the id passed by position, as most calls do
             raw_id = args[position]
             if self._id_only:
                 return str(raw_id), ()
@@ -302,6 +341,25 @@ class KeyBuilder:
         pairs.sort()
         return str(raw_id), tuple(pairs)
 
+    def _check_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise unless ``args`` and ``kwargs`` bind as the interpreter would bind them."""
+        n = len(args)
+        if n > self._max_args:
+            raise ArgumentsDoNotBind(f"{n} positional arguments, {self._max_args} at most")
+        by_keyword = self._by_keyword
+        for name in kwargs:
+            position = by_keyword.get(name)
+            if position is None:
+                if self._var_keyword is None:
+                    raise ArgumentsDoNotBind(f"unexpected keyword argument {name!r}")
+            elif 0 <= position < n:
+                raise ArgumentsDoNotBind(f"multiple values for argument {name!r}")
+        for name, position in self._required:
+            if position >= 0 and position < n:
+                continue
+            if name not in kwargs or name not in by_keyword:
+                raise ArgumentsDoNotBind(f"missing required argument {name!r}")
+
 
 _Field = tuple[str, "int | None", Any, "Callable[[Any], Any] | None", bool]
 
@@ -315,3 +373,61 @@ def _value(fld: _Field, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if default is _EMPTY:
         raise LookupError(name)
     return default
+
+
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # object.__repr__: a new value per object
+_WINDOW = 64
+
+
+class KeyPartWatch:
+    """Finds, from a use case's misses, key parts that make every call a miss.
+
+    A FastAPI ``Request``, a ``Depends`` value or any object without ``__str__`` renders as
+    ``<... object at 0x...>``: a new key per object, so no call ever hits and LOCAL fills with one
+    entry per request. Seen at once, in the id or any argument. A value that only changes on
+    every call (a timestamp, a request id) is seen over a window of misses: the argument took a
+    new value on each of them while the rest of the key repeated on at least half.
+
+    Only misses that run the function are shown to it, so a hit pays nothing.
+    """
+
+    __slots__ = ("_recent", "_told")
+
+    def __init__(self) -> None:
+        self._recent: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        self._told: set[str] = set()
+
+    def suspects(self, id: str, pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        """(part, why) for each key part newly found to defeat caching: ``part`` is ``id`` or an
+        argument's name."""
+        found = []
+        for name, value in (("id", id), *pairs):
+            if " at 0x" in value and name not in self._told:
+                match = _ADDRESS.search(value)
+                if match is not None:
+                    found.append((name, f"renders as {match.group()!r}, a new value for every object"))
+        recent = self._recent
+        recent.append((id, pairs))
+        if len(recent) >= _WINDOW:
+            self._recent = []
+            found += self._changing(recent)
+        self._told.update(part for part, _why in found)
+        return found
+
+    def _changing(self, recent: list[tuple[str, tuple[tuple[str, str], ...]]]) -> list[tuple[str, str]]:
+        found = []
+        names = {name for _id, pairs in recent for name, _value in pairs} - self._told
+        for name in sorted(names):
+            values = [dict(pairs).get(name) for _id, pairs in recent]
+            if None in values or len(set(values)) < len(recent):
+                continue
+            rest = {(id, tuple(p for p in pairs if p[0] != name)) for id, pairs in recent}
+            if len(recent) - len(rest) >= len(recent) // 2:
+                found.append(
+                    (
+                        name,
+                        f"took a new value on each of the last {len(recent)} misses while the rest "
+                        "of the key repeated",
+                    )
+                )
+        return found

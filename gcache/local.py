@@ -102,6 +102,13 @@ class Epochs:
                 self._buffered[entity] = max(until, self._buffered.get(entity, until))
             self.current = epoch
 
+    def after_fork_in_child(self, *, trusted: bool) -> None:
+        """A fresh lock; with a bus (``trusted=False``), nothing tracked is trusted until this
+        process's own bus is subscribed: the parent's subscription does not hear for it."""
+        self._lock = threading.Lock()
+        if not trusted:
+            self.distrust()
+
     def drop_all(self) -> None:
         with self._lock:
             epoch = next(self._counter)
@@ -303,6 +310,16 @@ class LocalStore:
             self.on_size(size)
         return None
 
+    def after_fork_in_child(self) -> None:
+        """A fresh lock, and the byte count and entity index rebuilt from the entries held: a write
+        by another thread of the parent may have been halfway through at the fork."""
+        self._lock = threading.Lock()
+        self._bytes = sum(entry[4] for entry in self._data.values())
+        if self.tracked:
+            self._reindex()
+        if self.on_size is not None:
+            self.on_size(len(self._data))
+
     def _reindex(self) -> None:
         """Rebuild the entity index from the keys actually held (called under the lock)."""
         index: dict[str, str | set[str]] = {}
@@ -395,6 +412,17 @@ class LocalLayer:
                 )
                 found = self._stores[(use_case, tracked)] = (store, key_type)
             return found[0]
+
+    def after_fork_in_child(self, *, trusted: bool) -> None:
+        """Reset for a forked child; ``trusted=False`` (a cache with a bus) drops the tracked
+        entries, which only the parent's bus kept fresh. Untracked entries are kept: their TTL
+        alone bounds them, in the child as in the parent."""
+        self._lock = threading.Lock()
+        self.epochs.after_fork_in_child(trusted=trusted)
+        for _use_case, _key_type, store in self._each(tracked_only=False):
+            store.after_fork_in_child()
+        if not trusted:
+            self._clear("forked", tracked_only=True)
 
     def _each(self, tracked_only: bool) -> list[tuple[str, str, LocalStore]]:
         with self._lock:

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from gcache import _fork
+
 try:  # the lock-guarded value of a counter child, as prometheus_client keeps it
     from prometheus_client.values import MutexValue
 except ImportError:  # pragma: no cover - a prometheus_client arranged otherwise: public methods
@@ -194,6 +196,22 @@ class Metrics:
         )
 
 
+def _after_fork_in_child() -> None:
+    """Fresh locks, and the gauges of state no process inherits: in the child no bus is
+    subscribed and no breaker is open until it finds out for itself."""
+    Metrics._shared_lock = threading.Lock()
+    CountingValue._lock = threading.Lock()
+    for metrics in Metrics._shared.values():
+        for gauge in (metrics.bus_connected, metrics.breaker_open):
+            value = getattr(gauge, "_value", None)
+            if MutexValue is not None and type(value) is MutexValue:
+                value._lock = threading.Lock()
+            gauge.set(0)
+
+
+_fork.at_fork_in_child(_after_fork_in_child)
+
+
 class CountingValue:
     """A counter's value that the hot path advances by 1 with one C call, ``next`` on a count.
 
@@ -204,15 +222,17 @@ class CountingValue:
     takes a number from the count too, so it subtracts the numbers it took itself.
     """
 
-    __slots__ = ("_count", "_exemplar", "_lock", "_read", "_rest", "tick")
+    __slots__ = ("_count", "_exemplar", "_read", "_rest", "tick")
     _multiprocess = False
+    # One lock for every value: taken only off the hot path (a scrape, inc(amount), set), and
+    # one lock is one to renew after a fork.
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, start: float = 0.0) -> None:
         self._count = itertools.count()
         self._read = 0  # numbers the count gave to get() and set(), not to tick()
         self._rest = start  # everything added other than by tick()
         self._exemplar: Any = None
-        self._lock = threading.Lock()
         self.tick: Callable[[], object] = self._count.__next__
 
     def _ticks(self) -> int:  # with the lock held

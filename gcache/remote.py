@@ -35,7 +35,7 @@ import redis.asyncio.retry
 import redis.backoff
 import redis.retry
 
-from gcache import _scripts
+from gcache import _fork, _scripts
 from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker
 from gcache.config import RedisConfig
@@ -333,6 +333,20 @@ class RemoteCache:
             submit=loop_thread.submit,
             on_change=on_breaker,
         )
+
+    def after_fork_in_child(self) -> None:
+        """A new identity and no connections: the parent's sockets are the parent's.
+
+        The parent's clients are left untouched (see :mod:`gcache._fork`); this process opens
+        its own on first use.
+        """
+        self.origin = os.urandom(6).hex()
+        _fork.leave_untouched(*_clients(self._sync), *self._by_loop.items())
+        self._sync = [None, None, None]
+        self._sync_lock = threading.Lock()
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._last = None
+        self.breaker.after_fork_in_child()
 
     # -- connections ---------------------------------------------------------------------------
 

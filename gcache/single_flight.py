@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from gcache import _fork
+
 if TYPE_CHECKING:
     from gcache.remote import TrackedRead
 
@@ -20,6 +22,14 @@ __all__ = ["Flight", "FlightTable"]
 
 _LINGER_SEC = 0.25  # how long a finished flight stays findable (see FlightTable)
 _WAITERS = threading.Lock()  # guards every flight's waiter lists: held for a few instructions
+
+
+def _after_fork_in_child() -> None:
+    global _WAITERS
+    _WAITERS = threading.Lock()
+
+
+_fork.at_fork_in_child(_after_fork_in_child)
 
 
 class Flight:

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
-from gcache.keys import GCacheKey, KeyBuilder, entity_key, owned_by, value_key, watermark_key
+from gcache.keys import (
+    ArgumentsDoNotBind,
+    GCacheKey,
+    KeyBuilder,
+    entity_key,
+    owned_by,
+    value_key,
+    watermark_key,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Rendered keys
@@ -512,14 +520,88 @@ def test_builder_keeps_extra_kwarg_named_like_positional_only_parameter() -> Non
     assert kb.build(("u", 1), {"x": 2}) != kb.build(("u", 1), {"x": 3})
 
 
-def test_builder_raises_lookup_error_when_required_argument_missing() -> None:
+def test_builder_refuses_a_call_missing_a_required_argument() -> None:
     kb = KeyBuilder(_f, "user_id")
-    with pytest.raises(LookupError, match="region"):
+    with pytest.raises(ArgumentsDoNotBind, match="region"):
         kb.build(("u1",), {"verbose": True})
-    with pytest.raises(LookupError, match="verbose"):
-        kb.build(("u1", "eu"), {})
-    with pytest.raises(LookupError, match="user_id"):
+    with pytest.raises(ArgumentsDoNotBind, match="verbose"):
+        kb.build(("u1", "eu"), {})  # keyword-only and required
+    with pytest.raises(ArgumentsDoNotBind, match="user_id"):
         kb.build((), {"region": "eu", "verbose": True})
+
+
+def test_builder_refuses_unknown_duplicate_and_surplus_arguments() -> None:
+    kb = KeyBuilder(_f, "user_id")
+    with pytest.raises(ArgumentsDoNotBind, match="unexpected keyword argument 'pgae'"):
+        kb.build(("u1", "eu"), {"verbose": True, "pgae": 2})
+    with pytest.raises(ArgumentsDoNotBind, match="multiple values for argument 'region'"):
+        kb.build(("u1", "eu"), {"verbose": True, "region": "us"})
+    with pytest.raises(ArgumentsDoNotBind, match="4 positional arguments, 3 at most"):
+        kb.build(("u1", "eu", 5, 6), {"verbose": True})
+    with pytest.raises(ArgumentsDoNotBind, match="missing required argument 'db'"):
+        KeyBuilder(_ignored_and_required, "user_id", ignore_args=["db"]).build(("u1",), {})
+
+
+def _ignored_and_required(user_id: str, db: object) -> None:
+    return None
+
+
+def _positional_only(user_id: Any, /, page: int = 1) -> None:
+    return None
+
+
+def _keyword_only(user_id: Any, *, page: int, size: int = 10) -> None:
+    return None
+
+
+def _everything(a: Any, /, user_id: Any, b: int = 2, *rest: Any, c: int, d: int = 4, **extra: Any) -> None:
+    return None
+
+
+_BINDING_SHAPES = [
+    _f,
+    _id_only,
+    _ignored_and_required,
+    _positional_only,
+    _keyword_only,
+    _everything,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(_BINDING_SHAPES),
+    st.lists(st.integers(0, 9), max_size=5),
+    st.dictionaries(
+        st.sampled_from(
+            ["user_id", "a", "b", "c", "d", "region", "limit", "verbose", "page", "size", "db", "x"]
+        ),
+        st.integers(0, 9),
+        max_size=4,
+    ),
+)
+def test_builder_refuses_exactly_the_calls_the_function_would_reject(
+    func: Callable[..., None], args: list[int], kwargs: dict[str, int]
+) -> None:
+    """Whatever the call form, ``build`` raises ArgumentsDoNotBind when, and only when, binding the
+    arguments to the signature (as the interpreter does) raises TypeError."""
+    try:
+        inspect.signature(func).bind(*args, **kwargs)
+        binds = True
+    except TypeError:
+        binds = False
+    try:
+        func(*args, **kwargs)
+        runs = True
+    except TypeError:
+        runs = False
+    assert binds == runs  # the reference agrees with the interpreter itself
+    builder = KeyBuilder(func, "user_id")
+    if binds:
+        builder.build(tuple(args), dict(kwargs))
+    else:
+        with pytest.raises(ArgumentsDoNotBind):
+            builder.build(tuple(args), dict(kwargs))
 
 
 _PARAMS = ("user_id", "region", "limit", "verbose", "page")
