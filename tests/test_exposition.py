@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,10 +26,12 @@ import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, exposition
+from gcache._embedded_redis import free_port
 from gcache.exposition import (
     MULTIPROC_DIR_ENV,
     gunicorn_child_exit,
+    gunicorn_when_ready,
     make_metrics_app,
     mark_process_dead,
     multiprocess_enabled,
@@ -317,6 +321,56 @@ def test_gunicorn_child_exit_forgets_the_live_gauges_of_a_dead_worker(
     assert sample(registry, "mp_test_live_workers") == 0
     # Counters of dead workers stay: a counter that went down would read as a reset.
     assert mp(registry, "gcache_request_counter_total", layer="local") == counted == 4
+
+
+def test_gunicorn_hooks_never_raise_in_the_master_and_say_once_what_they_skip(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Without multi-process mode the hooks have nothing to do; with it, a failure is logged.
+    An exception in either would stop gunicorn's master from replacing workers."""
+    monkeypatch.setattr(exposition, "_warned", set())
+    monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
+    when_ready = gunicorn_when_ready(free_port())
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        for pid in (101, 102):
+            gunicorn_child_exit(server=None, worker=SimpleNamespace(pid=pid))
+            when_ready(None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "gcache: gunicorn_child_exit does nothing: PROMETHEUS_MULTIPROC_DIR is not set, so each worker "
+        "keeps its own metrics (set it, and empty the directory, before gunicorn starts, to add them up)",
+        "gcache: gunicorn_when_ready serves no metrics: PROMETHEUS_MULTIPROC_DIR is not set, so the "
+        "master has none of its workers' (set it before gunicorn starts, or mount make_metrics_app() in "
+        "the app)",
+    ]
+
+    caplog.clear()
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(tmp_path))
+
+    def refused(pid: int) -> None:
+        raise PermissionError(f"cannot remove the files of {pid}")
+
+    monkeypatch.setattr(exposition, "mark_process_dead", refused)
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        gunicorn_child_exit(server=None, worker=SimpleNamespace(pid=103))
+    assert [r.getMessage() for r in caplog.records] == [
+        "gcache: could not forget the metrics of gunicorn worker 103"
+    ]
+
+
+def test_gunicorn_when_ready_logs_a_port_it_cannot_bind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="gcache"):
+            gunicorn_when_ready(port)(None)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"gcache: could not serve the metrics on 127.0.0.1:{port}"
+    ]
 
 
 @pytest.mark.redis

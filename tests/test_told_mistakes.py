@@ -1,0 +1,251 @@
+"""Mistakes a user makes are told or refused, never silently cached: calls the function would
+reject, a key type nobody caches, calls after close, key parts that make every call a miss.
+
+Each told mistake is one WARNING on the ``gcache`` logger, checked by its text, and then never
+again for the same use case, key type or part.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
+from tests.conftest import sample
+from tests.test_gcache import ENABLED, REMOTE_ONLY, Maker, call, twin
+
+LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+
+
+def told(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gcache" and text in r.getMessage()]
+
+
+# -- arguments the function would reject --------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [LOCAL_ONLY, REMOTE_ONLY], ids=["local", "remote"])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        ((6,), {"pgae": 2}, "unexpected keyword argument 'pgae'"),
+        ((6, 2, 3), {}, "positional arguments but 3 were given"),
+        ((6, 1), {"page": 1}, "multiple values for argument 'page'"),
+        ((), {"page": 1}, "missing 1 required positional argument: 'user_id'"),
+    ],
+    ids=["misspelled", "too-many", "twice", "missing"],
+)
+async def test_call_the_function_would_reject_raises_its_type_error_on_a_warm_key(
+    is_async: bool,
+    make_cache: Maker,
+    config: GCacheKeyConfig,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: str,
+) -> None:
+    cache = make_cache()
+    calls: list[tuple[Any, int]] = []
+
+    def posts(user_id: Any, page: int = 1) -> str:
+        calls.append((user_id, page))
+        return f"posts of {user_id}, page {page}"
+
+    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Posts", default_config=config)(
+        twin("async" if is_async else "sync", posts)
+    )
+    with cache.enable():
+        assert await call(fn, 6) == "posts of 6, page 1"
+        assert await call(fn, 6, page=1) == "posts of 6, page 1"  # warm, in every form that binds
+        with pytest.raises(TypeError, match=error.replace("(", r"\(").replace(")", r"\)")):
+            await call(fn, *args, **kwargs)
+    assert calls == [(6, 1)]
+
+
+# -- a key type no use case has -------------------------------------------------------------------
+
+
+async def test_invalidating_a_key_type_no_use_case_has_warns_once_and_is_applied(
+    is_async: bool, make_cache: Maker, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache()
+    cache.cached(key_type="user_id", id_arg="uid", use_case="U", default_config=ENABLED)(lambda uid: uid)
+    cache.cached(key_type="org_id", id_arg="oid", use_case="O", default_config=ENABLED)(lambda oid: oid)
+
+    async def invalidate(key_type: str, id: str) -> None:
+        if is_async:
+            await cache.ainvalidate(key_type, id)
+        else:
+            cache.invalidate(key_type, id)
+
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        await invalidate("userid", "1")
+        await invalidate("userid", "2")
+        await invalidate("user_id", "1")
+    assert told(caplog, "no use case") == [
+        "gcache: invalidate('userid', ...): no use case of this GCache has key_type 'userid' (its key "
+        "types: 'org_id', 'user_id'); a typo? Applied all the same, as another process may cache it"
+    ]
+    # Applied all the same: the fence of the unknown key type was raised in Redis.
+    assert redis_client.exists("{urn:gcache:userid:1}#watermark", "{urn:gcache:userid:2}#watermark") == 2
+
+
+def test_invalidating_with_no_use_case_at_all_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with GCache() as cache, caplog.at_level(logging.WARNING, logger="gcache"):
+        cache.invalidate("user_id", "1")
+    assert told(caplog, "its key types: none: it has no use case yet")
+
+
+def test_direct_access_counts_as_a_use_case_of_its_key_type(caplog: pytest.LogCaptureFixture) -> None:
+    with GCache() as cache, caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        key = GCacheKey("team_id", "1", "Team", default_config=LOCAL_ONLY)
+        assert cache.get(key, lambda: "team") == "team"
+        cache.invalidate("team_id", "1")
+    assert told(caplog, "no use case") == []
+
+
+# -- calls after close ----------------------------------------------------------------------------
+
+
+async def test_calls_after_close_are_served_uncached_with_one_warning(
+    is_async: bool,
+    redis_url: str,
+    redis_client: redis.Redis,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = GCache(GCacheConfig(redis_config=RedisConfig(url=redis_url), metrics_registry=registry))
+    calls: list[str] = []
+
+    def get(uid: str) -> str:
+        calls.append(uid)
+        return f"user {uid}"
+
+    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Closed", default_config=ENABLED)(
+        twin("async" if is_async else "sync", get)
+    )
+    with cache.enable():
+        assert await call(fn, "1") == "user 1"
+        assert await call(fn, "1") == "user 1"  # a LOCAL hit
+    if is_async:
+        await cache.aclose()
+    else:
+        cache.close()
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        assert [await call(fn, "1") for _ in range(3)] == ["user 1"] * 3
+    assert calls == ["1"] * 4  # the LOCAL entry is not served after close
+    assert told(caplog, "after its GCache") == [
+        "gcache: use case 'Closed' called after its GCache (prefix 'urn:gcache') was closed: served "
+        "uncached from now on (close the cache when the application stops, after its last call)"
+    ]
+    assert sample(registry, "gcache_disabled_counter_total", use_case="Closed", reason="closed") == 3
+
+
+def test_direct_put_after_close_is_dropped_and_told(caplog: pytest.LogCaptureFixture) -> None:
+    cache = GCache()
+    key = GCacheKey("user_id", "1", "Put", default_config=LOCAL_ONLY)
+    cache.close()
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        cache.put(key, "stored?")
+        assert cache.get(key, lambda: "computed") == "computed"
+    assert len(told(caplog, "use case 'Put' called after its GCache")) == 1
+
+
+# -- key parts that make every call a miss --------------------------------------------------------
+
+
+class Request:
+    """Like a framework's request object: no ``__str__``, so it renders with its address."""
+
+
+async def test_key_part_rendered_with_an_object_address_is_told_with_the_fix(
+    is_async: bool, make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache()
+
+    def handler(user_id: str, request: Request) -> str:
+        return f"user {user_id}"
+
+    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Leaky", default_config=ENABLED)(
+        twin("async" if is_async else "sync", handler)
+    )
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        for _ in range(5):
+            assert await call(fn, "1", Request()) == "user 1"
+    [message] = told(caplog, "key part")
+    assert message.startswith(
+        "gcache: use case 'Leaky': key part 'request' renders as "
+        "'<tests.test_told_mistakes.Request object at 0x"
+    )
+    assert message.endswith(
+        ">', a new value for every object, so calls cannot hit the cache and each one stores an "
+        "entry; leave it out with ignore_args=['request'], or key it by arg_adapters={'request': ...}"
+    )
+
+
+async def test_id_rendered_with_an_object_address_is_told(
+    is_async: bool, make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache()
+
+    def profile(user: object) -> str:
+        return "profile"
+
+    fn = cache.cached(key_type="user_id", id_arg="user", use_case="ById", default_config=ENABLED)(
+        twin("async" if is_async else "sync", profile)
+    )
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        await call(fn, Request())
+        await call(fn, Request())
+    [message] = told(caplog, "key part")
+    assert "key part 'id' renders as '<tests.test_told_mistakes.Request object at 0x" in message
+    assert message.endswith("id_arg=(name, lambda obj: obj.id)")
+
+
+async def test_argument_new_on_every_call_is_told_after_a_window_of_misses(
+    is_async: bool, make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache()
+    stamps = iter(range(10**6))
+
+    def feed(user_id: str, request_id: int) -> str:
+        return f"feed {user_id}"
+
+    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Feed", default_config=ENABLED)(
+        twin("async" if is_async else "sync", feed)
+    )
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        for _ in range(63):  # four users, each call with a new request id
+            await call(fn, str(next(stamps) % 4), next(stamps))
+        assert told(caplog, "key part") == []
+        for _ in range(200):
+            await call(fn, str(next(stamps) % 4), next(stamps))
+    assert told(caplog, "key part") == [
+        "gcache: use case 'Feed': key part 'request_id' took a new value on each of the last 64 misses "
+        "while the rest of the key repeated, so calls cannot hit the cache and each one stores an entry; "
+        "leave it out with ignore_args=['request_id'], or key it by arg_adapters={'request_id': ...}"
+    ]
+
+
+async def test_arguments_that_repeat_are_not_told(
+    is_async: bool, make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pagination: pages repeat across users, ids are many; a high-cardinality id alone is fine."""
+    cache = make_cache()
+
+    def page(user_id: str, page: int) -> str:
+        return f"{user_id}:{page}"
+
+    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Pages", default_config=ENABLED)(
+        twin("async" if is_async else "sync", page)
+    )
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        for user in range(100):
+            for p in range(3):
+                await call(fn, str(user), p)
+        for user in range(100, 300):
+            await call(fn, str(user), 0)
+    assert told(caplog, "key part") == []
