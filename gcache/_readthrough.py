@@ -122,6 +122,7 @@ class Miss:
         "config",
         "entity",
         "epoch",
+        "key",
         "local_ttl",
         "of",
         "read",
@@ -158,6 +159,7 @@ class Miss:
         self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
         self.stale_layer = ""
         self.token: bytes | None = None  # the distributed lock, while this call holds it
+        self.key: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (id, pairs), for watch_key
 
 
 class UseCase:
@@ -583,7 +585,7 @@ class UseCase:
             if not flight.abandoned:
                 return self.outcome(m, flight)
         if self.watch is not None:
-            self.watch_key(id, pairs)
+            m.key = (id, pairs)  # for watch_key, if the leader runs the function
         patience = self.patience(m)
         if patience is None:
             await self.awork(m, flight, func, args, kwargs)
@@ -611,6 +613,8 @@ class UseCase:
             if value is MISS and m.remote_ttl and m.config.lock_sec:
                 value = await self.alock(m)
             if value is MISS:
+                if m.key is not None:
+                    self.watch_key(*m.key)
                 try:
                     value = await self.afunction(
                         self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs
@@ -835,7 +839,7 @@ class UseCase:
             if not flight.abandoned:
                 return self.outcome(m, flight)
         if self.watch is not None:
-            self.watch_key(id, pairs)
+            m.key = (id, pairs)  # for watch_key, if the leader runs the function
         patience = self.patience(m)
         if patience is None:
             self.work(m, flight, func, args, kwargs)
@@ -862,6 +866,8 @@ class UseCase:
             if value is MISS and m.remote_ttl and m.config.lock_sec:
                 value = self.lock(m)
             if value is MISS:
+                if m.key is not None:
+                    self.watch_key(*m.key)
                 try:
                     value = self.function(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
                     self.write_back(m, value)

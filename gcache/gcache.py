@@ -196,7 +196,8 @@ class GCache:
     def bus_subscribed(self) -> bool:
         """Whether this process hears invalidations from others (always True when LOCAL only).
 
-        While False, tracked use cases skip LOCAL. Useful in a readiness probe.
+        While False, tracked use cases skip LOCAL. Useful in a readiness probe: in a forked child
+        whose parent had the bus up, asking starts the child's own (False until it is up).
         """
         if self._bus is None:
             return True

@@ -148,20 +148,15 @@ def every_worker_serves_each_write(server: Server, redis_client: redis.Redis, ro
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
-def test_uvicorn_workers_serve_every_write_after_it_returns(
-    preload: bool, serve: Any, redis_client: redis.Redis
+@pytest.mark.parametrize(
+    ("worker", "app"),
+    [("uvicorn_worker.UvicornWorker", "tests._service_app:app"), ("sync", "tests._service_app:wsgi_app")],
+    ids=["uvicorn-asgi", "sync-wsgi"],
+)
+def test_every_worker_serves_each_write_after_it_returns(
+    worker: str, app: str, preload: bool, serve: Any, redis_client: redis.Redis
 ) -> None:
-    args = ["-w", str(WORKERS), "-k", "uvicorn_worker.UvicornWorker", "tests._service_app:app"]
-    server = serve(*(["--preload"] if preload else []), *args, warm=preload)
-    every_worker_serves_each_write(server, redis_client)
-
-
-@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
-def test_sync_workers_serve_every_write_after_it_returns(
-    preload: bool, serve: Any, redis_client: redis.Redis
-) -> None:
-    args = ["-w", str(WORKERS), "-k", "sync", "tests._service_app:wsgi_app"]
-    server = serve(*(["--preload"] if preload else []), *args, warm=preload)
+    server = serve(*(["--preload"] if preload else []), "-w", str(WORKERS), "-k", worker, app, warm=preload)
     every_worker_serves_each_write(server, redis_client)
 
 

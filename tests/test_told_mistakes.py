@@ -21,6 +21,13 @@ from tests.test_gcache import ENABLED, REMOTE_ONLY, Maker, call, twin
 LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
 
 
+def decorate(cache: GCache, use_case: str, body: Any, is_async: bool, id_arg: str = "user_id") -> Any:
+    """``body`` cached under ``use_case``, as a sync function or a coroutine function."""
+    return cache.cached(key_type="user_id", id_arg=id_arg, use_case=use_case, default_config=ENABLED)(
+        twin("async" if is_async else "sync", body)
+    )
+
+
 def told(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "gcache" and text in r.getMessage()]
 
@@ -124,9 +131,7 @@ async def test_calls_after_close_are_served_uncached_with_one_warning(
         calls.append(uid)
         return f"user {uid}"
 
-    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Closed", default_config=ENABLED)(
-        twin("async" if is_async else "sync", get)
-    )
+    fn = decorate(cache, "Closed", get, is_async, id_arg="uid")
     with cache.enable():
         assert await call(fn, "1") == "user 1"
         assert await call(fn, "1") == "user 1"  # a LOCAL hit
@@ -169,9 +174,7 @@ async def test_key_part_rendered_with_an_object_address_is_told_with_the_fix(
     def handler(user_id: str, request: Request) -> str:
         return f"user {user_id}"
 
-    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Leaky", default_config=ENABLED)(
-        twin("async" if is_async else "sync", handler)
-    )
+    fn = decorate(cache, "Leaky", handler, is_async)
     with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
         for _ in range(5):
             assert await call(fn, "1", Request()) == "user 1"
@@ -194,9 +197,7 @@ async def test_id_rendered_with_an_object_address_is_told(
     def profile(user: object) -> str:
         return "profile"
 
-    fn = cache.cached(key_type="user_id", id_arg="user", use_case="ById", default_config=ENABLED)(
-        twin("async" if is_async else "sync", profile)
-    )
+    fn = decorate(cache, "ById", profile, is_async, id_arg="user")
     with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
         await call(fn, Request())
         await call(fn, Request())
@@ -214,9 +215,7 @@ async def test_argument_new_on_every_call_is_told_after_a_window_of_misses(
     def feed(user_id: str, request_id: int) -> str:
         return f"feed {user_id}"
 
-    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Feed", default_config=ENABLED)(
-        twin("async" if is_async else "sync", feed)
-    )
+    fn = decorate(cache, "Feed", feed, is_async)
     with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
         for _ in range(63):  # four users, each call with a new request id
             await call(fn, str(next(stamps) % 4), next(stamps))
@@ -239,9 +238,7 @@ async def test_arguments_that_repeat_are_not_told(
     def page(user_id: str, page: int) -> str:
         return f"{user_id}:{page}"
 
-    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="Pages", default_config=ENABLED)(
-        twin("async" if is_async else "sync", page)
-    )
+    fn = decorate(cache, "Pages", page, is_async)
     with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
         for user in range(100):
             for p in range(3):
