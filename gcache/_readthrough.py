@@ -196,6 +196,7 @@ class UseCase:
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
         self._key_tail = value_key_tail(use_case)
         self.flights = FlightTable()
+        self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging
         self.closed = False  # the GCache was closed: calls are served uncached
         self.watch = KeyPartWatch() if keys is not None else None
 
@@ -416,6 +417,36 @@ class UseCase:
             return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
         return m.epoch >= 0 and self.rt.epochs.trusted
 
+    def merged(self, m: Miss, flight: Flight) -> Any:
+        """A merged read's outcome, taken as this call's own read (see :meth:`amerged_read`)."""
+        value, read_at, remote_ttl, stale, stale_layer = flight.value
+        m.read, m.read_at = flight.read, read_at
+        if not remote_ttl:
+            m.remote_ttl = 0  # Redis failed: this call writes nothing back either
+        if stale is not MISS:
+            self.keep_stale(m, stale, stale_layer)
+        if value is not MISS:
+            self.m.single_flight("read_merged").inc()  # served: a miss goes on to the function's flight
+            if m.local_ttl:  # the read ran after this call started: this call's epoch holds for it
+                self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+        return value
+
+    def lead_read(self, m: Miss) -> Flight:
+        flight = Flight(None, None, m.of)
+        self.reads[m.urn] = flight
+        return flight
+
+    def read_landed(self, m: Miss, flight: Flight, value: Any) -> None:
+        flight.read = m.read
+        flight.succeed((value, m.read_at, m.remote_ttl, m.stale, m.stale_layer))
+        if self.reads.get(m.urn) is flight:
+            del self.reads[m.urn]
+
+    def read_failed(self, m: Miss, flight: Flight, exc: BaseException) -> None:
+        flight.fail(exc)
+        if self.reads.get(m.urn) is flight:
+            del self.reads[m.urn]
+
     def patience(self, m: Miss) -> float | None:
         """How long this call waits for the function: the soft timeout when a stale value is at hand."""
         soft = m.config.soft_timeout_sec
@@ -571,7 +602,7 @@ class UseCase:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl)
         if m.reads_first:
-            value = await self.aremote_read(m)
+            value = await (self.amerged_read(m) if self.tracked else self.aremote_read(m))
             if value is not MISS:
                 return value
         owner = asyncio.current_task()
@@ -634,7 +665,30 @@ class UseCase:
         flight.succeed(value)
         self.flights.land(m.urn, flight, linger=m.reads_first)
 
-    async def aremote_read(self, m: Miss) -> Any:
+    async def amerged_read(self, m: Miss) -> Any:
+        """Tracked: the REMOTE read of this call, merged with one of this key that another caller
+        of this process started and has not sent yet.
+
+        The rule: a caller may take another's read only while that read is not yet written to
+        Redis. Redis then runs it after every invalidation that returned before this caller
+        started, in any process, so its fence and value are as good as a read of the caller's
+        own. A read already sent may have run before such an invalidation: it is never taken.
+        """
+        flight = self.reads.get(m.urn)
+        if flight is not None and not flight.sent:
+            await flight.await_done()
+            if flight.error is None and not flight.abandoned:
+                return self.merged(m, flight)
+        flight = self.lead_read(m)
+        try:
+            value = await self.aremote_read(m, flight.mark_sent)
+        except BaseException as exc:
+            self.read_failed(m, flight, exc)
+            raise
+        self.read_landed(m, flight, value)
+        return value
+
+    async def aremote_read(self, m: Miss, sending: Callable[[], None] | None = None) -> Any:
         """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
         remote = self.remote
         assert remote is not None
@@ -648,7 +702,9 @@ class UseCase:
         try:
             if self.tracked:
                 fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
-                read: TrackedRead | None = await remote.aread_tracked(m.urn, fence, with_ttl=with_ttl)
+                read: TrackedRead | None = await remote.aread_tracked(
+                    m.urn, fence, with_ttl=with_ttl, sending=sending
+                )
                 m.read = read
                 raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
             elif m.config.fail_safe_sec:
@@ -825,7 +881,7 @@ class UseCase:
                 return value
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
         if m.reads_first:
-            value = self.remote_read(m)
+            value = self.merged_read(m) if self.tracked else self.remote_read(m)
             if value is not MISS:
                 return value
         owner = threading.get_ident()
@@ -885,7 +941,23 @@ class UseCase:
         flight.succeed(value)
         self.flights.land(m.urn, flight, linger=m.reads_first)
 
-    def remote_read(self, m: Miss) -> Any:
+    def merged_read(self, m: Miss) -> Any:
+        """Sync twin of :meth:`amerged_read`: threads wait for the read another thread leads."""
+        flight = self.reads.get(m.urn)
+        if flight is not None and not flight.sent:
+            flight.wait()
+            if flight.error is None and not flight.abandoned:
+                return self.merged(m, flight)
+        flight = self.lead_read(m)
+        try:
+            value = self.remote_read(m, flight.mark_sent)
+        except BaseException as exc:
+            self.read_failed(m, flight, exc)
+            raise
+        self.read_landed(m, flight, value)
+        return value
+
+    def remote_read(self, m: Miss, sending: Callable[[], None] | None = None) -> Any:
         """Sync twin of :meth:`aremote_read`."""
         remote = self.remote
         assert remote is not None
@@ -899,7 +971,9 @@ class UseCase:
         try:
             if self.tracked:
                 fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
-                read: TrackedRead | None = remote.read_tracked(m.urn, fence, with_ttl=with_ttl)
+                read: TrackedRead | None = remote.read_tracked(
+                    m.urn, fence, with_ttl=with_ttl, sending=sending
+                )
                 m.read = read
                 raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
             elif m.config.fail_safe_sec:

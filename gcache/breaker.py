@@ -1,10 +1,17 @@
 """The circuit breaker in front of Redis: stop paying for a server that is not answering.
 
 A Redis that is down or hanging costs every call a deadline before it is served uncached. After
-``threshold`` failures in a row (connection errors, timeouts: not command errors such as a full
-server refusing a write) the breaker opens and REMOTE is skipped for free. While it is open a
-probe PINGs Redis in the background every ``probe_sec``; the first answer closes it. No caller
-ever pays for a probe.
+``threshold`` failures in a row that show Redis failing, the breaker opens and REMOTE is skipped
+for free. While it is open a probe PINGs Redis in the background every ``probe_sec``; the first
+answer closes it. No caller ever pays for a probe.
+
+What shows Redis failing (:func:`is_outage`): a connection refused, reset or closed, and a timeout
+on a request while Redis answered no other request of this process since it was sent. What does
+not: a command error (the server answered: a full server refusing a write), and saturation of this
+process, which says nothing of Redis: every pooled connection busy for ``pool_timeout`` ("No
+connection available"), or a timeout while other requests got their answers (an event loop too
+busy to read a reply in time, a thread not scheduled). Saturation still serves that call uncached;
+it never turns the cache off for everyone else.
 """
 
 from __future__ import annotations
@@ -24,17 +31,33 @@ __all__ = ["CircuitBreaker", "is_outage"]
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError, EOFError, asyncio.TimeoutError)
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether a failure says Redis is unreachable or not answering (not that a command failed)."""
+_POOL_EXHAUSTED = "No connection available."  # redis-py's words, sync and asyncio pools alike
+_TIMEOUTS = (redis.TimeoutError, TimeoutError, asyncio.TimeoutError)
+
+
+def is_outage(exc: BaseException, answered_meanwhile: bool = False) -> bool:
+    """Whether a failure says Redis is unreachable or not answering, rather than that a command
+    failed or this process is saturated (see the module's docstring).
+
+    ``answered_meanwhile``: Redis answered another request of this process after the failed one
+    was sent, so a timeout of this one measured the process, not Redis.
+    """
     cause = exc.cause if isinstance(exc, RemoteError) else exc
-    return isinstance(cause, _OUTAGE)
+    if not isinstance(cause, _OUTAGE):
+        return False
+    if isinstance(cause, redis.ConnectionError) and str(cause) == _POOL_EXHAUSTED:
+        return False
+    return not (answered_meanwhile and isinstance(cause, _TIMEOUTS))
 
 
 class CircuitBreaker:
     """Counts Redis failures in a row; opens at ``threshold`` (0: never), closes on a probe.
 
+    ``answers`` counts the operations Redis answered; an operation takes it before it is sent and
+    hands it to :meth:`failure`, which tells a timeout of a silent Redis from one of a busy process.
     ``success`` is one attribute store, cheap enough for every operation; the counts are not
-    locked (an exact count does not matter, opening once does).
+    locked (an exact count does not matter, opening once does; a lost increment of ``answers``
+    still leaves it moved).
 
     Args:
         threshold: failures in a row that open it; 0 turns the breaker off.
@@ -51,6 +74,7 @@ class CircuitBreaker:
         "_probe_sec",
         "_probing",
         "_submit",
+        "answers",
         "failures",
         "is_open",
         "threshold",
@@ -66,6 +90,7 @@ class CircuitBreaker:
         on_change: Callable[[bool], None],
     ) -> None:
         self.threshold = threshold
+        self.answers = 0
         self.failures = 0
         self.is_open = False
         self._probe_sec = probe_sec
@@ -78,9 +103,11 @@ class CircuitBreaker:
     def success(self) -> None:
         self.failures = 0
 
-    def failure(self, exc: BaseException) -> None:
-        """Count a failed operation; command errors (the server answered) do not count."""
-        if not self.threshold or not is_outage(exc):
+    def failure(self, exc: BaseException, answers_before: int | None = None) -> None:
+        """Count a failed operation that shows Redis failing (see :func:`is_outage`);
+        ``answers_before`` is :attr:`answers` when it was sent (None: unknown)."""
+        meanwhile = answers_before is not None and self.answers != answers_before
+        if not self.threshold or not is_outage(exc, meanwhile):
             return
         self.failures += 1
         if self.failures >= self.threshold and not self.is_open:

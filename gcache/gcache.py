@@ -176,6 +176,7 @@ class GCache:
         self._runtime.after_fork_in_child()
         for uc in list(self._use_cases):
             uc.flights.clear()
+            uc.reads.clear()
 
     # -- the invalidation bus ----------------------------------------------------------------------
 
@@ -516,6 +517,7 @@ class GCache:
         self._local.clear("flushed")
         for uc in list(self._use_cases):
             uc.flights.clear()
+            uc.reads.clear()
 
     # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
 

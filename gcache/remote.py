@@ -186,7 +186,9 @@ def _parse_fence_read(replies: list[Any]) -> TrackedRead | None:
     )
 
 
-def _pipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[Any]:
+def _pipelined(
+    conn: _Connection, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None = None
+) -> list[Any]:
     """The replies of :func:`_fence_read`'s commands, sent in one write on one pooled connection.
 
     redis-py's Pipeline object costs the client as much as a Lua script costs the server (both
@@ -195,6 +197,8 @@ def _pipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[
     """
     pool = conn.pool
     connection = pool.get_connection(*_POOL_ARGS)
+    if sending is not None:
+        sending()
     try:
         packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
 
@@ -213,7 +217,9 @@ def _pipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[
         pool.release(connection)
 
 
-async def _apipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -> list[Any]:
+async def _apipelined(
+    conn: _Connection, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None = None
+) -> list[Any]:
     """Async twin of :func:`_pipelined`.
 
     One deadline (the connection's socket timeout) covers every reply, as it covers a GET's one:
@@ -221,6 +227,8 @@ async def _apipelined(conn: _Connection, key: str, fence: str, with_ttl: bool) -
     """
     pool = conn.pool
     connection = await pool.get_connection(*_ASYNC_POOL_ARGS)
+    if sending is not None:
+        sending()
     try:
         packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
 
@@ -401,6 +409,8 @@ class RemoteCache:
         return conn
 
     async def _arun(self, operation: str, kind: int, command: Callable[[_Connection], Awaitable[T]]) -> T:
+        breaker = self.breaker
+        asked = breaker.answers
         try:
             deadline = self._deadlines[kind]
             if self._factory is not None and deadline is not None:
@@ -408,25 +418,30 @@ class RemoteCache:
             else:
                 result = await command(self._async_connection(kind))
         except _REDIS_ERRORS as exc:
-            raise self._failed(operation, exc) from exc
-        if self.breaker.failures:  # a success only matters after failures
-            self.breaker.success()
+            raise self._failed(operation, exc, asked) from exc
+        breaker.answers += 1
+        if breaker.failures:  # a success only matters after failures
+            breaker.success()
         return result
 
     def _run(self, operation: str, kind: int, command: Callable[[_Connection], Any]) -> Any:
         if self._factory is not None:
             return self._loop_thread.run(lambda: self._arun(operation, kind, command))
+        breaker = self.breaker
+        asked = breaker.answers
         try:
             result = command(self._sync[kind] or self._sync_connection(kind))
         except _REDIS_ERRORS as exc:
-            raise self._failed(operation, exc) from exc
-        if self.breaker.failures:  # a success only matters after failures
-            self.breaker.success()
+            raise self._failed(operation, exc, asked) from exc
+        breaker.answers += 1
+        if breaker.failures:  # a success only matters after failures
+            breaker.success()
         return result
 
-    def _failed(self, operation: str, exc: BaseException) -> RemoteError:
-        """Count a failed operation on the breaker; returns the error to raise."""
-        self.breaker.failure(exc)
+    def _failed(self, operation: str, exc: BaseException, answers_before: int | None = None) -> RemoteError:
+        """Count a failed operation on the breaker (``answers_before``: see
+        :meth:`CircuitBreaker.failure`); returns the error to raise."""
+        self.breaker.failure(exc, answers_before)
         return RemoteError(operation, exc)
 
     async def _probe(self) -> None:
@@ -471,12 +486,15 @@ class RemoteCache:
         if self._factory is not None:
             result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
             return result
+        breaker = self.breaker
+        asked = breaker.answers
         try:
             raw: bytes | None = await self._async_connection(READ).get(key)
         except _REDIS_ERRORS as exc:
-            raise self._failed("get", exc) from exc
-        if self.breaker.failures:  # a success only matters after failures
-            self.breaker.success()
+            raise self._failed("get", exc, asked) from exc
+        breaker.answers += 1
+        if breaker.failures:  # a success only matters after failures
+            breaker.success()
         return raw
 
     def get(self, key: str) -> bytes | None:
@@ -485,12 +503,15 @@ class RemoteCache:
         if conn is None or self._factory is not None:
             result: bytes | None = self._run("get", READ, methodcaller("get", key))
             return result
+        breaker = self.breaker
+        asked = breaker.answers
         try:
             raw: bytes | None = conn.get(key)
         except _REDIS_ERRORS as exc:
-            raise self._failed("get", exc) from exc
-        if self.breaker.failures:  # a success only matters after failures
-            self.breaker.success()
+            raise self._failed("get", exc, asked) from exc
+        breaker.answers += 1
+        if breaker.failures:  # a success only matters after failures
+            breaker.success()
         return raw
 
     async def aget_with_ttl(self, key: str) -> tuple[bytes | None, int]:
@@ -514,27 +535,42 @@ class RemoteCache:
     def unlock(self, key: str, token: bytes) -> bool:
         return bool(self._run("unlock", WRITE, methodcaller("unlock", keys=[key], args=[token])))
 
-    async def aread_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
+    async def aread_tracked(
+        self, key: str, fence: str, *, with_ttl: bool = False, sending: Callable[[], None] | None = None
+    ) -> TrackedRead:
         """The value, the entity's fence and the server time; the value's PTTL ``with_ttl``.
 
         On a single server the reads go as one pipeline of plain commands (a Lua script costs the
         server 15 µs more than a GET); the script runs when the fence is missing, to create it
-        with the read, and on a cluster.
+        with the read, and on a cluster. ``sending()`` is called once a connection is at hand,
+        before the reads are written (before waiting for the pool, for the script): up to then,
+        other callers may take this read's result as theirs (see ``UseCase.amerged_read``).
         """
         if self._async_connection(READ).pool is not None:
-            pipelined = await self._arun("read", READ, lambda c: _apipelined(c, key, fence, with_ttl))
+            pipelined = await self._arun(
+                "read", READ, lambda c: _apipelined(c, key, fence, with_ttl, sending)
+            )
             read = _parse_fence_read(pipelined)
             if read is not None:
                 return read
+        if sending is not None:
+            sending()
         return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
 
-    def read_tracked(self, key: str, fence: str, *, with_ttl: bool = False) -> TrackedRead:
+    def read_tracked(
+        self, key: str, fence: str, *, with_ttl: bool = False, sending: Callable[[], None] | None = None
+    ) -> TrackedRead:
         if self._factory is not None:  # an asyncio client: on the loop thread
-            return self._loop_thread.run(lambda: self.aread_tracked(key, fence, with_ttl=with_ttl))
+            return self._loop_thread.run(
+                lambda: self.aread_tracked(key, fence, with_ttl=with_ttl, sending=sending)
+            )
         if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
-            read = _parse_fence_read(self._run("read", READ, lambda c: _pipelined(c, key, fence, with_ttl)))
+            replies = self._run("read", READ, lambda c: _pipelined(c, key, fence, with_ttl, sending))
+            read = _parse_fence_read(replies)
             if read is not None:
                 return read
+        if sending is not None:
+            sending()
         return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:

@@ -52,6 +52,7 @@ class Flight:
         "of",
         "owner",
         "read",
+        "sent",
         "stale",
         "stale_layer",
         "value",
@@ -67,8 +68,12 @@ class Flight:
         self.stale: tuple[Any] | None = None  # with an error: the leader's fail-safe value, for
         self.stale_layer = ""  # waiters that have none of their own
         self.done_at = 0.0  # 0 while running
+        self.sent = False  # a merged read: written to Redis (callers can no longer take it)
         self._event: threading.Event | None = None
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
+
+    def mark_sent(self) -> None:
+        self.sent = True
 
     def succeed(self, value: Any) -> None:
         self.value = value

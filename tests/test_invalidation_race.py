@@ -31,7 +31,7 @@ from typing import NamedTuple
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
 from gcache.remote import RemoteCache
 from tests.conftest import sample
 
@@ -45,7 +45,7 @@ BOTH = GCacheKeyConfig.enabled(60)
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 
 MODES = pytest.mark.parametrize("mode", ["async", "sync"])
-SETUPS = pytest.mark.parametrize("setup", ["same_instance", "other_instance"])
+SETUPS = pytest.mark.parametrize("setup", ["same_instance", "other_instance", "merged_reads"])
 
 REQUESTS = "gcache_request_counter_total"
 MISSES = "gcache_miss_counter_total"
@@ -376,11 +376,18 @@ def build(
     same_instance: readers and writer share one GCache with LOCAL and REMOTE.
     other_instance: readers on a second GCache on the same Redis (as another process would be),
     REMOTE only: the exact guarantee across processes is REMOTE's.
+    merged_reads: as other_instance, with two pooled connections for the readers, so that most
+    tracked reads queue for one and merge into a read another reader has not sent yet.
     """
     writer = make_cache()
     if setup == "same_instance":
         return cached_subject(mode, source, writer, writer, use_case=use_case, config=BOTH), writer
-    reader = make_cache()
+    if setup == "merged_reads":
+        assert writer.config.redis_config is not None
+        narrow = RedisConfig(url=writer.config.redis_config.url, max_connections=2, pool_timeout=10)
+        reader = make_cache(redis_config=narrow)
+    else:
+        reader = make_cache()
     return cached_subject(mode, source, reader, writer, use_case=use_case, config=REMOTE_ONLY), reader
 
 
@@ -392,6 +399,7 @@ class Served:
     remote_hits: int
     refused_writes: int  # values the library computed but refused to store: races it caught
     joined: int = 0  # reads that took a concurrent read's computation (single flight)
+    merged: int = 0  # reads served by a concurrent caller's tracked REMOTE read, not yet sent when joined
 
     @property
     def hit_ratio(self) -> float:
@@ -409,7 +417,10 @@ def served(registry: CollectorRegistry, use_case: str, reads: int) -> Served:
     )
     local, remote = hits("local"), hits("remote")
     joined = int(sample(registry, "gcache_single_flight_counter_total", use_case=use_case, result="joined"))
-    return Served(reads, local + remote, local, remote, int(refused), joined)
+    merged = int(
+        sample(registry, "gcache_single_flight_counter_total", use_case=use_case, result="read_merged")
+    )
+    return Served(reads, local + remote, local, remote, int(refused), joined, merged)
 
 
 def report(label: str, outcome: Outcome, result: Served | None = None) -> None:
@@ -421,7 +432,8 @@ def report(label: str, outcome: Outcome, result: Served | None = None) -> None:
     if result is not None:
         line += (
             f", hit ratio {result.hit_ratio:.2f} (local {result.local_hits}, remote "
-            f"{result.remote_hits}), {result.refused_writes} stale writes refused, {result.joined} joined"
+            f"{result.remote_hits}), {result.refused_writes} stale writes refused, {result.joined} joined, "
+            f"{result.merged} merged reads"
         )
     print(line)
 
@@ -448,14 +460,16 @@ async def check_exact(
     assert outcome.reads_after_an_invalidation() >= 1000
     # The cache really served: a harness where every read misses would prove nothing.
     assert sample(registry, ERRORS, use_case=use_case) == 0
-    # every read was a hit, computed, or took a concurrent computation (single flight)
-    assert result.hits + source.computations + result.joined == len(outcome.reads)
+    # every read was a hit, a merged read's value, computed, or took a concurrent computation
+    assert result.hits + result.merged + source.computations + result.joined == len(outcome.reads)
     assert result.hit_ratio > 0.3
     assert result.refused_writes > 0  # computations really raced invalidations
     if setup == "same_instance":
         assert result.local_hits > 0
     else:
         assert result.remote_hits > 0
+    if setup == "merged_reads":
+        assert result.merged > result.reads / 10  # the race ran through merged reads
     assert reader.bus_subscribed
 
 

@@ -1,0 +1,206 @@
+"""Under load the cache holds: a burst of callers on a healthy Redis is served from the cache, and
+saturation of this process (pool waits, a busy loop) never opens the circuit breaker.
+
+Speed under load is measured in benchmarks/, never here: these tests assert what was served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache.breaker import is_outage
+from gcache.errors import RemoteError
+from tests.conftest import sample
+
+pytestmark = pytest.mark.redis
+
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 300}, ramp={CacheLayer.REMOTE: 100})
+KEYS = 100
+
+
+def options(use_case: str, tracked: bool) -> dict[str, Any]:
+    return {
+        "key_type": "item_id",
+        "id_arg": "i",
+        "use_case": use_case,
+        "track_for_invalidation": tracked,
+        "default_config": REMOTE_ONLY,
+    }
+
+
+def outcome(registry: CollectorRegistry, use_case: str) -> dict[str, float]:
+    return {
+        "errors": sample(registry, "gcache_error_counter_total", use_case=use_case),
+        "breaker_opened": sample(registry, "gcache_breaker_transition_counter_total", state="open"),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
+async def test_a_burst_of_3000_callers_is_served_from_the_cache_and_keeps_the_breaker_closed(
+    tracked: bool, make_cache: Callable[..., GCache], registry: CollectorRegistry
+) -> None:
+    """Default settings, REMOTE only, warmed on 100 keys; then 3,000 coroutines at once, each
+    calling 5 times in a row. Before merged reads, tracked use cases opened the breaker at 1,000
+    callers and sent most calls to the function."""
+    cache = make_cache()
+    runs = 0
+
+    @cache.cached(
+        key_type="item_id",
+        id_arg="i",
+        use_case="Burst",
+        track_for_invalidation=tracked,
+        default_config=REMOTE_ONLY,
+    )
+    async def item(i: int) -> int:
+        nonlocal runs
+        runs += 1
+        return i * 2
+
+    with cache.enable():
+        for i in range(KEYS):
+            assert await item(i) == i * 2
+        runs = 0
+
+        async def caller(c: int) -> list[int]:
+            return [await item((c + j) % KEYS) for j in range(5)]
+
+        results = await asyncio.gather(*(caller(c) for c in range(3000)))
+
+    assert results == [[((c + j) % KEYS) * 2 for j in range(5)] for c in range(3000)]
+    assert runs == 0
+    assert outcome(registry, "Burst") == {"errors": 0, "breaker_opened": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
+def test_200_threads_are_served_from_the_cache_and_keep_the_breaker_closed(
+    tracked: bool, redis_url: str, redis_client: redis.Redis, registry: CollectorRegistry
+) -> None:
+    with GCache(GCacheConfig(redis_config=RedisConfig(url=redis_url), metrics_registry=registry)) as cache:
+        runs = 0
+
+        @cache.cached(
+            key_type="item_id",
+            id_arg="i",
+            use_case="Threads",
+            track_for_invalidation=tracked,
+            default_config=REMOTE_ONLY,
+        )
+        def item(i: int) -> int:
+            nonlocal runs
+            runs += 1
+            return i * 2
+
+        with cache.enable():
+            for i in range(KEYS):
+                item(i)
+        runs = 0
+        wrong: list[tuple[int, int]] = []
+        start = threading.Barrier(200)
+
+        def caller(c: int) -> None:
+            start.wait()
+            with cache.enable():
+                for j in range(20):
+                    i = (c + j) % KEYS
+                    if item(i) != i * 2:
+                        wrong.append((c, i))
+
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(200)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert wrong == []
+        assert runs == 0
+        assert outcome(registry, "Threads") == {"errors": 0, "breaker_opened": 0}
+
+
+def test_a_pool_with_no_free_connection_serves_uncached_without_counting_on_the_breaker(
+    is_async: bool, redis_url: str, redis_client: redis.Redis, registry: CollectorRegistry
+) -> None:
+    """Every pooled connection busy past ``pool_timeout``: that call is served uncached, and the
+    breaker (set to open at the first failure) does not count it: Redis is not failing."""
+    config = RedisConfig(url=redis_url, max_connections=1, pool_timeout=0.05)
+    with GCache(GCacheConfig(redis_config=config, metrics_registry=registry, breaker_failures=1)) as cache:
+        runs = 0
+
+        def body(i: int) -> int:
+            nonlocal runs
+            runs += 1
+            return i
+
+        if is_async:
+
+            async def afn(i: int) -> int:
+                return body(i)
+
+            fn: Any = cache.cached(
+                key_type="item_id", id_arg="i", use_case="Pool", default_config=REMOTE_ONLY
+            )(afn)
+        else:
+            fn = cache.cached(key_type="item_id", id_arg="i", use_case="Pool", default_config=REMOTE_ONLY)(
+                body
+            )
+
+        async def run_while_the_only_connection_is_held() -> int:
+            with cache.enable():
+                if not is_async:
+                    fn(1)  # builds the sync client; then its one connection is taken away
+                    pool = cache._remote._sync[0].pool  # type: ignore[union-attr]
+                    held = pool.get_connection()
+                    try:
+                        return int(fn(1))
+                    finally:
+                        pool.release(held)
+                await fn(1)
+                pool = cache._remote._async_connection(0).pool  # type: ignore[union-attr]
+                held = await pool.get_connection()
+                try:
+                    return int(await fn(1))
+                finally:
+                    await pool.release(held)
+                    await cache.aclose()  # on this loop, which asyncio.run closes after
+
+        assert asyncio.run(run_while_the_only_connection_is_held()) == 1
+        assert runs == 2  # the first call, and the one that found no free connection
+        assert sample(registry, "gcache_error_counter_total", use_case="Pool", error="ConnectionError") == 1
+        assert cache._remote.breaker.failures == 0  # type: ignore[union-attr]
+        assert outcome(registry, "Pool")["breaker_opened"] == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "answered_meanwhile", "outage"),
+    [
+        (redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused."), False, True),
+        (redis.ConnectionError("Connection reset by peer"), True, True),
+        (redis.ConnectionError("No connection available."), False, False),
+        (redis.TimeoutError("Timeout reading from socket"), False, True),
+        (redis.TimeoutError("Timeout reading from socket"), True, False),
+        (asyncio.TimeoutError(), True, False),
+        (redis.ResponseError("OOM command not allowed"), False, False),
+    ],
+    ids=[
+        "refused",
+        "reset",
+        "pool-exhausted",
+        "timeout-silent",
+        "timeout-busy",
+        "asyncio-timeout-busy",
+        "command",
+    ],
+)
+def test_what_the_breaker_counts_as_redis_failing(
+    error: Exception, answered_meanwhile: bool, outage: bool
+) -> None:
+    assert is_outage(RemoteError("get", error), answered_meanwhile) is outage
