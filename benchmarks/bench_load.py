@@ -1,0 +1,311 @@
+"""Load: a sweep of concurrency, gcache against bare redis-py at the same concurrency, one run.
+
+Each cell is a burst: ``N`` coroutines started at once with ``asyncio.gather`` (10, 100, 300,
+1,000, 3,000), or ``N`` threads (10, 50, 200), each making ``CALLS`` calls in a row over ``KEYS``
+keys (caller ``c``'s ``j``-th call reads key ``(c + j) % KEYS``), after a warm-up that fills the
+cache. Subjects: bare redis-py GETs on the same keys (``redis.asyncio`` or sync, a blocking pool
+of ``POOL_SIZE`` as gcache's), and gcache REMOTE only untracked and tracked (default settings
+but for the pool size) and LOCAL+REMOTE tracked. Subjects take turns cell by cell and repeat
+``REPEAT`` times; the median repetition counts.
+
+Reported per cell: calls per second and the ratio against the bare GETs of the same cell, the
+share of calls served from the cache (that did not reach the function), how many times the
+function ran, Redis commands per call (INFO commandstats), p50 and p99 call latency, and how
+often the circuit breaker opened. The issue's bar: REMOTE only at 100 and more concurrent
+callers, 100% served, no breaker opening, at least the bare GETs' throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from benchmarks._harness import GCACHE, POOL_SIZE, Result, bare_async_client, gcache_errors, make_gcache, user
+from gcache import CacheLayer, GCache, GCacheKeyConfig
+
+__all__ = ["COROUTINES", "THREADS", "run"]
+
+COROUTINES = (10, 100, 300, 1_000, 3_000)
+THREADS = (10, 50, 200)
+CALLS, KEYS, REPEAT = 20, 100, 3
+TTL = 600
+PREFIX = "bench-load"
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: TTL}, ramp={CacheLayer.REMOTE: 100})
+BOTH = GCacheKeyConfig.enabled(TTL)
+SUBJECTS = (  # name, config, tracked
+    (f"{GCACHE}, REMOTE only", REMOTE_ONLY, False),
+    (f"{GCACHE}, REMOTE only, tracked", REMOTE_ONLY, True),
+    (f"{GCACHE}, LOCAL+REMOTE, tracked", BOTH, True),
+)
+
+
+@dataclass
+class Cell:
+    """One subject at one concurrency: its repetitions."""
+
+    seconds: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    runs: int = 0  # calls that reached the function
+    commands: int = 0
+    errors: int = 0
+    opened: int = 0
+
+
+def run(redis_url: str) -> list[Result]:
+    results = asyncio.run(_coroutines(redis_url))
+    results += _threads(redis_url)
+    return results
+
+
+def _bare_keys(prefix: str) -> list[str]:
+    return ["{" + f"{prefix}:bare:{i}" + "}#Load" for i in range(KEYS)]
+
+
+def _payload() -> bytes:
+    return pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24
+
+
+def _commands(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values() if isinstance(entry, dict))
+
+
+def _opened(cache: GCache) -> int:
+    registry = cache.config.metrics_registry
+    assert registry is not None
+    return int(
+        sum(
+            s.value
+            for m in registry.collect()
+            for s in m.samples
+            if s.name == "gcache_breaker_transition_counter_total" and s.labels.get("state") == "open"
+        )
+    )
+
+
+async def _coroutines(redis_url: str) -> list[Result]:
+    admin = redis.Redis.from_url(redis_url)
+    client = bare_async_client(redis_url)
+    keys = _bare_keys(PREFIX)
+    for key in keys:
+        await client.set(key, _payload(), ex=TTL)
+    subjects: list[tuple[str, GCache | None, Callable[[int], Any], list[int]]] = [
+        ("bare", None, lambda i: client.get(keys[i]), [0])
+    ]
+    caches = []
+    for i, (name, config, tracked) in enumerate(SUBJECTS):
+        cache = make_gcache(redis_url, f"{PREFIX}-a{i}")
+        await cache.astart()
+        runs = [0]
+
+        def counting(runs: list[int] = runs) -> Callable[[int], Any]:
+            async def load(item: int) -> dict[str, Any]:
+                runs[0] += 1
+                return user(str(item))
+
+            return load
+
+        fn = cache.cached(
+            key_type="item_id",
+            id_arg="item",
+            use_case="Load",
+            track_for_invalidation=tracked,
+            default_config=config,
+        )(counting())
+        caches.append(cache)
+        subjects.append((name, cache, fn, runs))
+    results: list[Result] = []
+    try:
+        for cache in caches:
+            cache.enable().__enter__()
+        for _name, _cache, call, _runs in subjects:
+            for i in range(KEYS):
+                await call(i)
+        for n in COROUTINES:
+            cells = {name: Cell() for name, *_ in subjects}
+            for _ in range(REPEAT):
+                for name, owner, call, runs in subjects:
+                    cell = cells[name]
+                    runs[0] = 0
+                    errors = gcache_errors(owner) if owner is not None else 0
+                    opened = _opened(owner) if owner is not None else 0
+                    before = _commands(admin)
+                    latencies: list[float] = []
+
+                    async def caller(
+                        c: int, call: Callable[[int], Any] = call, out: list[float] = latencies
+                    ) -> None:
+                        for j in range(CALLS):
+                            start = time.perf_counter()
+                            await call((c + j) % KEYS)
+                            out.append(time.perf_counter() - start)
+
+                    start = time.perf_counter()
+                    await asyncio.gather(*(caller(c) for c in range(n)))
+                    cell.seconds.append(time.perf_counter() - start)
+                    cell.commands += _commands(admin) - before - 1
+                    cell.latencies += latencies
+                    cell.runs += runs[0]
+                    if owner is not None:
+                        cell.errors += gcache_errors(owner) - errors
+                        cell.opened += _opened(owner) - opened
+            results += _cell_results(f"{n:,} coroutines", n, cells)
+    finally:
+        for cache in caches:
+            await cache.aflushall()
+            await cache.aclose()
+        await client.delete(*keys)
+        await client.aclose()
+        admin.close()
+    return results
+
+
+def _threads(redis_url: str) -> list[Result]:
+    admin = redis.Redis.from_url(redis_url)
+    pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=POOL_SIZE)
+    client = redis.Redis(connection_pool=pool)
+    keys = _bare_keys(PREFIX + "-t")
+    for key in keys:
+        client.set(key, _payload(), ex=TTL)
+    subjects: list[tuple[str, GCache | None, Callable[[int], Any], list[int]]] = [
+        ("bare", None, lambda i: client.get(keys[i]), [0])
+    ]
+    caches = []
+    for i, (name, config, tracked) in enumerate(SUBJECTS):
+        cache = make_gcache(redis_url, f"{PREFIX}-t{i}")
+        cache.start()
+        runs = [0]
+
+        def counting(runs: list[int] = runs) -> Callable[[int], Any]:
+            def load(item: int) -> dict[str, Any]:
+                runs[0] += 1
+                return user(str(item))
+
+            return load
+
+        fn = cache.cached(
+            key_type="item_id",
+            id_arg="item",
+            use_case="Load",
+            track_for_invalidation=tracked,
+            default_config=config,
+        )(counting())
+        caches.append(cache)
+        subjects.append((name, cache, fn, runs))
+    results: list[Result] = []
+    try:
+        for _name, warmed, call, _runs in subjects:
+            for i in range(KEYS):
+                _enabled_call(warmed, call, i)
+        for n in THREADS:
+            cells = {name: Cell() for name, *_ in subjects}
+            for _ in range(REPEAT):
+                for name, owner, call, runs in subjects:
+                    cell = cells[name]
+                    runs[0] = 0
+                    errors = gcache_errors(owner) if owner is not None else 0
+                    opened = _opened(owner) if owner is not None else 0
+                    before = _commands(admin)
+                    latencies: list[float] = []
+                    barrier = threading.Barrier(n + 1)
+
+                    def caller(
+                        c: int,
+                        cache: GCache | None = owner,
+                        call: Callable[[int], Any] = call,
+                        barrier: threading.Barrier = barrier,
+                        out: list[float] = latencies,
+                    ) -> None:
+                        barrier.wait()
+                        for j in range(CALLS):
+                            start = time.perf_counter()
+                            _enabled_call(cache, call, (c + j) % KEYS)
+                            out.append(time.perf_counter() - start)
+
+                    threads = [threading.Thread(target=caller, args=(c,)) for c in range(n)]
+                    for thread in threads:
+                        thread.start()
+                    barrier.wait()
+                    start = time.perf_counter()
+                    for thread in threads:
+                        thread.join()
+                    cell.seconds.append(time.perf_counter() - start)
+                    cell.commands += _commands(admin) - before - 1
+                    cell.latencies += latencies
+                    cell.runs += runs[0]
+                    if owner is not None:
+                        cell.errors += gcache_errors(owner) - errors
+                        cell.opened += _opened(owner) - opened
+            results += _cell_results(f"{n} threads", n, cells)
+    finally:
+        for cache in caches:
+            cache.flushall()
+            cache.close()
+        client.delete(*keys)
+        client.close()
+        admin.close()
+    return results
+
+
+def _options(config: GCacheKeyConfig, tracked: bool) -> dict[str, Any]:
+    return {
+        "key_type": "item_id",
+        "id_arg": "item",
+        "use_case": "Load",
+        "track_for_invalidation": tracked,
+        "default_config": config,
+    }
+
+
+def _enabled_call(cache: GCache | None, call: Callable[[int], Any], item: int) -> Any:
+    if cache is None:
+        return call(item)
+    with cache.enable():
+        return call(item)
+
+
+def _cell_results(label: str, n: int, cells: dict[str, Cell]) -> list[Result]:
+    calls = n * CALLS
+    bare = cells["bare"]
+    floor = calls / statistics.median(bare.seconds)
+    bare_commands = bare.commands / (calls * REPEAT)
+    found = []
+    for name, cell in cells.items():
+        if name == "bare":
+            continue
+        total = calls * REPEAT
+        served = 1 - cell.runs / total
+        lat = sorted(cell.latencies)
+        p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+        remote_only = "REMOTE only" in name
+        found.append(
+            Result(
+                f"load, {label}",
+                name,
+                calls / statistics.median(cell.seconds),
+                "ops/s",
+                f"bare redis-py GET, same concurrency ({bare_commands:.2f} commands per call)",
+                floor,
+                target=1.0 if remote_only and n >= 100 else None,
+                higher_is_better=True,
+                conditions={
+                    "all served from the cache": cell.runs == 0,
+                    "breaker never opened": cell.opened == 0,
+                },
+                note=(
+                    f"{served:.1%} from the cache, {cell.runs} function runs, {cell.errors} cache errors, "
+                    f"{cell.commands / total:.2f} Redis commands per call, p50 {p50 * 1e3:.2f} ms, "
+                    f"p99 {p99 * 1e3:.2f} ms, breaker opened {cell.opened} times"
+                ),
+            )
+        )
+    return found
