@@ -8,6 +8,8 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
 - ``instructions``: instructions per hit counted by callgrind, gcache and its floor
   (bench_instructions; skipped without valgrind)
+- ``load``: a concurrency sweep (10 to 3,000 coroutines, 10 to 200 threads) of tracked and
+  untracked use cases against bare redis-py at the same concurrency (bench_load; results/load.md)
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
@@ -34,6 +36,7 @@ from benchmarks import (
     bench_hits,
     bench_instructions,
     bench_invalidation,
+    bench_load,
     bench_memory,
     bench_miss,
 )
@@ -65,6 +68,20 @@ def invalidation(redis_url: str) -> None:
     )
 
 
+def load(redis_url: str) -> None:
+    average = os.getloadavg()[0]
+    text = _report.table(bench_load.run(redis_url))
+    print(text)
+    facts = environment()
+    (RESULTS / "load.md").write_text(
+        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}, hiredis {facts['hiredis']}. "
+        f"Load average (1 min) before the run: {average:.1f}.\n\n{text}\n\n"
+        "Definitions: see the docstring of benchmarks/bench_load.py. Per operation: calls per second; "
+        "the notes give the share served from the cache, function runs, Redis commands per call, "
+        "latency and breaker openings.\n"
+    )
+
+
 def faults() -> None:
     load = os.getloadavg()[0]
     cells = bench_faults.run()  # private servers and listeners: it kills and pauses them
@@ -79,7 +96,7 @@ def faults() -> None:
     )
 
 
-SCENARIOS = [*TABLED, "invalidation", "faults"]
+SCENARIOS = [*TABLED, "load", "invalidation", "faults"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
             if name == "invalidation":
                 invalidation(url)
+            elif name == "load":
+                load(url)
             elif name == "faults":
                 faults()
             else:
