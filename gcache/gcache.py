@@ -40,7 +40,7 @@ from gcache.keys import (
     watermark_key,
 )
 from gcache.local import LocalLayer
-from gcache.metrics import Metrics, UseCaseMetrics
+from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
 from gcache.remote import RemoteCache
 
 __all__ = ["GCache"]
@@ -122,6 +122,10 @@ class GCache:
                 breaker_failures=config.breaker_failures,
                 breaker_probe_sec=config.breaker_probe_sec,
                 on_breaker=self._on_breaker,
+                on_pool_wait=tuple(
+                    FastHistogram(self._metrics.pool_wait.labels(pool)).observe
+                    for pool in ("read", "write", "admin")
+                ),
             )
             # Other processes' invalidations reach LOCAL only through the bus: tracked LOCAL
             # entries are used once it is subscribed (it starts on the first tracked LOCAL use).

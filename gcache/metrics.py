@@ -60,6 +60,7 @@ _LATENCY = (
 _FALLBACK = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SERIALIZATION = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
 _SIZE = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
+_POOL_WAIT = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BUS_LAG = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 _UC = ("use_case", "key_type")
@@ -188,6 +189,16 @@ class Metrics:
         )
         for state in ("open", "closed"):  # both series exist from the start, so increase() sees the first
             self.breaker_transition.labels(state)
+        self.pool_wait = Histogram(
+            f"{p}pool_wait_seconds",
+            "Seconds a Redis operation waited for a pooled connection, when none was free on arrival; "
+            "pool: read, write or admin.",
+            ["pool"],
+            buckets=_POOL_WAIT,
+            **kw,
+        )
+        for pool in ("read", "write", "admin"):  # every series exists from the start
+            self.pool_wait.labels(pool)
         self.bus_lag = Histogram(
             f"{p}bus_lag_seconds",
             "Seconds from publishing an invalidation to receiving it, on the Redis server clock.",

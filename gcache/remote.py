@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from operator import methodcaller
@@ -53,6 +54,7 @@ _NODE_OPTIONS = {
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
+_perf = time.perf_counter
 
 
 _PING = methodcaller("ping")
@@ -304,6 +306,8 @@ class RemoteCache:
             socket timeout).
         breaker_failures, breaker_probe_sec, on_breaker: the circuit breaker (see
             :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens.
+        on_pool_wait: per kind (READ, WRITE, ADMIN), told the seconds a caller waited for a pooled
+            connection when none was free (see :class:`WaitTimedPool`).
     """
 
     def __init__(
@@ -319,6 +323,7 @@ class RemoteCache:
         breaker_failures: int = 0,
         breaker_probe_sec: float = 1.0,
         on_breaker: Callable[[bool], None] = lambda is_open: None,
+        on_pool_wait: tuple[Callable[[float], None] | None, ...] = (None, None, None),
     ) -> None:
         self.channel = channel
         self.origin = os.urandom(6).hex()  # names this instance in what it publishes
@@ -327,6 +332,7 @@ class RemoteCache:
         self._compute_limit_ms = compute_limit_ms
         self._loop_thread = loop_thread
         self._deadlines = (read_timeout, write_timeout, None)
+        self._pool_waits = on_pool_wait  # by kind: told each wait for a pooled connection
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Connection | None]] = (
             weakref.WeakKeyDictionary()
         )
@@ -378,9 +384,10 @@ class RemoteCache:
                         self._config,
                         redis.asyncio.Redis,
                         redis.asyncio.RedisCluster,
-                        redis.asyncio.BlockingConnectionPool,
+                        AsyncWaitTimedPool,
                         _retry_policy(redis.asyncio.retry.Retry),
                         self._deadlines[kind],
+                        self._pool_waits[kind],
                     )
                 )
         return conn
@@ -401,9 +408,10 @@ class RemoteCache:
                     self._config,
                     redis.Redis,
                     redis.RedisCluster,
-                    redis.BlockingConnectionPool,
+                    WaitTimedPool,
                     _retry_policy(redis.retry.Retry),
                     self._deadlines[kind],
+                    self._pool_waits[kind],
                 )
             )
         return conn
@@ -719,12 +727,19 @@ def _clients(conns: list[_Connection | None]) -> list[Any]:
 
 
 def _client(
-    config: RedisConfig, single: Any, cluster: Any, pool: Any, retry: Any, socket_timeout: float | None
+    config: RedisConfig,
+    single: Any,
+    cluster: Any,
+    pool: Any,
+    retry: Any,
+    socket_timeout: float | None,
+    on_wait: Callable[[float], None] | None = None,
 ) -> Any:
     """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
 
     ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
-    ``retry`` in ``redis_py_options`` wins over ``retry``.
+    ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
+    waited for a pooled connection when none was free (single server only).
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
@@ -732,7 +747,48 @@ def _client(
         options["socket_timeout"] = socket_timeout
     if config.cluster:
         return cluster.from_url(config.url, **options)
-    return single.from_pool(pool.from_url(config.url, timeout=config.pool_timeout, **options))
+    blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
+    blocking.on_wait = on_wait
+    return single.from_pool(blocking)
+
+
+class WaitTimedPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, telling ``on_wait`` how long a caller waited for a connection.
+
+    Only a caller that found no free connection (nor room for a new one) is timed, so a pool that
+    keeps up costs nothing more. The wait has its own bound, ``RedisConfig.pool_timeout``; an
+    operation's deadline (the socket timeout) starts once it has a connection, so it measures
+    Redis, not the queue in front of it.
+    """
+
+    on_wait: Callable[[float], None] | None = None
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        on_wait = self.on_wait
+        if on_wait is None or self.pool.queue:  # a free connection, or a slot for a new one
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        start = _perf()
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            on_wait(_perf() - start)
+
+
+class AsyncWaitTimedPool(redis.asyncio.BlockingConnectionPool):
+    """Asyncio twin of :class:`WaitTimedPool`."""
+
+    on_wait: Callable[[float], None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        on_wait = self.on_wait
+        free = getattr(self, "can_get_connection", None)
+        if on_wait is None or (free is not None and free()):
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        start = _perf()
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            on_wait(_perf() - start)
 
 
 def _flush_pattern(prefix: str) -> str:

@@ -204,3 +204,53 @@ def test_what_the_breaker_counts_as_redis_failing(
     error: Exception, answered_meanwhile: bool, outage: bool
 ) -> None:
     assert is_outage(RemoteError("get", error), answered_meanwhile) is outage
+
+
+def test_a_wait_for_a_pooled_connection_is_counted_and_not_charged_to_the_read_deadline(
+    is_async: bool, redis_url: str, redis_client: redis.Redis, registry: CollectorRegistry
+) -> None:
+    """The only pooled connection is busy for 0.2 s, four times the 50 ms read deadline: the call
+    waits its turn (bounded by ``pool_timeout``), is then served from Redis, and the wait shows in
+    ``gcache_pool_wait_seconds``."""
+    config = RedisConfig(url=redis_url, max_connections=1, pool_timeout=5)
+    with GCache(GCacheConfig(redis_config=config, metrics_registry=registry)) as cache:
+        runs = 0
+
+        def body(i: int) -> int:
+            nonlocal runs
+            runs += 1
+            return i
+
+        async def afn(i: int) -> int:
+            return body(i)
+
+        fn: Any = cache.cached(**options("Wait", False))(afn if is_async else body)
+
+        async def scenario() -> int:
+            with cache.enable():
+                if not is_async:
+                    fn(1)
+                    pool = cache._remote._sync[0].pool  # type: ignore[union-attr]
+                    held = pool.get_connection()
+                    threading.Timer(0.2, pool.release, args=(held,)).start()
+                    return int(fn(1))
+                await fn(1)
+                apool = cache._remote._async_connection(0).pool  # type: ignore[union-attr]
+                aheld = await apool.get_connection()
+
+                async def release_later() -> None:
+                    await asyncio.sleep(0.2)
+                    await apool.release(aheld)
+
+                releasing = asyncio.create_task(release_later())
+                try:
+                    return int(await fn(1))
+                finally:
+                    await releasing
+                    await cache.aclose()
+
+        assert asyncio.run(scenario()) == 1
+        assert runs == 1  # the second call was a REMOTE hit
+        assert sample(registry, "gcache_error_counter_total", use_case="Wait") == 0
+        assert sample(registry, "gcache_pool_wait_seconds_count", pool="read") == 1
+        assert 0.15 < sample(registry, "gcache_pool_wait_seconds_sum", pool="read") < 5
