@@ -284,7 +284,7 @@ class Row:
     calls: int
     local_hits: int | None  # None: the layer took no part
     remote_hits: int | None
-    shared: int  # calls that took a concurrent call's result (single flight)
+    shared: int  # calls that took a concurrent call's result or tracked read (single flight)
     function_calls: int
     local_hit_sec: float | None
     remote_hit_sec: float | None
@@ -330,7 +330,10 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
             lookup[layer] = s.mean(f"{m}get_timer", where) or 0.0
         where = {"use_case": use_case}
         function_calls = int(s.sum(f"{m}fallback_timer_count", where))
-        shared = int(s.sum(f"{m}single_flight_counter_total", {**where, "result": "joined"}))
+        shared = sum(
+            int(s.sum(f"{m}single_flight_counter_total", {**where, "result": result}))
+            for result in ("joined", "read_merged")
+        )
         function_mean = s.mean(f"{m}fallback_timer", where)
         rows.append(
             Row(

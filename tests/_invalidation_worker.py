@@ -2,10 +2,13 @@
 
     python -m tests._invalidation_worker --cache-url URL --source-url URL --out DIR/NAME
         [--mode sync|async] [--entities 1,2,3] [--max-seconds 60] [--seed N]
+        [--coroutines N] [--remote-only]
 
-Builds a GCache (LOCAL + REMOTE on ``--cache-url``, tracked use case), subscribes to the
-invalidation bus, then reads the entities in a loop. The cached function reads the source of
-truth, ``source:user:<id>`` on ``--source-url`` (a version number; missing is 0), between two
+Builds a GCache (LOCAL + REMOTE on ``--cache-url``, or REMOTE alone with ``--remote-only``,
+tracked use case), subscribes to the invalidation bus, then reads the entities in a loop (async:
+in ``--coroutines`` concurrent loops). A cached call that raises is counted (``raised`` in the
+summary, with how many of them were the function's own read of the source failing), not fatal.
+The cached function reads the source of truth, ``source:user:<id>`` on ``--source-url`` (a version number; missing is 0), between two
 short random delays. Every read is written to ``OUT.jsonl`` as ``[start, entity, version,
 computed]``: ``start`` is ``time.time()`` just before the call, ``computed`` 1 when the function
 ran (the cache did not serve it). ``OUT.ready`` appears once the bus is subscribed; the loop ends
@@ -17,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import random
-import threading
 import time
 from typing import IO
 
@@ -28,7 +31,7 @@ import redis
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from gcache import GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 
 KEY_TYPE = "user_id"
 USE_CASE = "ProcessRace"
@@ -50,14 +53,17 @@ class Recorder:
         self.out = out
         self._file: IO[str] = open(out + ".jsonl", "w")  # noqa: SIM115 (closed in close())
         self.reads = 0
-        self.computed = threading.local()
+        self.raised = 0  # cached calls that raised
+        self.source_failed = 0  # of those, the function's own read of the source failing
+        # Per thread and per task: the function runs in its caller's context (or the leader's).
+        self.computed: contextvars.ContextVar[bool] = contextvars.ContextVar("computed", default=False)
 
     def mark_computed(self) -> None:
-        self.computed.flag = True
+        self.computed.set(True)
 
     def read(self, start: float, entity: str, version: int) -> None:
-        computed = 1 if getattr(self.computed, "flag", False) else 0
-        self.computed.flag = False
+        computed = 1 if self.computed.get() else 0
+        self.computed.set(False)
         self._file.write(json.dumps([start, entity, version, computed]) + "\n")
         self.reads += 1
         if self.reads % FLUSH_EVERY == 0:
@@ -75,6 +81,8 @@ class Recorder:
         summary = {
             "pid": os.getpid(),
             "reads": self.reads,
+            "raised": self.raised,
+            "source_failed": self.source_failed,
             "bus_subscribed": cache.bus_subscribed,
             "metrics": _metrics(registry),
         }
@@ -95,6 +103,9 @@ def _metrics(registry: CollectorRegistry) -> dict[str, float]:
     return found
 
 
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+
+
 def make_cache(cache_url: str, registry: CollectorRegistry) -> GCache:
     return GCache(
         GCacheConfig(
@@ -111,7 +122,7 @@ def run_sync(args: argparse.Namespace, entities: list[str], recorder: Recorder) 
     rng = random.Random(args.seed)
 
     @cache.cached(key_type=KEY_TYPE, id_arg="uid", use_case=USE_CASE, track_for_invalidation=True,
-                  default_config=CONFIG)  # fmt: skip
+                  default_config=REMOTE_ONLY if args.remote_only else CONFIG)  # fmt: skip
     def version_of(uid: str) -> int:
         time.sleep(rng.uniform(0, MAX_DELAY))
         raw = source.get(source_key(uid))
@@ -144,10 +155,14 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
     rng = random.Random(args.seed)
 
     @cache.cached(key_type=KEY_TYPE, id_arg="uid", use_case=USE_CASE, track_for_invalidation=True,
-                  default_config=CONFIG)  # fmt: skip
+                  default_config=REMOTE_ONLY if args.remote_only else CONFIG)  # fmt: skip
     async def version_of(uid: str) -> int:
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
-        raw = await source.get(source_key(uid))
+        try:
+            raw = await source.get(source_key(uid))
+        except Exception:
+            recorder.source_failed += 1  # the function's own error: it reaches its caller, as it should
+            raise
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
         recorder.mark_computed()
         return int(raw or 0)
@@ -157,13 +172,23 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
             raise RuntimeError("the invalidation bus did not subscribe")
         recorder.ready()
         deadline = time.monotonic() + args.max_seconds
-        with cache.enable():
+
+        async def loop(seed: int) -> None:
+            picks = random.Random(seed)
             while time.monotonic() < deadline and not recorder.stopped():
                 for _ in range(20):
-                    entity = rng.choice(entities)
+                    entity = picks.choice(entities)
                     start = time.time()
-                    recorder.read(start, entity, await version_of(entity))
+                    try:
+                        version = await version_of(entity)
+                    except Exception:
+                        recorder.raised += 1
+                        continue
+                    recorder.read(start, entity, version)
                     await asyncio.sleep(PAUSE)
+
+        with cache.enable():
+            await asyncio.gather(*(loop(args.seed * 1000 + c) for c in range(args.coroutines)))
     finally:
         recorder.close(cache, registry)
         await cache.aclose()
@@ -179,6 +204,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entities", default="1,2,3")
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coroutines", type=int, default=1, help="async: concurrent read loops")
+    parser.add_argument("--remote-only", action="store_true", help="REMOTE alone: exact, no bus lag")
     return parser.parse_args(argv)
 
 

@@ -91,7 +91,17 @@ class Worker:
             return found
 
 
-def spawn(index: int, cache_url: str, source_url: str, tmp: Path) -> Worker:
+def spawn(
+    index: int,
+    cache_url: str,
+    source_url: str,
+    tmp: Path,
+    *,
+    mode: str | None = None,
+    entities: tuple[str, ...] = ENTITIES,
+    extra: tuple[str, ...] = (),
+) -> Worker:
+    """A worker process; sync and async take turns unless ``mode`` says which."""
     out = tmp / f"worker{index}"
     log = open(f"{out}.log", "wb")  # noqa: SIM115 (closed by stop_all)
     args = [
@@ -107,13 +117,14 @@ def spawn(index: int, cache_url: str, source_url: str, tmp: Path) -> Worker:
         "--out",
         str(out),
         "--mode",
-        "async" if index % 2 else "sync",
+        mode or ("async" if index % 2 else "sync"),
         "--entities",
-        ",".join(ENTITIES),
+        ",".join(entities),
         "--max-seconds",
         "40",
         "--seed",
         str(index),
+        *extra,
     ]
     env = {
         **os.environ,
@@ -155,11 +166,18 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
         await asyncio.sleep(0.02)
 
 
-async def write(cache: GCache, source: redis.asyncio.Redis, stop: asyncio.Event, writes: Writes) -> None:
+async def write(
+    cache: GCache,
+    source: redis.asyncio.Redis,
+    stop: asyncio.Event,
+    writes: Writes,
+    entities: tuple[str, ...] = ENTITIES,
+    every: float = WRITE_EVERY,
+) -> None:
     """Bump an entity in the source, THEN invalidate it; retry an invalidation Redis refused."""
     rng = random.Random(0)
     while not stop.is_set():
-        entity = rng.choice(ENTITIES)
+        entity = rng.choice(entities)
         version = int(await source.incr(source_key(entity)))
         while True:
             try:
@@ -172,7 +190,7 @@ async def write(cache: GCache, source: redis.asyncio.Redis, stop: asyncio.Event,
                 continue
             writes.invalidations.append(Invalidation(time.time(), entity, version))
             break
-        await asyncio.sleep(rng.uniform(0.5, 1.5) * WRITE_EVERY)
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * every)
 
 
 # -- analysis ------------------------------------------------------------------------------------
@@ -333,3 +351,94 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
         assert metric(summaries[i], "gcache_bus_reconnect_counter_total") >= 1
         assert summaries[i]["bus_subscribed"] is True
     assert cached_again, "no entry was written to the cache's Redis after it restarted"
+
+
+LOAD_WORKERS, LOAD_COROUTINES = 4, 200
+LOAD_ENTITIES = tuple(str(i) for i in range(100))
+
+
+@pytest.mark.slow
+async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_through_a_restart(
+    make_cache: Callable[..., GCache],
+    redis_url: str,
+    redis_client: redis.Redis,
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    """Load and invalidations at once: 4 processes x 200 coroutines read 100 entities through a
+    tracked REMOTE-only use case (their concurrent reads of one key merge), a writer bumps a
+    random entity's version and invalidates it about 50 times a second, and the cache's Redis is
+    killed and restarted mid-run. No read that started after an invalidation returned sees an
+    older version, no cached call raises, and caching resumes by itself."""
+    writes = Writes()
+    with EmbeddedRedis() as server:
+        for index in range(LOAD_WORKERS):
+            workers.append(
+                spawn(
+                    index,
+                    server.url,
+                    redis_url,
+                    tmp_path,
+                    mode="async",
+                    entities=LOAD_ENTITIES,
+                    extra=("--coroutines", str(LOAD_COROUTINES), "--remote-only"),
+                )
+            )
+        try:
+            await wait_for(
+                lambda: all(w.ready or w.process.poll() is not None for w in workers), 30, "workers ready"
+            )
+            assert all(w.ready for w in workers), "a worker exited before it was ready"
+            cache = make_cache(
+                redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
+            )
+            source = redis.asyncio.Redis.from_url(redis_url)
+            stop = asyncio.Event()
+            writing = asyncio.create_task(write(cache, source, stop, writes, LOAD_ENTITIES, every=0.02))
+            try:
+                await asyncio.sleep(4.0)
+                killed_at = time.time()
+                server.kill()
+                await asyncio.sleep(OUTAGE_SEC)
+                await asyncio.to_thread(server.start)
+                restarted_at = time.time()
+                await asyncio.sleep(4.0)
+            finally:
+                stop.set()
+                await asyncio.wait_for(writing, 10)
+                await source.aclose()
+            for worker in workers:
+                await asyncio.to_thread(Path(f"{worker.out}.stop").touch)
+            for worker in workers:
+                assert await asyncio.to_thread(worker.process.wait, 30) == 0, worker.log_text()
+        except BaseException:
+            for worker in workers:
+                print(f"--- worker {worker.index} log ---\n{worker.log_text()[-3000:]}")
+            raise
+
+    reads = {w.index: w.reads() for w in workers}
+    summaries = {w.index: w.summary() for w in workers}
+    invalidations = writes.invalidations
+    stale = {i: sum(1 for w in staleness_windows(reads[i], invalidations) if w > 0) for i in reads}
+    merged = {
+        i: metric(summaries[i], "gcache_single_flight_counter_total", use_case=USE_CASE, result="read_merged")
+        for i in reads
+    }
+    print(
+        f"\n{len(invalidations)} invalidations, reads per worker {[len(reads[i]) for i in sorted(reads)]}, "
+        f"merged reads {[int(merged[i]) for i in sorted(merged)]}, "
+        f"raised {[summaries[i]['raised'] for i in sorted(summaries)]} (the function's own "
+        f"{[summaries[i]['source_failed'] for i in sorted(summaries)]}), stale {stale}"
+    )
+    assert len(invalidations) >= 200
+    assert any(inv.returned > restarted_at for inv in invalidations)
+    assert stale == dict.fromkeys(reads, 0)  # REMOTE is exact, merged reads included
+    for i in sorted(reads):
+        # Only the function's own errors reach callers (its source, the session Redis, times out
+        # now and then on a loop this loaded); the cache itself raised nothing.
+        assert summaries[i]["raised"] == summaries[i]["source_failed"]
+        after = [r for r in reads[i] if r.start > restarted_at + 1.0]
+        assert any(not r.computed for r in after), f"worker {i} served nothing from the cache after restart"
+        assert sum(1 for r in reads[i] if killed_at < r.start < restarted_at) > 0
+        assert hits(summaries[i], "remote") > 0
+    assert sum(merged.values()) > 0
