@@ -8,12 +8,12 @@ Builds a GCache (LOCAL + REMOTE on ``--cache-url``, or REMOTE alone with ``--rem
 tracked use case), subscribes to the invalidation bus, then reads the entities in a loop (async:
 in ``--coroutines`` concurrent loops). A cached call that raises is counted (``raised`` in the
 summary, with how many of them were the function's own read of the source failing), not fatal.
-The cached function reads the source of truth, ``source:user:<id>`` on ``--source-url`` (a version number; missing is 0), between two
-short random delays. Every read is written to ``OUT.jsonl`` as ``[start, entity, version,
-computed]``: ``start`` is ``time.time()`` just before the call, ``computed`` 1 when the function
-ran (the cache did not serve it). ``OUT.ready`` appears once the bus is subscribed; the loop ends
-when ``OUT.stop`` appears (or after ``--max-seconds``), and ``OUT.summary.json`` holds the
-worker's own metrics.
+The cached function reads the source of truth, ``source:user:<id>`` on ``--source-url`` (a
+version number; missing is 0), between two short random delays. Every read is written to
+``OUT.jsonl`` as ``[start, entity, version, computed]``: ``start`` is ``time.time()`` just
+before the call, ``computed`` 1 when the function ran (the cache did not serve it).
+``OUT.ready`` appears once the bus is subscribed; the loop ends when ``OUT.stop`` appears (or
+after ``--max-seconds``), and ``OUT.summary.json`` holds the worker's own metrics.
 """
 
 from __future__ import annotations
