@@ -10,6 +10,8 @@ Scenarios, in the order they run (with no argument, all of them):
   (bench_instructions; skipped without valgrind)
 - ``load``: a concurrency sweep (10 to 3,000 coroutines, 10 to 200 threads) of tracked and
   untracked use cases against bare redis-py at the same concurrency (bench_load; results/load.md)
+- ``soak``: 5 minutes of mixed traffic with invalidations, sampling memory and tables every 10 s
+  (bench_soak; results/soak.md)
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
@@ -39,6 +41,7 @@ from benchmarks import (
     bench_load,
     bench_memory,
     bench_miss,
+    bench_soak,
 )
 from benchmarks._harness import Result, environment, server_version
 from gcache._embedded_redis import EmbeddedRedis
@@ -82,6 +85,16 @@ def load(redis_url: str) -> None:
     )
 
 
+def soak(redis_url: str) -> None:
+    text = bench_soak.table(bench_soak.run(redis_url))
+    print(text)
+    facts = environment()
+    (RESULTS / "soak.md").write_text(
+        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}.\n\n{text}\n\n"
+        "Definitions: see the docstring of benchmarks/bench_soak.py.\n"
+    )
+
+
 def faults() -> None:
     load = os.getloadavg()[0]
     cells = bench_faults.run()  # private servers and listeners: it kills and pauses them
@@ -96,7 +109,7 @@ def faults() -> None:
     )
 
 
-SCENARIOS = [*TABLED, "load", "invalidation", "faults"]
+SCENARIOS = [*TABLED, "load", "soak", "invalidation", "faults"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 invalidation(url)
             elif name == "load":
                 load(url)
+            elif name == "soak":
+                soak(url)
             elif name == "faults":
                 faults()
             else:

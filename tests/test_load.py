@@ -15,6 +15,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from benchmarks import bench_soak
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 from gcache.breaker import is_outage
 from gcache.errors import RemoteError
@@ -254,3 +255,15 @@ def test_a_wait_for_a_pooled_connection_is_counted_and_not_charged_to_the_read_d
         assert sample(registry, "gcache_error_counter_total", use_case="Wait") == 0
         assert sample(registry, "gcache_pool_wait_seconds_count", pool="read") == 1
         assert 0.15 < sample(registry, "gcache_pool_wait_seconds_sum", pool="read") < 5
+
+
+@pytest.mark.slow
+def test_a_short_soak_of_mixed_traffic_levels_off(redis_url: str, redis_client: redis.Redis) -> None:
+    """The soak benchmark for 15 s (``python -m benchmarks soak`` runs 5 minutes): memory and the
+    flight tables level off and no cache error is counted."""
+    samples = bench_soak.run(redis_url, seconds=15, every=1.5, local_entries=1_000)
+    assert len(samples) >= 10
+    assert samples[-1].errors == 0
+    assert samples[-1].calls > 10_000
+    assert samples[-1].runs < samples[-1].calls  # the cache served
+    assert bench_soak.levels_off(samples), bench_soak.table(samples)
