@@ -18,6 +18,7 @@ connections a restarted server has closed, which fail once each.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import math
@@ -753,25 +754,66 @@ def _client(
 
 
 class WaitTimedPool(redis.BlockingConnectionPool):
-    """redis-py's blocking pool, telling ``on_wait`` how long a caller waited for a connection.
+    """redis-py's blocking pool, first come first served, telling ``on_wait`` how long a caller
+    waited for a connection.
 
-    Only a caller that found no free connection (nor room for a new one) is timed, so a pool that
-    keeps up costs nothing more. The wait has its own bound, ``RedisConfig.pool_timeout``; an
-    operation's deadline (the socket timeout) starts once it has a connection, so it measures
-    Redis, not the queue in front of it.
+    redis-py's pool lets a thread that just released a connection take it straight back while
+    the threads woken for it are still waiting for the GIL: under a few hundred threads some
+    waited past ``pool_timeout`` while others were served again and again. Here a connection
+    that comes back is handed to the thread that has waited longest; a caller that finds none
+    free queues behind the ones already waiting. The wait has its own bound,
+    ``RedisConfig.pool_timeout``; an operation's deadline (the socket timeout) starts once it
+    has a connection, so it measures Redis, not the queue in front of it. Only a caller that
+    had to queue is timed, so a pool that keeps up costs nothing more.
     """
 
     on_wait: Callable[[float], None] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._free = self.max_connections  # connections (or room for one) no caller holds
+        self._queue: collections.deque[threading.Event] = collections.deque()
+        self._gate = threading.Lock()
+
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        on_wait = self.on_wait
-        if on_wait is None or self.pool.queue:  # a free connection, or a slot for a new one
-            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        start = _perf()
+        with self._gate:
+            if self._free > 0 and not self._queue:
+                self._free -= 1
+                turn = None
+            else:
+                turn = threading.Event()
+                self._queue.append(turn)
+        if turn is not None:
+            start = _perf()
+            handed = turn.wait(self.timeout)
+            if not handed:
+                with self._gate:
+                    try:
+                        self._queue.remove(turn)
+                    except ValueError:  # handed a connection just as the wait ran out
+                        handed = True
+            if self.on_wait is not None:
+                self.on_wait(_perf() - start)
+            if not handed:
+                raise redis.ConnectionError("No connection available.")
         try:
             return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._hand_on()
+            raise
+
+    def release(self, connection: Any) -> None:
+        try:
+            super().release(connection)  # type: ignore[no-untyped-call]
         finally:
-            on_wait(_perf() - start)
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        with self._gate:
+            if self._queue:
+                self._queue.popleft().set()
+            else:
+                self._free += 1
 
 
 class AsyncWaitTimedPool(redis.asyncio.BlockingConnectionPool):
