@@ -456,7 +456,7 @@ async def check_exact(
     violations = outcome.violations
     assert violations == [], describe(violations)
     assert len(outcome.invalidations) == ROUNDS
-    assert len(outcome.reads) >= 2000
+    assert len(outcome.reads) >= (1000 if setup == "merged_reads" else 2000)  # two connections: slower
     assert outcome.reads_after_an_invalidation() >= 1000
     # The cache really served: a harness where every read misses would prove nothing.
     assert sample(registry, ERRORS, use_case=use_case) == 0
