@@ -22,7 +22,7 @@ import pickle
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,57 +92,90 @@ def _opened(cache: GCache) -> int:
     )
 
 
+@dataclass
+class Subject:
+    name: str
+    cache: GCache | None  # None: the bare GETs
+    call: Callable[[int], Any]
+    runs: list[int] = field(default_factory=lambda: [0])  # calls that reached the function
+
+
+def _functions(
+    runs: list[int],
+) -> tuple[Callable[[int], dict[str, Any]], Callable[[int], Awaitable[dict[str, Any]]]]:
+    """The function to cache, sync and async, counting its runs in ``runs`` (by closure: a
+    default argument would be part of the key)."""
+
+    def load(item: int) -> dict[str, Any]:
+        runs[0] += 1
+        return user(str(item))
+
+    async def aload(item: int) -> dict[str, Any]:
+        return load(item)
+
+    return load, aload
+
+
+def _gcache_subjects(redis_url: str, prefix: str, is_async: bool) -> list[Subject]:
+    """gcache's subjects, each a cache with one decorated function counting its runs."""
+    subjects = []
+    for i, (name, config, tracked) in enumerate(SUBJECTS):
+        cache = make_gcache(redis_url, f"{prefix}-{i}")
+        runs = [0]
+        load, aload = _functions(runs)
+        call = cache.cached(**_options(config, tracked))(aload if is_async else load)
+        subjects.append(Subject(name, cache, call, runs))
+    return subjects
+
+
+class _Counts:
+    """What a subject's counters say before a repetition, to add the difference to its cell."""
+
+    def __init__(self, subject: Subject, admin: redis.Redis) -> None:
+        subject.runs[0] = 0
+        self._subject, self._admin = subject, admin
+        self._errors = gcache_errors(subject.cache) if subject.cache is not None else 0
+        self._opened = _opened(subject.cache) if subject.cache is not None else 0
+        self._commands = _commands(admin)
+
+    def add_to(self, cell: Cell, seconds: float, latencies: list[float]) -> None:
+        subject = self._subject
+        cell.seconds.append(seconds)
+        cell.commands += _commands(self._admin) - self._commands - 1  # less the INFO itself
+        cell.latencies += latencies
+        cell.runs += subject.runs[0]
+        if subject.cache is not None:
+            cell.errors += gcache_errors(subject.cache) - self._errors
+            cell.opened += _opened(subject.cache) - self._opened
+
+
 async def _coroutines(redis_url: str) -> list[Result]:
     admin = redis.Redis.from_url(redis_url)
     client = bare_async_client(redis_url)
     keys = _bare_keys(PREFIX)
     for key in keys:
         await client.set(key, _payload(), ex=TTL)
-    subjects: list[tuple[str, GCache | None, Callable[[int], Any], list[int]]] = [
-        ("bare", None, lambda i: client.get(keys[i]), [0])
+    subjects = [
+        Subject("bare", None, lambda i: client.get(keys[i])),
+        *_gcache_subjects(redis_url, PREFIX + "-a", True),
     ]
-    caches = []
-    for i, (name, config, tracked) in enumerate(SUBJECTS):
-        cache = make_gcache(redis_url, f"{PREFIX}-a{i}")
-        await cache.astart()
-        runs = [0]
-
-        def counting(runs: list[int] = runs) -> Callable[[int], Any]:
-            async def load(item: int) -> dict[str, Any]:
-                runs[0] += 1
-                return user(str(item))
-
-            return load
-
-        fn = cache.cached(
-            key_type="item_id",
-            id_arg="item",
-            use_case="Load",
-            track_for_invalidation=tracked,
-            default_config=config,
-        )(counting())
-        caches.append(cache)
-        subjects.append((name, cache, fn, runs))
     results: list[Result] = []
     try:
-        for cache in caches:
-            cache.enable().__enter__()
-        for _name, _cache, call, _runs in subjects:
+        for subject in subjects:
+            if subject.cache is not None:
+                await subject.cache.astart()
+                subject.cache.enable().__enter__()
             for i in range(KEYS):
-                await call(i)
+                await subject.call(i)
         for n in COROUTINES:
-            cells = {name: Cell() for name, *_ in subjects}
+            cells = {subject.name: Cell() for subject in subjects}
             for _ in range(REPEAT):
-                for name, owner, call, runs in subjects:
-                    cell = cells[name]
-                    runs[0] = 0
-                    errors = gcache_errors(owner) if owner is not None else 0
-                    opened = _opened(owner) if owner is not None else 0
-                    before = _commands(admin)
+                for subject in subjects:
+                    counts = _Counts(subject, admin)
                     latencies: list[float] = []
 
                     async def caller(
-                        c: int, call: Callable[[int], Any] = call, out: list[float] = latencies
+                        c: int, call: Callable[[int], Any] = subject.call, out: list[float] = latencies
                     ) -> None:
                         for j in range(CALLS):
                             start = time.perf_counter()
@@ -151,18 +184,13 @@ async def _coroutines(redis_url: str) -> list[Result]:
 
                     start = time.perf_counter()
                     await asyncio.gather(*(caller(c) for c in range(n)))
-                    cell.seconds.append(time.perf_counter() - start)
-                    cell.commands += _commands(admin) - before - 1
-                    cell.latencies += latencies
-                    cell.runs += runs[0]
-                    if owner is not None:
-                        cell.errors += gcache_errors(owner) - errors
-                        cell.opened += _opened(owner) - opened
+                    counts.add_to(cells[subject.name], time.perf_counter() - start, latencies)
             results += _cell_results(f"{n:,} coroutines", n, cells, throughput_bar=n >= 100)
     finally:
-        for cache in caches:
-            await cache.aflushall()
-            await cache.aclose()
+        for subject in subjects:
+            if subject.cache is not None:
+                await subject.cache.aflushall()
+                await subject.cache.aclose()
         await client.delete(*keys)
         await client.aclose()
         admin.close()
@@ -176,59 +204,35 @@ def _threads(redis_url: str) -> list[Result]:
     keys = _bare_keys(PREFIX + "-t")
     for key in keys:
         client.set(key, _payload(), ex=TTL)
-    subjects: list[tuple[str, GCache | None, Callable[[int], Any], list[int]]] = [
-        ("bare", None, lambda i: client.get(keys[i]), [0])
+    subjects = [
+        Subject("bare", None, lambda i: client.get(keys[i])),
+        *_gcache_subjects(redis_url, PREFIX + "-t", False),
     ]
-    caches = []
-    for i, (name, config, tracked) in enumerate(SUBJECTS):
-        cache = make_gcache(redis_url, f"{PREFIX}-t{i}")
-        cache.start()
-        runs = [0]
-
-        def counting(runs: list[int] = runs) -> Callable[[int], Any]:
-            def load(item: int) -> dict[str, Any]:
-                runs[0] += 1
-                return user(str(item))
-
-            return load
-
-        fn = cache.cached(
-            key_type="item_id",
-            id_arg="item",
-            use_case="Load",
-            track_for_invalidation=tracked,
-            default_config=config,
-        )(counting())
-        caches.append(cache)
-        subjects.append((name, cache, fn, runs))
     results: list[Result] = []
     try:
-        for _name, warmed, call, _runs in subjects:
+        for subject in subjects:
+            if subject.cache is not None:
+                subject.cache.start()
             for i in range(KEYS):
-                _enabled_call(warmed, call, i)
+                _enabled_call(subject.cache, subject.call, i)
         for n in THREADS:
-            cells = {name: Cell() for name, *_ in subjects}
+            cells = {subject.name: Cell() for subject in subjects}
             for _ in range(REPEAT):
-                for name, owner, call, runs in subjects:
-                    cell = cells[name]
-                    runs[0] = 0
-                    errors = gcache_errors(owner) if owner is not None else 0
-                    opened = _opened(owner) if owner is not None else 0
-                    before = _commands(admin)
+                for subject in subjects:
+                    counts = _Counts(subject, admin)
                     latencies: list[float] = []
                     barrier = threading.Barrier(n + 1)
 
                     def caller(
                         c: int,
-                        cache: GCache | None = owner,
-                        call: Callable[[int], Any] = call,
+                        subject: Subject = subject,
                         barrier: threading.Barrier = barrier,
                         out: list[float] = latencies,
                     ) -> None:
                         barrier.wait()
                         for j in range(CALLS):
                             start = time.perf_counter()
-                            _enabled_call(cache, call, (c + j) % KEYS)
+                            _enabled_call(subject.cache, subject.call, (c + j) % KEYS)
                             out.append(time.perf_counter() - start)
 
                     threads = [threading.Thread(target=caller, args=(c,)) for c in range(n)]
@@ -238,18 +242,13 @@ def _threads(redis_url: str) -> list[Result]:
                     start = time.perf_counter()
                     for thread in threads:
                         thread.join()
-                    cell.seconds.append(time.perf_counter() - start)
-                    cell.commands += _commands(admin) - before - 1
-                    cell.latencies += latencies
-                    cell.runs += runs[0]
-                    if owner is not None:
-                        cell.errors += gcache_errors(owner) - errors
-                        cell.opened += _opened(owner) - opened
+                    counts.add_to(cells[subject.name], time.perf_counter() - start, latencies)
             results += _cell_results(f"{n} threads", n, cells, throughput_bar=False)
     finally:
-        for cache in caches:
-            cache.flushall()
-            cache.close()
+        for subject in subjects:
+            if subject.cache is not None:
+                subject.cache.flushall()
+                subject.cache.close()
         client.delete(*keys)
         client.close()
         admin.close()
