@@ -378,16 +378,20 @@ def build(
     REMOTE only: the exact guarantee across processes is REMOTE's.
     merged_reads: as other_instance, with two pooled connections for the readers, so that most
     tracked reads queue for one and merge into a read another reader has not sent yet.
+
+    Reads get a 2 s deadline: under the whole suite a reply can wait past the 50 ms default for
+    the busy loop to read it, which serves that read uncached (the deadline's matter, tested in
+    test_faults.py), while this harness asserts that every read was served.
     """
-    writer = make_cache()
+    writer = make_cache(read_timeout_sec=2.0)
     if setup == "same_instance":
         return cached_subject(mode, source, writer, writer, use_case=use_case, config=BOTH), writer
     if setup == "merged_reads":
         assert writer.config.redis_config is not None
         narrow = RedisConfig(url=writer.config.redis_config.url, max_connections=2, pool_timeout=10)
-        reader = make_cache(redis_config=narrow)
+        reader = make_cache(redis_config=narrow, read_timeout_sec=2.0)
     else:
-        reader = make_cache()
+        reader = make_cache(read_timeout_sec=2.0)
     return cached_subject(mode, source, reader, writer, use_case=use_case, config=REMOTE_ONLY), reader
 
 
