@@ -821,9 +821,13 @@ class AsyncWaitTimedPool(redis.asyncio.BlockingConnectionPool):
 
     on_wait: Callable[[float], None] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._free_now: Callable[[], bool] | None = getattr(self, "can_get_connection", None)
+
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         on_wait = self.on_wait
-        free = getattr(self, "can_get_connection", None)
+        free = self._free_now
         if on_wait is None or (free is not None and free()):
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         start = _perf()

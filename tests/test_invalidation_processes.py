@@ -193,6 +193,44 @@ async def write(
         await asyncio.sleep(rng.uniform(0.5, 1.5) * every)
 
 
+async def write_through_an_outage(
+    cache: GCache,
+    source_url: str,
+    server: EmbeddedRedis,
+    writes: Writes,
+    entities: tuple[str, ...],
+    every: float,
+    steady_sec: float,
+    after_sec: float,
+) -> tuple[float, float]:
+    """Write for ``steady_sec``, kill the cache's Redis for OUTAGE_SEC, restart it on the same port
+    (empty), write ``after_sec`` more; returns when it was killed and when it was back."""
+    source = redis.asyncio.Redis.from_url(source_url)
+    stop = asyncio.Event()
+    writing = asyncio.create_task(write(cache, source, stop, writes, entities, every))
+    try:
+        await asyncio.sleep(steady_sec)
+        killed_at = time.time()
+        server.kill()
+        await asyncio.sleep(OUTAGE_SEC)
+        await asyncio.to_thread(server.start)
+        restarted_at = time.time()
+        await asyncio.sleep(after_sec)
+    finally:
+        stop.set()
+        await asyncio.wait_for(writing, 10)
+        await source.aclose()
+    return killed_at, restarted_at
+
+
+async def stop_workers(workers: list[Worker], timeout: float) -> None:
+    """Ask every worker to stop, and check each exited cleanly."""
+    for worker in workers:
+        await asyncio.to_thread(Path(f"{worker.out}.stop").touch)
+    for worker in workers:
+        assert await asyncio.to_thread(worker.process.wait, timeout) == 0, worker.log_text()
+
+
 # -- analysis ------------------------------------------------------------------------------------
 
 
@@ -274,30 +312,15 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
             cache = make_cache(
                 redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
             )
-            source = redis.asyncio.Redis.from_url(redis_url)
-            stop = asyncio.Event()
-            writing = asyncio.create_task(write(cache, source, stop, writes))
-            try:
-                await asyncio.sleep(STEADY_SEC)
-                killed_at = time.time()
-                server.kill()
-                await asyncio.sleep(OUTAGE_SEC)
-                await asyncio.to_thread(server.start)  # the same port, empty
-                restarted_at = time.time()
-                await asyncio.sleep(AFTER_SEC)
-            finally:
-                stop.set()
-                await asyncio.wait_for(writing, 10)
-                await source.aclose()
+            killed_at, restarted_at = await write_through_an_outage(
+                cache, redis_url, server, writes, ENTITIES, WRITE_EVERY, STEADY_SEC, AFTER_SEC
+            )
             cache_client = redis.Redis.from_url(server.url)
             try:
                 cached_again = cache_client.keys("*#" + USE_CASE)
             finally:
                 cache_client.close()
-            for worker in workers:
-                await asyncio.to_thread(Path(f"{worker.out}.stop").touch)
-            for worker in workers:
-                assert await asyncio.to_thread(worker.process.wait, 15) == 0, worker.log_text()
+            await stop_workers(workers, timeout=15)
         except BaseException:
             for worker in workers:
                 print(f"--- worker {worker.index} log ---\n{worker.log_text()}")
@@ -392,25 +415,10 @@ async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_
             cache = make_cache(
                 redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
             )
-            source = redis.asyncio.Redis.from_url(redis_url)
-            stop = asyncio.Event()
-            writing = asyncio.create_task(write(cache, source, stop, writes, LOAD_ENTITIES, every=0.02))
-            try:
-                await asyncio.sleep(4.0)
-                killed_at = time.time()
-                server.kill()
-                await asyncio.sleep(OUTAGE_SEC)
-                await asyncio.to_thread(server.start)
-                restarted_at = time.time()
-                await asyncio.sleep(4.0)
-            finally:
-                stop.set()
-                await asyncio.wait_for(writing, 10)
-                await source.aclose()
-            for worker in workers:
-                await asyncio.to_thread(Path(f"{worker.out}.stop").touch)
-            for worker in workers:
-                assert await asyncio.to_thread(worker.process.wait, 30) == 0, worker.log_text()
+            killed_at, restarted_at = await write_through_an_outage(
+                cache, redis_url, server, writes, LOAD_ENTITIES, 0.02, 4.0, 4.0
+            )
+            await stop_workers(workers, timeout=30)
         except BaseException:
             for worker in workers:
                 print(f"--- worker {worker.index} log ---\n{worker.log_text()[-3000:]}")
