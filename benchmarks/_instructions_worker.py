@@ -11,7 +11,8 @@ database it was left to chance which worker missed, and the counts moved by mill
 instructions.
 
 Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
-functions, keys and values as ``bench_hits``."""
+functions, keys and values as ``bench_hits``; and a tracked REMOTE hit (``track_for_invalidation``:
+TIME, GET and HMGET in one write), whose floor is the untracked one's."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ CASES = (
     "sync REMOTE baseline",
     "async REMOTE gcache",
     "async REMOTE baseline",
+    "sync REMOTE tracked",
+    "async REMOTE tracked",
 )
 WARM_UP = 300
 PREFIX = "bench-instructions"
@@ -55,13 +58,13 @@ def _stored(redis_url: str) -> str:
     return key
 
 
-def _cached(mode: str, kind: str, redis_url: str) -> Callable[[str], Any]:
+def _cached(mode: str, kind: str, redis_url: str, tracked: bool = False) -> Callable[[str], Any]:
     """gcache's cached function of the case, enabled for the life of the process."""
     # Under valgrind a call runs some 50 times slower: the default 50 ms read deadline would fire,
     # and a timed-out read (counted, logged, served uncached) costs far more than a hit.
     cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0)
     _CACHES.append(cache)
-    use_case = f"{kind}{mode.title()}"
+    use_case = f"{kind}{mode.title()}{'Tracked' if tracked else ''}"
     client = bare_sync_client(redis_url)
     client.delete(value_key(entity_key(PREFIX, "user_id", ID), (), use_case))  # an earlier run's
     client.close()
@@ -70,6 +73,7 @@ def _cached(mode: str, kind: str, redis_url: str) -> Callable[[str], Any]:
         id_arg="user_id",
         use_case=use_case,
         default_config=LOCAL_ONLY if kind == "LOCAL" else REMOTE_ONLY,
+        track_for_invalidation=tracked,
     )
 
     def sync_user(user_id: str) -> dict[str, Any]:
@@ -87,8 +91,8 @@ def _cached(mode: str, kind: str, redis_url: str) -> Callable[[str], Any]:
 def _case(case: str, redis_url: str) -> Callable[[], Any]:
     """One call of ``case``: a plain call, or (async) a call returning the awaitable."""
     mode, kind, subject = case.split()
-    if subject == "gcache":
-        cached_user = _cached(mode, kind, redis_url)
+    if subject in ("gcache", "tracked"):
+        cached_user = _cached(mode, kind, redis_url, tracked=subject == "tracked")
         return lambda: cached_user(ID)
     if kind == "LOCAL":
         bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))

@@ -3,9 +3,10 @@
 Wall-clock ratios on a busy 2-core machine move by several hundredths from run to run.
 ``valgrind --tool=callgrind`` counts the instructions the process runs, which repeat to a few
 hundred per call whatever else the machine does.
-So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked) and its floor run in
-a worker process (``_instructions_worker``) twice, with ``LOW`` and ``HIGH`` calls; the difference
-over ``HIGH - LOW`` is the cost of one call, with start-up, set-up and warm-up cancelled out.
+So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked; REMOTE tracked too)
+and its floor run in a worker process (``_instructions_worker``) twice, with ``LOW`` and ``HIGH``
+calls; the difference over ``HIGH - LOW`` is the cost of one call, with start-up, set-up and
+warm-up cancelled out.
 
 What it counts: user-space instructions of the calling process. Not counted: the kernel's work
 on the socket, the Redis server's, and time spent waiting, which add the same to both sides of a
@@ -74,12 +75,13 @@ def run(redis_url: str) -> list[Result]:
     per_call = {case: (totals[case, HIGH] - totals[case, LOW]) / (HIGH - LOW) for case in CASES}
     results = []
     for case in CASES:
-        if not case.endswith("gcache"):
+        mode, layer, subject = case.split()
+        if subject == "baseline":
             continue
-        mode, layer, _ = case.split()
+        tracked = " tracked" if subject == "tracked" else ""
         results.append(
             Result(
-                f"{mode} {layer} hit, instructions",
+                f"{mode} {layer}{tracked} hit, instructions",
                 "gcache",
                 per_call[case],
                 "instructions/op",

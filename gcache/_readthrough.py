@@ -119,6 +119,7 @@ class Miss:
     """One call's miss: what the layers said, and what the leader's work needs."""
 
     __slots__ = (
+        "began",
         "config",
         "entity",
         "epoch",
@@ -145,6 +146,7 @@ class Miss:
         epoch: int,
         of: int,
         reads_first: bool,
+        began: float = 0.0,
     ) -> None:
         self.urn = urn
         self.entity = entity
@@ -156,6 +158,7 @@ class Miss:
         self.read: TrackedRead | None = None  # the latest tracked read
         self.read_at = math.inf  # when the latest REMOTE read was sent (monotonic)
         self.reads_first = reads_first  # see UseCase.miss
+        self.began = began  # tracked: when this miss began (monotonic), after the call started
         self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
         self.stale_layer = ""
         self.token: bytes | None = None  # the distributed lock, while this call holds it
@@ -379,7 +382,8 @@ class UseCase:
         epoch = epochs.start(entity) if local_ttl or tracked else -1
         of = epochs.of(entity) if tracked else 0
         reads_first = bool(remote_ttl) and (tracked or not shared_read or bool(config.soft_timeout_sec))
-        m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first)
+        began = _monotonic() if tracked else 0.0
+        m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first, began)
         if stale and config.fail_safe_sec and local_ttl:
             self.keep_stale(m, self.local.get_stale(urn, entity), "local")
         return m
@@ -390,7 +394,7 @@ class UseCase:
         seen = flights.get(m.urn)
         if seen is not None and self.joinable(seen, m, owner):
             return seen, False
-        mine = Flight(owner, m.read, m.of)
+        mine = Flight(owner, m.read, m.of, _monotonic())
         winner = flights.setdefault(m.urn, mine) if seen is None else flights.claim(m.urn, mine, seen)
         if winner is mine or not self.joinable(winner, m, owner):
             return mine, True  # leads; a winner it cannot join keeps its place, this call runs alone
@@ -399,11 +403,20 @@ class UseCase:
     def joinable(self, flight: Flight, m: Miss, owner: object) -> bool:
         """May this miss take ``flight``'s outcome without breaking the invalidation guarantee?
 
-        Untracked use cases have nothing to break. A tracked miss needs its own read to have
-        seen the leader's fence with a watermark below the leader's read time (no invalidation
-        since the leader read); without reads on both sides, a trusted LOCAL epoch that has not
-        moved since the leader started. A finished flight serves only callers whose read was
-        sent before it finished (their miss raced its write).
+        Untracked use cases have nothing to break. A tracked miss may take it when:
+
+        - its own read saw the leader's fence with a watermark below the leader's read time (no
+          invalidation since the leader read); or
+        - the flight began after this miss did: the leader's function reads its source after
+          every invalidation that returned before this call started; or
+        - this call had REMOTE off (LOCAL only, a ramp, an open breaker), and the entity's LOCAL
+          epoch is trusted and has not moved since the leader started: LOCAL's guarantee, under
+          which other processes' invalidations arrive over the bus.
+
+        A call that read or tried to read REMOTE and has no read on one side to compare (its
+        read or the leader's failed) is not served by an older flight: the bus may not have
+        brought an invalidation that returned before it started. A finished flight serves only
+        callers whose read was sent before it finished (their miss raced its write).
         """
         if flight.owner == owner or flight.abandoned:
             return False  # a recursive call from the leader's own function must not wait for itself
@@ -415,7 +428,9 @@ class UseCase:
             return False
         if m.read is not None and flight.read is not None:
             return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
-        return m.epoch >= 0 and self.rt.epochs.trusted
+        if flight.began > m.began:
+            return True
+        return not m.reads_first and m.epoch >= 0 and self.rt.epochs.trusted
 
     def merged(self, m: Miss, flight: Flight) -> Any:
         """A merged read's outcome, taken as this call's own read (see :meth:`amerged_read`)."""

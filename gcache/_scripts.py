@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 # The tracked read. On a single server the read is first sent as these commands without the
-# script (remote._fence_read: a script costs the server 15 µs more than a GET); the script runs
+# script (_pipeline.fence_read: a script costs the server 15 µs more than a GET); the script runs
 # when that finds no fence, to create it with the read, and on a cluster.
 # KEYS[1] value key, KEYS[2] fence (watermark) key
 # ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute

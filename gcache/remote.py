@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
-import math
 import os
 import sys
 import threading
@@ -29,7 +27,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from operator import methodcaller
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -39,6 +37,7 @@ import redis.retry
 
 from gcache import _fork, _scripts
 from gcache._loop_thread import LoopThread
+from gcache._pipeline import ReadQueue, TrackedRead, parse_fence_read, parse_tracked, pipelined
 from gcache.breaker import CircuitBreaker
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
@@ -70,12 +69,6 @@ def _no_retry(retry_class: Any) -> Any:
 
 
 if sys.version_info >= (3, 11):
-    from asyncio import timeout as _deadline
-else:  # pragma: no cover - Python 3.10: the package redis-py itself uses there
-    from async_timeout import timeout as _deadline
-
-
-if sys.version_info >= (3, 11):
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(seconds):
@@ -85,14 +78,6 @@ else:  # pragma: no cover - Python 3.10
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
         return await asyncio.wait_for(awaitable, seconds)
-
-
-class TrackedRead(NamedTuple):
-    raw: bytes | None
-    nonce: bytes | None  # None: the entity has no fence
-    watermark_us: int
-    now_us: int  # t0: server time of this read
-    pttl_ms: int = -1  # the value's remaining life; -1: no TTL or no value
 
 
 class _Connection:
@@ -112,6 +97,7 @@ class _Connection:
         "pool",
         "read_tracked",
         "read_with_ttl",
+        "reads",
         "set",
         "unlock",
         "write_tracked",
@@ -133,156 +119,14 @@ class _Connection:
         self.announce_flush = client.register_script(_scripts.ANNOUNCE_FLUSH)
         self.read_with_ttl = client.register_script(_scripts.READ_WITH_TTL)
         self.unlock = client.register_script(_scripts.UNLOCK)
+        self.reads: ReadQueue | None = None  # an asyncio single-server client's (see queue_reads)
 
-
-def _parse_tracked(reply: list[Any]) -> TrackedRead:
-    """The read script's reply, taken as the pipeline's replies (the script always has a fence)."""
-    raw, nonce, watermark, seconds, micros = reply[:5]
-    pttl = [p for p in reply[5:6] if p is not None]  # Lua's nil ends the reply
-    read = _parse_fence_read([[seconds, micros], raw, [nonce, watermark], *pttl])
-    assert read is not None, "the read script returned no fence"
-    return read
-
-
-def _fence_read(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> tuple[bytes, int]:
-    """READ_TRACKED's reads as plain commands in the script's order, TIME, GET, HMGET (, PTTL),
-    packed for the wire, and how many replies they get.
-
-    Packed here: redis-py's asyncio packer costs 5.7 µs for these three commands, this 1.
-    ``encode`` is the connection's own (its configured encoding), as redis-py would use.
-    """
-    k, f = encode(key), encode(fence)
-    value = b"$%d\r\n%b\r\n" % (len(k), k)
-    packed = b"".join(
-        (
-            b"*1\r\n$4\r\nTIME\r\n*2\r\n$3\r\nGET\r\n",
-            value,
-            b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n" % (len(f), f),
-            b"*2\r\n$4\r\nPTTL\r\n" + value if with_ttl else b"",
-        )
-    )
-    return packed, 4 if with_ttl else 3
-
-
-def _parse_fence_read(replies: list[Any]) -> TrackedRead | None:
-    """The replies of :func:`_fence_read`; None when the entity has no fence, which only the
-    script can create atomically with the read.
-
-    Other clients' commands may run between these reads, unlike the script's; each such
-    interleaving only makes the read more careful. An invalidation that lands after TIME raises
-    the watermark this read sees (its entry reads as invalidated, its write is refused, no caller
-    joins it); a fence replaced after GET has another nonce than the entry. A value that expired
-    between GET and PTTL was at the end of its grace period: it counts as past its TTL (0).
-    """
-    (seconds, micros), raw, (nonce, watermark) = replies[0], replies[1], replies[2]
-    if nonce is None:
-        return None
-    pttl = int(replies[3]) if raw is not None and len(replies) > 3 else -1
-    if pttl == -2:  # gone since GET: the very end of its grace period
-        pttl = 0
-    return TrackedRead(
-        raw,
-        nonce,
-        int(watermark) if watermark is not None else 0,
-        int(seconds) * 1_000_000 + int(micros),
-        pttl,
-    )
-
-
-def _pipelined(
-    conn: _Connection, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None = None
-) -> list[Any]:
-    """The replies of :func:`_fence_read`'s commands, sent in one write on one pooled connection.
-
-    redis-py's Pipeline object costs the client as much as a Lua script costs the server (both
-    about 20 µs over a GET here); this costs about what one GET does. redis-py's retry policy
-    applies as to its own commands.
-    """
-    pool = conn.pool
-    connection = pool.get_connection(*_POOL_ARGS)
-    if sending is not None:
-        sending()
-    try:
-        packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
-
-        def send_and_read() -> list[Any]:
-            connection.send_packed_command([packed])  # a list: redis-py's sync sender iterates it
-            return _read_replies(connection.read_response, n)
-
-        replies: list[Any] = connection.retry.call_with_retry(
-            send_and_read, lambda _: connection.disconnect()
-        )
-        return replies
-    except BaseException:
-        connection.disconnect()  # replies may be left unread on it
-        raise
-    finally:
-        pool.release(connection)
-
-
-async def _apipelined(
-    conn: _Connection, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None = None
-) -> list[Any]:
-    """Async twin of :func:`_pipelined`.
-
-    One deadline (the connection's socket timeout) covers every reply, as it covers a GET's one:
-    redis-py's own deadline per reply costs a timer each, 4.5 µs.
-    """
-    pool = conn.pool
-    connection = await pool.get_connection(*_ASYNC_POOL_ARGS)
-    if sending is not None:
-        sending()
-    try:
-        packed, n = _fence_read(connection.encoder.encode, key, fence, with_ttl)
-
-        async def send_and_read() -> list[Any]:
-            await connection.send_packed_command([packed])
-            replies = []
-            error: redis.ResponseError | None = None
-            async with _deadline(connection.socket_timeout):
-                for _ in range(n):
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except redis.ResponseError as exc:  # read the rest: the connection stays in step
-                        error = error or exc
-            if error is not None:
-                raise error
-            return replies
-
-        replies: list[Any] = await connection.retry.call_with_retry(
-            send_and_read, lambda _: connection.disconnect()
-        )
-        return replies
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
-
-
-def _pool_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
-    """What ``get_connection`` is called with: nothing since redis-py 5.3 (a command name warns);
-    before, a command name, which only a cluster uses."""
-    name = inspect.signature(get_connection).parameters.get("command_name")
-    return () if name is None or name.default is not inspect.Parameter.empty else ("TIME",)
-
-
-_POOL_ARGS = _pool_args(redis.ConnectionPool.get_connection)
-_ASYNC_POOL_ARGS = _pool_args(redis.asyncio.ConnectionPool.get_connection)
-
-
-def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:
-    """``n`` replies; a command's error is raised after the last one is read."""
-    replies = []
-    error: redis.ResponseError | None = None
-    for _ in range(n):
-        try:
-            replies.append(read())
-        except redis.ResponseError as exc:
-            error = error or exc
-    if error is not None:
-        raise error
-    return replies
+    def queue_reads(self) -> _Connection:
+        """Auto-pipeline this asyncio client's GETs and tracked reads (see :class:`ReadQueue`)."""
+        if self.pool is not None:
+            self.reads = ReadQueue(self.pool)
+            self.get = self.reads.get
+        return self
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
@@ -377,7 +221,7 @@ class RemoteCache:
         conn = conns[kind]
         if conn is None:
             if self._factory is not None:  # one client per loop, shared by every kind
-                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = _Connection(self._factory())
+                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = _Connection(self._factory()).queue_reads()
             else:
                 assert self._config is not None
                 conn = conns[kind] = _Connection(
@@ -390,7 +234,7 @@ class RemoteCache:
                         self._deadlines[kind],
                         self._pool_waits[kind],
                     )
-                )
+                ).queue_reads()
         return conn
 
     def _sync_connection(self, kind: int) -> _Connection:
@@ -550,21 +394,25 @@ class RemoteCache:
         """The value, the entity's fence and the server time; the value's PTTL ``with_ttl``.
 
         On a single server the reads go as one pipeline of plain commands (a Lua script costs the
-        server 15 µs more than a GET); the script runs when the fence is missing, to create it
-        with the read, and on a cluster. ``sending()`` is called once a connection is at hand,
-        before the reads are written (before waiting for the pool, for the script): up to then,
-        other callers may take this read's result as theirs (see ``UseCase.amerged_read``).
+        server 15 µs more than a GET), auto-pipelined with the loop's other reads under
+        concurrency (:class:`~gcache._pipeline.ReadQueue`); the script runs when the fence is
+        missing, to create it with the read, and on a cluster. ``sending()`` is called once a
+        connection is at hand, before the reads are written (before waiting for the pool, for the
+        script): up to then, other callers may take this read's result as theirs (see
+        ``UseCase.amerged_read``).
         """
-        if self._async_connection(READ).pool is not None:
-            pipelined = await self._arun(
-                "read", READ, lambda c: _apipelined(c, key, fence, with_ttl, sending)
+        if self._async_connection(READ).reads is not None:
+            replies = await self._arun(
+                "read",
+                READ,
+                lambda c: c.reads.read_tracked(key, fence, with_ttl, sending),  # type: ignore[union-attr]
             )
-            read = _parse_fence_read(pipelined)
+            read = parse_fence_read(replies)
             if read is not None:
                 return read
         if sending is not None:
             sending()
-        return _parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
+        return parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     def read_tracked(
         self, key: str, fence: str, *, with_ttl: bool = False, sending: Callable[[], None] | None = None
@@ -574,13 +422,13 @@ class RemoteCache:
                 lambda: self.aread_tracked(key, fence, with_ttl=with_ttl, sending=sending)
             )
         if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
-            replies = self._run("read", READ, lambda c: _pipelined(c, key, fence, with_ttl, sending))
-            read = _parse_fence_read(replies)
+            replies = self._run("read", READ, lambda c: pipelined(c.pool, key, fence, with_ttl, sending))
+            read = parse_fence_read(replies)
             if read is not None:
                 return read
         if sending is not None:
             sending()
-        return _parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
+        return parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
         await self._arun("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))

@@ -38,15 +38,18 @@ class Flight:
     Attributes set by the leader before anyone can find it: ``owner`` (the leader's thread id or
     task, so a recursive call from inside the function never waits for itself), ``read`` (the
     leader's tracked read, whose fence and server time decide who may join), ``of`` (the
-    entity's LOCAL epoch when it started). ``done_at`` is the monotonic time it finished: a
-    caller whose Redis read was sent before then may have missed the value only because the
-    write had not landed yet, so it may still take the outcome.
+    entity's LOCAL epoch when it started), ``began`` (when the leader took it, before its
+    function ran: a caller that began earlier may take a value computed after it began).
+    ``done_at`` is the monotonic time it finished: a caller whose Redis read was sent before then
+    may have missed the value only because the write had not landed yet, so it may still take
+    the outcome.
     """
 
     __slots__ = (
         "_event",
         "_futures",
         "abandoned",
+        "began",
         "done_at",
         "error",
         "of",
@@ -58,8 +61,9 @@ class Flight:
         "value",
     )
 
-    def __init__(self, owner: object, read: TrackedRead | None, of: int) -> None:
+    def __init__(self, owner: object, read: TrackedRead | None, of: int, began: float = 0.0) -> None:
         self.owner = owner
+        self.began = began  # when the leader took it, before its function ran (monotonic)
         self.read = read
         self.of = of
         self.value: Any = None

@@ -54,9 +54,20 @@ class Recorder:
         self._file: IO[str] = open(out + ".jsonl", "w")  # noqa: SIM115 (closed in close())
         self.reads = 0
         self.raised = 0  # cached calls that raised
-        self.source_failed = 0  # of those, the function's own read of the source failing
+        # Of those, the ones that raised an error of the function's own read of the source: its
+        # caller's, or a caller's that shared its run (single flight shares the exception).
+        self.source_failed = 0
+        self._source_errors: list[BaseException] = []
         # Per thread and per task: the function runs in its caller's context (or the leader's).
         self.computed: contextvars.ContextVar[bool] = contextvars.ContextVar("computed", default=False)
+
+    def source_error(self, exc: BaseException) -> None:
+        self._source_errors.append(exc)
+
+    def call_raised(self, exc: BaseException) -> None:
+        self.raised += 1
+        if any(exc is seen for seen in self._source_errors):
+            self.source_failed += 1
 
     def mark_computed(self) -> None:
         self.computed.set(True)
@@ -160,8 +171,8 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
         try:
             raw = await source.get(source_key(uid))
-        except Exception:
-            recorder.source_failed += 1  # the function's own error: it reaches its caller, as it should
+        except Exception as exc:
+            recorder.source_error(exc)  # the function's own error: it reaches its caller, as it should
             raise
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
         recorder.mark_computed()
@@ -181,8 +192,8 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
                     start = time.time()
                     try:
                         version = await version_of(entity)
-                    except Exception:
-                        recorder.raised += 1
+                    except Exception as exc:
+                        recorder.call_raised(exc)
                         continue
                     recorder.read(start, entity, version)
                     await asyncio.sleep(PAUSE)

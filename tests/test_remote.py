@@ -19,7 +19,8 @@ import redis
 from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
-from gcache.remote import READ, RemoteCache, TrackedRead, _parse_fence_read, _pool_args
+from gcache._pipeline import parse_fence_read, pool_args
+from gcache.remote import READ, RemoteCache, TrackedRead
 from tests.conftest import commands_run
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
@@ -335,11 +336,11 @@ def test_pool_is_asked_for_a_connection_as_the_installed_redis_py_wants(mode: st
 
     def since_5_3(self: Any, command_name: str | None = None, *keys: Any, **options: Any) -> None: ...
 
-    assert _pool_args(before_5_3) == ("TIME",)
-    assert _pool_args(since_5_3) == ()
+    assert pool_args(before_5_3) == ("TIME",)
+    assert pool_args(since_5_3) == ()
     installed = redis.asyncio.ConnectionPool if mode == "async" else redis.ConnectionPool
     since = tuple(int(part) for part in redis.__version__.split(".")[:2]) >= (5, 3)
-    assert _pool_args(installed.get_connection) == (() if since else ("TIME",))
+    assert pool_args(installed.get_connection) == (() if since else ("TIME",))
 
 
 @pytest.mark.parametrize(
@@ -357,7 +358,7 @@ def test_pool_is_asked_for_a_connection_as_the_installed_redis_py_wants(mode: st
 def test_parse_fence_read_matches_the_script_and_leaves_a_missing_fence_to_it(
     mode: str, replies: list[Any], expected: TrackedRead | None
 ) -> None:
-    assert _parse_fence_read(replies) == expected
+    assert parse_fence_read(replies) == expected
 
 
 # -- write_tracked --------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheKeyConfig
-from gcache.keys import lock_key
+from gcache import CacheLayer, GCache, GCacheKeyConfig, RemoteError
+from gcache.keys import entity_key, lock_key, watermark_key
 from gcache.single_flight import Flight, FlightTable
 from tests.conftest import sample, wait_until
 
@@ -334,31 +334,7 @@ async def test_a_caller_that_starts_after_an_invalidation_does_not_take_an_older
             gate.wait(5)
         return seen
 
-    options: dict[str, Any] = {
-        "key_type": "user_id",
-        "id_arg": "uid",
-        "use_case": "Plan",
-        "default_config": BOTH,
-        "track_for_invalidation": True,
-    }
-    if is_async:
-
-        @cache.cached(**options)
-        async def aget(uid: str) -> str:
-            return await asyncio.to_thread(compute)
-
-        get: Callable[[], Any] = lambda: aget("1")  # noqa: E731
-    else:
-
-        @cache.cached(**options)
-        def sget(uid: str) -> str:
-            return compute()
-
-        get = lambda: sget("1")  # noqa: E731
-
-    async def call() -> str:
-        with cache.enable():
-            return await get() if is_async else await asyncio.to_thread(get)
+    call = plan_function(cache, is_async, compute, BOTH)
 
     first = asyncio.ensure_future(call())
     await asyncio.to_thread(wait_until, lambda: len(calls) == 1, 5, "the first run to read the source")
@@ -370,6 +346,151 @@ async def test_a_caller_that_starts_after_an_invalidation_does_not_take_an_older
     assert await second == "pro"
     assert await first == "free"  # concurrent with the invalidation: the old value is fair for it
     assert sample(registry, JOINED, use_case="Plan", result="joined") == 0
+
+
+def failing_reads(
+    cache: GCache, fail: Callable[[int], bool], gate: threading.Event | None = None
+) -> list[int]:
+    """Make the ``n``-th tracked REMOTE read of ``cache`` (from 0) fail where ``fail(n)``, as a
+    timed-out or refused read would; with a ``gate``, the first read waits for it before failing.
+    Returns the list of reads started."""
+    remote = cache._remote
+    assert remote is not None
+    started: list[int] = []
+    read_tracked, aread_tracked = remote.read_tracked, remote.aread_tracked
+
+    def failed(n: int) -> RemoteError:
+        return RemoteError("read", redis.TimeoutError(f"read {n} timed out (the test's)"))
+
+    def sent(n: int, kwargs: dict[str, Any]) -> None:
+        """A failing read was sent (no other caller may take it), as the real one would say."""
+        sending = kwargs.get("sending")
+        if fail(n) and sending is not None:
+            sending()
+
+    def sync_read(*args: Any, **kwargs: Any) -> Any:
+        n = len(started)
+        started.append(n)
+        sent(n, kwargs)
+        if n == 0 and gate is not None:
+            gate.wait(5)
+        if fail(n):
+            raise failed(n)
+        return read_tracked(*args, **kwargs)
+
+    async def async_read(*args: Any, **kwargs: Any) -> Any:
+        n = len(started)
+        started.append(n)
+        sent(n, kwargs)
+        if n == 0 and gate is not None:
+            await asyncio.to_thread(gate.wait, 5)
+        if fail(n):
+            raise failed(n)
+        return await aread_tracked(*args, **kwargs)
+
+    remote.read_tracked, remote.aread_tracked = sync_read, async_read  # type: ignore[method-assign]
+    return started
+
+
+def plan_function(
+    cache: GCache, is_async: bool, compute: Callable[[], str], config: GCacheKeyConfig = REMOTE_ONLY
+) -> Callable[[], Any]:
+    """A tracked cached function of ``compute``; returns a coroutine function calling it enabled."""
+    options: dict[str, Any] = {
+        "key_type": "user_id",
+        "id_arg": "uid",
+        "use_case": "Plan",
+        "default_config": config,
+        "track_for_invalidation": True,
+    }
+    if is_async:
+
+        @cache.cached(**options)
+        async def aget(uid: str) -> str:
+            return await asyncio.to_thread(compute)
+
+        async def acall() -> str:
+            with cache.enable():
+                return await aget("1")
+
+        return acall
+
+    @cache.cached(**options)
+    def sget(uid: str) -> str:
+        return compute()
+
+    def call() -> str:
+        with cache.enable():
+            return sget("1")
+
+    return lambda: asyncio.to_thread(call)
+
+
+async def test_a_caller_whose_read_failed_does_not_take_a_run_older_than_an_invalidation_of_another_process(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    """Another process invalidated, the bus has not brought it yet (the LOCAL epoch has not
+    moved and is trusted), and this caller's own REMOTE read failed: it has nothing to tell an
+    older run from a good one, so it runs the function itself."""
+    cache = make_cache()
+    assert await cache.astart(timeout=5)
+    source = {"plan": "free"}
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def compute() -> str:
+        seen = source["plan"]
+        calls.append(seen)
+        if len(calls) == 1:
+            gate.wait(5)
+        return seen
+
+    call = plan_function(cache, is_async, compute)
+    failing_reads(cache, lambda n: n == 1)
+    first = asyncio.ensure_future(call())
+    await asyncio.to_thread(wait_until, lambda: len(calls) == 1, 5, "the first run to read the source")
+    source["plan"] = "pro"
+    # An invalidation from elsewhere whose bus message has not arrived: the watermark alone.
+    fence = watermark_key(entity_key(cache.config.urn_prefix or "urn:gcache", "user_id", "1"))
+    seconds, micros = redis_client.time()
+    redis_client.hset(fence, "w", str(int(seconds) * 1_000_000 + int(micros)))
+    second = asyncio.ensure_future(call())
+    await asyncio.to_thread(wait_until, lambda: len(calls) == 2, 5, "a second run of the function")
+    gate.set()
+
+    assert await second == "pro"
+    assert await first == "free"
+    assert sample(registry, JOINED, use_case="Plan", result="joined") == 0
+
+
+async def test_callers_without_reads_share_a_run_that_began_after_them(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    """Both reads failed, so no fences to compare; but the run began after the waiting caller
+    did, so its function read the source after anything that returned before that caller
+    started: the caller may take its value."""
+    cache = make_cache()
+    assert await cache.astart(timeout=5)
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def compute() -> str:
+        calls.append("run")
+        return "pro"
+
+    call = plan_function(cache, is_async, compute)
+    started = failing_reads(cache, lambda n: True, gate)
+    first = asyncio.ensure_future(call())  # its read waits for the gate, then fails
+    await asyncio.to_thread(wait_until, lambda: len(started) == 1, 5, "the first read to start")
+    second = asyncio.ensure_future(call())  # began later; its read fails at once; it leads a run
+    await asyncio.to_thread(wait_until, lambda: len(started) == 2, 5, "the second read to start")
+    await asyncio.sleep(0.05)
+    gate.set()
+
+    assert await first == "pro"
+    assert await second == "pro"
+    assert calls == ["run"]
+    assert sample(registry, JOINED, use_case="Plan", result="joined") == 1
 
 
 # -- the distributed lock ----------------------------------------------------------------------
