@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check gcache tests benchmarks
 	$(PY) -m ruff format --check gcache tests benchmarks
 	$(PY) -m mypy
+	$(PY) -m gcache._unasync --check
 
 # cashews, aiocache and matplotlib (the bench extra) are installed once, on the first `make bench`.
 BENCH_STAMP := $(VENV)/.bench-installed

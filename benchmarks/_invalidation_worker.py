@@ -26,9 +26,9 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
-from gcache._readthrough import UseCase
 from gcache.bus import BusMessage, InvalidationBus
 from gcache.local import MISS
+from gcache.readthrough import UseCase
 from gcache.remote import TrackedRead
 
 __all__ = [
@@ -67,7 +67,7 @@ def _observe_local_hits() -> None:
         _probe.local_hit = value is not MISS
         return value
 
-    UseCase.local_get = observed  # type: ignore[method-assign]
+    UseCase.local_get = observed  # type: ignore[method-assign,assignment]
 
 
 def imitate_original() -> None:
@@ -120,8 +120,8 @@ def imitate_original() -> None:
     def never_start(self: InvalidationBus) -> None:
         return None
 
-    UseCase.aremote_put = aremote_put_at_write_time  # type: ignore[method-assign]
-    UseCase.remote_put = remote_put_at_write_time  # type: ignore[method-assign]
+    UseCase.aremote_put = aremote_put_at_write_time  # type: ignore[method-assign,assignment]
+    UseCase.remote_put = remote_put_at_write_time  # type: ignore[method-assign,assignment]
     InvalidationBus.ensure_started = never_start  # type: ignore[method-assign]
 
 

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from gcache import _fork
 from gcache._log import ErrorLog
 from gcache._loop_thread import LoopThread
-from gcache._readthrough import Runtime, UseCase
 from gcache.bus import BusMessage, InvalidationBus
 from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
 from gcache.errors import (
@@ -41,6 +40,7 @@ from gcache.keys import (
 )
 from gcache.local import LocalLayer
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
+from gcache.readthrough import Runtime, UseCase
 from gcache.remote import RemoteCache
 
 __all__ = ["GCache"]

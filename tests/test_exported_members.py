@@ -24,7 +24,13 @@ PUBLIC_API = (
     "RedisConfig",
     "Serializer",
 )
-MODULES = sorted(info.name for info in pkgutil.iter_modules([str(PACKAGE_DIR)]))
+# Every module, subpackages' included ("readthrough.decisions"); a package is its __init__.py.
+MODULES = sorted(info.name for info in pkgutil.walk_packages([str(PACKAGE_DIR)]))
+
+
+def _path(module: str) -> Path:
+    path = PACKAGE_DIR.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def _import(name: str) -> ModuleType:
@@ -74,8 +80,8 @@ def test_package_has_modules_to_check() -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_declares_all(module: str) -> None:
-    declared = _declared_all(PACKAGE_DIR / f"{module}.py")
-    assert declared is not None, f"gcache/{module}.py has no __all__"
+    declared = _declared_all(_path(module))
+    assert declared is not None, f"{_path(module)} has no __all__"
     assert len(set(declared)) == len(declared)
 
 

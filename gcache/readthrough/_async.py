@@ -1,0 +1,320 @@
+"""The async driver of the read-through: the I/O the decisions ask for, awaited.
+
+The sync driver, ``_sync.py``, is generated from this file by ``python -m gcache._unasync``
+(``make lint`` fails when the two differ): change the read-through here, then regenerate. What
+differs between the two by nature (how to wait, sleep, run work aside, use an async codec) is
+written twice, by hand, in :mod:`gcache.readthrough._primitives`.
+
+A miss goes: (tracked) the REMOTE read, whose fence decides who may join a flight; the single
+flight (join a running one or lead a new one); the leader's work (untracked REMOTE read, the
+distributed lock, the function, the write-backs); then each caller takes the outcome, or a stale
+value (fail-safe) when the function failed or outlasted the soft timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from gcache._envelope import untracked_pickle
+from gcache.config import GCacheKeyConfig
+from gcache.keys import lock_key, watermark_key
+from gcache.local import MISS
+from gcache.metrics import LAYER_NONE
+from gcache.readthrough._primitives import AsyncIO
+from gcache.readthrough.decisions import TIMING_MASK, Miss, _monotonic, _perf
+from gcache.remote import new_nonce
+from gcache.single_flight import Flight
+
+if TYPE_CHECKING:
+    from gcache.remote import TrackedRead
+
+__all__ = ["AsyncDriver"]
+
+_LOCK_POLL = (0.005, 0.05)  # distributed single flight: first and longest pause between polls (s)
+
+
+class AsyncDriver(AsyncIO):
+    """The read-through of async callers (a class of about 280 lines: one method per step of a
+    miss, kept together so the generated sync twin reads as this one does)."""
+
+    async def aread_through(
+        self,
+        urn: str,
+        entity: str,
+        id: str,
+        pairs: tuple[tuple[str, str], ...],
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if self.closed:
+            self.used_after_close()
+            return await self.afunction(LAYER_NONE, func, args, kwargs)
+        if self.rt.provider is None:
+            config = self.default_config or self._resolved(None)
+        else:
+            config = await self.aconfig(id, pairs)
+        if config is None:
+            return await self.afunction(LAYER_NONE, func, args, kwargs)
+        local_ttl, remote_ttl = self.layers(config)
+        if local_ttl:
+            value = self.local_get(urn, entity)
+            if value is not MISS:
+                return value
+        m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
+        if m.reads_first:
+            value = await (self.amerged_read(m) if self.tracked else self.aremote_read(m))
+            if value is not MISS:
+                return value
+        owner = asyncio.current_task()
+        while True:
+            flight, leading = self.flight_for(m, owner)
+            if leading:
+                break
+            self.m.joined.inc()
+            if not await flight.await_done(self.patience(m)):
+                return self.served_stale(m, "soft_timeout")
+            if not flight.abandoned:
+                return self.outcome(m, flight)
+        if self.watch is not None:
+            m.key = (id, pairs)  # for watch_key, if the leader runs the function
+        patience = self.patience(m)
+        if patience is None:
+            await self.awork(m, flight, func, args, kwargs)
+        else:  # the function may outlast the soft timeout: it goes on in the background
+            self.awork_aside(self.awork, m, flight, func, args, kwargs)
+            if not await flight.await_done(patience):
+                return self.served_stale(m, "soft_timeout")
+        return flight.value if flight.error is None else self.outcome(m, flight)
+
+    async def awork(
+        self,
+        m: Miss,
+        flight: Flight,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The leader's part of a miss; its value or exception ends ``flight``."""
+        try:
+            value = MISS
+            if m.remote_ttl and m.read_at == math.inf:  # an untracked read, shared with the joiners
+                value = await self.aremote_read(m)
+            if value is MISS and m.remote_ttl and m.config.lock_sec:
+                value = await self.alock(m)
+            if value is MISS:
+                if m.key is not None:
+                    self.watch_key(*m.key)
+                try:
+                    value = await self.afunction(
+                        self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs
+                    )
+                    await self.awrite_back(m, value)
+                finally:
+                    if m.token is not None:
+                        await self.aunlock(m)
+        except BaseException as exc:
+            if m.stale is not MISS:
+                flight.stale, flight.stale_layer = (m.stale,), m.stale_layer
+            flight.fail(exc)
+            self.flights.land(m.urn, flight, linger=m.reads_first)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the flight is abandoned, its waiters start over
+            return
+        flight.succeed(value)
+        self.flights.land(m.urn, flight, linger=m.reads_first)
+
+    async def amerged_read(self, m: Miss) -> Any:
+        """Tracked: the REMOTE read of this call, merged with one of this key that another caller
+        of this process started and has not sent yet.
+
+        The rule: a caller may take another's read only while that read is not yet written to
+        Redis. Redis then runs it after every invalidation that returned before this caller
+        started, in any process, so its fence and value are as good as a read of the caller's
+        own. A read already sent may have run before such an invalidation: it is never taken.
+        """
+        flight = self.reads.get(m.urn)
+        if flight is not None and not flight.sent:
+            await flight.await_done()
+            if flight.error is None and not flight.abandoned:
+                return self.merged(m, flight)
+        flight = self.lead_read(m)
+        try:
+            value = await self.aremote_read(m, flight.mark_sent)
+        except BaseException as exc:
+            self.read_failed(m, flight, exc)
+            raise
+        self.read_landed(m, flight, value)
+        return value
+
+    async def aremote_read(self, m: Miss, sending: Callable[[], None] | None = None) -> Any:
+        """The REMOTE value (LOCAL filled), or MISS; a failing Redis takes REMOTE out of this call."""
+        remote = self.remote
+        assert remote is not None
+        self.m.request_remote.inc()
+        reads = self._reads
+        self._reads = reads + 1
+        timed = not reads & TIMING_MASK  # timing every read added a third to a hit's cost
+        pttl = -1
+        m.read_at = _monotonic()
+        start = _perf() if timed else 0.0
+        try:
+            if self.tracked:
+                fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
+                read: TrackedRead | None = await remote.aread_tracked(
+                    m.urn, fence, with_ttl=with_ttl, sending=sending
+                )
+                m.read = read
+                raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
+            elif m.config.fail_safe_sec:
+                read, (raw, pttl) = None, await remote.aget_with_ttl(m.urn)
+            else:
+                read, raw = None, await remote.aget(m.urn)
+        except Exception as exc:
+            self.remote_error(exc, "remote read failed")
+            m.remote_ttl = 0
+            return MISS
+        if timed:
+            self.m.get_remote.observe(_perf() - start)
+        expired, flags = False, 0
+        # The common hit, an untracked pickle without fail-safe, takes its payload at once.
+        payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None
+        if payload is None:
+            found = self.to_load(m, raw, read, pttl)
+            if found is None:
+                return MISS
+            payload, flags, expired = found
+        if timed:
+            start = _perf()
+        try:
+            codec = self.codec
+            if codec.loads is not None:  # pickle: straight to C
+                value = codec.loads(payload)
+            elif not codec.is_async:
+                value = codec.load(payload, flags)
+            else:
+                value = await self.aload_async_codec(payload, flags)
+        except Exception as exc:
+            self.m.miss("remote", "undecodable").inc()
+            self.remote_error(exc, "stored value could not be loaded")
+            return MISS
+        if timed:
+            self.m.load.observe(_perf() - start)
+        if expired:
+            self.keep_stale(m, value, "remote")
+            return MISS
+        if m.local_ttl:
+            self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+        return value
+
+    async def awrite_back(self, m: Miss, value: Any) -> None:
+        local_ttl, remote_ttl, grace = self.write_ttls(m)
+        if m.remote_ttl:
+            try:
+                if not await self.aremote_put(m.urn, m.entity, value, remote_ttl, m.read, grace):
+                    local_ttl = 0  # stale or too large: LOCAL must not keep it either
+            except Exception as exc:
+                self.remote_error(exc, "remote write failed")
+        if local_ttl:
+            self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace)
+
+    async def alock(self, m: Miss) -> Any:
+        """Distributed single flight: MISS when this process is to run the function (holding the
+        lock when it got it), else the value another process wrote meanwhile."""
+        remote = self.remote
+        assert remote is not None
+        key, token = lock_key(m.urn), new_nonce()
+        deadline = _monotonic() + m.config.lock_sec
+        pause = _LOCK_POLL[0]
+        try:
+            while True:
+                if await remote.atry_lock(key, token, int(m.config.lock_sec * 1000)):
+                    m.token = token
+                    # Another process may have written the value and let go of the lock between
+                    # this call's read and its lock: read once more before running the function.
+                    value = await self.aremote_read(m)
+                    if value is not MISS:
+                        await self.aunlock(m)
+                        self.m.single_flight("lock_waited").inc()
+                        return value
+                    self.m.single_flight("lock_acquired").inc()
+                    return MISS
+                if _monotonic() + pause > deadline:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LOCK_POLL[1])
+                value = await self.aremote_read(m)
+                if value is not MISS:
+                    self.m.single_flight("lock_waited").inc()
+                    return value
+                if not m.remote_ttl:
+                    return MISS
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock failed")
+            return MISS
+        self.m.single_flight("lock_timeout").inc()
+        return MISS
+
+    async def aunlock(self, m: Miss) -> None:
+        assert self.remote is not None
+        assert m.token is not None
+        try:
+            await self.remote.aunlock(lock_key(m.urn), m.token)
+        except Exception as exc:
+            self.remote_error(exc, "distributed lock release failed")  # it expires by itself
+        m.token = None
+
+    async def aconfig(self, id: str, pairs: tuple[tuple[str, str], ...]) -> GCacheKeyConfig | None:
+        provider = self.rt.provider
+        if provider is None:
+            return self._resolved(None)
+        reused = self._reused
+        if reused is not None and reused[1] > _monotonic():
+            return self._resolved(reused[0])
+        try:
+            provided = provider(self.make_key(id, pairs))
+            if inspect.isawaitable(provided):
+                provided = await self.aprovider_answer(provided)
+        except Exception as exc:
+            self._config_error(exc)
+            return None
+        self._keep(provided)
+        return self._resolved(provided)
+
+    async def aremote_put(
+        self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
+    ) -> bool:
+        """Write to Redis for ``ttl`` (+ ``grace``); False when refused as stale or too large."""
+        remote = self.remote
+        assert remote is not None
+        start = _perf()
+        codec = self.codec
+        payload, flags = codec.dump(value) if not codec.is_async else await self.adump_async_codec(value)
+        self.m.dump.observe(_perf() - start)
+        envelope = self.envelope(payload, flags)
+        if envelope is None:
+            return False
+        ttl_ms = max(1, int((ttl + grace) * 1000))
+        if self.tracked:
+            t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
+            return self.wrote(
+                await remote.awrite_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope)
+            )
+        await remote.aset(urn, envelope, ttl_ms)
+        return self.wrote(1)
+
+    async def afunction(
+        self, layer: str, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        start = _perf()
+        try:
+            return await func(*args, **kwargs)
+        except Exception as exc:
+            self.function_failed(layer, exc)
+            raise
+        finally:
+            self.m.fallback(layer).observe(_perf() - start)

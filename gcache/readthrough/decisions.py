@@ -1,0 +1,338 @@
+"""The read-through's decisions for one use case, written once and without I/O.
+
+Which layers a call takes part in (config, ramps, the breaker), what a LOCAL lookup or a REMOTE
+read found (fresh, invalidated, expired in grace), what a miss writes back and for how long, and
+what a caller is served when the function failed or outlasted the soft timeout. The drivers
+(:mod:`gcache.readthrough._async` and the generated ``_sync``) do the I/O these ask for; who may
+share whose read or run is :mod:`gcache.readthrough.sharing`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from gcache import _envelope
+from gcache._codec import Codec
+from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
+from gcache.keys import _KEY_TYPE, GCacheKey, KeyBuilder, KeyPartWatch, value_key_tail
+from gcache.local import MISS, LocalStore
+from gcache.metrics import LAYER_ALL, UseCaseMetrics
+from gcache.readthrough.reporting import Reporting
+from gcache.single_flight import Flight, FlightTable
+
+if TYPE_CHECKING:
+    from gcache.readthrough.runtime import Runtime
+    from gcache.remote import TrackedRead
+
+__all__ = ["Decisions", "Miss"]
+
+_LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
+_WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
+TIMING_MASK = 15  # LOCAL lookups and REMOTE reads timed: the 1st, 17th, 33rd, ... of a use case
+_perf = time.perf_counter
+_monotonic = time.monotonic
+_random = random.random
+
+
+class Miss:
+    """One call's miss: what the layers said, and what the leader's work needs."""
+
+    __slots__ = (
+        "began",
+        "config",
+        "entity",
+        "epoch",
+        "key",
+        "local_ttl",
+        "of",
+        "read",
+        "read_at",
+        "reads_first",
+        "remote_ttl",
+        "stale",
+        "stale_layer",
+        "token",
+        "urn",
+    )
+
+    def __init__(
+        self,
+        urn: str,
+        entity: str,
+        config: GCacheKeyConfig,
+        local_ttl: float,
+        remote_ttl: float,
+        epoch: int,
+        of: int,
+        reads_first: bool,
+        began: float = 0.0,
+    ) -> None:
+        self.urn = urn
+        self.entity = entity
+        self.config = config
+        self.local_ttl = local_ttl
+        self.remote_ttl = remote_ttl  # set to 0 when Redis fails during this call
+        self.epoch = epoch  # LOCAL epoch at the start (-1: LOCAL may not be filled)
+        self.of = of  # the entity's LOCAL invalidation epoch at the start
+        self.read: TrackedRead | None = None  # the latest tracked read
+        self.read_at = math.inf  # when the latest REMOTE read was sent (monotonic)
+        self.reads_first = reads_first  # see UseCase.miss
+        self.began = began  # tracked: when this miss began (monotonic), after the call started
+        self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
+        self.stale_layer = ""
+        self.token: bytes | None = None  # the distributed lock, while this call holds it
+        self.key: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (id, pairs), for watch_key
+
+
+class Decisions(Reporting):
+    """One use case's state and the decisions of its calls (see the module docstring).
+
+    A class of about 250 lines: its state (``__init__``) is what every decision reads.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        use_case: str,
+        key_type: str,
+        tracked: bool,
+        default_config: GCacheKeyConfig | None,
+        serializer: Serializer | None,
+        local: LocalStore,
+        metrics: UseCaseMetrics,
+        keys: KeyBuilder | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.use_case = use_case
+        self.key_type = key_type
+        self.tracked = tracked
+        self.default_config = default_config
+        self.serializer = serializer
+        self.codec = Codec(serializer)
+        self._plain = not tracked and serializer is None  # see _envelope.untracked_pickle
+        self.local = local
+        self.remote = runtime.remote
+        self.m = metrics
+        self.keys = keys
+        self._tick = 0  # LOCAL lookups so far
+        self._reads = 0  # REMOTE reads so far
+        self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
+        self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
+        self._key_tail = value_key_tail(use_case)
+        self.flights = FlightTable()
+        self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging
+        self.closed = False  # the GCache was closed: calls are served uncached
+        self.watch = KeyPartWatch() if keys is not None else None
+
+    def make_key(self, id: str, args: tuple[tuple[str, str], ...]) -> GCacheKey:
+        return GCacheKey(
+            self.key_type,
+            id,
+            self.use_case,
+            args,
+            self.tracked,
+            self.default_config,
+            self.serializer,
+            self.rt.prefix,
+        )
+
+    def _keep(self, provided: Any) -> None:
+        """Remember the provider's answer for ``config_reuse_sec`` (errors are never kept)."""
+        if self.rt.config_reuse_sec:
+            self._reused = (provided, _monotonic() + self.rt.config_reuse_sec)
+
+    def _resolved(self, provided: Any) -> GCacheKeyConfig | None:
+        config = self.default_config if provided is None else provided
+        if config is None:
+            self.m.disabled(LAYER_ALL, "missing_config").inc()
+            return None
+        if not isinstance(config, GCacheKeyConfig):
+            self._config_error(
+                TypeError(f"config provider returned {type(config).__name__}, not GCacheKeyConfig")
+            )
+            return None
+        return config
+
+    def _config_error(self, exc: BaseException) -> None:
+        self.m.disabled(LAYER_ALL, "config_error").inc()
+        self._error(LAYER_ALL, exc, "config provider failed")
+
+    def layers(self, config: GCacheKeyConfig) -> tuple[float, float]:
+        """TTL of LOCAL and REMOTE for this call, 0 for a layer that sits it out.
+
+        A layer that is not set up (TTL 0) is out and nothing was ramped down; a layer at a ramp
+        of 100 is in without a random draw; only a ramp in between asks :meth:`_ramped`.
+        """
+        ttls, ramps = config.ttl_sec, config.ramp
+        local_ttl = ttls.get(_LOCAL, 0)
+        if local_ttl <= 0:
+            local_ttl = 0
+        elif ramps.get(_LOCAL, 0) < 100:
+            local_ttl = self._ramped(local_ttl, ramps.get(_LOCAL, 0), "local")
+        remote = self.remote
+        if remote is None:
+            return local_ttl, 0
+        remote_ttl = ttls.get(_REMOTE, 0)
+        if remote_ttl <= 0:
+            return local_ttl, 0
+        if ramps.get(_REMOTE, 0) < 100:
+            remote_ttl = self._ramped(remote_ttl, ramps.get(_REMOTE, 0), "remote")
+        if remote_ttl and remote.breaker.is_open:
+            self.m.disabled("remote", "server_down").inc()
+            return local_ttl, 0
+        return local_ttl, remote_ttl
+
+    def _ramped(self, ttl: float, ramp: float, name: str) -> float:
+        """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw; 0 (counted) otherwise."""
+        if ramp <= 0 or _random() * 100 >= ramp:
+            self.m.disabled(name, "ramped_down").inc()
+            return 0
+        return ttl
+
+    def local_get(self, urn: str, entity: str) -> Any:
+        self.m.request_local.inc()
+        tick = self._tick
+        self._tick = tick + 1
+        if tick & TIMING_MASK:
+            value, reason = self.local.get(urn, entity)
+        else:  # timing costs more than the lookup: the first one, then one in 16, is measured
+            start = _perf()
+            value, reason = self.local.get(urn, entity)
+            self.m.get_local.observe(_perf() - start)
+        if reason is not None:
+            self.m.miss("local", reason).inc()
+        return value
+
+    def local_put(
+        self, urn: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
+    ) -> None:
+        refused = self.local.put(urn, entity, value, ttl, epoch, grace)
+        if refused is None:
+            self.m.local_stored.inc()
+        else:
+            self.m.write("local", refused).inc()
+
+    def fresh(self, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
+        """The envelope of a remote entry that is not invalidated, or None (the miss is counted).
+
+        Whether it is past its TTL (in a fail-safe grace period) is :meth:`expired`'s question.
+        """
+        if raw is None:
+            self.m.miss("remote", "not_found").inc()
+            return None
+        try:
+            env = _envelope.decode(raw)
+        except _envelope.EnvelopeError as exc:
+            self.m.miss("remote", exc.reason).inc()
+            return None
+        if env.serializer_id != self.codec.serializer_id:
+            self.m.miss("remote", "serializer_mismatch").inc()
+            return None
+        if read is not None:
+            if env.nonce != read.nonce:  # the fence it was written under was lost or replaced
+                self.m.miss("remote", "fence_mismatch").inc()
+                return None
+            if env.stamp_us <= read.watermark_us:
+                self.m.miss("remote", "invalidated").inc()
+                return None
+        return env
+
+    def to_load(
+        self, m: Miss, raw: bytes | None, read: TrackedRead | None, pttl_ms: int
+    ) -> tuple[bytes, int, bool] | None:
+        """What a REMOTE read found worth loading: payload, flags and whether it is past its TTL
+        (a fail-safe entry kept as a stale value); None when there is nothing to load."""
+        env = self.fresh(raw, read)
+        if env is None:
+            if raw is not None and m.stale_layer == "local":
+                m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
+            return None
+        expired = self.expired(m, pttl_ms) if m.config.fail_safe_sec else False
+        if expired and m.stale is not MISS:
+            return None  # a stale LOCAL value is at hand already: no need to load this one
+        return env.payload, env.flags, expired
+
+    def expired(self, m: Miss, pttl_ms: int) -> bool:
+        """Whether a fail-safe entry is past its TTL: it lives ``fail_safe_sec`` longer in Redis."""
+        grace_ms = m.config.fail_safe_sec * 1000
+        if grace_ms and 0 <= pttl_ms <= grace_ms:
+            self.m.miss("remote", "expired").inc()
+            return True
+        return False
+
+    def keep_stale(self, m: Miss, value: Any, layer: str) -> None:
+        if m.stale is MISS:
+            m.stale, m.stale_layer = value, layer
+
+    def envelope(self, payload: bytes, flags: int) -> bytes | None:
+        """The framed payload, or None when it is larger than ``max_value_bytes`` (counted)."""
+        limit = self.rt.max_value_bytes
+        if limit is not None and len(payload) > limit:
+            self.m.write("remote", "too_large").inc()
+            return None
+        self.m.size.observe(len(payload))
+        return _envelope.encode(payload, self.codec.serializer_id, flags, time.time_ns() // 1000)
+
+    def miss(
+        self,
+        urn: str,
+        entity: str,
+        config: GCacheKeyConfig,
+        local_ttl: float,
+        remote_ttl: float,
+        *,
+        stale: bool = True,
+        shared_read: bool = True,
+    ) -> Miss:
+        """A miss's state; ``stale=False`` for a direct put, which serves nothing.
+
+        Whether the miss reads REMOTE before the single flight, each caller for itself, is settled
+        here. Tracked: the fence the read returns decides who may join whom. Soft timeout: a
+        caller must know of a stale value before it decides how long to wait. A thread
+        (``shared_read=False``): it would block on a socket either way, and its REMOTE hit then
+        costs no single-flight bookkeeping (about a fifth of gcache's work on a hit); its misses
+        still share one run of the function. Otherwise (event-loop tasks, which may be thousands
+        on one key) the leader reads once for everyone.
+        """
+        epochs, tracked = self.rt.epochs, self.tracked
+        # The epochs matter for filling LOCAL, and for who may join whose flight when tracked.
+        epoch = epochs.start(entity) if local_ttl or tracked else -1
+        of = epochs.of(entity) if tracked else 0
+        reads_first = bool(remote_ttl) and (tracked or not shared_read or bool(config.soft_timeout_sec))
+        began = _monotonic() if tracked else 0.0
+        m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first, began)
+        if stale and config.fail_safe_sec and local_ttl:
+            self.keep_stale(m, self.local.get_stale(urn, entity), "local")
+        return m
+
+    def write_ttls(self, m: Miss) -> tuple[float, float, float]:
+        """LOCAL TTL, REMOTE TTL and grace for a write: shortened at random by ``ttl_jitter``."""
+        jitter = m.config.ttl_jitter
+        scale = 1.0 - jitter * _random() if jitter else 1.0
+        return m.local_ttl * scale, m.remote_ttl * scale, m.config.fail_safe_sec
+
+    def wrote(self, result: int) -> bool:
+        self.m.write("remote", _WRITE_RESULTS.get(result, "unknown")).inc()
+        return result == 1
+
+    def patience(self, m: Miss) -> float | None:
+        """How long this call waits for the function: the soft timeout when a stale value is at hand."""
+        soft = m.config.soft_timeout_sec
+        return soft if soft and m.stale is not MISS else None
+
+    def served_stale(self, m: Miss, reason: str) -> Any:
+        self.m.stale_served(m.stale_layer, reason).inc()
+        return m.stale
+
+    def outcome(self, m: Miss, flight: Flight) -> Any:
+        if flight.error is None:
+            return flight.value
+        if m.stale is MISS and flight.stale is not None:  # the leader's stale value, as good as ours
+            m.stale, m.stale_layer = flight.stale[0], flight.stale_layer
+        if m.stale is not MISS:
+            return self.served_stale(m, "function_error")
+        raise flight.error

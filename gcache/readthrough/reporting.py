@@ -1,0 +1,71 @@
+"""What a use case tells when something goes wrong: counted, and logged (rate-limited or once)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gcache.errors import RemoteError
+from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
+
+if TYPE_CHECKING:
+    from gcache.keys import KeyPartWatch
+    from gcache.readthrough.runtime import Runtime
+
+__all__ = ["Reporting"]
+
+
+class Reporting:
+    """Errors and mistakes, each counted in ``gcache_error_counter`` or ``disabled`` and told in
+    the log; never raised to the caller, who is served uncached."""
+
+    rt: Runtime
+    m: UseCaseMetrics
+    use_case: str
+    watch: KeyPartWatch | None
+
+    def key_error(self, exc: BaseException) -> None:
+        self._error(LAYER_ALL, exc, "could not build the cache key")
+
+    def remote_error(self, exc: BaseException, what: str) -> None:
+        self._error("remote", exc, what)
+
+    def _error(self, layer: str, exc: BaseException, what: str) -> None:
+        cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
+        kind = type(cause).__name__
+        self.m.error(layer, kind, "false").inc()
+        self.rt.errors.warning(
+            (self.use_case, layer, kind),
+            f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; served uncached",
+            exc,
+        )
+
+    def watch_key(self, id: str, pairs: tuple[tuple[str, str], ...]) -> None:
+        """Tell (once per part) a key part that makes every call of this use case a miss."""
+        assert self.watch is not None
+        for part, why in self.watch.suspects(id, pairs):
+            fix = (
+                "pass the id itself, or give id_arg an extractor: id_arg=(name, lambda obj: obj.id)"
+                if part == "id"
+                else f"leave it out with ignore_args=[{part!r}], or key it by arg_adapters={{{part!r}: ...}}"
+            )
+            self.rt.errors.once(
+                ("key_part", self.use_case, part),
+                f"use case {self.use_case!r}: key part {part!r} {why}, so calls cannot hit the cache "
+                f"and each one stores an entry; {fix}",
+            )
+
+    def used_after_close(self) -> None:
+        self.m.disabled(LAYER_ALL, "closed").inc()
+        self.rt.errors.once(
+            ("closed", self.use_case),
+            f"use case {self.use_case!r} called after its GCache (prefix {self.rt.prefix!r}) was "
+            "closed: served uncached from now on (close the cache when the application stops, "
+            "after its last call)",
+        )
+
+    def function_failed(self, layer: str, exc: BaseException) -> None:
+        self.m.error(layer, type(exc).__name__, "true").inc()
+
+    @staticmethod
+    def fallback_layer(local_ttl: float, remote_ttl: float) -> str:
+        return "remote" if remote_ttl else ("local" if local_ttl else LAYER_NONE)

@@ -1,0 +1,71 @@
+"""What every use case of one GCache shares: the prefix, the layers, the provider, the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from gcache import _fork
+
+if TYPE_CHECKING:
+    from gcache._log import ErrorLog
+    from gcache._loop_thread import LoopThread
+    from gcache.keys import GCacheKey
+    from gcache.local import Epochs
+    from gcache.remote import RemoteCache
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """What every use case of one GCache shares: the prefix, the layers, the provider, the logs."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        enabled: ContextVar[bool],
+        provider: Callable[[GCacheKey], Any] | None,
+        remote: RemoteCache | None,
+        epochs: Epochs,
+        errors: ErrorLog,
+        loop_thread: LoopThread,
+        config_reuse_sec: float = 0.0,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.config_reuse_sec = config_reuse_sec
+        self.max_value_bytes = max_value_bytes
+        self.enabled = enabled
+        self.provider = provider
+        self.remote = remote
+        self.epochs = epochs
+        self.errors = errors
+        self.loop_thread = loop_thread
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
+        self.background: set[asyncio.Future[Any]] = set()  # refreshes outliving a soft timeout
+
+    def workers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for sync functions that run past a soft timeout (created on first use)."""
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="gcache-refresh")
+            return self._workers
+
+    def after_fork_in_child(self) -> None:
+        """The parent's refresh threads and background tasks do not exist in this process."""
+        _fork.leave_untouched(self._workers)
+        self._workers = None
+        self._workers_lock = threading.Lock()
+        self.background = set()
+
+    def close(self) -> None:
+        with self._workers_lock:
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False)

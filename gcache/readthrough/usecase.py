@@ -1,0 +1,72 @@
+"""A use case: the decorated function's read-through, sync or async like the function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from gcache.keys import _ID, ArgumentsDoNotBind, value_key
+from gcache.readthrough._async import AsyncDriver
+from gcache.readthrough._sync import SyncDriver
+
+__all__ = ["UseCase"]
+
+
+class UseCase(AsyncDriver, SyncDriver):
+    """One use case, settled when it is decorated (or first used by direct key access).
+
+    Its parts, one module each: the state and decisions (:mod:`~gcache.readthrough.decisions`),
+    the join rules (:mod:`~gcache.readthrough.sharing`), what it tells
+    (:mod:`~gcache.readthrough.reporting`), and the two drivers, async and generated sync.
+    """
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """The decorated function, sync or async like ``func``.
+
+        It builds the key itself and hands over to the driver's read-through: no method call in
+        between, which on a hit would cost as much as the key (a coroutine, for async).
+        """
+        enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
+        assert keys is not None
+        build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case
+        key_error = self.key_error
+
+        if inspect.iscoroutinefunction(func):
+            aread_through = self.aread_through
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if not enabled.get():
+                    disabled_context.inc()
+                    return await func(*args, **kwargs)
+                try:
+                    id, pairs = build(args, kwargs)
+                    entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                    urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+                except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
+                    return await func(*args, **kwargs)
+                except Exception as exc:
+                    key_error(exc)
+                    return await func(*args, **kwargs)
+                return await aread_through(urn, entity, id, pairs, func, args, kwargs)
+
+            return async_wrapper
+
+        read_through = self.read_through
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not enabled.get():
+                disabled_context.inc()
+                return func(*args, **kwargs)
+            try:
+                id, pairs = build(args, kwargs)
+                entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+            except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
+                return func(*args, **kwargs)
+            except Exception as exc:
+                key_error(exc)
+                return func(*args, **kwargs)
+            return read_through(urn, entity, id, pairs, func, args, kwargs)
+
+        return sync_wrapper
