@@ -25,7 +25,9 @@ PUBLIC_API = (
     "Serializer",
 )
 # Every module, subpackages' included ("readthrough.decisions"); a package is its __init__.py.
-MODULES = sorted(info.name for info in pkgutil.walk_packages([str(PACKAGE_DIR)]))
+MODULES = sorted(
+    info.name.removeprefix("gcache.") for info in pkgutil.walk_packages(gcache.__path__, prefix="gcache.")
+)
 
 
 def _path(module: str) -> Path:

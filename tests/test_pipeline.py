@@ -1,4 +1,4 @@
-"""Auto-pipelined reads (``gcache._pipeline.ReadQueue``) and the read deadline that forgives a
+"""Auto-pipelined reads (``gcache.remote.batching.ReadQueue``) and the read deadline that forgives a
 busy event loop once, against real Redis servers.
 
 Async only: a sync caller's read goes alone on its own pooled connection (threads do not share
@@ -18,8 +18,8 @@ from gcache import RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._embedded_redis import EmbeddedRedis
 from gcache._loop_thread import LoopThread
-from gcache._pipeline import MAX_BATCH, ReadQueue
 from gcache.remote import READ, RemoteCache
+from gcache.remote.batching import MAX_BATCH, ReadQueue
 from tests.conftest import commands_run
 
 ENV = envelope.encode(b"\x80payload", envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, 0)

@@ -19,8 +19,8 @@ import redis
 from gcache import GCache, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
-from gcache._pipeline import parse_fence_read, pool_args
 from gcache.remote import READ, RemoteCache, TrackedRead
+from gcache.remote.protocol import parse_fence_read, pool_args
 from tests.conftest import commands_run
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"

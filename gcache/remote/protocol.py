@@ -1,15 +1,15 @@
-"""Reads sent as hand-packed pipelines, and the auto-pipelining of one event loop's reads.
+"""The read protocol: reads sent as hand-packed commands in one write, and their replies.
 
 A tracked read is TIME, GET, HMGET (and PTTL) on one pooled connection in one write: redis-py's
 Pipeline object costs the client what a Lua script costs the server (both about 20 µs over a GET
-here), this costs about what one GET does. Under concurrency :class:`ReadQueue` goes further:
-reads that find another in flight on their event loop go to Redis together.
+here), this costs about what one GET does. The replies are read under one deadline
+(:class:`Deadline`) that forgives a busy event loop once. Under concurrency
+:class:`~gcache.remote.batching.ReadQueue` sends many such reads in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import math
 import sys
@@ -19,13 +19,25 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio
 
-__all__ = ["ReadQueue", "TrackedRead", "parse_fence_read", "parse_tracked", "pipelined"]
+__all__ = [
+    "ASYNC_POOL_ARGS",
+    "TIME",
+    "Deadline",
+    "TrackedRead",
+    "apipelined",
+    "exchange",
+    "fence_read",
+    "pack_get",
+    "pack_reads",
+    "parse_fence_read",
+    "parse_tracked",
+    "pipelined",
+    "pool_args",
+]
 
-# Most reads one write carries: past this a queue starts another batch (on another connection).
-MAX_BATCH = 256
-# A deadline that fires this much later than its time found the event loop busy (see _Deadline).
+# A deadline that fires this much later than its time found the event loop busy (see Deadline).
 _LATE_SEC = 0.005
-_TIME = b"*1\r\n$4\r\nTIME\r\n"
+TIME = b"*1\r\n$4\r\nTIME\r\n"
 
 
 class TrackedRead(NamedTuple):
@@ -45,7 +57,7 @@ def parse_tracked(reply: list[Any]) -> TrackedRead:
     return read
 
 
-def _pack_reads(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> bytes:
+def pack_reads(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> bytes:
     """GET, HMGET (, PTTL) of a tracked read packed for the wire: redis-py's asyncio packer
     costs 5.7 µs for these commands and TIME, this 1. ``encode`` is the connection's own."""
     k, f = encode(key), encode(fence)
@@ -60,7 +72,7 @@ def _pack_reads(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: 
     )
 
 
-def _pack_get(encode: Callable[[str], bytes], key: str) -> bytes:
+def pack_get(encode: Callable[[str], bytes], key: str) -> bytes:
     k = encode(key)
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(k), k)
 
@@ -68,7 +80,7 @@ def _pack_get(encode: Callable[[str], bytes], key: str) -> bytes:
 def fence_read(encode: Callable[[str], bytes], key: str, fence: str, with_ttl: bool) -> tuple[bytes, int]:
     """READ_TRACKED's reads as plain commands in the script's order, TIME, GET, HMGET (, PTTL),
     packed for the wire, and how many replies they get."""
-    return _TIME + _pack_reads(encode, key, fence, with_ttl), 4 if with_ttl else 3
+    return TIME + pack_reads(encode, key, fence, with_ttl), 4 if with_ttl else 3
 
 
 def parse_fence_read(replies: list[Any]) -> TrackedRead | None:
@@ -104,7 +116,7 @@ def pool_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
 
 
 _POOL_ARGS = pool_args(redis.ConnectionPool.get_connection)
-_ASYNC_POOL_ARGS = pool_args(redis.asyncio.ConnectionPool.get_connection)
+ASYNC_POOL_ARGS = pool_args(redis.asyncio.ConnectionPool.get_connection)
 
 
 def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:
@@ -150,7 +162,7 @@ def pipelined(
         pool.release(connection)
 
 
-class _Deadline:
+class Deadline:
     """The deadline of a batch of replies, as ``asyncio.timeout`` (one timer, the task cancelled
     when it fires), but forgiving a busy event loop once.
 
@@ -198,9 +210,9 @@ class _Deadline:
         self._handle.cancel()
 
 
-async def _exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
+async def exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
     """Write ``packed`` and read its ``n`` replies (a command's error in its place) within the
-    connection's socket timeout (see :class:`_Deadline`); redis-py's retry policy applies.
+    connection's socket timeout (see :class:`Deadline`); redis-py's retry policy applies.
 
     One deadline covers every reply, as it covers a GET's one: redis-py's own deadline per reply
     costs a timer each, 4.5 µs.
@@ -209,7 +221,7 @@ async def _exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
     async def send_and_read() -> list[Any]:
         await connection.send_packed_command([packed])
         term = connection.socket_timeout
-        deadline = None if term is None else _Deadline(term)
+        deadline = None if term is None else Deadline(term)
         replies: list[Any] = []
         try:
             for _ in range(n):
@@ -242,161 +254,20 @@ async def apipelined(
     """Async twin of :func:`pipelined`; with no ``fence``, a GET's one reply.
 
     A GET goes this way rather than through redis-py's ``get`` for its deadline
-    (:class:`_Deadline`), and costs less.
+    (:class:`Deadline`), and costs less.
     """
-    connection = await pool.get_connection(*_ASYNC_POOL_ARGS)
+    connection = await pool.get_connection(*ASYNC_POOL_ARGS)
     if sending is not None:
         sending()
     try:
         encode = connection.encoder.encode
         if fence is None:
-            replies = await _exchange(connection, _pack_get(encode, key), 1)
+            replies = await exchange(connection, pack_get(encode, key), 1)
         else:
-            replies = await _exchange(connection, *fence_read(encode, key, fence, with_ttl))
+            replies = await exchange(connection, *fence_read(encode, key, fence, with_ttl))
     finally:
         await pool.release(connection)
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             raise reply
     return replies
-
-
-class _Queued:
-    __slots__ = ("fence", "future", "key", "sending", "with_ttl")
-
-    def __init__(
-        self,
-        key: str,
-        fence: str | None,
-        with_ttl: bool,
-        sending: Callable[[], None] | None,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.key, self.fence, self.with_ttl, self.sending, self.future = key, fence, with_ttl, sending, future
-
-
-class ReadQueue:
-    """One event loop's REMOTE reads on one single-server client, auto-pipelined.
-
-    A read that finds none in flight on this loop goes straight to Redis, as it always did. A
-    read that finds one does not take a connection of its own: it queues, and every read queued
-    by the end of the loop's pass goes to Redis in one write on one pooled connection, with one
-    TIME shared by the tracked reads of the batch (it precedes each of their reads, which is all
-    a fence needs; see :func:`parse_fence_read`). N callers at once then cost one pool checkout,
-    one write and about one round trip instead of N of each. A read's ``sending()`` is called when
-    its batch has a connection: until then other callers may take its result as theirs (see
-    ``UseCase.amerged_read``). Each read gets its own error: a failed batch fails every read in
-    it, a command's error only its own.
-    """
-
-    __slots__ = ("_loop", "_pool", "_queued", "_tasks", "busy")
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-        self._loop = asyncio.get_running_loop()
-        self._queued: list[_Queued] = []  # the batch still open to new reads
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.busy = 0  # reads of this queue not answered yet
-
-    async def get(self, key: str) -> bytes | None:
-        if self.busy:
-            queued: bytes | None = await self._queue(key, None, False, None)
-            return queued
-        self.busy = 1
-        try:
-            alone: bytes | None = (await apipelined(self._pool, key, None, False))[0]
-            return alone
-        finally:
-            self.busy -= 1
-
-    async def read_tracked(
-        self, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None
-    ) -> list[Any]:
-        """The replies of :func:`fence_read`'s commands."""
-        if self.busy:
-            replies: list[Any] = await self._queue(key, fence, with_ttl, sending)
-            return replies
-        self.busy = 1
-        try:
-            return await apipelined(self._pool, key, fence, with_ttl, sending)
-        finally:
-            self.busy -= 1
-
-    def _queue(
-        self, key: str, fence: str | None, with_ttl: bool, sending: Callable[[], None] | None
-    ) -> asyncio.Future[Any]:
-        future = self._loop.create_future()
-        batch = self._queued
-        if not batch or len(batch) >= MAX_BATCH:
-            batch = self._queued = []
-            task = self._loop.create_task(self._send(batch))
-            self._tasks.add(task)  # the loop keeps only a weak reference
-            task.add_done_callback(self._tasks.discard)
-        batch.append(_Queued(key, fence, with_ttl, sending, future))
-        self.busy += 1
-        return future
-
-    async def _send(self, batch: list[_Queued]) -> None:
-        if self._queued is batch:
-            self._queued = []  # closed: later reads start the next batch
-        try:
-            live = [q for q in batch if not q.future.done()]  # a caller may have given up
-            if live:
-                _answer(live, await self._write(live))
-        except BaseException as exc:
-            for q in batch:
-                if not q.future.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        q.future.cancel()
-                    else:  # a copy each: many callers raising one instance would chain tracebacks
-                        q.future.set_exception(copy.copy(exc))
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self.busy -= len(batch)
-
-    async def _write(self, batch: list[_Queued]) -> list[Any]:
-        pool = self._pool
-        connection = await pool.get_connection(*_ASYNC_POOL_ARGS)
-        try:
-            encode = connection.encoder.encode
-            parts = []
-            n = 0
-            for q in batch:
-                if q.sending is not None:
-                    q.sending()
-                if q.fence is None:
-                    parts.append(_pack_get(encode, q.key))
-                    n += 1
-                else:
-                    parts.append(_pack_reads(encode, q.key, q.fence, q.with_ttl))
-                    n += 3 if q.with_ttl else 2
-            if n > len(batch):  # tracked reads: TIME first
-                parts.insert(0, _TIME)
-                n += 1
-            return await _exchange(connection, b"".join(parts), n)
-        finally:
-            await pool.release(connection)
-
-
-def _answer(batch: list[_Queued], replies: list[Any]) -> None:
-    """Hand each queued read its replies (a tracked read's as :func:`fence_read`'s would be)."""
-    tracked = any(q.fence is not None for q in batch)
-    time = replies[0] if tracked else None
-    i = 1 if tracked else 0
-    for q in batch:
-        if q.fence is None:
-            mine = [replies[i]]
-            i += 1
-        else:
-            n = 3 if q.with_ttl else 2
-            mine = [time, *replies[i : i + n]]
-            i += n
-        future = q.future
-        if future.done():
-            continue
-        error = next((r for r in mine if isinstance(r, redis.ResponseError)), None)
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(mine[0] if q.fence is None else mine)

@@ -1,0 +1,159 @@
+"""Auto-pipelining: one event loop's concurrent reads sent to Redis in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from gcache.remote.protocol import ASYNC_POOL_ARGS, TIME, apipelined, exchange, pack_get, pack_reads
+
+__all__ = ["MAX_BATCH", "ReadQueue"]
+
+# Most reads one write carries: past this a queue starts another batch (on another connection).
+MAX_BATCH = 256
+
+
+class _Queued:
+    __slots__ = ("fence", "future", "key", "sending", "with_ttl")
+
+    def __init__(
+        self,
+        key: str,
+        fence: str | None,
+        with_ttl: bool,
+        sending: Callable[[], None] | None,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.key, self.fence, self.with_ttl, self.sending, self.future = key, fence, with_ttl, sending, future
+
+
+class ReadQueue:
+    """One event loop's REMOTE reads on one single-server client, auto-pipelined.
+
+    A read that finds none in flight on this loop goes straight to Redis, as it always did. A
+    read that finds one does not take a connection of its own: it queues, and every read queued
+    by the end of the loop's pass goes to Redis in one write on one pooled connection, with one
+    TIME shared by the tracked reads of the batch (it precedes each of their reads, which is all
+    a fence needs; see :func:`~gcache.remote.protocol.parse_fence_read`). N callers at once then
+    cost one pool checkout, one write and about one round trip instead of N of each. A read's
+    ``sending()`` is called when its batch has a connection: until then other callers may take
+    its result as theirs (see ``UseCase.amerged_read``). Each read gets its own error: a failed
+    batch fails every read in it, a command's error only its own.
+    """
+
+    __slots__ = ("_loop", "_pool", "_queued", "_tasks", "busy")
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._queued: list[_Queued] = []  # the batch still open to new reads
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.busy = 0  # reads of this queue not answered yet
+
+    async def get(self, key: str) -> bytes | None:
+        if self.busy:
+            queued: bytes | None = await self._queue(key, None, False, None)
+            return queued
+        self.busy = 1
+        try:
+            alone: bytes | None = (await apipelined(self._pool, key, None, False))[0]
+            return alone
+        finally:
+            self.busy -= 1
+
+    async def read_tracked(
+        self, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None
+    ) -> list[Any]:
+        """The replies of :func:`~gcache.remote.protocol.fence_read`'s commands."""
+        if self.busy:
+            replies: list[Any] = await self._queue(key, fence, with_ttl, sending)
+            return replies
+        self.busy = 1
+        try:
+            return await apipelined(self._pool, key, fence, with_ttl, sending)
+        finally:
+            self.busy -= 1
+
+    def _queue(
+        self, key: str, fence: str | None, with_ttl: bool, sending: Callable[[], None] | None
+    ) -> asyncio.Future[Any]:
+        future = self._loop.create_future()
+        batch = self._queued
+        if not batch or len(batch) >= MAX_BATCH:
+            batch = self._queued = []
+            task = self._loop.create_task(self._send(batch))
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
+        batch.append(_Queued(key, fence, with_ttl, sending, future))
+        self.busy += 1
+        return future
+
+    async def _send(self, batch: list[_Queued]) -> None:
+        if self._queued is batch:
+            self._queued = []  # closed: later reads start the next batch
+        try:
+            live = [q for q in batch if not q.future.done()]  # a caller may have given up
+            if live:
+                _answer(live, await self._write(live))
+        except BaseException as exc:
+            for q in batch:
+                if not q.future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        q.future.cancel()
+                    else:  # a copy each: many callers raising one instance would chain tracebacks
+                        q.future.set_exception(copy.copy(exc))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.busy -= len(batch)
+
+    async def _write(self, batch: list[_Queued]) -> list[Any]:
+        pool = self._pool
+        connection = await pool.get_connection(*ASYNC_POOL_ARGS)
+        try:
+            encode = connection.encoder.encode
+            parts = []
+            n = 0
+            for q in batch:
+                if q.sending is not None:
+                    q.sending()
+                if q.fence is None:
+                    parts.append(pack_get(encode, q.key))
+                    n += 1
+                else:
+                    parts.append(pack_reads(encode, q.key, q.fence, q.with_ttl))
+                    n += 3 if q.with_ttl else 2
+            if n > len(batch):  # tracked reads: TIME first
+                parts.insert(0, TIME)
+                n += 1
+            return await exchange(connection, b"".join(parts), n)
+        finally:
+            await pool.release(connection)
+
+
+def _answer(batch: list[_Queued], replies: list[Any]) -> None:
+    """Hand each queued read its replies (a tracked read's as
+    :func:`~gcache.remote.protocol.fence_read`'s would be)."""
+    tracked = any(q.fence is not None for q in batch)
+    time = replies[0] if tracked else None
+    i = 1 if tracked else 0
+    for q in batch:
+        if q.fence is None:
+            mine = [replies[i]]
+            i += 1
+        else:
+            n = 3 if q.with_ttl else 2
+            mine = [time, *replies[i : i + n]]
+            i += n
+        future = q.future
+        if future.done():
+            continue
+        error = next((r for r in mine if isinstance(r, redis.ResponseError)), None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(mine[0] if q.fence is None else mine)

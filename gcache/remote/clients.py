@@ -1,0 +1,376 @@
+"""Redis clients for one RemoteCache: by kind of operation and, for asyncio, by event loop.
+
+Async callers use a redis-py asyncio client, one per event loop (asyncio connections belong to
+the loop that opened them). Sync callers use a redis-py sync client in their own thread; only a
+``redis_client_factory`` (which returns asyncio clients) sends them through the loop thread.
+
+With a RedisConfig each kind of operation (READ, WRITE, ADMIN) has its own client whose socket
+timeout is that kind's deadline, which costs nothing per call; a factory's client is shared by
+the kinds. redis-py's own retries are cut to one, at once, and only for a connection error
+(redis-py 8 retries 10 times with backoff on timeouts too): a cache that waits for a failing
+server only multiplies the damage, and the breaker decides when to try again. The one retry is
+for pooled connections a restarted server has closed, which fail once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+import redis.retry
+
+from gcache import _fork
+from gcache._loop_thread import LoopThread
+from gcache.config import RedisConfig
+from gcache.remote import scripts
+from gcache.remote.batching import ReadQueue
+
+__all__ = [
+    "ADMIN",
+    "NODE_OPTIONS",
+    "READ",
+    "WRITE",
+    "AsyncWaitTimedPool",
+    "Connection",
+    "Connections",
+    "WaitTimedPool",
+    "no_retry",
+]
+
+READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
+NODE_OPTIONS = {
+    "username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+    "socket_connect_timeout", "socket_keepalive", "credential_provider",
+}  # fmt: skip
+_perf = time.perf_counter
+
+
+def retry_policy(retry_class: Any) -> Any:
+    return retry_class(redis.backoff.NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
+def no_retry(retry_class: Any) -> Any:
+    return retry_class(redis.backoff.NoBackoff(), 0)
+
+
+class Connection:
+    """A client with this module's scripts registered on it.
+
+    Operations are ``methodcaller`` objects naming one of these attributes, so running one adds
+    no Python frame to redis-py's own.
+    """
+
+    __slots__ = (
+        "announce_flush",
+        "client",
+        "delete",
+        "get",
+        "invalidate",
+        "ping",
+        "pool",
+        "read_tracked",
+        "read_with_ttl",
+        "reads",
+        "set",
+        "unlock",
+        "write_tracked",
+    )
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        # A single server's pool, for the tracked read's pipeline; None for a cluster client, whose
+        # commands travel by slot (the read then runs its script).
+        cluster = isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster))
+        self.pool: Any = None if cluster else getattr(client, "connection_pool", None)
+        self.get = client.get
+        self.set = client.set
+        self.ping = client.ping
+        self.read_tracked = client.register_script(scripts.READ_TRACKED)
+        self.write_tracked = client.register_script(scripts.WRITE_TRACKED)
+        self.invalidate = client.register_script(scripts.INVALIDATE)
+        self.delete = client.register_script(scripts.DELETE)
+        self.announce_flush = client.register_script(scripts.ANNOUNCE_FLUSH)
+        self.read_with_ttl = client.register_script(scripts.READ_WITH_TTL)
+        self.unlock = client.register_script(scripts.UNLOCK)
+        self.reads: ReadQueue | None = None  # an asyncio single-server client's (see queue_reads)
+
+    def queue_reads(self) -> Connection:
+        """Auto-pipeline this asyncio client's GETs and tracked reads (see :class:`ReadQueue`)."""
+        if self.pool is not None:
+            self.reads = ReadQueue(self.pool)
+            self.get = self.reads.get
+        return self
+
+
+class Connections:
+    """The clients of one RemoteCache, opened on first use (see the module docstring).
+
+    Args:
+        redis_config: builds the clients; or
+        client_factory: returns a ``redis.asyncio`` client, called once per event loop.
+        loop_thread: where sync callers run async-only clients.
+        deadlines: by kind (READ, WRITE, ADMIN), the socket timeout of its client (None: the
+            client's own).
+        pool_waits: by kind, told the seconds a caller waited for a pooled connection when none
+            was free (see :class:`WaitTimedPool`).
+    """
+
+    def __init__(
+        self,
+        redis_config: RedisConfig | None,
+        client_factory: Callable[[], Any] | None,
+        loop_thread: LoopThread,
+        deadlines: tuple[float | None, float | None, float | None],
+        pool_waits: tuple[Callable[[float], None] | None, ...],
+    ) -> None:
+        self._config = redis_config
+        self._factory = client_factory
+        self._loop_thread = loop_thread
+        self._deadlines = deadlines
+        self._pool_waits = pool_waits  # by kind: told each wait for a pooled connection
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Connection | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The loop asked last and its connections: almost every call comes from that one loop.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], list[Connection | None]] | None = None
+        self._sync: list[Connection | None] = [None, None, None]
+        self._sync_lock = threading.Lock()
+
+    def forget_connections(self) -> None:
+        """After a fork: the parent's clients are left untouched (see :mod:`gcache._fork`), and
+        this process opens its own on first use."""
+        _fork.leave_untouched(*_clients(self._sync), *self._by_loop.items())
+        self._sync = [None, None, None]
+        self._sync_lock = threading.Lock()
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._last = None
+
+    def _async_connection(self, kind: int) -> Connection:
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            conns = last[1]
+        else:
+            found = self._by_loop.get(loop)
+            conns = self._by_loop[loop] = [None, None, None] if found is None else found
+            self._last = (weakref.ref(loop), conns)
+        conn = conns[kind]
+        if conn is None:
+            if self._factory is not None:  # one client per loop, shared by every kind
+                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = Connection(self._factory()).queue_reads()
+            else:
+                assert self._config is not None
+                conn = conns[kind] = Connection(
+                    build_client(
+                        self._config,
+                        redis.asyncio.Redis,
+                        redis.asyncio.RedisCluster,
+                        AsyncWaitTimedPool,
+                        retry_policy(redis.asyncio.retry.Retry),
+                        self._deadlines[kind],
+                        self._pool_waits[kind],
+                    )
+                ).queue_reads()
+        return conn
+
+    def _sync_connection(self, kind: int) -> Connection:
+        conn = self._sync[kind]
+        if conn is None:
+            with self._sync_lock:  # many threads may ask for it at once: build one client
+                return self._new_sync_connection(kind)
+        return conn
+
+    def _new_sync_connection(self, kind: int) -> Connection:
+        conn = self._sync[kind]
+        if conn is None:
+            assert self._config is not None
+            conn = self._sync[kind] = Connection(
+                build_client(
+                    self._config,
+                    redis.Redis,
+                    redis.RedisCluster,
+                    WaitTimedPool,
+                    retry_policy(redis.retry.Retry),
+                    self._deadlines[kind],
+                    self._pool_waits[kind],
+                )
+            )
+        return conn
+
+    async def aclose_clients(self) -> None:
+        """Close the clients; the ones of the running loop are closed gracefully."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        conns = self._by_loop.pop(loop) if loop is not None and loop in self._by_loop else []
+        self._last = None
+        for client in _clients(conns):
+            await client.aclose()
+        self.close_clients()
+
+    def close_clients(self) -> None:
+        """Close every client, each asyncio client on its own loop where that loop can still run."""
+        for client in _clients(self._sync):
+            client.close()
+        self._sync = [None, None, None]
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, conns in list(self._by_loop.items()):
+            for client in _clients(conns):
+                if loop.is_running() and loop is not current:
+                    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
+                elif not loop.is_closed() and current is None:
+                    loop.run_until_complete(client.aclose())
+                else:
+                    # This thread's running loop (a sync close() in async code) cannot be awaited
+                    # here: close the sockets now and let the loop finish the teardown.
+                    _drop_sockets(client)
+        self._by_loop.clear()
+        self._last = None
+
+
+def _clients(conns: list[Connection | None]) -> list[Any]:
+    """The distinct clients of a connection list (a factory's client fills every slot)."""
+    clients: list[Any] = []
+    for conn in conns:
+        if conn is not None and all(conn.client is not c for c in clients):
+            clients.append(conn.client)
+    return clients
+
+
+def build_client(
+    config: RedisConfig,
+    single: Any,
+    cluster: Any,
+    pool: Any,
+    retry: Any,
+    socket_timeout: float | None,
+    on_wait: Callable[[float], None] | None = None,
+) -> Any:
+    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
+
+    ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
+    ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
+    waited for a pooled connection when none was free (single server only).
+    """
+    assert config.url is not None
+    options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
+    if socket_timeout is not None:
+        options["socket_timeout"] = socket_timeout
+    if config.cluster:
+        return cluster.from_url(config.url, **options)
+    blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
+    blocking.on_wait = on_wait
+    return single.from_pool(blocking)
+
+
+class WaitTimedPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, first come first served, telling ``on_wait`` how long a caller
+    waited for a connection.
+
+    redis-py's pool lets a thread that just released a connection take it straight back while
+    the threads woken for it are still waiting for the GIL: under a few hundred threads some
+    waited past ``pool_timeout`` while others were served again and again. Here a connection
+    that comes back is handed to the thread that has waited longest; a caller that finds none
+    free queues behind the ones already waiting. The wait has its own bound,
+    ``RedisConfig.pool_timeout``; an operation's deadline (the socket timeout) starts once it
+    has a connection, so it measures Redis, not the queue in front of it. Only a caller that
+    had to queue is timed, so a pool that keeps up costs nothing more.
+    """
+
+    on_wait: Callable[[float], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._free = self.max_connections  # connections (or room for one) no caller holds
+        self._queue: collections.deque[threading.Event] = collections.deque()
+        self._gate = threading.Lock()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate:
+            if self._free > 0 and not self._queue:
+                self._free -= 1
+                turn = None
+            else:
+                turn = threading.Event()
+                self._queue.append(turn)
+        if turn is not None:
+            start = _perf()
+            handed = turn.wait(self.timeout)
+            if not handed:
+                with self._gate:
+                    try:
+                        self._queue.remove(turn)
+                    except ValueError:  # handed a connection just as the wait ran out
+                        handed = True
+            if self.on_wait is not None:
+                self.on_wait(_perf() - start)
+            if not handed:
+                raise redis.ConnectionError("No connection available.")
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._hand_on()
+            raise
+
+    def release(self, connection: Any) -> None:
+        try:
+            super().release(connection)  # type: ignore[no-untyped-call]
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        with self._gate:
+            if self._queue:
+                self._queue.popleft().set()
+            else:
+                self._free += 1
+
+
+class AsyncWaitTimedPool(redis.asyncio.BlockingConnectionPool):
+    """Asyncio twin of :class:`WaitTimedPool`."""
+
+    on_wait: Callable[[float], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._free_now: Callable[[], bool] | None = getattr(self, "can_get_connection", None)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        on_wait = self.on_wait
+        free = self._free_now
+        if on_wait is None or (free is not None and free()):
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        start = _perf()
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            on_wait(_perf() - start)
+
+
+def _drop_sockets(client: Any) -> None:
+    """Close the sockets of a client whose event loop is gone (as redis-py's own ``__del__`` does)."""
+    pools = [getattr(client, "connection_pool", None)]
+    pools += [getattr(n, "redis_connection", None) for n in getattr(client, "get_nodes", lambda: [])()]
+    for pool in pools:
+        for connection in [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]:
+            close = getattr(connection, "_close", None)
+            if close is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing more to do
+                    close()
