@@ -137,7 +137,7 @@ def _observe_bus(applied: list[tuple[str, float, int]]) -> None:
         if message.kind == "invalidate":
             applied.append((message.target, time.time(), message.published_us))
 
-    GCache._on_bus_message = observed  # type: ignore[method-assign]
+    GCache._on_bus_message = observed  # type: ignore[method-assign,assignment]
 
 
 def _wait_for_stop(stop: threading.Event) -> None:

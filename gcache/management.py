@@ -1,0 +1,312 @@
+"""What a GCache does besides decorating: direct key access, invalidation, deletion, flushing,
+and what other processes' invalidations (the bus) and the breaker do to this one.
+
+Each operation acts on the layers a use case has; a Redis failure is counted, logged and raised
+to the caller as :class:`~gcache.errors.RemoteError` (an invalidation is never skipped silently).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from gcache._log import ErrorLog
+from gcache.bus import BusMessage, InvalidationBus
+from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
+from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError
+from gcache.keys import GCacheKey, KeyBuilder, entity_key, entity_of, key_type_of, value_key, watermark_key
+from gcache.local import LocalLayer
+from gcache.metrics import Metrics
+from gcache.readthrough import Runtime, UseCase
+from gcache.remote import RemoteCache
+
+__all__ = ["Management"]
+
+
+class Management:
+    """The management operations of :class:`~gcache.GCache` (a mixin: GCache holds the state)."""
+
+    config: GCacheConfig
+    _prefix: str
+    _enabled: ContextVar[bool]
+    _metrics: Metrics
+    _local: LocalLayer
+    _remote: RemoteCache | None
+    _errors: ErrorLog
+    _runtime: Runtime
+    _direct: dict[tuple[Any, ...], UseCase]
+    _use_cases: weakref.WeakSet[UseCase]
+    _key_types: set[str]
+    _closed: bool
+    _bus: InvalidationBus | None
+    _bus_up: threading.Event
+
+    if TYPE_CHECKING:
+
+        def _use_case(
+            self,
+            name: str,
+            key_type: str,
+            tracked: bool,
+            default_config: GCacheKeyConfig | None,
+            serializer: Serializer | None,
+            keys: KeyBuilder | None,
+        ) -> UseCase: ...
+
+    def _for_key(self, key: GCacheKey) -> UseCase:
+        if not isinstance(key, GCacheKey):
+            raise ConfigError(f"expected a GCacheKey, got {key!r}")
+        ident = (
+            key.use_case,
+            key.key_type,
+            key.invalidation_tracking,
+            id(key.default_config),
+            id(key.serializer),
+        )
+        uc = self._direct.get(ident)
+        if uc is None:
+            if len(self._direct) > 1000:
+                self._direct.clear()
+            uc = self._direct[ident] = self._use_case(
+                key.use_case,
+                key.key_type,
+                key.invalidation_tracking,
+                key.default_config,
+                key.serializer,
+                None,
+            )
+        return uc
+
+    def _where(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]]:
+        uc = self._for_key(key)
+        entity = entity_key(self._prefix, key.key_type, key.id)
+        pairs = tuple(key.args)
+        return uc, entity, value_key(entity, pairs, key.use_case), pairs
+
+    # -- direct key access -----------------------------------------------------------------------
+
+    async def aget(self, key: GCacheKey, fallback: Callable[[], Awaitable[Any]]) -> Any:
+        """Read ``key`` through the layers; on a miss ``fallback()`` computes the value.
+
+        Follows the same rules as a cached function, ``enable()`` included.
+        """
+        uc, entity, urn, pairs = self._where(key)
+        if not self._enabled.get():
+            uc.m.disabled_context.inc()
+            return await fallback()
+        return await uc.aread_through(urn, entity, key.id, pairs, fallback, (), {})
+
+    def get(self, key: GCacheKey, fallback: Callable[[], Any]) -> Any:
+        """Sync twin of :meth:`aget`; ``fallback`` is a plain function."""
+        uc, entity, urn, pairs = self._where(key)
+        if not self._enabled.get():
+            uc.m.disabled_context.inc()
+            return fallback()
+        return uc.read_through(urn, entity, key.id, pairs, fallback, (), {})
+
+    async def aput(self, key: GCacheKey, value: Any) -> None:
+        """Write ``value`` to every layer the key's config turns on, without reading first.
+
+        A tracked key is stamped with the server time of the write, so invalidations that
+        happened before it do not hide it and later ones do. Failures are counted, not raised.
+        """
+        uc, entity, urn, pairs = self._where(key)
+        if uc.closed:
+            uc.used_after_close()
+            return
+        config = await uc.aconfig(key.id, pairs)
+        if config is None:
+            return
+        local_ttl, remote_ttl = uc.layers(config)
+        await uc.awrite_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
+
+    def put(self, key: GCacheKey, value: Any) -> None:
+        """Sync twin of :meth:`aput`."""
+        uc, entity, urn, pairs = self._where(key)
+        if uc.closed:
+            uc.used_after_close()
+            return
+        config = uc.config(key.id, pairs)
+        if config is None:
+            return
+        local_ttl, remote_ttl = uc.layers(config)
+        uc.write_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
+
+    async def adelete(self, key: GCacheKey) -> bool:
+        """Remove one entry from both layers; True if either held it.
+
+        Raises:
+            RemoteError: Redis failed (the LOCAL entry is gone all the same).
+        """
+        uc, _entity, urn, _pairs = self._where(key)
+        uc.flights.forget(urn)
+        deleted = self._local.delete(urn)
+        if uc.remote is not None:
+            deleted = await self._remote_op(uc.remote.adelete(urn), key.key_type) or deleted
+            self._metrics.bus_message.labels(key.key_type, "published", "delete").inc()
+        return deleted
+
+    def delete(self, key: GCacheKey) -> bool:
+        """Sync twin of :meth:`adelete`."""
+        uc, _entity, urn, _pairs = self._where(key)
+        uc.flights.forget(urn)
+        deleted = self._local.delete(urn)
+        if uc.remote is not None:
+            remote = uc.remote
+            deleted = self._remote_sync_op(lambda: remote.delete(urn), key.key_type) or deleted
+            self._metrics.bus_message.labels(key.key_type, "published", "delete").inc()
+        return deleted
+
+    # -- invalidation and flushing ---------------------------------------------------------------
+
+    def _fence(self, key_type: str, id: Any, future_buffer_ms: int) -> tuple[str, str]:
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"invalidate(): key_type must be a non-empty string, got {key_type!r}")
+        if (
+            isinstance(future_buffer_ms, bool)
+            or not isinstance(future_buffer_ms, int)
+            or future_buffer_ms < 0
+        ):
+            raise ConfigError(
+                f"invalidate(): future_buffer_ms must be a non-negative integer, got {future_buffer_ms!r}"
+            )
+        if future_buffer_ms > self.config.max_future_buffer_ms:
+            raise FutureBufferTooLargeError(
+                f"invalidate(): future_buffer_ms={future_buffer_ms} exceeds max_future_buffer_ms="
+                f"{self.config.max_future_buffer_ms}"
+            )
+        if key_type not in self._key_types:
+            self._unknown_key_type(key_type)
+        entity = entity_key(self._prefix, key_type, str(id))
+        self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
+        self._metrics.invalidation.labels(key_type, "local").inc()
+        return entity, watermark_key(entity)
+
+    def _unknown_key_type(self, key_type: str) -> None:
+        known = ", ".join(repr(k) for k in sorted(self._key_types)) or "none: it has no use case yet"
+        self._errors.once(
+            ("unknown_key_type", key_type),
+            f"invalidate({key_type!r}, ...): no use case of this GCache has key_type {key_type!r} "
+            f"(its key types: {known}); a typo? Applied all the same, as another process may cache it",
+        )
+
+    async def ainvalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
+        """Make every tracked entry of the entity stale, in this process at once and in Redis.
+
+        When this returns, no call that starts afterwards is served an entry computed before it.
+        ``future_buffer_ms`` also makes entries computed in the next milliseconds stale, for
+        sources that lag (read replicas).
+
+        Raises:
+            FutureBufferTooLargeError: the buffer is above ``max_future_buffer_ms``.
+            RemoteError: Redis did not take the invalidation; the entity's REMOTE entries may
+                still be served until their TTL, so retry or handle it.
+        """
+        entity, fence = self._fence(key_type, id, future_buffer_ms)
+        if self._remote is not None and not self._closed:
+            await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
+            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+
+    def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
+        """Sync twin of :meth:`ainvalidate`."""
+        entity, fence = self._fence(key_type, id, future_buffer_ms)
+        if self._remote is not None and not self._closed:
+            remote = self._remote
+            self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
+            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+
+    def _invalidated_remotely(self, entity: str, key_type: str, future_buffer_ms: int) -> None:
+        # A read in this process between the first LOCAL bump and the watermark's rise took the
+        # new epoch yet read the still-fresh REMOTE value; bumping again makes its fill stale.
+        self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
+        self._metrics.invalidation.labels(key_type, "remote").inc()
+        self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
+
+    async def aflushall(self) -> int:
+        """Delete every entry of this cache: LOCAL, and the Redis keys under ``urn_prefix``.
+
+        Uses SCAN and UNLINK on this cache's prefix only, never FLUSHALL/FLUSHDB. Returns the
+        number of Redis keys deleted.
+        """
+        self._flush_local()
+        if self._remote is None or self._closed:
+            return 0
+        deleted: int = await self._remote_op(self._remote.aflush(self._prefix), "*")
+        return deleted
+
+    def flushall(self) -> int:
+        """Sync twin of :meth:`aflushall`."""
+        self._flush_local()
+        if self._remote is None or self._closed:
+            return 0
+        remote = self._remote
+        deleted: int = self._remote_sync_op(lambda: remote.flush(self._prefix), "*")
+        return deleted
+
+    def _flush_local(self) -> None:
+        self._local.clear("flushed")
+        for uc in list(self._use_cases):
+            uc.flights.clear()
+            uc.reads.clear()
+
+    async def _remote_op(self, op: Awaitable[Any], key_type: str) -> Any:
+        try:
+            return await op
+        except RemoteError as exc:
+            self._management_failed(exc, key_type)
+            raise
+
+    def _remote_sync_op(self, op: Callable[[], Any], key_type: str) -> Any:
+        try:
+            return op()
+        except RemoteError as exc:
+            self._management_failed(exc, key_type)
+            raise
+
+    def _management_failed(self, exc: RemoteError, key_type: str) -> None:
+        self._metrics.error.labels("", key_type, "remote", type(exc.cause).__name__, "false").inc()
+        self._runtime.errors.warning(("", exc.operation), f"{exc} (raised to the caller)")
+
+    # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
+
+    def _on_bus_message(self, message: BusMessage, lag_sec: float) -> None:
+        if message.kind == "flush":
+            self._local.clear("flushed")
+            key_type = ""
+        else:
+            entity = entity_of(message.target)
+            key_type = key_type_of(entity, self._prefix)
+            if message.kind == "invalidate":
+                self._local.invalidate(entity, key_type, message.buffer_ms / 1000)
+            else:
+                self._local.delete(message.target)
+        self._metrics.bus_message.labels(key_type, "received", message.kind).inc()
+        self._metrics.bus_lag.observe(lag_sec)
+
+    def _on_bus_up(self) -> None:
+        self._local.trust()
+        self._bus_up.set()
+        self._metrics.bus_connected.inc()
+        if self._bus is not None and self._bus.connections > 1:
+            self._metrics.bus_reconnect.inc()
+
+    def _on_bus_down(self) -> None:
+        self._bus_up.clear()
+        self._local.distrust()
+        self._metrics.bus_connected.dec()
+
+    def _on_breaker(self, is_open: bool) -> None:
+        if is_open:
+            self._metrics.breaker_open.inc()
+            self._metrics.breaker_transition.labels("open").inc()
+            self._errors.warning(
+                ("breaker", self._prefix),
+                f"Redis is failing: circuit breaker open, REMOTE skipped for {self._prefix!r} until "
+                "a probe gets an answer",
+            )
+        else:
+            self._metrics.breaker_open.dec()
+            self._metrics.breaker_transition.labels("closed").inc()
