@@ -27,7 +27,7 @@ import cachetools
 from benchmarks._harness import bare_async_client, bare_sync_client, gcache_errors, make_gcache, user
 from benchmarks.bench_hits import ID, LOCAL_ONLY, REMOTE_ONLY, TTL, read_through_ttl_cache
 from gcache import GCache
-from gcache.keys import entity_key, value_key
+from gcache.urns import entity_key, value_key
 
 __all__ = ["CASES", "main"]
 

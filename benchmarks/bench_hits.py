@@ -46,7 +46,7 @@ from benchmarks._harness import (
     user,
 )
 from gcache import CacheLayer, GCache, GCacheKeyConfig
-from gcache.keys import entity_key, value_key, watermark_key
+from gcache.urns import entity_key, value_key, watermark_key
 
 __all__ = [
     "ID",

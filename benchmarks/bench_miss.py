@@ -38,8 +38,8 @@ from benchmarks._harness import (
     user,
 )
 from gcache import CacheLayer, GCache, GCacheKeyConfig
-from gcache.keys import entity_key, value_key, watermark_key
 from gcache.remote import RemoteCache
+from gcache.urns import entity_key, value_key, watermark_key
 
 __all__ = ["TARGET", "run"]
 

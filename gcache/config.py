@@ -6,23 +6,23 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
 
-from gcache.errors import ConfigError, RedisConfigConflictError
+from gcache.errors import ConfigError, RedisConfigConflictError, UseCaseNameIsReservedError
+from gcache.redis_config import RedisConfig
+from gcache.urns import DEFAULT_URN_PREFIX, WATERMARK_USE_CASE, entity_key, value_key, watermark_key
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-    from gcache.keys import GCacheKey
 
 __all__ = [
     "CacheConfigProvider",
     "CacheLayer",
     "GCacheConfig",
+    "GCacheKey",
     "GCacheKeyConfig",
     "RedisConfig",
     "Serializer",
@@ -214,7 +214,52 @@ class GCacheKeyConfig:
 
 GCacheKeyConfigs = dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]]
 
-CacheConfigProvider = Callable[["GCacheKey"], Awaitable[GCacheKeyConfig | None] | GCacheKeyConfig | None]
+
+@dataclass(frozen=True)
+class GCacheKey:
+    """One logical cache key: which entity, which use case, which other arguments.
+
+    This is what config providers receive and what ``aget``/``aput``/``adelete`` take. ``args`` are
+    (name, string value) pairs; they are rendered sorted by name.
+    """
+
+    key_type: str
+    id: str
+    use_case: str
+    args: Sequence[tuple[str, str]] = ()
+    invalidation_tracking: bool = False
+    default_config: GCacheKeyConfig | None = None
+    serializer: Serializer | None = None
+    urn_prefix: str = DEFAULT_URN_PREFIX
+    prefix: str = field(init=False, repr=False, compare=False)
+    urn: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_type, str) or not self.key_type:
+            raise ConfigError(f"GCacheKey.key_type must be a non-empty string, got {self.key_type!r}")
+        if not isinstance(self.use_case, str) or not self.use_case:
+            raise ConfigError(f"GCacheKey.use_case must be a non-empty string, got {self.use_case!r}")
+        if self.use_case == WATERMARK_USE_CASE:
+            raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+        args = tuple(sorted((str(n), str(v)) for n, v in self.args))
+        object.__setattr__(self, "id", str(self.id))
+        object.__setattr__(self, "args", args)
+        entity = entity_key(self.urn_prefix, self.key_type, self.id)
+        object.__setattr__(self, "prefix", entity)
+        object.__setattr__(self, "urn", value_key(entity, args, self.use_case))
+
+    @property
+    def watermark_key(self) -> str:
+        return watermark_key(self.prefix)
+
+    def __hash__(self) -> int:
+        return hash(self.urn)
+
+    def __str__(self) -> str:
+        return self.urn
+
+
+CacheConfigProvider = Callable[[GCacheKey], Awaitable[GCacheKeyConfig | None] | GCacheKeyConfig | None]
 """Called once per cached call (sync or async); ``None`` means "use the decorator's default_config"."""
 
 
@@ -230,147 +275,6 @@ class Serializer(ABC):
 
     @abstractmethod
     def load(self, data: bytes | str) -> Any: ...
-
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-_DEFAULT_REDIS_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 1.0,
-    "socket_timeout": 1.0,
-}
-
-
-@dataclass
-class RedisConfig:
-    """Where the REMOTE layer lives.
-
-    Either give ``url`` (``redis://``, ``rediss://`` for TLS, or ``unix://``), or the parts
-    (host, port, db, username, password, ``tls``); ``url`` is filled from the parts when omitted.
-    Each client (one per event loop, one for sync callers) has a pool of at most
-    ``max_connections``; when all are busy a caller waits up to ``pool_timeout`` seconds for one
-    (then the call is served uncached) instead of failing at once. ``redis_py_options`` are passed
-    to the redis-py client as they are (timeouts, ...) and win over the fields.
-
-    Raises:
-        ConfigError: an unparsable URL, an unknown scheme, a port out of range, db on a cluster.
-    """
-
-    host: str = "localhost"
-    port: int = 6379
-    db: int = 0
-    username: str = ""
-    password: str = ""
-    protocol: str = "redis"
-    tls: bool = False
-    ssl_ca_certs: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_cert_reqs: str = "required"
-    cluster: bool = False
-    url: str | None = None
-    max_connections: int = 64
-    pool_timeout: float = 1.0
-    redis_py_options: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_REDIS_OPTIONS))
-
-    def __post_init__(self) -> None:
-        if self.url is None:
-            self._validate_parts()
-            scheme = "rediss" if self.tls else self.protocol
-            auth = ""
-            if self.username or self.password:
-                auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
-        else:
-            self._validate_url(self.url)
-        if self.cluster and (self.db != 0 or _url_db(self.url or "") != 0):
-            db = self.db or _url_db(self.url or "")
-            raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={db}")
-        if not isinstance(self.redis_py_options, dict):
-            raise ConfigError(f"RedisConfig.redis_py_options must be a dict, got {self.redis_py_options!r}")
-        if (
-            isinstance(self.max_connections, bool)
-            or not isinstance(self.max_connections, int)
-            or self.max_connections < 1
-        ):
-            raise ConfigError(
-                f"RedisConfig.max_connections must be an integer of 1 or more, got {self.max_connections!r}"
-            )
-        if (
-            isinstance(self.pool_timeout, bool)
-            or not isinstance(self.pool_timeout, (int, float))
-            or self.pool_timeout < 0
-        ):
-            raise ConfigError(
-                f"RedisConfig.pool_timeout must be a number of seconds >= 0, got {self.pool_timeout!r}"
-            )
-
-    def _validate_parts(self) -> None:
-        if self.protocol not in ("redis", "rediss"):
-            raise ConfigError(f"RedisConfig.protocol must be 'redis' or 'rediss', got {self.protocol!r}")
-        if not self.host:
-            raise ConfigError("RedisConfig.host must not be empty")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise ConfigError(f"RedisConfig.port must be an integer from 1 to 65535, got {self.port!r}")
-        if isinstance(self.db, bool) or not isinstance(self.db, int) or self.db < 0:
-            raise ConfigError(f"RedisConfig.db must be a non-negative integer, got {self.db!r}")
-
-    @staticmethod
-    def _validate_url(url: str) -> None:
-        shown = _mask_url(url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"RedisConfig.url {shown!r} is not a valid URL: {exc}") from exc
-        if parts.scheme not in _REDIS_SCHEMES:
-            raise ConfigError(
-                f"RedisConfig.url {shown!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or unix://"
-            )
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ConfigError(f"RedisConfig.url {shown!r} names no socket path")
-            return
-        if not parts.hostname:
-            raise ConfigError(f"RedisConfig.url {shown!r} names no host")
-        if port is not None and port == 0:
-            raise ConfigError(f"RedisConfig.url {shown!r} has port 0")
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise ConfigError(f"RedisConfig.url {shown!r}: database {db!r} is not a number")
-
-    def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for redis-py's ``from_url`` (TLS settings, then redis_py_options)."""
-        options: dict[str, Any] = {}
-        if self.tls or (self.url or "").startswith("rediss://"):
-            options["ssl_cert_reqs"] = self.ssl_cert_reqs
-            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-                if getattr(self, name) is not None:
-                    options[name] = getattr(self, name)
-        options.update(self.redis_py_options)
-        options["decode_responses"] = False  # values are binary envelopes
-        return options
-
-    def __repr__(self) -> str:
-        return f"RedisConfig(url={_mask_url(self.url or '')!r}, cluster={self.cluster})"
-
-
-def _url_db(url: str) -> int:
-    """The database number a (validated) redis:// URL names, 0 when it names none."""
-    parts = urlsplit(url)
-    db = parts.path.lstrip("/") if parts.scheme != "unix" else ""
-    return int(db) if db.isdigit() else 0
-
-
-def _mask_url(url: str) -> str:
-    """The URL with its password replaced, for error messages and reprs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            return url.replace(f":{parts.password}@", ":***@", 1)
-    except ValueError:
-        pass
-    return url
 
 
 @dataclass

@@ -25,16 +25,13 @@ from gcache.errors import (
     UseCaseNameIsReservedError,
 )
 from gcache.exposition import multiprocess_enabled
-from gcache.keys import (
-    WATERMARK_USE_CASE,
-    KeyBuilder,
-    bus_channel,
-)
+from gcache.keys import KeyBuilder
 from gcache.local import LocalLayer
 from gcache.management import Management
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.remote import RemoteCache
+from gcache.urns import WATERMARK_USE_CASE, bus_channel
 
 __all__ = ["GCache"]
 

@@ -1,14 +1,9 @@
-"""Cache keys: the URN grammar, its escaping, and the per-function key builder.
+"""The key of each call: the per-function key builder, and what it watches for.
 
-    value key:      {<prefix>:<key_type>:<id>}?<arg>=<val>&<arg>=<val>#<use_case>
-    watermark key:  {<prefix>:<key_type>:<id>}#watermark
-
-Only the grammar's own delimiters are escaped (as ``%XX``), and each only where it would be
-ambiguous, so keys stay readable in ``redis-cli`` while two different (key_type, id, args,
-use_case) never render to the same key. Between the prefix and the closing brace there is
-exactly one raw ``:``, so caches whose prefixes extend each other (``app``, ``app:tenant``)
-never share a key. The braces are a Redis Cluster hash tag: every key of an
-entity, and its watermark, share one slot.
+:class:`KeyBuilder` binds a call's arguments to the decorated function's signature once per
+call and renders the id and the argument pairs; :class:`KeyPartWatch` tells a key part that
+changes on every call. How keys are rendered for storage is :mod:`gcache.urns`'s;
+:class:`GCacheKey`, what config providers receive, is :mod:`gcache.config`'s (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,144 +12,12 @@ import inspect
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from typing import Any
 
-from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
+from gcache.config import GCacheKey
+from gcache.errors import IdArgError
 
-if TYPE_CHECKING:
-    from gcache.config import GCacheKeyConfig, Serializer
-
-__all__ = [
-    "WATERMARK_USE_CASE",
-    "GCacheKey",
-    "ArgumentsDoNotBind",
-    "KeyBuilder",
-    "KeyPartWatch",
-    "bus_channel",
-    "entity_key",
-    "entity_of",
-    "key_type_of",
-    "lock_key",
-    "owned_by",
-    "value_key",
-    "value_key_tail",
-    "watermark_key",
-]
-
-WATERMARK_USE_CASE = "watermark"
-DEFAULT_URN_PREFIX = "urn:gcache"
-
-
-def _table(chars: str) -> dict[int, str]:
-    return {ord(c): f"%{ord(c):02X}" for c in "%" + chars}
-
-
-# Which delimiters each component must escape to keep the grammar unambiguous.
-_KEY_TYPE = _table("{}:")  # the first ':' after the prefix ends key_type
-_ID = _table("{}:")  # the closing brace ends the id; ':' so a longer prefix never collides
-_ARG_NAME = _table("{}=&#")  # the first '=' ends a name
-_ARG_VALUE = _table("{}&#")  # '&' ends a value, '#' ends the argument list
-_USE_CASE = _table("{}")  # the rest of the key
-
-
-def entity_key(prefix: str, key_type: str, id: str) -> str:
-    """The hash-tagged entity part shared by all keys of one entity."""
-    return "{" + f"{prefix}:{key_type.translate(_KEY_TYPE)}:{id.translate(_ID)}" + "}"
-
-
-def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> str:
-    if args:
-        rendered = "&".join(f"{n.translate(_ARG_NAME)}={v.translate(_ARG_VALUE)}" for n, v in args)
-        return f"{entity}?{rendered}{value_key_tail(use_case)}"
-    return entity + value_key_tail(use_case)
-
-
-def value_key_tail(use_case: str) -> str:
-    """How a value key ends: a use case renders it once, for the calls of an id alone."""
-    return "#" + use_case.translate(_USE_CASE)
-
-
-def owned_by(key: str, prefix: str) -> bool:
-    """Whether ``key`` was rendered under exactly ``prefix`` (not a longer one that extends it)."""
-    head = "{" + prefix + ":"
-    end = key.find("}")
-    return key.startswith(head) and end > 0 and key.count(":", len(head), end) == 1
-
-
-def lock_key(value_key: str) -> str:
-    """The distributed single-flight lock of a value key: ``{entity}!lock`` then the rest.
-
-    A value key goes on from its entity with ``?`` or ``#``, so no value key, nor the fence,
-    can render to it; it shares the entity's slot and prefix (``flushall`` removes it).
-    """
-    end = value_key.index("}") + 1
-    return value_key[:end] + "!lock" + value_key[end:]
-
-
-def watermark_key(entity: str) -> str:
-    return f"{entity}#{WATERMARK_USE_CASE}"
-
-
-def entity_of(key: str) -> str:
-    """The entity part (``{...}``) of a value or watermark key."""
-    return key[: key.index("}") + 1]
-
-
-def bus_channel(prefix: str) -> str:
-    """The pub/sub channel that carries this prefix's invalidations to every process."""
-    return f"{prefix}#invalidation"
-
-
-def key_type_of(entity: str, prefix: str) -> str:
-    """The (unescaped) key_type of an entity rendered under ``prefix``."""
-    start = len(prefix) + 2
-    return unquote(entity[start : entity.index(":", start)])
-
-
-@dataclass(frozen=True)
-class GCacheKey:
-    """One logical cache key: which entity, which use case, which other arguments.
-
-    This is what config providers receive and what ``aget``/``aput``/``adelete`` take. ``args`` are
-    (name, string value) pairs; they are rendered sorted by name.
-    """
-
-    key_type: str
-    id: str
-    use_case: str
-    args: Sequence[tuple[str, str]] = ()
-    invalidation_tracking: bool = False
-    default_config: GCacheKeyConfig | None = None
-    serializer: Serializer | None = None
-    urn_prefix: str = DEFAULT_URN_PREFIX
-    prefix: str = field(init=False, repr=False, compare=False)
-    urn: str = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.key_type, str) or not self.key_type:
-            raise ConfigError(f"GCacheKey.key_type must be a non-empty string, got {self.key_type!r}")
-        if not isinstance(self.use_case, str) or not self.use_case:
-            raise ConfigError(f"GCacheKey.use_case must be a non-empty string, got {self.use_case!r}")
-        if self.use_case == WATERMARK_USE_CASE:
-            raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
-        args = tuple(sorted((str(n), str(v)) for n, v in self.args))
-        object.__setattr__(self, "id", str(self.id))
-        object.__setattr__(self, "args", args)
-        entity = entity_key(self.urn_prefix, self.key_type, self.id)
-        object.__setattr__(self, "prefix", entity)
-        object.__setattr__(self, "urn", value_key(entity, args, self.use_case))
-
-    @property
-    def watermark_key(self) -> str:
-        return watermark_key(self.prefix)
-
-    def __hash__(self) -> int:
-        return hash(self.urn)
-
-    def __str__(self) -> str:
-        return self.urn
+__all__ = ["ArgumentsDoNotBind", "GCacheKey", "KeyBuilder", "KeyPartWatch"]
 
 
 _EMPTY = inspect.Parameter.empty

@@ -17,11 +17,12 @@ from gcache._log import ErrorLog
 from gcache.bus import BusMessage, InvalidationBus
 from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
 from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError
-from gcache.keys import GCacheKey, KeyBuilder, entity_key, entity_of, key_type_of, value_key, watermark_key
+from gcache.keys import GCacheKey, KeyBuilder
 from gcache.local import LocalLayer
 from gcache.metrics import Metrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.remote import RemoteCache
+from gcache.urns import entity_key, entity_of, key_type_of, value_key, watermark_key
 
 __all__ = ["Management"]
 

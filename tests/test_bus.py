@@ -16,7 +16,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig
-from gcache.keys import bus_channel
+from gcache.urns import bus_channel
 from tests.conftest import sample, wait_until
 
 BOTH = GCacheKeyConfig.enabled(60)

@@ -12,15 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcache.errors import ConfigError, IdArgError, UseCaseNameIsReservedError
-from gcache.keys import (
-    ArgumentsDoNotBind,
-    GCacheKey,
-    KeyBuilder,
-    entity_key,
-    owned_by,
-    value_key,
-    watermark_key,
-)
+from gcache.keys import ArgumentsDoNotBind, GCacheKey, KeyBuilder
+from gcache.urns import entity_key, owned_by, value_key, watermark_key
 
 # ---------------------------------------------------------------------------------------------
 # Rendered keys

@@ -20,8 +20,8 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RemoteError
-from gcache.keys import entity_key, lock_key, watermark_key
 from gcache.single_flight import Flight, FlightTable
+from gcache.urns import entity_key, lock_key, watermark_key
 from tests.conftest import sample, wait_until
 
 LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from gcache._envelope import untracked_pickle
 from gcache.config import GCacheKeyConfig
-from gcache.keys import lock_key, watermark_key
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE
 from gcache.readthrough._primitives import AsyncIO
 from gcache.readthrough.decisions import TIMING_MASK, Miss, _monotonic, _perf
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
+from gcache.urns import lock_key, watermark_key
 
 if TYPE_CHECKING:
     from gcache.remote import TrackedRead

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from gcache import _envelope
 from gcache._codec import Codec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
-from gcache.keys import _KEY_TYPE, GCacheKey, KeyBuilder, KeyPartWatch, value_key_tail
+from gcache.keys import GCacheKey, KeyBuilder, KeyPartWatch
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_ALL, UseCaseMetrics
 from gcache.readthrough.reporting import Reporting
 from gcache.single_flight import Flight, FlightTable
+from gcache.urns import KEY_TYPE_ESCAPES, value_key_tail
 
 if TYPE_CHECKING:
     from gcache.readthrough.runtime import Runtime
@@ -121,7 +122,7 @@ class Decisions(Reporting):
         self._tick = 0  # LOCAL lookups so far
         self._reads = 0  # REMOTE reads so far
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
-        self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(_KEY_TYPE)}:"
+        self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:"
         self._key_tail = value_key_tail(use_case)
         self.flights = FlightTable()
         self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging

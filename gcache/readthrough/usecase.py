@@ -6,9 +6,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from gcache.keys import _ID, ArgumentsDoNotBind, value_key
+from gcache.keys import ArgumentsDoNotBind
 from gcache.readthrough._async import AsyncDriver
 from gcache.readthrough._sync import SyncDriver
+from gcache.urns import ID_ESCAPES, value_key
 
 __all__ = ["UseCase"]
 
@@ -41,7 +42,7 @@ class UseCase(AsyncDriver, SyncDriver):
                     return await func(*args, **kwargs)
                 try:
                     id, pairs = build(args, kwargs)
-                    entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                    entity = entity_head + id.translate(ID_ESCAPES) + "}"  # urns.entity_key, head built once
                     urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
                 except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                     return await func(*args, **kwargs)
@@ -60,7 +61,7 @@ class UseCase(AsyncDriver, SyncDriver):
                 return func(*args, **kwargs)
             try:
                 id, pairs = build(args, kwargs)
-                entity = entity_head + id.translate(_ID) + "}"  # keys.entity_key, its head built once
+                entity = entity_head + id.translate(ID_ESCAPES) + "}"  # urns.entity_key, head built once
                 urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
             except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                 return func(*args, **kwargs)

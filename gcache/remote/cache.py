@@ -23,9 +23,9 @@ from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
-from gcache.keys import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 from gcache.remote.clients import ADMIN, NODE_OPTIONS, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined
+from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
 __all__ = ["RemoteCache", "new_nonce"]
 

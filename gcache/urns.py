@@ -1,0 +1,102 @@
+"""Storage keys: the URN grammar and its escaping.
+
+    value key:      {<prefix>:<key_type>:<id>}?<arg>=<val>&<arg>=<val>#<use_case>
+    watermark key:  {<prefix>:<key_type>:<id>}#watermark
+
+Only the grammar's own delimiters are escaped (as ``%XX``), and each only where it would be
+ambiguous, so keys stay readable in ``redis-cli`` while two different (key_type, id, args,
+use_case) never render to the same key. Between the prefix and the closing brace there is
+exactly one raw ``:``, so caches whose prefixes extend each other (``app``, ``app:tenant``)
+never share a key. The braces are a Redis Cluster hash tag: every key of an
+entity, and its watermark, share one slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+__all__ = [
+    "DEFAULT_URN_PREFIX",
+    "ID_ESCAPES",
+    "KEY_TYPE_ESCAPES",
+    "WATERMARK_USE_CASE",
+    "bus_channel",
+    "entity_key",
+    "entity_of",
+    "key_type_of",
+    "lock_key",
+    "owned_by",
+    "value_key",
+    "value_key_tail",
+    "watermark_key",
+]
+
+WATERMARK_USE_CASE = "watermark"
+DEFAULT_URN_PREFIX = "urn:gcache"
+
+
+def _table(chars: str) -> dict[int, str]:
+    return {ord(c): f"%{ord(c):02X}" for c in "%" + chars}
+
+
+# Which delimiters each component must escape to keep the grammar unambiguous.
+KEY_TYPE_ESCAPES = _table("{}:")  # the first ':' after the prefix ends key_type
+ID_ESCAPES = _table("{}:")  # the closing brace ends the id; ':' so a longer prefix never collides
+_ARG_NAME = _table("{}=&#")  # the first '=' ends a name
+_ARG_VALUE = _table("{}&#")  # '&' ends a value, '#' ends the argument list
+_USE_CASE = _table("{}")  # the rest of the key
+
+
+def entity_key(prefix: str, key_type: str, id: str) -> str:
+    """The hash-tagged entity part shared by all keys of one entity."""
+    return "{" + f"{prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:{id.translate(ID_ESCAPES)}" + "}"
+
+
+def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> str:
+    if args:
+        rendered = "&".join(f"{n.translate(_ARG_NAME)}={v.translate(_ARG_VALUE)}" for n, v in args)
+        return f"{entity}?{rendered}{value_key_tail(use_case)}"
+    return entity + value_key_tail(use_case)
+
+
+def value_key_tail(use_case: str) -> str:
+    """How a value key ends: a use case renders it once, for the calls of an id alone."""
+    return "#" + use_case.translate(_USE_CASE)
+
+
+def owned_by(key: str, prefix: str) -> bool:
+    """Whether ``key`` was rendered under exactly ``prefix`` (not a longer one that extends it)."""
+    head = "{" + prefix + ":"
+    end = key.find("}")
+    return key.startswith(head) and end > 0 and key.count(":", len(head), end) == 1
+
+
+def lock_key(value_key: str) -> str:
+    """The distributed single-flight lock of a value key: ``{entity}!lock`` then the rest.
+
+    A value key goes on from its entity with ``?`` or ``#``, so no value key, nor the fence,
+    can render to it; it shares the entity's slot and prefix (``flushall`` removes it).
+    """
+    end = value_key.index("}") + 1
+    return value_key[:end] + "!lock" + value_key[end:]
+
+
+def watermark_key(entity: str) -> str:
+    return f"{entity}#{WATERMARK_USE_CASE}"
+
+
+def entity_of(key: str) -> str:
+    """The entity part (``{...}``) of a value or watermark key."""
+    return key[: key.index("}") + 1]
+
+
+def bus_channel(prefix: str) -> str:
+    """The pub/sub channel that carries this prefix's invalidations to every process."""
+    return f"{prefix}#invalidation"
+
+
+def key_type_of(entity: str, prefix: str) -> str:
+    """The (unescaped) key_type of an entity rendered under ``prefix``."""
+    start = len(prefix) + 2
+    return unquote(entity[start : entity.index(":", start)])
