@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.duration is not None and not args.serve:
         args.command_parser.error("--duration needs --serve")
-    from gcache._demo import DemoOptions, run  # imported here: --help stays fast
+    from gcache.demo import DemoOptions, run  # imported here: --help stays fast
 
     options = DemoOptions(
         calls=args.calls,
