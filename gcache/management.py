@@ -28,7 +28,11 @@ __all__ = ["Management"]
 
 
 class Management:
-    """The management operations of :class:`~gcache.GCache` (a mixin: GCache holds the state)."""
+    """The management operations of :class:`~gcache.GCache` (a mixin: GCache holds the state).
+
+    About 280 lines: a sync and an async twin of each of six operations, and the bus's three
+    callbacks; splitting them would part each twin from the checks it shares.
+    """
 
     config: GCacheConfig
     _prefix: str

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gcache.local import MISS, Epochs, LocalStore
+from gcache.epochs import Epochs
+from gcache.local import MISS, LocalStore
 
 
 class FakeClock:

@@ -14,8 +14,8 @@ from gcache import _fork
 if TYPE_CHECKING:
     from gcache._log import ErrorLog
     from gcache._loop_thread import LoopThread
+    from gcache.epochs import Epochs
     from gcache.keys import GCacheKey
-    from gcache.local import Epochs
     from gcache.remote import RemoteCache
 
 __all__ = ["Runtime"]

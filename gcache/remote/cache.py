@@ -5,6 +5,8 @@ operation has a deadline by its kind: a lookup (READ), a write-back or lock (WRI
 invalidation, deletion or flush (ADMIN, the client's own socket timeout); see
 :mod:`gcache.remote.clients`. A factory's client is shared by the kinds, and each operation is
 wrapped in an asyncio timeout of its deadline.
+
+About 420 lines, nearly all of it :class:`RemoteCache`, for the reason its docstring gives.
 """
 
 from __future__ import annotations
