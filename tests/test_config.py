@@ -10,7 +10,7 @@ import pytest
 
 import gcache
 import gcache.errors
-from gcache import CacheLayer, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache.errors import (
     ConfigError,
     FutureBufferTooLargeError,
@@ -502,3 +502,50 @@ def test_remote_error_keeps_operation_and_cause() -> None:
     assert err.operation == "get"
     assert err.cause is cause
     assert str(err) == "redis get failed: ConnectionError: refused"
+
+
+# ---------------------------------------------------------------------------------------------
+# GCacheKey
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gcache_key_stringifies_id_and_sorts_args() -> None:
+    id: Any = 123
+    args: Any = [("z", 1), ("a", 2.5)]
+    key = GCacheKey("user_id", id, "GetUser", args=args)
+    assert key.id == "123"
+    assert key.args == (("a", "2.5"), ("z", "1"))
+    assert key.urn == "{urn:gcache:user_id:123}?a=2.5&z=1#GetUser"
+
+
+def test_gcache_key_equal_and_same_hash_when_components_equal() -> None:
+    a = GCacheKey("user_id", "1", "UC", args=[("b", "2"), ("a", "1")])
+    b = GCacheKey("user_id", 1, "UC", args=(("a", "1"), ("b", "2")))  # type: ignore[arg-type]
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert {a: "x"}[b] == "x"
+
+
+def test_gcache_key_unequal_when_use_case_or_args_differ() -> None:
+    base = GCacheKey("user_id", "1", "UC", args=[("a", "1")])
+    assert base != GCacheKey("user_id", "1", "Other", args=[("a", "1")])
+    assert base != GCacheKey("user_id", "1", "UC", args=[("a", "2")])
+    assert base != GCacheKey("user_id", "2", "UC", args=[("a", "1")])
+    assert base != GCacheKey("org_id", "1", "UC", args=[("a", "1")])
+
+
+def test_gcache_key_raises_when_use_case_is_watermark() -> None:
+    with pytest.raises(UseCaseNameIsReservedError, match="watermark"):
+        GCacheKey("user_id", "1", "watermark")
+    assert issubclass(UseCaseNameIsReservedError, ConfigError)
+
+
+def test_gcache_key_raises_when_key_type_is_empty() -> None:
+    with pytest.raises(ConfigError, match="key_type"):
+        GCacheKey("", "1", "UC")
+
+
+def test_gcache_key_raises_when_use_case_is_empty() -> None:
+    with pytest.raises(ConfigError, match="use_case"):
+        GCacheKey("user_id", "1", "")

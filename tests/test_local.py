@@ -8,9 +8,12 @@ import threading
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from gcache import ConfigError, GCache, GCacheConfig, GCacheKeyConfig
 from gcache.epochs import Epochs
 from gcache.local import MISS, LocalStore
+from tests.conftest import sample
 
 
 class FakeClock:
@@ -613,3 +616,38 @@ def test_entity_index_stays_bounded_and_right_when_rebuilt(clock: FakeClock) -> 
     assert store.drop_entity("multi") == 2
     assert store.drop_entity("e49") == 1
     assert set(store._data) == {"e48#A"}
+
+
+# -- the byte bound, through a GCache ------------------------------------------------------------
+
+BOTH = GCacheKeyConfig.enabled(60)
+
+
+async def test_local_byte_bound_keeps_small_values_and_serves_large_ones_uncached_locally(
+    registry: CollectorRegistry,
+) -> None:
+    cache = GCache(GCacheConfig(local_max_bytes=2_000, metrics_registry=registry))
+    calls: list[int] = []
+
+    @cache.cached(key_type="blob_id", id_arg="size", use_case="Blob", default_config=BOTH)
+    async def blob(size: int) -> bytes:
+        calls.append(size)
+        return b"x" * size
+
+    try:
+        with cache.enable():
+            assert await blob(100) == b"x" * 100
+            assert await blob(100) == b"x" * 100
+            assert await blob(5_000) == b"x" * 5_000
+            assert await blob(5_000) == b"x" * 5_000  # too large for LOCAL: computed again
+        assert calls == [100, 5_000, 5_000]
+        written = "gcache_write_counter_total"
+        assert sample(registry, written, use_case="Blob", layer="local", result="too_large") == 2
+        assert sample(registry, written, use_case="Blob", layer="local", result="stored") == 1
+    finally:
+        await cache.aclose()
+
+
+def test_local_max_bytes_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="local_max_bytes"):
+        GCacheConfig(local_max_bytes=0)

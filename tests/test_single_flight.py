@@ -152,7 +152,7 @@ def test_500_concurrent_threads_on_a_cold_key_run_the_sync_function_once(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, config: GCacheKeyConfig, tracked: bool
 ) -> None:
     # 500 threads share one GIL: a reply can wait longer than the 50 ms read deadline for its
-    # thread to run, which would test the deadline (tests/test_faults.py does), not single flight.
+    # thread to run, which would test the deadline (tests/behaviour/test_faults.py does), not single flight.
     cache = make_cache(read_timeout_sec=2.0)
     calls: list[str] = []
     lock = threading.Lock()

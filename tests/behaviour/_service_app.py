@@ -1,4 +1,4 @@
-"""A service as users write one, for tests/test_process_models.py: served by gunicorn.
+"""A service as users write one, for tests/behaviour/test_process_models.py: served by gunicorn.
 
 ``app`` is a FastAPI app (uvicorn workers), ``wsgi_app`` a plain WSGI app (gunicorn's sync
 workers). Both read posts through a tracked cached function whose source of truth is a Redis key

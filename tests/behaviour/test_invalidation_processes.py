@@ -1,6 +1,6 @@
 """Invalidation across real processes: how long other processes keep serving an invalidated value.
 
-Three worker processes (tests/_invalidation_worker.py) read a few entities in a loop through a
+Three worker processes (tests/behaviour/_invalidation_worker.py) read a few entities in a loop through a
 tracked use case with LOCAL and REMOTE on; this test process bumps the source of truth and then
 invalidates. The cache lives on a private Redis that the test kills mid-run and restarts on the
 same port; the source of truth lives on the session Redis, so it survives the outage.
@@ -33,9 +33,9 @@ import redis.asyncio
 
 from gcache import GCache, RedisConfig, RemoteError
 from gcache._embedded_redis import EmbeddedRedis
-from tests._invalidation_worker import KEY_TYPE, USE_CASE, source_key
+from tests.behaviour._invalidation_worker import KEY_TYPE, USE_CASE, source_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
 ENTITIES = ("1", "2", "3")
 STEADY_SEC = 5.0  # writing before the cache's Redis is killed
@@ -109,7 +109,7 @@ def spawn(
         "-W",
         "error",
         "-m",
-        "tests._invalidation_worker",
+        "tests.behaviour._invalidation_worker",
         "--cache-url",
         cache_url,
         "--source-url",

@@ -180,8 +180,7 @@ async def test_key_part_rendered_with_an_object_address_is_told_with_the_fix(
             assert await call(fn, "1", Request()) == "user 1"
     [message] = told(caplog, "key part")
     assert message.startswith(
-        "gcache: use case 'Leaky': key part 'request' renders as "
-        "'<tests.test_told_mistakes.Request object at 0x"
+        f"gcache: use case 'Leaky': key part 'request' renders as '<{Request.__module__}.Request object at 0x"
     )
     assert message.endswith(
         ">', a new value for every object, so calls cannot hit the cache and each one stores an "
@@ -202,7 +201,7 @@ async def test_id_rendered_with_an_object_address_is_told(
         await call(fn, Request())
         await call(fn, Request())
     [message] = told(caplog, "key part")
-    assert "key part 'id' renders as '<tests.test_told_mistakes.Request object at 0x" in message
+    assert f"key part 'id' renders as '<{Request.__module__}.Request object at 0x" in message
     assert message.endswith("id_arg=(name, lambda obj: obj.id)")
 
 

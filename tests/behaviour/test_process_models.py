@@ -1,6 +1,6 @@
 """Real process managers: gunicorn (uvicorn and sync workers, with and without ``--preload``).
 
-Each test starts gunicorn on a free loopback port with 4 workers serving ``tests/_service_app.py``
+Each test starts gunicorn on a free loopback port with 4 workers serving ``tests/behaviour/_service_app.py``
 against the suite's private Redis, as a user deploys a service. After a write (PUT) returns,
 every worker must serve the new value: LOCAL held the old one in every worker (their LOCAL hits
 are checked first), so only the invalidation bus can have told them. Under ``--preload`` the
@@ -30,7 +30,7 @@ from gcache.exposition import MULTIPROC_DIR_ENV
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4
 
 
@@ -55,9 +55,15 @@ class Server:
             return body
 
     def get_many(self, path: str, n: int) -> list[dict[str, Any]]:
-        """``n`` requests from 8 threads at once, so that every worker takes some."""
+        """``n`` requests from 8 threads at once, so that every worker takes some; each answer
+        also says when its request was sent (``sent``, monotonic)."""
+
+        def sent_and_answered(_: int) -> dict[str, Any]:
+            sent = time.monotonic()
+            return {**self.get(path), "sent": sent}
+
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(lambda _: self.get(path), range(n)))
+            return list(pool.map(sent_and_answered, range(n)))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -125,8 +131,12 @@ def serve(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator
         server.stop()
 
 
+BUS_LAG_ALLOWANCE_SEC = 0.25  # the bus's lag is about a millisecond; a loaded CI machine's, more
+
+
 def every_worker_serves_each_write(server: Server, redis_client: redis.Redis, rounds: int = 3) -> None:
-    """Warm every worker's LOCAL, then after each PUT returns, no worker serves the old value."""
+    """Warm every worker's LOCAL; after each PUT returns, no worker serves the old value past the
+    bus's lag (a read sent within it may still get its LOCAL copy, as the README says)."""
     redis_client.set("post:7", "v0")
     deadline = time.monotonic() + 30
     while True:  # until every worker's bus is up and it has served the post from LOCAL
@@ -138,10 +148,17 @@ def every_worker_serves_each_write(server: Server, redis_client: redis.Redis, ro
     for round in range(1, rounds + 1):
         value = f"v{round}"
         server.get(f"/posts/7?value={value}", method="PUT")
+        returned = time.monotonic()
         reads = server.get_many("/posts/7", 320)
-        stale = [r for r in reads if r["value"] != value]
-        assert stale == [], f"round {round}: {len(stale)} of {len(reads)} reads stale after the PUT returned"
-        assert {r["pid"] for r in reads} == set(server.healths()), "not every worker was read"
+        # Other workers drop their LOCAL copy when the invalidation reaches them over the bus
+        # (README, Invalidation: milliseconds); a read sent within that lag may still get it.
+        late = [r for r in reads if r["value"] != value and r["sent"] - returned > BUS_LAG_ALLOWANCE_SEC]
+        assert late == [], f"round {round}: {len(late)} of {len(reads)} reads stale past the bus lag"
+        time.sleep(max(0.0, returned + BUS_LAG_ALLOWANCE_SEC - time.monotonic()))
+        again = server.get_many("/posts/7", 320)
+        stale = [r for r in again if r["value"] != value]
+        assert stale == [], f"round {round}: {len(stale)} of {len(again)} reads stale after the bus lag"
+        assert {r["pid"] for r in reads + again} == set(server.healths()), "not every worker was read"
     for health in server.healths().values():  # truthful health: one subscription per worker
         assert health["bus_subscribed"] is True
         assert health["bus_connected"] == 1, health
@@ -150,7 +167,10 @@ def every_worker_serves_each_write(server: Server, redis_client: redis.Redis, ro
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
 @pytest.mark.parametrize(
     ("worker", "app"),
-    [("uvicorn_worker.UvicornWorker", "tests._service_app:app"), ("sync", "tests._service_app:wsgi_app")],
+    [
+        ("uvicorn_worker.UvicornWorker", "tests.behaviour._service_app:app"),
+        ("sync", "tests.behaviour._service_app:wsgi_app"),
+    ],
     ids=["uvicorn-asgi", "sync-wsgi"],
 )
 def test_every_worker_serves_each_write_after_it_returns(
@@ -186,7 +206,7 @@ def test_master_replaces_a_killed_worker_under_the_readme_recipe(
         str(WORKERS),
         "-k",
         "uvicorn_worker.UvicornWorker",
-        "tests._service_app:app",
+        "tests.behaviour._service_app:app",
     ]
     server = serve(*args, **env)
     before = server.workers()

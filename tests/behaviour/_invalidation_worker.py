@@ -1,6 +1,6 @@
-"""One reader process of tests/test_invalidation_processes.py.
+"""One reader process of tests/behaviour/test_invalidation_processes.py.
 
-    python -m tests._invalidation_worker --cache-url URL --source-url URL --out DIR/NAME
+    python -m tests.behaviour._invalidation_worker --cache-url URL --source-url URL --out DIR/NAME
         [--mode sync|async] [--entities 1,2,3] [--max-seconds 60] [--seed N]
         [--coroutines N] [--remote-only]
 

@@ -1,0 +1,159 @@
+"""Auto-pipelined reads (``gcache.remote.batching.ReadQueue``), against the session's Redis.
+
+Async only: a sync caller's read goes alone on its own pooled connection (threads do not share
+a loop pass to batch in); its pipelined read is tested in ``remote/test_cache.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import redis
+
+from gcache import RemoteError
+from gcache._embedded_redis import EmbeddedRedis
+from gcache._loop_thread import LoopThread
+from gcache.remote import RemoteCache
+from gcache.remote.batching import MAX_BATCH
+from tests.conftest import commands_run
+from tests.remote.conftest import (
+    fence,
+    key,
+    nonce,
+    open_connections,
+    queue_of,
+    remote_on,
+    store,
+    value,
+)
+
+
+async def test_concurrent_tracked_reads_go_to_redis_in_one_write_each_with_its_own_answer(
+    remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 50)
+    await open_connections(remote)
+    redis_client.config_resetstat()
+    redis_writes.clear()
+
+    reads = await asyncio.gather(*(remote.aread_tracked(key(i), fence(i)) for i in range(50)))
+
+    assert [(r.raw, r.nonce, r.watermark_us) for r in reads] == [(value(i), nonce(i), i) for i in range(50)]
+    # The first read found none in flight and went alone; the 49 others queued behind it and
+    # went together, sharing one TIME.
+    assert len(redis_writes) == 2
+    assert commands_run(redis_client) == {"cmdstat_time": 2, "cmdstat_get": 50, "cmdstat_hmget": 50}
+    assert {r.now_us for r in reads[1:]} == {reads[1].now_us}
+    assert queue_of(remote).busy == 0
+
+
+async def test_a_batch_mixes_plain_gets_and_tracked_reads_with_and_without_ttl(
+    remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 4)
+    await open_connections(remote)
+    redis_writes.clear()
+
+    first, plain, tracked, with_ttl, missing, unfenced = await asyncio.gather(
+        remote.aget(key(0)),  # alone
+        remote.aget(key(1)),
+        remote.aread_tracked(key(2), fence(2)),
+        remote.aread_tracked(key(3), fence(3), with_ttl=True),
+        remote.aget("{urn:gcache:user_id:404}#UC"),
+        remote.aread_tracked(key(9), fence(9)),  # no fence: the script reads again, creating it
+    )
+    written = list(redis_writes)
+
+    assert (first, plain, missing) == (value(0), value(1), None)
+    assert (tracked.raw, tracked.nonce, tracked.pttl_ms) == (value(2), nonce(2), -1)
+    assert (with_ttl.raw, with_ttl.nonce) == (value(3), nonce(3))
+    assert 59_000 < with_ttl.pttl_ms <= 60_000
+    assert unfenced.raw is None
+    assert unfenced.nonce == redis_client.hget(fence(9), "n")
+    lone, batch, *script = written  # the lone GET, the batch, the unfenced read's script
+    assert lone == b"*2\r\n$3\r\nGET\r\n$25\r\n" + key(0).encode() + b"\r\n"
+    counts = [batch.count(c) for c in (b"$4\r\nTIME", b"$3\r\nGET", b"$5\r\nHMGET", b"$4\r\nPTTL")]
+    assert counts == [1, 5, 3, 1]
+    assert script
+    assert all(b"EVALSHA" in w or b"SCRIPT" in w for w in script)
+
+
+async def test_a_command_error_fails_only_its_own_read_and_the_connection_stays_in_step(
+    remote: RemoteCache, redis_client: redis.Redis
+) -> None:
+    store(redis_client, 4)
+    redis_client.delete(fence(2))
+    redis_client.set(fence(2), b"not a hash")  # HMGET answers WRONGTYPE in the middle of the batch
+    await remote.aget(key(0))
+
+    results = await asyncio.gather(
+        *(remote.aread_tracked(key(i), fence(i)) for i in range(4)), return_exceptions=True
+    )
+
+    assert isinstance(results[2], RemoteError)
+    assert isinstance(results[2].cause, redis.ResponseError)
+    assert [r.raw for i, r in enumerate(results) if i != 2] == [value(0), value(1), value(3)]  # type: ignore[union-attr]
+    again = await asyncio.gather(*(remote.aread_tracked(key(i), fence(i)) for i in (0, 1, 3)))
+    assert [r.raw for r in again] == [value(0), value(1), value(3)]  # no reply was left behind
+    assert remote.breaker.failures == 0  # the server answered: not a failure of Redis
+
+
+async def test_a_read_cancelled_while_queued_is_left_out_and_the_others_are_answered(
+    remote: RemoteCache, redis_client: redis.Redis
+) -> None:
+    store(redis_client, 3)
+    await remote.aget(key(0))
+    sent: list[int] = []
+
+    def sending(i: int) -> Callable[[], None]:
+        return lambda: sent.append(i)
+
+    tasks = [
+        asyncio.create_task(remote.aread_tracked(key(i), fence(i), sending=sending(i))) for i in range(3)
+    ]
+    await asyncio.sleep(0)  # each task ran up to its read: the first went, the others queued
+    assert queue_of(remote).busy == 3
+    tasks[1].cancel()
+
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [done[0].raw, done[2].raw] == [value(0), value(2)]  # type: ignore[union-attr]
+    assert sorted(sent) == [0, 2]  # a read left out is never reported as sent
+    assert queue_of(remote).busy == 0
+
+
+async def test_reads_past_the_batch_limit_start_another_batch(
+    remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 1)
+    await open_connections(remote, 3)
+    redis_writes.clear()
+    n = 1 + MAX_BATCH + 10
+
+    raws = await asyncio.gather(*(remote.aget(key(0)) for _ in range(n)))
+
+    assert raws == [value(0)] * n
+    assert len(redis_writes) == 3  # alone, a full batch, and the rest
+    assert redis_writes[1].count(b"GET") == MAX_BATCH
+
+
+async def test_a_failed_batch_fails_every_read_in_it_each_with_its_own_error(loop_thread: LoopThread) -> None:
+    server = EmbeddedRedis().start()
+    remote = remote_on(server.url, loop_thread)
+    try:
+        await remote.aget(key(0))
+        server.kill()  # connections refused from now on
+
+        results = await asyncio.gather(*(remote.aget(key(0)) for _ in range(10)), return_exceptions=True)
+
+        assert all(isinstance(r, RemoteError) for r in results)
+        causes = [r.cause for r in results]  # type: ignore[union-attr]
+        assert all(isinstance(c, redis.ConnectionError) for c in causes)
+        assert len({id(c) for c in causes}) == 10  # one instance each: no shared traceback grows
+        assert remote.breaker.is_open  # an outage, told by each read of the batch
+        assert queue_of(remote).busy == 0
+    finally:
+        await remote.aclose()
+        server.stop()

@@ -1,0 +1,104 @@
+"""The read protocol's deadline (``gcache.remote.protocol.Deadline``): it forgives a busy event
+loop once, still tells a silent Redis, and leaves an outer cancellation to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from gcache import RemoteError
+from gcache._embedded_redis import EmbeddedRedis
+from gcache._loop_thread import LoopThread
+from tests.remote.conftest import (
+    fence,
+    keep_the_loop_busy,
+    key,
+    nonce,
+    remote_on,
+    store,
+    until_written,
+    value,
+)
+
+
+async def test_a_read_answered_in_time_survives_an_event_loop_busy_past_its_deadline(
+    redis_url: str, loop_thread: LoopThread, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 1)
+    remote = remote_on(redis_url, loop_thread, read_timeout=0.05)
+    try:
+        for tracked in (False, True):
+            await remote.aget(key(0))
+            redis_writes.clear()
+            read = remote.aread_tracked(key(0), fence(0)) if tracked else remote.aget(key(0))
+            task = asyncio.ensure_future(read)
+            await until_written(redis_writes)
+            keep_the_loop_busy(0.2)  # 4 deadlines long; Redis answers meanwhile
+
+            result = await task
+
+            assert (result.raw if tracked else result) == value(0)  # type: ignore[union-attr]
+        assert remote.breaker.failures == 0
+    finally:
+        await remote.aclose()
+
+
+@pytest.mark.parametrize("tracked", [False, True], ids=["get", "tracked"])
+@pytest.mark.parametrize("busy", [0.0, 0.2], ids=["idle-loop", "busy-loop"])
+async def test_a_silent_redis_still_times_out_within_twice_the_deadline_when_the_loop_is_busy(
+    loop_thread: LoopThread, redis_writes: list[bytes], busy: float, tracked: bool
+) -> None:
+    server = EmbeddedRedis().start()
+    remote = remote_on(server.url, loop_thread, read_timeout=0.05)
+    try:
+        redis.Redis.from_url(server.url).hset(fence(0), mapping={"n": nonce(0), "w": "0"})
+        await remote.aread_tracked(key(0), fence(0))  # a pooled connection, connected
+        server.pause()
+        redis_writes.clear()
+        read = remote.aread_tracked(key(0), fence(0)) if tracked else remote.aget(key(0))
+        task = asyncio.ensure_future(read)
+        await until_written(redis_writes)
+        sent = time.monotonic()
+        keep_the_loop_busy(busy)
+
+        with pytest.raises(RemoteError) as info:
+            await task
+
+        assert type(info.value.cause) is TimeoutError  # this deadline's, not redis-py's
+        # Told after the busy spell plus at most one more deadline (generous for a loaded CI).
+        assert time.monotonic() - sent < busy + 0.05 + 0.5
+    finally:
+        server.resume()
+        await remote.aclose()
+        server.stop()
+
+
+async def test_a_read_cancelled_from_outside_is_cancelled_not_timed_out(
+    loop_thread: LoopThread, redis_writes: list[bytes]
+) -> None:
+    server = EmbeddedRedis().start()
+    remote = remote_on(server.url, loop_thread, read_timeout=5.0)
+    try:
+        redis.Redis.from_url(server.url).hset(fence(0), mapping={"n": nonce(0), "w": "0"})
+        await remote.aread_tracked(key(0), fence(0))
+        server.pause()
+        redis_writes.clear()
+        task = asyncio.ensure_future(remote.aread_tracked(key(0), fence(0)))
+        await until_written(redis_writes)
+        # Into the wait for the reply: on Python 3.11, a cancel that lands as redis-py's send
+        # completes is lost inside its asyncio.wait_for (CPython gh-86296), whatever gcache does.
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        with pytest.raises(TimeoutError):  # an outer deadline is the caller's, and raises as such
+            await asyncio.wait_for(remote.aread_tracked(key(0), fence(0)), 0.05)
+        assert remote.breaker.failures == 0
+    finally:
+        server.resume()
+        await remote.aclose()
+        server.stop()
