@@ -38,8 +38,8 @@ _LOCK_POLL = (0.005, 0.05)  # distributed single flight: first and longest pause
 
 
 class AsyncDriver(AsyncIO):
-    """The read-through of async callers (a class of about 280 lines: one method per step of a
-    miss, kept together so the generated sync twin reads as this one does)."""
+    """The read-through's steps, one method each (a class of about 280 lines: kept together so
+    that the async driver and its generated sync twin read alike)."""
 
     async def aread_through(
         self,
