@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 from gcache.remote import ADMIN, READ, WRITE
+from gcache.remote.clients import AsyncWaitTimedPool, WaitTimedPool
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -33,7 +34,7 @@ async def test_clients_use_a_blocking_pool_of_max_connections(redis_url: str) ->
         async_pool = remote._async_connection(READ).client.connection_pool
         sync_pool = remote._sync_connection(READ).client.connection_pool
         for pool in (async_pool, sync_pool):
-            assert isinstance(pool, (redis.asyncio.BlockingConnectionPool, redis.BlockingConnectionPool))
+            assert isinstance(pool, (AsyncWaitTimedPool, WaitTimedPool))  # blocking, timed, FIFO for threads
             assert pool.max_connections == 7
             assert pool.timeout == 2.5
     finally:
