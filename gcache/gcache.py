@@ -337,8 +337,8 @@ class GCache(Management):
             self._bus.stop()
         if self._remote is not None:
             self._remote.close()
+        self._runtime.close()  # before the use cases are marked closed: no call slips to LOCAL
         self._detach_remote()
-        self._runtime.close()
         self._loop_thread.stop()
 
     async def aclose(self) -> None:
@@ -348,8 +348,8 @@ class GCache(Management):
             self._bus.stop()
         if self._remote is not None:
             await self._remote.aclose()
+        self._runtime.close()  # before the use cases are marked closed: no call slips to LOCAL
         self._detach_remote()
-        self._runtime.close()
         self._loop_thread.stop()
 
     def _detach_remote(self) -> None:

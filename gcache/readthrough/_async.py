@@ -51,10 +51,7 @@ class AsyncDriver(AsyncIO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if self.closed:
-            self.used_after_close()
-            return await self.afunction(LAYER_NONE, func, args, kwargs)
-        if self.rt.provider is None:
+        if self.rt.provider is None:  # after close, a provider that is never asked (aconfig)
             config = self.default_config or self._resolved(None)
         else:
             config = await self.aconfig(id, pairs)
@@ -269,6 +266,9 @@ class AsyncDriver(AsyncIO):
         m.token = None
 
     async def aconfig(self, id: str, pairs: tuple[tuple[str, str], ...]) -> GCacheKeyConfig | None:
+        if self.closed:  # served uncached; Runtime.close() set a provider, so calls come here
+            self.used_after_close()
+            return None
         provider = self.rt.provider
         if provider is None:
             return self._resolved(None)

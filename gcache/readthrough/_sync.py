@@ -42,10 +42,7 @@ class SyncDriver(SyncIO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if self.closed:
-            self.used_after_close()
-            return self.function(LAYER_NONE, func, args, kwargs)
-        if self.rt.provider is None:
+        if self.rt.provider is None:  # after close, a provider that is never asked (config)
             config = self.default_config or self._resolved(None)
         else:
             config = self.config(id, pairs)
@@ -258,6 +255,9 @@ class SyncDriver(SyncIO):
         m.token = None
 
     def config(self, id: str, pairs: tuple[tuple[str, str], ...]) -> GCacheKeyConfig | None:
+        if self.closed:  # served uncached; Runtime.close() set a provider, so calls come here
+            self.used_after_close()
+            return None
         provider = self.rt.provider
         if provider is None:
             return self._resolved(None)

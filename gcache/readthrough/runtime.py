@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 
+def _answer_nothing(key: GCacheKey) -> None:
+    return None
+
+
 class Runtime:
     """What every use case of one GCache shares: the prefix, the layers, the provider, the logs."""
 
@@ -65,6 +69,10 @@ class Runtime:
         self.background = set()
 
     def close(self) -> None:
+        """After the GCache closed: calls are served uncached. A provider is set so that every
+        call asks its use case's ``config``/``aconfig``, which tells a call after close (the
+        drivers check nothing else on the way to LOCAL)."""
+        self.provider = _answer_nothing
         with self._workers_lock:
             workers, self._workers = self._workers, None
         if workers is not None:
