@@ -41,6 +41,7 @@ class KeyBuilder:
 
     __slots__ = (
         "_by_keyword",
+        "_by_position",
         "_extra_adapters",
         "_extra_skip",
         "_fields",
@@ -162,6 +163,10 @@ class KeyBuilder:
         required_keyword_only = len(self._required) > required_positional
         self._min_args = _NO_LIMIT if required_keyword_only else required_positional
         self._max_args = _NO_LIMIT if var_positional is not None else len(positions)
+        # The fewest positional arguments that bind and carry the id (out of reach for an id
+        # passed only by keyword): one comparison on the common call.
+        id_position = self._id_position
+        self._by_position = max(self._min_args, id_position + 1) if id_position >= 0 else _NO_LIMIT + 1
         # The key is the id alone (extra keywords, when there are none, add nothing): most cached
         # functions, whose calls by position then skip the pairs.
         self._id_only = not self._fields and self._var_positional is None and id_extract is None
@@ -172,18 +177,18 @@ class KeyBuilder:
         Raises:
             ArgumentsDoNotBind: the function would reject these arguments (it raises TypeError).
         """
-        position = self._id_position
-        if kwargs:
-            self._check_keywords(args, kwargs)
-            raw_id = _value(self._id_field, args, kwargs)
-        elif not self._min_args <= len(args) <= self._max_args:
-            self._check_keywords(args, kwargs)  # raises, naming what is wrong
-            raise ArgumentsDoNotBind(f"{len(args)} positional arguments")
-        elif 0 <= position < len(args):  # the id passed by position, as most calls do
-            raw_id = args[position]
+        n = len(args)
+        if not kwargs and self._by_position <= n <= self._max_args:
+            raw_id = args[self._id_position]  # binds, and the id came by position: most calls
             if self._id_only:
                 return str(raw_id), ()
-        else:
+        elif kwargs:
+            self._check_keywords(args, kwargs)
+            raw_id = _value(self._id_field, args, kwargs)
+        elif not self._min_args <= n <= self._max_args:
+            self._check_keywords(args, kwargs)  # raises, naming what is wrong
+            raise ArgumentsDoNotBind(f"{n} positional arguments")
+        else:  # binds, the id left to its default
             raw_id = _value(self._id_field, args, kwargs)
         if self._id_extract is not None:
             raw_id = self._id_extract(raw_id)
@@ -198,9 +203,9 @@ class KeyBuilder:
             pairs.append((self._var_positional, str(args[self._n_positional :])))
         if self._var_keyword is not None and kwargs:
             skip, adapt = self._extra_skip, self._extra_adapters
-            for n, v in kwargs.items():
-                if n not in skip:
-                    pairs.append((n, str(adapt[n](v) if n in adapt else v)))
+            for name, v in kwargs.items():
+                if name not in skip:
+                    pairs.append((name, str(adapt[name](v) if name in adapt else v)))
         pairs.sort()
         return str(raw_id), tuple(pairs)
 
