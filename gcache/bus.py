@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from gcache._log import ErrorLog
 from gcache._loop_thread import LoopThread
 
-__all__ = ["BusMessage", "InvalidationBus", "parse_message"]
+__all__ = ["MAX_TARGET_BYTES", "BusMessage", "InvalidationBus", "parse_message"]
 
 
 class BusMessage(NamedTuple):
@@ -46,13 +46,31 @@ class BusMessage(NamedTuple):
 _KINDS = {b"i": "invalidate", b"d": "delete", b"f": "flush"}
 
 
-def parse_message(data: bytes) -> BusMessage:
-    """Parse a bus payload.
+MAX_TARGET_BYTES = 8192  # the longest entity or value key a message may name
+
+
+def parse_message(data: object) -> BusMessage:
+    """Parse a bus payload, checking every field (anyone who can PUBLISH can send one).
 
     Raises:
-        ValueError: not a message of this format.
+        ValueError: not a message of this format, naming what is wrong.
     """
-    kind, published, buffer, origin, target = data.split(b"|", 4)
+    if not isinstance(data, bytes):
+        raise ValueError(f"a message is bytes, not {type(data).__name__}")
+    fields = data.split(b"|", 4)
+    if len(fields) != 5:
+        raise ValueError(f"{len(fields)} fields, not 5")
+    kind, published, buffer, origin, target = fields
+    if kind not in _KINDS:
+        raise ValueError(f"unknown kind {kind[:8]!r}")
+    if not (published.isdigit() and len(published) <= 20 and buffer.isdigit() and len(buffer) <= 20):
+        raise ValueError("time and buffer must be decimal integers")
+    if len(origin) != 12 or not all(c in b"0123456789abcdef" for c in origin):
+        raise ValueError("origin must be 12 hex digits")
+    if len(target) > MAX_TARGET_BYTES:
+        raise ValueError(f"target of {len(target)} bytes, {MAX_TARGET_BYTES} at most")
+    if (kind == b"f") != (target == b""):
+        raise ValueError("a flush names no target, an invalidation or deletion names one")
     return BusMessage(
         _KINDS[kind], int(published), int(buffer), origin.decode(), target.decode("utf-8", "surrogateescape")
     )
@@ -68,6 +86,7 @@ class InvalidationBus:
         loop_thread: where the subscription runs.
         on_message: called (on the loop thread) for each parsed message, with its lag in seconds.
         on_up / on_down: called when the subscription is confirmed / lost.
+        on_dropped: called for each message dropped as malformed or failing to apply.
         ping_interval: seconds between liveness pings; a ping unanswered for as long again
             counts as a lost connection.
     """
@@ -83,6 +102,7 @@ class InvalidationBus:
         on_up: Callable[[], None],
         on_down: Callable[[], None],
         errors: ErrorLog,
+        on_dropped: Callable[[], None] = lambda: None,
         ping_interval: float = 1.0,
         backoff: tuple[float, float] = (0.05, 5.0),
     ) -> None:
@@ -93,6 +113,7 @@ class InvalidationBus:
         self._on_message = on_message
         self._on_up = on_up
         self._on_down = on_down
+        self._on_dropped = on_dropped
         self._errors = errors
         self._ping_interval = ping_interval
         self._backoff = backoff
@@ -211,18 +232,22 @@ class InvalidationBus:
                 pinged_at = now
                 await asyncio.wait_for(pubsub.ping(message=b"gcache-bus"), self._ping_interval)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: object) -> None:
+        """Apply one message; a bad one is counted (``on_dropped``) and logged, never fatal to
+        the subscription, whatever it holds or whatever applying it raises."""
         try:
             message = parse_message(data)
-        except (ValueError, KeyError) as exc:
+            if message.origin == self.origin:
+                return  # applied locally, before it was published
+            lag = (time.time_ns() / 1000 + self._clock_offset_us - message.published_us) / 1e6
+            self._on_message(message, max(lag, 0.0))
+        except Exception as exc:
+            self._on_dropped()
+            shown = data[:80] if isinstance(data, (bytes, str)) else type(data).__name__
             self._errors.warning(
-                ("bus", "parse"), f"invalidation bus: ignored a malformed message {data[:80]!r}: {exc}"
+                ("bus", "dropped"),
+                f"invalidation bus: dropped a malformed or foreign message {shown!r}: {exc}",
             )
-            return
-        if message.origin == self.origin:
-            return  # applied locally, before it was published
-        lag = (time.time_ns() / 1000 + self._clock_offset_us - message.published_us) / 1e6
-        self._on_message(message, max(lag, 0.0))
 
     async def _measure_clock(self, client: Any, samples: int = 5) -> None:
         """Offset from this host's clock to Redis's, so lag is measured on the Redis clock.

@@ -31,6 +31,7 @@ class Epochs:
     """
 
     __slots__ = (
+        "_all_until",
         "_buffered",
         "_by_entity",
         "_counter",
@@ -46,6 +47,7 @@ class Epochs:
     def __init__(self, max_entities: int = 100_000, timer: Callable[[], float] = time.monotonic) -> None:
         self._by_entity: dict[str, int] = {}
         self._buffered: dict[str, float] = {}  # entity -> end of its future buffer (timer clock)
+        self._all_until = 0.0  # every entity unfillable until then (a full table of buffers)
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self._max_entities = max_entities
@@ -68,6 +70,8 @@ class Epochs:
     def start(self, entity: str) -> int:
         """The epoch a read of this entity starts at; -1 (never storable) inside a future buffer."""
         if not self.trusted:
+            return -1
+        if self._all_until and self._timer() < self._all_until:
             return -1
         if self._buffered:
             until = self._buffered.get(entity)
@@ -92,10 +96,13 @@ class Epochs:
             else:
                 self._by_entity[entity] = epoch
             if buffer_sec > 0:
-                if len(self._buffered) >= self._max_entities:
-                    now = self._timer()
-                    self._buffered = {e: u for e, u in self._buffered.items() if u > now}
                 until = self._timer() + buffer_sec
+                if len(self._buffered) >= self._max_entities:
+                    # Full: rather than sweep it on every later bump (a flood of buffered
+                    # invalidations stalled the loop thread for seconds), hold every entity
+                    # out until the last of these buffers ends, and start the table afresh.
+                    self._all_until = max(self._all_until, until, *self._buffered.values())
+                    self._buffered.clear()
                 self._buffered[entity] = max(until, self._buffered.get(entity, until))
             self.current = epoch
 

@@ -132,6 +132,7 @@ class GCache(Management):
                 on_up=self._on_bus_up,
                 on_down=self._on_bus_down,
                 errors=errors,
+                on_dropped=self._on_bus_dropped,
             )
             self._local.epochs.trusted = False
             self._local.epochs.wake = self._bus.ensure_started

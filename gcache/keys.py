@@ -43,6 +43,7 @@ class KeyBuilder:
         "_by_keyword",
         "_by_position",
         "_extra_adapters",
+        "_extra_renamed",
         "_extra_skip",
         "_fields",
         "_id_extract",
@@ -145,6 +146,10 @@ class KeyBuilder:
             skip.add(id_name)
         self._extra_skip = frozenset(skip)
         self._extra_adapters = adapters
+        # An extra keyword named like a positional-only parameter or the *args parameter (both
+        # keyed under their own names) would render the same pair: it is keyed as "**name", as
+        # is any extra keyword whose name starts with "*", so every call keeps its own key.
+        self._extra_renamed = frozenset(positional_only | ({var_positional} if var_positional else set()))
         # What binding checks, precompiled: how many positional arguments the function takes, which
         # names it takes by keyword, which parameters must be given. A call without keywords
         # binds when its count is in [_min_args, _max_args] (_min_args is out of reach when a
@@ -202,10 +207,11 @@ class KeyBuilder:
         if self._var_positional is not None:
             pairs.append((self._var_positional, str(args[self._n_positional :])))
         if self._var_keyword is not None and kwargs:
-            skip, adapt = self._extra_skip, self._extra_adapters
+            skip, adapt, renamed = self._extra_skip, self._extra_adapters, self._extra_renamed
             for name, v in kwargs.items():
                 if name not in skip:
-                    pairs.append((name, str(adapt[name](v) if name in adapt else v)))
+                    key = "**" + name if name in renamed or name.startswith("*") else name
+                    pairs.append((key, str(adapt[name](v) if name in adapt else v)))
         pairs.sort()
         return str(raw_id), tuple(pairs)
 

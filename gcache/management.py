@@ -22,9 +22,11 @@ from gcache.local import LocalLayer
 from gcache.metrics import Metrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.remote import RemoteCache
-from gcache.urns import entity_key, entity_of, key_type_of, value_key, watermark_key
+from gcache.urns import entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
 
-__all__ = ["Management"]
+__all__ = ["OTHER_KEY_TYPES", "Management"]
+
+OTHER_KEY_TYPES = "other"  # the label of bus messages for key types this process does not cache
 
 
 class Management:
@@ -278,18 +280,33 @@ class Management:
     # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
 
     def _on_bus_message(self, message: BusMessage, lag_sec: float) -> None:
+        """Apply another process's invalidation, deletion or flush to LOCAL.
+
+        Anyone who can PUBLISH on the channel can send one: a target outside this cache's
+        prefix is refused (ValueError: the bus counts it as dropped), a future buffer is capped
+        at ``max_future_buffer_ms`` as ``invalidate()`` caps its own, and only key types this
+        process has use cases for get a label of their own (the others count as ``other``), so
+        forged messages cannot grow the metrics' series.
+        """
         if message.kind == "flush":
             self._local.clear("flushed")
             key_type = ""
         else:
+            if not owned_by(message.target, self._prefix):
+                raise ValueError(f"target outside prefix {self._prefix!r}")
             entity = entity_of(message.target)
             key_type = key_type_of(entity, self._prefix)
             if message.kind == "invalidate":
-                self._local.invalidate(entity, key_type, message.buffer_ms / 1000)
+                buffer_ms = min(message.buffer_ms, self.config.max_future_buffer_ms)
+                self._local.invalidate(entity, key_type, buffer_ms / 1000)
             else:
                 self._local.delete(message.target)
-        self._metrics.bus_message.labels(key_type, "received", message.kind).inc()
+        label = key_type if key_type in self._key_types or not key_type else OTHER_KEY_TYPES
+        self._metrics.bus_message.labels(label, "received", message.kind).inc()
         self._metrics.bus_lag.observe(lag_sec)
+
+    def _on_bus_dropped(self) -> None:
+        self._metrics.bus_message.labels("", "dropped", "malformed").inc()
 
     def _on_bus_up(self) -> None:
         self._local.trust()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from gcache.errors import ConfigError
 
-__all__ = ["RedisConfig"]
+__all__ = ["RedisConfig", "mask_url"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -95,7 +96,7 @@ class RedisConfig:
 
     @staticmethod
     def _validate_url(url: str) -> None:
-        shown = _mask_url(url)
+        shown = mask_url(url)
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -130,7 +131,7 @@ class RedisConfig:
         return options
 
     def __repr__(self) -> str:
-        return f"RedisConfig(url={_mask_url(self.url or '')!r}, cluster={self.cluster})"
+        return f"RedisConfig(url={mask_url(self.url or '')!r}, cluster={self.cluster})"
 
 
 def _url_db(url: str) -> int:
@@ -140,12 +141,17 @@ def _url_db(url: str) -> int:
     return int(db) if db.isdigit() else 0
 
 
-def _mask_url(url: str) -> str:
-    """The URL with its password replaced, for error messages and reprs."""
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced (``user:***@`` and ``?password=***``), for error
+    messages, reprs, logs and the demo's output."""
+    masked = url
     try:
         parts = urlsplit(url)
         if parts.password:
-            return url.replace(f":{parts.password}@", ":***@", 1)
+            masked = masked.replace(f":{parts.password}@", ":***@", 1)
     except ValueError:
         pass
-    return url
+    return _QUERY_PASSWORD.sub(r"\1***", masked)

@@ -33,7 +33,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 class Fn:
     """A cached function (sync or async per mode) that counts its calls."""
 
-    def __init__(self, cache: GCache, mode: str, use_case: str, tracked: bool = True) -> None:
+    def __init__(
+        self, cache: GCache, mode: str, use_case: str, tracked: bool = True, config: GCacheKeyConfig = BOTH
+    ) -> None:
         self.calls = 0
         self.mode = mode
         options: dict[str, Any] = {
@@ -41,7 +43,7 @@ class Fn:
             "id_arg": "uid",
             "use_case": use_case,
             "track_for_invalidation": tracked,
-            "default_config": BOTH,
+            "default_config": config,
         }
         if mode == "async":
 
@@ -268,6 +270,7 @@ async def test_malformed_message_is_ignored_and_logged(
         assert cache.bus_subscribed
         assert await fn("1") == ("1", 1)
     assert sample(registry, MESSAGES, direction="received") == 0
+    assert sample(registry, MESSAGES, direction="dropped", kind="malformed") == 1
     assert sample(registry, "gcache_bus_reconnect_counter_total") == 0
 
 
@@ -279,3 +282,92 @@ async def test_bus_connected_counts_subscribed_instances_sharing_a_registry(
     assert sample(registry, "gcache_bus_connected") == 2
     await first.aclose()
     assert sample(registry, "gcache_bus_connected") == 1
+
+
+# -- forged and malformed messages (anyone who can PUBLISH can send one) -----------------------
+
+FORGER = "0123456789ab"  # a well-formed origin no GCache of this test has
+
+
+def forged(kind: str, target: str, buffer_ms: int = 0, origin: str = FORGER) -> bytes:
+    return f"{kind}|1700000000000000|{buffer_ms}|{origin}|{target}".encode()
+
+
+MALFORMED = (
+    b"nonsense",
+    b"\xff\xfe\x00garbage|||",
+    b"i|1|0|" + FORGER.encode(),  # four fields
+    b"x|1|0|" + FORGER.encode() + b"|{urn:gcache:user_id:1}",  # unknown kind
+    b"i|1e9|0|" + FORGER.encode() + b"|{urn:gcache:user_id:1}",  # not an integer
+    b"i|1|" + b"9" * 40 + b"|" + FORGER.encode() + b"|{urn:gcache:user_id:1}",  # a 40-digit buffer
+    b"i|1|0|not-hex-at-all|{urn:gcache:user_id:1}",
+    forged("i", "{urn:gcache:user_id:1"),  # no closing brace: the handler refuses it
+    forged("i", "{other-prefix:user_id:1}"),  # another cache's entity
+    forged("d", "no braces at all"),
+    forged("f", "{urn:gcache:user_id:1}"),  # a flush names no target
+    forged("i", "{urn:gcache:user_id:" + "x" * 9000 + "}"),  # longer than any key
+)
+
+
+async def test_the_subscriber_survives_1000_malformed_messages_and_still_applies_good_ones(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, mode: str
+) -> None:
+    cache = make_cache()
+    fn = Fn(cache, mode, "Survivor", config=LOCAL_ONLY)  # what the bus does shows in the calls
+    with cache.enable():
+        assert await fn("1") == ("1", 1)
+        assert await fn("1") == ("1", 1)  # LOCAL
+        for i in range(1000):
+            redis_client.publish(bus_channel("urn:gcache"), MALFORMED[i % len(MALFORMED)])
+        wait_until(
+            lambda: sample(registry, MESSAGES, direction="dropped", kind="malformed") == 1000,
+            what="every malformed message dropped",
+        )
+        assert cache.bus_subscribed
+        assert sample(registry, "gcache_bus_reconnect_counter_total") == 0
+        assert await fn("1") == ("1", 1)  # nothing was applied
+        redis_client.publish(bus_channel("urn:gcache"), forged("i", "{urn:gcache:user_id:1}"))
+        wait_until(lambda: sample(registry, MESSAGES, direction="received") == 1, what="the good one")
+        assert await fn("1") == ("1", 2)  # it was
+    assert sample(registry, MESSAGES, direction="dropped", kind="malformed") == 1000
+
+
+async def test_forged_key_types_count_under_one_label_and_do_not_grow_the_series(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    cache = make_cache()
+    fn = Fn(cache, "async", "Labels")
+    with cache.enable():
+        await fn("1")
+    for i in range(300):
+        redis_client.publish(bus_channel("urn:gcache"), forged("i", "{urn:gcache:kt" + str(i) + ":1}"))
+    redis_client.publish(bus_channel("urn:gcache"), forged("i", "{urn:gcache:user_id:1}"))
+    wait_until(lambda: sample(registry, MESSAGES, direction="received") == 301, what="every message")
+
+    key_types = {
+        s.labels["key_type"]
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == MESSAGES and s.labels["direction"] == "received"
+    }
+    assert key_types == {"user_id", "other"}
+    assert sample(registry, MESSAGES, key_type="other", direction="received", kind="invalidate") == 300
+
+
+async def test_a_forged_future_buffer_is_capped_at_max_future_buffer_ms(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, mode: str
+) -> None:
+    cache = make_cache(max_future_buffer_ms=300)
+    fn = Fn(cache, mode, "Capped", config=LOCAL_ONLY)
+    ten_thousand_years_ms = 10_000 * 365 * 24 * 3600 * 1000
+    with cache.enable():
+        assert await fn("1") == ("1", 1)
+        redis_client.publish(
+            bus_channel("urn:gcache"), forged("i", "{urn:gcache:user_id:1}", ten_thousand_years_ms)
+        )
+        wait_until(lambda: sample(registry, MESSAGES, direction="received") == 1, what="the message")
+        assert await fn("1") == ("1", 2)  # invalidated, and inside its buffer: not stored
+        assert await fn("1") == ("1", 3)
+        await asyncio.sleep(0.4)  # the buffer, capped at 300 ms, is over
+        assert await fn("1") == ("1", 4)  # stored this time
+        assert await fn("1") == ("1", 4)  # a LOCAL hit

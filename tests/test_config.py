@@ -20,6 +20,7 @@ from gcache.errors import (
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
+from gcache.redis_config import mask_url
 
 LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 SECRET = "s3cret-Pw"
@@ -265,6 +266,23 @@ def test_redis_config_repr_hides_password() -> None:
         assert SECRET not in str(cfg)
         assert "***" in repr(cfg)
         assert "cache" in repr(cfg)
+
+
+def test_a_password_in_the_url_query_is_hidden_in_repr_errors_and_the_demo_banner() -> None:
+    cfg = RedisConfig(url=f"redis://cache:6379/0?password={SECRET}&socket_timeout=2")
+    assert SECRET not in repr(cfg)
+    assert "password=***" in repr(cfg)
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(url=f"redis://cache:notaport/0?password={SECRET}")
+    assert SECRET not in str(info.value)
+    assert "password=***" in str(info.value)
+    for url in (
+        f"redis://cache/0?password={SECRET}",
+        f"rediss://user:{SECRET}@cache/0?PASSWORD={SECRET}#x",
+        f"unix:///tmp/redis.sock?db=1&password={SECRET}",
+    ):
+        assert SECRET not in mask_url(url)  # what the demo prints, too
+    assert mask_url("redis://cache:6379/0?db=2") == "redis://cache:6379/0?db=2"
 
 
 def test_redis_config_rejects_db_on_cluster_from_parts() -> None:

@@ -405,3 +405,62 @@ def test_builder_calls_adapters_once_per_build() -> None:
     kb = KeyBuilder(_f, "user_id", arg_adapters=adapters)
     kb.build(("u1", "eu"), {"verbose": True})
     assert calls == ["eu"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every parameter kind has its own place in the key
+# ---------------------------------------------------------------------------------------------
+
+
+def _every_kind(user_id: Any, a: Any, /, *rest: Any, **options: Any) -> None:
+    return None
+
+
+def test_an_extra_keyword_named_like_a_positional_only_parameter_has_its_own_key() -> None:
+    kb = KeyBuilder(_every_kind, "user_id")
+    first = kb.build(("u", 1), {"a": 2})
+    second = kb.build(("u", 2), {"a": 1})  # the same two pairs, sorted, before the fix
+    assert first != second
+    assert first == ("u", (("**a", "2"), ("a", "1"), ("rest", "()")))
+
+
+def test_an_extra_keyword_named_like_the_star_args_parameter_has_its_own_key() -> None:
+    kb = KeyBuilder(_every_kind, "user_id")
+    assert kb.build(("u", 0, 5), {"rest": 7}) != kb.build(("u", 0, 7), {"rest": 5})
+    assert kb.build(("u", 0), {"rest": "(5,)"}) != kb.build(("u", 0, 5), {})
+
+
+def test_an_extra_keyword_whose_name_starts_with_a_star_cannot_pose_as_a_renamed_one() -> None:
+    kb = KeyBuilder(_every_kind, "user_id")
+    assert kb.build(("u", 0), {"**a": 1}) != kb.build(("u", 1), {"a": 0})
+    assert kb.build(("u", 0), {"*x": 1})[1][0] == ("***x", "1")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.tuples(
+        st.integers(0, 2),
+        st.lists(st.integers(0, 2), max_size=2),
+        st.dictionaries(st.sampled_from(["a", "rest", "b", "*x", "**a"]), st.integers(0, 2), max_size=3),
+    ),
+    st.tuples(
+        st.integers(0, 2),
+        st.lists(st.integers(0, 2), max_size=2),
+        st.dictionaries(st.sampled_from(["a", "rest", "b", "*x", "**a"]), st.integers(0, 2), max_size=3),
+    ),
+)
+def test_two_calls_share_a_key_exactly_when_they_bind_the_same_arguments(
+    one: tuple[int, list[int], dict[str, int]], other: tuple[int, list[int], dict[str, int]]
+) -> None:
+    """Positional-only, *args and **kwargs parameters, with extra keywords named like each."""
+    kb = KeyBuilder(_every_kind, "user_id")
+
+    def key(call: tuple[int, list[int], dict[str, int]]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        a, rest, options = call
+        return kb.build(("u", a, *rest), dict(options))
+
+    def bound(call: tuple[int, list[int], dict[str, int]]) -> dict[str, Any]:
+        a, rest, options = call
+        return dict(inspect.signature(_every_kind).bind("u", a, *rest, **options).arguments)
+
+    assert (key(one) == key(other)) == (bound(one) == bound(other))

@@ -651,3 +651,21 @@ async def test_local_byte_bound_keeps_small_values_and_serves_large_ones_uncache
 def test_local_max_bytes_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="local_max_bytes"):
         GCacheConfig(local_max_bytes=0)
+
+
+def test_a_full_table_of_future_buffers_holds_every_entity_out_instead_of_sweeping_each_time(
+    clock: FakeClock,
+) -> None:
+    """A flood of buffered invalidations (forged on the bus, say) must not make each later one
+    sweep the whole table: past the bound every entity is held out until the last buffer ends."""
+    epochs = Epochs(max_entities=100, timer=clock)
+    for i in range(250):
+        epochs.bump(f"{{e:{i}}}", buffer_sec=10.0)
+        assert len(epochs._buffered) <= 100
+
+    assert epochs.start("{e:0}") == -1  # buffered before the table filled
+    assert epochs.start("{e:249}") == -1
+    assert epochs.start("{never-invalidated}") == -1  # held out with the rest, conservatively
+    clock.advance(10.01)
+    assert epochs.start("{never-invalidated}") == epochs.current
+    assert epochs.start("{e:249}") == epochs.current

@@ -10,7 +10,6 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import redis.asyncio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -22,6 +21,7 @@ from gcache.demo.report import avoided, format_table, read_rows
 from gcache.demo.service import USE_CASE_CONFIGS, USE_CASE_DESCRIPTIONS, Service, config_provider
 from gcache.demo.source import SlowSource
 from gcache.demo.traffic import PEER_CALLS_PER_BATCH, PEER_USE_CASE, Peer, Traffic
+from gcache.redis_config import mask_url
 
 __all__ = ["run"]
 
@@ -35,7 +35,8 @@ def run(options: DemoOptions) -> int:
     embedded = not redis_url
     with contextlib.ExitStack() as stack:
         if redis_url:
-            say(f"  Redis    {_mask(redis_url)} (from REDIS_URL); keys under {URN_PREFIX} are flushed first")
+            shown = mask_url(redis_url)
+            say(f"  Redis    {shown} (from REDIS_URL); keys under {URN_PREFIX} are flushed first")
         else:
             try:
                 server = stack.enter_context(EmbeddedRedis())
@@ -111,7 +112,7 @@ async def _story(
 ) -> int:
     problem = await _redis_problem(redis_url)
     if problem is not None:
-        say(f"  Redis    does not answer at {_mask(redis_url)}: {problem}")
+        say(f"  Redis    does not answer at {mask_url(redis_url)}: {problem}")
         return 1
     await cache.aflushall()  # only this demo's keys (its urn_prefix), found with SCAN
     rng = random.Random(options.seed)
@@ -299,12 +300,3 @@ def _summary(traffic: Traffic, registry: CollectorRegistry) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
-
-
-def _mask(url: str) -> str:
-    """The URL without its password, for printing."""
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        if parts.password:
-            return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
