@@ -310,7 +310,9 @@ class GCacheConfig:
         breaker_probe_sec: while the breaker is open, Redis is probed (PING) this often in the
             background; the first answer closes it.
         max_value_bytes: a value whose serialized form is larger is served but not cached
-            (None: no limit).
+            (None: no limit); a stored value larger than this is a miss, never loaded.
+        max_key_length: a call whose rendered key is longer is served uncached, counted as a
+            key error (``KeyTooLongError``): ids and arguments are often caller-controlled.
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -334,6 +336,7 @@ class GCacheConfig:
     breaker_failures: int = 5
     breaker_probe_sec: float = 1.0
     max_value_bytes: int | None = 4 * 1024 * 1024
+    max_key_length: int = 4096
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -366,6 +369,7 @@ class GCacheConfig:
         _positive("breaker_probe_sec", self.breaker_probe_sec)
         if self.max_value_bytes is not None:
             _positive("max_value_bytes", self.max_value_bytes, integer=True)
+        _positive("max_key_length", self.max_key_length, integer=True)
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

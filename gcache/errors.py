@@ -21,6 +21,7 @@ __all__ = [
     "GCacheError",
     "IdArgError",
     "KeyArgDoesNotExist",
+    "KeyTooLongError",
     "RedisConfigConflict",
     "RedisConfigConflictError",
     "RemoteError",
@@ -57,6 +58,10 @@ class UseCaseNameIsReservedError(ConfigError):
 
 class FutureBufferTooLargeError(GCacheError, ValueError):
     """An invalidation's future buffer exceeds GCacheConfig.max_future_buffer_ms."""
+
+
+class KeyTooLongError(GCacheError, ValueError):
+    """A call's rendered key is longer than GCacheConfig.max_key_length: it is served uncached."""
 
 
 class RemoteError(GCacheError):

@@ -146,6 +146,7 @@ class GCache(Management):
             loop_thread=self._loop_thread,
             config_reuse_sec=config.config_reuse_sec,
             max_value_bytes=config.max_value_bytes,
+            max_key_length=config.max_key_length,
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}

@@ -162,7 +162,7 @@ class LocalStore:
 
     @property
     def bytes(self) -> int:
-        """The sum of the sizes of the values held (0 unless ``max_bytes`` is set)."""
+        """The sum of the sizes of the entries held, keys and values (0 unless ``max_bytes`` is set)."""
         return self._bytes
 
     def put(
@@ -181,7 +181,7 @@ class LocalStore:
                 return "invalidated"
         size = 0
         if self._max_bytes is not None:
-            size = self._sizer(value)
+            size = self._sizer(value) + len(key)  # keys are held too (an id may be caller input)
             if size > self._max_bytes:
                 return "too_large"
         fresh_until = self._timer() + ttl

@@ -21,6 +21,7 @@ from gcache.keys import GCacheKey, KeyBuilder
 from gcache.local import LocalLayer
 from gcache.metrics import Metrics
 from gcache.readthrough import Runtime, UseCase
+from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
 from gcache.urns import entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
 
@@ -88,10 +89,14 @@ class Management:
         return uc
 
     def _where(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]]:
+        """Raises KeyTooLongError for a key over ``max_key_length``: direct access raises it."""
         uc = self._for_key(key)
         entity = entity_key(self._prefix, key.key_type, key.id)
         pairs = tuple(key.args)
-        return uc, entity, value_key(entity, pairs, key.use_case), pairs
+        urn = value_key(entity, pairs, key.use_case)
+        if len(urn) > self.config.max_key_length:
+            raise too_long(urn, self.config.max_key_length)
+        return uc, entity, urn, pairs
 
     # -- direct key access -----------------------------------------------------------------------
 

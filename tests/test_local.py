@@ -347,6 +347,7 @@ def test_concurrent_put_get_bump_raise_nothing_and_stay_bounded() -> None:
 
 
 def _sized_store(clock: FakeClock, max_bytes: int, *, tracked: bool = False) -> LocalStore:
+    """Sizes by ``len``: an entry of key "a" and value "aaaa" is 5 bytes (keys count too)."""
     return LocalStore(1000, Epochs(), tracked=tracked, timer=clock, max_bytes=max_bytes, sizer=len)
 
 
@@ -355,9 +356,9 @@ def test_byte_bound_evicts_least_recently_used_until_under_budget(clock: FakeClo
     assert store.put("a", "e", "aaaa", 60, 0) is None
     assert store.put("b", "e", "bbbb", 60, 0) is None
     assert store.get("a", "e") == ("aaaa", None)  # "b" is now the least recently used
-    assert store.bytes == 8
-    assert store.put("c", "e", "cccc", 60, 0) is None  # 12 > 10: "b" goes
-    assert store.bytes == 8
+    assert store.bytes == 10
+    assert store.put("c", "e", "cccc", 60, 0) is None  # 15 > 10: "b" goes
+    assert store.bytes == 10
     assert store.get("b", "e") == (MISS, "not_found")
     assert store.get("a", "e") == ("aaaa", None)
     assert store.get("c", "e") == ("cccc", None)
@@ -366,9 +367,9 @@ def test_byte_bound_evicts_least_recently_used_until_under_budget(clock: FakeClo
 def test_byte_bound_refuses_a_value_larger_than_the_budget(clock: FakeClock) -> None:
     store = _sized_store(clock, max_bytes=10)
     assert store.put("a", "e", "aaaa", 60, 0) is None
-    assert store.put("huge", "e", "x" * 11, 60, 0) == "too_large"
+    assert store.put("huge", "e", "x" * 7, 60, 0) == "too_large"  # 4 + 7 > 10
     assert store.get("a", "e") == ("aaaa", None)  # nothing was evicted for it
-    assert store.bytes == 4
+    assert store.bytes == 5
 
 
 def test_byte_accounting_follows_every_removal(clock: FakeClock) -> None:
@@ -377,10 +378,10 @@ def test_byte_accounting_follows_every_removal(clock: FakeClock) -> None:
     store.put("{u1}#A", "{u1}", "12345", 60, epochs.current)
     store.put("{u1}#B", "{u1}", "123", 60, epochs.current)
     store.put("{u2}#A", "{u2}", "12", 60, epochs.current)
-    store.put("{u2}#A", "{u2}", "1234", 60, epochs.current)  # replaced: 2 bytes out, 4 in
-    assert store.bytes == 12
+    store.put("{u2}#A", "{u2}", "1234", 60, epochs.current)  # replaced: 6 + 2 bytes out, 6 + 4 in
+    assert store.bytes == 30
     assert store.drop_entity("{u1}") == 2
-    assert store.bytes == 4
+    assert store.bytes == 10
     assert store.delete("{u2}#A") is True
     assert store.bytes == 0
     store.put("{u3}#A", "{u3}", "123", 1, epochs.current)
@@ -425,7 +426,7 @@ def test_get_past_kept_until_drops_the_entry(clock: FakeClock) -> None:
     store.put("k", "e", "1234", 10, 0, grace=5)
     clock.advance(12)
     assert store.get("k", "e") == (MISS, "not_found")
-    assert store.bytes == 4  # within grace: kept
+    assert store.bytes == 5  # within grace: kept (key and value)
     clock.advance(3)
     assert store.get("k", "e") == (MISS, "not_found")
     assert store.bytes == 0
@@ -530,9 +531,9 @@ def test_grace_entries_count_against_max_bytes(clock: FakeClock) -> None:
     store.put("a", "e", "aaaa", 10, 0, grace=100)
     clock.advance(20)
     store.put("b", "e", "bbbb", 60, 0)
-    assert store.bytes == 8
-    store.put("c", "e", "cccc", 60, 0)  # 12 > 10: the grace entry goes
-    assert store.bytes == 8
+    assert store.bytes == 10
+    store.put("c", "e", "cccc", 60, 0)  # 15 > 10: the grace entry goes
+    assert store.bytes == 10
     assert store.get_stale("a", "e") is MISS
 
 
@@ -669,3 +670,14 @@ def test_a_full_table_of_future_buffers_holds_every_entity_out_instead_of_sweepi
     clock.advance(10.01)
     assert epochs.start("{never-invalidated}") == epochs.current
     assert epochs.start("{e:249}") == epochs.current
+
+
+def test_local_max_bytes_counts_keys_so_long_ids_cannot_outgrow_the_budget(clock: FakeClock) -> None:
+    """300 one-MiB keys once held 604 MB under a 64 KiB budget: only values were counted."""
+    store = LocalStore(1_000, Epochs(), tracked=False, timer=clock, max_bytes=64 * 1024)
+    for i in range(300):
+        assert store.put(f"{{k:{i}}}" + "x" * 1024, "{k}", "v", 60, 0) is None  # 1 KiB keys fit
+    assert store.bytes <= 64 * 1024
+    assert len(store) < 64  # about 62 one-KiB keys, not 300
+    assert store.put("{k:huge}" + "x" * (1 << 20), "{k}", "v", 60, 0) == "too_large"
+    assert store.bytes <= 64 * 1024

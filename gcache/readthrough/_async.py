@@ -25,6 +25,7 @@ from gcache.local import MISS
 from gcache.metrics import LAYER_NONE
 from gcache.readthrough._primitives import AsyncIO
 from gcache.readthrough.decisions import TIMING_MASK, Miss, _monotonic, _perf
+from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
 from gcache.urns import lock_key, watermark_key
@@ -62,6 +63,9 @@ class AsyncDriver(AsyncIO):
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
+        if len(urn) > self.rt.max_key_length:  # past LOCAL: an entry this long is never stored
+            self.key_error(too_long(urn, self.rt.max_key_length))
+            return await self.afunction(LAYER_NONE, func, args, kwargs)
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
         if m.reads_first:
             value = await (self.amerged_read(m) if self.tracked else self.aremote_read(m))
@@ -177,6 +181,9 @@ class AsyncDriver(AsyncIO):
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
+        if raw is not None and len(raw) > self.read_limit:
+            self.m.miss("remote", "too_large").inc()
+            return MISS
         expired, flags = False, 0
         # The common hit, an untracked pickle without fail-safe, takes its payload at once.
         payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None

@@ -16,6 +16,7 @@ from gcache.local import MISS
 from gcache.metrics import LAYER_NONE
 from gcache.readthrough._primitives import SyncIO
 from gcache.readthrough.decisions import TIMING_MASK, Miss, _monotonic, _perf
+from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
 from gcache.urns import lock_key, watermark_key
@@ -53,6 +54,9 @@ class SyncDriver(SyncIO):
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
+        if len(urn) > self.rt.max_key_length:  # past LOCAL: an entry this long is never stored
+            self.key_error(too_long(urn, self.rt.max_key_length))
+            return self.function(LAYER_NONE, func, args, kwargs)
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
         if m.reads_first:
             value = self.merged_read(m) if self.tracked else self.remote_read(m)
@@ -166,6 +170,9 @@ class SyncDriver(SyncIO):
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
+        if raw is not None and len(raw) > self.read_limit:
+            self.m.miss("remote", "too_large").inc()
+            return MISS
         expired, flags = False, 0
         # The common hit, an untracked pickle without fail-safe, takes its payload at once.
         payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None

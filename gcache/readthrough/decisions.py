@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,10 @@ class Decisions(Reporting):
         self.serializer = serializer
         self.codec = Codec(serializer)
         self._plain = not tracked and serializer is None  # see _envelope.untracked_pickle
+        # The longest stored value worth loading: a planted giant is a miss, never unpickled or
+        # kept in LOCAL (the same bound as writes, framed).
+        limit = runtime.max_value_bytes
+        self.read_limit = sys.maxsize if limit is None else limit + _envelope.HEADER_SIZE
         self.local = local
         self.remote = runtime.remote
         self.m = metrics

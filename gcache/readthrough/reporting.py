@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gcache.errors import RemoteError
+from gcache.errors import KeyTooLongError, RemoteError
 from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
 
 if TYPE_CHECKING:
     from gcache.keys import KeyPartWatch
     from gcache.readthrough.runtime import Runtime
 
-__all__ = ["Reporting"]
+__all__ = ["Reporting", "too_long"]
+
+
+def too_long(urn: str, longest: int) -> KeyTooLongError:
+    """The error of a key over ``max_key_length`` (the call is served uncached, counted)."""
+    return KeyTooLongError(
+        f"the key is {len(urn)} characters, max_key_length is {longest} (its start: {urn[:60]!r}); "
+        "an id or argument this long is usually caller input: key it by arg_adapters, or raise "
+        "GCacheConfig.max_key_length"
+    )
 
 
 class Reporting:

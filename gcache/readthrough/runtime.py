@@ -40,10 +40,12 @@ class Runtime:
         loop_thread: LoopThread,
         config_reuse_sec: float = 0.0,
         max_value_bytes: int | None = None,
+        max_key_length: int = 4096,
     ) -> None:
         self.prefix = prefix
         self.config_reuse_sec = config_reuse_sec
         self.max_value_bytes = max_value_bytes
+        self.max_key_length = max_key_length
         self.enabled = enabled
         self.provider = provider
         self.remote = remote

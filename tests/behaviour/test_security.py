@@ -1,0 +1,83 @@
+"""Security findings of issue 14, each reproduced against a real Redis: what someone who can
+write to the cache's Redis, or who picks the ids, can no longer do.
+
+(The bus's findings are in tests/test_bus.py, the key collision in tests/test_keys.py, URL
+masking in tests/test_config.py.)
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheKey, GCacheKeyConfig
+from gcache import _envelope as envelope
+from gcache.errors import KeyTooLongError
+from gcache.urns import entity_key, value_key
+from tests.conftest import sample
+from tests.test_gcache import Maker, call, twin
+
+BOTH = GCacheKeyConfig.enabled(60)
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+MISSES = "gcache_miss_counter_total"
+ERRORS = "gcache_error_counter_total"
+
+
+def counting(cache: GCache, use_case: str, is_async: bool, config: GCacheKeyConfig) -> tuple[Any, list[str]]:
+    calls: list[str] = []
+
+    def body(user_id: str) -> str:
+        calls.append(user_id)
+        return f"user {user_id}"
+
+    fn = cache.cached(key_type="user_id", id_arg="user_id", use_case=use_case, default_config=config)(
+        twin("async" if is_async else "sync", body)
+    )
+    return fn, calls
+
+
+async def test_a_planted_value_larger_than_max_value_bytes_is_a_miss_never_loaded_or_kept(
+    make_cache: Maker, registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    cache = make_cache(max_value_bytes=1_000)
+    fn, calls = counting(cache, "Planted", is_async, BOTH)
+    urn = value_key(entity_key("urn:gcache", "user_id", "1"), (), "Planted")
+    giant = pickle.dumps("x" * 50_000)
+    redis_client.set(urn, envelope.encode(giant, envelope.SERIALIZER_PICKLE, 0, time.time_ns() // 1000))
+
+    with cache.enable():
+        assert await call(fn, "1") == "user 1"  # the function's, not the planted 50 kB
+        assert sample(registry, MISSES, use_case="Planted", layer="remote", reason="too_large") == 1
+        assert redis_client.strlen(urn) < 1_000  # rewritten with the function's value
+        assert await call(fn, "1") == "user 1"  # a LOCAL hit now
+
+    assert calls == ["1"]
+
+
+async def test_an_id_longer_than_max_key_length_is_served_uncached_and_told(
+    make_cache: Maker, registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    cache = make_cache(max_key_length=200)
+    fn, calls = counting(cache, "LongIds", is_async, BOTH)
+    huge = "x" * 1_000_000  # a caller-chosen id of a megabyte
+
+    with cache.enable():
+        assert await call(fn, huge) == f"user {huge}"
+        assert await call(fn, huge) == f"user {huge}"
+        assert await call(fn, "1") == "user 1"
+        assert await call(fn, "1") == "user 1"
+
+    assert len(calls) == 3  # the long id ran the function each time; "1" was cached
+    assert sample(registry, ERRORS, use_case="LongIds", error="KeyTooLongError") == 2
+    assert all(len(k) < 200 for k in redis_client.keys("*"))  # nothing long reached Redis
+    with pytest.raises(KeyTooLongError, match="max_key_length is 200"):
+        await cache.aget(GCacheKey("user_id", huge, "Direct"), lambda: _value("v"))
+
+
+async def _value(v: str) -> str:
+    return v
