@@ -30,6 +30,7 @@ from gcache.local import LocalLayer
 from gcache.management import Management
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
 from gcache.readthrough import Runtime, UseCase
+from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
 from gcache.urns import WATERMARK_USE_CASE, bus_channel
 
@@ -105,12 +106,16 @@ class GCache(Management):
         self._bus: InvalidationBus | None = None
         self._bus_up = threading.Event()
         if config.redis_config is not None or config.redis_client_factory is not None:
+            # A factory's database is unknown until it is called: its channel is db 0's.
+            channel = bus_channel(
+                self._prefix, url_db(config.redis_config.url or "") if config.redis_config else 0
+            )
             self._remote = RemoteCache(
                 redis_config=config.redis_config,
                 client_factory=config.redis_client_factory,
                 compute_limit_ms=int(config.tracked_compute_limit_sec * 1000),
                 loop_thread=self._loop_thread,
-                channel=bus_channel(self._prefix),
+                channel=channel,
                 read_timeout=config.read_timeout_sec,
                 write_timeout=config.write_timeout_sec,
                 breaker_failures=config.breaker_failures,
@@ -124,7 +129,7 @@ class GCache(Management):
             # Other processes' invalidations reach LOCAL only through the bus: tracked LOCAL
             # entries are used once it is subscribed (it starts on the first tracked LOCAL use).
             self._bus = InvalidationBus(
-                channel=bus_channel(self._prefix),
+                channel=channel,
                 origin=self._remote.origin,
                 connect=self._remote.new_bus_client,
                 loop_thread=self._loop_thread,

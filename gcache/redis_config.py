@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 
 from gcache.errors import ConfigError
 
-__all__ = ["RedisConfig", "mask_url"]
+__all__ = ["RedisConfig", "mask_url", "url_db"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -62,8 +62,8 @@ class RedisConfig:
             self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
         else:
             self._validate_url(self.url)
-        if self.cluster and (self.db != 0 or _url_db(self.url or "") != 0):
-            db = self.db or _url_db(self.url or "")
+        if self.cluster and (self.db != 0 or url_db(self.url or "") != 0):
+            db = self.db or url_db(self.url or "")
             raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={db}")
         if not isinstance(self.redis_py_options, dict):
             raise ConfigError(f"RedisConfig.redis_py_options must be a dict, got {self.redis_py_options!r}")
@@ -134,7 +134,7 @@ class RedisConfig:
         return f"RedisConfig(url={mask_url(self.url or '')!r}, cluster={self.cluster})"
 
 
-def _url_db(url: str) -> int:
+def url_db(url: str) -> int:
     """The database number a (validated) redis:// URL names, 0 when it names none."""
     parts = urlsplit(url)
     db = parts.path.lstrip("/") if parts.scheme != "unix" else ""

@@ -91,9 +91,13 @@ def entity_of(key: str) -> str:
     return key[: key.index("}") + 1]
 
 
-def bus_channel(prefix: str) -> str:
-    """The pub/sub channel that carries this prefix's invalidations to every process."""
-    return f"{prefix}#invalidation"
+def bus_channel(prefix: str, db: int = 0) -> str:
+    """The pub/sub channel that carries this prefix's invalidations to every process.
+
+    Pub/sub ignores the database, so the channel names it (all but db 0, whose channel keeps
+    its name): caches on two databases of one server never hear each other.
+    """
+    return f"{prefix}#invalidation" if db == 0 else f"{prefix}#invalidation#db{db}"
 
 
 def key_type_of(entity: str, prefix: str) -> str:

@@ -10,12 +10,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache.urns import bus_channel
 from tests.conftest import sample, wait_until
 
@@ -371,3 +372,24 @@ async def test_a_forged_future_buffer_is_capped_at_max_future_buffer_ms(
         await asyncio.sleep(0.4)  # the buffer, capped at 300 ms, is over
         assert await fn("1") == ("1", 4)  # stored this time
         assert await fn("1") == ("1", 4)  # a LOCAL hit
+
+
+async def test_caches_on_two_databases_of_one_server_do_not_hear_each_other(
+    make_cache: Callable[..., GCache], redis_url: str, mode: str
+) -> None:
+    """Pub/sub ignores the database: the channel names it (db 0's keeps its name)."""
+    db1 = urlunsplit(urlsplit(redis_url)._replace(path="/1"))
+    on_db0 = make_cache(metrics_registry=CollectorRegistry())
+    on_db1 = make_cache(redis_config=RedisConfig(url=db1), metrics_registry=CollectorRegistry())
+    assert on_db0._bus is not None
+    assert on_db1._bus is not None
+    assert on_db0._bus.channel == bus_channel("urn:gcache") == "urn:gcache#invalidation"
+    assert on_db1._bus.channel == "urn:gcache#invalidation#db1"
+    reader = Fn(on_db0, mode, "Db0", config=LOCAL_ONLY)
+    with on_db0.enable():
+        assert await reader("1") == ("1", 1)
+        await invalidate(on_db1, mode, "1")  # user 1 of db 1: another application's
+        await asyncio.sleep(0.2)
+        assert await reader("1") == ("1", 1)  # still db 0's LOCAL entry
+        await invalidate(on_db0, mode, "1")
+        assert await reader("1") == ("1", 2)
