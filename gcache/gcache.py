@@ -155,6 +155,7 @@ class GCache(Management):
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}
+        self._direct_names: set[tuple[str, str, bool]] = set()  # bounded: see Management._for_key
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
         self._key_types: set[str] = set()  # of every use case, to tell a mistyped invalidation
         self._closed = False

@@ -25,7 +25,9 @@ from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
 from gcache.urns import entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
 
-__all__ = ["OTHER_KEY_TYPES", "Management"]
+__all__ = ["MAX_DIRECT_USE_CASES", "OTHER_KEY_TYPES", "Management"]
+
+MAX_DIRECT_USE_CASES = 1000  # distinct (use case, key type, tracking) names through direct access
 
 OTHER_KEY_TYPES = "other"  # the label of bus messages for key types this process does not cache
 
@@ -46,6 +48,7 @@ class Management:
     _errors: ErrorLog
     _runtime: Runtime
     _direct: dict[tuple[Any, ...], UseCase]
+    _direct_names: set[tuple[str, str, bool]]
     _use_cases: weakref.WeakSet[UseCase]
     _key_types: set[str]
     _closed: bool
@@ -76,6 +79,17 @@ class Management:
         )
         uc = self._direct.get(ident)
         if uc is None:
+            name = (key.use_case, key.key_type, key.invalidation_tracking)
+            if name not in self._direct_names:
+                # Each name keeps a LOCAL store and metric series for good: names from caller
+                # input would grow them without end.
+                if len(self._direct_names) >= MAX_DIRECT_USE_CASES:
+                    raise ConfigError(
+                        f"direct access: use case {key.use_case!r} would be the "
+                        f"{MAX_DIRECT_USE_CASES + 1}th name used through aget/aput/adelete; each keeps a "
+                        "LOCAL store and metric series, so use case names must be a fixed set, not input"
+                    )
+                self._direct_names.add(name)
             if len(self._direct) > 1000:
                 self._direct.clear()
             uc = self._direct[ident] = self._use_case(

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKey, GCacheKeyConfig
 from gcache import _envelope as envelope
-from gcache.errors import KeyTooLongError
+from gcache.errors import ConfigError, KeyTooLongError
+from gcache.management import MAX_DIRECT_USE_CASES
 from gcache.urns import entity_key, value_key
 from tests.conftest import sample
 from tests.test_gcache import Maker, call, twin
@@ -81,3 +82,28 @@ async def test_an_id_longer_than_max_key_length_is_served_uncached_and_told(
 
 async def _value(v: str) -> str:
     return v
+
+
+async def test_direct_access_refuses_use_case_names_past_the_bound_so_stores_and_series_stay_bounded(
+    make_cache: Maker, registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache()
+    config = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+
+    def key(i: int) -> GCacheKey:
+        return GCacheKey("user_id", "1", f"Caller{i}", default_config=config)
+
+    async def get(i: int) -> Any:
+        if is_async:
+            return await cache.aget(key(i), lambda: _value(f"v{i}"))
+        return cache.get(key(i), lambda: f"v{i}")
+
+    with cache.enable():
+        for i in range(MAX_DIRECT_USE_CASES):
+            assert await get(i) == f"v{i}"
+        assert await get(7) == "v7"  # a name already in use goes on working
+        with pytest.raises(ConfigError, match="use case names must be a fixed set"):
+            await get(MAX_DIRECT_USE_CASES)
+    assert len(cache._local._stores) <= MAX_DIRECT_USE_CASES
+    children = {s.labels["use_case"] for m in registry.collect() for s in m.samples if "use_case" in s.labels}
+    assert f"Caller{MAX_DIRECT_USE_CASES}" not in children
