@@ -313,6 +313,8 @@ class GCacheConfig:
             (None: no limit); a stored value larger than this is a miss, never loaded.
         max_key_length: a call whose rendered key is longer is served uncached, counted as a
             key error (``KeyTooLongError``): ids and arguments are often caller-controlled.
+        serializer: REMOTE serialization of use cases that give none (None: pickle); e.g.
+            ``gcache.serializers.JsonSerializer()``, whose loading runs no code.
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -337,6 +339,7 @@ class GCacheConfig:
     breaker_probe_sec: float = 1.0
     max_value_bytes: int | None = 4 * 1024 * 1024
     max_key_length: int = 4096
+    serializer: Serializer | None = None
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -370,6 +373,11 @@ class GCacheConfig:
         if self.max_value_bytes is not None:
             _positive("max_value_bytes", self.max_value_bytes, integer=True)
         _positive("max_key_length", self.max_key_length, integer=True)
+        if self.serializer is not None and not (
+            callable(getattr(self.serializer, "dump", None))
+            and callable(getattr(self.serializer, "load", None))
+        ):
+            raise ConfigError(f"GCacheConfig.serializer must have dump() and load(), got {self.serializer!r}")
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

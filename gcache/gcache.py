@@ -257,7 +257,7 @@ class GCache(Management):
             ignore_args: parameters left out of the key.
             track_for_invalidation: entries honour ``invalidate(key_type, id)``.
             default_config: used when the provider returns None (or there is no provider).
-            serializer: REMOTE serialization (default pickle).
+            serializer: REMOTE serialization (default: ``GCacheConfig.serializer``, else pickle).
 
         Raises:
             ConfigError: a name that is not a parameter, a duplicate or reserved use_case, or a
@@ -287,7 +287,8 @@ class GCache(Management):
                     f"cached(): {func.__qualname__} is a generator; its result cannot be cached"
                 )
             keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
-            uc = self._use_case(name, key_type, track_for_invalidation, default_config, serializer, keys)
+            chosen = serializer if serializer is not None else self.config.serializer
+            uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)
             self._registered.add(name)
 
             wrapper: Any = uc.wrap(func)
