@@ -45,6 +45,7 @@ class RedisConfig:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cert_reqs: str = "required"
+    ssl_check_hostname: bool = True
     cluster: bool = False
     url: str | None = None
     max_connections: int = 64
@@ -123,6 +124,9 @@ class RedisConfig:
         options: dict[str, Any] = {}
         if self.tls or (self.url or "").startswith("rediss://"):
             options["ssl_cert_reqs"] = self.ssl_cert_reqs
+            # Passed on every redis-py version: 5.x left it off, so any CA-signed certificate
+            # passed for any host. Python refuses it without certificate checks.
+            options["ssl_check_hostname"] = self.ssl_check_hostname and self.ssl_cert_reqs == "required"
             for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
                 if getattr(self, name) is not None:
                     options[name] = getattr(self, name)

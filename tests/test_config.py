@@ -311,6 +311,7 @@ def test_client_options_include_tls_settings_and_force_binary_responses() -> Non
     )
     assert cfg.client_options() == {
         "ssl_cert_reqs": "none",
+        "ssl_check_hostname": False,  # Python refuses a hostname check without certificate checks
         "ssl_ca_certs": "/etc/ca.pem",
         "ssl_certfile": "/etc/client.pem",
         "socket_timeout": 2.5,
@@ -322,6 +323,7 @@ def test_client_options_include_tls_settings_and_force_binary_responses() -> Non
 def test_client_options_include_tls_settings_when_url_is_rediss() -> None:
     options = RedisConfig(url="rediss://cache:6380/0", ssl_keyfile="/k.pem").client_options()
     assert options["ssl_cert_reqs"] == "required"
+    assert options["ssl_check_hostname"] is True  # passed explicitly: redis-py 5.x left it off
     assert options["ssl_keyfile"] == "/k.pem"
     assert options["decode_responses"] is False
 
