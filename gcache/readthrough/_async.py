@@ -52,7 +52,7 @@ class AsyncDriver(AsyncIO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if self.rt.provider is None:  # after close, a provider that is never asked (aconfig)
+        if self.rt.provider is None:  # after close there is one: calls reach aconfig, which tells
             config = self.default_config or self._resolved(None)
         else:
             config = await self.aconfig(id, pairs)

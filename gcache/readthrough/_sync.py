@@ -43,7 +43,7 @@ class SyncDriver(SyncIO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if self.rt.provider is None:  # after close, a provider that is never asked (config)
+        if self.rt.provider is None:  # after close there is one: calls reach config, which tells
             config = self.default_config or self._resolved(None)
         else:
             config = self.config(id, pairs)
