@@ -11,13 +11,13 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gcache._log import ErrorLog
 from gcache.bus import BusMessage, InvalidationBus
-from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
+from gcache.config import GCacheConfig
 from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError
-from gcache.keys import GCacheKey, KeyBuilder
+from gcache.keys import GCacheKey
 from gcache.local import LocalLayer
 from gcache.metrics import Metrics
 from gcache.readthrough import Runtime, UseCase
@@ -54,18 +54,7 @@ class Management:
     _closed: bool
     _bus: InvalidationBus | None
     _bus_up: threading.Event
-
-    if TYPE_CHECKING:
-
-        def _use_case(
-            self,
-            name: str,
-            key_type: str,
-            tracked: bool,
-            default_config: GCacheKeyConfig | None,
-            serializer: Serializer | None,
-            keys: KeyBuilder | None,
-        ) -> UseCase: ...
+    _use_case: Callable[..., UseCase]  # GCache's: registers a use case
 
     def _for_key(self, key: GCacheKey) -> UseCase:
         if not isinstance(key, GCacheKey):

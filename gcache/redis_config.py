@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,10 +153,8 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced (``user:***@`` and ``?password=***``), for error
     messages, reprs, logs and the demo's output."""
     masked = url
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            masked = masked.replace(f":{parts.password}@", ":***@", 1)
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):  # an unparsable URL: only its query is masked
+        password = urlsplit(url).password
+        if password:
+            masked = masked.replace(f":{password}@", ":***@", 1)
     return _QUERY_PASSWORD.sub(r"\1***", masked)
