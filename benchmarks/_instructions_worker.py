@@ -27,6 +27,7 @@ import cachetools
 from benchmarks._harness import bare_async_client, bare_sync_client, gcache_errors, make_gcache, user
 from benchmarks.bench_hits import ID, LOCAL_ONLY, REMOTE_ONLY, TTL, read_through_ttl_cache
 from gcache import GCache
+from gcache._envelope import HEADER_SIZE
 from gcache.urns import entity_key, value_key
 
 __all__ = ["CASES", "main"]
@@ -53,7 +54,7 @@ def _stored(redis_url: str) -> str:
     """The bare baseline's key, holding a value as large as gcache's (as in ``bench_hits``)."""
     key = "{" + PREFIX + ":bare:1}#RemoteBare"
     client = bare_sync_client(redis_url)
-    client.set(key, pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24)
+    client.set(key, pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE)
     client.close()
     return key
 

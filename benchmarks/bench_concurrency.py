@@ -38,6 +38,7 @@ from benchmarks._harness import (
     user,
 )
 from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache._envelope import HEADER_SIZE
 
 __all__ = ["CALLERS", "KEYS", "TARGET", "run"]
 
@@ -81,7 +82,7 @@ def _counting(subject_calls: list[int]) -> Callable[[str], Awaitable[dict[str, A
 async def _run(redis_url: str) -> list[Result]:
     ids = [str(i) for i in range(KEYS)]
     client = bare_async_client(redis_url)
-    payload = pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24
+    payload = pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
     bare_keys = {i: "{" + PREFIX + ":bare:" + i + "}#Concurrency" for i in ids}
     for key in bare_keys.values():
         await client.set(key, payload, ex=TTL)

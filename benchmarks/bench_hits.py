@@ -46,6 +46,7 @@ from benchmarks._harness import (
     user,
 )
 from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache._envelope import HEADER_SIZE
 from gcache.urns import entity_key, value_key, watermark_key
 
 __all__ = [
@@ -131,7 +132,7 @@ def run(redis_url: str) -> list[Result]:
     bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))
 
     bare_key = "{" + PREFIX + ":bare:1}#RemoteBare"  # the length of gcache's keys, a payload as large
-    payload = pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24
+    payload = pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
     sync_client = bare_sync_client(redis_url)
     sync_client.set(bare_key, payload)
     floor = script_floor(redis_url)

@@ -31,6 +31,7 @@ import redis.asyncio
 
 from benchmarks._harness import GCACHE, POOL_SIZE, Result, bare_async_client, gcache_errors, make_gcache, user
 from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache._envelope import HEADER_SIZE
 
 __all__ = ["COROUTINES", "THREADS", "run"]
 
@@ -71,7 +72,7 @@ def _bare_keys(prefix: str) -> list[str]:
 
 
 def _payload() -> bytes:
-    return pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * 24
+    return pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
 
 
 def _commands(client: redis.Redis) -> int:

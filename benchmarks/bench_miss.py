@@ -38,6 +38,7 @@ from benchmarks._harness import (
     user,
 )
 from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache._envelope import HEADER_SIZE
 from gcache.remote import RemoteCache
 from gcache.urns import entity_key, value_key, watermark_key
 
@@ -90,7 +91,7 @@ def run(redis_url: str) -> list[Result]:
     def floor_miss() -> None:
         key, fence = _floor_keys(str(next(ids)))
         read = floor.read_tracked(key, fence)
-        floor.write_tracked(key, fence, read.now_us, ttl_ms, read.nonce, _envelope(key))
+        floor.write_tracked(key, fence, read, ttl_ms, _envelope(key))
 
     results: list[Result] = []
     try:
@@ -135,7 +136,7 @@ async def _async_part(
     async def floor_miss() -> None:
         key, fence = _floor_keys(str(next(ids)))
         read = await floor.aread_tracked(key, fence)
-        await floor.awrite_tracked(key, fence, read.now_us, ttl_ms, read.nonce, _envelope(key))
+        await floor.awrite_tracked(key, fence, read, ttl_ms, _envelope(key))
 
     try:
         batches = {
@@ -162,8 +163,8 @@ def _floor_keys(user_id: str) -> tuple[str, str]:
 
 
 def _envelope(key: str) -> bytes:
-    """Bytes the size of gcache's envelope of the value (a 29-byte header the script stamps)."""
-    return b"\0" * 29 + pickle.dumps(user(key), protocol=pickle.HIGHEST_PROTOCOL)
+    """Bytes the size of gcache's envelope of the value (its header, then the pickle)."""
+    return b"\0" * HEADER_SIZE + pickle.dumps(user(key), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 async def _miss_user(user_id: str) -> dict[str, Any]:

@@ -25,8 +25,11 @@ class Codec:
         ):
             raise ConfigError(f"serializer must have dump() and load() methods, got {serializer!r}")
         self._serializer = serializer
-        self.serializer_id = (
-            _envelope.SERIALIZER_PICKLE if serializer is None else _envelope.SERIALIZER_CUSTOM
+        # The built-in serializers name themselves in the envelope; any other is "custom".
+        self.serializer_id: int = (
+            _envelope.SERIALIZER_PICKLE
+            if serializer is None
+            else getattr(type(serializer), "_gcache_serializer_id", _envelope.SERIALIZER_CUSTOM)
         )
         # Without a Serializer a payload is a pickle: the read path calls pickle.loads on it itself.
         self.loads: Callable[[bytes], Any] | None = pickle.loads if serializer is None else None

@@ -12,6 +12,15 @@ that moves the watermark or deletes the entry, stamped with the Redis server's c
 ``origin`` names the publishing GCache instance, which applied the change to its own LOCAL
 layer before publishing; it does not apply its own messages a second time.
 
+With signing keys the kind is upper case and a signature comes before the target:
+``I|<server time us>|<buffer>|<origin>|<signed us>.<key id>.<mac>|<entity>``. The MAC (see
+:mod:`gcache.signing`) covers the kind, buffer, origin, signing time and target; the server time
+is only used to measure lag. A process with keys drops a message that is unsigned, signed
+wrongly, signed more than ``REPLAY_WINDOW_SEC`` away from its clock, or seen before
+(:class:`~gcache.signing.ReplayGuard`): anyone who can PUBLISH on the server, or SUBSCRIBE and
+replay, can otherwise empty every process's LOCAL layer. Unsigned messages keep the format of
+earlier releases, so a fleet without keys mixes versions freely.
+
 While the subscription is down nothing guarantees this process hears about invalidations, so
 the owner is told (``on_down``): it drops its tracked LOCAL entries and fills none until the bus
 is subscribed again (``on_up``). Reconnection is automatic, with capped exponential backoff and
@@ -31,8 +40,16 @@ from typing import Any, NamedTuple
 
 from gcache._log import ErrorLog
 from gcache._loop_thread import LoopThread
+from gcache.signing import ReplayGuard, Signer
 
-__all__ = ["MAX_TARGET_BYTES", "BusMessage", "InvalidationBus", "parse_message"]
+__all__ = [
+    "MAX_TARGET_BYTES",
+    "REPLAY_WINDOW_SEC",
+    "BusMessage",
+    "InvalidationBus",
+    "message_signature",
+    "parse_message",
+]
 
 
 class BusMessage(NamedTuple):
@@ -41,12 +58,48 @@ class BusMessage(NamedTuple):
     buffer_ms: int
     origin: str  # the publishing GCache instance
     target: str  # the entity, or the value key
+    signature: bytes = b""  # b"<signed us>.<key id hex>.<mac hex>"; empty: unsigned
 
 
 _KINDS = {b"i": "invalidate", b"d": "delete", b"f": "flush"}
-
+_SIGNED_KINDS = {b"I": "invalidate", b"D": "delete", b"F": "flush"}
+_LETTERS = {name: letter for letter, name in _KINDS.items()}
 
 MAX_TARGET_BYTES = 8192  # the longest entity or value key a message may name
+REPLAY_WINDOW_SEC = 300.0  # a signed message is accepted this long around its signing time
+
+
+def _signed_fields(kind: bytes, buffer_ms: int, origin: str, signed_us: int, target: str) -> bytes:
+    return b"%b|%d|%b|%d|%b" % (
+        kind,
+        buffer_ms,
+        origin.encode("ascii"),
+        signed_us,
+        target.encode("utf-8", "surrogateescape"),
+    )
+
+
+def message_signature(signer: Signer, kind: str, buffer_ms: int, origin: str, target: str) -> bytes:
+    """The signature field of a message the publisher is about to send, signed now."""
+    signed_us = time.time_ns() // 1000
+    fields = _signed_fields(_LETTERS[kind], buffer_ms, origin, signed_us, target)
+    return b"%d.%b" % (signed_us, signer.message_signature(fields))
+
+
+def _check_signature(signer: Signer, guard: ReplayGuard, message: BusMessage) -> str | None:
+    """None when ``message`` is signed by one of the keys, fresh and new; else why it is dropped."""
+    if not message.signature:
+        return "unsigned"
+    signed, _, signature = message.signature.partition(b".")
+    if not signed.isdigit() or len(signed) > 20:
+        return "bad_signature"
+    signed_us = int(signed)
+    fields = _signed_fields(
+        _LETTERS[message.kind], message.buffer_ms, message.origin, signed_us, message.target
+    )
+    if not signer.message_ok(fields, signature):
+        return "bad_signature"
+    return guard.check(message.signature, signed_us, time.time_ns() // 1000)
 
 
 def parse_message(data: object) -> BusMessage:
@@ -57,11 +110,21 @@ def parse_message(data: object) -> BusMessage:
     """
     if not isinstance(data, bytes):
         raise ValueError(f"a message is bytes, not {type(data).__name__}")
-    fields = data.split(b"|", 4)
-    if len(fields) != 5:
-        raise ValueError(f"{len(fields)} fields, not 5")
-    kind, published, buffer, origin, target = fields
-    if kind not in _KINDS:
+    signed = data[:1] in _SIGNED_KINDS
+    count = 6 if signed else 5
+    fields = data.split(b"|", count - 1)
+    if len(fields) != count:
+        raise ValueError(f"{len(fields)} fields, not {count}")
+    signature = b""
+    if signed:
+        kind, published, buffer, origin, signature, target = fields
+        if not signature or len(signature) > 80:
+            raise ValueError("a signed message's signature is missing or too long")
+        name = _SIGNED_KINDS.get(kind, "")
+    else:
+        kind, published, buffer, origin, target = fields
+        name = _KINDS.get(kind, "")
+    if not name:
         raise ValueError(f"unknown kind {kind[:8]!r}")
     if not (published.isdigit() and len(published) <= 20 and buffer.isdigit() and len(buffer) <= 20):
         raise ValueError("time and buffer must be decimal integers")
@@ -69,10 +132,15 @@ def parse_message(data: object) -> BusMessage:
         raise ValueError("origin must be 12 hex digits")
     if len(target) > MAX_TARGET_BYTES:
         raise ValueError(f"target of {len(target)} bytes, {MAX_TARGET_BYTES} at most")
-    if (kind == b"f") != (target == b""):
+    if (name == "flush") != (target == b""):
         raise ValueError("a flush names no target, an invalidation or deletion names one")
     return BusMessage(
-        _KINDS[kind], int(published), int(buffer), origin.decode(), target.decode("utf-8", "surrogateescape")
+        name,
+        int(published),
+        int(buffer),
+        origin.decode(),
+        target.decode("utf-8", "surrogateescape"),
+        signature,
     )
 
 
@@ -86,7 +154,12 @@ class InvalidationBus:
         loop_thread: where the subscription runs.
         on_message: called (on the loop thread) for each parsed message, with its lag in seconds.
         on_up / on_down: called when the subscription is confirmed / lost.
-        on_dropped: called for each message dropped as malformed or failing to apply.
+        on_dropped: called for each message dropped, with why: ``malformed`` (failed its checks
+            or applying it raised), or with a ``signer``, ``unsigned``, ``bad_signature``,
+            ``stale`` (signed outside the replay window) or ``replayed``.
+        signer: checks every message's signature (None: messages are not checked).
+        accept_unsigned: with a signer, still deliver unsigned messages (see
+            ``GCacheConfig.accept_unsigned_messages``).
         ping_interval: seconds between liveness pings; a ping unanswered for as long again
             counts as a lost connection.
     """
@@ -102,7 +175,9 @@ class InvalidationBus:
         on_up: Callable[[], None],
         on_down: Callable[[], None],
         errors: ErrorLog,
-        on_dropped: Callable[[], None] = lambda: None,
+        on_dropped: Callable[[str], None] = lambda reason: None,
+        signer: Signer | None = None,
+        accept_unsigned: bool = False,
         ping_interval: float = 1.0,
         backoff: tuple[float, float] = (0.05, 5.0),
     ) -> None:
@@ -114,6 +189,9 @@ class InvalidationBus:
         self._on_up = on_up
         self._on_down = on_down
         self._on_dropped = on_dropped
+        self._signer = signer
+        self._accept_unsigned = accept_unsigned
+        self._replays = ReplayGuard(REPLAY_WINDOW_SEC)
         self._errors = errors
         self._ping_interval = ping_interval
         self._backoff = backoff
@@ -239,15 +317,20 @@ class InvalidationBus:
             message = parse_message(data)
             if message.origin == self.origin:
                 return  # applied locally, before it was published
+            if self._signer is not None and not (self._accept_unsigned and not message.signature):
+                refused = _check_signature(self._signer, self._replays, message)
+                if refused is not None:
+                    self._drop(data, refused, _REFUSALS[refused])
+                    return
             lag = (time.time_ns() / 1000 + self._clock_offset_us - message.published_us) / 1e6
             self._on_message(message, max(lag, 0.0))
         except Exception as exc:
-            self._on_dropped()
-            shown = data[:80] if isinstance(data, (bytes, str)) else type(data).__name__
-            self._errors.warning(
-                ("bus", "dropped"),
-                f"invalidation bus: dropped a malformed or foreign message {shown!r}: {exc}",
-            )
+            self._drop(data, "malformed", f"dropped a malformed or foreign message: {exc}")
+
+    def _drop(self, data: object, reason: str, why: str) -> None:
+        self._on_dropped(reason)
+        shown = data[:80] if isinstance(data, (bytes, str)) else type(data).__name__
+        self._errors.warning(("bus", "dropped", reason), f"invalidation bus: {why} ({shown!r})")
 
     async def _measure_clock(self, client: Any, samples: int = 5) -> None:
         """Offset from this host's clock to Redis's, so lag is measured on the Redis clock.
@@ -265,6 +348,17 @@ class InvalidationBus:
                 best_rtt = after - before
                 offset = seconds * 1_000_000 + micros - (before + after) / 2
         self._clock_offset_us = offset
+
+
+_REFUSALS = {
+    "unsigned": "dropped an unsigned message (a process without signing keys, or a forgery; "
+    "GCacheConfig.accept_unsigned_messages lets them through while signing is rolled out)",
+    "bad_signature": "dropped a message whose signature is wrong or made with a key not in "
+    "signing_keys (a forgery, or keys that differ between processes)",
+    "stale": f"dropped a signed message more than {REPLAY_WINDOW_SEC:.0f} s from this host's clock "
+    "(a replay, or the publisher's clock is off)",
+    "replayed": "dropped a signed message seen before (a replay)",
+}
 
 
 async def _close(pubsub: Any, client: Any) -> None:

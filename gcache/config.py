@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcache.errors import ConfigError, RedisConfigConflictError, UseCaseNameIsReservedError
 from gcache.redis_config import RedisConfig
+from gcache.signing import signing_keys_from
 from gcache.urns import DEFAULT_URN_PREFIX, WATERMARK_USE_CASE, entity_key, value_key, watermark_key
 
 if TYPE_CHECKING:
@@ -315,6 +316,13 @@ class GCacheConfig:
             key error (``KeyTooLongError``): ids and arguments are often caller-controlled.
         serializer: REMOTE serialization of use cases that give none (None: pickle); e.g.
             ``gcache.serializers.JsonSerializer()``, whose loading runs no code.
+        signing_keys: keys (str or bytes, 16 bytes at least) that sign every REMOTE entry and
+            bus message; the first signs, all verify (rotation). An entry or message without a
+            valid signature is never trusted. None: from ``GCACHE_SIGNING_KEYS``
+            (comma-separated); no keys: unsigned, as the original library. Never shown in repr.
+        require_signing: refuse to start (ConfigError) without signing keys.
+        accept_unsigned_messages: with keys, still apply unsigned bus messages: for the deploy
+            that turns signing on, while some processes have no keys yet (see SECURITY.md).
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -340,6 +348,9 @@ class GCacheConfig:
     max_value_bytes: int | None = 4 * 1024 * 1024
     max_key_length: int = 4096
     serializer: Serializer | None = None
+    signing_keys: Sequence[str | bytes] | None = field(default=None, repr=False)
+    require_signing: bool = False
+    accept_unsigned_messages: bool = False
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -378,6 +389,11 @@ class GCacheConfig:
             and callable(getattr(self.serializer, "load", None))
         ):
             raise ConfigError(f"GCacheConfig.serializer must have dump() and load(), got {self.serializer!r}")
+        for name in ("require_signing", "accept_unsigned_messages"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GCacheConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.signing_keys is not None:
+            signing_keys_from(self.signing_keys)  # a bad key is told here, at configuration
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

@@ -32,6 +32,7 @@ from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
+from gcache.signing import Signer, signing_keys_from
 from gcache.urns import WATERMARK_USE_CASE, bus_channel
 
 __all__ = ["GCache"]
@@ -102,6 +103,13 @@ class GCache(Management):
         logger = config.logger if config.logger is not None else logging.getLogger("gcache")
         errors = ErrorLog(logger, config.error_log_interval_sec)
         self._errors = errors
+        keys = signing_keys_from(config.signing_keys)
+        if config.require_signing and not keys:
+            raise ConfigError(
+                "GCacheConfig.require_signing is set but there are no signing keys: give "
+                "GCacheConfig(signing_keys=[...]) or set GCACHE_SIGNING_KEYS"
+            )
+        self._signer = Signer(keys) if keys else None
         self._remote: RemoteCache | None = None
         self._bus: InvalidationBus | None = None
         self._bus_up = threading.Event()
@@ -116,6 +124,7 @@ class GCache(Management):
                 compute_limit_ms=int(config.tracked_compute_limit_sec * 1000),
                 loop_thread=self._loop_thread,
                 channel=channel,
+                signer=self._signer,
                 read_timeout=config.read_timeout_sec,
                 write_timeout=config.write_timeout_sec,
                 breaker_failures=config.breaker_failures,
@@ -138,6 +147,8 @@ class GCache(Management):
                 on_down=self._on_bus_down,
                 errors=errors,
                 on_dropped=self._on_bus_dropped,
+                signer=self._signer,
+                accept_unsigned=config.accept_unsigned_messages,
             )
             self._local.epochs.trusted = False
             self._local.epochs.wake = self._bus.ensure_started
@@ -152,6 +163,7 @@ class GCache(Management):
             config_reuse_sec=config.config_reuse_sec,
             max_value_bytes=config.max_value_bytes,
             max_key_length=config.max_key_length,
+            signer=self._signer,
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}

@@ -313,8 +313,8 @@ class Management:
         self._metrics.bus_message.labels(label, "received", message.kind).inc()
         self._metrics.bus_lag.observe(lag_sec)
 
-    def _on_bus_dropped(self) -> None:
-        self._metrics.bus_message.labels("", "dropped", "malformed").inc()
+    def _on_bus_dropped(self, reason: str) -> None:
+        self._metrics.bus_message.labels("", "dropped", reason).inc()
 
     def _on_bus_up(self) -> None:
         self._local.trust()

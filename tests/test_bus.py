@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,8 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
+from gcache.bus import REPLAY_WINDOW_SEC, message_signature
+from gcache.signing import Signer
 from gcache.urns import bus_channel
 from tests.conftest import sample, wait_until
 
@@ -393,3 +396,158 @@ async def test_caches_on_two_databases_of_one_server_do_not_hear_each_other(
         assert await reader("1") == ("1", 1)  # still db 0's LOCAL entry
         await invalidate(on_db0, mode, "1")
         assert await reader("1") == ("1", 2)
+
+
+# -- signed messages (issue 14, finding 9) -----------------------------------------------------
+
+K1 = "bus-signing-key-0123456789"
+K2 = "another-bus-signing-key-0123456789"
+
+
+def signed(kind: str, target: str, key: str = K1, buffer_ms: int = 0, origin: str = FORGER) -> bytes:
+    """A message signed as a keyed process would sign it, now."""
+    names = {"i": "invalidate", "d": "delete", "f": "flush"}
+    signature = message_signature(Signer([key.encode()]), names[kind], buffer_ms, origin, target)
+    return b"%b|1700000000000000|%d|%b|%b|%b" % (
+        kind.upper().encode(),
+        buffer_ms,
+        origin.encode(),
+        signature,
+        target.encode(),
+    )
+
+
+def subscribed(client: redis.Redis) -> Any:
+    """A pub/sub listener on the bus channel, its subscription confirmed."""
+    listener = client.pubsub()  # type: ignore[no-untyped-call]
+    listener.subscribe(bus_channel("urn:gcache"))
+    confirmation = listener.get_message(timeout=5)
+    assert confirmation is not None
+    assert confirmation["type"] == "subscribe"
+    return listener
+
+
+async def test_with_keys_forged_messages_are_dropped_counted_and_never_applied(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, mode: str
+) -> None:
+    cache = make_cache(signing_keys=[K1])
+    fn = Fn(cache, mode, "Guarded", config=LOCAL_ONLY)
+    channel = bus_channel("urn:gcache")
+    entity = "{urn:gcache:user_id:1}"
+    good = signed("i", entity)
+    forgeries = {
+        "unsigned": [forged("i", entity), forged("f", ""), forged("d", entity + "#Guarded")],
+        "bad_signature": [
+            signed("i", entity, key=K2),  # a key this process does not have
+            good.replace(b"|0|", b"|9|", 1),  # the buffer changed after signing
+            good.replace(b"user_id:1", b"user_id:2"),  # the target changed after signing
+            good[:-3] + b"}",  # the MAC field cut: not a signature of this message
+            b"F|1|0|" + FORGER.encode() + b"|123.abcd.ef|",
+        ],
+    }
+    with cache.enable():
+        assert await fn("1") == ("1", 1)
+        for messages in forgeries.values():
+            for message in messages:
+                redis_client.publish(channel, message)
+        wait_until(lambda: sample(registry, MESSAGES, direction="dropped") == 8, what="every forgery dropped")
+        assert await fn("1") == ("1", 1)  # still LOCAL: nothing was applied
+        redis_client.publish(channel, good)
+        wait_until(lambda: sample(registry, MESSAGES, direction="received") == 1, what="the genuine one")
+        assert await fn("1") == ("1", 2)
+    assert sample(registry, MESSAGES, direction="dropped", kind="unsigned") == 3
+    assert sample(registry, MESSAGES, direction="dropped", kind="bad_signature") == 5
+    assert sample(registry, MESSAGES, direction="dropped", kind="malformed") == 0
+    assert cache.bus_subscribed
+
+
+async def test_with_keys_a_recorded_message_replayed_is_dropped(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, mode: str
+) -> None:
+    """Anyone can SUBSCRIBE and publish a genuine flush again: it is applied once."""
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    a = make_cache(signing_keys=[K1], metrics_registry=reg_a)
+    b = make_cache(signing_keys=[K1], metrics_registry=reg_b)
+    reader = Fn(b, mode, "Replay", config=LOCAL_ONLY)
+    listener = subscribed(redis_client)
+    with b.enable():
+        assert await reader("1") == ("1", 1)
+        if mode == "async":
+            await a.aflushall()
+        else:
+            a.flushall()
+        recorded = listener.get_message(timeout=5)
+        assert recorded is not None
+        assert recorded["data"].startswith(b"F|")
+        wait_until(lambda: sample(reg_b, MESSAGES, direction="received", kind="flush") == 1, what="flush")
+        assert await reader("1") == ("1", 2)  # the flush emptied b's LOCAL
+        for _ in range(5):
+            redis_client.publish(bus_channel("urn:gcache"), recorded["data"])
+        wait_until(lambda: sample(reg_b, MESSAGES, direction="dropped", kind="replayed") == 5, what="replays")
+        assert await reader("1") == ("1", 2)  # not emptied again
+    listener.close()
+
+
+async def test_with_keys_a_message_signed_outside_the_replay_window_is_dropped(
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = make_cache(signing_keys=[K1])
+    fn = Fn(cache, "async", "Window", config=LOCAL_ONLY)
+    now_ns = time.time_ns()
+    monkeypatch.setattr("gcache.bus.time.time_ns", lambda: now_ns - int((REPLAY_WINDOW_SEC + 60) * 1e9))
+    old = signed("i", "{urn:gcache:user_id:1}")  # signed 6 minutes ago
+    monkeypatch.undo()
+    with cache.enable():
+        assert await fn("1") == ("1", 1)
+        redis_client.publish(bus_channel("urn:gcache"), old)
+        wait_until(lambda: sample(registry, MESSAGES, direction="dropped", kind="stale") == 1, what="stale")
+        assert await fn("1") == ("1", 1)
+
+
+async def test_keyed_processes_invalidate_delete_and_flush_each_other(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, mode: str
+) -> None:
+    listener = subscribed(redis_client)
+    a = make_cache(signing_keys=[K2, K1], metrics_registry=CollectorRegistry())  # rotating
+    reg_b = CollectorRegistry()
+    b = make_cache(signing_keys=[K1, K2], metrics_registry=reg_b)
+    reader = Fn(b, mode, "Across")
+    with b.enable():
+        assert await reader("1") == ("1", 1)
+        await invalidate(a, mode, "1")
+        wait_until(lambda: sample(reg_b, MESSAGES, direction="received", kind="invalidate") == 1, what="i")
+        assert await reader("1") == ("1", 2)
+        key = GCacheKey("user_id", "1", "Across", invalidation_tracking=True)
+        if mode == "async":
+            await a.adelete(key)
+        else:
+            a.delete(key)
+        wait_until(lambda: sample(reg_b, MESSAGES, direction="received", kind="delete") == 1, what="d")
+        assert await reader("1") == ("1", 3)
+    published = [listener.get_message(timeout=5) for _ in range(2)]
+    assert [m["data"][:2] for m in published if m is not None] == [b"I|", b"D|"]
+    assert sample(reg_b, MESSAGES, direction="dropped") == 0
+    listener.close()
+
+
+async def test_accept_unsigned_messages_lets_processes_without_keys_through_during_the_rollout(
+    make_cache: Callable[..., GCache], mode: str
+) -> None:
+    reg_keyed, reg_plain = CollectorRegistry(), CollectorRegistry()
+    keyed = make_cache(signing_keys=[K1], accept_unsigned_messages=True, metrics_registry=reg_keyed)
+    plain = make_cache(metrics_registry=reg_plain)  # not yet given the keys
+    on_keyed, on_plain = Fn(keyed, mode, "Rollout"), Fn(plain, mode, "Rollout")
+    with keyed.enable(), plain.enable():
+        assert await on_keyed("1") == ("1", 1)
+        assert await on_plain("1") == ("1", 1)  # keyed's signed entry: a REMOTE hit
+        assert on_plain.calls == 0
+        await invalidate(plain, mode, "1")  # unsigned: applied by the keyed process all the same
+        wait_until(lambda: sample(reg_keyed, MESSAGES, direction="received") == 1, what="unsigned")
+        assert await on_keyed("1") == ("1", 2)
+        await invalidate(keyed, mode, "1")  # signed: a process without keys applies it too
+        wait_until(lambda: sample(reg_plain, MESSAGES, direction="received") == 1, what="signed")
+        assert await on_plain("1") == ("1", 1)  # its own function's first value: LOCAL was dropped
+        assert on_plain.calls == 1

@@ -90,13 +90,14 @@ def test_envelope_round_trip_keeps_every_header_field(
 
     assert len(raw) == envelope.HEADER_SIZE + len(payload)
     assert raw[:2] == b"gC"
-    assert raw[2] == 1
+    assert raw[2] == 2
     assert raw[3] == serializer_id
     assert raw[4] == flags
     assert raw[5:21] == b"%016d" % stamp
     assert raw[21:29] == nonce
+    assert raw[29:49] == b"\0" * 20  # unsigned: no key id, no MAC
     decoded = envelope.decode(raw)
-    assert decoded == envelope.Envelope(serializer_id, flags, stamp, nonce, payload)
+    assert decoded == envelope.Envelope(serializer_id, flags, stamp, nonce, envelope.NO_KEY_ID, payload)
 
 
 def test_envelope_encode_defaults_to_zero_stamp_and_no_nonce() -> None:
@@ -136,7 +137,7 @@ def test_decode_rejects_random_bytes_as_foreign() -> None:
         assert info.value.reason == "foreign"
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_decode_rejects_other_format_version_as_version(version: int) -> None:
     raw = bytearray(envelope.encode(b"payload", 0, 0, 123, NONCE))
     raw[2] = version
@@ -159,7 +160,15 @@ def test_decode_rejects_bad_stamp_digits_as_corrupt(stamp: bytes) -> None:
     assert info.value.reason == "corrupt"
 
 
-@pytest.mark.parametrize("length", [2, 3, 5, 20, 28])
+def test_decode_reads_a_version_1_entry_of_any_length_as_version() -> None:
+    # Version 1 had a 29-byte header and no MAC: an entry written by an older release.
+    for raw in (b"gC\x01\x00\x00" + b"%016d" % 5 + b"\0" * 8 + b"\x80", b"gC\x01"):
+        with pytest.raises(envelope.EnvelopeError) as info:
+            envelope.decode(raw)
+        assert info.value.reason == "version"
+
+
+@pytest.mark.parametrize("length", [3, 5, 20, 28, 48])
 def test_decode_rejects_truncated_header_as_corrupt(length: int) -> None:
     raw = envelope.encode(b"", 0, 0, 123, NONCE)[:length]
 
@@ -172,7 +181,7 @@ def test_decode_accepts_exact_header_with_empty_payload() -> None:
     raw = envelope.encode(b"", envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, 7, NONCE)
 
     assert len(raw) == envelope.HEADER_SIZE
-    assert envelope.decode(raw) == envelope.Envelope(1, 1, 7, NONCE, b"")
+    assert envelope.decode(raw) == envelope.Envelope(1, 1, 7, NONCE, envelope.NO_KEY_ID, b"")
 
 
 def _framed(draw: st.DrawFn) -> bytes:

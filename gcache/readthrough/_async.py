@@ -159,6 +159,8 @@ class AsyncDriver(AsyncIO):
         self.m.request_remote.inc()
         reads = self._reads
         self._reads = reads + 1
+        if self.unsigned_pickle:
+            self.tell_unsigned_pickle()
         timed = not reads & TIMING_MASK  # timing every read added a third to a hit's cost
         pttl = -1
         m.read_at = _monotonic()
@@ -295,23 +297,29 @@ class AsyncDriver(AsyncIO):
     async def aremote_put(
         self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
     ) -> bool:
-        """Write to Redis for ``ttl`` (+ ``grace``); False when refused as stale or too large."""
+        """Write to Redis for ``ttl`` (+ ``grace``); False when refused as stale or too large.
+
+        A tracked entry is written under the fence its read returned; a direct put, which has
+        no read, reads first (creating the fence if need be) to stamp and sign what it writes.
+        """
         remote = self.remote
         assert remote is not None
+        if self.unsigned_pickle:
+            self.tell_unsigned_pickle()
         start = _perf()
         codec = self.codec
         payload, flags = codec.dump(value) if not codec.is_async else await self.adump_async_codec(value)
         self.m.dump.observe(_perf() - start)
-        envelope = self.envelope(payload, flags)
-        if envelope is None:
+        if not self.fits(payload):
             return False
         ttl_ms = max(1, int((ttl + grace) * 1000))
         if self.tracked:
-            t0, nonce = (read.now_us, read.nonce) if read is not None else (None, None)
-            return self.wrote(
-                await remote.awrite_tracked(urn, watermark_key(entity), t0, ttl_ms, nonce, envelope)
-            )
-        await remote.aset(urn, envelope, ttl_ms)
+            fence = watermark_key(entity)
+            if read is None:
+                read = await remote.aread_tracked(urn, fence)
+            envelope = self.envelope(urn, payload, flags, read)
+            return self.wrote(await remote.awrite_tracked(urn, fence, read, ttl_ms, envelope))
+        await remote.aset(urn, self.envelope(urn, payload, flags, None), ttl_ms)
         return self.wrote(1)
 
     async def afunction(

@@ -115,7 +115,10 @@ class Decisions(Reporting):
         self.default_config = default_config
         self.serializer = serializer
         self.codec = Codec(serializer)
-        self._plain = not tracked and serializer is None  # see _envelope.untracked_pickle
+        self.signer = runtime.signer
+        # See _envelope.untracked_pickle; a signed entry is checked in full (fresh).
+        self._plain = not tracked and serializer is None and runtime.signer is None
+        self.unsigned_pickle = serializer is None and runtime.signer is None and runtime.remote is not None
         # The longest stored value worth loading: a planted giant is a miss, never unpickled or
         # kept in LOCAL (the same bound as writes, framed).
         limit = runtime.max_value_bytes
@@ -222,10 +225,12 @@ class Decisions(Reporting):
         else:
             self.m.write("local", refused).inc()
 
-    def fresh(self, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
+    def fresh(self, urn: str, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
         """The envelope of a remote entry that is not invalidated, or None (the miss is counted).
 
-        Whether it is past its TTL (in a fail-safe grace period) is :meth:`expired`'s question.
+        With signing keys, an entry without a valid signature for this key is a miss before any
+        other field of it is believed. Whether it is past its TTL (in a fail-safe grace period)
+        is :meth:`expired`'s question.
         """
         if raw is None:
             self.m.miss("remote", "not_found").inc()
@@ -234,6 +239,10 @@ class Decisions(Reporting):
             env = _envelope.decode(raw)
         except _envelope.EnvelopeError as exc:
             self.m.miss("remote", exc.reason).inc()
+            return None
+        signer = self.signer
+        if signer is not None and not _envelope.signed_by(signer, urn, raw):
+            self.bad_signature(urn, signer.knows(env.key_id), env.key_id == _envelope.NO_KEY_ID)
             return None
         if env.serializer_id != self.codec.serializer_id:
             self.m.miss("remote", "serializer_mismatch").inc()
@@ -252,7 +261,7 @@ class Decisions(Reporting):
     ) -> tuple[bytes, int, bool] | None:
         """What a REMOTE read found worth loading: payload, flags and whether it is past its TTL
         (a fail-safe entry kept as a stale value); None when there is nothing to load."""
-        env = self.fresh(raw, read)
+        env = self.fresh(m.urn, raw, read)
         if env is None:
             if raw is not None and m.stale_layer == "local":
                 m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
@@ -274,14 +283,28 @@ class Decisions(Reporting):
         if m.stale is MISS:
             m.stale, m.stale_layer = value, layer
 
-    def envelope(self, payload: bytes, flags: int) -> bytes | None:
-        """The framed payload, or None when it is larger than ``max_value_bytes`` (counted)."""
+    def fits(self, payload: bytes) -> bool:
+        """Whether a payload is within ``max_value_bytes``; one that is not is counted."""
         limit = self.rt.max_value_bytes
         if limit is not None and len(payload) > limit:
             self.m.write("remote", "too_large").inc()
-            return None
+            return False
         self.m.size.observe(len(payload))
-        return _envelope.encode(payload, self.codec.serializer_id, flags, time.time_ns() // 1000)
+        return True
+
+    def envelope(self, urn: str, payload: bytes, flags: int, read: TrackedRead | None) -> bytes:
+        """The entry to store at ``urn``, signed when there are keys.
+
+        A tracked entry is stamped with its read's server time and carries its fence's nonce,
+        which the write script checks are still current; an untracked one, this clock's time.
+        """
+        if read is not None:
+            stamp_us, nonce = read.now_us, read.nonce or _envelope.NO_NONCE
+        else:
+            stamp_us, nonce = time.time_ns() // 1000, _envelope.NO_NONCE
+        return _envelope.encode(
+            payload, self.codec.serializer_id, flags, stamp_us, nonce, key=urn, signer=self.signer
+        )
 
     def miss(
         self,

@@ -31,6 +31,7 @@ class Reporting:
     m: UseCaseMetrics
     use_case: str
     watch: KeyPartWatch | None
+    unsigned_pickle: bool  # no signing keys, pickle, and not told yet
 
     def key_error(self, exc: BaseException) -> None:
         self._error(LAYER_ALL, exc, "could not build the cache key")
@@ -46,6 +47,33 @@ class Reporting:
             (self.use_case, layer, kind),
             f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; served uncached",
             exc,
+        )
+
+    def bad_signature(self, urn: str, known_key: bool, unsigned: bool) -> None:
+        """An entry refused before it was loaded: told (rate-limited), as it may be an attack."""
+        self.m.miss("remote", "bad_signature").inc()
+        if unsigned:
+            why = "it is unsigned (written without signing keys, e.g. before signing was turned on)"
+        elif known_key:
+            why = "its MAC is wrong: forged, altered, or copied from another key"
+        else:
+            why = "it is signed with a key not in signing_keys: forged, or a key rotated out too soon"
+        self.rt.errors.warning(
+            ("bad_signature", self.use_case),
+            f"use case {self.use_case!r}: refused the REMOTE entry {urn[:120]!r} unread: {why}; "
+            "served as a miss, and rewritten",
+        )
+
+    def tell_unsigned_pickle(self) -> None:
+        """The first REMOTE use of pickle without signing keys (once per GCache)."""
+        self.unsigned_pickle = False
+        self.rt.errors.once(
+            ("unsigned_pickle",),
+            f"use case {self.use_case!r} stores pickles in Redis unsigned: anyone who can write to "
+            "that Redis can make every process that reads the entry run code. Set "
+            "GCacheConfig(signing_keys=[...]) or GCACHE_SIGNING_KEYS to sign and check entries, or "
+            "use a serializer whose loading runs no code (gcache.serializers.JsonSerializer, "
+            "MsgpackSerializer); see SECURITY.md",
         )
 
     def watch_key(self, id: str, pairs: tuple[tuple[str, str], ...]) -> None:

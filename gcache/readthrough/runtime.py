@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gcache.epochs import Epochs
     from gcache.keys import GCacheKey
     from gcache.remote import RemoteCache
+    from gcache.signing import Signer
 
 __all__ = ["Runtime"]
 
@@ -41,8 +42,10 @@ class Runtime:
         config_reuse_sec: float = 0.0,
         max_value_bytes: int | None = None,
         max_key_length: int = 4096,
+        signer: Signer | None = None,
     ) -> None:
         self.prefix = prefix
+        self.signer = signer  # None: entries are neither signed nor checked
         self.config_reuse_sec = config_reuse_sec
         self.max_value_bytes = max_value_bytes
         self.max_key_length = max_key_length

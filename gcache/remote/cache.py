@@ -23,10 +23,12 @@ import redis.asyncio
 
 from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker
+from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
 from gcache.remote.clients import ADMIN, NODE_OPTIONS, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined
+from gcache.signing import Signer
 from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
 __all__ = ["RemoteCache", "new_nonce"]
@@ -68,6 +70,7 @@ class RemoteCache(Connections):
         compute_limit_ms: see ``GCacheConfig.tracked_compute_limit_sec``.
         loop_thread: where sync callers run async-only clients.
         channel: where invalidations and deletions are published for other processes.
+        signer: signs what is published there (None: unsigned messages).
         read_timeout, write_timeout: deadlines of READ and WRITE operations (None: the client's
             socket timeout).
         breaker_failures, breaker_probe_sec, on_breaker: the circuit breaker (see
@@ -87,6 +90,7 @@ class RemoteCache(Connections):
         compute_limit_ms: int,
         loop_thread: LoopThread,
         channel: str = bus_channel(DEFAULT_URN_PREFIX),
+        signer: Signer | None = None,
         read_timeout: float | None = None,
         write_timeout: float | None = None,
         breaker_failures: int = 0,
@@ -98,6 +102,7 @@ class RemoteCache(Connections):
             redis_config, client_factory, loop_thread, (read_timeout, write_timeout, None), on_pool_wait
         )
         self.channel = channel
+        self._signer = signer
         self.origin = os.urandom(6).hex()  # names this instance in what it publishes
         self._compute_limit_ms = compute_limit_ms
         self.breaker = CircuitBreaker(
@@ -165,31 +170,38 @@ class RemoteCache(Connections):
         return methodcaller("read_tracked", keys=[key, fence], args=args)
 
     def _write_tracked(
-        self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
+        self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes
     ) -> Callable[[Connection], Any]:
-        args = [
-            "" if t0_us is None else t0_us,
-            ttl_ms,
-            read_nonce or b"",
-            new_nonce(),
-            envelope,
-            self._compute_limit_ms * 1000,
-        ]
+        assert read.nonce is not None, "a tracked read always returns a fence"
+        args = [read.now_us, ttl_ms, read.nonce, envelope, self._compute_limit_ms * 1000]
         return methodcaller("write_tracked", keys=[key, fence], args=args)
 
+    def _signature(self, kind: str, buffer_ms: int, target: str) -> bytes:
+        """The signature the scripts publish with a message; empty without keys (the message
+        then keeps the unsigned format)."""
+        if self._signer is None:
+            return b""
+        return message_signature(self._signer, kind, buffer_ms, self.origin, target)
+
     def _invalidate(self, fence: str, future_buffer_ms: int) -> Callable[[Connection], Any]:
+        entity = entity_of(fence)
         args = [
             future_buffer_ms,
             new_nonce(),
             self._compute_limit_ms,
             self.channel,
-            entity_of(fence),
+            entity,
             self.origin,
+            self._signature("invalidate", future_buffer_ms, entity),
         ]
         return methodcaller("invalidate", keys=[fence], args=args)
 
     def _delete(self, key: str) -> Callable[[Connection], Any]:
-        return methodcaller("delete", keys=[key], args=[self.channel, self.origin])
+        args = [self.channel, self.origin, self._signature("delete", 0, key)]
+        return methodcaller("delete", keys=[key], args=args)
+
+    def _announce_flush(self) -> list[Any]:
+        return [self.channel, self.origin, self._signature("flush", 0, "")]
 
     async def aget(self, key: str) -> bytes | None:
         """:meth:`_arun` written out for the one operation of every untracked REMOTE hit."""
@@ -294,21 +306,18 @@ class RemoteCache(Connections):
         self._run("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))
 
     async def awrite_tracked(
-        self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
+        self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes
     ) -> int:
-        """Store a tracked entry stamped ``t0_us`` unless the entity was invalidated since.
+        """Store a tracked entry, stamped and fenced as ``read`` (the read before it) saw, unless
+        the entity was invalidated since.
 
-        Returns 1 (stored), 0 (invalidated at or after t0), -1 (fence replaced), -2 (too slow).
+        Returns 1 (stored), 0 (invalidated at or after the read), -1 (fence replaced or gone),
+        -2 (too slow).
         """
-        command = self._write_tracked(key, fence, t0_us, ttl_ms, read_nonce, envelope)
-        return int(await self._arun("write", WRITE, command))
+        return int(await self._arun("write", WRITE, self._write_tracked(key, fence, read, ttl_ms, envelope)))
 
-    def write_tracked(
-        self, key: str, fence: str, t0_us: int | None, ttl_ms: int, read_nonce: bytes | None, envelope: bytes
-    ) -> int:
-        return int(
-            self._run("write", WRITE, self._write_tracked(key, fence, t0_us, ttl_ms, read_nonce, envelope))
-        )
+    def write_tracked(self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes) -> int:
+        return int(self._run("write", WRITE, self._write_tracked(key, fence, read, ttl_ms, envelope)))
 
     async def ainvalidate(self, fence: str, future_buffer_ms: int) -> int:
         """Raise the entity's watermark to at least server-now + buffer; returns it (us)."""
@@ -337,7 +346,7 @@ class RemoteCache(Connections):
                     batch = []
             if batch:
                 deleted += await _aunlink(c.client, batch)
-            await c.announce_flush(args=[self.channel, self.origin])
+            await c.announce_flush(args=self._announce_flush())
             return deleted
 
         return await self._arun("flush", ADMIN, flush)
@@ -357,7 +366,7 @@ class RemoteCache(Connections):
                     batch = []
             if batch:
                 deleted += _unlink(c.client, batch)
-            c.announce_flush(args=[self.channel, self.origin])
+            c.announce_flush(args=self._announce_flush())
             return deleted
 
         result: int = self._run("flush", ADMIN, flush)

@@ -59,32 +59,23 @@ return 0
 """
 
 # KEYS[1] value key, KEYS[2] fence key
-# ARGV[1] t0: server time (us) of the read that missed; '' means now (a direct put)
+# ARGV[1] t0: server time (us) of the read before this write (the one that missed)
 # ARGV[2] entry TTL (ms)
-# ARGV[3] fence nonce the read saw; '' if the fence was missing
-# ARGV[4] nonce for a fence this write has to create (8 bytes)
-# ARGV[5] envelope; bytes 6-29 (stamp and nonce) are filled in here
-# ARGV[6] compute limit (us): a read older than this may have outlived an invalidation fence
-# Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced since the read; -2 too slow.
+# ARGV[3] fence nonce that read saw (it created the fence if there was none)
+# ARGV[4] the entry, stamped t0 and carrying that nonce: the writer fills (and signs) every field
+# ARGV[5] compute limit (us): a read older than this may have outlived an invalidation fence
+# Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced or gone since the read;
+# -2 too slow.
 WRITE_TRACKED = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local t0 = tonumber(ARGV[1]) or now
-if now - t0 > tonumber(ARGV[6]) then return -2 end
+local t0 = tonumber(ARGV[1])
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) - t0 > tonumber(ARGV[5]) then return -2 end
 local f = redis.call('HMGET', KEYS[2], 'n', 'w')
-local n = f[1]
-if n then
-  if ARGV[3] ~= '' and n ~= ARGV[3] then return -1 end
-  if tonumber(f[2]) >= t0 then return 0 end
-else
-  if ARGV[3] ~= '' then return -1 end
-  n = ARGV[4]
-  redis.call('HSET', KEYS[2], 'n', n, 'w', '0')
-end
+if f[1] ~= ARGV[3] then return -1 end
+local w = tonumber(f[2])
+if not w or w >= t0 then return 0 end
 local ttl = tonumber(ARGV[2])
-local env = ARGV[5]
-redis.call('SET', KEYS[1], string.sub(env, 1, 5) .. string.format('%016.0f', t0) .. n .. string.sub(env, 30),
-           'PX', ttl)
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl)
 if redis.call('PTTL', KEYS[2]) < ttl + 1000 then
   redis.call('PEXPIRE', KEYS[2], ttl + 1000)
 end
@@ -97,8 +88,10 @@ return 1
 #         invalidation can find the fence gone,
 # ARGV[4] invalidation bus channel, ARGV[5] the entity ({...} part of the keys),
 # ARGV[6] origin: the publishing GCache instance, which has applied the change already
-# Publishes "i|<server now us>|<buffer ms>|<origin>|<entity>" in the same step, so the message
-# and the watermark cannot disagree. Returns the watermark (us) now in force; it never goes down.
+# ARGV[7] the message's signature ('': unsigned; see gcache.bus)
+# Publishes "i|<server now us>|<buffer ms>|<origin>|<entity>" (signed: "I|...|<origin>|<signature>|
+# <entity>") in the same step, so the message and the watermark cannot disagree. Returns the
+# watermark (us) now in force; it never goes down.
 INVALIDATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -116,27 +109,36 @@ local life = buffer + tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < life then
   redis.call('PEXPIRE', KEYS[1], life)
 end
+local kind, target = 'i|', ARGV[5]
+if ARGV[7] ~= '' then kind, target = 'I|', ARGV[7] .. '|' .. ARGV[5] end
 redis.call('PUBLISH', ARGV[4],
-           'i|' .. string.format('%.0f', now) .. '|' .. ARGV[1] .. '|' .. ARGV[6] .. '|' .. ARGV[5])
+           kind .. string.format('%.0f', now) .. '|' .. ARGV[1] .. '|' .. ARGV[6] .. '|' .. target)
 return string.format('%.0f', w)
 """
 
 # KEYS[1] value key
-# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance)
-# Deletes the entry and publishes "d|<server now us>|0|<origin>|<key>" so other processes drop
-# their LOCAL copy. Returns the number of keys deleted.
+# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance),
+# ARGV[3] the message's signature ('': unsigned)
+# Deletes the entry and publishes "d|<server now us>|0|<origin>|<key>" (signed: "D|...|<origin>|
+# <signature>|<key>") so other processes drop their LOCAL copy. Returns the number of keys deleted.
 DELETE = """
 local n = redis.call('DEL', KEYS[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('PUBLISH', ARGV[1], 'd|' .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|' .. KEYS[1])
+local kind, target = 'd|', KEYS[1]
+if ARGV[3] ~= '' then kind, target = 'D|', ARGV[3] .. '|' .. KEYS[1] end
+redis.call('PUBLISH', ARGV[1], kind .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|' .. target)
 return n
 """
 
-# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance)
-# Tells every process that this cache was flushed: "f|<server now us>|0|<origin>|". Returns receivers.
+# ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance),
+# ARGV[3] the message's signature ('': unsigned)
+# Tells every process that this cache was flushed: "f|<server now us>|0|<origin>|" (signed:
+# "F|...|<origin>|<signature>|"). Returns receivers.
 ANNOUNCE_FLUSH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-return redis.call('PUBLISH', ARGV[1], 'f|' .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|')
+local kind, target = 'f|', ''
+if ARGV[3] ~= '' then kind, target = 'F|', ARGV[3] .. '|' end
+return redis.call('PUBLISH', ARGV[1], kind .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|' .. target)
 """

@@ -333,15 +333,16 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
             assert await get(str(i)) == {"uid": str(i), "n": i + 1}
         assert sample(registry, ERRORS, use_case="Logged", layer="remote") == 20
         warnings = [r for r in handler.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1
-        assert "remote" in warnings[0].getMessage()
+        assert len(warnings) == 2
+        assert "unsigned" in warnings[0].getMessage()  # the first REMOTE use of pickle, once
+        assert "remote read failed" in warnings[1].getMessage()
 
         # Another kind of error (the key cannot be built) is logged on its own.
         for _ in range(5):
             assert (await get("bad"))["uid"] == "bad"
     warnings = [r for r in handler.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2
-    assert "key" in warnings[1].getMessage()
+    assert len(warnings) == 3
+    assert "key" in warnings[2].getMessage()
     assert sample(registry, ERRORS, use_case="Logged", layer="all", error="ValueError") == 5
 
 

@@ -10,7 +10,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -85,9 +85,20 @@ class Ops:
         key: str = KEY,
         fence: str = FENCE,
         ttl_ms: int = 10_000,
-        env: bytes = ENV,
+        env: bytes | None = None,
     ) -> int:
-        result: int = await self._do("write_tracked", key, fence, t0_us, ttl_ms, read_nonce, env)
+        """write_tracked after a read that returned ``t0_us`` and ``read_nonce``; ``(None, None)``
+        reads first, as a direct put does. The entry is stamped and fenced as that read saw."""
+        if t0_us is None or read_nonce is None:
+            read = await self.read(key, fence)
+        else:
+            read = TrackedRead(None, read_nonce, 0, t0_us)
+        assert read.nonce is not None
+        if env is None:
+            env = envelope.encode(
+                PAYLOAD, envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, read.now_us, read.nonce
+            )
+        result: int = await self._do("write_tracked", key, fence, read, ttl_ms, env)
         return result
 
     async def invalidate(self, buffer_ms: int = 0, fence: str = FENCE) -> int:
@@ -364,23 +375,23 @@ def test_parse_fence_read_matches_the_script_and_leaves_a_missing_fence_to_it(
 # -- write_tracked --------------------------------------------------------------------------------
 
 
-async def test_write_tracked_missing_fence_creates_fence_and_stamps_read_time(
+async def test_write_tracked_stores_the_entry_as_given_under_the_fence_its_read_created(
     backend: Backend, ops: Ops
 ) -> None:
     read = await ops.read()
+    assert read.nonce is not None
+    env = envelope.encode(PAYLOAD, envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, read.now_us, read.nonce)
 
-    assert await ops.write(read.now_us, read.nonce, ttl_ms=10_000) == 1
+    assert await ops.write(read.now_us, read.nonce, ttl_ms=10_000, env=env) == 1
 
-    fence = backend.inspect.hgetall(FENCE)
+    fence = cast("dict[bytes, bytes]", backend.inspect.hgetall(FENCE))
     assert set(fence) == {b"n", b"w"}
     assert len(fence[b"n"]) == 8
     assert fence[b"w"] == b"0"
     raw = stored(backend.inspect, KEY)
-    assert raw[5:21] == b"%016d" % read.now_us
-    assert raw[21:29] == fence[b"n"]
-    decoded = envelope.decode(raw)
-    assert decoded == envelope.Envelope(
-        envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, read.now_us, fence[b"n"], PAYLOAD
+    assert raw == env
+    assert envelope.decode(raw) == envelope.Envelope(
+        envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, read.now_us, fence[b"n"], envelope.NO_KEY_ID, PAYLOAD
     )
     entry_ttl = backend.inspect.pttl(KEY)
     assert 9_000 < entry_ttl <= 10_000
@@ -428,15 +439,23 @@ async def test_write_tracked_fence_outlives_longest_entry(backend: Backend, ops:
     assert 4_000 < backend.inspect.pttl(KEY2) <= 5_000
 
 
-async def test_write_tracked_without_read_time_stamps_server_now(backend: Backend, ops: Ops) -> None:
-    before = backend.now_us()
-    assert await ops.write(None, None) == 1
-    after = backend.now_us()
+async def test_write_tracked_refused_with_minus_one_when_the_fence_is_missing_at_write(
+    backend: Backend, ops: Ops
+) -> None:
+    # The read before every write creates the fence; a write that finds none lost it.
+    assert await ops.write(backend.now_us(), b"NEVERSET") == -1
+    assert backend.inspect.exists(KEY, FENCE) == 0
 
-    raw = stored(backend.inspect, KEY)
-    decoded = envelope.decode(raw)
-    assert before <= decoded.stamp_us <= after
-    assert decoded.nonce == backend.inspect.hget(FENCE, "n")
+
+async def test_write_tracked_refused_when_the_fence_watermark_is_not_a_number(
+    backend: Backend, ops: Ops
+) -> None:
+    # Only someone writing to Redis by hand leaves such a fence: fail closed.
+    read = await ops.read()
+    backend.inspect.hset(FENCE, "w", "garbage")
+
+    assert await ops.write(read.now_us, read.nonce) == 0
+    assert backend.inspect.exists(KEY) == 0
 
 
 async def test_write_tracked_refused_when_invalidated_after_read(backend: Backend, ops: Ops) -> None:
@@ -525,13 +544,6 @@ async def test_write_tracked_refused_with_minus_two_when_compute_limit_exceeded(
 
     assert await ops.write(read.now_us, read.nonce) == -2
     assert backend.inspect.exists(KEY, FENCE) == 0
-
-
-async def test_write_tracked_compute_limit_does_not_apply_to_direct_put(backend: Backend, mode: str) -> None:
-    ops = Ops(backend.make(compute_limit_ms=1), mode)
-
-    assert await ops.write(None, None) == 1
-    assert backend.inspect.exists(KEY) == 1
 
 
 # -- invalidate -----------------------------------------------------------------------------------
@@ -732,7 +744,7 @@ async def dead_remote() -> AsyncIterator[RemoteCache]:
         ("get", lambda o: o.get(KEY)),
         ("set", lambda o: o.set(KEY, ENV, 1_000)),
         ("read", lambda o: o.read()),
-        ("write", lambda o: o.write(None, None)),
+        ("write", lambda o: o.write(1, b"NONCE--1")),
         ("invalidate", lambda o: o.invalidate()),
         ("delete", lambda o: o.delete(KEY)),
         ("flush", lambda o: o.flush("urn:gcache")),
