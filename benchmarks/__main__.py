@@ -3,6 +3,7 @@
 Scenarios, in the order they run (with no argument, all of them):
 
 - ``hits``: LOCAL and REMOTE hits, sync and async (bench_hits)
+- ``signing``: the same hits with signing keys, against gcache's own without (bench_signing)
 - ``miss``: miss + write-back (bench_miss)
 - ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
@@ -16,7 +17,7 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
 
-The first five write their rows to results/<scenario>.json; results/results.md (the table) and
+The first six write their rows to results/<scenario>.json; results/results.md (the table) and
 results/results.png (the chart) are rebuilt from every saved scenario after each run.
 ``REDIS_URL`` points the scenarios at an existing Redis instead of a private one.
 """
@@ -41,6 +42,7 @@ from benchmarks import (
     bench_load,
     bench_memory,
     bench_miss,
+    bench_signing,
     bench_soak,
 )
 from benchmarks._harness import Result, environment, server_version
@@ -49,6 +51,7 @@ from gcache._embedded_redis import EmbeddedRedis
 RESULTS = _report.RESULTS
 TABLED: dict[str, Callable[[str], list[Result]]] = {
     "hits": bench_hits.run,
+    "signing": bench_signing.run,
     "miss": bench_miss.run,
     "concurrency": bench_concurrency.run,
     "memory": bench_memory.run,

@@ -12,7 +12,8 @@ instructions.
 
 Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
 functions, keys and values as ``bench_hits``; and a tracked REMOTE hit (``track_for_invalidation``:
-TIME, GET and HMGET in one write), whose floor is the untracked one's."""
+TIME, GET and HMGET in one write), whose floor is the untracked one's; and a signed REMOTE hit
+(``signing_keys``: one HMAC more), whose floor is the unsigned gcache hit."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import cachetools
 
 from benchmarks._harness import bare_async_client, bare_sync_client, gcache_errors, make_gcache, user
 from benchmarks.bench_hits import ID, LOCAL_ONLY, REMOTE_ONLY, TTL, read_through_ttl_cache
+from benchmarks.bench_signing import KEY as SIGNING_KEY
 from gcache import GCache
 from gcache._envelope import HEADER_SIZE
 from gcache.urns import entity_key, value_key
@@ -43,6 +45,8 @@ CASES = (
     "async REMOTE baseline",
     "sync REMOTE tracked",
     "async REMOTE tracked",
+    "sync REMOTE signed",
+    "async REMOTE signed",
 )
 WARM_UP = 300
 PREFIX = "bench-instructions"
@@ -59,13 +63,16 @@ def _stored(redis_url: str) -> str:
     return key
 
 
-def _cached(mode: str, kind: str, redis_url: str, tracked: bool = False) -> Callable[[str], Any]:
+def _cached(
+    mode: str, kind: str, redis_url: str, tracked: bool = False, signed: bool = False
+) -> Callable[[str], Any]:
     """gcache's cached function of the case, enabled for the life of the process."""
     # Under valgrind a call runs some 50 times slower: the default 50 ms read deadline would fire,
     # and a timed-out read (counted, logged, served uncached) costs far more than a hit.
-    cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0)
+    keys = {"signing_keys": [SIGNING_KEY]} if signed else {}
+    cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0, **keys)
     _CACHES.append(cache)
-    use_case = f"{kind}{mode.title()}{'Tracked' if tracked else ''}"
+    use_case = f"{kind}{mode.title()}{'Tracked' if tracked else ''}{'Signed' if signed else ''}"
     client = bare_sync_client(redis_url)
     client.delete(value_key(entity_key(PREFIX, "user_id", ID), (), use_case))  # an earlier run's
     client.close()
@@ -92,8 +99,8 @@ def _cached(mode: str, kind: str, redis_url: str, tracked: bool = False) -> Call
 def _case(case: str, redis_url: str) -> Callable[[], Any]:
     """One call of ``case``: a plain call, or (async) a call returning the awaitable."""
     mode, kind, subject = case.split()
-    if subject in ("gcache", "tracked"):
-        cached_user = _cached(mode, kind, redis_url, tracked=subject == "tracked")
+    if subject in ("gcache", "tracked", "signed"):
+        cached_user = _cached(mode, kind, redis_url, tracked=subject == "tracked", signed=subject == "signed")
         return lambda: cached_user(ID)
     if kind == "LOCAL":
         bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))

@@ -41,6 +41,7 @@ __all__ = [
     "decode",
     "encode",
     "signed_by",
+    "signed_pickle",
     "untracked_pickle",
 ]
 
@@ -125,18 +126,30 @@ def decode(raw: bytes) -> Envelope:
 
 def signed_by(signer: Signer, key: str, raw: bytes) -> bool:
     """Whether ``raw``, read from ``key``, was written by a holder of one of ``signer``'s keys."""
-    return signer.entry_ok(key, raw, raw[KEY_ID_AT:MAC_AT], MAC_AT)
+    return signer.entry_ok(
+        key, raw[KEY_ID_AT:MAC_AT], raw[:MAC_AT], raw[HEADER_SIZE:], raw[MAC_AT:HEADER_SIZE]
+    )
 
 
-def untracked_pickle(raw: bytes | None) -> bytes | None:
+def untracked_pickle(raw: bytes | None, key: str) -> bytes | None:
     """The payload of a well-formed pickle entry, or None: anything else is :func:`decode`'s to judge.
 
     An untracked read checks neither the stamp nor the nonce, so the common hit skips parsing them
-    (about a fifth of what gcache adds to a REMOTE hit); the header is still checked in full. The
-    signature, when there are keys, is the caller's to check.
+    (about a fifth of what gcache adds to a REMOTE hit); the header is still checked in full.
+    Unsigned: ``key`` is not looked at (see :func:`signed_pickle`).
     """
     if raw is not None and len(raw) >= HEADER_SIZE and raw[:5] == _PICKLE_HEAD and raw[5:21].isdigit():
         return raw[HEADER_SIZE:]
+    return None
+
+
+def signed_pickle(signer: Signer, raw: bytes | None, key: str) -> bytes | None:
+    """:func:`untracked_pickle` with signing keys: the payload only of an entry whose MAC is good
+    for ``key``; None sends the entry to :func:`decode` and the full checks, which tell why."""
+    if raw is not None and len(raw) >= HEADER_SIZE and raw[:5] == _PICKLE_HEAD and raw[5:21].isdigit():
+        payload = raw[HEADER_SIZE:]
+        if signer.entry_ok(key, raw[KEY_ID_AT:MAC_AT], raw[:MAC_AT], payload, raw[MAC_AT:HEADER_SIZE]):
+            return payload
     return None
 
 

@@ -134,31 +134,27 @@ class Signer:
 
     # -- entries -----------------------------------------------------------------------------------
 
-    def entry_mac(self, redis_key: str, head: bytes | memoryview, payload: bytes | memoryview) -> bytes:
+    def entry_mac(self, redis_key: str, head: bytes, payload: bytes) -> bytes:
         """The MAC of an entry stored under ``redis_key``: ``head`` is its envelope up to the MAC
         (key id included), ``payload`` what follows the MAC."""
         return self._entry_mac(self._first, redis_key, head, payload)
 
-    def entry_ok(self, redis_key: str, raw: bytes, kid: bytes, mac_at: int) -> bool:
-        """Whether ``raw``, read from ``redis_key``, carries a MAC of one of the keys at ``mac_at``
-        (its key id just before it); checked before anything in it is trusted."""
+    def entry_ok(self, redis_key: str, kid: bytes, head: bytes, payload: bytes, mac: bytes) -> bool:
+        """Whether ``mac``, read from ``redis_key`` with ``head`` and ``payload``, was made by the
+        key ``kid`` names; checked before anything in the entry is trusted."""
         key = self._keys.get(kid)
-        if key is None:
-            return False
-        view = memoryview(raw)
-        end = mac_at + MAC_SIZE
-        expected = self._entry_mac(key, redis_key, view[:mac_at], view[end:])
-        return hmac.compare_digest(expected, view[mac_at:end])
+        return key is not None and hmac.compare_digest(self._entry_mac(key, redis_key, head, payload), mac)
 
     @staticmethod
-    def _entry_mac(key: _Key, redis_key: str, head: bytes | memoryview, payload: bytes | memoryview) -> bytes:
+    def _entry_mac(key: _Key, redis_key: str, head: bytes, payload: bytes) -> bytes:
         name = redis_key.encode("utf-8", "surrogatepass")
         inner = key.entry.copy()
-        inner.update(len(name).to_bytes(4, "big"))
-        inner.update(name)
+        inner.update(len(name).to_bytes(4, "big") + name)
         inner.update(head)
         inner.update(payload)
-        return key.finish(inner)
+        outer = key.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_SIZE]
 
     # -- bus messages ------------------------------------------------------------------------------
 

@@ -176,6 +176,8 @@ def test_demo_prints_a_table_that_adds_up_and_shows_the_invalidated_value() -> N
         assert EMBEDDED_REDIS.search(out), out
         assert "redis-server stopped." in out
     assert METRICS_URL.search(out), out
+    assert "Signing  entries and bus messages signed with a key made for this run" in out, out
+    assert "stores pickles in Redis unsigned" not in out + result.stderr  # signed: no such warning
 
     # The update, then ainvalidate: the stale copy before, the new value after.
     assert "before ainvalidate: get_user(1).plan == 'free'" in out, out

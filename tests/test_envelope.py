@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from gcache import CacheLayer, ConfigError, GCache, GCacheKeyConfig, Serializer
 from gcache import _envelope as envelope
 from gcache._codec import Codec
+from gcache.signing import Signer
 from tests.conftest import sample
 
 NONCE = b"\x01\x02\x03\x04\xfe\xfd\xfc\x00"
@@ -209,11 +210,51 @@ def test_untracked_pickle_takes_exactly_what_decode_reads_as_a_plain_pickle(raw:
     except envelope.EnvelopeError:
         read = None
     plain = read is not None and read.serializer_id == envelope.SERIALIZER_PICKLE and read.flags == 0
-    assert envelope.untracked_pickle(raw) == (read.payload if plain and read is not None else None)
+    assert envelope.untracked_pickle(raw, "{urn:gcache:user_id:1}#UC") == (
+        read.payload if plain and read is not None else None
+    )
+
+
+SIGNER = Signer([b"envelope-test-key-0123456789"])
+
+
+def _signed_framed(draw: st.DrawFn) -> bytes:
+    """A signed envelope, maybe one byte changed, maybe cut short."""
+    raw = bytearray(
+        envelope.encode(
+            draw(st.binary(max_size=20)),
+            draw(st.sampled_from([envelope.SERIALIZER_PICKLE, envelope.SERIALIZER_CUSTOM])),
+            draw(st.sampled_from([0, envelope.FLAG_STR])),
+            draw(st.integers(min_value=0, max_value=10**16 - 1)),
+            key="{urn:gcache:user_id:1}#UC",
+            signer=SIGNER,
+        )
+    )
+    if draw(st.booleans()):
+        raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+    return bytes(raw[: draw(st.integers(0, len(raw)))] if draw(st.booleans()) else raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.composite(_framed)(), st.composite(_signed_framed)()))
+def test_signed_pickle_takes_exactly_what_decode_and_the_mac_accept_as_a_plain_pickle(raw: bytes) -> None:
+    key = "{urn:gcache:user_id:1}#UC"
+    try:
+        read: envelope.Envelope | None = envelope.decode(raw)
+    except envelope.EnvelopeError:
+        read = None
+    plain = (
+        read is not None
+        and read.serializer_id == envelope.SERIALIZER_PICKLE
+        and read.flags == 0
+        and envelope.signed_by(SIGNER, key, raw)
+    )
+    assert envelope.signed_pickle(SIGNER, raw, key) == (read.payload if plain and read is not None else None)
 
 
 def test_untracked_pickle_of_nothing_stored_is_none() -> None:
-    assert envelope.untracked_pickle(None) is None
+    assert envelope.untracked_pickle(None, "k") is None
+    assert envelope.signed_pickle(SIGNER, None, "k") is None
 
 
 def test_envelope_error_carries_reason_as_message() -> None:

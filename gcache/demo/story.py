@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from gcache.demo.service import USE_CASE_CONFIGS, USE_CASE_DESCRIPTIONS, Service
 from gcache.demo.source import SlowSource
 from gcache.demo.traffic import PEER_CALLS_PER_BATCH, PEER_USE_CASE, Peer, Traffic
 from gcache.redis_config import mask_url
+from gcache.signing import ENV_SIGNING_KEYS
 
 __all__ = ["run"]
 
@@ -61,14 +63,33 @@ def run(options: DemoOptions) -> int:
         host = f"[{options.metrics_host}]" if ":" in options.metrics_host else options.metrics_host
         say(f"  Metrics  http://{host}:{http.server_port}/metrics")  # tests read the URL from this line
         say(f"  Source   a simulated database: every read sleeps {options.latency_ms:g} ms")
+        signing_keys = _signing_keys()
         metrics_url = f"http://{host}:{http.server_port}/metrics"
-        code = asyncio.run(_main(options, redis_url, registry, metrics_url))
+        code = asyncio.run(_main(options, redis_url, registry, metrics_url, signing_keys))
     say()
     say("Done: cache closed, /metrics stopped" + (", redis-server stopped." if embedded else "."))
     return code
 
 
-async def _main(options: DemoOptions, redis_url: str, registry: CollectorRegistry, metrics_url: str) -> int:
+def _signing_keys() -> list[str] | None:
+    """The keys both of the demo's instances sign with: ``GCACHE_SIGNING_KEYS`` when it is set
+    (None: GCacheConfig reads it), else one made for this run, as a fleet shares one."""
+    if os.environ.get(ENV_SIGNING_KEYS, "").strip():
+        say(f"  Signing  entries and bus messages signed with the keys of {ENV_SIGNING_KEYS}")
+        return None
+    say(
+        f"  Signing  entries and bus messages signed with a key made for this run ({ENV_SIGNING_KEYS}: yours)"
+    )
+    return [secrets.token_urlsafe(32)]
+
+
+async def _main(
+    options: DemoOptions,
+    redis_url: str,
+    registry: CollectorRegistry,
+    metrics_url: str,
+    signing_keys: list[str] | None,
+) -> int:
     stop = asyncio.Event()
     with _stop_on_signals(stop):
         cache = GCache(
@@ -78,6 +99,8 @@ async def _main(options: DemoOptions, redis_url: str, registry: CollectorRegistr
                 urn_prefix=URN_PREFIX,
                 metrics_registry=registry,
                 local_max_entries=LOCAL_MAX_ENTRIES,
+                signing_keys=signing_keys,
+                require_signing=True,
             )
         )
         try:
@@ -252,7 +275,7 @@ async def _serve(
     traffic.source.rate_failure_rate = 0.3
     traffic.new_user_share = 0.05
     traffic.uncached_share = 0.02
-    peer = Peer(redis_url, registry, traffic)
+    peer = Peer(redis_url, registry, traffic, traffic.cache.config.signing_keys)
     try:
         await _steady_traffic(traffic, peer, registry, options, stop)
     finally:

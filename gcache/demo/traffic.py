@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -108,7 +109,13 @@ class Peer:
     instance does not hear its own messages, it applied them before publishing.
     """
 
-    def __init__(self, redis_url: str, registry: CollectorRegistry, traffic: Traffic) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        registry: CollectorRegistry,
+        traffic: Traffic,
+        signing_keys: Sequence[str | bytes] | None,
+    ) -> None:
         self.traffic = traffic
         self.cache = GCache(
             GCacheConfig(
@@ -116,6 +123,8 @@ class Peer:
                 urn_prefix=URN_PREFIX,
                 metrics_registry=registry,
                 local_max_entries=LOCAL_MAX_ENTRIES,
+                signing_keys=signing_keys,  # the first instance's: they are one fleet
+                require_signing=True,
             )
         )
         source = traffic.source

@@ -19,7 +19,6 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from gcache._envelope import untracked_pickle
 from gcache.config import GCacheKeyConfig
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE
@@ -188,7 +187,8 @@ class AsyncDriver(AsyncIO):
             return MISS
         expired, flags = False, 0
         # The common hit, an untracked pickle without fail-safe, takes its payload at once.
-        payload = untracked_pickle(raw) if self._plain and not m.config.fail_safe_sec else None
+        plain = self._plain
+        payload = plain(raw, m.urn) if plain is not None and not m.config.fail_safe_sec else None
         if payload is None:
             found = self.to_load(m, raw, read, pttl)
             if found is None:

@@ -13,6 +13,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gcache import _envelope
@@ -116,8 +118,14 @@ class Decisions(Reporting):
         self.serializer = serializer
         self.codec = Codec(serializer)
         self.signer = runtime.signer
-        # See _envelope.untracked_pickle; a signed entry is checked in full (fresh).
-        self._plain = not tracked and serializer is None and runtime.signer is None
+        # An untracked pickle's payload, taken with its header checked and nothing parsed (see
+        # _envelope.untracked_pickle); None: every entry goes through fresh().
+        self._plain: Callable[[bytes | None, str], bytes | None] | None = None
+        if not tracked and serializer is None:
+            signer = runtime.signer
+            self._plain = (
+                _envelope.untracked_pickle if signer is None else partial(_envelope.signed_pickle, signer)
+            )
         self.unsigned_pickle = serializer is None and runtime.signer is None and runtime.remote is not None
         # The longest stored value worth loading: a planted giant is a miss, never unpickled or
         # kept in LOCAL (the same bound as writes, framed).

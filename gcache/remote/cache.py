@@ -26,7 +26,7 @@ from gcache.breaker import CircuitBreaker
 from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
-from gcache.remote.clients import ADMIN, NODE_OPTIONS, READ, WRITE, Connection, Connections, no_retry
+from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined
 from gcache.signing import Signer
 from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
@@ -375,7 +375,9 @@ class RemoteCache(Connections):
     async def new_bus_client(self) -> Any:
         """A fresh asyncio client for the invalidation bus's own connection.
 
-        On a cluster any node will do: classic pub/sub messages are broadcast to every node.
+        On a cluster any node will do: classic pub/sub messages are broadcast to every node. A
+        factory's cluster client is asked for one, and the connection to it is made exactly as
+        the cluster makes its own (TLS, credentials, timeouts), never as a plain one.
         """
         if self._factory is not None:
             client = self._factory()
@@ -383,11 +385,8 @@ class RemoteCache(Connections):
                 return client
             await client.initialize()
             node = client.get_random_node()
-            options = {k: v for k, v in node.connection_kwargs.items() if k in NODE_OPTIONS}
             await client.aclose()
-            return redis.asyncio.Redis(
-                host=node.host, port=int(node.port), retry=no_retry(redis.asyncio.retry.Retry), **options
-            )
+            return _node_client(node)
         assert self._config is not None
         assert self._config.url is not None
         options = {"retry": no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
@@ -404,6 +403,25 @@ class RemoteCache(Connections):
         """Close every client, each asyncio client on its own loop where that loop can still run."""
         self.breaker.stop()
         self.close_clients()
+
+
+# Options of a cluster node's connections that belong to the cluster client, not to a connection
+# of the bus's own: READONLY on connect (replica reads), the cluster's retries and its handling
+# of slot moves.
+_CLUSTER_ONLY = ("redis_connect_func", "retry", "oss_cluster_maint_notifications_handler")
+
+
+def _node_client(node: Any) -> redis.asyncio.Redis:
+    """A client of its own on one cluster node, with the node's connection class and options."""
+    options = {k: v for k, v in node.connection_kwargs.items() if k not in _CLUSTER_ONLY}
+    pool = redis.asyncio.ConnectionPool(
+        connection_class=node.connection_class, retry=no_retry(redis.asyncio.retry.Retry), **options
+    )
+    if hasattr(redis.asyncio.Redis, "from_pool"):  # redis-py 5.0.1 and later
+        return redis.asyncio.Redis.from_pool(pool)  # the client owns and closes the pool
+    client = redis.asyncio.Redis(connection_pool=pool)  # pragma: no cover - redis-py 5.0.0
+    client.auto_close_connection_pool = True  # pragma: no cover
+    return client  # pragma: no cover
 
 
 def _flush_pattern(prefix: str) -> str:

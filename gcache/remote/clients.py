@@ -37,7 +37,6 @@ from gcache.remote.batching import ReadQueue
 
 __all__ = [
     "ADMIN",
-    "NODE_OPTIONS",
     "READ",
     "WRITE",
     "AsyncWaitTimedPool",
@@ -48,10 +47,6 @@ __all__ = [
 ]
 
 READ, WRITE, ADMIN = 0, 1, 2  # kinds of operation, each with its own deadline
-NODE_OPTIONS = {
-    "username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-    "socket_connect_timeout", "socket_keepalive", "credential_provider",
-}  # fmt: skip
 _perf = time.perf_counter
 
 
