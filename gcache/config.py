@@ -323,6 +323,11 @@ class GCacheConfig:
         require_signing: refuse to start (ConfigError) without signing keys.
         accept_unsigned_messages: with keys, still apply unsigned bus messages: for the deploy
             that turns signing on, while some processes have no keys yet (see SECURITY.md).
+        key_hash_secret: with it, an id or argument value longer than ``hash_parts_longer_than``
+            characters is keyed by its HMAC-SHA-256 under this secret (16 bytes at least; the
+            same on every process, and never rotated: another secret is another key) instead of
+            making the key too long. Never shown in repr.
+        hash_parts_longer_than: see ``key_hash_secret``.
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -351,6 +356,8 @@ class GCacheConfig:
     signing_keys: Sequence[str | bytes] | None = field(default=None, repr=False)
     require_signing: bool = False
     accept_unsigned_messages: bool = False
+    key_hash_secret: str | bytes | None = field(default=None, repr=False)
+    hash_parts_longer_than: int = 256
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -394,6 +401,15 @@ class GCacheConfig:
                 raise ConfigError(f"GCacheConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.signing_keys is not None:
             signing_keys_from(self.signing_keys)  # a bad key is told here, at configuration
+        _positive("hash_parts_longer_than", self.hash_parts_longer_than, integer=True)
+        if self.key_hash_secret is not None:
+            secret = self.key_hash_secret
+            if not isinstance(secret, (str, bytes)):
+                raise ConfigError(
+                    f"GCacheConfig.key_hash_secret must be str or bytes, got {type(secret).__name__}"
+                )
+            if len(secret.encode() if isinstance(secret, str) else secret) < 16:
+                raise ConfigError("GCacheConfig.key_hash_secret must be 16 bytes at least")
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

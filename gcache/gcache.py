@@ -33,7 +33,7 @@ from gcache.readthrough import Runtime, UseCase
 from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
 from gcache.signing import Signer, signing_keys_from
-from gcache.urns import WATERMARK_USE_CASE, bus_channel
+from gcache.urns import WATERMARK_USE_CASE, PartHasher, bus_channel
 
 __all__ = ["GCache"]
 
@@ -110,6 +110,14 @@ class GCache(Management):
                 "GCacheConfig(signing_keys=[...]) or set GCACHE_SIGNING_KEYS"
             )
         self._signer = Signer(keys) if keys else None
+        secret = config.key_hash_secret
+        self._hasher = (
+            None
+            if secret is None
+            else PartHasher(
+                secret.encode() if isinstance(secret, str) else secret, config.hash_parts_longer_than
+            )
+        )
         self._remote: RemoteCache | None = None
         self._bus: InvalidationBus | None = None
         self._bus_up = threading.Event()
@@ -164,6 +172,7 @@ class GCache(Management):
             max_value_bytes=config.max_value_bytes,
             max_key_length=config.max_key_length,
             signer=self._signer,
+            hasher=self._hasher,
         )
         self._registered: set[str] = set()
         self._direct: dict[tuple[Any, ...], UseCase] = {}

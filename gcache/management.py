@@ -23,7 +23,7 @@ from gcache.metrics import Metrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
-from gcache.urns import entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
+from gcache.urns import PartHasher, entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
 
 __all__ = ["MAX_DIRECT_USE_CASES", "OTHER_KEY_TYPES", "Management"]
 
@@ -54,6 +54,7 @@ class Management:
     _closed: bool
     _bus: InvalidationBus | None
     _bus_up: threading.Event
+    _hasher: PartHasher | None
     _use_case: Callable[..., UseCase]  # GCache's: registers a use case
 
     def _for_key(self, key: GCacheKey) -> UseCase:
@@ -94,8 +95,12 @@ class Management:
     def _where(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]]:
         """Raises KeyTooLongError for a key over ``max_key_length``: direct access raises it."""
         uc = self._for_key(key)
-        entity = entity_key(self._prefix, key.key_type, key.id)
-        pairs = tuple(key.args)
+        hasher = self._hasher
+        if hasher is None:
+            entity, pairs = entity_key(self._prefix, key.key_type, key.id), tuple(key.args)
+        else:  # as calls key them: long parts by their hash
+            entity = entity_key(self._prefix, key.key_type, hasher(key.id))
+            pairs = tuple((name, hasher(value)) for name, value in key.args)
         urn = value_key(entity, pairs, key.use_case)
         if len(urn) > self.config.max_key_length:
             raise too_long(urn, self.config.max_key_length)
@@ -195,7 +200,8 @@ class Management:
             )
         if key_type not in self._key_types:
             self._unknown_key_type(key_type)
-        entity = entity_key(self._prefix, key_type, str(id))
+        id = str(id) if self._hasher is None else self._hasher(str(id))
+        entity = entity_key(self._prefix, key_type, id)
         self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
         self._metrics.invalidation.labels(key_type, "local").inc()
         return entity, watermark_key(entity)

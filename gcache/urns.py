@@ -13,7 +13,9 @@ entity, and its watermark, share one slot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
 from urllib.parse import unquote
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ID_ESCAPES",
     "KEY_TYPE_ESCAPES",
     "WATERMARK_USE_CASE",
+    "PartHasher",
     "bus_channel",
     "entity_key",
     "entity_of",
@@ -63,6 +66,40 @@ def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> st
 def value_key_tail(use_case: str) -> str:
     """How a value key ends: a use case renders it once, for the calls of an id alone."""
     return "#" + use_case.translate(_USE_CASE)
+
+
+class PartHasher:
+    """Keys an id or argument value longer than ``longer_than`` characters by its keyed hash:
+    ``~h`` and 32 hex digits of HMAC-SHA-256 with ``secret`` (``GCacheConfig.key_hash_secret``).
+
+    Applied to the raw part, before escaping, so one entity keeps one key everywhere: calls,
+    direct access and ``invalidate()`` hash the id alike. A short id spelled like a hash cannot
+    be aimed at a long one's entry without the secret; whoever can read the keys in Redis could,
+    but can read the entries already.
+    """
+
+    __slots__ = ("_secret", "longer_than")
+
+    def __init__(self, secret: bytes, longer_than: int) -> None:
+        self._secret = secret
+        self.longer_than = longer_than
+
+    def __call__(self, part: str) -> str:
+        if len(part) <= self.longer_than:
+            return part
+        digest = hmac.new(self._secret, part.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return "~h" + digest.hexdigest()[:32]
+
+    def key(
+        self, build: Callable[..., tuple[str, tuple[tuple[str, str], ...]]]
+    ) -> Callable[..., tuple[str, tuple[tuple[str, str], ...]]]:
+        """``build`` (a KeyBuilder's), with its long parts hashed."""
+
+        def hashed(*call: object) -> tuple[str, tuple[tuple[str, str], ...]]:
+            id, pairs = build(*call)
+            return self(id), tuple((name, self(value)) for name, value in pairs)
+
+        return hashed
 
 
 def owned_by(key: str, prefix: str) -> bool:

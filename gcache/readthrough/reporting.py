@@ -18,8 +18,8 @@ def too_long(urn: str, longest: int) -> KeyTooLongError:
     """The error of a key over ``max_key_length`` (the call is served uncached, counted)."""
     return KeyTooLongError(
         f"the key is {len(urn)} characters, max_key_length is {longest} (its start: {urn[:60]!r}); "
-        "an id or argument this long is usually caller input: key it by arg_adapters, or raise "
-        "GCacheConfig.max_key_length"
+        "an id or argument this long is usually caller input: key it by arg_adapters, have long "
+        "parts keyed by their hash (GCacheConfig.key_hash_secret), or raise GCacheConfig.max_key_length"
     )
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from gcache.keys import GCacheKey
     from gcache.remote import RemoteCache
     from gcache.signing import Signer
+    from gcache.urns import PartHasher
 
 __all__ = ["Runtime"]
 
@@ -43,9 +44,11 @@ class Runtime:
         max_value_bytes: int | None = None,
         max_key_length: int = 4096,
         signer: Signer | None = None,
+        hasher: PartHasher | None = None,
     ) -> None:
         self.prefix = prefix
         self.signer = signer  # None: entries are neither signed nor checked
+        self.hasher = hasher  # None: long ids and arguments are not hashed (see urns.PartHasher)
         self.config_reuse_sec = config_reuse_sec
         self.max_value_bytes = max_value_bytes
         self.max_key_length = max_key_length

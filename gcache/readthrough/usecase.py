@@ -31,6 +31,8 @@ class UseCase(AsyncDriver, SyncDriver):
         enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
         assert keys is not None
         build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case
+        if self.rt.hasher is not None:  # long ids and arguments keyed by their hash
+            build = self.rt.hasher.key(build)
         key_error = self.key_error
 
         if inspect.iscoroutinefunction(func):

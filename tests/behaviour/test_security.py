@@ -7,19 +7,20 @@ masking in tests/test_config.py.)
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheKey, GCacheKeyConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig
 from gcache import _envelope as envelope
 from gcache.errors import ConfigError, KeyTooLongError
 from gcache.management import MAX_DIRECT_USE_CASES
-from gcache.urns import entity_key, value_key
+from gcache.urns import PartHasher, entity_key, value_key
 from tests.conftest import sample
 from tests.test_gcache import Maker, call, twin
 
@@ -107,3 +108,91 @@ async def test_direct_access_refuses_use_case_names_past_the_bound_so_stores_and
     assert len(cache._local._stores) <= MAX_DIRECT_USE_CASES
     children = {s.labels["use_case"] for m in registry.collect() for s in m.samples if "use_case" in s.labels}
     assert f"Caller{MAX_DIRECT_USE_CASES}" not in children
+
+
+# -- long ids and arguments keyed by a keyed hash (opt-in) ----------------------------------------
+
+SECRET = "key-hash-secret-0123456789"
+
+
+def tracked_counting(cache: GCache, is_async: bool) -> tuple[Any, list[str]]:
+    calls: list[str] = []
+
+    def body(user_id: str, query: str = "") -> str:
+        calls.append(user_id[:10] + "|" + query[:10])
+        return f"{len(user_id)}:{len(query)}:{len(calls)}"
+
+    fn = cache.cached(
+        key_type="user_id",
+        id_arg="user_id",
+        use_case="Hashed",
+        default_config=BOTH,
+        track_for_invalidation=True,
+    )(twin("async" if is_async else "sync", body))
+    return fn, calls
+
+
+async def test_with_a_key_hash_secret_long_ids_and_arguments_are_cached_under_short_keys(
+    make_cache: Maker, registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    cache = make_cache(key_hash_secret=SECRET, hash_parts_longer_than=64, max_key_length=300)
+    fn, calls = tracked_counting(cache, is_async)
+    huge_id, other_id, long_query = "x" * 1_000_000, "y" * 1_000_000, "q" * 5_000
+
+    with cache.enable():
+        first = await call(fn, huge_id, long_query)
+        assert await call(fn, huge_id, long_query) == first  # a LOCAL hit
+        assert await call(fn, other_id, long_query) != first  # another id, another key
+        assert await call(fn, "1", "short") == "1:5:3"
+        assert await call(fn, "1", "short") == "1:5:3"
+    assert len(calls) == 3
+    keys = sorted(k.decode() for k in cast("list[bytes]", redis_client.keys("*#Hashed")))
+    assert len(keys) == 3
+    assert all(len(k) < 300 for k in keys)
+    hashed = [k for k in keys if "~h" in k]
+    assert len(hashed) == 2
+    assert all(k.count("~h") == 2 for k in hashed)  # the id and the query
+    assert "{urn:gcache:user_id:1}?query=short#Hashed" in keys  # short parts stay readable
+    assert sample(registry, ERRORS, use_case="Hashed") == 0
+
+
+async def test_a_hashed_id_is_invalidated_and_read_directly_under_the_same_key(
+    make_cache: Maker, registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    reg_writer = CollectorRegistry()
+    writer = make_cache(key_hash_secret=SECRET, metrics_registry=reg_writer)
+    reader = make_cache(key_hash_secret=SECRET)
+    fn, calls = tracked_counting(reader, is_async)
+    huge = "z" * 100_000
+    key = GCacheKey(
+        "user_id", huge, "Hashed", args=[("query", "")], invalidation_tracking=True, default_config=BOTH
+    )
+
+    with reader.enable(), writer.enable():
+        value = await call(fn, huge)
+        if is_async:
+            assert await writer.aget(key, lambda: _value("not this")) == value  # the reader's entry
+            await writer.ainvalidate("user_id", huge)
+        else:
+            assert writer.get(key, lambda: "not this") == value
+            writer.invalidate("user_id", huge)
+        fence = [k for k in redis_client.keys("*#watermark")]
+        assert len(fence) == 1
+        assert int(redis_client.hget(fence[0], "w") or 0) > 0  # the hashed entity's fence was raised
+        await asyncio.sleep(0.2)  # the bus brings the invalidation to the reader's LOCAL layer
+        assert await call(fn, huge) != value
+    assert len(calls) == 2
+
+
+def test_another_secret_keys_the_same_id_elsewhere_and_bad_secrets_are_told() -> None:
+    one, other = PartHasher(b"a" * 16, 8), PartHasher(b"b" * 16, 8)
+
+    assert one("short") == "short"
+    assert one("a-long-identifier") == one("a-long-identifier") != other("a-long-identifier")
+    assert one("a-long-identifier").startswith("~h")
+    assert len(one("a-long-identifier")) == 34
+    with pytest.raises(ConfigError, match="key_hash_secret must be 16 bytes at least"):
+        GCacheConfig(key_hash_secret="short")
+    with pytest.raises(ConfigError, match="hash_parts_longer_than must be an integer above 0"):
+        GCacheConfig(hash_parts_longer_than=0)
+    assert SECRET not in repr(GCacheConfig(key_hash_secret=SECRET))
