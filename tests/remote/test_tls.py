@@ -45,7 +45,7 @@ def tls_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
             "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no")  # fmt: skip
     with EmbeddedRedis(None, *args) as server:
         assert server.pid is not None
-        yield f"rediss://127.0.0.1:{tls_port}/0", ca, request.param.startswith("IP:")
+        yield server.credentials.url(tls_port, scheme="rediss"), ca, request.param.startswith("IP:")
 
 
 async def test_a_certificate_for_another_host_is_refused_and_the_call_served_uncached(
