@@ -243,13 +243,15 @@ def gcache_errors(cache: GCache) -> int:
 
 
 def redis_parts(url: str) -> dict[str, Any]:
-    """Host, port, db and password of a ``redis://`` URL, for libraries that take them apart."""
+    """Host, port, db, username and password of a ``redis://`` URL, for libraries that take them
+    apart (aiocache takes no username: give it a URL whose user is ``default``)."""
     parts = urlsplit(url)
     db = parts.path.lstrip("/")
     return {
         "host": parts.hostname or "127.0.0.1",
         "port": parts.port or 6379,
         "db": int(db) if db.isdigit() else 0,
+        "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
     }
 

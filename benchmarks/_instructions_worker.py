@@ -1,6 +1,7 @@
 """One measured process of the instruction-count benchmark (started by ``bench_instructions``).
 
-Usage: ``python -m benchmarks._instructions_worker <case> <calls> <redis_url>``. The worker sets
+Usage: ``BENCH_REDIS_URL=... python -m benchmarks._instructions_worker <case> <calls>`` (the URL,
+with its password, in the environment: other users can read a command line). The worker sets
 its case up, warms it up (so connections, pools, caches and metric children exist), makes
 ``calls`` calls of it and exits. ``bench_instructions`` runs it under callgrind twice, with two
 call counts, and takes the difference: set-up, warm-up and interpreter start-up cancel out.
@@ -18,6 +19,7 @@ TIME, GET and HMGET in one write), whose floor is the untracked one's; and a sig
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -122,7 +124,7 @@ def _all_hits() -> int:
 
 
 def main(argv: list[str]) -> int:
-    case, calls, redis_url = argv[0], int(argv[1]), argv[2]
+    case, calls, redis_url = argv[0], int(argv[1]), os.environ["BENCH_REDIS_URL"]
     if case not in CASES:
         print(f"unknown case {case!r}; one of: {', '.join(CASES)}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """One reader process of the invalidation benchmark (started by ``bench_invalidation``).
 
-Usage: ``python -m benchmarks._invalidation_worker '<json spec>'``. The worker builds a GCache,
-reads every entity once (warm-up), prints ``ready`` and then reads the entities in rounds until
-a line arrives on stdin (or stdin closes, or ``max_seconds`` pass). Every read is recorded: when
+Usage: ``BENCH_REDIS_URL=... BENCH_SOURCE_URL=... python -m benchmarks._invalidation_worker '<json
+spec>'`` (the URLs, with their passwords, in the environment: other users can read a command
+line). The worker builds a GCache on the first URL, with its source on the second, reads every
+entity once (warm-up), prints ``ready`` and then reads the entities in rounds until a line
+arrives on stdin (or stdin closes, or ``max_seconds`` pass). Every read is recorded: when
 it started (``time.time()``), which entity, the version it returned and the layer that served it
 (LOCAL, REMOTE or the function). The records go to ``out_path`` as packed arrays; a JSON line on
 stdout reports what the worker's own Prometheus registry saw (bus lag, remote write results) and
@@ -16,6 +18,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import os
 import random
 import sys
 import threading
@@ -176,7 +179,7 @@ async def run(spec: dict[str, Any]) -> tuple[Records, dict[str, Any]]:
     registry = CollectorRegistry()
     cache = GCache(
         GCacheConfig(
-            redis_config=RedisConfig(url=spec["redis_url"]),
+            redis_config=RedisConfig(url=os.environ["BENCH_REDIS_URL"]),
             urn_prefix=spec["prefix"],
             metrics_registry=registry,
         )
@@ -185,7 +188,7 @@ async def run(spec: dict[str, Any]) -> tuple[Records, dict[str, Any]]:
         cache._local.epochs.trusted = True  # no bus, yet LOCAL tracked entries are used
     elif not await cache.astart(timeout=10):
         raise RuntimeError("the invalidation bus did not subscribe within 10 s")
-    source = redis.asyncio.Redis.from_url(spec["redis_url"])
+    source = redis.asyncio.Redis.from_url(os.environ["BENCH_SOURCE_URL"])
     ttl = {CacheLayer.REMOTE: spec["remote_ttl"]}
     if spec["local_ttl"]:
         ttl[CacheLayer.LOCAL] = spec["local_ttl"]

@@ -67,8 +67,10 @@ class Subject:
     best: float = float("inf")
 
 
-def run(redis_url: str) -> list[Result]:
-    return asyncio.run(_run(redis_url))
+def run(redis_url: str, admin_url: str) -> list[Result]:
+    """``redis_url`` for gcache and bare redis-py; ``admin_url`` for the rivals (see bench_hits)
+    and INFO commandstats."""
+    return asyncio.run(_run(redis_url, admin_url))
 
 
 def _counting(subject_calls: list[int]) -> Callable[[str], Awaitable[dict[str, Any]]]:
@@ -79,9 +81,10 @@ def _counting(subject_calls: list[int]) -> Callable[[str], Awaitable[dict[str, A
     return load_user
 
 
-async def _run(redis_url: str) -> list[Result]:
+async def _run(redis_url: str, admin_url: str) -> list[Result]:
     ids = [str(i) for i in range(KEYS)]
     client = bare_async_client(redis_url)
+    stats = redis.asyncio.Redis.from_url(admin_url)
     payload = pickle.dumps(user("0"), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
     bare_keys = {i: "{" + PREFIX + ":bare:" + i + "}#Concurrency" for i in ids}
     for key in bare_keys.values():
@@ -105,7 +108,7 @@ async def _run(redis_url: str) -> list[Result]:
             track_for_invalidation=tracked,
         )(_counting(subject.calls))
         subjects.append(subject)
-    rivals = _rivals.rivals_redis(redis_url, TTL, PREFIX)
+    rivals = _rivals.rivals_redis(admin_url, TTL, PREFIX)
     for rival in rivals:
         subject = Subject(rival.name, _noop)
         subject.call = rival.decorate(_counting(subject.calls))
@@ -123,12 +126,12 @@ async def _run(redis_url: str) -> list[Result]:
                 subject.errors = -gcache_errors(subject.cache) if subject.cache is not None else 0
             for _ in range(REPEAT):
                 for subject in subjects:
-                    before = await _commands(client)
+                    before = await _commands(stats)
                     start = time.perf_counter()
                     for _ in range(WAVES):
                         await _wave(subject, ids)
                     subject.best = min(subject.best, time.perf_counter() - start)
-                    subject.commands += await _commands(client) - before - 1  # less the INFO itself
+                    subject.commands += await _commands(stats) - before - 1  # less the INFO itself
             for subject in subjects:
                 if subject.cache is not None:
                     subject.errors += gcache_errors(subject.cache)
@@ -140,6 +143,7 @@ async def _run(redis_url: str) -> list[Result]:
             await cache.aclose()
         await client.delete(*bare_keys.values())
         await client.aclose()
+        await stats.aclose()
     return _results(subjects)
 
 

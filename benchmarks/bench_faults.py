@@ -20,13 +20,14 @@ Two configurations:
   probes Redis every second.
 - **bare**: what the cache would do without those protections: ``breaker_failures=0``,
   ``read_timeout_sec=None``, ``write_timeout_sec=None``, and a plain redis-py client as a user
-  would construct it, ``redis.asyncio.Redis(host=..., port=..., socket_timeout=1.0,
-  socket_connect_timeout=1.0)``, handed to gcache through ``redis_client_factory``. That client
-  keeps redis-py 8's default retry policy, ``Retry(ExponentialWithJitterBackoff(base=0.01,
-  cap=1), 10)`` (10 retries; a connection's handshake is retried the same way), which a
-  ``RedisConfig`` cannot express: its ``redis_py_options`` go to gcache's sync and asyncio
-  clients alike, and a retry object belongs to one of the two. Through the factory, sync callers
-  reach that client on gcache's background loop thread. (``Redis.from_url`` would build a client
+  would construct it, ``redis.asyncio.Redis(host=..., port=..., username=..., password=...,
+  socket_timeout=1.0, socket_connect_timeout=1.0)``, handed to gcache through
+  ``redis_client_factory``. That client keeps redis-py 8's default retry policy,
+  ``Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 10)`` (10 retries; a connection's
+  handshake is retried the same way), which a ``RedisConfig`` cannot express: its
+  ``redis_py_options`` go to gcache's sync and asyncio clients alike, and a retry object belongs
+  to one of the two. Through the factory, sync callers reach that client on gcache's background
+  loop thread. (``Redis.from_url`` would build a client
   with no retries at all in redis-py 8.1: only the constructor has the default policy.) The
   socket timeouts are RedisConfig's defaults.
 
@@ -154,6 +155,8 @@ def _make(config: str, url: str) -> GCache:
             host=parts["host"],
             port=parts["port"],
             db=parts["db"],
+            username=parts["username"],
+            password=parts["password"],
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
         )

@@ -123,7 +123,9 @@ def read_through_ttl_cache(
     return bare_local, abare_local
 
 
-def run(redis_url: str) -> list[Result]:
+def run(redis_url: str, admin_url: str) -> list[Result]:
+    """``redis_url`` for gcache and bare redis-py; ``admin_url`` for the rivals, which send
+    commands gcache does not (and aiocache logs in with a password alone)."""
     cache = make_gcache(redis_url, PREFIX)
     if not cache.start():
         raise RuntimeError("gcache's invalidation bus did not subscribe; tracked LOCAL would be off")
@@ -162,7 +164,9 @@ def run(redis_url: str) -> list[Result]:
                 REMOTE_REPEAT,
             )
             results += rows("sync REMOTE hit", times, "redis-py GET", REMOTE_TARGET)
-            results += asyncio.run(_async_part(cache, redis_url, local, remote, abare_local, bare_key))
+            results += asyncio.run(
+                _async_part(cache, redis_url, admin_url, local, remote, abare_local, bare_key)
+            )
     finally:
         floor.close()
         sync_client.delete(bare_key)
@@ -175,6 +179,7 @@ def run(redis_url: str) -> list[Result]:
 async def _async_part(
     cache: GCache,
     redis_url: str,
+    admin_url: str,
     local: dict[str, Any],
     remote: dict[str, Any],
     abare_local: Any,
@@ -182,7 +187,7 @@ async def _async_part(
 ) -> list[Result]:
     results: list[Result] = []
     memory = _rivals.rivals_memory(TTL)
-    on_redis = _rivals.rivals_redis(redis_url, TTL, PREFIX)
+    on_redis = _rivals.rivals_redis(admin_url, TTL, PREFIX)
     client = bare_async_client(redis_url)
     floor = script_floor(redis_url)
     entity = entity_key(PREFIX, "user_id", ID)

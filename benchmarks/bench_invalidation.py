@@ -121,27 +121,30 @@ class Invalidation:
     returned: float  # the writer's time.time() when ainvalidate returned
 
 
-def run(redis_url: str) -> list[Outcome]:
+def run(redis_url: str, admin_url: str) -> list[Outcome]:
+    """``redis_url`` for gcache; ``admin_url`` for the source of truth (MSET, INCR), on one server."""
     token = os.urandom(4).hex()
     with tempfile.TemporaryDirectory(prefix="gcache-bench-") as tmp:
         return [
-            _run_setup(redis_url, setup, f"{token}-{n}", pathlib.Path(tmp)) for n, setup in enumerate(SETUPS)
+            _run_setup(redis_url, admin_url, setup, f"{token}-{n}", pathlib.Path(tmp))
+            for n, setup in enumerate(SETUPS)
         ]
 
 
-def _run_setup(redis_url: str, setup: Setup, token: str, tmp: pathlib.Path) -> Outcome:
+def _run_setup(redis_url: str, admin_url: str, setup: Setup, token: str, tmp: pathlib.Path) -> Outcome:
     began = time.monotonic()
     prefix = f"bench-invalidation-{token}"
     source_prefix = f"bench:source:{token}:"
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(admin_url)
     outcome = Outcome(setup)
+    # The URLs in the environment, not on the command line, which other users can read.
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url, "BENCH_SOURCE_URL": admin_url}
     procs: list[subprocess.Popen[str]] = []
     paths = [tmp / f"{token}-{w}.bin" for w in range(WORKERS)]
     try:
         client.mset({f"{source_prefix}{i}": 0 for i in range(ENTITIES)})
         for path in paths:
             spec = {
-                "redis_url": redis_url,
                 "mode": setup.mode,
                 "prefix": prefix,
                 "source_prefix": source_prefix,
@@ -157,6 +160,7 @@ def _run_setup(redis_url: str, setup: Setup, token: str, tmp: pathlib.Path) -> O
                 subprocess.Popen(
                     [sys.executable, "-m", "benchmarks._invalidation_worker", json.dumps(spec)],
                     cwd=ROOT,
+                    env=env,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
@@ -165,7 +169,9 @@ def _run_setup(redis_url: str, setup: Setup, token: str, tmp: pathlib.Path) -> O
         deadline = time.monotonic() + 30
         for proc in procs:
             _wait_ready(proc, deadline)
-        log = asyncio.run(_write(redis_url, prefix, source_prefix, setup.tail, outcome.invalidate_ms))
+        log = asyncio.run(
+            _write(redis_url, admin_url, prefix, source_prefix, setup.tail, outcome.invalidate_ms)
+        )
         stats = [_stop(proc) for proc in procs]
         _analyse(outcome, log, [read_records(str(path)) for path in paths], [s["bus_applied"] for s in stats])
         for s in stats:
@@ -189,10 +195,10 @@ def _run_setup(redis_url: str, setup: Setup, token: str, tmp: pathlib.Path) -> O
 
 
 async def _write(
-    redis_url: str, prefix: str, source_prefix: str, tail: float, invalidate_ms: list[float]
+    redis_url: str, admin_url: str, prefix: str, source_prefix: str, tail: float, invalidate_ms: list[float]
 ) -> list[Invalidation]:
     """The writer: bump an entity's version in the source, then invalidate it; steadily."""
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(admin_url)
     writer = GCache(
         GCacheConfig(
             redis_config=RedisConfig(url=redis_url), urn_prefix=prefix, metrics_registry=CollectorRegistry()

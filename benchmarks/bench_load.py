@@ -61,9 +61,10 @@ class Cell:
     opened: int = 0
 
 
-def run(redis_url: str) -> list[Result]:
-    results = asyncio.run(_coroutines(redis_url))
-    results += _threads(redis_url)
+def run(redis_url: str, admin_url: str) -> list[Result]:
+    """``redis_url`` for gcache and bare redis-py; ``admin_url`` for INFO commandstats."""
+    results = asyncio.run(_coroutines(redis_url, admin_url))
+    results += _threads(redis_url, admin_url)
     return results
 
 
@@ -150,8 +151,8 @@ class _Counts:
             cell.opened += _opened(subject.cache) - self._opened
 
 
-async def _coroutines(redis_url: str) -> list[Result]:
-    admin = redis.Redis.from_url(redis_url)
+async def _coroutines(redis_url: str, admin_url: str) -> list[Result]:
+    admin = redis.Redis.from_url(admin_url)
     client = bare_async_client(redis_url)
     keys = _bare_keys(PREFIX)
     for key in keys:
@@ -198,8 +199,8 @@ async def _coroutines(redis_url: str) -> list[Result]:
     return results
 
 
-def _threads(redis_url: str) -> list[Result]:
-    admin = redis.Redis.from_url(redis_url)
+def _threads(redis_url: str, admin_url: str) -> list[Result]:
+    admin = redis.Redis.from_url(admin_url)
     pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=POOL_SIZE)
     client = redis.Redis(connection_pool=pool)
     keys = _bare_keys(PREFIX + "-t")

@@ -1,8 +1,9 @@
 """Resident memory per 100k LOCAL entries: gcache against a bare cachetools.TTLCache.
 
-Each subject runs in a fresh Python process (``python -m benchmarks.bench_memory SUBJECT N
-[REDIS_URL]``): it imports what it needs, builds its cache, reads VmRSS from /proc/self/status,
-fills ``N`` entries, collects garbage and reads VmRSS again. The difference, scaled to 100,000
+Each subject runs in a fresh Python process (``REDIS_URL=... python -m benchmarks.bench_memory
+SUBJECT N``, the URL in the environment for its password): it imports what it needs, builds its
+cache, reads VmRSS from /proc/self/status, fills ``N`` entries, collects garbage and reads VmRSS
+again. The difference, scaled to 100,000
 entries, is the figure. The entries are the same for both: the same key strings (gcache's key
 format, so both hold keys of the same length) and values (a dict of three fields, built per
 entry). gcache fills its LOCAL layer through a cached sync function with a LOCAL-only config,
@@ -114,8 +115,11 @@ def _local_entries(cache: Any) -> int:
 def run(redis_url: str) -> list[Result]:
     figures = {}
     for subject in SUBJECTS:
-        command = [sys.executable, "-m", "benchmarks.bench_memory", subject, str(ENTRIES), redis_url]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+        command = [sys.executable, "-m", "benchmarks.bench_memory", subject, str(ENTRIES)]
+        env = {**os.environ, "REDIS_URL": redis_url}  # not on the command line: its password
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT, env=env
+        )
         if done.returncode != 0:
             raise RuntimeError(f"memory worker {subject} failed:\n{done.stderr}")
         figures[subject] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -145,7 +149,7 @@ def run(redis_url: str) -> list[Result]:
 
 def main(argv: list[str]) -> int:
     subject, entries = argv[0], int(argv[1])
-    url = argv[2] if len(argv) > 2 else os.environ.get("REDIS_URL")
+    url = os.environ.get("REDIS_URL")
     if subject not in SUBJECTS:
         print(f"unknown subject {subject!r}; choose from {', '.join(SUBJECTS)}", file=sys.stderr)
         return 2

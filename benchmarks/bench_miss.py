@@ -51,7 +51,8 @@ PREFIX = "bench-miss"
 CALLS, REPEAT = 250, 24  # many short batches: the median one is a typical one
 
 
-def run(redis_url: str) -> list[Result]:
+def run(redis_url: str, admin_url: str) -> list[Result]:
+    """``redis_url`` for gcache and bare redis-py; ``admin_url`` for the rivals (see bench_hits)."""
     cache = make_gcache(redis_url, PREFIX)
     cache.start()
     ids = itertools.count()
@@ -107,7 +108,7 @@ def run(redis_url: str) -> list[Result]:
                 REPEAT,
             )
             results += rows("sync miss+write", times, "redis-py GET+SET", TARGET)
-            results += asyncio.run(_async_part(cache, redis_url, functions, ids))
+            results += asyncio.run(_async_part(cache, redis_url, admin_url, functions, ids))
     finally:
         floor.close()
         sync_client.close()
@@ -117,9 +118,9 @@ def run(redis_url: str) -> list[Result]:
 
 
 async def _async_part(
-    cache: GCache, redis_url: str, functions: dict[str, Any], ids: itertools.count[int]
+    cache: GCache, redis_url: str, admin_url: str, functions: dict[str, Any], ids: itertools.count[int]
 ) -> list[Result]:
-    on_redis = _rivals.rivals_redis(redis_url, TTL, PREFIX)
+    on_redis = _rivals.rivals_redis(admin_url, TTL, PREFIX)
     client = bare_async_client(redis_url)
     ttl_ms = TTL * 1000
 

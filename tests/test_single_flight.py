@@ -582,17 +582,18 @@ def test_lock_key_stays_in_the_entity_slot_and_cannot_be_a_value_key() -> None:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_four_processes_with_the_lock_run_the_function_once_in_total(
-    redis_url: str, redis_client: redis.Redis, mode: str
+    redis_url: str, redis_admin_url: str, redis_client: redis.Redis, mode: str
 ) -> None:
     """Four processes miss one cold key at the same moment; the Redis lock lets one compute."""
+    urls = {"LOCK_TEST_REDIS_URL": redis_url, "LOCK_TEST_COUNTER_URL": redis_admin_url}
     processes = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), redis_url, mode, str(n)],
+            [sys.executable, str(WORKER), mode, str(n)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={**os.environ, **urls, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         )
         for n in range(4)
     ]

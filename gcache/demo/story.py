@@ -47,7 +47,7 @@ def run(options: DemoOptions) -> int:
                 say("           set REDIS_URL=redis://host:port/0 to use an existing server")
                 return 1
             redis_url = server.url
-            say(f"  Redis    no REDIS_URL set: started a private redis-server, {redis_url}")
+            say(f"  Redis    no REDIS_URL set: started a private redis-server, {mask_url(redis_url)}")
 
         registry = CollectorRegistry()  # this run's numbers only, plus the usual process metrics
         ProcessCollector(registry=registry)

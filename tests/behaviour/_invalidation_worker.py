@@ -1,14 +1,16 @@
 """One reader process of tests/behaviour/test_invalidation_processes.py.
 
-    python -m tests.behaviour._invalidation_worker --cache-url URL --source-url URL --out DIR/NAME
+    CACHE_URL=URL SOURCE_URL=URL python -m tests.behaviour._invalidation_worker --out DIR/NAME
         [--mode sync|async] [--entities 1,2,3] [--max-seconds 60] [--seed N]
         [--coroutines N] [--remote-only]
 
-Builds a GCache (LOCAL + REMOTE on ``--cache-url``, or REMOTE alone with ``--remote-only``,
-tracked use case), subscribes to the invalidation bus, then reads the entities in a loop (async:
-in ``--coroutines`` concurrent loops). A cached call that raises is counted (``raised`` in the
-summary, with how many of them were the function's own read of the source failing), not fatal.
-The cached function reads the source of truth, ``source:user:<id>`` on ``--source-url`` (a
+The URLs come in the environment, not on the command line, which other users can read: they
+carry passwords. Builds a GCache (LOCAL + REMOTE on ``CACHE_URL``, or REMOTE alone with
+``--remote-only``, tracked use case), subscribes to the invalidation bus, then reads the entities
+in a loop (async: in ``--coroutines`` concurrent loops). A cached call that raises is counted
+(``raised`` in the summary, with how many of them were the function's own read of the source
+failing), not fatal.
+The cached function reads the source of truth, ``source:user:<id>`` on ``SOURCE_URL`` (a
 version number; missing is 0), between two short random delays. Every read is written to
 ``OUT.jsonl`` as ``[start, entity, version, computed]``: ``start`` is ``time.time()`` just
 before the call, ``computed`` 1 when the function ran (the cache did not serve it).
@@ -128,8 +130,8 @@ def make_cache(cache_url: str, registry: CollectorRegistry) -> GCache:
 
 def run_sync(args: argparse.Namespace, entities: list[str], recorder: Recorder) -> None:
     registry = CollectorRegistry()
-    cache = make_cache(args.cache_url, registry)
-    source = redis.Redis.from_url(args.source_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    cache = make_cache(os.environ["CACHE_URL"], registry)
+    source = redis.Redis.from_url(os.environ["SOURCE_URL"], socket_timeout=0.5, socket_connect_timeout=0.5)
     rng = random.Random(args.seed)
 
     @cache.cached(key_type=KEY_TYPE, id_arg="uid", use_case=USE_CASE, track_for_invalidation=True,
@@ -161,8 +163,10 @@ def run_sync(args: argparse.Namespace, entities: list[str], recorder: Recorder) 
 
 async def run_async(args: argparse.Namespace, entities: list[str], recorder: Recorder) -> None:
     registry = CollectorRegistry()
-    cache = make_cache(args.cache_url, registry)
-    source = redis.asyncio.Redis.from_url(args.source_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    cache = make_cache(os.environ["CACHE_URL"], registry)
+    source = redis.asyncio.Redis.from_url(
+        os.environ["SOURCE_URL"], socket_timeout=0.5, socket_connect_timeout=0.5
+    )
     rng = random.Random(args.seed)
 
     @cache.cached(key_type=KEY_TYPE, id_arg="uid", use_case=USE_CASE, track_for_invalidation=True,
@@ -208,8 +212,6 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--cache-url", required=True)
-    parser.add_argument("--source-url", required=True)
     parser.add_argument("--out", required=True, help="path prefix of this worker's files")
     parser.add_argument("--mode", choices=["sync", "async"], default="sync")
     parser.add_argument("--entities", default="1,2,3")

@@ -187,7 +187,7 @@ async def test_calls_served_uncached_and_caching_resumes_when_redis_killed_and_r
             assert await get("1") == {"uid": "1", "n": settled}
             assert len(calls) == settled
 
-        client = redis.Redis.from_url(server.url)
+        client = redis.Redis.from_url(server.admin_url)
         try:
             assert client.exists(value_key("Down", "1")) == 1
         finally:

@@ -244,7 +244,7 @@ async def assert_skipped_while_open(
     return latencies
 
 
-async def assert_caching_resumed(subject: Subject, url: str, uid: str) -> None:
+async def assert_caching_resumed(subject: Subject, admin_url: str, uid: str) -> None:
     """A miss is written to Redis again and the next call is a hit; no Redis operation fails."""
     errors = subject.error_kinds()
     await subject.fresh(uid)
@@ -253,7 +253,7 @@ async def assert_caching_resumed(subject: Subject, url: str, uid: str) -> None:
     assert subject.error_kinds() == errors, "a Redis operation failed after recovery"
     assert value == {"uid": uid, "n": ran}
     assert len(subject.calls) == ran
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(admin_url)
     try:
         assert client.exists(value_key(uid)) == 1
     finally:
@@ -305,7 +305,7 @@ async def test_breaker_opens_when_redis_killed_mid_load_and_caching_resumes_afte
     with EmbeddedRedis() as server:
         subject = make(server.url, is_async=is_async)
         with subject.cache.enable():
-            await assert_caching_resumed(subject, server.url, "warm")  # healthy: cached
+            await assert_caching_resumed(subject, server.admin_url, "warm")  # healthy: cached
 
             load = Load(subject)
             try:
@@ -324,7 +324,7 @@ async def test_breaker_opens_when_redis_killed_mid_load_and_caching_resumes_afte
 
             server.start()  # the same port, empty
             await eventually(lambda: subject.gauge() == 0, CLOSE_WITHIN, "the breaker to close")
-            await assert_caching_resumed(subject, server.url, "after")
+            await assert_caching_resumed(subject, server.admin_url, "after")
 
             # Under load again: no connection left over from before the crash fails, and the
             # breaker stays closed.
@@ -349,7 +349,7 @@ async def test_calls_bounded_while_redis_paused_and_caching_resumes_after_sigcon
     with EmbeddedRedis() as server:
         subject = make(server.url, is_async=is_async)
         with subject.cache.enable():
-            await assert_caching_resumed(subject, server.url, "warm")
+            await assert_caching_resumed(subject, server.admin_url, "warm")
             server.pause()
             try:
                 # The first lookups pay the read deadline, not the 1 s socket timeout; then the
@@ -366,7 +366,7 @@ async def test_calls_bounded_while_redis_paused_and_caching_resumes_after_sigcon
             value, _ = await subject.call("warm")  # written before the pause: a REMOTE hit again
             assert value == {"uid": "warm", "n": 1}
             assert len(subject.calls) == ran
-            await assert_caching_resumed(subject, server.url, "after")
+            await assert_caching_resumed(subject, server.admin_url, "after")
         assert subject.transitions("open") == 1
         assert subject.transitions("closed") == 1
 
@@ -405,8 +405,9 @@ async def test_breaker_stays_open_while_redis_hangs_and_closes_when_it_answers(
     """The probe does not close the breaker on a connection that never answers; a real Redis
     at the same address closes it, and caching resumes."""
     listener = HangingListener().start()
+    server = EmbeddedRedis(listener.port)  # its URL, with its password, before it starts
     try:
-        subject = make(listener.url, is_async=is_async)
+        subject = make(server.url, is_async=is_async)
         with subject.cache.enable():
             await call_until_open(subject, "hang")
             probes_before = listener.accepted
@@ -416,9 +417,9 @@ async def test_breaker_stays_open_while_redis_hangs_and_closes_when_it_answers(
             assert subject.transitions("closed") == 0
 
             listener.stop()
-            with EmbeddedRedis(listener.port) as server:
+            with server:
                 await eventually(lambda: subject.gauge() == 0, CLOSE_WITHIN, "the breaker to close")
-                await assert_caching_resumed(subject, server.url, "answered")
+                await assert_caching_resumed(subject, server.admin_url, "answered")
         assert subject.transitions("open") == 1
         assert subject.transitions("closed") == 1
     finally:
@@ -435,7 +436,7 @@ async def test_full_redis_counts_write_errors_keeps_breaker_closed_and_caches_wh
     with EmbeddedRedis(None, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
         subject = make(server.url, is_async=is_async, tracked=tracked)
         with subject.cache.enable():
-            await assert_caching_resumed(subject, server.url, "before")  # cached while there was room
+            await assert_caching_resumed(subject, server.admin_url, "before")  # cached while there was room
             server.fill()
 
             calls = 3 * FAILURES  # well past the breaker's threshold
@@ -455,12 +456,12 @@ async def test_full_redis_counts_write_errors_keeps_breaker_closed_and_caches_wh
             assert value == {"uid": "before", "n": 1}
             assert len(subject.calls) == ran
 
-            client = redis.Redis.from_url(server.url)
+            client = redis.Redis.from_url(server.admin_url)
             try:
                 client.config_set("maxmemory", 0)
             finally:
                 client.close()
-            await assert_caching_resumed(subject, server.url, "full")
+            await assert_caching_resumed(subject, server.admin_url, "full")
         assert subject.transitions("open") == 0
 
 

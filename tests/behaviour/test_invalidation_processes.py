@@ -110,10 +110,6 @@ def spawn(
         "error",
         "-m",
         "tests.behaviour._invalidation_worker",
-        "--cache-url",
-        cache_url,
-        "--source-url",
-        source_url,
         "--out",
         str(out),
         "--mode",
@@ -128,6 +124,8 @@ def spawn(
     ]
     env = {
         **os.environ,
+        "CACHE_URL": cache_url,  # in the environment, not the command line: their passwords
+        "SOURCE_URL": source_url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -319,7 +317,7 @@ def mean_bus_lag(summary: dict[str, object]) -> float:
 
 async def test_workers_stop_serving_invalidated_version_within_bound_across_cache_redis_restart(
     make_cache: Callable[..., GCache],
-    redis_url: str,
+    redis_admin_url: str,
     redis_client: redis.Redis,
     workers: list[Worker],
     tmp_path: Path,
@@ -328,7 +326,7 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
     writes = Writes()
     with EmbeddedRedis() as server:
         for index in range(WORKERS):
-            workers.append(spawn(index, server.url, redis_url, tmp_path))
+            workers.append(spawn(index, server.url, redis_admin_url, tmp_path))
         try:
             await wait_for(
                 lambda: all(w.ready or w.process.poll() is not None for w in workers), 30, "workers ready"
@@ -338,9 +336,9 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
                 redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
             )
             killed_at, restarted_at = await write_through_an_outage(
-                cache, redis_url, server, writes, ENTITIES, WRITE_EVERY, STEADY_SEC, AFTER_SEC
+                cache, redis_admin_url, server, writes, ENTITIES, WRITE_EVERY, STEADY_SEC, AFTER_SEC
             )
-            cache_client = redis.Redis.from_url(server.url)
+            cache_client = redis.Redis.from_url(server.admin_url)
             try:
                 cached_again = cache_client.keys("*#" + USE_CASE)
             finally:
@@ -408,7 +406,7 @@ LOAD_ENTITIES = tuple(str(i) for i in range(100))
 @pytest.mark.slow
 async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_through_a_restart(
     make_cache: Callable[..., GCache],
-    redis_url: str,
+    redis_admin_url: str,
     redis_client: redis.Redis,
     workers: list[Worker],
     tmp_path: Path,
@@ -425,7 +423,7 @@ async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_
                 spawn(
                     index,
                     server.url,
-                    redis_url,
+                    redis_admin_url,
                     tmp_path,
                     mode="async",
                     entities=LOAD_ENTITIES,
@@ -441,7 +439,7 @@ async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_
                 redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)), start_bus=False
             )
             killed_at, restarted_at = await write_through_an_outage(
-                cache, redis_url, server, writes, LOAD_ENTITIES, 0.02, 4.0, 4.0
+                cache, redis_admin_url, server, writes, LOAD_ENTITIES, 0.02, 4.0, 4.0
             )
             await stop_workers(workers, timeout=30)
         except BaseException:

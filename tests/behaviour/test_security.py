@@ -2,7 +2,7 @@
 write to the cache's Redis, or who picks the ids, can no longer do.
 
 (The bus's findings are in tests/test_bus.py, the key collision in tests/test_keys.py, URL
-masking in tests/test_config.py.)
+masking in tests/test_config.py, the embedded redis-server's lock in tests/test_embedded_redis.py.)
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """gcache on a real Redis Cluster: three primaries on loopback, built with ``redis-cli --cluster``.
 
 The hash tag keeps an entity's entries and its fence in one slot, so every script runs on one
-node; flushall has to visit every primary.
+node; flushall has to visit every primary. The nodes share one set of credentials: gcache logs
+in to every node with its URL's, as the application user; the harness as the admin.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
-from gcache._embedded_redis import EmbeddedRedis, find_redis_server
+from gcache._embedded_redis import Credentials, EmbeddedRedis, find_redis_server
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 
@@ -33,8 +35,12 @@ def _redis_cli() -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    nodes = [EmbeddedRedis(None, "--cluster-node-timeout", "2000", cluster=True) for _ in range(3)]
+def cluster_nodes() -> Iterator[list[EmbeddedRedis]]:
+    credentials = Credentials()
+    nodes = [
+        EmbeddedRedis(None, "--cluster-node-timeout", "2000", cluster=True, credentials=credentials)
+        for _ in range(3)
+    ]
     try:
         for node in nodes:
             node.start()
@@ -42,22 +48,31 @@ def cluster_url() -> Iterator[str]:
             [_redis_cli(), "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
+            env={**os.environ, "REDISCLI_AUTH": credentials.admin_password},  # not on its command line
         )  # fmt: skip
-        client = redis.Redis(port=nodes[0].port)
+        client = redis.Redis.from_url(nodes[0].admin_url)
         deadline = time.monotonic() + 20
         while client.cluster("info")["cluster_state"] != "ok":
             assert time.monotonic() < deadline, "cluster did not reach state ok"
             time.sleep(0.05)
         client.close()
-        yield nodes[0].url
+        yield nodes
+        denied = [line for node in nodes for line in node.acl_denials()]
+        assert denied == [], "a node refused gcache's user a command gcache needs"
     finally:
         for node in nodes:
             node.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster_url(cluster_nodes: list[EmbeddedRedis]) -> str:
+    return cluster_nodes[0].url
+
+
 @pytest.fixture
-def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster.from_url(cluster_url)
+def cluster_client(cluster_nodes: list[EmbeddedRedis]) -> Iterator[redis.RedisCluster]:
+    """An admin client of the cluster, emptied before each test."""
+    client = redis.RedisCluster.from_url(cluster_nodes[0].admin_url)
     client.flushall()
     yield client
     client.close()
