@@ -64,6 +64,10 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
     ca, cert, key = _certificates(tmp_path_factory.mktemp("tls"), "IP:127.0.0.1")
     credentials = Credentials()
     tls_ports = [free_port(below=55536, also_free=10000) for _ in range(3)]
+    tls_options = (
+        "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+    )  # fmt: skip
     nodes = [
         EmbeddedRedis(
             None,
@@ -71,21 +75,10 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
             "2000",
             "--tls-port",
             str(tls_port),
-            "--tls-cluster",
-            "yes",
-            "--tls-replication",
-            "yes",
-            "--tls-cert-file",
-            str(cert),
-            "--tls-key-file",
-            str(key),
-            "--tls-ca-cert-file",
-            str(ca),
-            "--tls-auth-clients",
-            "no",
+            *tls_options,
             cluster=True,
             credentials=credentials,
-        )  # fmt: skip
+        )
         for tls_port in tls_ports
     ]
     try:
@@ -112,7 +105,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
             ssl_ca_certs=str(ca),
             password=credentials.admin_password,
         )
-        slots = over_tls.execute_command("CLUSTER", "SLOTS")
+        slots = over_tls.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
         assert {int(entry[2][1]) for entry in slots} == set(tls_ports)  # TLS clients are sent to TLS
         over_tls.close()
         yield TlsCluster(nodes, tls_ports, credentials, ca)
