@@ -157,12 +157,14 @@ def rows(scenario: str, times: Mapping[str, float], baseline: str, target: float
 
 
 def script_floor(redis_url: str) -> RemoteCache:
-    """gcache's own Redis access layer, to time its tracked calls without the read-through."""
+    """gcache's own Redis access layer, to time its tracked calls without the read-through (its
+    reads bounded as a GCache's are by default)."""
     return RemoteCache(
         redis_config=RedisConfig(url=redis_url, max_connections=POOL_SIZE),
         client_factory=None,
         compute_limit_ms=300_000,
         loop_thread=LoopThread("bench-floor"),
+        max_value_bytes=GCacheConfig.max_value_bytes,
     )
 
 

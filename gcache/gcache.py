@@ -138,6 +138,7 @@ class GCache(Management):
                 breaker_failures=config.breaker_failures,
                 breaker_probe_sec=config.breaker_probe_sec,
                 on_breaker=self._on_breaker,
+                max_value_bytes=config.max_value_bytes,  # bounds every value read
                 on_pool_wait=tuple(
                     FastHistogram(self._metrics.pool_wait.labels(pool)).observe
                     for pool in ("read", "write", "admin")

@@ -82,6 +82,18 @@ def redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return sent
 
 
+def plant(client: redis.Redis, key: str, head: bytes, size: int) -> None:
+    """A value of ``size`` bytes at ``key`` that starts with ``head``, padded with zero bytes by
+    Redis itself (SETRANGE), so that the test neither sends nor holds it."""
+    client.set(key, head)
+    client.setrange(key, size - 1, b"\0")
+
+
+def net_output_bytes(client: redis.Redis) -> int:
+    """Bytes the server has sent its clients so far (``INFO stats``)."""
+    return int(client.info("stats")["total_net_output_bytes"])
+
+
 def commands_run(client: redis.Redis) -> dict[str, int]:
     """Calls of each command the server ran since ``CONFIG RESETSTAT`` (the reset itself left out)."""
     stats = {name: int(value["calls"]) for name, value in client.info("commandstats").items()}

@@ -24,6 +24,7 @@ from gcache.keys import GCacheKey, KeyBuilder, KeyPartWatch
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_ALL, UseCaseMetrics
 from gcache.readthrough.reporting import Reporting
+from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
 from gcache.urns import KEY_TYPE_ESCAPES, value_key_tail
 
@@ -128,9 +129,9 @@ class Decisions(Reporting):
             )
         self.unsigned_pickle = serializer is None and runtime.signer is None and runtime.remote is not None
         # The longest stored value worth loading: a planted giant is a miss, never unpickled or
-        # kept in LOCAL (the same bound as writes, framed).
-        limit = runtime.max_value_bytes
-        self.read_limit = sys.maxsize if limit is None else limit + _envelope.HEADER_SIZE
+        # kept in LOCAL (the same bound as writes, framed). REMOTE reads at most one byte more.
+        limit = read_limit(runtime.max_value_bytes)
+        self.read_limit = sys.maxsize if limit is None else limit
         self.local = local
         self.remote = runtime.remote
         self.m = metrics

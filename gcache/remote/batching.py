@@ -9,7 +9,15 @@ from typing import Any
 
 import redis
 
-from gcache.remote.protocol import ASYNC_POOL_ARGS, TIME, apipelined, exchange, pack_get, pack_reads
+from gcache.remote.protocol import (
+    ASYNC_POOL_ARGS,
+    TIME,
+    ValueRead,
+    apipelined,
+    exchange,
+    pack_get,
+    pack_reads,
+)
 
 __all__ = ["MAX_BATCH", "ReadQueue"]
 
@@ -42,13 +50,16 @@ class ReadQueue:
     cost one pool checkout, one write and about one round trip instead of N of each. A read's
     ``sending()`` is called when its batch has a connection: until then other callers may take
     its result as theirs (see ``UseCase.amerged_read``). Each read gets its own error: a failed
-    batch fails every read in it, a command's error only its own.
+    batch fails every read in it, a command's error only its own. Values are read as ``read``
+    says (GET, or a bounded GETRANGE: see :func:`~gcache.remote.protocol.value_read`), and
+    answered as Redis gave them (b"" for none, after a GETRANGE).
     """
 
-    __slots__ = ("_loop", "_pool", "_queued", "_tasks", "busy")
+    __slots__ = ("_loop", "_pool", "_queued", "_read", "_tasks", "busy")
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, read: ValueRead) -> None:
         self._pool = pool
+        self._read = read
         self._loop = asyncio.get_running_loop()
         self._queued: list[_Queued] = []  # the batch still open to new reads
         self._tasks: set[asyncio.Task[None]] = set()
@@ -60,7 +71,7 @@ class ReadQueue:
             return queued
         self.busy = 1
         try:
-            alone: bytes | None = (await apipelined(self._pool, key, None, False))[0]
+            alone: bytes | None = (await apipelined(self._pool, self._read, key, None, False))[0]
             return alone
         finally:
             self.busy -= 1
@@ -74,7 +85,7 @@ class ReadQueue:
             return replies
         self.busy = 1
         try:
-            return await apipelined(self._pool, key, fence, with_ttl, sending)
+            return await apipelined(self._pool, self._read, key, fence, with_ttl, sending)
         finally:
             self.busy -= 1
 
@@ -115,17 +126,17 @@ class ReadQueue:
         pool = self._pool
         connection = await pool.get_connection(*ASYNC_POOL_ARGS)
         try:
-            encode = connection.encoder.encode
+            encode, read = connection.encoder.encode, self._read
             parts = []
             n = 0
             for q in batch:
                 if q.sending is not None:
                     q.sending()
                 if q.fence is None:
-                    parts.append(pack_get(encode, q.key))
+                    parts.append(pack_get(encode, read, q.key))
                     n += 1
                 else:
-                    parts.append(pack_reads(encode, q.key, q.fence, q.with_ttl))
+                    parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl))
                     n += 3 if q.with_ttl else 2
             if n > len(batch):  # tracked reads: TIME first
                 parts.insert(0, TIME)

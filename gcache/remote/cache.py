@@ -27,7 +27,7 @@ from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
 from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
-from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined
+from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined, read_limit
 from gcache.signing import Signer
 from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
@@ -54,7 +54,7 @@ else:  # pragma: no cover - Python 3.10
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
     raw, pttl = reply
-    return raw, int(pttl) if raw is not None else -1
+    return (raw, int(pttl)) if raw else (None, -1)  # b"": GETRANGE's none
 
 
 def new_nonce() -> bytes:
@@ -77,6 +77,10 @@ class RemoteCache(Connections):
             :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens.
         on_pool_wait: per kind (READ, WRITE, ADMIN), told the seconds a caller waited for a pooled
             connection when none was free (see :class:`~gcache.remote.clients.WaitTimedPool`).
+        max_value_bytes: ``GCacheConfig.max_value_bytes``. Every value read then asks Redis for
+            at most ``read_limit`` + 1 bytes (GETRANGE, in the scripts too), so that a planted
+            giant costs a read no more than a value just over the limit, and reads as too large
+            (longer than ``read_limit``); None: values are read whole (GET).
 
     A class of about 300 lines: a twin pair per operation (about twenty), each two or three lines
     around one command it builds once; one concern, Redis's commands, better read together.
@@ -97,10 +101,18 @@ class RemoteCache(Connections):
         breaker_probe_sec: float = 1.0,
         on_breaker: Callable[[bool], None] = lambda is_open: None,
         on_pool_wait: tuple[Callable[[float], None] | None, ...] = (None, None, None),
+        max_value_bytes: int | None = None,
     ) -> None:
+        limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
-            redis_config, client_factory, loop_thread, (read_timeout, write_timeout, None), on_pool_wait
+            redis_config,
+            client_factory,
+            loop_thread,
+            (read_timeout, write_timeout, None),
+            on_pool_wait,
+            limit,
         )
+        self._limit_args: list[int] = [] if limit is None else [limit]  # the read scripts' last ARGV
         self.channel = channel
         self._signer = signer
         self.origin = os.urandom(6).hex()  # names this instance in what it publishes
@@ -166,7 +178,7 @@ class RemoteCache(Connections):
     # -- operations: each builds its command once; _arun / _run only differ in awaiting it ------
 
     def _read_tracked(self, key: str, fence: str, with_ttl: bool) -> Callable[[Connection], Any]:
-        args = [new_nonce(), self._compute_limit_ms, "1" if with_ttl else ""]
+        args = [new_nonce(), self._compute_limit_ms, "1" if with_ttl else "", *self._limit_args]
         return methodcaller("read_tracked", keys=[key, fence], args=args)
 
     def _write_tracked(
@@ -203,11 +215,17 @@ class RemoteCache(Connections):
     def _announce_flush(self) -> list[Any]:
         return [self.channel, self.origin, self._signature("flush", 0, "")]
 
+    def _read_with_ttl(self, key: str) -> Callable[[Connection], Any]:
+        return methodcaller("read_with_ttl", keys=[key], args=self._limit_args)
+
     async def aget(self, key: str) -> bytes | None:
-        """:meth:`_arun` written out for the one operation of every untracked REMOTE hit."""
+        """:meth:`_arun` written out for the one operation of every untracked REMOTE hit.
+
+        The value, at most ``read_limit`` + 1 bytes of it; None when there is none.
+        """
         if self._factory is not None:
             result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
-            return result
+            return result or None  # b"": GETRANGE's none
         breaker = self.breaker
         asked = breaker.answers
         try:
@@ -217,14 +235,14 @@ class RemoteCache(Connections):
         breaker.answers += 1
         if breaker.failures:  # a success only matters after failures
             breaker.success()
-        return raw
+        return raw or None
 
     def get(self, key: str) -> bytes | None:
         """:meth:`_run` written out for the one operation of every untracked REMOTE hit."""
         conn = self._sync[READ]
         if conn is None or self._factory is not None:
             result: bytes | None = self._run("get", READ, methodcaller("get", key))
-            return result
+            return result or None  # b"": GETRANGE's none
         breaker = self.breaker
         asked = breaker.answers
         try:
@@ -234,14 +252,14 @@ class RemoteCache(Connections):
         breaker.answers += 1
         if breaker.failures:  # a success only matters after failures
             breaker.success()
-        return raw
+        return raw or None
 
     async def aget_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         """The value and its remaining life in ms (-1: none), for a fail-safe use case."""
-        return _parse_with_ttl(await self._arun("get", READ, methodcaller("read_with_ttl", keys=[key])))
+        return _parse_with_ttl(await self._arun("get", READ, self._read_with_ttl(key)))
 
     def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
-        return _parse_with_ttl(self._run("get", READ, methodcaller("read_with_ttl", keys=[key])))
+        return _parse_with_ttl(self._run("get", READ, self._read_with_ttl(key)))
 
     async def atry_lock(self, key: str, token: bytes, ttl_ms: int) -> bool:
         """Take the lock ``key`` for ``ttl_ms`` unless another holder has it."""
@@ -291,7 +309,9 @@ class RemoteCache(Connections):
                 lambda: self.aread_tracked(key, fence, with_ttl=with_ttl, sending=sending)
             )
         if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
-            replies = self._run("read", READ, lambda c: pipelined(c.pool, key, fence, with_ttl, sending))
+            replies = self._run(
+                "read", READ, lambda c: pipelined(c.pool, c.value_read, key, fence, with_ttl, sending)
+            )
             read = parse_fence_read(replies)
             if read is not None:
                 return read

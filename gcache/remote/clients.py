@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import threading
 import time
 import weakref
@@ -32,7 +33,7 @@ import redis.retry
 from gcache import _fork
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
-from gcache.remote import scripts
+from gcache.remote import protocol, scripts
 from gcache.remote.batching import ReadQueue
 
 __all__ = [
@@ -62,7 +63,8 @@ class Connection:
     """A client with this module's scripts registered on it.
 
     Operations are ``methodcaller`` objects naming one of these attributes, so running one adds
-    no Python frame to redis-py's own.
+    no Python frame to redis-py's own. With a ``read_limit``, ``get`` reads at most that many
+    bytes and one more (see :func:`~gcache.remote.protocol.value_read`) and answers b"" for none.
     """
 
     __slots__ = (
@@ -78,16 +80,18 @@ class Connection:
         "reads",
         "set",
         "unlock",
+        "value_read",
         "write_tracked",
     )
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, read_limit: int | None) -> None:
         self.client = client
         # A single server's pool, for the tracked read's pipeline; None for a cluster client, whose
         # commands travel by slot (the read then runs its script).
         cluster = isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster))
         self.pool: Any = None if cluster else getattr(client, "connection_pool", None)
-        self.get = client.get
+        self.value_read = protocol.value_read(read_limit)
+        self.get: Callable[[str], Any] = client.get if read_limit is None else _getrange(client, read_limit)
         self.set = client.set
         self.ping = client.ping
         self.read_tracked = client.register_script(scripts.READ_TRACKED)
@@ -102,9 +106,22 @@ class Connection:
     def queue_reads(self) -> Connection:
         """Auto-pipeline this asyncio client's GETs and tracked reads (see :class:`ReadQueue`)."""
         if self.pool is not None:
-            self.reads = ReadQueue(self.pool)
+            self.reads = ReadQueue(self.pool, self.value_read)
             self.get = self.reads.get
         return self
+
+    def pack_gets(self) -> Connection:
+        """Send this sync client's GETs hand-packed, as its tracked reads (see
+        :func:`~gcache.remote.protocol.get`)."""
+        if self.pool is not None:
+            self.get = functools.partial(protocol.get, self.pool, self.value_read)
+        return self
+
+
+def _getrange(client: Any, limit: int) -> Callable[[str], Any]:
+    """redis-py's GETRANGE of at most ``limit`` + 1 bytes, as a GET of one key (sync or async)."""
+    getrange = client.getrange
+    return lambda key: getrange(key, 0, limit)
 
 
 class Connections:
@@ -118,6 +135,7 @@ class Connections:
             client's own).
         pool_waits: by kind, told the seconds a caller waited for a pooled connection when none
             was free (see :class:`WaitTimedPool`).
+        read_limit: the most bytes of a value a read asks for, less one (None: all of it).
     """
 
     def __init__(
@@ -127,8 +145,10 @@ class Connections:
         loop_thread: LoopThread,
         deadlines: tuple[float | None, float | None, float | None],
         pool_waits: tuple[Callable[[float], None] | None, ...],
+        read_limit: int | None,
     ) -> None:
         self._config = redis_config
+        self._read_limit = read_limit
         self._factory = client_factory
         self._loop_thread = loop_thread
         self._deadlines = deadlines
@@ -162,7 +182,9 @@ class Connections:
         conn = conns[kind]
         if conn is None:
             if self._factory is not None:  # one client per loop, shared by every kind
-                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = Connection(self._factory()).queue_reads()
+                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = Connection(
+                    self._factory(), self._read_limit
+                ).queue_reads()
             else:
                 assert self._config is not None
                 conn = conns[kind] = Connection(
@@ -174,7 +196,8 @@ class Connections:
                         retry_policy(redis.asyncio.retry.Retry),
                         self._deadlines[kind],
                         self._pool_waits[kind],
-                    )
+                    ),
+                    self._read_limit,
                 ).queue_reads()
         return conn
 
@@ -198,8 +221,9 @@ class Connections:
                     retry_policy(redis.retry.Retry),
                     self._deadlines[kind],
                     self._pool_waits[kind],
-                )
-            )
+                ),
+                self._read_limit,
+            ).pack_gets()
         return conn
 
     async def aclose_clients(self) -> None:

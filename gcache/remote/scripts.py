@@ -18,12 +18,14 @@ __all__ = [
 ]
 
 # The tracked read. On a single server the read is first sent as these commands without the
-# script (_pipeline.fence_read: a script costs the server 15 µs more than a GET); the script runs
+# script (protocol.fence_read: a script costs the server 15 µs more than a GET); the script runs
 # when that finds no fence, to create it with the read, and on a cluster.
 # KEYS[1] value key, KEYS[2] fence (watermark) key
 # ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute
 #         limit, which the write after a miss extends
 # ARGV[3] '1' to return the value's PTTL (a fail-safe use case), '' not to
+# ARGV[4] (optional) the read limit: at most this many bytes of the value and one more are read
+#         (GETRANGE, which answers '' for none, read as none); absent: the whole value (GET)
 # A missing fence is created here, so every read carries a nonce: if the fence is lost while the
 # function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
 # Returns {value or nil, fence nonce, watermark (us), server time seconds, and microseconds,
@@ -32,7 +34,13 @@ __all__ = [
 # case whether the value is past its TTL, in its grace period.
 READ_TRACKED = """
 local t = redis.call('TIME')
-local v = redis.call('GET', KEYS[1])
+local v
+if ARGV[4] then
+  v = redis.call('GETRANGE', KEYS[1], 0, ARGV[4])
+  if v == '' then v = false end
+else
+  v = redis.call('GET', KEYS[1])
+end
 local f = redis.call('HMGET', KEYS[2], 'n', 'w')
 if not f[1] then
   redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', '0')
@@ -45,8 +53,11 @@ return {v, f[1], f[2], t[1], t[2], pttl}
 """
 
 # KEYS[1] value key. An untracked read of a fail-safe use case: {value or nil, its PTTL (ms)}.
+# ARGV[1] (optional) the read limit, as READ_TRACKED's ARGV[4] ('' for none, with GETRANGE)
 READ_WITH_TTL = """
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local v
+if ARGV[1] then v = redis.call('GETRANGE', KEYS[1], 0, ARGV[1]) else v = redis.call('GET', KEYS[1]) end
+return {v, redis.call('PTTL', KEYS[1])}
 """
 
 # KEYS[1] lock key, ARGV[1] the holder's token. Releases the lock only if this holder still has

@@ -3,8 +3,9 @@
 A hit (LOCAL, or REMOTE untracked and tracked) is profiled with ``sys.setprofile``: it binds no
 signature, looks up no metric label, hops to no thread and formats no log record; a sync REMOTE
 hit registers no single flight. A REMOTE hit is one round trip (one write to the socket), of one
-GET or (tracked) a pipeline of TIME, GET and HMGET, counted by the real server (``INFO
-commandstats``). Speed itself is measured in ``benchmarks/``, not here.
+GETRANGE (a read bounded by ``max_value_bytes``; GET with no limit) or (tracked) a pipeline of
+TIME, GETRANGE and HMGET, counted by the real server (``INFO commandstats``). Speed itself is
+measured in ``benchmarks/``, not here.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ async def test_a_hit_binds_no_signature_looks_up_no_label_and_hops_no_thread(
     # A tracked read is led as a flight that other callers may merge into until it is sent.
 
 
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "unbounded"])
 @pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
 async def test_a_remote_hit_is_one_round_trip(
     make_cache: Callable[..., GCache],
@@ -117,8 +119,10 @@ async def test_a_remote_hit_is_one_round_trip(
     redis_writes: list[bytes],
     is_async: bool,
     tracked: bool,
+    bounded: bool,
 ) -> None:
-    cache = make_cache(start_bus=False)  # nothing else talks to Redis meanwhile
+    options = {} if bounded else {"max_value_bytes": None}
+    cache = make_cache(start_bus=False, **options)  # nothing else talks to Redis meanwhile
     call = make_function(cache, is_async, "remote", tracked)
     with cache.enable():
         await call("7")
@@ -131,7 +135,8 @@ async def test_a_remote_hit_is_one_round_trip(
         sent = list(redis_writes)
     stats = commands_run(redis_client)
     assert len(sent) == 10  # one write to Redis per hit, whatever it holds
+    read = "cmdstat_getrange" if bounded else "cmdstat_get"  # at most max_value_bytes, framed, + 1
     if tracked:  # the value, the entity's fence and the server time, pipelined
-        assert stats == {"cmdstat_time": 10, "cmdstat_get": 10, "cmdstat_hmget": 10}
+        assert stats == {"cmdstat_time": 10, read: 10, "cmdstat_hmget": 10}
     else:
-        assert stats == {"cmdstat_get": 10}
+        assert stats == {read: 10}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from gcache import RedisConfig
+from gcache import GCacheConfig, RedisConfig
 from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
 from gcache.remote import READ, RemoteCache
@@ -17,6 +17,8 @@ from gcache.remote.batching import ReadQueue
 
 __all__ = [
     "ENV",
+    "MAX_VALUE_BYTES",
+    "READ_LIMIT",
     "fence",
     "keep_the_loop_busy",
     "key",
@@ -30,6 +32,10 @@ __all__ = [
 ]
 
 ENV = envelope.encode(b"\x80payload", envelope.SERIALIZER_CUSTOM, envelope.FLAG_STR, 0)
+_DEFAULT_MAX_VALUE_BYTES = GCacheConfig.max_value_bytes
+assert _DEFAULT_MAX_VALUE_BYTES is not None
+MAX_VALUE_BYTES: int = _DEFAULT_MAX_VALUE_BYTES  # as a GCache's RemoteCache is built by default
+READ_LIMIT = MAX_VALUE_BYTES + envelope.HEADER_SIZE  # the most a read takes, less one byte
 
 
 def key(i: int) -> str:
@@ -66,7 +72,12 @@ def loop_thread() -> Iterator[LoopThread]:
     thread.stop()
 
 
-def remote_on(url: str, loop_thread: LoopThread, read_timeout: float | None = None) -> RemoteCache:
+def remote_on(
+    url: str,
+    loop_thread: LoopThread,
+    read_timeout: float | None = None,
+    max_value_bytes: int | None = MAX_VALUE_BYTES,
+) -> RemoteCache:
     return RemoteCache(
         redis_config=RedisConfig(url=url),
         client_factory=None,
@@ -74,6 +85,7 @@ def remote_on(url: str, loop_thread: LoopThread, read_timeout: float | None = No
         loop_thread=loop_thread,
         read_timeout=read_timeout,
         breaker_failures=5,
+        max_value_bytes=max_value_bytes,
     )
 
 

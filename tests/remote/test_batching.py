@@ -16,8 +16,10 @@ from gcache._embedded_redis import EmbeddedRedis
 from gcache._loop_thread import LoopThread
 from gcache.remote import RemoteCache
 from gcache.remote.batching import MAX_BATCH
-from tests.conftest import commands_run
+from tests.conftest import commands_run, net_output_bytes, plant
 from tests.remote.conftest import (
+    ENV,
+    READ_LIMIT,
     fence,
     key,
     nonce,
@@ -43,7 +45,7 @@ async def test_concurrent_tracked_reads_go_to_redis_in_one_write_each_with_its_o
     # The first read found none in flight and went alone; the 49 others queued behind it and
     # went together, sharing one TIME.
     assert len(redis_writes) == 2
-    assert commands_run(redis_client) == {"cmdstat_time": 2, "cmdstat_get": 50, "cmdstat_hmget": 50}
+    assert commands_run(redis_client) == {"cmdstat_time": 2, "cmdstat_getrange": 50, "cmdstat_hmget": 50}
     assert {r.now_us for r in reads[1:]} == {reads[1].now_us}
     assert queue_of(remote).busy == 0
 
@@ -71,12 +73,64 @@ async def test_a_batch_mixes_plain_gets_and_tracked_reads_with_and_without_ttl(
     assert 59_000 < with_ttl.pttl_ms <= 60_000
     assert unfenced.raw is None
     assert unfenced.nonce == redis_client.hget(fence(9), "n")
-    lone, batch, *script = written  # the lone GET, the batch, the unfenced read's script
-    assert lone == b"*2\r\n$3\r\nGET\r\n$25\r\n" + key(0).encode() + b"\r\n"
-    counts = [batch.count(c) for c in (b"$4\r\nTIME", b"$3\r\nGET", b"$5\r\nHMGET", b"$4\r\nPTTL")]
+    lone, batch, *script = written  # the lone GETRANGE, the batch, the unfenced read's script
+    end = b"%d" % READ_LIMIT
+    assert lone == b"*4\r\n$8\r\nGETRANGE\r\n$25\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n" % (
+        key(0).encode(),
+        len(end),
+        end,
+    )
+    counts = [batch.count(c) for c in (b"$4\r\nTIME", b"$8\r\nGETRANGE", b"$5\r\nHMGET", b"$4\r\nPTTL")]
     assert counts == [1, 5, 3, 1]
+    assert b"$3\r\nGET\r\n" not in batch
     assert script
     assert all(b"EVALSHA" in w or b"SCRIPT" in w for w in script)
+
+
+async def test_a_giant_value_in_a_batch_is_read_bounded_and_the_others_whole(
+    remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 4)
+    plant(redis_client, key(2), ENV, 16 * READ_LIMIT)
+    plant(redis_client, key(3), ENV, 16 * READ_LIMIT)
+    await open_connections(remote)
+    sent_before = net_output_bytes(redis_client)
+    redis_writes.clear()
+
+    first, plain, giant, tracked_giant, tracked = await asyncio.gather(
+        remote.aget(key(0)),  # alone
+        remote.aget(key(1)),
+        remote.aget(key(2)),
+        remote.aread_tracked(key(3), fence(3), with_ttl=True),
+        remote.aread_tracked(key(1), fence(1)),
+    )
+
+    assert len(redis_writes) == 2
+    assert (first, plain, tracked.raw) == (value(0), value(1), value(1))
+    assert giant == tracked_giant.raw == ENV + b"\0" * (READ_LIMIT + 1 - len(ENV))
+    assert (tracked_giant.nonce, tracked.nonce) == (nonce(3), nonce(1))
+    assert 2 * READ_LIMIT < net_output_bytes(redis_client) - sent_before < 2 * READ_LIMIT + 64 * 1024
+
+
+async def test_without_a_limit_the_batch_reads_values_with_get(
+    loop_thread: LoopThread, redis_url: str, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    store(redis_client, 3)
+    remote = remote_on(redis_url, loop_thread, max_value_bytes=None)
+    try:
+        await open_connections(remote)
+        redis_client.config_resetstat()
+        redis_writes.clear()
+
+        first, plain, tracked = await asyncio.gather(
+            remote.aget(key(0)), remote.aget(key(1)), remote.aread_tracked(key(2), fence(2))
+        )
+
+        assert (first, plain, tracked.raw) == (value(0), value(1), value(2))
+        assert redis_writes[0] == b"*2\r\n$3\r\nGET\r\n$25\r\n" + key(0).encode() + b"\r\n"
+        assert commands_run(redis_client) == {"cmdstat_time": 1, "cmdstat_get": 3, "cmdstat_hmget": 1}
+    finally:
+        await remote.aclose()
 
 
 async def test_a_command_error_fails_only_its_own_read_and_the_connection_stays_in_step(
@@ -136,7 +190,7 @@ async def test_reads_past_the_batch_limit_start_another_batch(
 
     assert raws == [value(0)] * n
     assert len(redis_writes) == 3  # alone, a full batch, and the rest
-    assert redis_writes[1].count(b"GET") == MAX_BATCH
+    assert redis_writes[1].count(b"GETRANGE") == MAX_BATCH
 
 
 async def test_a_failed_batch_fails_every_read_in_it_each_with_its_own_error(loop_thread: LoopThread) -> None:

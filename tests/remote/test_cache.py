@@ -22,6 +22,7 @@ from gcache._loop_thread import LoopThread
 from gcache.remote import READ, RemoteCache, TrackedRead
 from gcache.remote.protocol import parse_fence_read, pool_args
 from tests.conftest import commands_run
+from tests.remote.conftest import MAX_VALUE_BYTES, READ_LIMIT
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
 KEY2 = "{urn:gcache:user_id:1}#Other"
@@ -69,6 +70,10 @@ class Ops:
         result: bytes | None = await self._do("get", key)
         return result
 
+    async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        result: tuple[bytes | None, int] = await self._do("get_with_ttl", key)
+        return result
+
     async def set(self, key: str, env: bytes, ttl_ms: int) -> None:
         await self._do("set", key, env, ttl_ms)
 
@@ -114,13 +119,19 @@ class Ops:
         return result
 
 
-def real_remote(url: str, loop_thread: LoopThread, compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
-    """A RemoteCache on the real server at ``url``."""
+def real_remote(
+    url: str,
+    loop_thread: LoopThread,
+    compute_limit_ms: int = LIMIT_MS,
+    max_value_bytes: int | None = MAX_VALUE_BYTES,
+) -> RemoteCache:
+    """A RemoteCache on the real server at ``url``, its reads bounded as a GCache's by default."""
     return RemoteCache(
         redis_config=RedisConfig(url=url),
         client_factory=None,
         compute_limit_ms=compute_limit_ms,
         loop_thread=loop_thread,
+        max_value_bytes=max_value_bytes,
     )
 
 
@@ -131,9 +142,11 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         url: str = request.getfixturevalue("redis_url")
         inspect: redis.Redis = request.getfixturevalue("redis_client")
 
-        def make(compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
+        def make(
+            compute_limit_ms: int = LIMIT_MS, max_value_bytes: int | None = MAX_VALUE_BYTES
+        ) -> RemoteCache:
             loop_thread = LoopThread("test-remote")
-            remote = real_remote(url, loop_thread, compute_limit_ms)
+            remote = real_remote(url, loop_thread, compute_limit_ms, max_value_bytes)
             remotes.append((remote, loop_thread))
             return remote
 
@@ -141,13 +154,16 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         server = fakeredis.FakeServer()
         inspect = fakeredis.FakeRedis(server=server)
 
-        def make(compute_limit_ms: int = LIMIT_MS) -> RemoteCache:
+        def make(
+            compute_limit_ms: int = LIMIT_MS, max_value_bytes: int | None = MAX_VALUE_BYTES
+        ) -> RemoteCache:
             loop_thread = LoopThread("test-remote")
             remote = RemoteCache(
                 redis_config=None,
                 client_factory=lambda: fakeredis.FakeAsyncRedis(server=server),
                 compute_limit_ms=compute_limit_ms,
                 loop_thread=loop_thread,
+                max_value_bytes=max_value_bytes,
             )
             remotes.append((remote, loop_thread))
             return remote
@@ -286,7 +302,7 @@ async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_scr
         assert (await real_ops.read(with_ttl=True)).raw == ENV
     sent = list(redis_writes)
     stats = commands_run(redis_client)
-    assert stats == {"cmdstat_time": 5, "cmdstat_get": 5, "cmdstat_hmget": 5, "cmdstat_pttl": 5}
+    assert stats == {"cmdstat_time": 5, "cmdstat_getrange": 5, "cmdstat_hmget": 5, "cmdstat_pttl": 5}
     assert len(sent) == 5  # one write per read: every command of it in one round trip
     assert all(b"TIME" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
 
@@ -370,6 +386,125 @@ def test_parse_fence_read_matches_the_script_and_leaves_a_missing_fence_to_it(
     mode: str, replies: list[Any], expected: TrackedRead | None
 ) -> None:
     assert parse_fence_read(replies) == expected
+
+
+# -- bounded reads --------------------------------------------------------------------------------
+
+
+async def test_every_read_takes_at_most_one_byte_more_than_the_read_limit(
+    backend: Backend, mode: str
+) -> None:
+    """A longer value reads as its first limit + 1 bytes, whichever way it is read: GET, the
+    fail-safe script, the tracked pipeline and the tracked script (no fence)."""
+    ops = Ops(backend.make(max_value_bytes=1_000), mode)
+    limit = 1_000 + envelope.HEADER_SIZE
+    giant, fits = ENV + b"x" * 50_000, ENV + b"y" * (limit - len(ENV))
+    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    backend.inspect.set(KEY, giant, px=20_000)
+    backend.inspect.set(KEY2, fits, px=20_000)
+
+    assert await ops.get(KEY) == giant[: limit + 1]
+    raw, pttl = await ops.get_with_ttl(KEY)
+    assert raw == giant[: limit + 1]
+    assert 19_000 < pttl <= 20_000
+    tracked = await ops.read(with_ttl=True)
+    assert (tracked.raw, tracked.nonce) == (giant[: limit + 1], b"ABCDEFGH")
+    assert 19_000 < tracked.pttl_ms <= 20_000
+    backend.inspect.delete(FENCE)
+    unfenced = await ops.read(with_ttl=True)  # the script, which creates the fence
+    assert unfenced.raw == giant[: limit + 1]
+    assert 19_000 < unfenced.pttl_ms <= 20_000
+    assert await ops.get(KEY2) == fits  # a value of the limit exactly is read whole
+    assert (await ops.get_with_ttl(KEY2))[0] == fits
+    assert (await ops.read(KEY2)).raw == fits
+    assert backend.inspect.strlen(KEY) == len(giant)  # reading changed nothing
+
+
+async def test_a_bounded_read_of_a_missing_or_empty_value_is_none(backend: Backend, ops: Ops) -> None:
+    """GETRANGE answers b"" for a missing key: gcache never stores an empty entry, so b"" is none."""
+    backend.inspect.set(KEY2, b"")
+    for key in (KEY, KEY2):
+        assert await ops.get(key) is None
+        assert await ops.get_with_ttl(key) == (None, -1)
+        fenced = await ops.read(key, with_ttl=True)  # the script first: it creates the fence
+        again = await ops.read(key, with_ttl=True)  # then the pipeline
+        assert (fenced.raw, fenced.pttl_ms, again.raw, again.pttl_ms) == (None, -1, None, -1)
+
+
+async def test_a_bounded_read_is_getrange_everywhere_and_transfers_the_limit_at_most(
+    real_ops: Ops, redis_client: redis.Redis
+) -> None:
+    """A GETRANGE, in the scripts too, never a GET; and Redis sends the client no more than the
+    limit of a value 16 times larger."""
+    giant = ENV + b"x" * (16 * MAX_VALUE_BYTES)
+    redis_client.set(KEY, giant)
+    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    await real_ops.get(KEY2)  # connections open
+    await real_ops.read(KEY2)
+    redis_client.config_resetstat()
+    sent_before = redis_client.info("stats")["total_net_output_bytes"]
+
+    assert await real_ops.get(KEY) == giant[: READ_LIMIT + 1]
+    assert (await real_ops.get_with_ttl(KEY))[0] == giant[: READ_LIMIT + 1]
+    assert (await real_ops.read(KEY, with_ttl=True)).raw == giant[: READ_LIMIT + 1]
+    redis_client.delete(FENCE)
+    assert (await real_ops.read(KEY)).raw == giant[: READ_LIMIT + 1]  # the pipeline, then the script
+
+    sent = redis_client.info("stats")["total_net_output_bytes"] - sent_before
+    assert 5 * READ_LIMIT < sent < 5 * READ_LIMIT + 64 * 1024  # five reads of the value, each bounded
+    stats = commands_run(redis_client)
+    assert stats["cmdstat_getrange"] == 5
+    assert "cmdstat_get" not in stats
+    assert stats["cmdstat_evalsha"] == 2  # the fail-safe read and the unfenced tracked read
+
+
+async def test_get_retries_once_on_a_connection_the_server_closed(
+    real_ops: Ops, redis_client: redis.Redis
+) -> None:
+    """The hand-packed GETRANGE keeps redis-py's retry policy, sync as async."""
+    redis_client.set(KEY, ENV)
+    assert await real_ops.get(KEY) == ENV  # a pooled connection now exists
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restarted server would
+
+    assert await real_ops.get(KEY) == ENV
+    assert real_ops.remote.breaker.failures == 0
+
+
+async def test_get_of_a_value_of_the_wrong_type_fails_and_leaves_the_connection_usable(
+    backend: Backend, ops: Ops
+) -> None:
+    backend.inspect.hset(KEY, mapping={"n": b"x"})  # GETRANGE answers WRONGTYPE
+
+    with pytest.raises(RemoteError) as info:
+        await ops.get(KEY)
+
+    assert isinstance(info.value.cause, redis.ResponseError)
+    backend.inspect.delete(KEY)
+    backend.inspect.set(KEY, ENV)
+    for _ in range(3):
+        assert await ops.get(KEY) == ENV
+
+
+async def test_without_a_limit_values_are_read_whole_with_get(
+    mode: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    loop_thread = LoopThread("test-unbounded")
+    ops = Ops(real_remote(redis_url, loop_thread, max_value_bytes=None), mode)
+    giant = ENV + b"x" * 100_000
+    redis_client.set(KEY, giant)
+    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    try:
+        redis_client.config_resetstat()
+        assert await ops.get(KEY) == giant
+        assert (await ops.get_with_ttl(KEY))[0] == giant
+        assert (await ops.read(KEY)).raw == giant
+        assert await ops.get(KEY2) is None
+        stats = commands_run(redis_client)
+        assert stats["cmdstat_get"] == 4  # two alone, one in the fail-safe script, one tracked
+        assert "cmdstat_getrange" not in stats
+    finally:
+        await ops.remote.aclose()
+        loop_thread.stop()
 
 
 # -- write_tracked --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ in to every node with its URL's, as the application user; the harness as the adm
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import time
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import _envelope as envelope
 from gcache._embedded_redis import Credentials, EmbeddedRedis, find_redis_server
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
@@ -134,3 +136,57 @@ async def test_async_functions_cache_invalidate_and_flush_on_cluster(
         assert await cache.aflushall() == 60
     assert cluster_client.exists("other-app-key") == 1
     assert [k for k in cluster_client.scan_iter(match="{urn:gcache:*")] == []
+
+
+def _sent(cluster_client: redis.RedisCluster) -> int:
+    """Bytes every primary has sent its clients so far."""
+    sent = 0
+    for node in cluster_client.get_primaries():  # type: ignore[no-untyped-call]
+        sent += int(node.redis_connection.info("stats")["total_net_output_bytes"])
+    return sent
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
+async def test_a_planted_giant_on_a_cluster_is_read_bounded_and_a_too_large_miss(
+    cluster_url: str, cluster_client: redis.RedisCluster, mode: str, tracked: bool
+) -> None:
+    """On a cluster a value is read by redis-py's GETRANGE, a tracked one by the read script's."""
+    mib = 1024 * 1024
+    registry = CollectorRegistry()
+    config = GCacheConfig(
+        redis_config=RedisConfig(url=cluster_url, cluster=True),
+        metrics_registry=registry,
+        max_value_bytes=mib,
+    )
+    urn = "{urn:gcache:user_id:1}#Giant"
+    head = envelope.encode(pickle.dumps("planted"), envelope.SERIALIZER_PICKLE, 0, time.time_ns() // 1000)
+    cluster_client.set(urn, head)
+    cluster_client.setrange(urn, 64 * mib - 1, b"\0")  # 64 MiB, padded by Redis itself
+    calls: list[int] = []
+    async with GCache(config) as cache:
+
+        def body(uid: int) -> int:
+            calls.append(uid)
+            return uid * 10
+
+        async def abody(uid: int) -> int:
+            return body(uid)
+
+        decorate = cache.cached(key_type="user_id", id_arg="uid", use_case="Giant",
+                                track_for_invalidation=tracked, default_config=REMOTE_ONLY)  # fmt: skip
+        with cache.enable():
+            before = _sent(cluster_client)
+            assert (decorate(body)(1) if mode == "sync" else await decorate(abody)(1)) == 10
+            sent = _sent(cluster_client) - before
+        assert cache._remote is not None
+        assert (cache._remote.breaker.failures, cache._remote.breaker.is_open) == (0, False)
+
+    assert calls == [1]
+    misses = registry.get_sample_value(
+        "gcache_miss_counter_total",
+        {"use_case": "Giant", "key_type": "user_id", "layer": "remote", "reason": "too_large"},
+    )
+    assert misses == 1
+    assert mib < sent < mib + 256 * 1024
+    assert cluster_client.strlen(urn) < 1_000  # rewritten with the function's value
