@@ -128,10 +128,12 @@ class Management:
         return uc.read_through(urn, entity, key.id, pairs, fallback, (), {})
 
     async def aput(self, key: GCacheKey, value: Any) -> None:
-        """Write ``value`` to every layer the key's config turns on, without reading first.
+        """Write ``value`` to every layer the key's config turns on, without calling a fallback.
 
-        A tracked key is stamped with the server time of the write, so invalidations that
-        happened before it do not hide it and later ones do. Failures are counted, not raised.
+        A tracked key first reads its fence (creating it if need be) and is stamped with the
+        server time of that read, so invalidations that happened before it do not hide it and
+        later ones do; the entry is signed with what the read returned. Failures are counted,
+        not raised.
         """
         uc, entity, urn, pairs = self._where(key)
         if uc.closed:
