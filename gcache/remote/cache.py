@@ -282,7 +282,7 @@ class RemoteCache(Connections):
 
         On a single server the reads go as one pipeline of plain commands (a Lua script costs the
         server 15 µs more than a GET), auto-pipelined with the loop's other reads under
-        concurrency (:class:`~gcache._pipeline.ReadQueue`); the script runs when the fence is
+        concurrency (:class:`~gcache.remote.batching.ReadQueue`); the script runs when the fence is
         missing, to create it with the read, and on a cluster. ``sending()`` is called once a
         connection is at hand, before the reads are written (before waiting for the pool, for the
         script): up to then, other callers may take this read's result as theirs (see
