@@ -33,6 +33,9 @@ __all__ = [
 class CacheLayer(Enum):
     """The layers of the read-through chain, checked in this order."""
 
+    NOOP = "noop"
+    """The original library's placeholder for "no layer": accepted in configs and ignored."""
+
     LOCAL = "local"
     """In-process TTL cache: fastest, private to one process."""
 
@@ -49,12 +52,12 @@ _LEGACY_LAYERS = {"noop"}  # the original library's placeholder layer; configs t
 
 def _layer(name: CacheLayer | str, where: str) -> CacheLayer | None:
     if isinstance(name, CacheLayer):
-        return name
+        return None if name is CacheLayer.NOOP else name
     if isinstance(name, str):
         lowered = name.lower()
         if lowered in _LEGACY_LAYERS:
             return None
-        for layer in CacheLayer:
+        for layer in (CacheLayer.LOCAL, CacheLayer.REMOTE):
             if layer.value == lowered:
                 return layer
     raise ConfigError(f"{where}: unknown cache layer {name!r} (expected one of 'local', 'remote')")

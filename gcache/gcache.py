@@ -42,7 +42,8 @@ _instances = itertools.count(1)
 
 
 class _Enable:
-    """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it.
+    """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it;
+    or ``@gcache.enable()`` on a function, sync or async.
 
     The tokens to restore are kept in a ContextVar, not on this object, so one object may be
     entered by several tasks or threads at once (a middleware that builds it once).
@@ -65,6 +66,24 @@ class _Enable:
         *rest, token = self._tokens.get()
         self._tokens.set(tuple(rest))
         self._var.reset(token)
+
+    def __call__(self, func: F) -> F:
+        """``@gcache.enable()`` on a function: each call runs inside ``with gcache.enable():``."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_enabled(*args: Any, **kwargs: Any) -> Any:
+                with self:
+                    return await func(*args, **kwargs)
+
+            return async_enabled  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def enabled(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        return enabled  # type: ignore[return-value]
 
 
 class GCache(Management):
@@ -244,7 +263,8 @@ class GCache(Management):
     # -- switching caching on ------------------------------------------------------------------
 
     def enable(self, enabled: bool = True) -> _Enable:
-        """Turn caching on (or, with ``False``, off) for the block; blocks nest.
+        """Turn caching on (or, with ``False``, off) for the block; blocks nest. Also a decorator:
+        ``@gcache.enable()`` runs each call of a function (sync or async) inside it.
 
         The state lives in a ContextVar: it follows asyncio tasks created inside the block, and
         each thread starts with caching off.

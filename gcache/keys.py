@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gcache.config import GCacheKey
-from gcache.errors import IdArgError
+from gcache.errors import FuncArgDoesNotExist, KeyArgDoesNotExist
 
 __all__ = ["ArgumentsDoNotBind", "GCacheKey", "KeyBuilder", "KeyPartWatch"]
 
@@ -78,7 +78,9 @@ class KeyBuilder:
         ):
             id_name, id_extract = id_arg
         else:
-            raise IdArgError(f"{name}: id_arg must be a parameter name or (name, extractor), got {id_arg!r}")
+            raise KeyArgDoesNotExist(
+                f"{name}: id_arg must be a parameter name or (name, extractor), got {id_arg!r}"
+            )
 
         params = list(inspect.signature(func).parameters.values())
         shown = ", ".join(p.name for p in params)
@@ -99,7 +101,8 @@ class KeyBuilder:
 
         def check(option: str, arg: str) -> None:
             if arg == receiver or (arg not in names and arg != var_positional and var_keyword is None):
-                raise IdArgError(f"{name}: {option} {arg!r} is not a parameter of {name}({shown})")
+                error = KeyArgDoesNotExist if option == "id_arg" else FuncArgDoesNotExist
+                raise error(f"{name}: {option} {arg!r} is not a parameter of {name}({shown})")
 
         check("id_arg", id_name)
         for arg in adapters:
@@ -107,7 +110,7 @@ class KeyBuilder:
         for arg in ignored:
             check("ignore_args name", arg)
         if id_name in ignored:
-            raise IdArgError(f"{name}: id_arg {id_name!r} is also in ignore_args")
+            raise FuncArgDoesNotExist(f"{name}: id_arg {id_name!r} is also in ignore_args")
         if receiver is not None:
             ignored.add(receiver)
 

@@ -87,6 +87,10 @@ class RedisConfig:
             )
 
     def _validate_parts(self) -> None:
+        for name in ("port", "db"):  # from the environment they come as text, as the original took them
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().isdigit():
+                setattr(self, name, int(value))
         if self.protocol not in ("redis", "rediss"):
             raise ConfigError(f"RedisConfig.protocol must be 'redis' or 'rediss', got {self.protocol!r}")
         if not self.host:

@@ -1,0 +1,169 @@
+"""Code written for the original gcache (rungalileo/gcache 2.0.5) runs unchanged (issue 15): its
+exception names and import paths, ``except`` clauses, ``@enable()``, ``CacheLayer.NOOP``, ports
+given as text. The deliberate differences are listed in the README's compatibility section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+import gcache.exceptions as original_exceptions
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache.config import GCacheKey
+from gcache.errors import ConfigError, IdArgError, RemoteError
+from gcache.exceptions import (
+    FuncArgDoesNotExist,
+    GCacheError,
+    GCacheKeyConstructionError,
+    KeyArgDoesNotExist,
+    RedisConfigConflict,
+    UseCaseIsAlreadyRegistered,
+    UseCaseNameIsReserved,
+)
+from tests.behaviour.test_fail_open import FAST, refused_url
+from tests.test_gcache import Maker, call, twin
+
+LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+
+ORIGINAL_NAMES = (
+    "GCacheError",
+    "ReentrantSyncFunctionDetected",
+    "GCacheKeyConstructionError",
+    "GCacheAlreadyInstantiated",
+    "KeyArgDoesNotExist",
+    "FuncArgDoesNotExist",
+    "GCacheDisabled",
+    "RedisConfigConflict",
+    "UseCaseIsAlreadyRegistered",
+    "MissingKeyConfig",
+    "UseCaseNameIsReserved",
+)
+
+
+def test_every_exception_name_of_the_original_imports_from_gcache_exceptions() -> None:
+    for name in ORIGINAL_NAMES:
+        error = getattr(original_exceptions, name)
+        assert issubclass(error, GCacheError), name
+    assert GCacheKey.__module__ == "gcache.config"  # `from gcache.config import GCacheKey` works
+
+
+def test_a_bad_id_arg_is_caught_by_the_original_names_and_by_ours() -> None:
+    cache = GCache()
+
+    def f(user_id: str) -> str:
+        return user_id
+
+    for catch in (KeyArgDoesNotExist, GCacheKeyConstructionError, IdArgError, ConfigError, ValueError):
+        with pytest.raises(catch, match="id_arg 'uid' is not a parameter"):
+            cache.cached(key_type="user_id", id_arg="uid", use_case=f"Bad{catch.__name__}")(f)
+    cache.close()
+
+
+def test_a_bad_ignore_args_or_arg_adapters_name_is_func_arg_does_not_exist() -> None:
+    cache = GCache()
+
+    def f(user_id: str, page: int) -> str:
+        return user_id
+
+    with pytest.raises(FuncArgDoesNotExist, match="ignore_args name 'pg'") as ignored:
+        cache.cached(key_type="user_id", id_arg="user_id", use_case="I", ignore_args=["pg"])(f)
+    assert not isinstance(ignored.value, KeyArgDoesNotExist)  # siblings, as in the original
+    with pytest.raises(FuncArgDoesNotExist, match="arg_adapters name 'pg'"):
+        cache.cached(key_type="user_id", id_arg="user_id", use_case="A", arg_adapters={"pg": str})(f)
+    cache.close()
+
+
+def test_the_original_aliases_are_our_classes() -> None:
+    cache = GCache()
+
+    def f(user_id: str) -> str:
+        return user_id
+
+    cache.cached(key_type="user_id", id_arg="user_id", use_case="Once")(f)
+    with pytest.raises(UseCaseIsAlreadyRegistered):
+        cache.cached(key_type="user_id", id_arg="user_id", use_case="Once")(f)
+    with pytest.raises(UseCaseNameIsReserved):
+        cache.cached(key_type="user_id", id_arg="user_id", use_case="watermark")(f)
+    with pytest.raises(RedisConfigConflict):
+        GCacheConfig(redis_config=RedisConfig(), redis_client_factory=lambda: None)
+    cache.close()
+
+
+async def test_except_redis_error_written_for_the_original_catches_a_failed_invalidation(
+    make_cache: Maker, is_async: bool
+) -> None:
+    cache = make_cache(
+        redis_config=RedisConfig(url=refused_url(), redis_py_options=dict(FAST)), start_bus=False
+    )
+
+    async def invalidate() -> None:
+        if is_async:
+            await cache.ainvalidate("user_id", "1")
+        else:
+            cache.invalidate("user_id", "1")
+
+    async def flush() -> None:
+        if is_async:
+            await cache.aflushall()
+        else:
+            cache.flushall()
+
+    for operation in (invalidate, flush):
+        caught: BaseException | None = None
+        try:  # as code written for the original catches it
+            await operation()
+        except redis.RedisError as exc:
+            caught = exc
+        assert isinstance(caught, RemoteError)
+        assert isinstance(caught.cause, redis.ConnectionError)
+
+
+async def test_enable_decorates_sync_and_async_functions(make_cache: Maker, is_async: bool) -> None:
+    cache = make_cache()
+    calls: list[str] = []
+
+    def body(user_id: str) -> str:
+        calls.append(user_id)
+        return f"user {user_id}"
+
+    cached = cache.cached(
+        key_type="user_id", id_arg="user_id", use_case="Decorated", default_config=LOCAL_ONLY
+    )(twin("async" if is_async else "sync", body))
+
+    def handler(user_id: str) -> Any:
+        assert cache.is_enabled
+        return cached(user_id)
+
+    async def ahandler(user_id: str) -> Any:
+        assert cache.is_enabled
+        return await cached(user_id)
+
+    enabled_handler = cache.enable()(ahandler if is_async else handler)
+    assert enabled_handler.__name__ == ("ahandler" if is_async else "handler")
+
+    assert await call(enabled_handler, "1") == "user 1"
+    assert await call(enabled_handler, "1") == "user 1"  # cached: the decorator enabled it
+    assert not cache.is_enabled  # and restored it after each call
+    assert await call(cached, "1") == "user 1"  # outside: runs the function
+    assert calls == ["1", "1"]
+
+
+def test_cache_layer_noop_exists_and_configs_naming_it_load() -> None:
+    assert CacheLayer.NOOP.value == "noop"
+    config = GCacheKeyConfig(
+        ttl_sec={CacheLayer.NOOP: 5, CacheLayer.LOCAL: 10}, ramp={CacheLayer.NOOP: 100, CacheLayer.LOCAL: 100}
+    )
+    assert config.ttl_sec == {CacheLayer.LOCAL: 10}
+    assert config.ramp == {CacheLayer.LOCAL: 100}
+
+
+def test_ports_and_databases_given_as_text_are_numbers() -> None:
+    config = RedisConfig(host="cache.internal", port="6380", db=" 2 ")  # type: ignore[arg-type]
+
+    assert config.port == 6380
+    assert config.db == 2
+    assert config.url == "redis://cache.internal:6380/2"
+    with pytest.raises(ConfigError, match=r"RedisConfig\.port must be an integer from 1 to 65535, got 'abc'"):
+        RedisConfig(port="abc")  # type: ignore[arg-type]
