@@ -63,6 +63,19 @@ def _layer(name: CacheLayer | str, where: str) -> CacheLayer | None:
     raise ConfigError(f"{where}: unknown cache layer {name!r} (expected one of 'local', 'remote')")
 
 
+def _number(value: Any) -> Any:
+    """A number given as text (``"60"``, from an environment or a stored config) as the number,
+    as the original library's pydantic model took it; anything else unchanged, for the checks."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+    return value
+
+
 def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | None) -> dict[CacheLayer, Any]:
     if values is None:
         return {}
@@ -73,6 +86,7 @@ def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | N
         layer = _layer(name, where)
         if layer is None:
             continue
+        value = _number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}[{layer.value}] must be a finite number, got {value!r}")
         if value < 0 or (upper is not None and value > upper):
@@ -126,7 +140,8 @@ class GCacheKeyConfig:
         self.ttl_sec = _layer_map(self.ttl_sec, "GCacheKeyConfig.ttl_sec", upper=None)
         self.ramp = _layer_map(self.ramp, "GCacheKeyConfig.ramp", upper=100)
         for name in _OPTIONS:
-            value = getattr(self, name)
+            value = _number(getattr(self, name))
+            setattr(self, name, value)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"GCacheKeyConfig.{name} must be a finite number, got {value!r}")
             if value < 0 or (name == "ttl_jitter" and value > 1):
@@ -156,7 +171,47 @@ class GCacheKeyConfig:
                 data[name] = getattr(self, name)
         return data
 
-    model_dump = to_dict  # the original library's (pydantic) spelling
+    # -- the original library's GCacheKeyConfig was a pydantic model: its spellings ------------
+
+    def model_dump(
+        self,
+        *,
+        include: set[str] | None = None,
+        exclude: set[str] | None = None,
+        **_pydantic_options: Any,
+    ) -> dict[str, Any]:
+        """:meth:`to_dict`, with pydantic's ``include``/``exclude``; its other options (``mode``,
+        ``by_alias``, ...) change nothing here, the dict being JSON-ready already."""
+        data = self.to_dict()
+        return {
+            k: v for k, v in data.items() if (include is None or k in include) and k not in (exclude or ())
+        }
+
+    def model_dump_json(self, *, indent: int | None = None, **pydantic_options: Any) -> str:
+        return json.dumps(self.model_dump(**pydantic_options), indent=indent)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> GCacheKeyConfig:
+        """A copy (its dicts always copied), with ``update`` applied and checked."""
+        unknown = set(update or ()) - _FIELDS
+        if unknown:
+            raise ConfigError(f"GCacheKeyConfig.model_copy: unknown fields {sorted(unknown)}")
+        fields = {
+            "ttl_sec": dict(self.ttl_sec),
+            "ramp": dict(self.ramp),
+            **{n: getattr(self, n) for n in _OPTIONS},
+        }
+        return GCacheKeyConfig(**{**fields, **dict(update or {})})
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> GCacheKeyConfig:
+        """A config from a dict (or a config), as pydantic's ``model_validate``."""
+        if isinstance(obj, GCacheKeyConfig):
+            return obj.model_copy()
+        return cls.from_dict(obj)
+
+    @classmethod
+    def model_validate_json(cls, data: str | bytes) -> GCacheKeyConfig:
+        return cls.loads(data)
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict())
@@ -197,7 +252,9 @@ class GCacheKeyConfig:
             raise ConfigError(f"GCacheKeyConfig.load_configs: expected an object of use cases, got {raw!r}")
         configs: GCacheKeyConfigs = {}
         for use_case, value in raw.items():
-            if isinstance(value, Mapping) and set(value) <= _FIELDS:
+            if isinstance(value, (str, bytes)):  # the original's stored schema: a config as JSON text
+                configs[use_case] = GCacheKeyConfig.loads(value)
+            elif isinstance(value, Mapping) and set(value) <= _FIELDS:
                 configs[use_case] = GCacheKeyConfig.from_dict(value)
             elif isinstance(value, Mapping):
                 configs[use_case] = {env: GCacheKeyConfig.loads(v) for env, v in value.items()}

@@ -194,7 +194,7 @@ class GCache(Management):
             signer=self._signer,
             hasher=self._hasher,
         )
-        self._registered: set[str] = set()
+        self._registered: dict[str, str] = {}  # use case -> the function that has it
         self._direct: dict[tuple[Any, ...], UseCase] = {}
         self._direct_names: set[tuple[str, str, bool]] = set()  # bounded: see Management._for_key
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
@@ -294,7 +294,8 @@ class GCache(Management):
         Args:
             key_type: the kind of entity the id names (``user_id``); invalidation targets it.
             id_arg: the parameter holding the id, or ``(parameter, extractor)``.
-            use_case: names this cache in keys, metrics and config; default ``module.qualname``.
+            use_case: names this cache in keys, metrics and config; default ``module.function_name``
+                (two functions of one cache with the same default name: an error, give one a use_case).
             arg_adapters: parameter -> function giving the string used in the key.
             ignore_args: parameters left out of the key.
             track_for_invalidation: entries honour ``invalidate(key_type, id)``.
@@ -315,14 +316,22 @@ class GCache(Management):
             raise ConfigError(f"cached(): ignore_args must be a list of names, got {ignore_args!r}")
 
         def decorate(func: F) -> F:
-            name = use_case if use_case is not None else f"{func.__module__}.{func.__qualname__}"
+            # The default is the original library's: module and function name, not __qualname__.
+            name = use_case if use_case is not None else f"{func.__module__}.{func.__name__}"
+            where = f"{func.__module__}.{func.__qualname__}"
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"cached(): use_case must be a non-empty string, got {name!r}")
             if name == WATERMARK_USE_CASE:
                 raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
             if name in self._registered:
+                default = (
+                    " (the default use_case: module and function name, which two functions share); "
+                    "give each its own use_case=..."
+                    if use_case is None
+                    else ""
+                )
                 raise UseCaseIsAlreadyRegisteredError(
-                    f"use_case {name!r} is already used by another function"
+                    f"use_case {name!r} of {where} is already used by {self._registered[name]}{default}"
                 )
             if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
                 raise ConfigError(
@@ -331,7 +340,7 @@ class GCache(Management):
             keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
             chosen = serializer if serializer is not None else self.config.serializer
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)
-            self._registered.add(name)
+            self._registered[name] = where
 
             wrapper: Any = uc.wrap(func)
             functools.update_wrapper(wrapper, func)

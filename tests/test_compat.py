@@ -4,6 +4,7 @@ given as text. The deliberate differences are listed in the README's compatibili
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -167,3 +168,62 @@ def test_ports_and_databases_given_as_text_are_numbers() -> None:
     assert config.url == "redis://cache.internal:6380/2"
     with pytest.raises(ConfigError, match=r"RedisConfig\.port must be an integer from 1 to 65535, got 'abc'"):
         RedisConfig(port="abc")  # type: ignore[arg-type]
+
+
+# -- GCacheKeyConfig: the original's pydantic spellings and coercions --------------------------
+
+
+def test_numbers_given_as_text_are_taken_as_the_original_took_them() -> None:
+    config = GCacheKeyConfig(
+        ttl_sec={"LOCAL": "60", CacheLayer.REMOTE: " 300 "},  # type: ignore[dict-item]
+        ramp={"local": "100", "remote": "12.5"},  # type: ignore[dict-item]
+        lock_sec="2",  # type: ignore[arg-type]
+    )
+    assert config.ttl_sec == {CacheLayer.LOCAL: 60, CacheLayer.REMOTE: 300}
+    assert config.ramp == {CacheLayer.LOCAL: 100, CacheLayer.REMOTE: 12.5}
+    assert config.lock_sec == 2
+    with pytest.raises(ConfigError, match=r"ttl_sec\[local\] must be a finite number, got 'sixty'"):
+        GCacheKeyConfig(ttl_sec={"local": "sixty"}, ramp={})  # type: ignore[dict-item]
+
+
+def test_model_validate_dump_and_copy_work_as_pydantic_s() -> None:
+    data = {"ttl_sec": {"LOCAL": 10, "REMOTE": "60"}, "ramp": {"LOCAL": 100, "REMOTE": 50}}
+    config = GCacheKeyConfig.model_validate(data)
+
+    assert config == GCacheKeyConfig(
+        ttl_sec={CacheLayer.LOCAL: 10, CacheLayer.REMOTE: 60},
+        ramp={CacheLayer.LOCAL: 100, CacheLayer.REMOTE: 50},
+    )
+    assert GCacheKeyConfig.model_validate(config) == config
+    assert GCacheKeyConfig.model_validate(config) is not config
+    dumped = config.model_dump(mode="json")
+    assert dumped == {"ttl_sec": {"local": 10, "remote": 60}, "ramp": {"local": 100, "remote": 50}}
+    assert config.model_dump(include={"ramp"}) == {"ramp": {"local": 100, "remote": 50}}
+    assert config.model_dump(exclude={"ramp"}) == {"ttl_sec": {"local": 10, "remote": 60}}
+    assert json.loads(config.model_dump_json(indent=2)) == dumped
+    assert GCacheKeyConfig.model_validate_json(config.model_dump_json()) == config
+
+    copy = config.model_copy(update={"ramp": {"LOCAL": 0}})
+    assert copy.ramp == {CacheLayer.LOCAL: 0}  # the update is checked and converted
+    assert config.ramp[CacheLayer.REMOTE] == 50  # the original untouched
+    copy.ttl_sec[CacheLayer.LOCAL] = 1
+    assert config.ttl_sec[CacheLayer.LOCAL] == 10  # dicts are copied
+    with pytest.raises(ConfigError, match="unknown fields"):
+        config.model_copy(update={"ttl": 1})
+    with pytest.raises(ConfigError, match=r"ramp\[local\] must be between 0 and 100"):
+        config.model_copy(update={"ramp": {"LOCAL": 500}})
+
+
+def test_load_configs_reads_the_original_s_stored_schema_of_json_strings() -> None:
+    one = json.dumps({"ttl_sec": {"LOCAL": 60}, "ramp": {"LOCAL": 100}})
+    stored = json.dumps({"GetUser": one, "GetOrders": {"prod": one, "dev": {"ttl_sec": {}, "ramp": {}}}})
+
+    configs = GCacheKeyConfig.load_configs(stored)
+
+    expected = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
+    assert configs["GetUser"] == expected
+    orders = configs["GetOrders"]
+    assert isinstance(orders, dict)
+    assert orders["prod"] == expected
+    assert orders["dev"] == GCacheKeyConfig()
+    assert GCacheKeyConfig.load_configs(GCacheKeyConfig.dump_configs(configs)) == configs

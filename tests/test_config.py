@@ -68,7 +68,7 @@ def test_key_config_ignores_legacy_noop_layer() -> None:
         ("ramp", {LOCAL: -1}, "GCacheKeyConfig.ramp[local] must be between 0 and 100, got -1"),
         ("ramp", {LOCAL: 100.5}, "GCacheKeyConfig.ramp[local] must be between 0 and 100, got 100.5"),
         ("ttl_sec", {"local": True}, "GCacheKeyConfig.ttl_sec[local] must be a finite number, got True"),
-        ("ramp", {"remote": "50"}, "GCacheKeyConfig.ramp[remote] must be a finite number, got '50'"),
+        ("ramp", {"remote": "fifty"}, "GCacheKeyConfig.ramp[remote] must be a finite number, got 'fifty'"),
         ("ttl_sec", {"local": None}, "GCacheKeyConfig.ttl_sec[local] must be a finite number, got None"),
         ("ramp", {"local": float("nan")}, "GCacheKeyConfig.ramp[local] must be a finite number, got nan"),
         ("ttl_sec", {"remote": float("inf")}, "ttl_sec[remote] must be a finite number, got inf"),
@@ -456,7 +456,7 @@ def test_key_config_resilience_options_default_off_and_round_trip_through_json()
         ({"ttl_jitter": -0.1}, "ttl_jitter must be between 0 and 1"),
         ({"fail_safe_sec": -1}, "fail_safe_sec must be 0 or more, got -1"),
         ({"lock_sec": float("inf")}, "lock_sec must be a finite number, got inf"),
-        ({"soft_timeout_sec": "1"}, "soft_timeout_sec must be a finite number"),
+        ({"soft_timeout_sec": "one"}, "soft_timeout_sec must be a finite number"),
         ({"soft_timeout_sec": 0.2}, "soft_timeout_sec needs fail_safe_sec"),
     ],
 )

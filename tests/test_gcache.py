@@ -944,7 +944,7 @@ async def test_method_shares_entry_across_instances(
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_default_use_case_is_module_and_qualname(
+async def test_default_use_case_is_module_and_function_name(
     mode: str, make_cache: Maker, redis_client: redis.Redis, registry: CollectorRegistry
 ) -> None:
     cache = make_cache()
@@ -953,7 +953,7 @@ async def test_default_use_case_is_module_and_qualname(
         return uid
 
     fn = cache.cached(key_type="user_id", id_arg="uid", default_config=ENABLED)(twin(mode, fetch))
-    expected = "tests.test_gcache.test_default_use_case_is_module_and_qualname.<locals>.fetch"
+    expected = "tests.test_gcache.fetch"  # as the original library names it: no <locals>
 
     with cache.enable():
         assert await call(fn, "1") == "1"
@@ -1347,3 +1347,27 @@ async def test_flushall_leaves_keys_of_a_longer_prefix_untouched(
 
     assert await parent.aflushall() == 1
     assert keys_of(redis_client) == {"{urn:gcache:tenant1:user_id:1}#T"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_functions_sharing_a_default_use_case_are_told_at_decoration(
+    mode: str, make_cache: Maker
+) -> None:
+    cache = make_cache()
+
+    class Users:
+        def get(self, uid: str) -> str:
+            return uid
+
+    class Orders:
+        def get(self, uid: str) -> str:
+            return uid
+
+    cache.cached(key_type="user_id", id_arg="uid", default_config=ENABLED)(twin(mode, Users.get))
+    with pytest.raises(UseCaseIsAlreadyRegisteredError) as told:
+        cache.cached(key_type="user_id", id_arg="uid", default_config=ENABLED)(twin(mode, Orders.get))
+    message = str(told.value)
+    assert "use_case 'tests.test_gcache.get'" in message
+    assert "Orders.get" in message  # both functions named
+    assert "Users.get" in message
+    assert "give each its own use_case=" in message
