@@ -276,12 +276,14 @@ class GCacheKeyConfig:
 GCacheKeyConfigs = dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GCacheKey:
     """One logical cache key: which entity, which use case, which other arguments.
 
     This is what config providers receive and what ``aget``/``aput``/``adelete`` take. ``args`` are
-    (name, string value) pairs; they are rendered sorted by name.
+    (name, string value) pairs; they are rendered sorted by name. Two keys are equal when they
+    name the same entry (the same ``urn``), as in the original library, whatever their tracking,
+    default config or serializer.
     """
 
     key_type: str
@@ -315,6 +317,11 @@ class GCacheKey:
 
     def __hash__(self) -> int:
         return hash(self.urn)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GCacheKey):
+            return NotImplemented
+        return self.urn == other.urn
 
     def __str__(self) -> str:
         return self.urn

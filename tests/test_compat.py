@@ -227,3 +227,17 @@ def test_load_configs_reads_the_original_s_stored_schema_of_json_strings() -> No
     assert orders["prod"] == expected
     assert orders["dev"] == GCacheKeyConfig()
     assert GCacheKeyConfig.load_configs(GCacheKeyConfig.dump_configs(configs)) == configs
+
+
+def test_keys_naming_one_entry_are_equal_whatever_their_tracking_config_or_serializer() -> None:
+    plain = GCacheKey("user_id", "1", "GetUser", args=[("page", "2")])
+    other = GCacheKey(
+        "user_id", "1", "GetUser", args=[("page", "2")], invalidation_tracking=True, default_config=LOCAL_ONLY
+    )
+
+    assert plain == other
+    assert hash(plain) == hash(other)
+    assert len({plain, other}) == 1
+    assert plain != GCacheKey("user_id", "1", "GetUser", args=[("page", "3")])
+    assert plain != GCacheKey("user_id", "1", "GetUser", args=[("page", "2")], urn_prefix="other")
+    assert plain != "{urn:gcache:user_id:1}?page=2#GetUser"
