@@ -9,7 +9,7 @@ import itertools
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from gcache.errors import (
     UseCaseNameIsReservedError,
 )
 from gcache.exposition import multiprocess_enabled
+from gcache.invalidates import invalidating
 from gcache.keys import KeyBuilder
 from gcache.local import LocalLayer
 from gcache.management import Management
@@ -346,6 +347,38 @@ class GCache(Management):
             functools.update_wrapper(wrapper, func)
             wrapper.use_case = name
             return wrapper  # type: ignore[no-any-return]
+
+        return decorate
+
+    def invalidates(
+        self,
+        key_type: str,
+        id_arg: str | tuple[str, Callable[[Any], Any]] | None = None,
+        *,
+        ids: Callable[..., Iterable[Any]] | None = None,
+        future_buffer_ms: int = 0,
+    ) -> Callable[[F], F]:
+        """Decorate a write function (sync or async): after it returns without raising, the
+        entity it changed is invalidated, as ``invalidate(key_type, id, future_buffer_ms)``.
+
+        Args:
+            key_type: the kind of entity written.
+            id_arg: the parameter holding its id, or ``(parameter, extractor)``; or
+            ids: for a function that changes several entities, a callable taking the function's
+                arguments and returning their ids.
+            future_buffer_ms: passed to each invalidation (sources that lag: replicas).
+
+        Raises:
+            ConfigError: at decoration, for a bad ``id_arg`` (``KeyArgDoesNotExist``) or options.
+            RemoteError: from a call whose write succeeded but whose invalidation Redis did not
+                take (the entity's REMOTE entries may be served until their TTL; retry it).
+        """
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"invalidates(): key_type must be a non-empty string, got {key_type!r}")
+        self._check_buffer(future_buffer_ms)  # told now, at decoration, not on the first write
+
+        def decorate(func: F) -> F:
+            return invalidating(self, func, key_type, id_arg, ids, future_buffer_ms)
 
         return decorate
 

@@ -184,9 +184,7 @@ class Management:
 
     # -- invalidation and flushing ---------------------------------------------------------------
 
-    def _fence(self, key_type: str, id: Any, future_buffer_ms: int) -> tuple[str, str]:
-        if not isinstance(key_type, str) or not key_type:
-            raise ConfigError(f"invalidate(): key_type must be a non-empty string, got {key_type!r}")
+    def _check_buffer(self, future_buffer_ms: Any) -> None:
         if (
             isinstance(future_buffer_ms, bool)
             or not isinstance(future_buffer_ms, int)
@@ -200,6 +198,11 @@ class Management:
                 f"invalidate(): future_buffer_ms={future_buffer_ms} exceeds max_future_buffer_ms="
                 f"{self.config.max_future_buffer_ms}"
             )
+
+    def _fence(self, key_type: str, id: Any, future_buffer_ms: int) -> tuple[str, str]:
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"invalidate(): key_type must be a non-empty string, got {key_type!r}")
+        self._check_buffer(future_buffer_ms)
         if key_type not in self._key_types:
             self._unknown_key_type(key_type)
         id = str(id) if self._hasher is None else self._hasher(str(id))
