@@ -30,7 +30,7 @@ from gcache.keys import KeyBuilder
 from gcache.local import LocalLayer
 from gcache.management import Management
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
-from gcache.readthrough import Runtime, UseCase
+from gcache.readthrough import REFRESH, Runtime, UseCase
 from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
 from gcache.signing import Signer, signing_keys_from
@@ -52,9 +52,7 @@ class _Enable:
 
     __slots__ = ("_tokens", "_value", "_var")
 
-    def __init__(
-        self, var: ContextVar[bool], tokens: ContextVar[tuple[Token[bool], ...]], value: bool
-    ) -> None:
+    def __init__(self, var: ContextVar[int], tokens: ContextVar[tuple[Token[int], ...]], value: int) -> None:
         self._var = var
         self._tokens = tokens
         self._value = value
@@ -111,8 +109,9 @@ class GCache(Management):
         self.config = config
         self._prefix: str = config.urn_prefix or "urn:gcache"
         instance = next(_instances)
-        self._enabled: ContextVar[bool] = ContextVar(f"gcache_enabled_{instance}", default=False)
-        self._enable_tokens: ContextVar[tuple[Token[bool], ...]] = ContextVar(
+        # False, True, or REFRESH (inside refresh()): what the decorated functions read first.
+        self._enabled: ContextVar[int] = ContextVar(f"gcache_enabled_{instance}", default=False)
+        self._enable_tokens: ContextVar[tuple[Token[int], ...]] = ContextVar(
             f"gcache_enable_tokens_{instance}", default=()
         )
         self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
@@ -272,9 +271,16 @@ class GCache(Management):
         """
         return _Enable(self._enabled, self._enable_tokens, bool(enabled))
 
+    def refresh(self) -> _Enable:
+        """Read past the cache for the block, and refresh it: each cached call runs its function
+        and writes the value back to the layers it takes part in (a request's
+        ``Cache-Control: no-cache``). Tracked values are written under the same fence rules as a
+        miss's; concurrent calls of one key do not share the run. Also a decorator."""
+        return _Enable(self._enabled, self._enable_tokens, REFRESH)
+
     @property
     def is_enabled(self) -> bool:
-        return self._enabled.get()
+        return bool(self._enabled.get())
 
     # -- decorating ----------------------------------------------------------------------------
 

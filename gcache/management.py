@@ -41,7 +41,7 @@ class Management:
 
     config: GCacheConfig
     _prefix: str
-    _enabled: ContextVar[bool]
+    _enabled: ContextVar[int]
     _metrics: Metrics
     _local: LocalLayer
     _remote: RemoteCache | None

@@ -4,7 +4,7 @@ See ARCHITECTURE.md for the life of a call through these modules.
 """
 
 from gcache.readthrough.decisions import Miss
-from gcache.readthrough.runtime import Runtime
+from gcache.readthrough.runtime import REFRESH, Runtime
 from gcache.readthrough.usecase import UseCase
 
-__all__ = ["Miss", "Runtime", "UseCase"]
+__all__ = ["REFRESH", "Miss", "Runtime", "UseCase"]

@@ -50,6 +50,7 @@ class AsyncDriver(AsyncIO):
         func: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        refresh: bool = False,
     ) -> Any:
         if self.rt.provider is None:  # after close there is one: calls reach aconfig, which tells
             config = self.default_config or self._resolved(None)
@@ -58,7 +59,7 @@ class AsyncDriver(AsyncIO):
         if config is None:
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         local_ttl, remote_ttl = self.layers(config)
-        if local_ttl:
+        if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
@@ -66,6 +67,8 @@ class AsyncDriver(AsyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
+        if refresh:
+            return await self.arefresh(m, func, args, kwargs)
         if m.reads_first:
             value = await (self.amerged_read(m) if self.tracked else self.aremote_read(m))
             if value is not MISS:
@@ -127,6 +130,26 @@ class AsyncDriver(AsyncIO):
             return
         flight.succeed(value)
         self.flights.land(m.urn, flight, linger=m.reads_first)
+
+    async def arefresh(
+        self, m: Miss, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A call inside ``refresh()``: the function runs and its value replaces the cached one.
+
+        A tracked use case reads the fence first, before the function reads its data, so the
+        write is refused if an invalidation lands in between, as a miss's would be.
+        """
+        if self.tracked and m.remote_ttl:
+            remote = self.remote
+            assert remote is not None
+            try:
+                m.read = await remote.aread_tracked(m.urn, watermark_key(m.entity))
+            except Exception as exc:
+                self.remote_error(exc, "remote read failed")
+                m.remote_ttl = 0
+        value = await self.afunction(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
+        await self.awrite_back(m, value)
+        return value
 
     async def amerged_read(self, m: Miss) -> Any:
         """Tracked: the REMOTE read of this call, merged with one of this key that another caller

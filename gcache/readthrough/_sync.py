@@ -41,6 +41,7 @@ class SyncDriver(SyncIO):
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        refresh: bool = False,
     ) -> Any:
         if self.rt.provider is None:  # after close there is one: calls reach config, which tells
             config = self.default_config or self._resolved(None)
@@ -49,7 +50,7 @@ class SyncDriver(SyncIO):
         if config is None:
             return self.function(LAYER_NONE, func, args, kwargs)
         local_ttl, remote_ttl = self.layers(config)
-        if local_ttl:
+        if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
                 return value
@@ -57,6 +58,8 @@ class SyncDriver(SyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return self.function(LAYER_NONE, func, args, kwargs)
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
+        if refresh:
+            return self.refresh(m, func, args, kwargs)
         if m.reads_first:
             value = self.merged_read(m) if self.tracked else self.remote_read(m)
             if value is not MISS:
@@ -116,6 +119,26 @@ class SyncDriver(SyncIO):
             return
         flight.succeed(value)
         self.flights.land(m.urn, flight, linger=m.reads_first)
+
+    def refresh(
+        self, m: Miss, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A call inside ``refresh()``: the function runs and its value replaces the cached one.
+
+        A tracked use case reads the fence first, before the function reads its data, so the
+        write is refused if an invalidation lands in between, as a miss's would be.
+        """
+        if self.tracked and m.remote_ttl:
+            remote = self.remote
+            assert remote is not None
+            try:
+                m.read = remote.read_tracked(m.urn, watermark_key(m.entity))
+            except Exception as exc:
+                self.remote_error(exc, "remote read failed")
+                m.remote_ttl = 0
+        value = self.function(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
+        self.write_back(m, value)
+        return value
 
     def merged_read(self, m: Miss) -> Any:
         """Tracked: the REMOTE read of this call, merged with one of this key that another caller

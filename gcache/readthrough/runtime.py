@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from gcache.signing import Signer
     from gcache.urns import PartHasher
 
-__all__ = ["Runtime"]
+__all__ = ["REFRESH", "Runtime"]
+
+REFRESH = 2
+"""The value of a GCache's enabled ContextVar inside ``gcache.refresh()``: truthy, so calls are
+cached, but not True, so the wrapper sends them to read past the cache (see ``refresh``)."""
 
 
 def _answer_nothing(key: GCacheKey) -> None:
@@ -34,7 +38,7 @@ class Runtime:
         self,
         *,
         prefix: str,
-        enabled: ContextVar[bool],
+        enabled: ContextVar[int],
         provider: Callable[[GCacheKey], Any] | None,
         remote: RemoteCache | None,
         epochs: Epochs,

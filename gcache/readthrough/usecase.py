@@ -39,7 +39,8 @@ class UseCase(AsyncDriver, SyncDriver):
             aread_through = self.aread_through
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not enabled.get():
+                flag = enabled.get()
+                if not flag:
                     disabled_context.inc()
                     return await func(*args, **kwargs)
                 try:
@@ -51,14 +52,17 @@ class UseCase(AsyncDriver, SyncDriver):
                 except Exception as exc:
                     key_error(exc)
                     return await func(*args, **kwargs)
-                return await aread_through(urn, entity, id, pairs, func, args, kwargs)
+                if flag is True:
+                    return await aread_through(urn, entity, id, pairs, func, args, kwargs)
+                return await aread_through(urn, entity, id, pairs, func, args, kwargs, refresh=True)
 
             return async_wrapper
 
         read_through = self.read_through
 
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not enabled.get():
+            flag = enabled.get()
+            if not flag:
                 disabled_context.inc()
                 return func(*args, **kwargs)
             try:
@@ -70,6 +74,8 @@ class UseCase(AsyncDriver, SyncDriver):
             except Exception as exc:
                 key_error(exc)
                 return func(*args, **kwargs)
-            return read_through(urn, entity, id, pairs, func, args, kwargs)
+            if flag is True:
+                return read_through(urn, entity, id, pairs, func, args, kwargs)
+            return read_through(urn, entity, id, pairs, func, args, kwargs, refresh=True)
 
         return sync_wrapper
