@@ -111,21 +111,23 @@ class Management:
     async def aget(self, key: GCacheKey, fallback: Callable[[], Awaitable[Any]]) -> Any:
         """Read ``key`` through the layers; on a miss ``fallback()`` computes the value.
 
-        Follows the same rules as a cached function, ``enable()`` included.
+        Follows the same rules as a cached function, ``enable()`` and ``refresh()`` included.
         """
         uc, entity, urn, pairs = self._where(key)
-        if not self._enabled.get():
+        flag = self._enabled.get()
+        if not flag:
             uc.m.disabled_context.inc()
             return await fallback()
-        return await uc.aread_through(urn, entity, key.id, pairs, fallback, (), {})
+        return await uc.aread_through(urn, entity, key.id, pairs, fallback, (), {}, refresh=flag is not True)
 
     def get(self, key: GCacheKey, fallback: Callable[[], Any]) -> Any:
         """Sync twin of :meth:`aget`; ``fallback`` is a plain function."""
         uc, entity, urn, pairs = self._where(key)
-        if not self._enabled.get():
+        flag = self._enabled.get()
+        if not flag:
             uc.m.disabled_context.inc()
             return fallback()
-        return uc.read_through(urn, entity, key.id, pairs, fallback, (), {})
+        return uc.read_through(urn, entity, key.id, pairs, fallback, (), {}, refresh=flag is not True)
 
     async def aput(self, key: GCacheKey, value: Any) -> None:
         """Write ``value`` to every layer the key's config turns on, without calling a fallback.
