@@ -4,7 +4,9 @@ given as text. The deliberate differences are listed in the README's compatibili
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -241,3 +243,28 @@ def test_keys_naming_one_entry_are_equal_whatever_their_tracking_config_or_seria
     assert plain != GCacheKey("user_id", "1", "GetUser", args=[("page", "3")])
     assert plain != GCacheKey("user_id", "1", "GetUser", args=[("page", "2")], urn_prefix="other")
     assert plain != "{urn:gcache:user_id:1}?page=2#GetUser"
+
+
+async def test_a_sync_cached_function_called_inside_an_event_loop_is_told(
+    make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(signing_keys=["compat-signing-key-0123456789"])
+    calls: list[str] = []
+
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="SyncInLoop", default_config=LOCAL_ONLY)
+    def get(user_id: str) -> str:
+        calls.append(user_id)
+        return user_id
+
+    told = "called inside a running event loop"
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        assert await asyncio.to_thread(get, "0") == "0"  # a thread without a loop: nothing to tell
+        assert not [r for r in caplog.records if told in r.getMessage()]
+        for i in range(5):
+            assert get(str(i)) == str(i)  # on the loop: blocks it
+        assert get("1") == "1"  # a LOCAL hit blocks nothing
+    lines = [r.getMessage() for r in caplog.records if told in r.getMessage()]
+    assert len(lines) == 1  # rate-limited
+    assert "'SyncInLoop'" in lines[0]
+    assert "asyncio.to_thread" in lines[0]
+    assert calls == ["0", "1", "2", "3", "4"]

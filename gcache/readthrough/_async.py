@@ -66,6 +66,7 @@ class AsyncDriver(AsyncIO):
         if len(urn) > self.rt.max_key_length:  # past LOCAL: an entry this long is never stored
             self.key_error(too_long(urn, self.rt.max_key_length))
             return await self.afunction(LAYER_NONE, func, args, kwargs)
+        self.anote_blocking()
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
         if refresh:
             return await self.arefresh(m, func, args, kwargs)

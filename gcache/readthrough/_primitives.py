@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ class AsyncIO(Sharing):
     async def aprovider_answer(self, answer: Awaitable[Any]) -> Any:
         return await answer
 
+    def anote_blocking(self) -> None:
+        """An async call past LOCAL awaits its I/O: nothing to tell."""
+
 
 class SyncIO(Sharing):
     def work_aside(self, work: Callable[..., None], *args: Any) -> None:
@@ -49,3 +53,9 @@ class SyncIO(Sharing):
     def provider_answer(self, answer: Awaitable[Any]) -> Any:
         """An async config provider's answer from sync code: awaited on the loop thread."""
         return self.rt.loop_thread.run(lambda: answer)
+
+    def note_blocking(self) -> None:
+        """A sync call past LOCAL (Redis, the function) on a thread running an event loop blocks
+        that loop for as long: told, rate-limited, as the original library told it."""
+        if _get_running_loop() is not None:
+            self.blocking_in_loop()

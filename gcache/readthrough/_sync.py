@@ -57,6 +57,7 @@ class SyncDriver(SyncIO):
         if len(urn) > self.rt.max_key_length:  # past LOCAL: an entry this long is never stored
             self.key_error(too_long(urn, self.rt.max_key_length))
             return self.function(LAYER_NONE, func, args, kwargs)
+        self.note_blocking()
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
         if refresh:
             return self.refresh(m, func, args, kwargs)

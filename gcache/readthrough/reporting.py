@@ -64,6 +64,14 @@ class Reporting:
             "served as a miss, and rewritten",
         )
 
+    def blocking_in_loop(self) -> None:
+        self.rt.errors.warning(
+            ("sync_in_event_loop", self.use_case),
+            f"sync cached function of use case {self.use_case!r} called inside a running event loop: "
+            "its Redis round trips and its function block the loop (every task waits); make it async, "
+            "or call it with asyncio.to_thread()",
+        )
+
     def tell_unsigned_pickle(self) -> None:
         """The first REMOTE use of pickle without signing keys (once per GCache)."""
         self.unsigned_pickle = False
