@@ -22,6 +22,7 @@ class ErrorLog:
     ) -> None:
         self._logger = logger
         self._interval = interval_sec
+        self.interval = interval_sec  # how long one kind of line stays quiet after it is logged
         self._timer = timer
         self._last: dict[tuple[str, ...], float] = {}
         self._suppressed: dict[tuple[str, ...], int] = {}

@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 from typing import Any
 
 from gcache.readthrough.sharing import Sharing
@@ -56,6 +57,10 @@ class SyncIO(Sharing):
 
     def note_blocking(self) -> None:
         """A sync call past LOCAL (Redis, the function) on a thread running an event loop blocks
-        that loop for as long: told, rate-limited, as the original library told it."""
+        that loop for as long: told, rate-limited, as the original library told it. Between two
+        tellings such a call costs a clock read, not a trip through logging."""
         if _get_running_loop() is not None:
-            self.blocking_in_loop()
+            now = _monotonic()
+            if now >= self.blocking_quiet_until:
+                self.blocking_quiet_until = now + self.rt.errors.interval
+                self.blocking_in_loop()

@@ -32,6 +32,7 @@ class Reporting:
     use_case: str
     watch: KeyPartWatch | None
     unsigned_pickle: bool  # no signing keys, pickle, and not told yet
+    blocking_quiet_until = 0.0  # a sync call inside an event loop is told again from then on
 
     def key_error(self, exc: BaseException) -> None:
         self._error(LAYER_ALL, exc, "could not build the cache key")
