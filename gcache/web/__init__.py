@@ -1,9 +1,11 @@
-"""gcache in web frameworks: per-request caching for ASGI apps (FastAPI, Starlette, Litestar, ...).
+"""gcache in web frameworks: caching on per request, by method and the client's ``Cache-Control``.
 
-``CacheMiddleware`` turns caching on for the requests that may be served from the cache, honours
-the client's ``Cache-Control``, and closes the cache when the app shuts down.
+``CacheMiddleware`` for ASGI apps (FastAPI, Starlette, Litestar, ...), which also closes the cache
+when the app shuts down; ``WSGICacheMiddleware`` for WSGI apps (Flask, ...); Django's is
+``gcache.web.django.CacheMiddleware`` (imported only by Django projects).
 """
 
 from gcache.web.asgi import CacheMiddleware
+from gcache.web.wsgi import WSGICacheMiddleware
 
-__all__ = ["CacheMiddleware"]
+__all__ = ["CacheMiddleware", "WSGICacheMiddleware"]

@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from gcache.web._policy import RequestPolicy
+
 if TYPE_CHECKING:
     from gcache.gcache import GCache
 
@@ -48,9 +50,7 @@ class CacheMiddleware:
     ) -> None:
         self.app = app
         self.gcache = gcache
-        self.methods = frozenset(method.upper() for method in methods)
-        self.honour_no_cache = honour_no_cache
-        self.honour_no_store = honour_no_store
+        self.policy = RequestPolicy(methods, honour_no_cache, honour_no_store)
         self.close_on_shutdown = close_on_shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,14 +64,14 @@ class CacheMiddleware:
             await self.app(scope, receive, send)
 
     def _mode(self, scope: Scope) -> contextlib.AbstractContextManager[None]:
-        if scope.get("method", "GET").upper() not in self.methods:
-            return self.gcache.enable(False)
-        directives = _cache_directives(scope.get("headers") or ())
-        if self.honour_no_store and "no-store" in directives:
-            return self.gcache.enable(False)
-        if self.honour_no_cache and "no-cache" in directives:
-            return self.gcache.refresh()
-        return self.gcache.enable()
+        cache_control = pragma = ""
+        for name, value in scope.get("headers") or ():
+            lowered = name.lower()
+            if lowered == b"cache-control":
+                cache_control = f"{cache_control},{value.decode('latin-1')}"
+            elif lowered == b"pragma":
+                pragma = value.decode("latin-1")
+        return self.policy.mode(self.gcache, scope.get("method", "GET"), cache_control, pragma)
 
     def _closing(self, send: Send) -> Send:
         """``send`` for the lifespan: the cache is closed before the server hears shutdown is done."""
@@ -82,18 +82,3 @@ class CacheMiddleware:
             await send(message)
 
         return closing_send
-
-
-def _cache_directives(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
-    """The request's ``Cache-Control`` directives (``Pragma: no-cache`` counts as ``no-cache``)."""
-    found: set[str] = set()
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"cache-control":
-            for part in value.decode("latin-1").split(","):
-                directive = part.split("=", 1)[0].strip().lower()
-                if directive:
-                    found.add(directive)
-        elif lowered == b"pragma" and b"no-cache" in value.lower():
-            found.add("no-cache")
-    return found

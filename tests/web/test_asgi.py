@@ -152,14 +152,37 @@ def test_no_store_neither_reads_nor_fills_the_cache(service: Service) -> None:
 
 def test_the_directives_can_be_switched_off(redis_url: str, redis_client: Any, is_async: bool) -> None:
     cache = GCache(
-        GCacheConfig(redis_config=RedisConfig(url=redis_url), metrics_registry=CollectorRegistry())
+        GCacheConfig(
+            redis_config=RedisConfig(url=redis_url), metrics_registry=CollectorRegistry(), signing_keys=[KEY]
+        )
     )
     service = Service(cache, is_async)
     service.app = CacheMiddleware(service.app.app, cache, honour_no_cache=False, honour_no_store=False)
-    with Server(service.app) as client:
-        for header in ({}, {"Cache-Control": "no-cache"}, {"Cache-Control": "no-store"}):
-            assert client.get("/users/1", headers=header).json()["name"] == "ada"
-    assert service.reads == 1  # every request served from the cache
+    try:
+        with Server(service.app) as client:
+            for header in ({}, {"Cache-Control": "no-cache"}, {"Cache-Control": "no-store"}):
+                assert client.get("/users/1", headers=header).json()["name"] == "ada"
+        assert service.reads == 1  # every request served from the cache
+    finally:
+        cache.close()
+
+
+def test_close_on_shutdown_off_leaves_the_cache_to_the_app(redis_url: str, redis_client: Any) -> None:
+    # Sync endpoints only: the asyncio clients of an async one belong to the server's loop, which
+    # is gone once it stopped; such an app closes the cache itself, in its own lifespan.
+    cache = GCache(
+        GCacheConfig(
+            redis_config=RedisConfig(url=redis_url), metrics_registry=CollectorRegistry(), signing_keys=[KEY]
+        )
+    )
+    service = Service(cache, is_async=False)
+    service.app = CacheMiddleware(service.app.app, cache, close_on_shutdown=False)
+    try:
+        with Server(service.app) as client:
+            assert client.get("/users/1").status_code == 200
+        assert not cache._closed
+    finally:
+        cache.close()
 
 
 def test_lifespan_shutdown_closes_the_cache_without_a_traceback(
