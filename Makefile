@@ -29,8 +29,8 @@ test: system-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check gcache tests benchmarks
-	$(PY) -m ruff format --check gcache tests benchmarks
+	$(PY) -m ruff check gcache tests benchmarks examples
+	$(PY) -m ruff format --check gcache tests benchmarks examples
 	$(PY) -m mypy
 	$(PY) -m gcache._unasync --check
 
