@@ -1,7 +1,8 @@
-"""The command line: ``python -m gcache demo [--serve] ...``.
+"""The command line: ``python -m gcache demo [--serve] ...``, and the operator's tools:
+``inspect``, ``invalidate``, ``delete`` and ``flush`` (see the README, Operating gcache).
 
-Subcommands keep room for more tools (the benchmarks, a key inspector) without changing how the
-demo is started; ``make demo`` runs ``python -m gcache demo``.
+``make demo`` runs ``python -m gcache demo``. The tools connect with ``--redis-url`` (default
+``$REDIS_URL``) and check signed entries with the keys of ``GCACHE_SIGNING_KEYS``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -97,7 +99,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="seed of the simulated traffic (default: 7)")
     demo.set_defaults(command_parser=demo)
+    _operator_commands(commands)
     return parser
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", metavar="URL", help="the cache's Redis (default: $REDIS_URL)")
+    parser.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
+    parser.add_argument("--prefix", default="urn:gcache", help="the cache's urn_prefix (default: urn:gcache)")
+
+
+def _operator_commands(commands: Any) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="what the cache holds for an entity, and what a read would make of each entry now",
+        description=(
+            "Lists every key of an entity (given as a full key, or key_type:id) with its use case, "
+            "arguments, size, serializer, signature, creation stamp (Redis clock), TTL left and fence "
+            "nonce, the entity's fence, and the verdict a read would reach on each entry now, with why."
+        ),
+    )
+    inspect.add_argument("target", help="a full key ({prefix:key_type:id}...) or key_type:id")
+    inspect.add_argument(
+        "--decode", action="store_true", help="show values whose serializer can be read safely"
+    )
+    inspect.add_argument(
+        "--unsafe-unpickle",
+        action="store_true",
+        help="with --decode, unpickle entries whose signature is not verified",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(inspect)
+    invalidate = commands.add_parser("invalidate", help="invalidate an entity, as ainvalidate() does")
+    invalidate.add_argument("key_type")
+    invalidate.add_argument("id")
+    invalidate.add_argument("--future-buffer-ms", type=int, default=0, metavar="MS")
+    _connection_options(invalidate)
+    delete = commands.add_parser("delete", help="delete one entry from Redis and every process's LOCAL layer")
+    delete.add_argument("key", help="the full key of the entry")
+    _connection_options(delete)
+    flush = commands.add_parser("flush", help="delete every key of a prefix (SCAN and UNLINK, never FLUSHDB)")
+    flush.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    flush.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _connection_options(flush)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command != "demo":
+        from gcache.operator import run_command  # imported here: --help stays fast
+
+        return run_command(args)
     if args.duration is not None and not args.serve:
         args.command_parser.error("--duration needs --serve")
     from gcache.demo import DemoOptions, run  # imported here: --help stays fast

@@ -27,6 +27,7 @@ __all__ = [
     "bus_channel",
     "entity_key",
     "entity_of",
+    "id_of",
     "key_type_of",
     "lock_key",
     "owned_by",
@@ -141,3 +142,9 @@ def key_type_of(entity: str, prefix: str) -> str:
     """The (unescaped) key_type of an entity rendered under ``prefix``."""
     start = len(prefix) + 2
     return unquote(entity[start : entity.index(":", start)])
+
+
+def id_of(entity: str, prefix: str) -> str:
+    """The (unescaped) id of an entity rendered under ``prefix``: what follows the key type."""
+    start = len(prefix) + 2
+    return unquote(entity[entity.index(":", start) + 1 : -1])

@@ -1,0 +1,202 @@
+"""What the cache holds for an entity, and what a read would make of each entry now.
+
+The operator's question at 3 a.m., "what does the cache hold for user 123, and why is it (not)
+served?", answered from Redis alone: every key of the entity (its values, its fence, its lock),
+each value's envelope decoded, and the verdict the read-through would reach on it, with why.
+Used by ``python -m gcache inspect``; nothing here deserializes a payload unless asked, and pickle
+only when the entry's signature is good (or the caller insists).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from gcache import _envelope
+from gcache.signing import Signer
+from gcache.urns import WATERMARK_USE_CASE, entity_key
+
+__all__ = ["EntityReport", "EntryReport", "FenceReport", "inspect_entity", "parse_target", "value_key_parts"]
+
+_SCAN_BATCH = 500
+
+
+@dataclass
+class FenceReport:
+    key: str
+    nonce: str | None  # hex; None: no fence
+    watermark_us: int
+    ttl_ms: int
+
+
+@dataclass
+class EntryReport:
+    key: str
+    use_case: str
+    args: list[tuple[str, str]]
+    size: int
+    ttl_ms: int
+    verdict: (
+        str  # fresh, invalidated, fence_mismatch, no_fence, foreign, version, corrupt, bad_signature, ...
+    )
+    why: str
+    serializer: str = ""
+    signed: bool = False
+    signature_ok: bool | None = None  # None: no keys to check with
+    stamp_us: int = 0
+    nonce: str = ""
+    decoded: Any = None
+
+
+@dataclass
+class EntityReport:
+    entity: str
+    server_time_us: int
+    fence: FenceReport | None
+    entries: list[EntryReport] = field(default_factory=list)
+    locks: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=repr, indent=2)
+
+
+def parse_target(target: str, prefix: str) -> str:
+    """The entity (``{prefix:key_type:id}``) of a full key, or of ``key_type:id``."""
+    if target.startswith("{"):
+        end = target.find("}")
+        if end < 0:
+            raise ValueError(f"{target!r} is not a gcache key: no closing brace")
+        return target[: end + 1]
+    key_type, sep, id = target.partition(":")
+    if not sep or not key_type or not id:
+        raise ValueError(f"{target!r}: give a full key, or key_type:id (user_id:123)")
+    return entity_key(prefix, key_type, id)
+
+
+def value_key_parts(key: str, entity: str) -> tuple[str, list[tuple[str, str]]]:
+    """The use case and the argument pairs of a value key of ``entity``."""
+    rest = key[len(entity) :]
+    query, _, use_case = rest.rpartition("#")
+    args = []
+    if query.startswith("?"):
+        for part in query[1:].split("&"):
+            name, _, value = part.partition("=")
+            args.append((unquote(name), unquote(value)))
+    return unquote(use_case), args
+
+
+def inspect_entity(
+    client: Any,
+    entity: str,
+    *,
+    signer: Signer | None = None,
+    decode: bool = False,
+    unsafe_unpickle: bool = False,
+) -> EntityReport:
+    """Every key of ``entity`` in Redis, each value with its verdict (``client``: a sync redis-py
+    client, standalone or cluster; the entity's keys share one slot)."""
+    seconds, micros = client.time()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    fence_key = f"{entity}#{WATERMARK_USE_CASE}"
+    nonce, watermark = client.hmget(fence_key, "n", "w")  # HMGET: what gcache's own user may run
+    fence = None
+    if nonce is not None:
+        fence = FenceReport(
+            fence_key,
+            nonce.hex(),
+            int(watermark) if isinstance(watermark, bytes) and watermark.isdigit() else -1,
+            int(client.pttl(fence_key)),
+        )
+    report = EntityReport(entity, now_us, fence)
+    pattern = entity.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
+    for raw_key in sorted(client.scan_iter(match=pattern, count=_SCAN_BATCH)):
+        key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else str(raw_key)
+        if not key.startswith(entity) or key == fence_key:
+            continue
+        if key[len(entity) :].startswith("!lock"):
+            report.locks.append(key)
+            continue
+        raw = client.get(key)
+        if raw is None:
+            continue  # expired between the scan and the read
+        report.entries.append(
+            _entry(key, entity, raw, int(client.pttl(key)), fence, signer, decode, unsafe_unpickle)
+        )
+    return report
+
+
+def _entry(
+    key: str,
+    entity: str,
+    raw: bytes,
+    ttl_ms: int,
+    fence: FenceReport | None,
+    signer: Signer | None,
+    decode: bool,
+    unsafe_unpickle: bool,
+) -> EntryReport:
+    use_case, args = value_key_parts(key, entity)
+    entry = EntryReport(key, use_case, args, len(raw), ttl_ms, "", "")
+    try:
+        env = _envelope.decode(raw)
+    except _envelope.EnvelopeError as exc:
+        entry.verdict = exc.reason
+        entry.why = {
+            "foreign": "not written by gcache (no envelope)",
+            "version": "written by another release of gcache (another envelope version): a miss, rewritten",
+            "corrupt": "the envelope's header is damaged: a miss, rewritten",
+        }[exc.reason]
+        return entry
+    entry.serializer = _envelope.SERIALIZER_NAMES.get(env.serializer_id, f"unknown ({env.serializer_id})")
+    entry.signed = env.key_id != _envelope.NO_KEY_ID
+    entry.stamp_us = env.stamp_us
+    entry.nonce = env.nonce.hex()
+    if signer is not None:
+        entry.signature_ok = _envelope.signed_by(signer, key, raw)
+    tracked = env.nonce != _envelope.NO_NONCE
+    if entry.signature_ok is False:
+        entry.verdict = "bad_signature"
+        entry.why = "unsigned" if not entry.signed else "its MAC does not verify with the signing keys given"
+        entry.why += ": never loaded, a miss, rewritten"
+    elif not tracked:
+        entry.verdict = "fresh"
+        entry.why = "untracked: served until its TTL"
+    elif fence is None or fence.nonce is None:
+        entry.verdict = "fence_mismatch"
+        entry.why = "tracked, but its entity has no fence (lost, evicted, expired): a miss"
+    elif fence.nonce != entry.nonce:
+        entry.verdict = "fence_mismatch"
+        entry.why = "written under another fence (the fence was replaced since): a miss"
+    elif env.stamp_us <= fence.watermark_us:
+        entry.verdict = "invalidated"
+        entry.why = (
+            f"computed at {env.stamp_us} us, at or before the watermark {fence.watermark_us} us: "
+            "an invalidation came after it"
+        )
+    else:
+        entry.verdict = "fresh"
+        entry.why = (
+            f"stamp {env.stamp_us} us is above the watermark {fence.watermark_us} us and the fence matches"
+        )
+    if decode:
+        entry.decoded = _decoded(env, entry, unsafe_unpickle)
+    return entry
+
+
+def _decoded(env: _envelope.Envelope, entry: EntryReport, unsafe_unpickle: bool) -> Any:
+    if env.serializer_id == _envelope.SERIALIZER_JSON:
+        return json.loads(env.payload)
+    if env.serializer_id == _envelope.SERIALIZER_MSGPACK:
+        try:
+            import msgpack  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            return "(msgpack is not installed)"
+        return msgpack.unpackb(env.payload, raw=False, strict_map_key=False, timestamp=3)
+    if env.serializer_id == _envelope.SERIALIZER_PICKLE:
+        if entry.signature_ok or unsafe_unpickle:
+            return pickle.loads(env.payload)
+        return "(pickle: not loaded, its signature is not verified; --unsafe-unpickle loads it)"
+    return f"({entry.serializer} serializer: {len(env.payload)} bytes)"

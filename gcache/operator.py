@@ -1,0 +1,180 @@
+"""The operator's subcommands of ``python -m gcache``: inspect, invalidate, delete, flush.
+
+Each connects as the application does (a ``GCache`` on the same URL and prefix, so what it
+publishes on the bus is what the application's processes expect, signed with the same keys), or,
+to look, with a plain redis-py client. Output is plain text (``--json`` for inspect); progress goes
+to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import redis
+
+from gcache.config import GCacheConfig, GCacheKey
+from gcache.errors import ConfigError, GCacheError
+from gcache.gcache import GCache
+from gcache.inspection import EntityReport, inspect_entity, parse_target, value_key_parts
+from gcache.redis_config import RedisConfig, mask_url
+from gcache.signing import Signer, signing_keys_from
+from gcache.urns import id_of, key_type_of, owned_by
+
+__all__ = ["run_command"]
+
+_SCAN_BATCH = 1000
+
+
+def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one subcommand; its exit code (2: bad input, 1: Redis failed)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        print("gcache: no Redis: give --redis-url or set REDIS_URL", file=err)
+        return 2
+    try:
+        config = RedisConfig(url=url, cluster=args.cluster)
+        if args.command == "inspect":
+            return _inspect(args, config, out)
+        if args.command == "flush":
+            return _flush(args, config, out, err)
+        return _through_cache(args, config, out)
+    except (ConfigError, ValueError) as exc:
+        print(f"gcache: {exc}", file=err)
+        return 2
+    except (redis.RedisError, OSError, GCacheError) as exc:
+        print(f"gcache: Redis at {mask_url(url)} failed: {exc}", file=err)
+        return 1
+
+
+def _client(config: RedisConfig) -> Any:
+    assert config.url is not None
+    if config.cluster:
+        return redis.RedisCluster.from_url(config.url, **config.client_options())
+    return redis.Redis.from_url(config.url, **config.client_options())
+
+
+def _inspect(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
+    keys = signing_keys_from(None)
+    entity = parse_target(args.target, args.prefix)
+    client = _client(config)
+    try:
+        report = inspect_entity(
+            client,
+            entity,
+            signer=Signer(keys) if keys else None,
+            decode=args.decode,
+            unsafe_unpickle=args.unsafe_unpickle,
+        )
+    finally:
+        client.close()
+    print(report.to_json() if args.json else _text(report), file=out)
+    return 0
+
+
+def _when(us: int, now_us: int) -> str:
+    moment = datetime.datetime.fromtimestamp(us / 1e6, datetime.timezone.utc).isoformat(
+        timespec="milliseconds"
+    )
+    return f"{moment} ({(now_us - us) / 1e6:.1f} s ago)"
+
+
+def _text(report: EntityReport) -> str:
+    lines = [f"entity {report.entity}"]
+    fence = report.fence
+    if fence is None:
+        lines.append("  fence: none (tracked entries of this entity are misses until a read creates one)")
+    else:
+        watermark = (
+            _when(fence.watermark_us, report.server_time_us) if fence.watermark_us > 0 else "0 (never)"
+        )
+        lines.append(f"  fence: nonce {fence.nonce}, watermark {watermark}, TTL {fence.ttl_ms} ms")
+    for lock in report.locks:
+        lines.append(f"  lock: {lock}")
+    if not report.entries:
+        lines.append("  no entries")
+    for entry in report.entries:
+        args = "&".join(f"{n}={v}" for n, v in entry.args)
+        lines.append(f"  {entry.verdict.upper():<15} {entry.use_case}{'?' + args if args else ''}")
+        lines.append(f"      key      {entry.key}")
+        details = f"{entry.size} bytes, TTL {entry.ttl_ms} ms"
+        if entry.serializer:
+            signature = {None: "", True: ", signature good", False: ", signature BAD"}[entry.signature_ok]
+            details += f", {entry.serializer}, {'signed' if entry.signed else 'unsigned'}{signature}"
+            details += f", created {_when(entry.stamp_us, report.server_time_us)}, nonce {entry.nonce}"
+        lines.append(f"      entry    {details}")
+        lines.append(f"      why      {entry.why}")
+        if entry.decoded is not None:
+            lines.append(f"      value    {entry.decoded!r}")
+    return "\n".join(lines)
+
+
+def _cache(config: RedisConfig, prefix: str) -> GCache:
+    return GCache(GCacheConfig(redis_config=config, urn_prefix=prefix))
+
+
+def _through_cache(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
+    with _cache(config, args.prefix) as cache:
+        if args.command == "invalidate":
+            cache.invalidate(args.key_type, args.id, args.future_buffer_ms)
+            print(f"invalidated {args.key_type} {args.id}", file=out)
+            return 0
+        key = _key_of(args.key, args.prefix)
+        deleted = cache.delete(key)
+        print(f"{'deleted' if deleted else 'not found (nothing to delete)'}: {args.key}", file=out)
+        return 0
+
+
+def _key_of(raw: str, prefix: str) -> GCacheKey:
+    """The GCacheKey whose rendering is ``raw`` (ValueError when ``raw`` is not one of ``prefix``)."""
+    if not owned_by(raw, prefix):
+        raise ValueError(f"{raw!r} is not a key of prefix {prefix!r}")
+    entity = raw[: raw.index("}") + 1]
+    use_case, pairs = value_key_parts(raw, entity)
+    key = GCacheKey(key_type_of(entity, prefix), id_of(entity, prefix), use_case, pairs, urn_prefix=prefix)
+    if key.urn != raw:
+        raise ValueError(f"{raw!r} is not a value key gcache renders (it reads back as {key.urn!r})")
+    return key
+
+
+def _flush(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: TextIO) -> int:
+    client = _client(config)
+    started = time.monotonic()
+    found = 0
+    try:
+        for key in client.scan_iter(match="{" + args.prefix + ":*", count=_SCAN_BATCH):
+            if owned_by(key.decode("utf-8", "surrogateescape"), args.prefix):
+                found += 1
+                if found % _SCAN_BATCH == 0:
+                    rate = found / max(time.monotonic() - started, 1e-9)
+                    print(
+                        f"\rscanned: {found} keys of {args.prefix!r} ({rate:,.0f}/s)",
+                        end="",
+                        file=err,
+                        flush=True,
+                    )
+    finally:
+        client.close()
+    if found >= _SCAN_BATCH:
+        print(file=err)
+    if args.dry_run:
+        print(f"would delete {found} keys of prefix {args.prefix!r} (dry run: nothing deleted)", file=out)
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("gcache: flush needs --yes when not run from a terminal", file=err)
+            return 2
+        answer = input(f"delete {found} keys of prefix {args.prefix!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=out)
+            return 0
+    with _cache(config, args.prefix) as cache:
+        deleted = cache.flushall()
+    print(f"deleted {deleted} keys of prefix {args.prefix!r}", file=out)
+    return 0

@@ -1,0 +1,204 @@
+"""The operator's subcommands (issue 18): ``python -m gcache inspect|invalidate|delete|flush``,
+against the session's real Redis, with entries in every state a read can find."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from typing import Any, cast
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, GCache, GCacheKeyConfig
+from gcache import _envelope as envelope
+from gcache.__main__ import main
+from gcache.serializers import JsonSerializer
+from gcache.urns import entity_key, value_key, watermark_key
+from tests.conftest import sample, wait_until
+from tests.test_gcache import Maker
+
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+BOTH = GCacheKeyConfig.enabled(60)
+KEY = "operator-test-signing-key-0123456789"
+ENTITY = entity_key("urn:gcache", "user_id", "1")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def fill(cache: GCache, tracked: bool = True, **options: Any) -> Any:
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="Tracked" if tracked else "Plain",
+                  default_config=REMOTE_ONLY, track_for_invalidation=tracked, **options)  # fmt: skip
+    def get(user_id: str, page: int = 0) -> dict[str, Any]:
+        return {"user": user_id, "page": page}
+
+    with cache.enable():
+        get("1")
+        get("1", page=2)
+    return get
+
+
+def verdicts(out: str) -> dict[str, str]:
+    report = json.loads(out)
+    return {entry["key"]: entry["verdict"] for entry in report["entries"]}
+
+
+def test_inspect_tells_the_verdict_of_every_entry_of_an_entity(
+    make_cache: Maker, redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    cache = make_cache(signing_keys=[KEY])
+    fill(cache)
+    fill(cache, tracked=False)
+    tracked = value_key(ENTITY, (("page", "0"),), "Tracked")
+    paged = value_key(ENTITY, (("page", "2"),), "Tracked")
+    plain = value_key(ENTITY, (("page", "0"),), "Plain")
+    plain_paged = value_key(ENTITY, (("page", "2"),), "Plain")
+    redis_client.set(value_key(ENTITY, (), "Foreign"), b"not gcache's")
+    redis_client.set(value_key(ENTITY, (), "Old"), b"gC\x01" + b"\0" * 40)
+    redis_client.set(f"{ENTITY}!lock#Tracked", b"token", px=5000)
+
+    monkeypatch.setenv("GCACHE_SIGNING_KEYS", KEY)
+    code, out, _ = run(capsys, "inspect", "user_id:1", "--json")
+    assert code == 0
+    assert verdicts(out) == {
+        tracked: "fresh",
+        paged: "fresh",
+        plain: "fresh",
+        plain_paged: "fresh",
+        value_key(ENTITY, (), "Foreign"): "foreign",
+        value_key(ENTITY, (), "Old"): "version",
+    }
+    report = json.loads(out)
+    assert report["fence"]["watermark_us"] == 0
+    assert report["locks"] == [f"{ENTITY}!lock#Tracked"]
+    by_key = {e["key"]: e for e in report["entries"]}
+    assert by_key[paged]["args"] == [["page", "2"]]
+    assert by_key[tracked]["signed"] is True
+    assert by_key[tracked]["signature_ok"] is True
+    assert by_key[tracked]["nonce"] == report["fence"]["nonce"]
+    assert 0 < by_key[tracked]["ttl_ms"] <= 60_000
+
+    cache.invalidate("user_id", "1")
+    code, out, _ = run(capsys, "inspect", tracked, "--json")  # a full key names its entity too
+    assert verdicts(out)[tracked] == "invalidated"
+    assert verdicts(out)[plain] == "fresh"  # untracked: served until its TTL
+
+    redis_client.hset(watermark_key(ENTITY), "n", b"REPLACED")
+    assert verdicts(run(capsys, "inspect", "user_id:1", "--json")[1])[tracked] == "fence_mismatch"
+    redis_client.delete(watermark_key(ENTITY))
+    code, out, _ = run(capsys, "inspect", "user_id:1", "--json")
+    assert json.loads(out)["fence"] is None
+    assert verdicts(out)[tracked] == "fence_mismatch"
+
+    monkeypatch.setenv("GCACHE_SIGNING_KEYS", "another-key-entirely-0123456789")
+    assert verdicts(run(capsys, "inspect", "user_id:1", "--json")[1])[plain] == "bad_signature"
+    monkeypatch.delenv("GCACHE_SIGNING_KEYS")
+    code, out, _ = run(capsys, "inspect", "user_id:1", "--json")
+    assert json.loads(out)["entries"][0]["signature_ok"] is None  # no keys: not checked
+
+    code, text, _ = run(capsys, "inspect", "user_id:1")
+    assert "FENCE_MISMATCH  Tracked" in text
+    assert "FOREIGN" in text
+    assert "signed" in text
+    assert "lock: " in text
+
+
+def test_inspect_decodes_only_what_is_safe_to_decode(
+    make_cache: Maker, redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    fill(make_cache(serializer=JsonSerializer(), metrics_registry=CollectorRegistry()))
+    plain_cache = make_cache(metrics_registry=CollectorRegistry())  # unsigned pickle
+    fill(plain_cache, tracked=False)
+    code, out, _ = run(capsys, "inspect", "user_id:1", "--json", "--decode")
+    assert code == 0
+    decoded = {e["use_case"] + str(e["args"]): e["decoded"] for e in json.loads(out)["entries"]}
+    assert decoded["Tracked[['page', '0']]"] == {"user": "1", "page": 0}  # JSON: safe
+    assert "not loaded" in decoded["Plain[['page', '0']]"]  # unsigned pickle: never loaded by default
+    _code, out, _ = run(capsys, "inspect", "user_id:1", "--json", "--decode", "--unsafe-unpickle")
+    decoded = {e["use_case"] + str(e["args"]): e["decoded"] for e in json.loads(out)["entries"]}
+    assert decoded["Plain[['page', '0']]"] == {"user": "1", "page": 0}  # loaded, as asked
+
+
+def test_invalidate_and_delete_reach_every_process(
+    make_cache: Maker, redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    registry = CollectorRegistry()
+    app = make_cache(metrics_registry=registry)  # the application's process
+    calls: list[str] = []
+
+    @app.cached(key_type="user_id", id_arg="user_id", use_case="App", default_config=BOTH,
+                track_for_invalidation=True)  # fmt: skip
+    def get(user_id: str) -> str:
+        calls.append(user_id)
+        return user_id
+
+    with app.enable():
+        get("1")
+        get("1")
+        assert calls == ["1"]
+        assert run(capsys, "invalidate", "user_id", "1")[:2] == (0, "invalidated user_id 1\n")
+        wait_until(lambda: sample(registry, "gcache_bus_message_counter_total", direction="received") >= 1)
+        get("1")
+        assert calls == ["1", "1"]  # LOCAL dropped, REMOTE invalidated
+
+        key = value_key(ENTITY, (), "App")
+        assert redis_client.exists(key)
+        code, out, _ = run(capsys, "delete", key)
+        assert (code, out) == (0, f"deleted: {key}\n")
+        assert not redis_client.exists(key)
+        wait_until(lambda: sample(registry, "gcache_bus_message_counter_total", kind="delete") >= 1)
+        get("1")
+        assert calls == ["1", "1", "1"]
+    assert run(capsys, "delete", "{other:user_id:1}#App")[0] == 2  # not a key of the prefix
+
+
+def test_flush_deletes_exactly_the_prefix_and_dry_run_nothing(
+    redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    ours = [f"{{urn:gcache:user_id:{i}}}#UC" for i in range(2500)]
+    theirs = ["{urn:gcache:tenant:user_id:1}#UC", "{other:user_id:1}#UC", "unrelated"]
+    stamp = time.time_ns() // 1000
+    with redis_client.pipeline() as pipe:
+        for key in ours + theirs:
+            pipe.set(key, envelope.encode(pickle.dumps(1), 0, 0, stamp))
+        pipe.execute()
+
+    code, out, err = run(capsys, "flush", "--dry-run")
+    assert (code, out) == (0, "would delete 2500 keys of prefix 'urn:gcache' (dry run: nothing deleted)\n")
+    assert "scanned: 2000 keys of 'urn:gcache'" in err  # progress, on stderr
+    assert redis_client.dbsize() == 2503
+    with open("/dev/null") as not_a_terminal:
+        monkeypatch.setattr("sys.stdin", not_a_terminal)
+        assert run(capsys, "flush")[0] == 2  # no --yes, and nobody to ask
+    assert redis_client.dbsize() == 2503
+    code, out, _ = run(capsys, "flush", "--yes")
+    assert (code, out) == (0, "deleted 2500 keys of prefix 'urn:gcache'\n")
+    assert sorted(k.decode() for k in cast("list[bytes]", redis_client.keys("*"))) == sorted(theirs)
+
+
+def test_bad_input_is_told_with_exit_code_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    code, _, err = run(capsys, "inspect", "user_id:1")
+    assert (code, err) == (2, "gcache: no Redis: give --redis-url or set REDIS_URL\n")
+    code, _, err = run(capsys, "inspect", "nocolon", "--redis-url", "redis://127.0.0.1:1/0")
+    assert code == 2
+    assert "give a full key, or key_type:id" in err
+    code, _, err = run(capsys, "inspect", "user_id:1", "--redis-url", "redis://127.0.0.1:1/0")
+    assert code == 1
+    assert "Redis at redis://127.0.0.1:1/0 failed" in err
