@@ -28,7 +28,7 @@ from gcache import (
 )
 from gcache import metrics as metrics_module
 from gcache._embedded_redis import free_port
-from gcache.metrics import CountingValue, FastCounter, FastHistogram
+from gcache.metrics import CountingValue, FastCounter, FastHistogram, SummingValue
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -543,3 +543,37 @@ def test_fast_counter_keeps_prometheus_value_where_counting_is_not_safe(
     fast.inc()
     assert not isinstance(child._value, CountingValue)
     assert sample(registry, "nogil_total", l="x") == 2
+
+
+def test_summing_value_keeps_few_amounts_unread_and_loses_none_across_threads() -> None:
+    """Observed from four threads and never scraped: the pending amounts stay bounded (folded
+    every FOLD_EVERY observations of a bucket), and the sum and count are exact."""
+    registry = CollectorRegistry()
+    child = Histogram("summed", "h", ["l"], buckets=(0.5, 1.0), registry=registry).labels("x")
+    observe = FastHistogram(child).observe
+    summing = child._sum
+    assert isinstance(summing, SummingValue)
+    per_thread, start = 5_000, threading.Barrier(4)
+
+    def observing(amount: float) -> None:
+        start.wait()
+        for _ in range(per_thread):
+            observe(amount)
+            assert len(summing._pending) <= 3 * metrics_module.FOLD_EVERY
+
+    threads = [threading.Thread(target=observing, args=(amount,)) for amount in (0.25, 0.75, 2.0, 0.25)]
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert sample(registry, "summed_count", l="x") == 4 * per_thread
+    assert sample(registry, "summed_bucket", l="x", le="0.5") == 2 * per_thread
+    assert sample(registry, "summed_sum", l="x") == pytest.approx(per_thread * (0.25 + 0.75 + 2.0 + 0.25))
+    child._sum.set(1.5)  # what prometheus_client's own methods do to it still holds
+    child._sum.inc(1.0)
+    assert sample(registry, "summed_sum", l="x") == 2.5
