@@ -193,6 +193,7 @@ class GCache(Management):
             max_key_length=config.max_key_length,
             signer=self._signer,
             hasher=self._hasher,
+            timer_sample_every=config.timer_sample_every,
         )
         self._registered: dict[str, str] = {}  # use case -> the function that has it
         self._direct: dict[tuple[Any, ...], UseCase] = {}

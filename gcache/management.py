@@ -19,7 +19,7 @@ from gcache.config import GCacheConfig
 from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError
 from gcache.keys import GCacheKey
 from gcache.local import LocalLayer
-from gcache.metrics import Metrics
+from gcache.metrics import LAYER_LOCAL, LAYER_REMOTE, Metrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
@@ -210,7 +210,7 @@ class Management:
         id = str(id) if self._hasher is None else self._hasher(str(id))
         entity = entity_key(self._prefix, key_type, id)
         self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
-        self._metrics.invalidation.labels(key_type, "local").inc()
+        self._metrics.invalidation.labels(key_type, LAYER_LOCAL).inc()
         return entity, watermark_key(entity)
 
     def _unknown_key_type(self, key_type: str) -> None:
@@ -250,7 +250,7 @@ class Management:
         # A read in this process between the first LOCAL bump and the watermark's rise took the
         # new epoch yet read the still-fresh REMOTE value; bumping again makes its fill stale.
         self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
-        self._metrics.invalidation.labels(key_type, "remote").inc()
+        self._metrics.invalidation.labels(key_type, LAYER_REMOTE).inc()
         self._metrics.bus_message.labels(key_type, "published", "invalidate").inc()
 
     async def aflushall(self) -> int:
@@ -295,7 +295,7 @@ class Management:
             raise
 
     def _management_failed(self, exc: RemoteError, key_type: str) -> None:
-        self._metrics.error.labels("", key_type, "remote", type(exc.cause).__name__, "false").inc()
+        self._metrics.error.labels("", key_type, LAYER_REMOTE, type(exc.cause).__name__, "False").inc()
         self._runtime.errors.warning(("", exc.operation), f"{exc} (raised to the caller)")
 
     # -- the invalidation bus (called on gcache's loop thread) ----------------------------------

@@ -157,8 +157,8 @@ async def test_open_breaker_skips_remote_until_redis_answers_again(
         async def get(uid: str) -> str:
             return sget(uid)
 
-    errors = {"use_case": "Broken", "layer": "remote", "error": "ConnectionError"}
-    down = {"use_case": "Broken", "layer": "remote", "reason": "server_down"}
+    errors = {"use_case": "Broken", "layer": "REMOTE", "error": "ConnectionError"}
+    down = {"use_case": "Broken", "layer": "REMOTE", "reason": "server_down"}
     with cache.enable():
         for _i in range(3):
             assert await get("1") == "user-1"
@@ -217,6 +217,6 @@ async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
                 started = time.monotonic()
                 assert await get(uid) == f"user-{uid}"
                 assert 0.09 < time.monotonic() - started < 2.0  # the 0.1 s deadline, not the client's 30 s
-        timeouts = sample(registry, "gcache_error_counter_total", use_case="Factory", layer="remote")
+        timeouts = sample(registry, "gcache_error_counter_total", use_case="Factory", layer="REMOTE")
         assert timeouts == 2
         await cache.aclose()

@@ -100,8 +100,8 @@ async def test_bus_starts_on_first_tracked_local_use_and_local_skipped_until_sub
         wait_until(lambda: cache.bus_subscribed, what="the bus to subscribe")
         assert await tracked("1") == ("1", 1)  # a REMOTE hit, filling LOCAL now
         assert await tracked("1") == ("1", 1)
-    misses = "gcache_miss_counter_total"
-    assert sample(registry, misses, use_case="Tracked", layer="local", reason="bus_unsubscribed") == 1
+    reasons = "gcache_miss_reason_counter_total"
+    assert sample(registry, reasons, use_case="Tracked", layer="LOCAL", reason="bus_unsubscribed") == 1
     assert sample(registry, "gcache_bus_connected") == 1
     assert sample(registry, "gcache_bus_reconnect_counter_total") == 0
 

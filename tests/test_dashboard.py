@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gcache import GCache, GCacheKeyConfig
 from gcache._embedded_redis import free_port
 from gcache.metrics import Metrics
 
@@ -218,7 +219,7 @@ def test_panels_required_by_the_issue_are_there() -> None:
         "histogram_quantile(0.99, sum by (le, use_case) (rate(gcache_fallback_timer_bucket",
         "sum by (error, in_fallback) (rate(gcache_error_counter_total",
         "sum by (use_case, layer, reason) (rate(gcache_disabled_counter_total",
-        "sum by (use_case, layer, reason) (rate(gcache_miss_counter_total",
+        "sum by (use_case, layer, reason) (rate(gcache_miss_reason_counter_total",
         "sum by (use_case, layer, result) (rate(gcache_write_counter_total",
         "gcache_fallback_timer_sum",
     ):
@@ -292,6 +293,76 @@ def test_rule_unit_tests_cover_each_alert_firing() -> None:
         assert f"alertname: {alert}" in text
         assert f"alert: {alert}" in RULES.read_text(encoding="utf-8")
     assert text.count("exp_labels:") >= 3
+
+
+# The original library's hit ratio as its users wrote it: no sum, so it needs the miss and
+# request counters to carry the same labels.
+ORIGINAL_HIT_RATIO = "1 - rate(gcache_miss_counter_total[5m]) / rate(gcache_request_counter_total[5m])"
+
+
+async def test_promtool_evaluates_the_original_hit_ratio_over_gcache_series(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """The series a real cache exposes (LOCAL and REMOTE, with Redis), replayed in promtool as
+    steady rates: the original's expression returns one sample per use case and layer."""
+    first, second = make_cache(), make_cache()  # the second one's empty LOCAL: REMOTE hits
+    for cache, uids in ((first, "1231111211"), (second, "12")):
+
+        @cache.cached(
+            key_type="user_id", id_arg="uid", use_case="Ratio", default_config=GCacheKeyConfig.enabled(60)
+        )
+        async def get(uid: str) -> str:
+            return uid
+
+        with cache.enable():
+            for uid in uids:
+                await get(uid)
+    counts = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name in ("gcache_request_counter_total", "gcache_miss_counter_total") and s.value
+    }
+    assert {labels for name, labels in counts if name == "gcache_miss_counter_total"} == {
+        labels for name, labels in counts if name == "gcache_request_counter_total"
+    }  # every layer looked up here missed at least once: the same label sets on both sides
+
+    def selector(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+        return name + "{" + ",".join(f'{k}="{v}"' for k, v in (("job", "app"), *labels)) + "}"
+
+    series = [
+        {"series": selector(name, labels), "values": f"0+{value:g}x20"}
+        for (name, labels), value in counts.items()
+    ]
+    ratios = {
+        selector("", labels): 1 - value / counts["gcache_request_counter_total", labels]
+        for (name, labels), value in counts.items()
+        if name == "gcache_miss_counter_total"
+    }
+    assert sorted(ratios.values()) == pytest.approx([0.4, 7 / 12])  # REMOTE 2 of 5, LOCAL 7 of 12
+    expected = [{"labels": labels, "value": ratio} for labels, ratio in ratios.items()]
+    test_file = tmp_path / "original-hit-ratio.test.yml"
+    test_file.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "rule_files": [],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": series,
+                        "promql_expr_test": [
+                            {"expr": ORIGINAL_HIT_RATIO, "eval_time": "10m", "exp_samples": expected}
+                        ],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 # -- the real Prometheus -----------------------------------------------------------------------
@@ -481,7 +552,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
             values[variable["name"]] = prometheus.api(f"label/{label}/values", **params)
         assert set(values["use_case"]) >= DEMO_USE_CASES, values
         assert set(values["key_type"]) >= {"user_id", "currency"}, values
-        assert set(values["layer"]) >= {"local", "remote"}, values
+        assert set(values["layer"]) >= {"LOCAL", "REMOTE"}, values
 
         # Every panel query: a PromQL error fails at once; no data is waited for, up to the budget
         # (some series start with the first event of their kind, e.g. a failing source read).

@@ -424,7 +424,7 @@ async def test_str_serializer_entry_in_redis_carries_custom_id_and_flag_str(
     assert decoded.nonce == redis_client.hget("{urn:gcache:doc:7}#watermark", "n")
     assert json.loads(decoded.payload.decode()) == {"id": "7", "title": "ünïcode"}
     assert serializer.loaded == [json.dumps({"id": "7", "title": "ünïcode"})]
-    assert sample(registry, "gcache_miss_counter_total", use_case="Doc", layer="remote") == 1
+    assert sample(registry, "gcache_miss_counter_total", use_case="Doc", layer="REMOTE") == 1
 
 
 async def test_async_serializer_round_trips_through_redis_for_sync_and_async_functions(

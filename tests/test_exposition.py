@@ -147,10 +147,10 @@ def test_http_server_serves_gcache_metrics_on_loopback(redis_url: str, redis_cli
         for s in family.samples
         if s.labels.get("use_case") == "Http"
     }
-    assert samples[("gcache_request_counter_total", "local")] == 3
-    assert samples[("gcache_request_counter_total", "remote")] == 2
-    assert samples[("gcache_fallback_timer_count", "remote")] == 2
-    assert samples[("gcache_size_histogram_count", "remote")] == 2  # two values written to Redis
+    assert samples[("gcache_request_counter_total", "LOCAL")] == 3
+    assert samples[("gcache_request_counter_total", "REMOTE")] == 2
+    assert samples[("gcache_fallback_timer_count", "REMOTE")] == 2
+    assert samples[("gcache_size_histogram_count", "REMOTE")] == 2  # two values written to Redis
     assert not thread.is_alive()
 
 
@@ -220,12 +220,11 @@ async def test_asgi_app_serves_metrics_with_content_negotiation() -> None:
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
     assert (
-        'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Asgi"} 3.0' in body.decode()
+        'gcache_request_counter_total{key_type="user_id",layer="LOCAL",use_case="Asgi"} 3.0' in body.decode()
     )
-    assert (
-        'gcache_miss_counter_total{key_type="user_id",layer="local",reason="not_found",use_case="Asgi"} 2.0'
-        in (body.decode())
-    )
+    reasons = 'gcache_miss_reason_counter_total{key_type="user_id",layer="LOCAL",reason="not_found",'
+    assert reasons + 'use_case="Asgi"} 2.0' in body.decode()
+    assert 'gcache_miss_counter_total{key_type="user_id",layer="LOCAL",use_case="Asgi"} 2.0' in body.decode()
 
     # What Prometheus itself asks for: OpenMetrics, gzip-compressed.
     status, headers, body = await call_asgi(
@@ -236,7 +235,7 @@ async def test_asgi_app_serves_metrics_with_content_negotiation() -> None:
     assert headers["content-encoding"] == "gzip"
     text = gzip.decompress(body).decode()
     assert text.rstrip().endswith("# EOF")
-    assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Asgi"} 3.0' in text
+    assert 'gcache_request_counter_total{key_type="user_id",layer="LOCAL",use_case="Asgi"} 3.0' in text
 
 
 # -- multi-process mode ------------------------------------------------------------------------
@@ -267,18 +266,20 @@ def test_multiprocess_mode_reports_the_sum_of_the_workers(
 
     registry = multiprocess_registry(multiproc_dir)
     total = sum(sizes.values())
-    assert mp(registry, "gcache_request_counter_total", layer="local") == 2 * total
-    assert mp(registry, "gcache_request_counter_total", layer="remote") == total
-    assert mp(registry, "gcache_miss_counter_total", layer="local", reason="not_found") == total
-    assert mp(registry, "gcache_miss_counter_total", layer="remote", reason="not_found") == total
-    assert mp(registry, "gcache_write_counter_total", layer="remote", result="stored") == total
+    assert mp(registry, "gcache_request_counter_total", layer="LOCAL") == 2 * total
+    assert mp(registry, "gcache_request_counter_total", layer="REMOTE") == total
+    assert mp(registry, "gcache_miss_reason_counter_total", layer="LOCAL", reason="not_found") == total
+    assert mp(registry, "gcache_miss_reason_counter_total", layer="REMOTE", reason="not_found") == total
+    assert mp(registry, "gcache_write_counter_total", layer="REMOTE", result="stored") == total
     # Histograms: counts and every bucket add up.
-    assert mp(registry, "gcache_fallback_timer_count", layer="remote") == total
-    # LOCAL lookups are timed the first time and then one in 16: the first of each worker here.
-    assert mp(registry, "gcache_get_timer_count", layer="local") == 2
-    assert mp(registry, "gcache_size_histogram_count", layer="remote") == total
-    assert mp(registry, "gcache_size_histogram_bucket", layer="remote", le="+Inf") == total
-    assert mp(registry, "gcache_serialization_timer_count", layer="remote", operation="dump") == total
+    assert mp(registry, "gcache_fallback_timer_count", layer="REMOTE") == total
+    # Every lookup is timed, and the sums of the workers' timers add up too.
+    assert mp(registry, "gcache_get_timer_count", layer="LOCAL") == 2 * total
+    assert mp(registry, "gcache_get_timer_count", layer="REMOTE") == total
+    assert mp(registry, "gcache_get_timer_sum", layer="LOCAL") > 0
+    assert mp(registry, "gcache_size_histogram_count", layer="REMOTE") == total
+    assert mp(registry, "gcache_size_histogram_bucket", layer="REMOTE", le="+Inf") == total
+    assert mp(registry, "gcache_serialization_timer_count", layer="REMOTE", operation="dump") == total
 
     # The parent's sum is exactly the sum of what each worker's own registry saw.
     keys = set().union(*(r["own"] for r in reports))
@@ -299,7 +300,7 @@ def test_multiprocess_mode_reports_the_sum_of_the_workers(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-    line = f'gcache_request_counter_total{{key_type="user_id",layer="local",use_case="Mp"}} {2.0 * total}'
+    line = f'gcache_request_counter_total{{key_type="user_id",layer="LOCAL",use_case="Mp"}} {2.0 * total}'
     assert line in body.decode()
     status, _headers, asgi_body = asyncio.run(call_asgi(make_metrics_app()))
     assert status == 200
@@ -313,7 +314,7 @@ def test_gunicorn_child_exit_forgets_the_live_gauges_of_a_dead_worker(
     reports = run_workers(multiproc_dir, redis_url, {"w1": 1, "w2": 1})
     registry = multiprocess_registry(multiproc_dir)
     assert sample(registry, "mp_test_live_workers") == 2  # files outlive the processes
-    counted = mp(registry, "gcache_request_counter_total", layer="local")
+    counted = mp(registry, "gcache_request_counter_total", layer="LOCAL")
 
     monkeypatch.setenv(MULTIPROC_DIR_ENV, str(multiproc_dir))
     gunicorn_child_exit(server=None, worker=SimpleNamespace(pid=reports[0]["pid"]))
@@ -321,7 +322,7 @@ def test_gunicorn_child_exit_forgets_the_live_gauges_of_a_dead_worker(
     mark_process_dead(reports[1]["pid"], multiproc_dir)
     assert sample(registry, "mp_test_live_workers") == 0
     # Counters of dead workers stay: a counter that went down would read as a reset.
-    assert mp(registry, "gcache_request_counter_total", layer="local") == counted == 4
+    assert mp(registry, "gcache_request_counter_total", layer="LOCAL") == counted == 4
 
 
 def test_gunicorn_hooks_never_raise_in_the_master_and_say_once_what_they_skip(

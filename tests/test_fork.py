@@ -219,12 +219,12 @@ def test_child_starts_with_none_of_its_parents_state(
         with cache.enable():
             state["plain"] = plain("1")  # untracked LOCAL entries are kept
         state["tracked_local_hits"] = sample(
-            registry, "gcache_request_counter_total", use_case="Post", layer="local"
-        ) - sample(registry, "gcache_miss_counter_total", use_case="Post", layer="local")
+            registry, "gcache_request_counter_total", use_case="Post", layer="LOCAL"
+        ) - sample(registry, "gcache_miss_counter_total", use_case="Post", layer="LOCAL")
         get("1")  # dropped at the fork: not from LOCAL
         state["tracked_local_hits_after"] = sample(
-            registry, "gcache_request_counter_total", use_case="Post", layer="local"
-        ) - sample(registry, "gcache_miss_counter_total", use_case="Post", layer="local")
+            registry, "gcache_request_counter_total", use_case="Post", layer="LOCAL"
+        ) - sample(registry, "gcache_miss_counter_total", use_case="Post", layer="LOCAL")
         state["started"] = cache.start()
         state["bus_gauge_after"] = sample(registry, "gcache_bus_connected")
         state["forks"] = forks()

@@ -139,7 +139,8 @@ async def test_function_is_called_every_time_outside_enable(
     assert counter.calls == ["1", "1"]
     assert redis_client.dbsize() == 0
     assert (
-        sample(registry, "gcache_disabled_counter_total", use_case="Ctx", reason="context", layer="all") == 2
+        sample(registry, "gcache_disabled_counter_total", use_case="Ctx", reason="context", layer="GLOBAL")
+        == 2
     )
     assert sample(registry, "gcache_request_counter_total", use_case="Ctx") == 0
 
@@ -271,7 +272,7 @@ async def test_enable_does_not_leak_to_other_threads(
         ("in", thread_ids["inside"]),
     ]
     assert sample(registry, "gcache_disabled_counter_total", use_case="Thr", reason="context") == 2
-    assert sample(registry, "gcache_request_counter_total", use_case="Thr", layer="local") == 2
+    assert sample(registry, "gcache_request_counter_total", use_case="Thr", layer="LOCAL") == 2
 
 
 async def test_one_enable_object_shared_by_concurrent_tasks(make_cache: Maker) -> None:
@@ -397,7 +398,7 @@ async def test_remote_hit_fills_local(mode: str, make_cache: Maker, redis_client
         assert await call(fa, "1") == ("1", 1)
         assert keys_of(redis_client) == {key}
         assert await call(fb, "1") == ("1", 1)  # REMOTE hit on the second instance
-        assert sample(other_registry, "gcache_request_counter_total", layer="remote") == 1
+        assert sample(other_registry, "gcache_request_counter_total", layer="REMOTE") == 1
 
         assert redis_client.delete(key) == 1
         assert await call(fb, "1") == ("1", 1)  # from the LOCAL entry the REMOTE hit wrote
@@ -405,8 +406,8 @@ async def test_remote_hit_fills_local(mode: str, make_cache: Maker, redis_client
 
     assert counter.calls == ["1"]
     assert redis_client.dbsize() == 0
-    assert sample(other_registry, "gcache_request_counter_total", use_case="Fill", layer="local") == 2
-    assert sample(other_registry, "gcache_request_counter_total", use_case="Fill", layer="remote") == 1
+    assert sample(other_registry, "gcache_request_counter_total", use_case="Fill", layer="LOCAL") == 2
+    assert sample(other_registry, "gcache_request_counter_total", use_case="Fill", layer="REMOTE") == 1
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -435,8 +436,8 @@ async def test_values_come_from_remote_when_local_is_off(
         assert await call(fa, "1") == ("1", 2)
         assert redis_client.exists(key) == 1
 
-    assert sample(registry, "gcache_request_counter_total", use_case="Rem", layer="remote") == 3
-    assert sample(registry, "gcache_request_counter_total", use_case="Rem", layer="local") == 0
+    assert sample(registry, "gcache_request_counter_total", use_case="Rem", layer="REMOTE") == 3
+    assert sample(registry, "gcache_request_counter_total", use_case="Rem", layer="LOCAL") == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -454,8 +455,8 @@ async def test_local_only_cache_serves_from_process_without_redis(
             assert await call(fn, "1") == ("1", 1)
         assert counter.calls == ["1"]
         assert redis_client.dbsize() == 0
-        assert sample(registry, "gcache_request_counter_total", use_case="Loc", layer="local") == 2
-        assert sample(registry, "gcache_request_counter_total", use_case="Loc", layer="remote") == 0
+        assert sample(registry, "gcache_request_counter_total", use_case="Loc", layer="LOCAL") == 2
+        assert sample(registry, "gcache_request_counter_total", use_case="Loc", layer="REMOTE") == 0
     finally:
         await cache.aclose()
 
@@ -525,7 +526,7 @@ async def test_provider_ramp_change_takes_effect_on_next_call(
         current["config"] = GCacheKeyConfig(ttl_sec={LOCAL: 60, REMOTE: 60}, ramp={LOCAL: 0, REMOTE: 0})
         assert await call(fn, "1") == ("1", 2)
         assert await call(fn, "1") == ("1", 3)
-        for layer in ("local", "remote"):
+        for layer in ("LOCAL", "REMOTE"):
             assert (
                 sample(
                     registry,
@@ -612,16 +613,11 @@ async def test_missing_config_calls_function_uncached(
         assert await call(fn, "1") == ("1", 2)
 
     assert redis_client.dbsize() == 0
-    assert (
-        sample(
-            registry,
-            "gcache_disabled_counter_total",
-            use_case="Miss",
-            layer="all",
-            reason="missing_config",
-        )
-        == 2
-    )
+    for layer in ("LOCAL", "REMOTE"):  # counted per layer, as the original counts it
+        assert sample(
+            registry, "gcache_disabled_counter_total", use_case="Miss", layer=layer, reason="missing_config"
+        ) == (2)
+    assert sample(registry, "gcache_disabled_counter_total", use_case="Miss") == 4
     assert sample(registry, "gcache_request_counter_total", use_case="Miss") == 0
 
 
@@ -643,17 +639,18 @@ async def test_provider_error_fails_open(
         assert await call(fn, "1") == ("1", 2)
 
     assert redis_client.dbsize() == 0
-    assert (
-        sample(registry, "gcache_disabled_counter_total", use_case="Err", layer="all", reason="config_error")
-        == 2
-    )
+    for layer in ("LOCAL", "REMOTE"):  # counted per layer, as the original counts it
+        assert sample(
+            registry, "gcache_disabled_counter_total", use_case="Err", layer=layer, reason="config_error"
+        ) == (2)
     assert (
         sample(
             registry,
             "gcache_error_counter_total",
             use_case="Err",
+            layer="config resolution",
             error="RuntimeError",
-            in_fallback="false",
+            in_fallback="False",
         )
         == 2
     )
@@ -674,12 +671,19 @@ async def test_provider_wrong_type_is_config_error(
         assert await call(fn, "1") == ("1", 2)
 
     assert redis_client.dbsize() == 0
+    for layer in ("LOCAL", "REMOTE"):
+        assert sample(
+            registry, "gcache_disabled_counter_total", use_case="Typ", layer=layer, reason="config_error"
+        ) == (2)
     assert (
-        sample(registry, "gcache_disabled_counter_total", use_case="Typ", layer="all", reason="config_error")
-        == 2
-    )
-    assert (
-        sample(registry, "gcache_error_counter_total", use_case="Typ", error="TypeError", in_fallback="false")
+        sample(
+            registry,
+            "gcache_error_counter_total",
+            use_case="Typ",
+            layer="config resolution",
+            error="TypeError",
+            in_fallback="False",
+        )
         == 2
     )
 
@@ -709,8 +713,8 @@ async def test_ramp_zero_never_and_hundred_always_uses_layer(
             await call(fn, "1")
 
     assert len(counter.calls) == expected_calls
-    assert sample(registry, "gcache_request_counter_total", use_case="R", layer="local") == expected_lookups
-    assert sample(registry, "gcache_disabled_counter_total", use_case="R", layer="local") == (
+    assert sample(registry, "gcache_request_counter_total", use_case="R", layer="LOCAL") == expected_lookups
+    assert sample(registry, "gcache_disabled_counter_total", use_case="R", layer="LOCAL") == (
         5 - expected_lookups
     )
 
@@ -730,9 +734,9 @@ async def test_ramp_fifty_uses_layer_about_half_the_calls(
         for _ in range(400):
             await call(fn, "1")
 
-    lookups = sample(registry, "gcache_request_counter_total", use_case="Half", layer="local")
+    lookups = sample(registry, "gcache_request_counter_total", use_case="Half", layer="LOCAL")
     ramped_down = sample(
-        registry, "gcache_disabled_counter_total", use_case="Half", layer="local", reason="ramped_down"
+        registry, "gcache_disabled_counter_total", use_case="Half", layer="LOCAL", reason="ramped_down"
     )
     assert 120 <= lookups <= 280
     assert lookups + ramped_down == 400
@@ -846,7 +850,7 @@ async def test_function_exception_propagates_and_is_not_cached(
             "gcache_error_counter_total",
             use_case="Exc",
             error="LookupFailedError",
-            in_fallback="true",
+            in_fallback="True",
         )
         == 2
     )
@@ -960,7 +964,7 @@ async def test_default_use_case_is_module_and_function_name(
 
     assert fn.use_case == expected  # type: ignore[attr-defined]
     assert keys_of(redis_client) == {"{urn:gcache:user_id:1}#" + expected}
-    assert sample(registry, "gcache_request_counter_total", use_case=expected, layer="local") == 1
+    assert sample(registry, "gcache_request_counter_total", use_case=expected, layer="LOCAL") == 1
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -1233,7 +1237,7 @@ async def test_sync_function_inside_running_event_loop_returns_cached_values(
 
     assert counter.calls == ["1"]
     assert keys_of(redis_client) == {"{urn:gcache:user_id:1}#Loop"}
-    assert sample(registry, "gcache_request_counter_total", use_case="Loop", layer="local") == 3
+    assert sample(registry, "gcache_request_counter_total", use_case="Loop", layer="LOCAL") == 3
 
 
 def test_sync_function_with_async_provider_without_event_loop(

@@ -643,8 +643,8 @@ async def test_local_byte_bound_keeps_small_values_and_serves_large_ones_uncache
             assert await blob(5_000) == b"x" * 5_000  # too large for LOCAL: computed again
         assert calls == [100, 5_000, 5_000]
         written = "gcache_write_counter_total"
-        assert sample(registry, written, use_case="Blob", layer="local", result="too_large") == 2
-        assert sample(registry, written, use_case="Blob", layer="local", result="stored") == 1
+        assert sample(registry, written, use_case="Blob", layer="LOCAL", result="too_large") == 2
+        assert sample(registry, written, use_case="Blob", layer="LOCAL", result="stored") == 1
     finally:
         await cache.aclose()
 

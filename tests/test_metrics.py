@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gcache import (
     CacheLayer,
+    ConfigError,
     GCache,
     GCacheConfig,
     GCacheKeyConfig,
@@ -27,7 +28,7 @@ from gcache import (
 )
 from gcache import metrics as metrics_module
 from gcache._embedded_redis import free_port
-from gcache.metrics import CountingValue, FastCounter, FastHistogram
+from gcache.metrics import CountingValue, FastCounter, FastHistogram, SummingValue
 from tests.conftest import sample
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -37,7 +38,8 @@ REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.
 _UC = {"use_case", "key_type"}
 DOCUMENTED: dict[str, tuple[str, set[str]]] = {
     "gcache_request_counter": ("counter", {*_UC, "layer"}),
-    "gcache_miss_counter": ("counter", {*_UC, "layer", "reason"}),
+    "gcache_miss_counter": ("counter", {*_UC, "layer"}),
+    "gcache_miss_reason_counter": ("counter", {*_UC, "layer", "reason"}),
     "gcache_disabled_counter": ("counter", {*_UC, "layer", "reason"}),
     "gcache_error_counter": ("counter", {*_UC, "layer", "error", "in_fallback"}),
     "gcache_invalidation_counter": ("counter", {"key_type", "layer"}),
@@ -161,12 +163,12 @@ async def test_every_documented_metric_has_exactly_its_labels_after_traffic(
             "gcache_error_counter_total",
             use_case="Failing",
             error="LookupError",
-            in_fallback="true",
+            in_fallback="True",
         )
         == 1
     )
-    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="local") == 1
-    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="remote") == 1
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="LOCAL") == 1
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="REMOTE") == 1
 
 
 async def test_labels_never_carry_ids_or_argument_values_after_traffic(
@@ -192,6 +194,7 @@ async def test_metrics_move_exactly_as_documented_when_scripted(
         return sample(registry, name, use_case="Scripted", key_type="user_id", **labels)
 
     request, miss = "gcache_request_counter_total", "gcache_miss_counter_total"
+    reason = "gcache_miss_reason_counter_total"
     cache = make_cache()
     calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Scripted")
@@ -199,33 +202,36 @@ async def test_metrics_move_exactly_as_documented_when_scripted(
 
     with cache.enable():
         assert await get("1") == value
-    assert count(request, layer="local") == 1
-    assert count(miss, layer="local", reason="not_found") == 1
-    assert count(request, layer="remote") == 1
-    assert count(miss, layer="remote", reason="not_found") == 1
+    assert count(request, layer="LOCAL") == 1
+    assert count(miss, layer="LOCAL") == 1
+    assert count(reason, layer="LOCAL", reason="not_found") == 1
+    assert count(request, layer="REMOTE") == 1
+    assert count(miss, layer="REMOTE") == 1
+    assert count(reason, layer="REMOTE", reason="not_found") == 1
     assert count(miss) == 2
-    assert count("gcache_get_timer_count", layer="local") == 1
-    assert count("gcache_get_timer_count", layer="remote") == 1
-    assert count("gcache_fallback_timer_count", layer="remote") == 1
+    assert count(reason) == 2
+    assert count("gcache_get_timer_count", layer="LOCAL") == 1
+    assert count("gcache_get_timer_count", layer="REMOTE") == 1
+    assert count("gcache_fallback_timer_count", layer="REMOTE") == 1
     assert count("gcache_fallback_timer_count") == 1
-    assert count("gcache_serialization_timer_count", layer="remote", operation="dump") == 1
+    assert count("gcache_serialization_timer_count", layer="REMOTE", operation="dump") == 1
     assert count("gcache_serialization_timer_count", operation="load") == 0
     raw = redis_client.get("{urn:gcache:user_id:1}?region=eu#Scripted")
     assert isinstance(raw, bytes)
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     assert raw[_envelope.HEADER_SIZE :] == payload
-    assert count("gcache_size_histogram_count", layer="remote") == 1
-    assert count("gcache_size_histogram_sum", layer="remote") == len(payload)
+    assert count("gcache_size_histogram_count", layer="REMOTE") == 1
+    assert count("gcache_size_histogram_sum", layer="REMOTE") == len(payload)
     assert count("gcache_error_counter_total") == 0
     assert count("gcache_disabled_counter_total") == 0
 
     with cache.enable():
         assert await get("1") == value  # a LOCAL hit
     assert calls == ["1"]
-    assert count(request, layer="local") == 2
-    assert count(request, layer="remote") == 1
+    assert count(request, layer="LOCAL") == 2
+    assert count(request, layer="REMOTE") == 1
     assert count(miss) == 2
-    assert count("gcache_get_timer_count", layer="local") == 1  # LOCAL lookups are timed one in 16
+    assert count("gcache_get_timer_count", layer="LOCAL") == 2  # every lookup is timed
     assert count("gcache_fallback_timer_count") == 1
     assert count("gcache_serialization_timer_count", operation="dump") == 1
 
@@ -235,11 +241,12 @@ async def test_metrics_move_exactly_as_documented_when_scripted(
     with other.enable():
         assert await get_other("1") == value  # a REMOTE hit
     assert other_calls == []
-    assert count(request, layer="local") == 3
-    assert count(miss, layer="local", reason="not_found") == 2
-    assert count(request, layer="remote") == 2
-    assert count(miss, layer="remote") == 1
-    assert count("gcache_serialization_timer_count", layer="remote", operation="load") == 1
+    assert count(request, layer="LOCAL") == 3
+    assert count(miss, layer="LOCAL") == 2
+    assert count(reason, layer="LOCAL", reason="not_found") == 2
+    assert count(request, layer="REMOTE") == 2
+    assert count(miss, layer="REMOTE") == 1
+    assert count("gcache_serialization_timer_count", layer="REMOTE", operation="load") == 1
     assert count("gcache_serialization_timer_count", operation="dump") == 1
     assert count("gcache_fallback_timer_count") == 1
     assert count("gcache_size_histogram_count") == 1
@@ -260,8 +267,8 @@ async def test_every_metric_is_prefixed_and_shared_when_metrics_prefix_set(
     assert names
     assert all(name.startswith("myapp_gcache_") for name in names), names
     assert {f"myapp_{name}" for name in DOCUMENTED} <= names
-    assert sample(registry, "myapp_gcache_request_counter_total", use_case="First", layer="local") == 1
-    assert sample(registry, "myapp_gcache_request_counter_total", use_case="Second", layer="local") == 2
+    assert sample(registry, "myapp_gcache_request_counter_total", use_case="First", layer="LOCAL") == 1
+    assert sample(registry, "myapp_gcache_request_counter_total", use_case="Second", layer="LOCAL") == 2
     assert sample(registry, "gcache_request_counter_total") == 0
 
 
@@ -306,7 +313,7 @@ def test_metrics_served_over_http_when_server_started(registry: CollectorRegistr
             server.server_close()
             thread.join(timeout=5)
     assert status == 200
-    assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Http"} 1.0' in body
+    assert 'gcache_request_counter_total{key_type="user_id",layer="LOCAL",use_case="Http"} 1.0' in body
 
 
 async def test_metrics_served_by_asgi_app_when_called(registry: CollectorRegistry) -> None:
@@ -333,43 +340,65 @@ async def test_metrics_served_by_asgi_app_when_called(registry: CollectorRegistr
     assert sent[0]["type"] == "http.response.start"
     assert sent[0]["status"] == 200
     body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
-    assert 'gcache_request_counter_total{key_type="user_id",layer="local",use_case="Asgi"} 1.0' in body
+    assert 'gcache_request_counter_total{key_type="user_id",layer="LOCAL",use_case="Asgi"} 1.0' in body
     for name in DOCUMENTED:
         assert f"# TYPE {name}" in body
 
 
-async def test_local_lookups_are_timed_first_then_one_in_sixteen(
+async def test_get_timer_counts_every_lookup_of_each_layer(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:
+    """gcache_get_timer's _count is gcache_request_counter's, per layer, hits and misses alike."""
     cache = make_cache()
     calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="Timed")
+    with cache.enable():
+        for uid in ("1", "2", "1", "1", "3", "2"):
+            await get(uid)
+    other = make_cache()  # an empty LOCAL over the same Redis: REMOTE hits
+    get_other = cached_fn(other, is_async, [], use_case="Timed")
+    with other.enable():
+        for uid in ("1", "2", "1", "4"):
+            await get_other(uid)
+    assert calls == ["1", "2", "3"]
+    for layer, lookups in (("LOCAL", 10), ("REMOTE", 6)):
+        labels = {"use_case": "Timed", "layer": layer}
+        assert sample(registry, "gcache_request_counter_total", **labels) == lookups
+        assert sample(registry, "gcache_get_timer_count", **labels) == lookups
+        assert sample(registry, "gcache_get_timer_bucket", le="+Inf", **labels) == lookups
+        assert sample(registry, "gcache_get_timer_sum", **labels) > 0
+    loads = sample(registry, "gcache_serialization_timer_count", use_case="Timed", operation="load")
+    assert loads == 2  # the REMOTE hits of "1" and "2"; "4" missed
+
+
+async def test_timer_sample_every_times_the_first_lookup_then_one_in_n(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache(timer_sample_every=16)
+    calls: list[str] = []
     get = cached_fn(cache, is_async, calls, use_case="Sampled")
+    remote = cached_fn(cache, is_async, calls, use_case="SampledRemote", config=REMOTE_ONLY)
     with cache.enable():
         for _ in range(33):
             await get("1")
-    assert calls == ["1"]
-    assert sample(registry, "gcache_request_counter_total", use_case="Sampled", layer="local") == 33
-    timed = sample(registry, "gcache_get_timer_count", use_case="Sampled", layer="local")
-    assert timed == 3  # lookups 1, 17 and 33
-
-
-async def test_remote_reads_are_timed_first_then_one_in_sixteen_and_counted_every_time(
-    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
-) -> None:
-    cache = make_cache()
-    calls: list[str] = []
-    get = cached_fn(cache, is_async, calls, use_case="SampledRemote", config=REMOTE_ONLY)
-    with cache.enable():
         for _ in range(34):
-            assert await get("1") == {"uid": "1", "region": "eu"}
-    assert calls == ["1"]  # read 1 missed; reads 2-34 were REMOTE hits
-    labels = {"use_case": "SampledRemote", "layer": "remote"}
+            assert await remote("1") == {"uid": "1", "region": "eu"}
+    assert calls == ["1", "1"]
+    local = {"use_case": "Sampled", "layer": "LOCAL"}
+    assert sample(registry, "gcache_request_counter_total", **local) == 33
+    assert sample(registry, "gcache_get_timer_count", **local) == 3  # lookups 1, 17 and 33
+    labels = {"use_case": "SampledRemote", "layer": "REMOTE"}
     assert sample(registry, "gcache_request_counter_total", **labels) == 34
     assert sample(registry, "gcache_get_timer_count", **labels) == 3  # reads 1, 17 and 33
-    assert sample(registry, "gcache_get_timer_sum", **labels) > 0
     loads = sample(registry, "gcache_serialization_timer_count", use_case="SampledRemote", operation="load")
     assert loads == 2  # reads 17 and 33 found a value to load; read 1 missed
-    assert sample(registry, "gcache_miss_counter_total", use_case="SampledRemote", layer="remote") == 1
+    assert sample(registry, "gcache_miss_counter_total", use_case="SampledRemote", layer="REMOTE") == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_timer_sample_every_other_than_a_positive_integer_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match="timer_sample_every must be an integer above 0"):
+        GCacheConfig(timer_sample_every=bad)  # type: ignore[arg-type]
 
 
 @settings(max_examples=200, deadline=None)
@@ -514,3 +543,37 @@ def test_fast_counter_keeps_prometheus_value_where_counting_is_not_safe(
     fast.inc()
     assert not isinstance(child._value, CountingValue)
     assert sample(registry, "nogil_total", l="x") == 2
+
+
+def test_summing_value_keeps_few_amounts_unread_and_loses_none_across_threads() -> None:
+    """Observed from four threads and never scraped: the pending amounts stay bounded (folded
+    every FOLD_EVERY observations of a bucket), and the sum and count are exact."""
+    registry = CollectorRegistry()
+    child = Histogram("summed", "h", ["l"], buckets=(0.5, 1.0), registry=registry).labels("x")
+    observe = FastHistogram(child).observe
+    summing = child._sum
+    assert isinstance(summing, SummingValue)
+    per_thread, start = 5_000, threading.Barrier(4)
+
+    def observing(amount: float) -> None:
+        start.wait()
+        for _ in range(per_thread):
+            observe(amount)
+            assert len(summing._pending) <= 3 * metrics_module.FOLD_EVERY
+
+    threads = [threading.Thread(target=observing, args=(amount,)) for amount in (0.25, 0.75, 2.0, 0.25)]
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert sample(registry, "summed_count", l="x") == 4 * per_thread
+    assert sample(registry, "summed_bucket", l="x", le="0.5") == 2 * per_thread
+    assert sample(registry, "summed_sum", l="x") == pytest.approx(per_thread * (0.25 + 0.75 + 2.0 + 0.25))
+    child._sum.set(1.5)  # what prometheus_client's own methods do to it still holds
+    child._sum.inc(1.0)
+    assert sample(registry, "summed_sum", l="x") == 2.5

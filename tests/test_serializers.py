@@ -25,6 +25,7 @@ from tests.test_gcache import Maker, call, twin
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 
 
 class _Payload:
@@ -81,8 +82,8 @@ async def test_a_planted_pickle_never_runs_under_a_json_use_case(
             assert await call(fn, "1") == {"is_admin": False}  # the function's value, not the forged one
         assert not marker.exists()  # no code ran
     assert calls == ["1", "1"]
-    assert sample(registry, MISSES, use_case="Safe", layer="remote", reason="serializer_mismatch") == 1
-    assert sample(registry, MISSES, use_case="Safe", layer="remote", reason="undecodable") == 1
+    assert sample(registry, MISS_REASONS, use_case="Safe", layer="REMOTE", reason="serializer_mismatch") == 1
+    assert sample(registry, MISS_REASONS, use_case="Safe", layer="REMOTE", reason="undecodable") == 1
 
 
 async def test_a_use_case_s_own_serializer_wins_over_the_cache_default(
@@ -161,7 +162,7 @@ async def test_a_planted_pickle_never_runs_under_a_msgpack_use_case(
         assert await call(fn, "1") == {"is_admin": False}
     assert not marker.exists()
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="SafeMsgpack", layer="remote", reason="undecodable") == 1
+    assert sample(registry, MISS_REASONS, use_case="SafeMsgpack", layer="REMOTE", reason="undecodable") == 1
 
 
 def test_msgpack_refuses_what_it_cannot_hold_and_int_keys_by_default() -> None:

@@ -136,8 +136,8 @@ async def test_500_concurrent_async_callers_on_a_cold_key_run_the_function_once(
     assert calls == ["cold"]
     joined = sample(registry, JOINED, use_case="Stampede", result="joined")
     if tracked:  # each caller reads REMOTE first; one whose read came after the leader's write hits
-        hits = sample(registry, "gcache_request_counter_total", use_case="Stampede", layer="remote") - sample(
-            registry, "gcache_miss_counter_total", use_case="Stampede", layer="remote"
+        hits = sample(registry, "gcache_request_counter_total", use_case="Stampede", layer="REMOTE") - sample(
+            registry, "gcache_miss_counter_total", use_case="Stampede", layer="REMOTE"
         )
         assert joined + hits == CALLERS - 1
         assert joined > 0
@@ -249,7 +249,7 @@ async def test_the_functions_exception_is_shared_and_nothing_is_cached(
         outcomes = await pending
     assert all(isinstance(o, LookupError) for o in outcomes), outcomes
     assert len(calls) == 1
-    assert sample(registry, "gcache_error_counter_total", use_case="Failing", in_fallback="true") == 1
+    assert sample(registry, "gcache_error_counter_total", use_case="Failing", in_fallback="True") == 1
     assert sample(registry, JOINED, use_case="Failing", result="joined") == 19
     with cache.enable():
         release.set()

@@ -61,7 +61,7 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
     for use_case in USE_CASE_CONFIGS:
         hits: dict[str, int | None] = {}
         lookup: dict[str, float] = {}
-        for layer in ("local", "remote"):
+        for layer in ("LOCAL", "REMOTE"):
             where = {"use_case": use_case, "layer": layer}
             requests = s.sum(f"{m}request_counter_total", where)
             misses = s.sum(f"{m}miss_counter_total", where)
@@ -78,13 +78,13 @@ def read_rows(registry: CollectorRegistry, calls: Counter[str], prefix: str = ""
             Row(
                 use_case=use_case,
                 calls=calls[use_case],
-                local_hits=hits["local"],
-                remote_hits=hits["remote"],
+                local_hits=hits["LOCAL"],
+                remote_hits=hits["REMOTE"],
                 shared=shared,
                 function_calls=function_calls,
-                local_hit_sec=lookup["local"] if hits["local"] else None,
-                remote_hit_sec=lookup["local"] + lookup["remote"] if hits["remote"] else None,
-                miss_sec=lookup["local"] + lookup["remote"] + function_mean if function_mean else None,
+                local_hit_sec=lookup["LOCAL"] if hits["LOCAL"] else None,
+                remote_hit_sec=lookup["LOCAL"] + lookup["REMOTE"] if hits["REMOTE"] else None,
+                miss_sec=lookup["LOCAL"] + lookup["REMOTE"] + function_mean if function_mean else None,
                 function_sec_total=s.sum(f"{m}fallback_timer_sum", where),
             )
         )

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from gcache.config import GCacheKeyConfig
 from gcache.local import MISS
-from gcache.metrics import LAYER_NONE
+from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import AsyncIO
-from gcache.readthrough.decisions import TIMING_MASK, Miss, _monotonic, _perf
+from gcache.readthrough.decisions import Miss, _monotonic, _perf
 from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
@@ -58,7 +58,7 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(id, pairs)
         if config is None:
             return await self.afunction(LAYER_NONE, func, args, kwargs)
-        local_ttl, remote_ttl = self.layers(config)
+        local_ttl = self.local_layer(config)
         if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
@@ -67,6 +67,7 @@ class AsyncDriver(AsyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         self.anote_blocking()
+        remote_ttl = self.remote_layer(config)  # LOCAL fell through: REMOTE is asked now
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
         if refresh:
             return await self.arefresh(m, func, args, kwargs)
@@ -180,11 +181,9 @@ class AsyncDriver(AsyncIO):
         remote = self.remote
         assert remote is not None
         self.m.request_remote.inc()
-        reads = self._reads
-        self._reads = reads + 1
         if self.unsigned_pickle:
             self.tell_unsigned_pickle()
-        timed = not reads & TIMING_MASK  # timing every read added a third to a hit's cost
+        timed = self.sample_every == 1 or self.timed_read()
         pttl = -1
         m.read_at = _monotonic()
         start = _perf() if timed else 0.0
@@ -201,13 +200,15 @@ class AsyncDriver(AsyncIO):
             else:
                 read, raw = None, await remote.aget(m.urn)
         except Exception as exc:
+            if timed:  # a failed lookup is a lookup: the timer's count stays the lookups'
+                self.m.get_remote.observe(_perf() - start)
             self.remote_error(exc, "remote read failed")
             m.remote_ttl = 0
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
         if raw is not None and len(raw) > self.read_limit:
-            self.m.miss("remote", "too_large").inc()
+            self.m.miss(LAYER_REMOTE, "too_large").inc()
             return MISS
         expired, flags = False, 0
         # The common hit, an untracked pickle without fail-safe, takes its payload at once.
@@ -229,13 +230,14 @@ class AsyncDriver(AsyncIO):
             else:
                 value = await self.aload_async_codec(payload, flags)
         except Exception as exc:
-            self.m.miss("remote", "undecodable").inc()
+            # An entry past its TTL counted its miss already ("expired"): only the reason here.
+            (self.m.miss_reason if expired else self.m.miss)(LAYER_REMOTE, "undecodable").inc()
             self.remote_error(exc, "stored value could not be loaded")
             return MISS
         if timed:
             self.m.load.observe(_perf() - start)
         if expired:
-            self.keep_stale(m, value, "remote")
+            self.keep_stale(m, value, LAYER_REMOTE)
             return MISS
         if m.local_ttl:
             self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)

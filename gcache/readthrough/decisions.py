@@ -22,7 +22,7 @@ from gcache._codec import Codec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.keys import GCacheKey, KeyBuilder, KeyPartWatch
 from gcache.local import MISS, LocalStore
-from gcache.metrics import LAYER_ALL, UseCaseMetrics
+from gcache.metrics import LAYER_CONFIG, LAYER_LOCAL, LAYER_REMOTE, UseCaseMetrics
 from gcache.readthrough.reporting import Reporting
 from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
@@ -36,7 +36,6 @@ __all__ = ["Decisions", "Miss"]
 
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
-TIMING_MASK = 15  # LOCAL lookups and REMOTE reads timed: the 1st, 17th, 33rd, ... of a use case
 _perf = time.perf_counter
 _monotonic = time.monotonic
 _random = random.random
@@ -136,8 +135,13 @@ class Decisions(Reporting):
         self.remote = runtime.remote
         self.m = metrics
         self.keys = keys
-        self._tick = 0  # LOCAL lookups so far
-        self._reads = 0  # REMOTE reads so far
+        # gcache_get_timer times every lookup, unless GCacheConfig.timer_sample_every asks for
+        # one in N (the 1st, N+1st, ... of a use case and layer).
+        self.sample_every = runtime.timer_sample_every
+        if self.sample_every > 1:
+            self.local_get = self.local_get_sampled  # type: ignore[method-assign]
+        self._tick = 0  # LOCAL lookups so far, when sampled
+        self._reads = 0  # REMOTE reads so far, when sampled
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:"
         self._key_tail = value_key_tail(use_case)
@@ -166,7 +170,7 @@ class Decisions(Reporting):
     def _resolved(self, provided: Any) -> GCacheKeyConfig | None:
         config = self.default_config if provided is None else provided
         if config is None:
-            self.m.disabled(LAYER_ALL, "missing_config").inc()
+            self._disabled_layers("missing_config")
             return None
         if not isinstance(config, GCacheKeyConfig):
             self._config_error(
@@ -176,54 +180,95 @@ class Decisions(Reporting):
         return config
 
     def _config_error(self, exc: BaseException) -> None:
-        self.m.disabled(LAYER_ALL, "config_error").inc()
-        self._error(LAYER_ALL, exc, "config provider failed")
+        self._disabled_layers("config_error")
+        self._error(LAYER_CONFIG, exc, "config provider failed")
+
+    def _disabled_layers(self, reason: str) -> None:
+        """A call without a config: counted for each layer, as the original counts it (every
+        layer it has falls through to the next)."""
+        self.m.disabled(LAYER_LOCAL, reason).inc()
+        if self.remote is not None:
+            self.m.disabled(LAYER_REMOTE, reason).inc()
 
     def layers(self, config: GCacheKeyConfig) -> tuple[float, float]:
-        """TTL of LOCAL and REMOTE for this call, 0 for a layer that sits it out.
+        """TTL of LOCAL and REMOTE for a direct put (both layers decided at once)."""
+        return self.local_layer(config), self.remote_layer(config)
 
-        A layer that is not set up (TTL 0) is out and nothing was ramped down; a layer at a ramp
-        of 100 is in without a random draw; only a ramp in between asks :meth:`_ramped`.
+    def local_layer(self, config: GCacheKeyConfig) -> float:
+        """LOCAL's TTL for this call, 0 when it sits the call out.
+
+        A layer missing from ``ttl_sec`` or ``ramp`` counts ``missing_config`` (the original's
+        rule); one set up with TTL 0 is out and counts nothing; at a ramp of 100 it is in without
+        a random draw; only a ramp in between asks :meth:`_ramped`.
         """
-        ttls, ramps = config.ttl_sec, config.ramp
-        local_ttl = ttls.get(_LOCAL, 0)
-        if local_ttl <= 0:
-            local_ttl = 0
-        elif ramps.get(_LOCAL, 0) < 100:
-            local_ttl = self._ramped(local_ttl, ramps.get(_LOCAL, 0), "local")
+        ttl = config.ttl_sec.get(_LOCAL)
+        ramp = config.ramp.get(_LOCAL)
+        if ttl is None or ramp is None:
+            self.m.disabled(LAYER_LOCAL, "missing_config").inc()
+            return 0
+        if ttl and ramp < 100:
+            return self._ramped(ttl, ramp, LAYER_LOCAL)
+        return ttl
+
+    def remote_layer(self, config: GCacheKeyConfig) -> float:
+        """REMOTE's TTL for this call (as :meth:`local_layer`), 0 also while the breaker is open.
+
+        Asked once LOCAL has fallen through, so a LOCAL hit counts nothing for REMOTE.
+        """
         remote = self.remote
         if remote is None:
-            return local_ttl, 0
-        remote_ttl = ttls.get(_REMOTE, 0)
-        if remote_ttl <= 0:
-            return local_ttl, 0
-        if ramps.get(_REMOTE, 0) < 100:
-            remote_ttl = self._ramped(remote_ttl, ramps.get(_REMOTE, 0), "remote")
-        if remote_ttl and remote.breaker.is_open:
-            self.m.disabled("remote", "server_down").inc()
-            return local_ttl, 0
-        return local_ttl, remote_ttl
+            return 0
+        ttl = config.ttl_sec.get(_REMOTE)
+        ramp = config.ramp.get(_REMOTE)
+        if ttl is None or ramp is None:
+            self.m.disabled(LAYER_REMOTE, "missing_config").inc()
+            return 0
+        if ttl and ramp < 100:
+            ttl = self._ramped(ttl, ramp, LAYER_REMOTE)
+        if ttl and remote.breaker.is_open:
+            self.m.disabled(LAYER_REMOTE, "server_down").inc()
+            return 0
+        return ttl
 
-    def _ramped(self, ttl: float, ramp: float, name: str) -> float:
+    def _ramped(self, ttl: float, ramp: float, layer: str) -> float:
         """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw; 0 (counted) otherwise."""
         if ramp <= 0 or _random() * 100 >= ramp:
-            self.m.disabled(name, "ramped_down").inc()
+            self.m.disabled(layer, "ramped_down").inc()
             return 0
         return ttl
 
     def local_get(self, urn: str, entity: str) -> Any:
+        """A LOCAL lookup: counted, timed (two clock reads and an observation of three C calls,
+        see metrics.FastHistogram), and its miss counted with its reason."""
+        m = self.m
+        m.request_local.inc()
+        start = _perf()
+        value, reason = self.local.get(urn, entity)
+        m.get_local.observe(_perf() - start)
+        if reason is not None:
+            m.miss(LAYER_LOCAL, reason).inc()
+        return value
+
+    def local_get_sampled(self, urn: str, entity: str) -> Any:
+        """:meth:`local_get` timing one lookup in ``timer_sample_every``."""
         self.m.request_local.inc()
         tick = self._tick
         self._tick = tick + 1
-        if tick & TIMING_MASK:
+        if tick % self.sample_every:
             value, reason = self.local.get(urn, entity)
-        else:  # timing costs more than the lookup: the first one, then one in 16, is measured
+        else:
             start = _perf()
             value, reason = self.local.get(urn, entity)
             self.m.get_local.observe(_perf() - start)
         if reason is not None:
-            self.m.miss("local", reason).inc()
+            self.m.miss(LAYER_LOCAL, reason).inc()
         return value
+
+    def timed_read(self) -> bool:
+        """Whether this REMOTE read is timed, when ``timer_sample_every`` samples them."""
+        reads = self._reads
+        self._reads = reads + 1
+        return not reads % self.sample_every
 
     def local_put(
         self, urn: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
@@ -232,7 +277,7 @@ class Decisions(Reporting):
         if refused is None:
             self.m.local_stored.inc()
         else:
-            self.m.write("local", refused).inc()
+            self.m.write(LAYER_LOCAL, refused).inc()
 
     def fresh(self, urn: str, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
         """The envelope of a remote entry that is not invalidated, or None (the miss is counted).
@@ -242,26 +287,26 @@ class Decisions(Reporting):
         is :meth:`expired`'s question.
         """
         if raw is None:
-            self.m.miss("remote", "not_found").inc()
+            self.m.miss(LAYER_REMOTE, "not_found").inc()
             return None
         try:
             env = _envelope.decode(raw)
         except _envelope.EnvelopeError as exc:
-            self.m.miss("remote", exc.reason).inc()
+            self.m.miss(LAYER_REMOTE, exc.reason).inc()
             return None
         signer = self.signer
         if signer is not None and not _envelope.signed_by(signer, urn, raw):
             self.bad_signature(urn, signer.knows(env.key_id), env.key_id == _envelope.NO_KEY_ID)
             return None
         if env.serializer_id != self.codec.serializer_id:
-            self.m.miss("remote", "serializer_mismatch").inc()
+            self.m.miss(LAYER_REMOTE, "serializer_mismatch").inc()
             return None
         if read is not None:
             if env.nonce != read.nonce:  # the fence it was written under was lost or replaced
-                self.m.miss("remote", "fence_mismatch").inc()
+                self.m.miss(LAYER_REMOTE, "fence_mismatch").inc()
                 return None
             if env.stamp_us <= read.watermark_us:
-                self.m.miss("remote", "invalidated").inc()
+                self.m.miss(LAYER_REMOTE, "invalidated").inc()
                 return None
         return env
 
@@ -272,7 +317,7 @@ class Decisions(Reporting):
         (a fail-safe entry kept as a stale value); None when there is nothing to load."""
         env = self.fresh(m.urn, raw, read)
         if env is None:
-            if raw is not None and m.stale_layer == "local":
+            if raw is not None and m.stale_layer == LAYER_LOCAL:
                 m.stale = MISS  # Redis holds a newer copy it refused: the LOCAL one is no better
             return None
         expired = self.expired(m, pttl_ms) if m.config.fail_safe_sec else False
@@ -284,7 +329,7 @@ class Decisions(Reporting):
         """Whether a fail-safe entry is past its TTL: it lives ``fail_safe_sec`` longer in Redis."""
         grace_ms = m.config.fail_safe_sec * 1000
         if grace_ms and 0 <= pttl_ms <= grace_ms:
-            self.m.miss("remote", "expired").inc()
+            self.m.miss(LAYER_REMOTE, "expired").inc()
             return True
         return False
 
@@ -296,7 +341,7 @@ class Decisions(Reporting):
         """Whether a payload is within ``max_value_bytes``; one that is not is counted."""
         limit = self.rt.max_value_bytes
         if limit is not None and len(payload) > limit:
-            self.m.write("remote", "too_large").inc()
+            self.m.write(LAYER_REMOTE, "too_large").inc()
             return False
         self.m.size.observe(len(payload))
         return True
@@ -344,7 +389,7 @@ class Decisions(Reporting):
         began = _monotonic() if tracked else 0.0
         m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first, began)
         if stale and config.fail_safe_sec and local_ttl:
-            self.keep_stale(m, self.local.get_stale(urn, entity), "local")
+            self.keep_stale(m, self.local.get_stale(urn, entity), LAYER_LOCAL)
         return m
 
     def write_ttls(self, m: Miss) -> tuple[float, float, float]:
@@ -354,7 +399,7 @@ class Decisions(Reporting):
         return m.local_ttl * scale, m.remote_ttl * scale, m.config.fail_safe_sec
 
     def wrote(self, result: int) -> bool:
-        self.m.write("remote", _WRITE_RESULTS.get(result, "unknown")).inc()
+        self.m.write(LAYER_REMOTE, _WRITE_RESULTS.get(result, "unknown")).inc()
         return result == 1
 
     def patience(self, m: Miss) -> float | None:

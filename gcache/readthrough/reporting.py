@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gcache.errors import KeyTooLongError, RemoteError
-from gcache.metrics import LAYER_ALL, LAYER_NONE, UseCaseMetrics
+from gcache.metrics import LAYER_GLOBAL, LAYER_KEY, LAYER_LOCAL, LAYER_NONE, LAYER_REMOTE, UseCaseMetrics
 
 if TYPE_CHECKING:
     from gcache.keys import KeyPartWatch
@@ -35,15 +35,15 @@ class Reporting:
     blocking_quiet_until = 0.0  # a sync call inside an event loop is told again from then on
 
     def key_error(self, exc: BaseException) -> None:
-        self._error(LAYER_ALL, exc, "could not build the cache key")
+        self._error(LAYER_KEY, exc, "could not build the cache key")
 
     def remote_error(self, exc: BaseException, what: str) -> None:
-        self._error("remote", exc, what)
+        self._error(LAYER_REMOTE, exc, what)
 
     def _error(self, layer: str, exc: BaseException, what: str) -> None:
         cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
         kind = type(cause).__name__
-        self.m.error(layer, kind, "false").inc()
+        self.m.error(layer, kind, "False").inc()  # in_fallback, as str(False)
         self.rt.errors.warning(
             (self.use_case, layer, kind),
             f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; served uncached",
@@ -52,7 +52,7 @@ class Reporting:
 
     def bad_signature(self, urn: str, known_key: bool, unsigned: bool) -> None:
         """An entry refused before it was loaded: told (rate-limited), as it may be an attack."""
-        self.m.miss("remote", "bad_signature").inc()
+        self.m.miss(LAYER_REMOTE, "bad_signature").inc()
         if unsigned:
             why = "it is unsigned (written without signing keys, e.g. before signing was turned on)"
         elif known_key:
@@ -101,7 +101,7 @@ class Reporting:
             )
 
     def used_after_close(self) -> None:
-        self.m.disabled(LAYER_ALL, "closed").inc()
+        self.m.disabled(LAYER_GLOBAL, "closed").inc()
         self.rt.errors.once(
             ("closed", self.use_case),
             f"use case {self.use_case!r} called after its GCache (prefix {self.rt.prefix!r}) was "
@@ -110,8 +110,8 @@ class Reporting:
         )
 
     def function_failed(self, layer: str, exc: BaseException) -> None:
-        self.m.error(layer, type(exc).__name__, "true").inc()
+        self.m.error(layer, type(exc).__name__, "True").inc()
 
     @staticmethod
     def fallback_layer(local_ttl: float, remote_ttl: float) -> str:
-        return "remote" if remote_ttl else ("local" if local_ttl else LAYER_NONE)
+        return LAYER_REMOTE if remote_ttl else (LAYER_LOCAL if local_ttl else LAYER_NONE)

@@ -49,6 +49,7 @@ class Runtime:
         max_key_length: int = 4096,
         signer: Signer | None = None,
         hasher: PartHasher | None = None,
+        timer_sample_every: int = 1,
     ) -> None:
         self.prefix = prefix
         self.signer = signer  # None: entries are neither signed nor checked
@@ -56,6 +57,7 @@ class Runtime:
         self.config_reuse_sec = config_reuse_sec
         self.max_value_bytes = max_value_bytes
         self.max_key_length = max_key_length
+        self.timer_sample_every = timer_sample_every  # gcache_get_timer: 1 lookup in N timed
         self.enabled = enabled
         self.provider = provider
         self.remote = remote

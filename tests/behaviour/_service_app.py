@@ -64,8 +64,8 @@ def health() -> dict[str, Any]:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
-    requests = value("gcache_request_counter_total", layer="local")
-    misses = value("gcache_miss_counter_total", layer="local")
+    requests = value("gcache_request_counter_total", layer="LOCAL")
+    misses = value("gcache_miss_counter_total", layer="LOCAL")
     return {
         "pid": os.getpid(),
         "bus_subscribed": cache.bus_subscribed,

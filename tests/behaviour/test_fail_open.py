@@ -40,6 +40,7 @@ BOTH = GCacheKeyConfig.enabled(60)
 FAST = {"socket_timeout": 0.2, "socket_connect_timeout": 0.2}
 ERRORS = "gcache_error_counter_total"
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 
 Call = Callable[[str], Awaitable[Any]]
 
@@ -177,7 +178,7 @@ async def test_calls_served_uncached_and_caching_resumes_when_redis_killed_and_r
             server.kill()
             assert await get("1") == {"uid": "1", "n": 2}
             assert await get("1") == {"uid": "1", "n": 3}
-            assert sample(registry, ERRORS, use_case="Down", layer="remote", in_fallback="false") > 0
+            assert sample(registry, ERRORS, use_case="Down", layer="REMOTE", in_fallback="False") > 0
 
             server.start()  # same port, empty
             for _ in range(3):
@@ -208,8 +209,8 @@ async def test_calls_served_uncached_when_connection_refused(
         # LOCAL still works while REMOTE is refused.
         assert await get("1") == {"uid": "1", "n": 1}
     assert calls == ["1", "2"]
-    assert sample(registry, ERRORS, use_case="Refused", layer="remote", in_fallback="false") == 2
-    assert sample(registry, "gcache_request_counter_total", use_case="Refused", layer="remote") == 2
+    assert sample(registry, ERRORS, use_case="Refused", layer="REMOTE", in_fallback="False") == 2
+    assert sample(registry, "gcache_request_counter_total", use_case="Refused", layer="REMOTE") == 2
 
 
 async def test_calls_return_within_bound_when_server_hangs(
@@ -224,7 +225,7 @@ async def test_calls_return_within_bound_when_server_hangs(
         assert await get("1") == {"uid": "1", "n": 1}
         assert await get("1") == {"uid": "1", "n": 2}
     assert time.monotonic() - start < 5  # generous: two calls with a 0.2 s socket timeout
-    assert sample(registry, ERRORS, use_case="Hang", layer="remote", in_fallback="false") == 2
+    assert sample(registry, ERRORS, use_case="Hang", layer="REMOTE", in_fallback="False") == 2
 
 
 # -- garbage in Redis --------------------------------------------------------------------------
@@ -246,7 +247,7 @@ async def test_foreign_value_is_a_miss_and_rewritten_when_key_holds_non_gcache_b
         assert pickle.loads(raw[_envelope.HEADER_SIZE :]) == {"uid": "1", "n": 1}
         assert await get("1") == {"uid": "1", "n": 1}  # now a REMOTE hit
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="Foreign", layer="remote", reason="foreign") == 1
+    assert sample(registry, MISS_REASONS, use_case="Foreign", layer="REMOTE", reason="foreign") == 1
 
 
 async def test_tracked_foreign_value_is_a_miss_and_rewritten_when_key_holds_non_gcache_bytes(
@@ -264,7 +265,7 @@ async def test_tracked_foreign_value_is_a_miss_and_rewritten_when_key_holds_non_
         assert raw.startswith(b"gC")
         assert await get("1") == {"uid": "1", "n": 1}
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="ForeignT", layer="remote", reason="foreign") == 1
+    assert sample(registry, MISS_REASONS, use_case="ForeignT", layer="REMOTE", reason="foreign") == 1
 
 
 async def test_error_counted_and_call_served_when_value_key_has_wrong_type(
@@ -278,7 +279,7 @@ async def test_error_counted_and_call_served_when_value_key_has_wrong_type(
         assert await get("1") == {"uid": "1", "n": 1}
         assert await get("1") == {"uid": "1", "n": 2}
     assert calls == ["1", "1"]
-    assert sample(registry, ERRORS, use_case="WrongType", layer="remote", in_fallback="false") == 2
+    assert sample(registry, ERRORS, use_case="WrongType", layer="REMOTE", in_fallback="False") == 2
 
 
 async def test_undecodable_miss_and_rewrite_when_payload_is_broken(
@@ -299,8 +300,8 @@ async def test_undecodable_miss_and_rewrite_when_payload_is_broken(
         assert pickle.loads(_envelope.decode(raw).payload) == {"uid": "1", "n": 1}
         assert await get("1") == {"uid": "1", "n": 1}
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="Broken", layer="remote", reason="undecodable") == 1
-    assert sample(registry, ERRORS, use_case="Broken", layer="remote", in_fallback="false") == 1
+    assert sample(registry, MISS_REASONS, use_case="Broken", layer="REMOTE", reason="undecodable") == 1
+    assert sample(registry, ERRORS, use_case="Broken", layer="REMOTE", in_fallback="False") == 1
 
 
 # -- rate-limited logging ----------------------------------------------------------------------
@@ -331,7 +332,7 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
     with cache.enable():
         for i in range(20):
             assert await get(str(i)) == {"uid": str(i), "n": i + 1}
-        assert sample(registry, ERRORS, use_case="Logged", layer="remote") == 20
+        assert sample(registry, ERRORS, use_case="Logged", layer="REMOTE") == 20
         warnings = [r for r in handler.records if r.levelno == logging.WARNING]
         assert len(warnings) == 2
         assert "unsigned" in warnings[0].getMessage()  # the first REMOTE use of pickle, once
@@ -343,7 +344,7 @@ async def test_one_log_line_per_kind_when_errors_repeat_within_interval(
     warnings = [r for r in handler.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3
     assert "key" in warnings[2].getMessage()
-    assert sample(registry, ERRORS, use_case="Logged", layer="all", error="ValueError") == 5
+    assert sample(registry, ERRORS, use_case="Logged", layer="key creation", error="ValueError") == 5
 
 
 # -- management operations are explicit --------------------------------------------------------
@@ -369,14 +370,14 @@ async def test_invalidate_raises_and_tracked_local_is_not_served_when_redis_dies
             assert await get("1") == {"uid": "1", "n": 3}
             assert await get("1") == {"uid": "1", "n": 4}
             assert await untracked("1") == {"uid": "1", "n": 2}
-            errors = sample(registry, ERRORS, layer="remote")
+            errors = sample(registry, ERRORS, layer="REMOTE")
             with pytest.raises(RemoteError):
                 await invalidate(cache, is_async, "user_id", "1")
-            assert sample(registry, ERRORS, layer="remote") == errors + 1
+            assert sample(registry, ERRORS, layer="REMOTE") == errors + 1
     dropped = "gcache_local_dropped_counter_total"
     assert sample(registry, dropped, use_case="Inval", reason="bus_down") == 1
-    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="local") == 1
-    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="remote") == 0
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="LOCAL") == 1
+    assert sample(registry, "gcache_invalidation_counter_total", key_type="user_id", layer="REMOTE") == 0
 
 
 async def test_flushall_raises_and_still_clears_local_when_redis_down(
@@ -390,10 +391,10 @@ async def test_flushall_raises_and_still_clears_local_when_redis_down(
     with cache.enable():
         assert await untracked("1") == {"uid": "1", "n": 1}
         assert await untracked("1") == {"uid": "1", "n": 1}
-        errors = sample(registry, ERRORS, layer="remote")
+        errors = sample(registry, ERRORS, layer="REMOTE")
         with pytest.raises(RemoteError):
             await flushall(cache, is_async)
-        assert sample(registry, ERRORS, layer="remote") == errors + 1
+        assert sample(registry, ERRORS, layer="REMOTE") == errors + 1
         assert await untracked("1") == {"uid": "1", "n": 2}
 
 
@@ -426,7 +427,7 @@ async def test_put_does_not_raise_and_fills_local_when_redis_down(
             value = await asyncio.to_thread(put_and_get)
     assert value == "put-value"
     assert fallbacks == []
-    assert sample(registry, ERRORS, use_case="Direct", layer="remote", in_fallback="false") == 1
+    assert sample(registry, ERRORS, use_case="Direct", layer="REMOTE", in_fallback="False") == 1
 
 
 # -- key-building errors -----------------------------------------------------------------------
@@ -444,7 +445,10 @@ async def test_call_served_and_error_counted_when_id_extractor_raises(
         assert await get("bad") == {"uid": "bad", "n": 1}
         assert await get("bad") == {"uid": "bad", "n": 2}
     assert (
-        sample(registry, ERRORS, use_case="KeyErr", layer="all", error="ValueError", in_fallback="false") == 2
+        sample(
+            registry, ERRORS, use_case="KeyErr", layer="key creation", error="ValueError", in_fallback="False"
+        )
+        == 2
     )
     assert sample(registry, "gcache_request_counter_total", use_case="KeyErr") == 0
     assert redis_client.keys("*KeyErr*") == []
@@ -474,6 +478,6 @@ async def test_error_label_names_redis_exception_when_connection_refused(
         s.labels["error"]
         for m in registry.collect()
         for s in m.samples
-        if s.name == ERRORS and s.labels["layer"] == "remote"
+        if s.name == ERRORS and s.labels["layer"] == "REMOTE"
     }
     assert labels == {"ConnectionError"}

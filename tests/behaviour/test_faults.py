@@ -10,7 +10,7 @@ What holds in every scenario, for a sync and an async cached function:
 - a cached call never raises because of Redis: it returns the function's value;
 - while Redis is unreachable or not answering, at most ``breaker_failures`` lookups pay the read
   deadline (``read_timeout_sec``), then the breaker opens and REMOTE is skipped at no cost,
-  counted as ``disabled{layer="remote", reason="server_down"}``;
+  counted as ``disabled{layer="REMOTE", reason="server_down"}``;
 - a background probe closes the breaker when Redis answers again, and caching resumes by itself;
 - a full Redis (writes refused with OOM) is not an outage: the errors are counted, reads go on.
 
@@ -87,22 +87,22 @@ class Subject:
         return self.metric(TRANSITIONS, state=state)
 
     def server_down(self) -> float:
-        return self.metric(DISABLED, use_case=USE_CASE, layer="remote", reason="server_down")
+        return self.metric(DISABLED, use_case=USE_CASE, layer="REMOTE", reason="server_down")
 
     def errors(self, **labels: str) -> float:
-        return self.metric(ERRORS, use_case=USE_CASE, layer="remote", in_fallback="false", **labels)
+        return self.metric(ERRORS, use_case=USE_CASE, layer="REMOTE", in_fallback="False", **labels)
 
     def error_kinds(self) -> dict[str, float]:
         """REMOTE errors so far by exception class, for failure messages."""
         kinds: dict[str, float] = {}
         for metric in self.registry.collect():
             for s in metric.samples:
-                if s.name == ERRORS and s.labels.get("layer") == "remote" and s.value:
+                if s.name == ERRORS and s.labels.get("layer") == "REMOTE" and s.value:
                     kinds[s.labels["error"]] = kinds.get(s.labels["error"], 0) + s.value
         return kinds
 
     def remote_requests(self) -> float:
-        return self.metric(REQUESTS, use_case=USE_CASE, layer="remote")
+        return self.metric(REQUESTS, use_case=USE_CASE, layer="REMOTE")
 
     async def fresh(self, uid: str) -> float:
         """Call once; assert the function ran and its value came back. Returns the call's seconds."""

@@ -42,6 +42,7 @@ ALL_LAYERS = pytest.mark.parametrize("layers", ["local", "remote", "both"])
 
 WRITES = "gcache_write_counter_total"
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 INVALIDATIONS = "gcache_invalidation_counter_total"
 
 
@@ -212,12 +213,12 @@ async def test_invalidation_during_computation_returns_value_but_does_not_store_
         fn.invalidate_next = ("1", 0)
         assert await fn("1") == ("1", 0, 1)  # the caller gets its value...
         assert redis_client.exists(value_key("Racy", "1")) == 0  # ...but it is not stored
-        assert sample(registry, WRITES, layer="remote", use_case="Racy", result="invalidated") == 1
-        assert sample(registry, WRITES, layer="remote", use_case="Racy", result="stored") == 0
+        assert sample(registry, WRITES, layer="REMOTE", use_case="Racy", result="invalidated") == 1
+        assert sample(registry, WRITES, layer="REMOTE", use_case="Racy", result="stored") == 0
 
         assert await fn("1") == ("1", 0, 2)  # recomputed
         assert await fn("1") == ("1", 0, 2)  # and cached from now on
-    assert sample(registry, WRITES, layer="remote", use_case="Racy", result="stored") == 1
+    assert sample(registry, WRITES, layer="REMOTE", use_case="Racy", result="stored") == 1
     assert redis_client.exists(value_key("Racy", "1")) == 1
 
 
@@ -255,7 +256,7 @@ async def test_invalidation_from_other_instance_during_computation_is_not_stored
         assert redis_client.exists(value_key("Racy", "1")) == 0
         assert await fn("1") == ("1", 0, 2)
         assert await fn("1") == ("1", 0, 2)
-    assert sample(registry, WRITES, layer="remote", use_case="Racy", result="invalidated") == 1
+    assert sample(registry, WRITES, layer="REMOTE", use_case="Racy", result="invalidated") == 1
 
 
 @MODES
@@ -275,7 +276,7 @@ async def test_invalidation_during_computation_is_not_stored_locally(
         assert await fn("1") == ("1", 0, 1)
         assert await fn("1") == ("1", 0, 2)  # nothing was kept: recomputed
         assert await fn("1") == ("1", 0, 2)
-    assert sample(registry, WRITES, use_case="RacyLocal", layer="local", result="invalidated") == 1
+    assert sample(registry, WRITES, use_case="RacyLocal", layer="LOCAL", result="invalidated") == 1
     assert redis_client.keys("*RacyLocal*") == []
 
 
@@ -313,7 +314,7 @@ async def test_missing_fence_recomputes_instead_of_serving(
         assert await fn("1") == ("1", 0, 2)
         # The next read finds no fence and creates one with a new nonce: the entry, written
         # under the lost fence, no longer matches it.
-        assert sample(registry, MISSES, use_case="Fenced", layer="remote", reason="fence_mismatch") == 1
+        assert sample(registry, MISS_REASONS, use_case="Fenced", layer="REMOTE", reason="fence_mismatch") == 1
         assert await fn("1") == ("1", 0, 2)  # rewritten under a new fence, served again
 
     new_nonce = redis_client.hget(fence_key("1"), "n")
@@ -336,7 +337,7 @@ async def test_replaced_fence_recomputes_instead_of_serving(
         redis_client.hset(fence_key("1"), mapping={"n": b"OTHERNON", "w": "0"})  # a new fence, w=0
 
         assert await fn("1") == ("1", 0, 2)
-        assert sample(registry, MISSES, use_case="Fenced", layer="remote", reason="fence_mismatch") == 1
+        assert sample(registry, MISS_REASONS, use_case="Fenced", layer="REMOTE", reason="fence_mismatch") == 1
         assert await fn("1") == ("1", 0, 2)
 
     raw = stored(redis_client, value_key("Fenced", "1"))
@@ -357,7 +358,9 @@ async def test_invalidated_remote_entry_is_counted_as_invalidated_miss(
         await fn("1")
         await invalidate(writer, mode, "user_id", "1")
         await other("1")
-    assert sample(reader_registry, MISSES, use_case="Counted", layer="remote", reason="invalidated") == 1
+    assert (
+        sample(reader_registry, MISS_REASONS, use_case="Counted", layer="REMOTE", reason="invalidated") == 1
+    )
 
 
 # -- future buffer --------------------------------------------------------------------------------
@@ -383,12 +386,12 @@ async def test_future_buffer_values_computed_within_buffer_are_not_served(
         within = [await fn("1") for _ in range(3)]
         assert time.monotonic() - start < 0.4, "too slow to land inside the buffer"
         assert within == [("1", 0, 2), ("1", 0, 3), ("1", 0, 4)]
-        assert sample(registry, WRITES, layer="remote", use_case="Lagging", result="invalidated") == 3
+        assert sample(registry, WRITES, layer="REMOTE", use_case="Lagging", result="invalidated") == 3
 
         await asyncio.sleep(max(0.0, start + 0.45 - time.monotonic()))
         assert await fn("1") == ("1", 0, 5)  # computed after the buffer: stored
         assert await fn("1") == ("1", 0, 5)
-    assert sample(registry, WRITES, layer="remote", use_case="Lagging", result="stored") == 2
+    assert sample(registry, WRITES, layer="REMOTE", use_case="Lagging", result="stored") == 2
     raw = stored(redis_client, value_key("Lagging", "1"))
     assert envelope.decode(raw).stamp_us > int(redis_client.hget(fence_key("1"), "w") or 0)
 
@@ -457,8 +460,8 @@ async def test_invalidate_local_only_cache_recomputes_next_call_at_once(
     # The invalidation freed the entry at once: the next lookup finds nothing.
     dropped = "gcache_local_dropped_counter_total"
     assert sample(registry, dropped, use_case="LocalOnly", key_type="user_id", reason="invalidated") == 1
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="local") == 1
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="remote") == 0
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="LOCAL") == 1
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="REMOTE") == 0
 
 
 # -- two instances on one Redis (two processes) ---------------------------------------------------
@@ -498,15 +501,15 @@ async def test_invalidation_counter_counts_each_invalidate_per_layer_and_key_typ
     cache = make_cache()
 
     await invalidate(cache, mode, "user_id", "1")
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="local") == 1
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="remote") == 1
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="LOCAL") == 1
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="REMOTE") == 1
 
     await invalidate(cache, mode, "user_id", "2", future_buffer_ms=10)
     await invalidate(cache, mode, "org_id", "1")
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="local") == 2
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="remote") == 2
-    assert sample(registry, INVALIDATIONS, key_type="org_id", layer="local") == 1
-    assert sample(registry, INVALIDATIONS, key_type="org_id", layer="remote") == 1
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="LOCAL") == 2
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="REMOTE") == 2
+    assert sample(registry, INVALIDATIONS, key_type="org_id", layer="LOCAL") == 1
+    assert sample(registry, INVALIDATIONS, key_type="org_id", layer="REMOTE") == 1
     # an entity with nothing cached still gets a fence, and it expires
     for key in (fence_key("1"), fence_key("2"), fence_key("1", "org_id")):
         assert redis_client.pttl(key) > 0
@@ -720,8 +723,8 @@ async def test_slow_computation_beyond_compute_limit_is_returned_but_not_stored(
         assert await slow("1") == 1
         assert redis_client.exists(value_key("Slow", "1")) == 0
         assert await slow("1") == 2
-    assert sample(registry, WRITES, layer="remote", use_case="Slow", result="too_slow") == 2
-    assert sample(registry, WRITES, layer="remote", use_case="Slow", result="stored") == 0
+    assert sample(registry, WRITES, layer="REMOTE", use_case="Slow", result="too_slow") == 2
+    assert sample(registry, WRITES, layer="REMOTE", use_case="Slow", result="stored") == 0
 
 
 @MODES
@@ -743,8 +746,8 @@ async def test_invalidate_when_redis_down_raises_remote_error_and_tracked_local_
             await invalidate(cache, mode, "user_id", "1")
         assert info.value.operation == "invalidate"
         assert await fn("1") == ("1", 0, 3)
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="local") == 1
-    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="remote") == 0
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="LOCAL") == 1
+    assert sample(registry, INVALIDATIONS, key_type="user_id", layer="REMOTE") == 0
     assert (
-        sample(registry, "gcache_error_counter_total", use_case="", key_type="user_id", layer="remote") == 1
+        sample(registry, "gcache_error_counter_total", use_case="", key_type="user_id", layer="REMOTE") == 1
     )

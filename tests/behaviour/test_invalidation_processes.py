@@ -370,8 +370,8 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
         print(
             f"worker {i}: {len(reads[i])} reads, {outage} during the outage, "
             f"{sum(1 for r in after if not r.computed)} of {len(after)} served by the cache after the "
-            f"restart; hits local {hits(summaries[i], 'local'):.0f} "
-            f"remote {hits(summaries[i], 'remote'):.0f}, "
+            f"restart; hits local {hits(summaries[i], 'LOCAL'):.0f} "
+            f"remote {hits(summaries[i], 'REMOTE'):.0f}, "
             f"bus reconnects {metric(summaries[i], 'gcache_bus_reconnect_counter_total'):.0f}, mean bus "
             f"lag {mean_bus_lag(summaries[i]) * 1000:.2f} ms, max window "
             f"{max(windows[i]) * 1000:.2f} ms"
@@ -392,8 +392,8 @@ async def test_workers_stop_serving_invalidated_version_within_bound_across_cach
         after = [r for r in reads[i] if r.start > restarted_at + 1.0]
         assert len(during) > 0, f"worker {i} stopped serving while the cache's Redis was down"
         assert any(not r.computed for r in after), f"worker {i} served nothing from the cache after restart"
-        assert hits(summaries[i], "local") > 0
-        assert hits(summaries[i], "remote") > 0
+        assert hits(summaries[i], "LOCAL") > 0
+        assert hits(summaries[i], "REMOTE") > 0
         assert metric(summaries[i], "gcache_bus_reconnect_counter_total") >= 1
         assert summaries[i]["bus_subscribed"] is True
     assert cached_again, "no entry was written to the cache's Redis after it restarted"
@@ -472,5 +472,5 @@ async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_
         after = [r for r in reads[i] if r.start > restarted_at + 1.0]
         assert any(not r.computed for r in after), f"worker {i} served nothing from the cache after restart"
         assert sum(1 for r in reads[i] if killed_at < r.start < restarted_at) > 0
-        assert hits(summaries[i], "remote") > 0
+        assert hits(summaries[i], "REMOTE") > 0
     assert sum(merged.values()) > 0

@@ -453,9 +453,9 @@ def served(registry: CollectorRegistry, use_case: str, reads: int) -> Served:
 
     refused = sum(
         sample(registry, WRITES, use_case=use_case, layer=layer, result="invalidated")
-        for layer in ("local", "remote")
+        for layer in ("LOCAL", "REMOTE")
     )
-    local, remote = hits("local"), hits("remote")
+    local, remote = hits("LOCAL"), hits("REMOTE")
     joined = int(sample(registry, "gcache_single_flight_counter_total", use_case=use_case, result="joined"))
     merged = int(
         sample(registry, "gcache_single_flight_counter_total", use_case=use_case, result="read_merged")

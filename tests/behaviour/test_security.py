@@ -33,6 +33,7 @@ FAIL_SAFE = GCacheKeyConfig(
     fail_safe_sec=60,
 )
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 ERRORS = "gcache_error_counter_total"
 MiB = 1024 * 1024
 SLACK = 256 * 1024  # what else Redis sends the process around a read: replies, INFO's own
@@ -91,7 +92,7 @@ async def test_a_planted_value_larger_than_max_value_bytes_is_a_miss_never_loade
 
     with cache.enable():
         assert await call(fn, "1") == "user 1"  # the function's, not the planted 50 kB
-        assert sample(registry, MISSES, use_case="Planted", layer="remote", reason="too_large") == 1
+        assert sample(registry, MISS_REASONS, use_case="Planted", layer="REMOTE", reason="too_large") == 1
         assert redis_client.strlen(urn) < 1_000  # rewritten with the function's value
         assert await call(fn, "1") == "user 1"  # a LOCAL hit now
 
@@ -132,7 +133,7 @@ async def test_a_planted_giant_is_read_bounded_a_too_large_miss_and_no_redis_fai
         assert await call(fn, "1") == "user 1"  # a LOCAL hit
 
     assert calls == ["2", "1"]
-    assert sample(registry, MISSES, use_case=use_case, layer="remote", reason="too_large") == 1
+    assert sample(registry, MISS_REASONS, use_case=use_case, layer="REMOTE", reason="too_large") == 1
     assert_no_redis_failure(cache, registry, use_case)
     limit = MiB + envelope.HEADER_SIZE
     assert limit < sent < limit + SLACK  # the limit and one byte, not 64 MiB
@@ -163,7 +164,7 @@ async def test_direct_access_to_a_planted_giant_is_read_bounded_and_a_too_large_
             assert cache.get(key, lambda: "fallback") == "fallback"
         sent = net_output_bytes(redis_client) - sent_before
 
-    assert sample(registry, MISSES, use_case="Direct", layer="remote", reason="too_large") == 1
+    assert sample(registry, MISS_REASONS, use_case="Direct", layer="REMOTE", reason="too_large") == 1
     assert_no_redis_failure(cache, registry, "Direct")
     assert sent < MiB + envelope.HEADER_SIZE + SLACK
     assert redis_client.strlen(urn) < 1_000
@@ -193,7 +194,7 @@ async def test_a_planted_256_mib_value_costs_the_default_read_no_deadline_and_op
             sent += net_output_bytes(redis_client) - sent_before
 
     assert len(calls) == 5
-    assert sample(registry, MISSES, use_case=use_case, layer="remote", reason="too_large") == 5
+    assert sample(registry, MISS_REASONS, use_case=use_case, layer="REMOTE", reason="too_large") == 5
     assert_no_redis_failure(cache, registry, use_case)
     limit = 4 * MiB + envelope.HEADER_SIZE
     assert 5 * limit < sent < 5 * (limit + SLACK)

@@ -28,6 +28,7 @@ from tests.test_serializers import _Payload
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 K1 = "first-signing-key-0123456789"
 K2 = "second-signing-key-0123456789"
 
@@ -113,7 +114,7 @@ async def test_a_planted_pickle_never_runs_with_signing_on(
         assert envelope.signed_by(Signer([K1.encode()]), urn, raw)  # rewritten, signed
         assert pickle.loads(envelope.decode(raw).payload) == {"user": "1", "is_admin": False}
     assert calls == ["1", "1", "1"]
-    assert sample(registry, MISSES, use_case="Signed", layer="remote", reason="bad_signature") == 3
+    assert sample(registry, MISS_REASONS, use_case="Signed", layer="REMOTE", reason="bad_signature") == 3
     with cache.enable():
         assert await call(fn, "1") == {"user": "1", "is_admin": False}
     assert calls == ["1", "1", "1"]  # the rewritten entry is a hit
@@ -135,7 +136,7 @@ async def test_a_forged_value_is_not_served_under_json_either(
     with cache.enable():
         assert await call(fn, "1") == {"user": "1", "is_admin": False}
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="Json", layer="remote", reason="bad_signature") == 1
+    assert sample(registry, MISS_REASONS, use_case="Json", layer="REMOTE", reason="bad_signature") == 1
 
 
 async def test_an_entry_copied_to_another_key_is_refused(
@@ -158,7 +159,7 @@ async def test_an_entry_copied_to_another_key_is_refused(
         assert await call(fn, "2") == {"user": "2", "is_admin": False}  # not user 1's
 
     assert calls == ["1", "2"]
-    assert sample(registry, MISSES, use_case="Copy", layer="remote", reason="bad_signature") == 1
+    assert sample(registry, MISS_REASONS, use_case="Copy", layer="REMOTE", reason="bad_signature") == 1
 
 
 async def test_keys_rotate_without_a_flag_day(
@@ -227,7 +228,7 @@ async def test_an_entry_of_the_previous_format_is_a_miss_and_rewritten(
         assert await call(fn, "1") == {"user": "1", "is_admin": False}
         assert await call(fn, "1") == {"user": "1", "is_admin": False}
     assert calls == ["1"]
-    assert sample(registry, MISSES, use_case="Old", layer="remote", reason="version") == 1
+    assert sample(registry, MISS_REASONS, use_case="Old", layer="REMOTE", reason="version") == 1
     raw = redis_client.get(urn_of("Old"))
     assert isinstance(raw, bytes)
     assert raw[2] == envelope.VERSION
@@ -269,4 +270,6 @@ async def test_signed_direct_access_round_trips_and_refuses_a_planted_entry(
     plant(redis_client, key.urn, pickle.dumps("forged"), 0, mac=None, kid=envelope.NO_KEY_ID)
     assert await get(reader) == "computed"
     assert fallbacks == ["ran"]
-    assert sample(reader_registry, MISSES, use_case="Direct", layer="remote", reason="bad_signature") == 1
+    assert (
+        sample(reader_registry, MISS_REASONS, use_case="Direct", layer="REMOTE", reason="bad_signature") == 1
+    )

@@ -113,7 +113,17 @@ async def test_provider_errors_are_not_reused(
         assert await get("1") == "1"
         assert await get("1") == "1"
         assert provider.calls == 3
-    assert sample(registry, "gcache_disabled_counter_total", use_case="Flaky", reason="config_error") == 2
+    for layer in ("LOCAL", "REMOTE"):  # each failed answer, counted for each layer
+        assert (
+            sample(
+                registry,
+                "gcache_disabled_counter_total",
+                use_case="Flaky",
+                layer=layer,
+                reason="config_error",
+            )
+            == 2
+        )
 
 
 async def test_provider_asked_on_every_call_by_default(make_cache: Callable[..., GCache]) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import sample, wait_until
 
 STALE = "gcache_stale_served_counter_total"
 MISSES = "gcache_miss_counter_total"
+MISS_REASONS = "gcache_miss_reason_counter_total"
 ERRORS = "gcache_error_counter_total"
 WRITES = "gcache_write_counter_total"
 FLIGHTS = "gcache_single_flight_counter_total"
@@ -195,15 +196,22 @@ async def test_stale_value_served_when_function_fails_after_ttl_within_grace(
         assert await get("1") == first
         assert source.calls == 2
 
-        assert sample(registry, STALE, use_case="Stale", layer=layer, reason="function_error") == 1
+        assert sample(registry, STALE, use_case="Stale", layer=layer.upper(), reason="function_error") == 1
         assert sample(registry, STALE, use_case="Stale") == 1
         # The function's error is still counted, though the caller did not see it.
         assert (
-            sample(registry, ERRORS, use_case="Stale", layer=layer, error="SourceDown", in_fallback="true")
+            sample(
+                registry,
+                ERRORS,
+                use_case="Stale",
+                layer=layer.upper(),
+                error="SourceDown",
+                in_fallback="True",
+            )
             == 1
         )
         if layer == "remote":
-            assert sample(registry, MISSES, use_case="Stale", layer="remote", reason="expired") == 1
+            assert sample(registry, MISS_REASONS, use_case="Stale", layer="REMOTE", reason="expired") == 1
             assert redis_client.exists(key) == 1
             assert stored_value(redis_client, key) == first  # serving stale rewrote nothing
 
@@ -249,7 +257,7 @@ async def test_function_error_propagates_without_fail_safe_and_past_ttl_plus_gra
     assert source.calls == 4
     assert sample(registry, STALE) == 0
     for use_case in ("Plain", "Graced"):
-        assert sample(registry, ERRORS, use_case=use_case, layer=layer, in_fallback="true") == 1
+        assert sample(registry, ERRORS, use_case=use_case, layer=layer.upper(), in_fallback="True") == 1
 
 
 # -- never serve invalidated data --------------------------------------------------------------
@@ -285,11 +293,11 @@ async def test_invalidated_entry_never_served_stale_when_function_fails(
         # Control: the entity nobody invalidated is served stale.
         assert await get("3") == {"uid": "3", "n": 3}
     assert sample(registry, STALE, use_case="Inv") == 1
-    assert sample(registry, ERRORS, use_case="Inv", in_fallback="true") == 3
+    assert sample(registry, ERRORS, use_case="Inv", in_fallback="True") == 3
     if layer == "remote":
         # The old values are still in Redis: refused by the watermark, not by their absence.
         assert redis_client.exists(value_key("Inv", "1"), value_key("Inv", "2")) == 2
-        assert sample(registry, MISSES, use_case="Inv", layer="remote", reason="invalidated") == 2
+        assert sample(registry, MISS_REASONS, use_case="Inv", layer="REMOTE", reason="invalidated") == 2
 
 
 @pytest.mark.parametrize("layer", ["local", "remote"])
@@ -348,7 +356,9 @@ async def test_stale_local_copy_not_served_when_remote_read_shows_entity_invalid
                 await get("1")
         finally:
             # The read did see the invalidation.
-            assert sample(registry, MISSES, use_case="InvLag", layer="remote", reason="invalidated") == 1
+            assert (
+                sample(registry, MISS_REASONS, use_case="InvLag", layer="REMOTE", reason="invalidated") == 1
+            )
     assert sample(registry, STALE, use_case="InvLag") == 0
 
 
@@ -404,11 +414,11 @@ async def test_soft_timeout_serves_stale_and_function_refreshes_in_background(
         assert value == {"uid": "1", "n": 1}
         assert source.calls == 2
         assert source.finished == 1  # the second run is still going
-        assert sample(registry, STALE, use_case="Soft", layer=layer, reason="soft_timeout") == 1
+        assert sample(registry, STALE, use_case="Soft", layer=layer.upper(), reason="soft_timeout") == 1
 
         # The function finishes in the background and its value refreshes the cache.
         await eventually(
-            lambda: sample(registry, WRITES, use_case="Soft", layer=layer, result="stored") == 2,
+            lambda: sample(registry, WRITES, use_case="Soft", layer=layer.upper(), result="stored") == 2,
             what="the background refresh to be written",
         )
         assert source.finished == 2
@@ -453,8 +463,8 @@ async def test_concurrent_callers_share_one_failing_run_and_all_get_stale(
     assert results == [first] * 5
     assert source.calls == 2
     assert sample(registry, FLIGHTS, use_case="Crowd", result="joined") == 4
-    assert sample(registry, STALE, use_case="Crowd", layer=layer, reason="function_error") == 5
-    assert sample(registry, ERRORS, use_case="Crowd", in_fallback="true") == 1
+    assert sample(registry, STALE, use_case="Crowd", layer=layer.upper(), reason="function_error") == 5
+    assert sample(registry, ERRORS, use_case="Crowd", in_fallback="True") == 1
 
 
 # -- TTL jitter --------------------------------------------------------------------------------
@@ -510,7 +520,7 @@ async def test_ttl_jitter_spreads_remote_ttls_within_bounds(
         for i in range(counts["JitterGrace"]):
             assert await functions["JitterGrace"](str(i)) == {"uid": str(i), "n": 35 + i + 1}
     assert source.calls == calls  # all hits
-    assert sample(registry, MISSES, layer="remote", reason="expired") == 0
+    assert sample(registry, MISS_REASONS, layer="REMOTE", reason="expired") == 0
 
 
 # -- value-size limit ----------------------------------------------------------------------------
@@ -567,9 +577,9 @@ async def test_value_larger_than_max_value_bytes_returned_but_not_cached(
     # At the limit or under it: cached.
     assert stored_value(redis_client, value_key("Size", "500")) == "x" * 500
     assert stored_value(redis_client, value_key("Size", "100")) == "x" * 100
-    assert sample(registry, WRITES, use_case="Size", layer="remote", result="too_large") == 4
-    assert sample(registry, WRITES, use_case="Size", layer="remote", result="stored") == 2
-    assert sample(registry, WRITES, use_case="Size", layer="local", result="stored") == 2
+    assert sample(registry, WRITES, use_case="Size", layer="REMOTE", result="too_large") == 4
+    assert sample(registry, WRITES, use_case="Size", layer="REMOTE", result="stored") == 2
+    assert sample(registry, WRITES, use_case="Size", layer="LOCAL", result="stored") == 2
 
 
 # -- bad data in Redis ---------------------------------------------------------------------------
@@ -630,6 +640,6 @@ async def test_undecodable_entry_is_a_counted_miss_never_served_stale_and_rewrit
         assert 89_000 < redis_client.pttl(key) <= 90_000  # rewritten for TTL + grace
         assert await get("1") == {"uid": "1", "n": 3}  # a REMOTE hit now
     assert source.calls == 3
-    assert sample(registry, MISSES, use_case="Bad", layer="remote", reason=reason) == 2
+    assert sample(registry, MISS_REASONS, use_case="Bad", layer="REMOTE", reason=reason) == 2
     assert sample(registry, STALE, use_case="Bad") == 0
-    assert sample(registry, WRITES, use_case="Bad", layer="remote", result="stored") == 2
+    assert sample(registry, WRITES, use_case="Bad", layer="REMOTE", result="stored") == 2

@@ -46,5 +46,5 @@ async def test_async_and_sync_functions_are_served_from_cache_until_invalidated(
         await cache.ainvalidate("user_id", "1")
         assert await get_a("1") == {"uid": "1", "n": 3}
         assert get_s("1") == {"uid": "1", "n": 4}
-    assert sample(registry, "gcache_request_counter_total", use_case="A", layer="local") == 3
+    assert sample(registry, "gcache_request_counter_total", use_case="A", layer="LOCAL") == 3
     assert sample(registry, "gcache_local_dropped_counter_total", use_case="A", reason="invalidated") == 1

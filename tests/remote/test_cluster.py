@@ -184,8 +184,8 @@ async def test_a_planted_giant_on_a_cluster_is_read_bounded_and_a_too_large_miss
 
     assert calls == [1]
     misses = registry.get_sample_value(
-        "gcache_miss_counter_total",
-        {"use_case": "Giant", "key_type": "user_id", "layer": "remote", "reason": "too_large"},
+        "gcache_miss_reason_counter_total",
+        {"use_case": "Giant", "key_type": "user_id", "layer": "REMOTE", "reason": "too_large"},
     )
     assert misses == 1
     assert mib < sent < mib + 256 * 1024
