@@ -463,6 +463,56 @@ async def test_a_caller_whose_read_failed_does_not_take_a_run_older_than_an_inva
     assert sample(registry, JOINED, use_case="Plan", result="joined") == 0
 
 
+async def test_a_caller_with_the_breaker_open_and_no_local_does_not_take_a_run_older_than_an_invalidation(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    """REMOTE alone is exact, also while the breaker is open. A REMOTE-only caller that finds
+    the breaker open has no layer at all, so LOCAL's bus lag is no excuse: another process
+    invalidated, its bus message has not arrived (the LOCAL epoch has not moved and is
+    trusted), and the run in flight read the source before: the caller runs the function
+    itself. (It took the older run, and served the old value, before; seen in the load test
+    test_four_workers_of_200_coroutines_never_read_an_invalidated_version_through_a_restart.)"""
+    cache = make_cache()
+    assert await cache.astart(timeout=5)
+    remote = cache._remote
+    assert remote is not None
+    source = {"plan": "free"}
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def compute() -> str:
+        seen = source["plan"]
+        calls.append(seen)
+        if len(calls) == 1:
+            gate.wait(5)
+        return seen
+
+    call = plan_function(cache, is_async, compute)
+    first = asyncio.ensure_future(call())
+    await asyncio.to_thread(wait_until, lambda: len(calls) == 1, 5, "the first run to read the source")
+    source["plan"] = "pro"
+    # An invalidation from elsewhere whose bus message has not arrived: the watermark alone.
+    fence = watermark_key(entity_key(cache.config.urn_prefix or "urn:gcache", "user_id", "1"))
+    seconds, micros = redis_client.time()
+    redis_client.hset(fence, "w", str(int(seconds) * 1_000_000 + int(micros)))
+    remote.breaker.is_open = True  # as after read timeouts under load: REMOTE sits the call out
+    try:
+        second = asyncio.ensure_future(call())
+
+        def ran_or_joined() -> bool:
+            return len(calls) == 2 or sample(registry, JOINED, use_case="Plan", result="joined") > 0
+
+        await asyncio.to_thread(wait_until, ran_or_joined, 5, "the second call to run or join")
+    finally:
+        remote.breaker.is_open = False
+        gate.set()
+
+    assert await second == "pro"
+    assert await first == "free"
+    assert calls == ["free", "pro"]
+    assert sample(registry, JOINED, use_case="Plan", result="joined") == 0
+
+
 async def test_callers_without_reads_share_a_run_that_began_after_them(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
 ) -> None:

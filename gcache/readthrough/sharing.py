@@ -40,13 +40,16 @@ class Sharing(Decisions):
           invalidation since the leader read); or
         - the flight began after this miss did: the leader's function reads its source after
           every invalidation that returned before this call started; or
-        - this call had REMOTE off (LOCAL only, a ramp, an open breaker), and the entity's LOCAL
-          epoch is trusted and has not moved since the leader started: LOCAL's guarantee, under
-          which other processes' invalidations arrive over the bus.
+        - this call had REMOTE off (a ramp, an open breaker) and takes part in LOCAL, and the
+          entity's LOCAL epoch is trusted and has not moved since the leader started: LOCAL's
+          guarantee, under which other processes' invalidations arrive over the bus.
 
         A call that read or tried to read REMOTE and has no read on one side to compare (its
         read or the leader's failed) is not served by an older flight: the bus may not have
-        brought an invalidation that returned before it started. A finished flight serves only
+        brought an invalidation that returned before it started. Nor is a call with neither
+        layer (LOCAL off or ramped down, REMOTE out): LOCAL's bus lag is no part of its
+        guarantee, and the function it would otherwise run reads the source afresh (a REMOTE-only
+        use case whose breaker opened is as exact as REMOTE). A finished flight serves only
         callers whose read was sent before it finished (their miss raced its write).
         """
         if flight.owner == owner or flight.abandoned:
@@ -61,7 +64,7 @@ class Sharing(Decisions):
             return m.read.nonce == flight.read.nonce and m.read.watermark_us < flight.read.now_us
         if flight.began > m.began:
             return True
-        return not m.reads_first and m.epoch >= 0 and self.rt.epochs.trusted
+        return not m.reads_first and bool(m.local_ttl) and m.epoch >= 0 and self.rt.epochs.trusted
 
     def merged(self, m: Miss, flight: Flight) -> Any:
         """A merged read's outcome, taken as this call's own read (see :meth:`amerged_read`)."""

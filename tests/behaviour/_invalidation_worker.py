@@ -2,7 +2,7 @@
 
     CACHE_URL=URL SOURCE_URL=URL python -m tests.behaviour._invalidation_worker --out DIR/NAME
         [--mode sync|async] [--entities 1,2,3] [--max-seconds 60] [--seed N]
-        [--coroutines N] [--remote-only]
+        [--coroutines N] [--remote-only] [--trace]
 
 The URLs come in the environment, not on the command line, which other users can read: they
 carry passwords. Builds a GCache (LOCAL + REMOTE on ``CACHE_URL``, or REMOTE alone with
@@ -13,7 +13,9 @@ failing), not fatal.
 The cached function reads the source of truth, ``source:user:<id>`` on ``SOURCE_URL`` (a
 version number; missing is 0), between two short random delays. Every read is written to
 ``OUT.jsonl`` as ``[start, entity, version, computed]``: ``start`` is ``time.time()`` just
-before the call, ``computed`` 1 when the function ran (the cache did not serve it).
+before the call, ``computed`` 1 when the function ran (the cache did not serve it). With
+``--trace`` (async) a read the function did not compute for its caller has a fifth element, how
+it was served (see tests/behaviour/_race_trace.py).
 ``OUT.ready`` appears once the bus is subscribed; the loop ends when ``OUT.stop`` appears (or
 after ``--max-seconds``), and ``OUT.summary.json`` holds the worker's own metrics.
 """
@@ -34,6 +36,7 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from tests.behaviour import _race_trace
 
 KEY_TYPE = "user_id"
 USE_CASE = "ProcessRace"
@@ -77,7 +80,11 @@ class Recorder:
     def read(self, start: float, entity: str, version: int) -> None:
         computed = 1 if self.computed.get() else 0
         self.computed.set(False)
-        self._file.write(json.dumps([start, entity, version, computed]) + "\n")
+        record: list[object] = [start, entity, version, computed]
+        trace = _race_trace.TRACE.get()
+        if trace is not None and not computed:
+            record.append(trace)
+        self._file.write(json.dumps(record) + "\n")
         self.reads += 1
         if self.reads % FLUSH_EVERY == 0:
             self._file.flush()
@@ -174,12 +181,14 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
     async def version_of(uid: str) -> int:
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
         try:
+            read_at = time.time()
             raw = await source.get(source_key(uid))
         except Exception as exc:
             recorder.source_error(exc)  # the function's own error: it reaches its caller, as it should
             raise
         await asyncio.sleep(rng.uniform(0, MAX_DELAY))
         recorder.mark_computed()
+        _race_trace.note("fn", read_at, int(raw or 0))  # the leader's trace, when traced
         return int(raw or 0)
 
     try:
@@ -193,6 +202,8 @@ async def run_async(args: argparse.Namespace, entities: list[str], recorder: Rec
             while time.monotonic() < deadline and not recorder.stopped():
                 for _ in range(20):
                     entity = picks.choice(entities)
+                    if args.trace:
+                        _race_trace.TRACE.set([])
                     start = time.time()
                     try:
                         version = await version_of(entity)
@@ -219,6 +230,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coroutines", type=int, default=1, help="async: concurrent read loops")
     parser.add_argument("--remote-only", action="store_true", help="REMOTE alone: exact, no bus lag")
+    parser.add_argument("--trace", action="store_true", help="async: record how each read was served")
     return parser.parse_args(argv)
 
 
@@ -226,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     entities = args.entities.split(",")
     recorder = Recorder(args.out)
+    if args.trace:
+        _race_trace.install()
     if args.mode == "async":
         asyncio.run(run_async(args, entities, recorder))
     else:

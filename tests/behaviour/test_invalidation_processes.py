@@ -58,6 +58,7 @@ class Read(NamedTuple):
     entity: str
     version: int
     computed: bool
+    how: object = None  # with --trace: how the read was served (tests/behaviour/_race_trace.py)
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Worker:
 
     def reads(self) -> list[Read]:
         with open(f"{self.out}.jsonl") as lines:
-            return [Read(s, e, v, bool(c)) for s, e, v, c in map(json.loads, lines)]
+            return [Read(s, e, v, bool(c), *how) for s, e, v, c, *how in map(json.loads, lines)]
 
     def summary(self) -> dict[str, object]:
         with open(f"{self.out}.summary.json") as file:
@@ -276,6 +277,8 @@ def describe_stale(
                 f"worker {i}: read of {read.entity} started {read.start - killed_at:+.4f} s got version "
                 f"{read.version} (ran the function itself: {read.computed})"
             )
+            if read.how is not None:
+                lines.append(f"    served: {json.dumps(read.how)}")
             for inv in invalidations:
                 if inv.entity == read.entity and abs(inv.returned - read.start) < 2.0:
                     when = inv.returned - killed_at
@@ -427,7 +430,7 @@ async def test_four_workers_of_200_coroutines_never_read_an_invalidated_version_
                     tmp_path,
                     mode="async",
                     entities=LOAD_ENTITIES,
-                    extra=("--coroutines", str(LOAD_COROUTINES), "--remote-only"),
+                    extra=("--coroutines", str(LOAD_COROUTINES), "--remote-only", "--trace"),
                 )
             )
         try:
