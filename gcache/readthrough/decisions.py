@@ -243,7 +243,11 @@ class Decisions(Reporting):
         m = self.m
         m.request_local.inc()
         start = _perf()
-        value, reason = self.local.get(urn, entity)
+        try:
+            value, reason = self.local.get(urn, entity)
+        except Exception as exc:  # fail open: a broken LOCAL layer is a miss, never the caller's error
+            self.local_error(exc, "LOCAL lookup failed")
+            return MISS
         m.get_local.observe(_perf() - start)
         if reason is not None:
             m.miss(LAYER_LOCAL, reason).inc()
@@ -254,12 +258,16 @@ class Decisions(Reporting):
         self.m.request_local.inc()
         tick = self._tick
         self._tick = tick + 1
-        if tick % self.sample_every:
-            value, reason = self.local.get(urn, entity)
-        else:
-            start = _perf()
-            value, reason = self.local.get(urn, entity)
-            self.m.get_local.observe(_perf() - start)
+        try:
+            if tick % self.sample_every:
+                value, reason = self.local.get(urn, entity)
+            else:
+                start = _perf()
+                value, reason = self.local.get(urn, entity)
+                self.m.get_local.observe(_perf() - start)
+        except Exception as exc:
+            self.local_error(exc, "LOCAL lookup failed")
+            return MISS
         if reason is not None:
             self.m.miss(LAYER_LOCAL, reason).inc()
         return value
@@ -273,7 +281,11 @@ class Decisions(Reporting):
     def local_put(
         self, urn: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
     ) -> None:
-        refused = self.local.put(urn, entity, value, ttl, epoch, grace)
+        try:
+            refused = self.local.put(urn, entity, value, ttl, epoch, grace)
+        except Exception as exc:  # fail open: the caller has its value; LOCAL just does not keep it
+            self.local_error(exc, "LOCAL store failed")
+            return
         if refused is None:
             self.m.local_stored.inc()
         else:
@@ -389,7 +401,10 @@ class Decisions(Reporting):
         began = _monotonic() if tracked else 0.0
         m = Miss(urn, entity, config, local_ttl, remote_ttl, epoch, of, reads_first, began)
         if stale and config.fail_safe_sec and local_ttl:
-            self.keep_stale(m, self.local.get_stale(urn, entity), LAYER_LOCAL)
+            try:
+                self.keep_stale(m, self.local.get_stale(urn, entity), LAYER_LOCAL)
+            except Exception as exc:
+                self.local_error(exc, "LOCAL lookup failed")
         return m
 
     def write_ttls(self, m: Miss) -> tuple[float, float, float]:

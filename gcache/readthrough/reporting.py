@@ -40,6 +40,9 @@ class Reporting:
     def remote_error(self, exc: BaseException, what: str) -> None:
         self._error(LAYER_REMOTE, exc, what)
 
+    def local_error(self, exc: BaseException, what: str) -> None:
+        self._error(LAYER_LOCAL, exc, what)
+
     def _error(self, layer: str, exc: BaseException, what: str) -> None:
         cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
         kind = type(cause).__name__

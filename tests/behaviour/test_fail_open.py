@@ -481,3 +481,60 @@ async def test_error_label_names_redis_exception_when_connection_refused(
         if s.name == ERRORS and s.labels["layer"] == "REMOTE"
     }
     assert labels == {"ConnectionError"}
+
+
+# -- a failing LOCAL layer fails open (issue 15) -----------------------------------------------
+
+
+class _BrokenStore:
+    """A LOCAL store whose every operation raises, as a bug or an exhausted resource would."""
+
+    tracked = True
+
+    def __getattr__(self, name: str) -> Any:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"LOCAL {name} broke")
+
+        return broken
+
+
+async def test_a_failing_local_layer_is_counted_logged_and_the_call_served(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    cache = make_cache()
+    calls: list[str] = []
+    get = cached_fn(cache, is_async, calls, use_case="BrokenLocal", config=GCacheKeyConfig.enabled(60))
+    for uc in cache._use_cases:
+        if uc.use_case == "BrokenLocal":
+            uc.local = _BrokenStore()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        assert await get("1") == {"uid": "1", "n": 1}  # lookup and fill both raise inside
+        assert await get("1") == {"uid": "1", "n": 1}  # REMOTE still serves it
+    assert calls == ["1"]
+    # Each call: the lookup, and the fill after the miss (call 1) or the REMOTE hit (call 2).
+    assert sample(registry, ERRORS, use_case="BrokenLocal", layer="LOCAL", error="RuntimeError") == 4
+    assert any("LOCAL lookup failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_bus_thread_that_cannot_start_fails_open(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    cache = make_cache(start_bus=False)
+    calls: list[str] = []
+    get = cached_fn(
+        cache, is_async, calls, use_case="NoThread", config=GCacheKeyConfig.enabled(60), tracked=True
+    )
+    assert cache._bus is not None
+
+    def cannot_start() -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(cache._bus, "ensure_started", cannot_start)
+    monkeypatch.setattr(cache._local.epochs, "wake", cannot_start)
+    with cache.enable():
+        assert await get("1") == {"uid": "1", "n": 1}  # the first tracked use: served all the same
+        assert await get("1") == {"uid": "1", "n": 1}  # from REMOTE: LOCAL stays off
+    assert calls == ["1"]
+    assert sample(registry, ERRORS, use_case="NoThread", layer="LOCAL", error="RuntimeError") >= 1
