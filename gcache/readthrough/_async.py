@@ -23,7 +23,7 @@ from gcache.config import GCacheKeyConfig
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import AsyncIO
-from gcache.readthrough.decisions import Miss, _monotonic, _perf
+from gcache.readthrough.decisions import Miss, Unstored, _monotonic, _perf
 from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
@@ -118,7 +118,8 @@ class AsyncDriver(AsyncIO):
                     value = await self.afunction(
                         self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs
                     )
-                    await self.awrite_back(m, value)
+                    if type(value) is not Unstored:
+                        await self.awrite_back(m, value)
                 finally:
                     if m.token is not None:
                         await self.aunlock(m)
@@ -150,7 +151,8 @@ class AsyncDriver(AsyncIO):
                 self.remote_error(exc, "remote read failed")
                 m.remote_ttl = 0
         value = await self.afunction(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
-        await self.awrite_back(m, value)
+        if type(value) is not Unstored:
+            await self.awrite_back(m, value)
         return value
 
     async def amerged_read(self, m: Miss) -> Any:

@@ -14,7 +14,7 @@ from gcache.config import GCacheKeyConfig
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import SyncIO
-from gcache.readthrough.decisions import Miss, _monotonic, _perf
+from gcache.readthrough.decisions import Miss, Unstored, _monotonic, _perf
 from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
@@ -107,7 +107,8 @@ class SyncDriver(SyncIO):
                     self.watch_key(*m.key)
                 try:
                     value = self.function(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
-                    self.write_back(m, value)
+                    if type(value) is not Unstored:
+                        self.write_back(m, value)
                 finally:
                     if m.token is not None:
                         self.unlock(m)
@@ -139,7 +140,8 @@ class SyncDriver(SyncIO):
                 self.remote_error(exc, "remote read failed")
                 m.remote_ttl = 0
         value = self.function(self.fallback_layer(m.local_ttl, m.remote_ttl), func, args, kwargs)
-        self.write_back(m, value)
+        if type(value) is not Unstored:
+            self.write_back(m, value)
         return value
 
     def merged_read(self, m: Miss) -> Any:

@@ -32,13 +32,24 @@ if TYPE_CHECKING:
     from gcache.readthrough.runtime import Runtime
     from gcache.remote import TrackedRead
 
-__all__ = ["Decisions", "Miss"]
+__all__ = ["Decisions", "Miss", "Unstored"]
 
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
 _perf = time.perf_counter
 _monotonic = time.monotonic
 _random = random.random
+
+
+class Unstored:
+    """A function's result to return but not to store: ``cached_route`` wraps a response that
+    may not be shared (a status, size or cookie it does not keep) in it, so that no layer is
+    written and nothing is counted as an error. Its callers, joiners included, get the wrapper."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class Miss:

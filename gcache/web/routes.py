@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from gcache.config import GCacheKeyConfig
 from gcache.errors import ConfigError
+from gcache.readthrough.decisions import Unstored
 from gcache.web._policy import directives
 
 if TYPE_CHECKING:
@@ -53,14 +54,6 @@ class _Stored(NamedTuple):
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
-
-
-class _NotStored(Exception):
-    """The endpoint's response may not be shared: it is returned, and nothing is written."""
-
-    def __init__(self, response: Response, why: str) -> None:
-        super().__init__(why)
-        self.response = response
 
 
 def cached_route(
@@ -128,7 +121,9 @@ def cached_route(
             default_config=default_config,
             ignore_args=["compute"],
         )
-        async def stored_response(entity_id: str, query: str, headers: str, compute: Any) -> _Stored:
+        async def stored_response(
+            entity_id: str, query: str, headers: str, compute: Any
+        ) -> _Stored | Unstored:
             response: Response = await compute()
             return _storable(response, stored_statuses, varied, max_body_bytes)
 
@@ -150,16 +145,15 @@ def cached_route(
                 return response
 
             mode = gcache.refresh() if "no-cache" in found else gcache.enable()
-            try:
-                with mode:
-                    stored = await stored_response(
-                        str(request.path_params[id_param]),
-                        _sorted_query(request),
-                        _varied(request, varied),
-                        compute,
-                    )
-            except _NotStored as not_stored:
-                return _marked(not_stored.response, "BYPASS")
+            with mode:
+                stored = await stored_response(
+                    str(request.path_params[id_param]),
+                    _sorted_query(request),
+                    _varied(request, varied),
+                    compute,
+                )
+            if isinstance(stored, Unstored):  # returned to every caller that shared the run, not kept
+                return _marked(stored.value, "BYPASS")
             return _answer(request, stored, "MISS" if ran else "HIT")
 
         if own_request is None:  # FastAPI injects the Request into a parameter of this type
@@ -198,24 +192,20 @@ def _varied(request: Request, varied: tuple[str, ...]) -> str:
 
 def _storable(
     response: Response, statuses: frozenset[int], varied: tuple[str, ...], max_body: int
-) -> _Stored:
-    """What is kept of ``response``; raises _NotStored when it may not be shared."""
+) -> _Stored | Unstored:
+    """What is kept of ``response``, or the response itself, unstored, when it may not be shared."""
     body = getattr(response, "body", None)
-    if not isinstance(body, bytes):
-        raise _NotStored(response, "a streamed body")
-    if response.status_code not in statuses:
-        raise _NotStored(response, f"status {response.status_code}")
-    if len(body) > max_body:
-        raise _NotStored(response, "too large")
     headers = response.headers
-    if "set-cookie" in headers:
-        raise _NotStored(response, "a cookie")
-    control = directives(headers.get("cache-control", ""))
-    if control & {"private", "no-store"}:
-        raise _NotStored(response, "private")
     vary = {part.strip().lower() for part in headers.get("vary", "").split(",") if part.strip()}
-    if vary - set(varied):
-        raise _NotStored(response, "varies on headers the key lacks")
+    if (
+        not isinstance(body, bytes)  # a streamed body
+        or response.status_code not in statuses
+        or len(body) > max_body
+        or "set-cookie" in headers  # one client's
+        or directives(headers.get("cache-control", "")) & {"private", "no-store"}
+        or vary - set(varied)  # varies on headers the key lacks
+    ):
+        return Unstored(response)
     kept = tuple((k, v) for k, v in headers.items() if k in SHARED_HEADERS)
     return _Stored(response.status_code, kept, body)
 

@@ -21,6 +21,7 @@ from gcache import GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 from gcache.errors import ConfigError
 from gcache.web import CacheMiddleware
 from gcache.web.routes import cached_route
+from tests.conftest import sample
 from tests.web.test_asgi import Server
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -190,10 +191,9 @@ def test_the_openapi_schema_keeps_the_endpoint_s_own_parameters(api: Api) -> Non
 
 
 def test_a_non_2xx_response_returned_is_not_stored(redis_url: str, redis_client: Any) -> None:
+    registry = CollectorRegistry()
     cache = GCache(
-        GCacheConfig(
-            redis_config=RedisConfig(url=redis_url), metrics_registry=CollectorRegistry(), signing_keys=[KEY]
-        )
+        GCacheConfig(redis_config=RedisConfig(url=redis_url), metrics_registry=registry, signing_keys=[KEY])
     )
     runs: list[int] = []
 
@@ -207,5 +207,7 @@ def test_a_non_2xx_response_returned_is_not_stored(redis_url: str, redis_client:
             answers = [client.get("/g/1") for _ in range(2)]
         assert [(a.status_code, a.headers["x-cache"]) for a in answers] == [(410, "BYPASS")] * 2
         assert len(runs) == 2
+        assert redis_client.keys("*#*gone*") == []  # nothing written
+        assert sample(registry, "gcache_error_counter_total") == 0  # returned, not a failure
     finally:
         cache.close()
