@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command != "demo":
-        from gcache.operator import run_command  # imported here: --help stays fast
+        from gcache.cli import run_command  # imported here: --help stays fast
 
         return run_command(args)
     if args.duration is not None and not args.serve:
