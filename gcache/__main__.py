@@ -1,5 +1,5 @@
 """The command line: ``python -m gcache demo [--serve] ...``, and the operator's tools:
-``inspect``, ``invalidate``, ``delete`` and ``flush`` (see the README, Operating gcache).
+``inspect``, ``stats``, ``invalidate``, ``delete`` and ``flush`` (see the README, Operating gcache).
 
 ``make demo`` runs ``python -m gcache demo``. The tools connect with ``--redis-url`` (default
 ``$REDIS_URL``) and check signed entries with the keys of ``GCACHE_SIGNING_KEYS``.
@@ -138,6 +138,14 @@ def _operator_commands(commands: Any) -> None:
     delete = commands.add_parser("delete", help="delete one entry from Redis and every process's LOCAL layer")
     delete.add_argument("key", help="the full key of the entry")
     _connection_options(delete)
+    stats = commands.add_parser(
+        "stats", help="what a prefix holds: entries per use case, envelopes, TTLs, fences"
+    )
+    stats.add_argument("--sample-every", type=_positive_int, default=1, metavar="N",
+                       help="read the header of one value entry in N (default: 1, every one)")  # fmt: skip
+    stats.add_argument("--no-memory", action="store_true", help="skip MEMORY USAGE (it needs that command)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(stats)
     flush = commands.add_parser("flush", help="delete every key of a prefix (SCAN and UNLINK, never FLUSHDB)")
     flush.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     flush.add_argument("--yes", action="store_true", help="do not ask for confirmation")

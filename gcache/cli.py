@@ -1,4 +1,4 @@
-"""The operator's subcommands of ``python -m gcache``: inspect, invalidate, delete, flush.
+"""The operator's subcommands of ``python -m gcache``: inspect, stats, invalidate, delete, flush.
 
 Each connects as the application does (a ``GCache`` on the same URL and prefix, so what it
 publishes on the bus is what the application's processes expect, signed with the same keys), or,
@@ -20,7 +20,14 @@ import redis
 from gcache.config import GCacheConfig, GCacheKey
 from gcache.errors import ConfigError, GCacheError
 from gcache.gcache import GCache
-from gcache.inspection import EntityReport, inspect_entity, parse_target, value_key_parts
+from gcache.inspection import (
+    EntityReport,
+    PrefixStats,
+    inspect_entity,
+    parse_target,
+    prefix_stats,
+    value_key_parts,
+)
 from gcache.redis_config import RedisConfig, mask_url
 from gcache.signing import Signer, signing_keys_from
 from gcache.urns import id_of, key_type_of, owned_by
@@ -44,6 +51,8 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
             return _inspect(args, config, out)
         if args.command == "flush":
             return _flush(args, config, out, err)
+        if args.command == "stats":
+            return _stats(args, config, out, err)
         return _through_cache(args, config, out)
     except (ConfigError, ValueError) as exc:
         print(f"gcache: {exc}", file=err)
@@ -178,3 +187,42 @@ def _flush(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: Text
         deleted = cache.flushall()
     print(f"deleted {deleted} keys of prefix {args.prefix!r}", file=out)
     return 0
+
+
+def _stats(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: TextIO) -> int:
+    client = _client(config)
+    started = time.monotonic()
+
+    def progress(scanned: int) -> None:
+        rate = scanned / max(time.monotonic() - started, 1e-9)
+        print(f"\rscanned: {scanned} keys ({rate:,.0f}/s)", end="", file=err, flush=True)
+
+    try:
+        stats = prefix_stats(
+            client, args.prefix, sample_every=args.sample_every, progress=progress, memory=not args.no_memory
+        )
+    finally:
+        client.close()
+    if stats.keys >= 1000:
+        print(file=err)
+    print(stats.to_json() if args.json else _stats_text(stats), file=out)
+    return 0
+
+
+def _stats_text(stats: PrefixStats) -> str:
+    lines = [
+        f"prefix {stats.prefix!r}: {stats.keys} keys: {stats.keys - stats.fences - stats.locks} entries, "
+        f"{stats.fences} fences, {stats.locks} locks",
+        "entries per key type and use case:",
+        *(
+            f"  {count:>9}  {name}"
+            for name, count in sorted(stats.by_use_case.items(), key=lambda kv: -kv[1])
+        ),
+        f"of {stats.sampled} entries read: {stats.tracked} tracked, {stats.signed} signed, "
+        f"{stats.not_gcache} not readable by this release (foreign, another version, corrupt)",
+        "serializers: " + ", ".join(f"{name} {count}" for name, count in sorted(stats.serializers.items())),
+        "TTL left: " + ", ".join(f"{name} {count}" for name, count in stats.ttl_buckets.items()),
+    ]
+    if stats.bytes_sampled is not None:
+        lines.append(f"memory of the entries read: {stats.bytes_sampled:,} bytes")
+    return "\n".join(lines)

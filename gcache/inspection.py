@@ -19,7 +19,16 @@ from gcache import _envelope
 from gcache.signing import Signer
 from gcache.urns import WATERMARK_USE_CASE, entity_key
 
-__all__ = ["EntityReport", "EntryReport", "FenceReport", "inspect_entity", "parse_target", "value_key_parts"]
+__all__ = [
+    "EntityReport",
+    "EntryReport",
+    "FenceReport",
+    "PrefixStats",
+    "inspect_entity",
+    "parse_target",
+    "prefix_stats",
+    "value_key_parts",
+]
 
 _SCAN_BATCH = 500
 
@@ -200,3 +209,89 @@ def _decoded(env: _envelope.Envelope, entry: EntryReport, unsafe_unpickle: bool)
             return pickle.loads(env.payload)
         return "(pickle: not loaded, its signature is not verified; --unsafe-unpickle loads it)"
     return f"({entry.serializer} serializer: {len(env.payload)} bytes)"
+
+
+@dataclass
+class PrefixStats:
+    """What a prefix holds: entries per (key type, use case), their envelopes and TTLs."""
+
+    prefix: str
+    keys: int = 0
+    fences: int = 0
+    locks: int = 0
+    sampled: int = 0  # value entries whose header was read
+    by_use_case: dict[str, int] = field(default_factory=dict)  # "key_type use_case" -> entries
+    tracked: int = 0
+    signed: int = 0
+    not_gcache: int = 0  # foreign, another version, or corrupt
+    serializers: dict[str, int] = field(default_factory=dict)
+    ttl_buckets: dict[str, int] = field(default_factory=dict)
+    bytes_sampled: int | None = None  # MEMORY USAGE of the sampled entries, when allowed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+_TTL_BUCKETS = ((60_000, "< 1 min"), (600_000, "< 10 min"), (3_600_000, "< 1 h"), (86_400_000, "< 1 day"))
+
+
+def _ttl_bucket(ttl_ms: int) -> str:
+    if ttl_ms < 0:
+        return "no TTL"
+    return next((name for bound, name in _TTL_BUCKETS if ttl_ms < bound), ">= 1 day")
+
+
+def prefix_stats(
+    client: Any, prefix: str, *, sample_every: int = 1, progress: Any = None, memory: bool = True
+) -> PrefixStats:
+    """SCAN the prefix's keys; of every ``sample_every``-th value entry, read its header (a
+    bounded GETRANGE), its TTL and, when the server allows it, its MEMORY USAGE."""
+    from gcache.urns import key_type_of, owned_by
+
+    stats = PrefixStats(prefix)
+    seen_values = 0
+    for raw_key in client.scan_iter(match="{" + prefix + ":*", count=_SCAN_BATCH):
+        key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else str(raw_key)
+        if not owned_by(key, prefix):
+            continue
+        stats.keys += 1
+        if progress is not None and stats.keys % _SCAN_BATCH == 0:
+            progress(stats.keys)
+        entity = key[: key.index("}") + 1]
+        rest = key[len(entity) :]
+        if rest == f"#{WATERMARK_USE_CASE}":
+            stats.fences += 1
+            continue
+        if rest.startswith("!lock"):
+            stats.locks += 1
+            continue
+        use_case, _ = value_key_parts(key, entity)
+        name = f"{key_type_of(entity, prefix)} {use_case}"
+        stats.by_use_case[name] = stats.by_use_case.get(name, 0) + 1
+        seen_values += 1
+        if (seen_values - 1) % sample_every:
+            continue
+        head = client.getrange(key, 0, _envelope.HEADER_SIZE - 1)
+        if not head:
+            continue  # expired since the scan
+        stats.sampled += 1
+        try:
+            env = _envelope.decode(head)
+        except _envelope.EnvelopeError:
+            stats.not_gcache += 1
+        else:
+            serializer = _envelope.SERIALIZER_NAMES.get(env.serializer_id, "unknown")
+            stats.serializers[serializer] = stats.serializers.get(serializer, 0) + 1
+            stats.tracked += env.nonce != _envelope.NO_NONCE
+            stats.signed += env.key_id != _envelope.NO_KEY_ID
+        bucket = _ttl_bucket(int(client.pttl(key)))
+        stats.ttl_buckets[bucket] = stats.ttl_buckets.get(bucket, 0) + 1
+        if memory:
+            try:
+                used = client.memory_usage(key)
+            except Exception:  # not allowed (the application's ACL user), or not a Redis that has it
+                memory = False
+                stats.bytes_sampled = None
+            else:
+                stats.bytes_sampled = (stats.bytes_sampled or 0) + int(used or 0)
+    return stats

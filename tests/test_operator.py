@@ -202,3 +202,29 @@ def test_bad_input_is_told_with_exit_code_2(
     code, _, err = run(capsys, "inspect", "user_id:1", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
     assert "Redis at redis://127.0.0.1:1/0 failed" in err
+
+
+def test_stats_counts_what_a_prefix_holds(
+    make_cache: Maker, redis_client: redis.Redis, redis_admin_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    cache = make_cache(signing_keys=[KEY])
+    get = fill(cache)  # tracked: ?page=0 and ?page=2, one fence
+    with cache.enable():
+        get("2")
+    fill(make_cache(metrics_registry=CollectorRegistry()), tracked=False)  # untracked, unsigned
+    redis_client.set(value_key(ENTITY, (), "Foreign"), b"x")
+    redis_client.set("{urn:gcache:tenant:user_id:1}#Other", b"not this prefix")  # a longer prefix
+    code, out, _ = run(capsys, "stats", "--json", "--redis-url", redis_admin_url)
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["by_use_case"] == {"user_id Tracked": 3, "user_id Plain": 2, "user_id Foreign": 1}
+    assert (stats["fences"], stats["locks"], stats["keys"]) == (2, 0, 8)
+    assert (stats["sampled"], stats["tracked"], stats["signed"], stats["not_gcache"]) == (6, 3, 3, 1)
+    assert stats["serializers"] == {"pickle": 5}
+    assert stats["ttl_buckets"] == {"< 1 min": 5, "no TTL": 1}  # 60 s TTLs; the foreign key has none
+    assert stats["bytes_sampled"] > 0
+
+    code, out, _ = run(capsys, "stats", "--sample-every", "2", "--no-memory", "--redis-url", redis_admin_url)
+    assert code == 0
+    assert "prefix 'urn:gcache': 8 keys: 6 entries, 2 fences, 0 locks" in out
+    assert "memory" not in out
