@@ -46,7 +46,7 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gcache",
+        prog="gcache" if os.path.basename(sys.argv[0]) == "gcache" else "python -m gcache",
         description="gcache: a two-tier read-through cache (in-process LOCAL, then Redis, then the function)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,8 +4,12 @@ against the session's real Redis, with entries in every state a read can find.""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -228,3 +232,19 @@ def test_stats_counts_what_a_prefix_holds(
     assert code == 0
     assert "prefix 'urn:gcache': 8 keys: 6 entries, 2 fences, 0 locks" in out
     assert "memory" not in out
+
+
+def test_the_gcache_console_script_runs_the_same_commands(redis_url: str) -> None:
+    script = Path(sys.executable).parent / "gcache"
+    assert script.exists(), "pip install -e . installs the gcache console script"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: gcache ")
+    for command in ("demo", "inspect", "stats", "invalidate", "delete", "flush"):
+        assert command in done.stdout
+    done = subprocess.run(
+        [str(script), "stats", "--json", "--no-memory"],
+        capture_output=True, text=True, timeout=30, check=False, env={**os.environ, "REDIS_URL": redis_url},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["prefix"] == "urn:gcache"
