@@ -1,5 +1,6 @@
 """The command line: ``python -m gcache demo [--serve] ...``, and the operator's tools:
-``inspect``, ``stats``, ``invalidate``, ``delete`` and ``flush`` (see the README, Operating gcache).
+``inspect``, ``explain``, ``stats``, ``invalidate``, ``delete`` and ``flush`` (README, Operating
+gcache).
 
 ``make demo`` runs ``python -m gcache demo``. The tools connect with ``--redis-url`` (default
 ``$REDIS_URL``) and check signed entries with the keys of ``GCACHE_SIGNING_KEYS``.
@@ -130,6 +131,27 @@ def _operator_commands(commands: Any) -> None:
     )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     _connection_options(inspect)
+    explain = commands.add_parser(
+        "explain",
+        help="what a call would do now: its key, its config (from your provider), the REMOTE verdict",
+        description=(
+            "Renders the key of a call (key type, id, use case, arguments), asks your config provider "
+            "for its config when --provider names it, and reads what Redis holds under that key and "
+            "what a read would make of it. LOCAL and the breaker live inside each process: this tool, "
+            "outside them, cannot see them."
+        ),
+    )
+    explain.add_argument("key_type")
+    explain.add_argument("id")
+    explain.add_argument("use_case")
+    explain.add_argument(
+        "--arg", action="append", default=[], metavar="NAME=VALUE", help="an argument of the call"
+    )
+    explain.add_argument(
+        "--provider", metavar="MODULE:NAME", help="your cache_config_provider, to ask for the config"
+    )
+    explain.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(explain)
     invalidate = commands.add_parser("invalidate", help="invalidate an entity, as ainvalidate() does")
     invalidate.add_argument("key_type")
     invalidate.add_argument("id")

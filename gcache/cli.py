@@ -1,4 +1,5 @@
-"""The operator's subcommands of ``python -m gcache``: inspect, stats, invalidate, delete, flush.
+"""The operator's subcommands of ``python -m gcache``: inspect, explain, stats, invalidate, delete,
+flush.
 
 Each connects as the application does (a ``GCache`` on the same URL and prefix, so what it
 publishes on the bus is what the application's processes expect, signed with the same keys), or,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 import time
@@ -53,6 +55,8 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
             return _flush(args, config, out, err)
         if args.command == "stats":
             return _stats(args, config, out, err)
+        if args.command == "explain":
+            return _explain(args, config, out)
         return _through_cache(args, config, out)
     except (ConfigError, ValueError) as exc:
         print(f"gcache: {exc}", file=err)
@@ -226,3 +230,63 @@ def _stats_text(stats: PrefixStats) -> str:
     if stats.bytes_sampled is not None:
         lines.append(f"memory of the entries read: {stats.bytes_sampled:,} bytes")
     return "\n".join(lines)
+
+
+def _explain(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
+    pairs = []
+    for item in args.arg:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--arg {item!r}: give NAME=VALUE")
+        pairs.append((name, value))
+    key = GCacheKey(args.key_type, args.id, args.use_case, pairs, urn_prefix=args.prefix)
+    answer: dict[str, Any] = {"key": key.urn, "fence": key.watermark_key}
+    if args.provider:
+        answer["config"] = _provided(args.provider, key)
+    else:
+        answer["config"] = (
+            "no --provider given: the decorator's default_config, not known outside the process"
+        )
+    keys = signing_keys_from(None)
+    client = _client(config)
+    try:
+        report = inspect_entity(client, key.prefix, signer=Signer(keys) if keys else None)
+    finally:
+        client.close()
+    entry = next((e for e in report.entries if e.key == key.urn), None)
+    if entry is None:
+        answer["remote"] = {
+            "verdict": "not_found",
+            "why": "no entry under this key: a read misses and computes",
+        }
+    else:
+        answer["remote"] = {"verdict": entry.verdict, "why": entry.why, "ttl_ms": entry.ttl_ms}
+    answer["local"] = "inside each process: not visible from here (see its gcache_* metrics)"
+    if args.json:
+        print(json.dumps(answer, indent=2), file=out)
+    else:
+        for name, value in answer.items():
+            print(f"{name:<7} {value}", file=out)
+    return 0
+
+
+def _provided(path: str, key: GCacheKey) -> Any:
+    """What the provider at ``module:name`` answers for ``key`` (awaited when it is async)."""
+    import asyncio
+    import importlib
+    import inspect as inspection
+
+    module_name, sep, attribute = path.partition(":")
+    if not sep:
+        raise ValueError(f"--provider {path!r}: give MODULE:NAME")
+    provider = getattr(importlib.import_module(module_name), attribute)
+    answer = provider(key)
+    if inspection.isawaitable(answer):
+        answer = asyncio.run(_awaited(answer))
+    if answer is None:
+        return "the provider answers None: the decorator's default_config decides"
+    return answer.to_dict() if hasattr(answer, "to_dict") else repr(answer)
+
+
+async def _awaited(answer: Any) -> Any:
+    return await answer

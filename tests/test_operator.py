@@ -248,3 +248,31 @@ def test_the_gcache_console_script_runs_the_same_commands(redis_url: str) -> Non
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["prefix"] == "urn:gcache"
+
+
+def test_explain_renders_the_key_asks_the_provider_and_reads_the_verdict(
+    make_cache: Maker, redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    cache = make_cache()
+    fill(cache)  # Tracked?page=0, ?page=2
+    code, out, _ = run(
+        capsys, "explain", "user_id", "1", "Tracked", "--arg", "page=2", "--json",
+        "--provider", "tests._explain_provider:provider",
+    )  # fmt: skip
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["key"] == value_key(ENTITY, (("page", "2"),), "Tracked")
+    assert answer["remote"]["verdict"] == "fresh"
+    assert answer["config"] == "the provider answers None: the decorator's default_config decides"
+    cache.invalidate("user_id", "1")
+    code, out, _ = run(capsys, "explain", "user_id", "1", "Tracked", "--arg", "page=2", "--json")
+    assert json.loads(out)["remote"]["verdict"] == "invalidated"
+    code, out, _ = run(
+        capsys, "explain", "user_id", "7", "App", "--provider", "tests._explain_provider:provider"
+    )  # fmt: skip
+    assert code == 0
+    assert "not_found" in out
+    assert "'remote': 90" in out  # the provider's config, as its dict
+    assert "not visible from here" in out
+    assert run(capsys, "explain", "user_id", "1", "App", "--arg", "oops")[0] == 2
