@@ -26,13 +26,13 @@ from gcache.inspection import (
     EntityReport,
     PrefixStats,
     inspect_entity,
+    key_of,
     parse_target,
     prefix_stats,
-    value_key_parts,
 )
 from gcache.redis_config import RedisConfig, mask_url
 from gcache.signing import Signer, signing_keys_from
-from gcache.urns import id_of, key_type_of, owned_by
+from gcache.urns import owned_by
 
 __all__ = ["run_command"]
 
@@ -138,22 +138,10 @@ def _through_cache(args: argparse.Namespace, config: RedisConfig, out: TextIO) -
             cache.invalidate(args.key_type, args.id, args.future_buffer_ms)
             print(f"invalidated {args.key_type} {args.id}", file=out)
             return 0
-        key = _key_of(args.key, args.prefix)
+        key = key_of(args.key, args.prefix)
         deleted = cache.delete(key)
         print(f"{'deleted' if deleted else 'not found (nothing to delete)'}: {args.key}", file=out)
         return 0
-
-
-def _key_of(raw: str, prefix: str) -> GCacheKey:
-    """The GCacheKey whose rendering is ``raw`` (ValueError when ``raw`` is not one of ``prefix``)."""
-    if not owned_by(raw, prefix):
-        raise ValueError(f"{raw!r} is not a key of prefix {prefix!r}")
-    entity = raw[: raw.index("}") + 1]
-    use_case, pairs = value_key_parts(raw, entity)
-    key = GCacheKey(key_type_of(entity, prefix), id_of(entity, prefix), use_case, pairs, urn_prefix=prefix)
-    if key.urn != raw:
-        raise ValueError(f"{raw!r} is not a value key gcache renders (it reads back as {key.urn!r})")
-    return key
 
 
 def _flush(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: TextIO) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from gcache import _envelope
+from gcache.config import GCacheKey
 from gcache.signing import Signer
 from gcache.urns import WATERMARK_USE_CASE, entity_key
 
@@ -25,6 +26,7 @@ __all__ = [
     "FenceReport",
     "PrefixStats",
     "inspect_entity",
+    "key_of",
     "parse_target",
     "prefix_stats",
     "value_key_parts",
@@ -83,6 +85,20 @@ def parse_target(target: str, prefix: str) -> str:
     if not sep or not key_type or not id:
         raise ValueError(f"{target!r}: give a full key, or key_type:id (user_id:123)")
     return entity_key(prefix, key_type, id)
+
+
+def key_of(raw: str, prefix: str) -> GCacheKey:
+    """The GCacheKey whose rendering is ``raw`` (ValueError when ``raw`` is not one of ``prefix``)."""
+    from gcache.urns import id_of, key_type_of, owned_by
+
+    if not owned_by(raw, prefix):
+        raise ValueError(f"{raw!r} is not a key of prefix {prefix!r}")
+    entity = raw[: raw.index("}") + 1]
+    use_case, pairs = value_key_parts(raw, entity)
+    key = GCacheKey(key_type_of(entity, prefix), id_of(entity, prefix), use_case, pairs, urn_prefix=prefix)
+    if key.urn != raw:
+        raise ValueError(f"{raw!r} is not a value key gcache renders (it reads back as {key.urn!r})")
+    return key
 
 
 def value_key_parts(key: str, entity: str) -> tuple[str, list[tuple[str, str]]]:
