@@ -129,6 +129,13 @@ def _operator_commands(commands: Any) -> None:
         action="store_true",
         help="with --decode, unpickle entries whose signature is not verified",
     )
+    inspect.add_argument(
+        "--fail-safe-sec",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="the use case's fail_safe_sec, to tell entries past their TTL within its grace",
+    )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     _connection_options(inspect)
     explain = commands.add_parser(

@@ -84,6 +84,7 @@ def _inspect(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
             signer=Signer(keys) if keys else None,
             decode=args.decode,
             unsafe_unpickle=args.unsafe_unpickle,
+            fail_safe_sec=args.fail_safe_sec,
         )
     finally:
         client.close()

@@ -120,9 +120,11 @@ def inspect_entity(
     signer: Signer | None = None,
     decode: bool = False,
     unsafe_unpickle: bool = False,
+    fail_safe_sec: float = 0.0,
 ) -> EntityReport:
     """Every key of ``entity`` in Redis, each value with its verdict (``client``: a sync redis-py
-    client, standalone or cluster; the entity's keys share one slot)."""
+    client, standalone or cluster; the entity's keys share one slot). ``fail_safe_sec``: the use
+    case's grace, which Redis does not know; an entry whose TTL left is within it is past its TTL."""
     seconds, micros = client.time()
     now_us = int(seconds) * 1_000_000 + int(micros)
     fence_key = f"{entity}#{WATERMARK_USE_CASE}"
@@ -147,9 +149,14 @@ def inspect_entity(
         raw = client.get(key)
         if raw is None:
             continue  # expired between the scan and the read
-        report.entries.append(
-            _entry(key, entity, raw, int(client.pttl(key)), fence, signer, decode, unsafe_unpickle)
-        )
+        entry = _entry(key, entity, raw, int(client.pttl(key)), fence, signer, decode, unsafe_unpickle)
+        if entry.verdict == "fresh" and fail_safe_sec and 0 <= entry.ttl_ms <= fail_safe_sec * 1000:
+            entry.verdict = "expired_in_grace"
+            entry.why = (
+                f"past its TTL, within the fail-safe grace of {fail_safe_sec:g} s: a miss, kept only to "
+                "serve when the function fails or outlasts soft_timeout_sec"
+            )
+        report.entries.append(entry)
     return report
 
 

@@ -276,3 +276,27 @@ def test_explain_renders_the_key_asks_the_provider_and_reads_the_verdict(
     assert "'remote': 90" in out  # the provider's config, as its dict
     assert "not visible from here" in out
     assert run(capsys, "explain", "user_id", "1", "App", "--arg", "oops")[0] == 2
+
+
+def test_inspect_tells_an_entry_past_its_ttl_within_the_fail_safe_grace(
+    make_cache: Maker, redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    cache = make_cache()
+    config = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 1}, ramp={CacheLayer.REMOTE: 100}, fail_safe_sec=60)
+
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="Graceful", default_config=config,
+                  track_for_invalidation=True)  # fmt: skip
+    def get(user_id: str) -> str:
+        return user_id
+
+    with cache.enable():
+        get("1")
+    key = value_key(ENTITY, (), "Graceful")
+    assert verdicts(run(capsys, "inspect", "user_id:1", "--json", "--fail-safe-sec", "60")[1])[key] == "fresh"
+    time.sleep(1.1)  # past the 1 s TTL; Redis keeps it 60 s more
+    _code, out, _ = run(capsys, "inspect", "user_id:1", "--json", "--fail-safe-sec", "60")
+    assert verdicts(out)[key] == "expired_in_grace"
+    assert (
+        verdicts(run(capsys, "inspect", "user_id:1", "--json")[1])[key] == "fresh"
+    )  # without the grace known

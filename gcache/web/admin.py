@@ -94,7 +94,10 @@ def make_admin_app(
             local = "held" if key.urn in use_case.local._data else "not held"
             provided = await use_case.aconfig(key.id, tuple(key.args))
             config = provided.to_dict() if provided is not None else None
-        report = await asyncio.to_thread(with_client, lambda c: inspect_entity(c, key.prefix, signer=signer))
+        grace = float(config.get("fail_safe_sec", 0)) if isinstance(config, dict) else 0.0
+        report = await asyncio.to_thread(
+            with_client, lambda c: inspect_entity(c, key.prefix, signer=signer, fail_safe_sec=grace)
+        )
         entry = next((e for e in report.entries if e.key == key.urn), None)
         remote = {"verdict": "not_found"} if entry is None else {"verdict": entry.verdict, "why": entry.why}
         breaker = gcache._remote.breaker.is_open if gcache._remote is not None else None
