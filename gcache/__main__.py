@@ -1,6 +1,6 @@
 """The command line: ``python -m gcache demo [--serve] ...``, and the operator's tools:
-``inspect``, ``explain``, ``stats``, ``invalidate``, ``delete`` and ``flush`` (README, Operating
-gcache).
+``inspect``, ``explain``, ``stats``, ``top``, ``invalidate``, ``delete`` and ``flush`` (README,
+Operating gcache).
 
 ``make demo`` runs ``python -m gcache demo``. The tools connect with ``--redis-url`` (default
 ``$REDIS_URL``) and check signed entries with the keys of ``GCACHE_SIGNING_KEYS``.
@@ -175,6 +175,15 @@ def _operator_commands(commands: Any) -> None:
     stats.add_argument("--no-memory", action="store_true", help="skip MEMORY USAGE (it needs that command)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     _connection_options(stats)
+    top = commands.add_parser("top", help="a live view of a process's gcache metrics, from its /metrics URL")
+    top.add_argument("url", help="the /metrics URL of a process (or of gunicorn's master)")
+    top.add_argument(
+        "--interval", type=_positive_float, default=1.0, metavar="S", help="seconds between updates"
+    )
+    top.add_argument(
+        "--iterations", type=_positive_int, metavar="N", help="stop after N updates (default: never)"
+    )
+    top.add_argument("--prefix", default="", help="the cache's metrics_prefix (default: none)")
     flush = commands.add_parser("flush", help="delete every key of a prefix (SCAN and UNLINK, never FLUSHDB)")
     flush.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     flush.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -187,8 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "top":
+        from gcache.top import run_top  # imported here: --help stays fast
+
+        return run_top(args.url, args.interval, args.iterations, args.prefix)
     if args.command != "demo":
-        from gcache.cli import run_command  # imported here: --help stays fast
+        from gcache.cli import run_command
 
         return run_command(args)
     if args.duration is not None and not args.serve:

@@ -300,3 +300,82 @@ def test_inspect_tells_an_entry_past_its_ttl_within_the_fail_safe_grace(
     assert (
         verdicts(run(capsys, "inspect", "user_id:1", "--json")[1])[key] == "fresh"
     )  # without the grace known
+
+
+# -- top, and progress in a pseudo-terminal ----------------------------------------------------
+
+
+def test_top_shows_per_use_case_rates_hit_ratios_and_miss_reasons(make_cache: Maker, registry: Any) -> None:
+    from gcache.exposition import start_metrics_server
+    from gcache.top import render, snapshot
+
+    cache = make_cache()
+    calls: list[str] = []
+
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="Topped", default_config=BOTH)
+    def get(user_id: str) -> str:
+        calls.append(user_id)
+        return user_id
+
+    server, _thread = start_metrics_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        from gcache.top import _scrape
+
+        before = snapshot(_scrape(url))
+        with cache.enable():
+            for _ in range(4):
+                get("1")  # 1 miss then 3 LOCAL hits
+        view = render(snapshot(_scrape(url)), before, 2.0)
+        row = next(line for line in view.splitlines() if line.startswith("Topped"))
+        assert row.split() == ["Topped", "2.0", "75%", "0.5", "0%", "0.5", "0"]
+        assert "LOCAL not_found 1" in view
+        assert "REMOTE not_found 1" in view
+        assert "bus subscriptions: 1" in view
+
+        out = subprocess.run(
+            [sys.executable, "-m", "gcache", "top", url, "--interval", "0.05", "--iterations", "2"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("gcache top: per use case") == 2  # not a terminal: printed one after another
+        assert "\x1b[2J" not in out.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_top_and_the_flush_progress_redraw_in_place_in_a_terminal(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    import pty
+
+    stamp = time.time_ns() // 1000
+    with redis_client.pipeline() as pipe:
+        for i in range(2500):
+            pipe.set(f"{{urn:gcache:user_id:{i}}}#UC", envelope.encode(pickle.dumps(1), 0, 0, stamp))
+        pipe.execute()
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gcache", "flush", "--dry-run"],
+            stdin=secondary, stdout=secondary, stderr=secondary, timeout=30, check=False,
+            env={**os.environ, "REDIS_URL": redis_url},
+        )  # fmt: skip
+        assert done.returncode == 0
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the other end is closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    text = shown.decode()
+    assert "\rscanned: 1000 keys of 'urn:gcache'" in text  # redrawn in place, on the terminal
+    assert "\rscanned: 2000 keys of 'urn:gcache'" in text
+    assert "would delete 2500 keys of prefix 'urn:gcache' (dry run: nothing deleted)" in text

@@ -1,0 +1,111 @@
+"""``python -m gcache top URL``: a live view of one process's (or one server's) gcache metrics.
+
+It scrapes the ``/metrics`` URL every ``interval`` seconds and shows, per use case, lookups and
+hit ratios per layer over the last interval, the miss reasons, errors, function runs, and the
+process's breaker and bus. On a terminal the screen is redrawn in place; otherwise each update is
+printed after the last (so it can be logged or tested).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from typing import TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["Snapshot", "render", "run_top", "snapshot"]
+
+Snapshot = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def snapshot(text: str) -> Snapshot:
+    """Every sample of a scrape, keyed by (name, sorted labels)."""
+    found: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def _sum(samples: Snapshot, name: str, **match: str) -> dict[str, float]:
+    """Sum of ``name``'s samples per use case, over the samples whose labels match."""
+    totals: dict[str, float] = defaultdict(float)
+    for (sample, labels), value in samples.items():
+        if sample != name:
+            continue
+        found = dict(labels)
+        if all(found.get(k) == v for k, v in match.items()):
+            totals[found.get("use_case", "")] += value
+    return totals
+
+
+def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") -> str:
+    """The view of the change from ``before`` to ``now`` over ``seconds``."""
+    p = prefix + "gcache_"
+
+    def delta(name: str, **match: str) -> dict[str, float]:
+        current, previous = _sum(now, p + name, **match), _sum(before, p + name, **match)
+        return {uc: current[uc] - previous.get(uc, 0.0) for uc in current}
+
+    use_cases = sorted(uc for uc in _sum(now, p + "request_counter_total") if uc)
+    lines = [
+        f"gcache top: per use case, over the last {seconds:.1f} s",
+        f"{'use case':<36} {'LOCAL/s':>9} {'hit':>6} {'REMOTE/s':>9} {'hit':>6} {'runs/s':>8} {'errors':>7}",
+    ]
+    requests = {layer: delta("request_counter_total", layer=layer) for layer in ("LOCAL", "REMOTE")}
+    misses = {layer: delta("miss_counter_total", layer=layer) for layer in ("LOCAL", "REMOTE")}
+    runs = delta("fallback_timer_count")
+    errors = delta("error_counter_total")
+    for uc in use_cases:
+        cells = []
+        for layer in ("LOCAL", "REMOTE"):
+            asked = requests[layer].get(uc, 0.0)
+            ratio = 1 - misses[layer].get(uc, 0.0) / asked if asked else None
+            cells.append(f"{asked / seconds:>9.1f} {'-' if ratio is None else f'{ratio:.0%}':>6}")
+        rate = runs.get(uc, 0.0) / seconds
+        lines.append(f"{uc[:36]:<36} {cells[0]} {cells[1]} {rate:>8.1f} {errors.get(uc, 0.0):>7.0f}")
+    reasons: dict[str, float] = defaultdict(float)
+    for (sample, labels), value in now.items():
+        if sample == p + "miss_reason_counter_total":
+            found = dict(labels)
+            reasons[f"{found.get('layer')} {found.get('reason')}"] += value - before.get(
+                (sample, labels), 0.0
+            )
+    shown = ", ".join(f"{name} {count:.0f}" for name, count in sorted(reasons.items()) if count)
+    lines.append(f"miss reasons: {shown or 'none'}")
+    breaker = sum(v for (s, _), v in now.items() if s == p + "breaker_open")
+    bus = sum(v for (s, _), v in now.items() if s == p + "bus_connected")
+    lines.append(f"breaker open: {breaker:.0f}   bus subscriptions: {bus:.0f}")
+    return "\n".join(lines)
+
+
+def run_top(
+    url: str, interval: float, iterations: int | None, prefix: str = "", out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    live = out.isatty()
+    try:
+        before, at = snapshot(_scrape(url)), time.monotonic()
+        done = 0
+        while iterations is None or done < iterations:
+            time.sleep(interval)
+            now, now_at = snapshot(_scrape(url)), time.monotonic()
+            view = render(now, before, now_at - at, prefix)
+            print((_CLEAR if live else "") + view + ("" if live else "\n"), file=out, flush=True)
+            before, at = now, now_at
+            done += 1
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"gcache top: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode("utf-8"))
