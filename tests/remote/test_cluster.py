@@ -190,3 +190,45 @@ async def test_a_planted_giant_on_a_cluster_is_read_bounded_and_a_too_large_miss
     assert misses == 1
     assert mib < sent < mib + 256 * 1024
     assert cluster_client.strlen(urn) < 1_000  # rewritten with the function's value
+
+
+def test_the_operator_commands_work_on_a_cluster(
+    cluster_nodes: list[EmbeddedRedis], cluster_client: redis.RedisCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from gcache.__main__ import main
+
+    url = cluster_nodes[0].url
+    with _cache(url) as cache:
+
+        @cache.cached(key_type="user_id", id_arg="uid", use_case="Ops", track_for_invalidation=True,
+                      default_config=REMOTE_ONLY)  # fmt: skip
+        def get(uid: int) -> int:
+            return uid
+
+        with cache.enable():
+            for uid in range(30):  # entities spread over the three nodes' slots
+                get(uid)
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main([*argv, "--cluster", "--redis-url", url])
+        return code, capsys.readouterr().out
+
+    code, out = run("inspect", "user_id:7", "--json")
+    assert code == 0
+    assert [e["verdict"] for e in json.loads(out)["entries"]] == ["fresh"]
+    code, out = run("stats", "--json", "--no-memory")
+    assert code == 0
+    stats = json.loads(out)
+    assert (stats["by_use_case"], stats["fences"], stats["tracked"]) == ({"user_id Ops": 30}, 30, 30)
+    assert run("invalidate", "user_id", "7")[0] == 0
+    assert [e["verdict"] for e in json.loads(run("inspect", "user_id:7", "--json")[1])["entries"]] == [
+        "invalidated"
+    ]
+    assert (
+        run("flush", "--dry-run")[1]
+        == "would delete 60 keys of prefix 'urn:gcache' (dry run: nothing deleted)\n"
+    )
+    assert run("flush", "--yes")[1] == "deleted 60 keys of prefix 'urn:gcache'\n"
+    assert cluster_client.dbsize() == 0
