@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", help="the cache's Redis (default: $REDIS_URL)")
     parser.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
+    parser.add_argument(
+        "--tls-ca-certs", metavar="FILE", help="with rediss://: the CA bundle to check the server with"
+    )
+    parser.add_argument("--tls-certfile", metavar="FILE", help="with rediss://: a client certificate")
+    parser.add_argument("--tls-keyfile", metavar="FILE", help="with rediss://: the client certificate's key")
     parser.add_argument("--prefix", default="urn:gcache", help="the cache's urn_prefix (default: urn:gcache)")
 
 

@@ -48,7 +48,13 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         print("gcache: no Redis: give --redis-url or set REDIS_URL", file=err)
         return 2
     try:
-        config = RedisConfig(url=url, cluster=args.cluster)
+        config = RedisConfig(
+            url=url,
+            cluster=args.cluster,
+            ssl_ca_certs=args.tls_ca_certs,
+            ssl_certfile=args.tls_certfile,
+            ssl_keyfile=args.tls_keyfile,
+        )
         if args.command == "inspect":
             return _inspect(args, config, out)
         if args.command == "flush":

@@ -43,6 +43,10 @@ def _sum(samples: Snapshot, name: str, **match: str) -> dict[str, float]:
     return totals
 
 
+def _total(samples: Snapshot, name: str) -> float:
+    return sum(value for (sample, _), value in samples.items() if sample == name)
+
+
 def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") -> str:
     """The view of the change from ``before`` to ``now`` over ``seconds``."""
     p = prefix + "gcache_"
@@ -79,7 +83,10 @@ def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") ->
     lines.append(f"miss reasons: {shown or 'none'}")
     breaker = sum(v for (s, _), v in now.items() if s == p + "breaker_open")
     bus = sum(v for (s, _), v in now.items() if s == p + "bus_connected")
-    lines.append(f"breaker open: {breaker:.0f}   bus subscriptions: {bus:.0f}")
+    heard = _total(now, p + "bus_lag_seconds_count") - _total(before, p + "bus_lag_seconds_count")
+    lag = _total(now, p + "bus_lag_seconds_sum") - _total(before, p + "bus_lag_seconds_sum")
+    shown_lag = f"{lag / heard * 1000:.1f} ms over {heard:.0f} messages" if heard else "no messages"
+    lines.append(f"breaker open: {breaker:.0f}   bus subscriptions: {bus:.0f}   bus lag: {shown_lag}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def test_inspect_tells_the_verdict_of_every_entry_of_an_entity(
     plain_paged = value_key(ENTITY, (("page", "2"),), "Plain")
     redis_client.set(value_key(ENTITY, (), "Foreign"), b"not gcache's")
     redis_client.set(value_key(ENTITY, (), "Old"), b"gC\x01" + b"\0" * 40)
+    redis_client.set(value_key(ENTITY, (), "Broken"), b"gC\x02\x00\x00" + b"x" * 60)  # stamp not digits
     redis_client.set(f"{ENTITY}!lock#Tracked", b"token", px=5000)
 
     monkeypatch.setenv("GCACHE_SIGNING_KEYS", KEY)
@@ -79,6 +81,7 @@ def test_inspect_tells_the_verdict_of_every_entry_of_an_entity(
         plain_paged: "fresh",
         value_key(ENTITY, (), "Foreign"): "foreign",
         value_key(ENTITY, (), "Old"): "version",
+        value_key(ENTITY, (), "Broken"): "corrupt",
     }
     report = json.loads(out)
     assert report["fence"]["watermark_us"] == 0
@@ -332,6 +335,11 @@ def test_top_shows_per_use_case_rates_hit_ratios_and_miss_reasons(make_cache: Ma
         assert "LOCAL not_found 1" in view
         assert "REMOTE not_found 1" in view
         assert "bus subscriptions: 1" in view
+        assert "bus lag: no messages" in view
+        before = snapshot(_scrape(url))
+        make_cache(metrics_registry=CollectorRegistry()).invalidate("user_id", "1")  # another process
+        wait_until(lambda: "bus lag: no messages" not in render(snapshot(_scrape(url)), before, 1.0))
+        assert re.search(r"bus lag: [0-9.]+ ms over 1 messages", render(snapshot(_scrape(url)), before, 1.0))
 
         out = subprocess.run(
             [sys.executable, "-m", "gcache", "top", url, "--interval", "0.05", "--iterations", "2"],

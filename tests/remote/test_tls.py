@@ -99,3 +99,20 @@ async def test_turning_the_hostname_check_off_is_the_user_s_explicit_choice(
         await cache.ainvalidate("user_id", "1")  # connects whatever name the certificate has
     assert RedisConfig(url=url, ssl_cert_reqs="none").client_options()["ssl_check_hostname"] is False
     assert RedisConfig(url=url).client_options()["ssl_check_hostname"] is True
+
+
+def test_the_operator_commands_take_the_tls_options(
+    tls_server: tuple[str, Path, bool], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gcache.__main__ import main
+
+    url, ca, right_name = tls_server
+    code = main(["stats", "--json", "--no-memory", "--redis-url", url, "--tls-ca-certs", str(ca)])
+    captured = capsys.readouterr()
+    if right_name:
+        assert code == 0, captured.err
+        assert '"prefix": "urn:gcache"' in captured.out
+    else:  # the certificate names another host: refused, as the cache itself refuses it
+        assert code == 1
+        assert "certificate" in captured.err.lower() or "hostname" in captured.err.lower(), captured.err
+    assert main(["stats", "--json", "--no-memory", "--redis-url", url]) == 1  # without the CA: untrusted
