@@ -14,6 +14,7 @@ import urllib.request
 from collections import defaultdict
 from typing import TextIO
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["Snapshot", "render", "run_top", "snapshot"]
@@ -91,16 +92,29 @@ def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") ->
 
 
 def run_top(
-    url: str, interval: float, iterations: int | None, prefix: str = "", out: TextIO | None = None
+    source: str | CollectorRegistry,
+    interval: float = 1.0,
+    iterations: int | None = None,
+    prefix: str = "",
+    out: TextIO | None = None,
 ) -> int:
+    """The live view of ``source``: a ``/metrics`` URL, or, from inside the process (a debug
+    shell, a management command), its ``CollectorRegistry``."""
     out = out or sys.stdout
     live = out.isatty()
+    url = source if isinstance(source, str) else "the registry"
+
+    def read() -> Snapshot:
+        if isinstance(source, str):
+            return snapshot(_scrape(source))
+        return snapshot(generate_latest(source).decode())
+
     try:
-        before, at = snapshot(_scrape(url)), time.monotonic()
+        before, at = read(), time.monotonic()
         done = 0
         while iterations is None or done < iterations:
             time.sleep(interval)
-            now, now_at = snapshot(_scrape(url)), time.monotonic()
+            now, now_at = read(), time.monotonic()
             view = render(now, before, now_at - at, prefix)
             print((_CLEAR if live else "") + view + ("" if live else "\n"), file=out, flush=True)
             before, at = now, now_at

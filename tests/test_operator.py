@@ -387,3 +387,21 @@ def test_top_and_the_flush_progress_redraw_in_place_in_a_terminal(
     assert "\rscanned: 1000 keys of 'urn:gcache'" in text  # redrawn in place, on the terminal
     assert "\rscanned: 2000 keys of 'urn:gcache'" in text
     assert "would delete 2500 keys of prefix 'urn:gcache' (dry run: nothing deleted)" in text
+
+
+def test_top_reads_the_process_s_own_registry_too(make_cache: Maker, registry: Any) -> None:
+    import io
+
+    from gcache.top import run_top
+
+    cache = make_cache()
+
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="InProcess", default_config=BOTH)
+    def get(user_id: str) -> str:
+        return user_id
+
+    with cache.enable():
+        get("1")
+    out = io.StringIO()
+    assert run_top(registry, interval=0.01, iterations=1, out=out) == 0
+    assert "InProcess" in out.getvalue()
