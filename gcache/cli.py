@@ -29,6 +29,7 @@ from gcache.inspection import (
     key_of,
     parse_target,
     prefix_stats,
+    sync_client,
 )
 from gcache.redis_config import RedisConfig, mask_url
 from gcache.signing import Signer, signing_keys_from
@@ -72,17 +73,10 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         return 1
 
 
-def _client(config: RedisConfig) -> Any:
-    assert config.url is not None
-    if config.cluster:
-        return redis.RedisCluster.from_url(config.url, **config.client_options())
-    return redis.Redis.from_url(config.url, **config.client_options())
-
-
 def _inspect(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
     keys = signing_keys_from(None)
     entity = parse_target(args.target, args.prefix)
-    client = _client(config)
+    client = sync_client(config)
     try:
         report = inspect_entity(
             client,
@@ -152,7 +146,7 @@ def _through_cache(args: argparse.Namespace, config: RedisConfig, out: TextIO) -
 
 
 def _flush(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: TextIO) -> int:
-    client = _client(config)
+    client = sync_client(config)
     started = time.monotonic()
     found = 0
     try:
@@ -189,7 +183,7 @@ def _flush(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: Text
 
 
 def _stats(args: argparse.Namespace, config: RedisConfig, out: TextIO, err: TextIO) -> int:
-    client = _client(config)
+    client = sync_client(config)
     started = time.monotonic()
 
     def progress(scanned: int) -> None:
@@ -243,7 +237,7 @@ def _explain(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
             "no --provider given: the decorator's default_config, not known outside the process"
         )
     keys = signing_keys_from(None)
-    client = _client(config)
+    client = sync_client(config)
     try:
         report = inspect_entity(client, key.prefix, signer=Signer(keys) if keys else None)
     finally:

@@ -15,8 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import redis
+
 from gcache import _envelope
 from gcache.config import GCacheKey
+from gcache.redis_config import RedisConfig
 from gcache.signing import Signer
 from gcache.urns import WATERMARK_USE_CASE, entity_key
 
@@ -29,6 +32,7 @@ __all__ = [
     "key_of",
     "parse_target",
     "prefix_stats",
+    "sync_client",
     "value_key_parts",
 ]
 
@@ -72,6 +76,14 @@ class EntityReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=repr, indent=2)
+
+
+def sync_client(config: RedisConfig) -> Any:
+    """A plain sync redis-py client (cluster or not) on ``config``, for the tools that look."""
+    assert config.url is not None
+    if config.cluster:
+        return redis.RedisCluster.from_url(config.url, **config.client_options())
+    return redis.Redis.from_url(config.url, **config.client_options())
 
 
 def parse_target(target: str, prefix: str) -> str:

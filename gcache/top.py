@@ -45,7 +45,7 @@ def _sum(samples: Snapshot, name: str, **match: str) -> dict[str, float]:
 
 
 def _total(samples: Snapshot, name: str) -> float:
-    return sum(value for (sample, _), value in samples.items() if sample == name)
+    return sum(_sum(samples, name).values())
 
 
 def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") -> str:
@@ -82,8 +82,7 @@ def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") ->
             )
     shown = ", ".join(f"{name} {count:.0f}" for name, count in sorted(reasons.items()) if count)
     lines.append(f"miss reasons: {shown or 'none'}")
-    breaker = sum(v for (s, _), v in now.items() if s == p + "breaker_open")
-    bus = sum(v for (s, _), v in now.items() if s == p + "bus_connected")
+    breaker, bus = _total(now, p + "breaker_open"), _total(now, p + "bus_connected")
     heard = _total(now, p + "bus_lag_seconds_count") - _total(before, p + "bus_lag_seconds_count")
     lag = _total(now, p + "bus_lag_seconds_sum") - _total(before, p + "bus_lag_seconds_sum")
     shown_lag = f"{lag / heard * 1000:.1f} ms over {heard:.0f} messages" if heard else "no messages"

@@ -21,7 +21,7 @@ import redis
 
 from gcache.config import GCacheKey
 from gcache.errors import ConfigError, GCacheError
-from gcache.inspection import inspect_entity, key_of, parse_target, prefix_stats
+from gcache.inspection import inspect_entity, key_of, parse_target, prefix_stats, sync_client
 
 if TYPE_CHECKING:
     from gcache.gcache import GCache
@@ -57,9 +57,7 @@ def make_admin_app(
         config = gcache.config.redis_config
         if config is None or config.url is None:
             raise _Refused(501, "the admin app reads Redis through a RedisConfig; this cache has none")
-        if config.cluster:
-            return redis.RedisCluster.from_url(config.url, **config.client_options())
-        return redis.Redis.from_url(config.url, **config.client_options())
+        return sync_client(config)
 
     def with_client(work: Callable[[Any], Any]) -> Any:
         connection = client()
