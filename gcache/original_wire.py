@@ -185,7 +185,9 @@ def encode_pickle(created_at_ms: int, payload: Any) -> bytes:
     """A PICKLE entry: our ``RedisValue`` pickled, which the original unpickles as its own."""
     _require_int("created_at_ms", created_at_ms)
     try:
-        return pickle.dumps(RedisValue(created_at_ms=created_at_ms, payload=payload), protocol=_PICKLE_PROTOCOL)
+        return pickle.dumps(
+            RedisValue(created_at_ms=created_at_ms, payload=payload), protocol=_PICKLE_PROTOCOL
+        )
     except Exception as exc:  # whatever the payload's own pickling raises
         raise EncodeError(f"the payload cannot be pickled: {exc!r}") from exc
 
@@ -232,7 +234,9 @@ def encode_watermark(now_ms: float, future_buffer_ms: int) -> bytes:
     if isinstance(future_buffer_ms, bool) or not isinstance(future_buffer_ms, int):
         raise EncodeError(f"future_buffer_ms must be an int, got {future_buffer_ms!r}")
     if not 0 <= future_buffer_ms <= MAX_FUTURE_BUFFER_SECONDS * 1000:
-        raise EncodeError(f"future_buffer_ms {future_buffer_ms} is outside 0..{MAX_FUTURE_BUFFER_SECONDS * 1000}")
+        raise EncodeError(
+            f"future_buffer_ms {future_buffer_ms} is outside 0..{MAX_FUTURE_BUFFER_SECONDS * 1000}"
+        )
     return str(int(now_ms + future_buffer_ms)).encode("ascii")
 
 

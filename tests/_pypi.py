@@ -47,13 +47,13 @@ def original_dist(version: str) -> Path:
             return target
         with tempfile.TemporaryDirectory(dir=UPSTREAM_DIR, prefix=f".dist-{version}-") as tmp:
             wheels = Path(tmp) / "wheels"
-            _run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:"]
-                + ["--dest", str(wheels), f"gcache=={version}"]
-            )
+            pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:"]
+            _run([*pip, "--dest", str(wheels), f"gcache=={version}"])
             found = sorted(wheels.glob("gcache-*.whl"))
             if len(found) != 1:
-                raise UpstreamError(f"pip download gcache=={version} left {found!r} in {wheels}, not one wheel")
+                raise UpstreamError(
+                    f"pip download gcache=={version} left {found!r} in {wheels}, not one wheel"
+                )
             unpacked = Path(tmp) / "root"
             with zipfile.ZipFile(found[0]) as wheel:
                 wheel.extractall(unpacked)
@@ -83,7 +83,17 @@ def original_python(version: str) -> Path:
         # without it is from an interrupted build and is rebuilt from scratch.
         shutil.rmtree(venv, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(venv)])
-        _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"gcache=={version}"])
+        _run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                f"gcache=={version}",
+            ]
+        )
         (venv / _COMPLETE).touch()
     return python
 
