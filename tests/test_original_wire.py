@@ -539,7 +539,21 @@ def test_decode_raises_only_decode_error(data: bytes) -> None:
 # --- the released library, in a subprocess -----------------------------------------------------
 
 
-def _run_original(version: str, request: dict[str, Any]) -> dict[str, Any]:
+def _run_original(
+    version: str,
+    keys: list[dict[str, Any]],
+    writes: list[tuple[str, Any, int]],
+    reads: list[tuple[dict[str, Any], bytes, Any, bool]],
+    decodes: list[tuple[bytes, bool]],
+) -> dict[str, Any]:
+    """One batch through the released ``version``: keys, ``INVALIDATIONS``, writes, reads and decodes."""
+    request = {
+        "keys": keys,
+        "invalidate": INVALIDATIONS,
+        "encode": [{**_key_spec(e, False), "payload": p, "ttl": t} for e, p, t in writes],
+        "read": [spec for spec, *_ in reads],
+        "decode": [{"b64": base64.b64encode(d).decode(), "allow_pickle": a} for d, a in decodes],
+    }
     python = original_python(version)
     done = subprocess.run(
         [str(python), "-I", str(WORKER)],
@@ -747,16 +761,7 @@ def test_original_3_0_interop() -> None:
         (encode_proto(now, 60, b"\x00\xff"), b"\x00\xff", None, False),
         (encode_pickle(now, {"k": [1, "v"]}), {"k": [1, "v"]}, None, True),
     ]
-    result = _run_original(
-        "3.0.0",
-        {
-            "keys": KEY_SPECS,
-            "invalidate": INVALIDATIONS,
-            "encode": [{**_key_spec(e, False), "payload": p, "ttl": t} for e, p, t in ORIGINAL_WRITES_3],
-            "read": [spec for spec, *_ in reads],
-            "decode": [{"b64": base64.b64encode(d).decode(), "allow_pickle": a} for d, _, _, a in ours],
-        },
-    )
+    result = _run_original("3.0.0", KEY_SPECS, ORIGINAL_WRITES_3, reads, [(d, a) for d, _, _, a in ours])
     _check_keys(result, KEY_SPECS)
     for spec, got in zip(INVALIDATIONS, result["watermarks"], strict=True):
         assert got["key"] == watermark_key(spec["urn_prefix"], spec["key_type"], spec["id"])
@@ -781,21 +786,10 @@ def test_original_2_0_5_interop() -> None:
     """2.0.5 writes and reads pickle only; keys sorted as its ``cached()`` sorts them."""
     now = int(time.time() * 1000)
     reads = _reads(now, versions_3=False)
-    sorted_specs = [
-        {**s, "args": sorted(s.get("args", []), key=lambda pair: pair[0])}
-        for s in KEY_SPECS
-        if s["urn_prefix"]
-    ]
+    sorted_specs = [{**s, "args": sorted(s.get("args", []), key=lambda pair: pair[0])} for s in KEY_SPECS]
     payload = {"k": [1, "v"], "t": (1, 2)}
     result = _run_original(
-        "2.0.5",
-        {
-            "keys": sorted_specs,
-            "invalidate": INVALIDATIONS,
-            "encode": [{**_key_spec(e, False), "payload": p, "ttl": t} for e, p, t in ORIGINAL_WRITES_2],
-            "read": [spec for spec, *_ in reads],
-            "decode": [{"b64": base64.b64encode(encode_pickle(now, payload)).decode(), "allow_pickle": True}],
-        },
+        "2.0.5", sorted_specs, ORIGINAL_WRITES_2, reads, [(encode_pickle(now, payload), True)]
     )
     _check_keys(result, sorted_specs)
     for spec, got in zip(INVALIDATIONS, result["watermarks"], strict=True):
