@@ -101,7 +101,8 @@ def main() -> None:
         return redis_cache.RedisCache(no_config, lambda: client)
 
     async def run() -> dict[str, Any]:
-        out: dict[str, Any] = {"keys": [], "watermarks": [], "encoded": [], "served": [], "decoded": []}
+        sections = ("keys", "watermarks", "encoded", "served", "decoded", "diverges")
+        out: dict[str, Any] = {name: [] for name in sections}
         for spec in request.get("keys", []):
             built = key(spec)
             out["keys"].append({"prefix": built.prefix, "urn": built.urn})
@@ -143,6 +144,9 @@ def main() -> None:
                 )
             except Exception as exc:  # 2.0.5 raises out of get on what it cannot read
                 out["served"].append({"raised": type(exc).__name__})
+        if has_envelopes:
+            reason = importlib.import_module("gcache._internal.envelope").lone_surrogate_reason
+            out["diverges"] = [reason(payload) is not None for payload in request.get("diverges", [])]
         for spec in request.get("decode", []):
             raw = base64.b64decode(spec["b64"])
             if has_envelopes:

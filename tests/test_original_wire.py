@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import random
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -553,6 +554,7 @@ def _run_original(
         "encode": [{**_key_spec(e, False), "payload": p, "ttl": t} for e, p, t in writes],
         "read": [spec for spec, *_ in reads],
         "decode": [{"b64": base64.b64encode(d).decode(), "allow_pickle": a} for d, a in decodes],
+        "diverges": DIVERGENCE_PROBES,
     }
     python = original_python(version)
     done = subprocess.run(
@@ -605,6 +607,32 @@ ORIGINAL_WRITES_2: list[tuple[str, Any, int]] = [
     ("pickle", {"nested": [1, 2.5, None, "x"]}, 600),
     ("pickle", "s", 5),
 ]
+
+
+def _divergence_probes(count: int) -> list[str]:
+    """Seeded payloads from the pieces the lone-surrogate rule turns on: ours must agree with 3.0's."""
+    pieces = ["\\ud800", "\\uDC00", "\\ud83d\\ude00", "\\\\", '"', "[", "]", "{", "}", ":", ",", "x", "NaN"]
+    pieces += ["\\u0041", "\\uD83D", "\\uDE00", "1", " ", "\\n", "\\u12", "\ud800"]
+    rng = random.Random(15)
+    in_a_string = pieces[:3] + pieces[13:]
+    probes = ['{"a":"' + "".join(rng.choices(in_a_string, k=3)) + '"}' for _ in range(count)]
+    probes += ["".join(rng.choices(pieces, k=rng.randint(1, 12))) for _ in range(count)]
+    return probes
+
+
+DIVERGENCE_PROBES = _divergence_probes(400)
+
+
+def test_paired_and_unpaired_escapes() -> None:
+    assert payload_divergence('"\\ud83d\\ude00"') is None
+    assert payload_divergence('"\\uD83D\\uDE00 and \\ud83d\\ude00"') is None
+    assert payload_divergence('"\\ud83d\\ud83d\\ude00"') == "lone_surrogate_escape"
+    assert payload_divergence('"\\ud83dx\\ude00"') == "lone_surrogate_escape"
+    assert payload_divergence('"\\ude00\\ud83d"') == "lone_surrogate_escape"
+    # An escaped backslash, then the escape.
+    assert payload_divergence('"\\\\\\ud800"') == "lone_surrogate_escape"
+    assert payload_divergence(b'"\\ud800\xff"') is None  # not UTF-8: binary
+    assert payload_divergence("\udc00") == "lone_surrogate_character"
 
 
 def _key_spec(envelope: str, tracked: bool) -> dict[str, Any]:
@@ -777,6 +805,9 @@ def test_original_3_0_interop() -> None:
             "expires_at_ms": decoded.expires_at_ms,
             "payload": json.loads(json.dumps(_wire(payload))),
         }
+    ours_diverge = [payload_divergence(p) is not None for p in DIVERGENCE_PROBES]
+    assert result["diverges"] == ours_diverge
+    assert 50 < sum(ours_diverge) < len(ours_diverge) - 50  # the probes reach both answers
     # The worker read a little after `now`; every case keeps a minute's margin from its boundary.
     _check_reads(result, reads, time.time() * 1000)
 
