@@ -21,6 +21,8 @@ from gcache.errors import (
 from gcache.exposition import make_metrics_app, start_metrics_server
 from gcache.gcache import GCache
 from gcache.keys import GCacheKey
+from gcache.original_wire import Envelope, hash_component
+from gcache.serializers import JsonSerializer
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
     "CacheConfigProvider",
     "CacheLayer",
     "ConfigError",
+    "Envelope",
     "FutureBufferTooLargeError",
     "GCache",
     "GCacheConfig",
@@ -35,12 +38,14 @@ __all__ = [
     "GCacheKey",
     "GCacheKeyConfig",
     "IdArgError",
+    "JsonSerializer",
     "RedisConfig",
     "RedisConfigConflictError",
     "RemoteError",
     "Serializer",
     "UseCaseIsAlreadyRegisteredError",
     "UseCaseNameIsReservedError",
+    "hash_component",
     "make_metrics_app",
     "start_metrics_server",
 ]

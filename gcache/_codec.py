@@ -11,7 +11,7 @@ from gcache import _envelope
 from gcache.config import Serializer
 from gcache.errors import ConfigError
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "OriginalCodec"]
 
 
 class Codec:
@@ -78,3 +78,43 @@ def _data(payload: bytes, flags: int) -> bytes | str:
     if flags & _envelope.FLAG_STR:
         return payload.decode("utf-8")
     return payload
+
+
+class OriginalCodec:
+    """:class:`Codec` for the original gcache's entries (``GCacheConfig(legacy_compat=True)``).
+
+    Its envelopes frame the value itself (pickle) or a Serializer's output (JSON, PROTO, or inside
+    the pickle), so a payload here is what goes into the envelope, not bytes: the value without a
+    Serializer, else what its ``dump`` returns.
+    """
+
+    __slots__ = ("_serializer", "is_async", "loads", "serializer_id")
+
+    def __init__(self, serializer: Serializer | None) -> None:
+        codec = Codec(serializer)  # the same checks of the serializer
+        self._serializer = serializer
+        self.serializer_id = codec.serializer_id
+        self.is_async = codec.is_async
+        self.loads: Callable[[bytes], Any] | None = None
+
+    def dump(self, value: Any) -> tuple[Any, int]:
+        return (value if self._serializer is None else self._serializer.dump(value)), 0
+
+    async def adump(self, value: Any) -> tuple[Any, int]:
+        if self._serializer is None:
+            return value, 0
+        result = self._serializer.dump(value)
+        if inspect.isawaitable(result):
+            result = await result
+        return result, 0
+
+    def load(self, payload: Any, flags: int) -> Any:
+        return payload if self._serializer is None else self._serializer.load(payload)
+
+    async def aload(self, payload: Any, flags: int) -> Any:
+        if self._serializer is None:
+            return payload
+        result = self._serializer.load(payload)
+        if inspect.isawaitable(result):
+            result = await result
+        return result

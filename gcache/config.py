@@ -12,6 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from gcache.errors import ConfigError, RedisConfigConflictError, UseCaseNameIsReservedError
+from gcache.original_wire import MAX_FUTURE_BUFFER_SECONDS
 from gcache.redis_config import RedisConfig
 from gcache.signing import signing_keys_from
 from gcache.urns import DEFAULT_URN_PREFIX, WATERMARK_USE_CASE, entity_key, value_key, watermark_key
@@ -399,6 +400,12 @@ class GCacheConfig:
             and layer (1, the default: every lookup, so its ``_count`` is the number of
             lookups). Above 1 a LOCAL hit skips two clock reads and an observation on the other
             lookups; count lookups with ``gcache_request_counter`` then.
+        legacy_compat: read and write the original gcache's keys, entries and watermarks
+            (rungalileo/gcache 2.x and 3.0, and its Go client), so that its processes and ours
+            share one Redis and prefix and honour each other's invalidations: for a rolling
+            deploy from it, or a fleet that keeps both. Tracked use cases then sit LOCAL out,
+            REMOTE keeps no fail-safe grace, and entries are unsigned (see the README's
+            "Migrating from the original gcache").
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -430,6 +437,7 @@ class GCacheConfig:
     key_hash_secret: str | bytes | None = field(default=None, repr=False)
     hash_parts_longer_than: int = 256
     timer_sample_every: int = 1
+    legacy_compat: bool = False
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -468,11 +476,13 @@ class GCacheConfig:
             and callable(getattr(self.serializer, "load", None))
         ):
             raise ConfigError(f"GCacheConfig.serializer must have dump() and load(), got {self.serializer!r}")
-        for name in ("require_signing", "accept_unsigned_messages"):
+        for name in ("require_signing", "accept_unsigned_messages", "legacy_compat"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"GCacheConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.signing_keys is not None:
             signing_keys_from(self.signing_keys)  # a bad key is told here, at configuration
+        if self.legacy_compat:
+            _legacy_compatible(self)
         _positive("hash_parts_longer_than", self.hash_parts_longer_than, integer=True)
         _positive("timer_sample_every", self.timer_sample_every, integer=True)
         if self.key_hash_secret is not None:
@@ -483,6 +493,27 @@ class GCacheConfig:
                 )
             if len(secret.encode() if isinstance(secret, str) else secret) < 16:
                 raise ConfigError("GCacheConfig.key_hash_secret must be 16 bytes at least")
+
+
+def _legacy_compatible(config: GCacheConfig) -> None:
+    """What ``legacy_compat`` cannot go with: the original's entries carry no signature, its
+    watermarks outlive entries only within its caps, and it hashes no key parts."""
+    if config.require_signing or config.signing_keys:
+        raise ConfigError(
+            "GCacheConfig.legacy_compat: the original gcache's entries carry no signature; "
+            "signing_keys and require_signing cannot be used with it"
+        )
+    limit = MAX_FUTURE_BUFFER_SECONDS * 1000
+    if config.max_future_buffer_ms > limit:
+        raise ConfigError(
+            f"GCacheConfig.legacy_compat: max_future_buffer_ms is {config.max_future_buffer_ms}, "
+            f"above the original's {limit} ms (its watermarks would not outlive the entries they stop)"
+        )
+    if config.key_hash_secret is not None:
+        raise ConfigError(
+            "GCacheConfig.legacy_compat: key_hash_secret renders keys the original cannot find; "
+            "hash sensitive parts with gcache.hash_component instead, as the original does"
+        )
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:

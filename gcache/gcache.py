@@ -30,6 +30,7 @@ from gcache.keys import KeyBuilder
 from gcache.local import LocalLayer
 from gcache.management import Management
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
+from gcache.original_wire import Envelope
 from gcache.readthrough import REFRESH, Runtime, UseCase
 from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
@@ -128,6 +129,11 @@ class GCache(Management):
                 "GCacheConfig.require_signing is set but there are no signing keys: give "
                 "GCacheConfig(signing_keys=[...]) or set GCACHE_SIGNING_KEYS"
             )
+        if keys and config.legacy_compat:
+            raise ConfigError(
+                "GCacheConfig.legacy_compat: the original gcache's entries carry no signature, "
+                "but GCACHE_SIGNING_KEYS gives signing keys: unset it for this cache"
+            )
         self._signer = Signer(keys) if keys else None
         secret = config.key_hash_secret
         self._hasher = (
@@ -158,6 +164,8 @@ class GCache(Management):
                 breaker_probe_sec=config.breaker_probe_sec,
                 on_breaker=self._on_breaker,
                 max_value_bytes=config.max_value_bytes,  # bounds every value read
+                legacy_compat=config.legacy_compat,
+                on_foreign_watermark=self._on_foreign_watermark,
                 on_pool_wait=tuple(
                     FastHistogram(self._metrics.pool_wait.labels(pool)).observe
                     for pool in ("read", "write", "admin")
@@ -194,6 +202,7 @@ class GCache(Management):
             signer=self._signer,
             hasher=self._hasher,
             timer_sample_every=config.timer_sample_every,
+            legacy_compat=config.legacy_compat,
         )
         self._registered: dict[str, str] = {}  # use case -> the function that has it
         self._direct: dict[tuple[Any, ...], UseCase] = {}
@@ -296,6 +305,7 @@ class GCache(Management):
         track_for_invalidation: bool = False,
         default_config: GCacheKeyConfig | None = None,
         serializer: Serializer | None = None,
+        envelope: Envelope | str = Envelope.PICKLE,
     ) -> Callable[[F], F]:
         """Cache a function (sync or async) under ``key_type`` + the value of ``id_arg``.
 
@@ -309,6 +319,10 @@ class GCache(Management):
             track_for_invalidation: entries honour ``invalidate(key_type, id)``.
             default_config: used when the provider returns None (or there is no provider).
             serializer: REMOTE serialization (default: ``GCacheConfig.serializer``, else pickle).
+            envelope: with ``GCacheConfig(legacy_compat=True)``, how the original gcache 3.0
+                frames this use case's entries: ``Envelope.PICKLE`` (default), ``JSON`` (a
+                serializer returning str) or ``PROTO`` (one returning bytes), which its Go client
+                reads too.
 
         Raises:
             ConfigError: a name that is not a parameter, a duplicate or reserved use_case, or a
@@ -322,6 +336,8 @@ class GCache(Management):
             isinstance(ignore_args, str) or not isinstance(ignore_args, Sequence)
         ):
             raise ConfigError(f"cached(): ignore_args must be a list of names, got {ignore_args!r}")
+
+        framing = self._envelope(envelope, serializer if serializer is not None else self.config.serializer)
 
         def decorate(func: F) -> F:
             # The default is the original library's: module and function name, not __qualname__.
@@ -347,7 +363,7 @@ class GCache(Management):
                 )
             keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
             chosen = serializer if serializer is not None else self.config.serializer
-            uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)
+            uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys, framing)
             self._registered[name] = where
 
             wrapper: Any = uc.wrap(func)
@@ -389,6 +405,37 @@ class GCache(Management):
 
         return decorate
 
+    def _envelope(self, envelope: Envelope | str, serializer: Serializer | None) -> Envelope:
+        """``cached(envelope=...)`` checked: the original's framings, JSON and PROTO with a serializer."""
+        try:
+            framing = Envelope(envelope)
+        except ValueError:
+            names = ", ".join(repr(e.value) for e in Envelope)
+            raise ConfigError(f"cached(): envelope must be one of {names}, got {envelope!r}") from None
+        if framing is Envelope.PICKLE:
+            return framing
+        if not self.config.legacy_compat:
+            raise ConfigError(
+                f"cached(envelope={framing.value!r}) frames entries as the original gcache 3.0 does: "
+                "it needs GCacheConfig(legacy_compat=True)"
+            )
+        if serializer is None:
+            raise ConfigError(
+                f"cached(envelope={framing.value!r}) needs a serializer returning "
+                f"{'str' if framing is Envelope.JSON else 'bytes'} (the envelope carries its output)"
+            )
+        return framing
+
+    def _on_foreign_watermark(self, fence: str) -> None:
+        self._errors.once(
+            ("foreign_watermark",),
+            f"gcache: {fence} held the original gcache's watermark (a string), written by a process "
+            "of the original library or of gcache with legacy_compat on this prefix; it is now a "
+            "gcache fence, and those processes no longer honour this process's invalidations of "
+            "it. While the two share this Redis, give every gcache process "
+            "GCacheConfig(legacy_compat=True) (README: Migrating from the original gcache)",
+        )
+
     def _use_case(
         self,
         name: str,
@@ -397,6 +444,7 @@ class GCache(Management):
         default_config: GCacheKeyConfig | None,
         serializer: Serializer | None,
         keys: KeyBuilder | None,
+        envelope: Envelope = Envelope.PICKLE,
     ) -> UseCase:
         self._key_types.add(key_type)
         store = self._local.store(name, key_type, tracked=tracked)
@@ -415,6 +463,7 @@ class GCache(Management):
             local=store,
             metrics=metrics,
             keys=keys,
+            envelope=envelope,
         )
         if self._closed:
             uc.remote, uc.closed = None, True

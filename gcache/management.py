@@ -23,7 +23,17 @@ from gcache.metrics import LAYER_LOCAL, LAYER_REMOTE, Metrics
 from gcache.readthrough import Runtime, UseCase
 from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
-from gcache.urns import PartHasher, entity_key, entity_of, key_type_of, owned_by, value_key, watermark_key
+from gcache.urns import (
+    PartHasher,
+    entity_key,
+    entity_of,
+    key_type_of,
+    original_entity_key,
+    original_value_key,
+    owned_by,
+    value_key,
+    watermark_key,
+)
 
 __all__ = ["MAX_DIRECT_USE_CASES", "OTHER_KEY_TYPES", "Management"]
 
@@ -96,12 +106,16 @@ class Management:
         """Raises KeyTooLongError for a key over ``max_key_length``: direct access raises it."""
         uc = self._for_key(key)
         hasher = self._hasher
-        if hasher is None:
+        if self.config.legacy_compat:  # the original's keys (see urns.original_value_key)
+            entity, pairs = original_entity_key(self._prefix, key.key_type, key.id), tuple(key.args)
+            urn = original_value_key(entity, pairs, key.use_case, tracked=key.invalidation_tracking)
+        elif hasher is None:
             entity, pairs = entity_key(self._prefix, key.key_type, key.id), tuple(key.args)
+            urn = value_key(entity, pairs, key.use_case)
         else:  # as calls key them: long parts by their hash
             entity = entity_key(self._prefix, key.key_type, hasher(key.id))
             pairs = tuple((name, hasher(value)) for name, value in key.args)
-        urn = value_key(entity, pairs, key.use_case)
+            urn = value_key(entity, pairs, key.use_case)
         if len(urn) > self.config.max_key_length:
             raise too_long(urn, self.config.max_key_length)
         return uc, entity, urn, pairs
@@ -208,7 +222,10 @@ class Management:
         if key_type not in self._key_types:
             self._unknown_key_type(key_type)
         id = str(id) if self._hasher is None else self._hasher(str(id))
-        entity = entity_key(self._prefix, key_type, id)
+        if self.config.legacy_compat:
+            entity = original_entity_key(self._prefix, key_type, id)
+        else:
+            entity = entity_key(self._prefix, key_type, id)
         self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
         self._metrics.invalidation.labels(key_type, LAYER_LOCAL).inc()
         return entity, watermark_key(entity)

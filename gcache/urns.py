@@ -30,6 +30,8 @@ __all__ = [
     "id_of",
     "key_type_of",
     "lock_key",
+    "original_entity_key",
+    "original_value_key",
     "owned_by",
     "value_key",
     "value_key_tail",
@@ -67,6 +69,21 @@ def value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str) -> st
 def value_key_tail(use_case: str) -> str:
     """How a value key ends: a use case renders it once, for the calls of an id alone."""
     return "#" + use_case.translate(_USE_CASE)
+
+
+def original_entity_key(prefix: str, key_type: str, id: str) -> str:
+    """:func:`entity_key` as the original gcache renders it (``GCacheConfig(legacy_compat=True)``):
+    its parts unescaped, so that both libraries name one entity alike."""
+    return "{" + f"{prefix}:{key_type}:{id}" + "}"
+
+
+def original_value_key(entity: str, args: Sequence[tuple[str, str]], use_case: str, *, tracked: bool) -> str:
+    """A value key as the original gcache renders it: unescaped, and without the braces when the
+    use case is untracked (the original hash-tags only what a watermark must share a slot with)."""
+    head = entity if tracked else entity[1:-1]
+    if args:
+        return head + "?" + "&".join(f"{n}={v}" for n, v in args) + "#" + use_case
+    return head + "#" + use_case
 
 
 class PartHasher:
@@ -116,7 +133,9 @@ def lock_key(value_key: str) -> str:
     A value key goes on from its entity with ``?`` or ``#``, so no value key, nor the fence,
     can render to it; it shares the entity's slot and prefix (``flushall`` removes it).
     """
-    end = value_key.index("}") + 1
+    end = value_key.find("}") + 1
+    if not end:  # the original's untracked key (legacy_compat) has no hash tag: it gets one
+        return "{" + value_key + "}!lock"
     return value_key[:end] + "!lock" + value_key[end:]
 
 

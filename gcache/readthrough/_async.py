@@ -340,14 +340,19 @@ class AsyncDriver(AsyncIO):
         self.m.dump.observe(_perf() - start)
         if not self.fits(payload):
             return False
-        ttl_ms = max(1, int((ttl + grace) * 1000))
+        ttl_ms = self.remote_ttl_ms(ttl, grace)
         if self.tracked:
             fence = watermark_key(entity)
             if read is None:
                 read = await remote.aread_tracked(urn, fence)
-            envelope = self.envelope(urn, payload, flags, read)
+            envelope = self.envelope(urn, payload, flags, read, ttl_ms)
+            if envelope is None:
+                return False
             return self.wrote(await remote.awrite_tracked(urn, fence, read, ttl_ms, envelope))
-        await remote.aset(urn, self.envelope(urn, payload, flags, None), ttl_ms)
+        envelope = self.envelope(urn, payload, flags, None, ttl_ms)
+        if envelope is None:
+            return False
+        await remote.aset(urn, envelope, ttl_ms)
         return self.wrote(1)
 
     async def afunction(

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from gcache import _envelope
-from gcache._codec import Codec
+from gcache import _envelope, original_wire
+from gcache._codec import Codec, OriginalCodec
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.keys import GCacheKey, KeyBuilder, KeyPartWatch
 from gcache.local import MISS, LocalStore
 from gcache.metrics import LAYER_CONFIG, LAYER_LOCAL, LAYER_REMOTE, UseCaseMetrics
-from gcache.readthrough.reporting import Reporting
+from gcache.readthrough.original_entries import OriginalEntries
 from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
 from gcache.urns import KEY_TYPE_ESCAPES, value_key_tail
@@ -102,7 +102,7 @@ class Miss:
         self.key: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (id, pairs), for watch_key
 
 
-class Decisions(Reporting):
+class Decisions(OriginalEntries):
     """One use case's state and the decisions of its calls (see the module docstring).
 
     A class of about 250 lines: its state (``__init__``) is what every decision reads.
@@ -120,6 +120,7 @@ class Decisions(Reporting):
         local: LocalStore,
         metrics: UseCaseMetrics,
         keys: KeyBuilder | None = None,
+        envelope: original_wire.Envelope = original_wire.Envelope.PICKLE,
     ) -> None:
         self.rt = runtime
         self.use_case = use_case
@@ -156,6 +157,16 @@ class Decisions(Reporting):
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:"
         self._key_tail = value_key_tail(use_case)
+        self.legacy_compat = runtime.legacy_compat
+        self.wire_envelope = envelope  # how the original frames this use case's entries
+        if runtime.legacy_compat:  # the original's entries and keys (see original_entries)
+            self.codec = OriginalCodec(serializer)
+            self._plain = None
+            self.unsigned_pickle = False
+            self._entity_head = "{" + f"{runtime.prefix}:{key_type}:"
+            self._key_tail = "#" + use_case
+            if tracked:  # the other library's invalidations are not announced to LOCAL tiers
+                self.local_layer = self._local_sits_out  # type: ignore[method-assign]
         self.flights = FlightTable()
         self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging
         self.closed = False  # the GCache was closed: calls are served uncached
@@ -220,6 +231,11 @@ class Decisions(Reporting):
         if ttl and ramp < 100:
             return self._ramped(ttl, ramp, LAYER_LOCAL)
         return ttl
+
+    def _local_sits_out(self, config: GCacheKeyConfig) -> float:
+        """``local_layer`` of a tracked use case with ``legacy_compat``: LOCAL takes no part."""
+        self.m.disabled(LAYER_LOCAL, "legacy_compat").inc()
+        return 0
 
     def remote_layer(self, config: GCacheKeyConfig) -> float:
         """REMOTE's TTL for this call (as :meth:`local_layer`), 0 also while the breaker is open.
@@ -338,6 +354,8 @@ class Decisions(Reporting):
     ) -> tuple[bytes, int, bool] | None:
         """What a REMOTE read found worth loading: payload, flags and whether it is past its TTL
         (a fail-safe entry kept as a stale value); None when there is nothing to load."""
+        if self.legacy_compat:
+            return self.original_to_load(m, raw, read)
         env = self.fresh(m.urn, raw, read)
         if env is None:
             if raw is not None and m.stale_layer == LAYER_LOCAL:
@@ -361,20 +379,21 @@ class Decisions(Reporting):
             m.stale, m.stale_layer = value, layer
 
     def fits(self, payload: bytes) -> bool:
-        """Whether a payload is within ``max_value_bytes``; one that is not is counted."""
-        limit = self.rt.max_value_bytes
-        if limit is not None and len(payload) > limit:
-            self.m.write(LAYER_REMOTE, "too_large").inc()
-            return False
-        self.m.size.observe(len(payload))
-        return True
+        """Whether a payload is within ``max_value_bytes``; one that is not is counted. With
+        ``legacy_compat`` the framed entry is measured instead (:meth:`original_entry`)."""
+        return True if self.legacy_compat else self.fits_size(len(payload))
 
-    def envelope(self, urn: str, payload: bytes, flags: int, read: TrackedRead | None) -> bytes:
-        """The entry to store at ``urn``, signed when there are keys.
+    def envelope(
+        self, urn: str, payload: bytes, flags: int, read: TrackedRead | None, ttl_ms: int = 0
+    ) -> bytes | None:
+        """The entry to store at ``urn``, signed when there are keys; None when it cannot be
+        stored (``legacy_compat``: see :meth:`original_entry`).
 
         A tracked entry is stamped with its read's server time and carries its fence's nonce,
         which the write script checks are still current; an untracked one, this clock's time.
         """
+        if self.legacy_compat:
+            return self.original_entry(payload, read, ttl_ms)
         if read is not None:
             stamp_us, nonce = read.now_us, read.nonce or _envelope.NO_NONCE
         else:
@@ -423,6 +442,16 @@ class Decisions(Reporting):
         jitter = m.config.ttl_jitter
         scale = 1.0 - jitter * _random() if jitter else 1.0
         return m.local_ttl * scale, m.remote_ttl * scale, m.config.fail_safe_sec
+
+    def remote_ttl_ms(self, ttl: float, grace: float) -> int:
+        """An entry's life in Redis: its TTL and fail-safe grace. With ``legacy_compat`` no grace
+        (the original's readers would serve it as fresh), and a tracked entry at most the
+        original's tracked TTL cap, so that every watermark outlives what it suppresses."""
+        if self.legacy_compat:
+            if self.tracked:
+                ttl = min(ttl, original_wire.MAX_TRACKED_TTL_SECONDS)
+            return max(1, int(ttl * 1000))
+        return max(1, int((ttl + grace) * 1000))
 
     def wrote(self, result: int) -> bool:
         self.m.write(LAYER_REMOTE, _WRITE_RESULTS.get(result, "unknown")).inc()

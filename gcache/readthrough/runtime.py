@@ -50,8 +50,11 @@ class Runtime:
         signer: Signer | None = None,
         hasher: PartHasher | None = None,
         timer_sample_every: int = 1,
+        legacy_compat: bool = False,
     ) -> None:
         self.prefix = prefix
+        # The original gcache's keys, entries and watermarks (GCacheConfig.legacy_compat)
+        self.legacy_compat = legacy_compat
         self.signer = signer  # None: entries are neither signed nor checked
         self.hasher = hasher  # None: long ids and arguments are not hashed (see urns.PartHasher)
         self.config_reuse_sec = config_reuse_sec

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gcache.keys import ArgumentsDoNotBind
 from gcache.readthrough._async import AsyncDriver
 from gcache.readthrough._sync import SyncDriver
-from gcache.urns import ID_ESCAPES, value_key
+from gcache.urns import ID_ESCAPES, original_value_key, value_key
 
 __all__ = ["UseCase"]
+
+_NO_ESCAPES: dict[int, str] = {}
 
 
 class UseCase(AsyncDriver, SyncDriver):
@@ -31,6 +34,12 @@ class UseCase(AsyncDriver, SyncDriver):
         enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
         assert keys is not None
         build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case
+        # The key grammar: gcache's, or the original's (legacy_compat: unescaped, and unbraced when
+        # untracked, so every key goes through render)
+        id_escapes, render, unbraced = ID_ESCAPES, value_key, False
+        if self.rt.legacy_compat:
+            id_escapes, unbraced = _NO_ESCAPES, not self.tracked
+            render = partial(original_value_key, tracked=self.tracked)
         if self.rt.hasher is not None:  # long ids and arguments keyed by their hash
             build = self.rt.hasher.key(build)
         key_error = self.key_error
@@ -45,8 +54,8 @@ class UseCase(AsyncDriver, SyncDriver):
                     return await func(*args, **kwargs)
                 try:
                     id, pairs = build(args, kwargs)
-                    entity = entity_head + id.translate(ID_ESCAPES) + "}"  # urns.entity_key, head built once
-                    urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+                    entity = entity_head + id.translate(id_escapes) + "}"  # urns.entity_key, head built once
+                    urn = render(entity, pairs, use_case) if pairs or unbraced else entity + key_tail
                 except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                     return await func(*args, **kwargs)
                 except Exception as exc:
@@ -67,8 +76,8 @@ class UseCase(AsyncDriver, SyncDriver):
                 return func(*args, **kwargs)
             try:
                 id, pairs = build(args, kwargs)
-                entity = entity_head + id.translate(ID_ESCAPES) + "}"  # urns.entity_key, head built once
-                urn = value_key(entity, pairs, use_case) if pairs else entity + key_tail
+                entity = entity_head + id.translate(id_escapes) + "}"  # urns.entity_key, head built once
+                urn = render(entity, pairs, use_case) if pairs or unbraced else entity + key_tail
             except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                 return func(*args, **kwargs)
             except Exception as exc:

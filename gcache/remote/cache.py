@@ -26,8 +26,16 @@ from gcache.breaker import CircuitBreaker
 from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError
+from gcache.original_wire import WATERMARK_TTL_SECONDS
 from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
-from gcache.remote.protocol import TrackedRead, parse_fence_read, parse_tracked, pipelined, read_limit
+from gcache.remote.protocol import (
+    TrackedRead,
+    parse_fence_read,
+    parse_original,
+    parse_tracked,
+    pipelined,
+    read_limit,
+)
 from gcache.signing import Signer
 from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
@@ -81,6 +89,10 @@ class RemoteCache(Connections):
             at most ``read_limit`` + 1 bytes (GETRANGE, in the scripts too), so that a planted
             giant costs a read no more than a value just over the limit, and reads as too large
             (longer than ``read_limit``); None: values are read whole (GET).
+        legacy_compat: tracked entities keep the original gcache's watermarks (its key, a
+            string of milliseconds), read and written by the ``*_ORIGINAL`` scripts.
+        on_foreign_watermark: told the fence key when a tracked read without ``legacy_compat``
+            finds such a watermark there (the read script then makes it a fence).
 
     A class of about 300 lines: a twin pair per operation (about twenty), each two or three lines
     around one command it builds once; one concern, Redis's commands, better read together.
@@ -102,6 +114,8 @@ class RemoteCache(Connections):
         on_breaker: Callable[[bool], None] = lambda is_open: None,
         on_pool_wait: tuple[Callable[[float], None] | None, ...] = (None, None, None),
         max_value_bytes: int | None = None,
+        legacy_compat: bool = False,
+        on_foreign_watermark: Callable[[str], None] = lambda fence: None,
     ) -> None:
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
@@ -117,6 +131,8 @@ class RemoteCache(Connections):
         self._signer = signer
         self.origin = os.urandom(6).hex()  # names this instance in what it publishes
         self._compute_limit_ms = compute_limit_ms
+        self.legacy_compat = legacy_compat
+        self._on_foreign_watermark = on_foreign_watermark
         self.breaker = CircuitBreaker(
             threshold=breaker_failures,
             probe_sec=breaker_probe_sec,
@@ -178,12 +194,18 @@ class RemoteCache(Connections):
     # -- operations: each builds its command once; _arun / _run only differ in awaiting it ------
 
     def _read_tracked(self, key: str, fence: str, with_ttl: bool) -> Callable[[Connection], Any]:
+        if self.legacy_compat:
+            args: list[Any] = ["1" if with_ttl else "", *self._limit_args]
+            return methodcaller("read_original", keys=[key, fence], args=args)
         args = [new_nonce(), self._compute_limit_ms, "1" if with_ttl else "", *self._limit_args]
         return methodcaller("read_tracked", keys=[key, fence], args=args)
 
     def _write_tracked(
         self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes
     ) -> Callable[[Connection], Any]:
+        if self.legacy_compat:  # stamped, and checked, in the original's milliseconds
+            args: list[Any] = [read.now_us // 1000, ttl_ms, envelope, self._compute_limit_ms]
+            return methodcaller("write_original", keys=[key, fence], args=args)
         assert read.nonce is not None, "a tracked read always returns a fence"
         args = [read.now_us, ttl_ms, read.nonce, envelope, self._compute_limit_ms * 1000]
         return methodcaller("write_tracked", keys=[key, fence], args=args)
@@ -206,6 +228,9 @@ class RemoteCache(Connections):
             self.origin,
             self._signature("invalidate", future_buffer_ms, entity),
         ]
+        if self.legacy_compat:
+            args = [future_buffer_ms, WATERMARK_TTL_SECONDS * 1000, *args[3:]]
+            return methodcaller("invalidate_original", keys=[fence], args=args)
         return methodcaller("invalidate", keys=[fence], args=args)
 
     def _delete(self, key: str) -> Callable[[Connection], Any]:
@@ -288,13 +313,21 @@ class RemoteCache(Connections):
         script): up to then, other callers may take this read's result as theirs (see
         ``UseCase.amerged_read``).
         """
+        if self.legacy_compat:
+            if sending is not None:
+                sending()
+            return parse_original(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
         if self._async_connection(READ).reads is not None:
-            replies = await self._arun(
-                "read",
-                READ,
-                lambda c: c.reads.read_tracked(key, fence, with_ttl, sending),  # type: ignore[union-attr]
-            )
-            read = parse_fence_read(replies)
+
+            async def pipelined_read(c: Connection) -> list[Any] | None:
+                try:
+                    return await c.reads.read_tracked(key, fence, with_ttl, sending)  # type: ignore[union-attr]
+                except redis.ResponseError as exc:
+                    self._foreign(exc, fence)
+                    return None
+
+            replies = await self._arun("read", READ, pipelined_read)
+            read = None if replies is None else parse_fence_read(replies)
             if read is not None:
                 return read
         if sending is not None:
@@ -308,16 +341,33 @@ class RemoteCache(Connections):
             return self._loop_thread.run(
                 lambda: self.aread_tracked(key, fence, with_ttl=with_ttl, sending=sending)
             )
+        if self.legacy_compat:
+            if sending is not None:
+                sending()
+            return parse_original(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
         if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
-            replies = self._run(
-                "read", READ, lambda c: pipelined(c.pool, c.value_read, key, fence, with_ttl, sending)
-            )
-            read = parse_fence_read(replies)
+
+            def pipelined_read(c: Connection) -> list[Any] | None:
+                try:
+                    return pipelined(c.pool, c.value_read, key, fence, with_ttl, sending)
+                except redis.ResponseError as exc:
+                    self._foreign(exc, fence)
+                    return None
+
+            replies = self._run("read", READ, pipelined_read)
+            read = None if replies is None else parse_fence_read(replies)
             if read is not None:
                 return read
         if sending is not None:
             sending()
         return parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
+
+    def _foreign(self, exc: redis.ResponseError, fence: str) -> None:
+        """A pipelined read whose fence key holds another type: the original gcache's watermark
+        (a string), which the read script turns into a fence. Any other error is raised."""
+        if not str(exc).startswith("WRONGTYPE"):
+            raise exc
+        self._on_foreign_watermark(fence)
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
         await self._arun("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))
@@ -358,12 +408,13 @@ class RemoteCache(Connections):
         async def flush(c: Connection) -> int:
             deleted = 0
             batch: list[bytes] = []
-            async for key in c.client.scan_iter(match=_flush_pattern(prefix), count=_SCAN_BATCH):
-                if _owned(key, prefix):
-                    batch.append(key)
-                if len(batch) >= _SCAN_BATCH:
-                    deleted += await _aunlink(c.client, batch)
-                    batch = []
+            for pattern in _flush_patterns(prefix, self.legacy_compat):
+                async for key in c.client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                    if _owned(key, prefix):
+                        batch.append(key)
+                    if len(batch) >= _SCAN_BATCH:
+                        deleted += await _aunlink(c.client, batch)
+                        batch = []
             if batch:
                 deleted += await _aunlink(c.client, batch)
             await c.announce_flush(args=self._announce_flush())
@@ -378,12 +429,13 @@ class RemoteCache(Connections):
         def flush(c: Connection) -> int:
             deleted = 0
             batch: list[bytes] = []
-            for key in c.client.scan_iter(match=_flush_pattern(prefix), count=_SCAN_BATCH):
-                if _owned(key, prefix):
-                    batch.append(key)
-                if len(batch) >= _SCAN_BATCH:
-                    deleted += _unlink(c.client, batch)
-                    batch = []
+            for pattern in _flush_patterns(prefix, self.legacy_compat):
+                for key in c.client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                    if _owned(key, prefix):
+                        batch.append(key)
+                    if len(batch) >= _SCAN_BATCH:
+                        deleted += _unlink(c.client, batch)
+                        batch = []
             if batch:
                 deleted += _unlink(c.client, batch)
             c.announce_flush(args=self._announce_flush())
@@ -444,13 +496,20 @@ def _node_client(node: Any) -> redis.asyncio.Redis:
     return client  # pragma: no cover
 
 
-def _flush_pattern(prefix: str) -> str:
-    return "{" + prefix + ":*"
+def _flush_patterns(prefix: str, legacy_compat: bool) -> tuple[str, ...]:
+    """What a flush scans for: this prefix's keys; with ``legacy_compat`` also the original
+    gcache's untracked entries, which it renders without braces (``prefix:key_type:id#...``)."""
+    if legacy_compat:
+        return ("{" + prefix + ":*", prefix + ":*")
+    return ("{" + prefix + ":*",)
 
 
 def _owned(key: bytes, prefix: str) -> bool:
-    """The pattern also matches keys of a longer prefix (``prefix:tenant``); keep only ours."""
-    return owned_by(key.decode("utf-8", "surrogateescape"), prefix)
+    """The braced pattern also matches keys of a longer prefix (``prefix:tenant``); keep only
+    ours. An unbraced key (the original's untracked entry) is this prefix's by its start: the
+    original does not escape its parts, so a longer prefix's are not told apart."""
+    text = key.decode("utf-8", "surrogateescape")
+    return owned_by(text, prefix) if text.startswith("{") else text.startswith(prefix + ":")
 
 
 def _unlink(client: Any, keys: list[bytes]) -> int:

@@ -73,14 +73,17 @@ class Connection:
         "delete",
         "get",
         "invalidate",
+        "invalidate_original",
         "ping",
         "pool",
+        "read_original",
         "read_tracked",
         "read_with_ttl",
         "reads",
         "set",
         "unlock",
         "value_read",
+        "write_original",
         "write_tracked",
     )
 
@@ -101,6 +104,10 @@ class Connection:
         self.announce_flush = client.register_script(scripts.ANNOUNCE_FLUSH)
         self.read_with_ttl = client.register_script(scripts.READ_WITH_TTL)
         self.unlock = client.register_script(scripts.UNLOCK)
+        # GCacheConfig(legacy_compat=True): the original gcache's watermarks (see scripts)
+        self.read_original = client.register_script(scripts.READ_ORIGINAL)
+        self.write_original = client.register_script(scripts.WRITE_ORIGINAL)
+        self.invalidate_original = client.register_script(scripts.INVALIDATE_ORIGINAL)
         self.reads: ReadQueue | None = None  # an asyncio single-server client's (see queue_reads)
 
     def queue_reads(self) -> Connection:

@@ -27,6 +27,7 @@ import redis
 import redis.asyncio
 
 from gcache import _envelope
+from gcache.original_wire import parse_watermark
 
 __all__ = [
     "ASYNC_POOL_ARGS",
@@ -42,6 +43,7 @@ __all__ = [
     "pack_get",
     "pack_reads",
     "parse_fence_read",
+    "parse_original",
     "parse_tracked",
     "pipelined",
     "pool_args",
@@ -86,6 +88,17 @@ def parse_tracked(reply: list[Any]) -> TrackedRead:
     read = parse_fence_read([[seconds, micros], raw, [nonce, watermark], *pttl])
     assert read is not None, "the read script returned no fence"
     return read
+
+
+def parse_original(reply: list[Any]) -> TrackedRead:
+    """``READ_ORIGINAL``'s reply (``GCacheConfig(legacy_compat=True)``): the original gcache's
+    watermark as microseconds, -1 for none; one that is not a number suppresses every entry
+    (:func:`gcache.original_wire.parse_watermark`). There is no fence nonce: ``b""``."""
+    raw, watermark, seconds, micros = reply[:4]
+    pttl = int(reply[4]) if raw is not None and len(reply) > 4 and reply[4] is not None else -1
+    ms = parse_watermark(watermark)
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    return TrackedRead(raw or None, b"", -1 if ms is None else ms * 1000, now_us, pttl)
 
 
 def pack_reads(

@@ -11,11 +11,38 @@ __all__ = [
     "ANNOUNCE_FLUSH",
     "DELETE",
     "INVALIDATE",
+    "INVALIDATE_ORIGINAL",
+    "READ_ORIGINAL",
     "READ_TRACKED",
     "READ_WITH_TTL",
     "UNLOCK",
+    "WRITE_ORIGINAL",
     "WRITE_TRACKED",
 ]
+
+# A tracked read's value: GETRANGE of at most ``limit`` bytes and one more when there is a limit
+# (its '' read as none), else GET; false for none.
+_VALUE = """
+local function _VALUE(key, limit)
+  if not limit then return redis.call('GET', key) end
+  local v = redis.call('GETRANGE', key, 0, limit)
+  if v == '' then return false end
+  return v
+end
+"""
+
+# A fence key that holds a string holds the original gcache's watermark (milliseconds), written
+# by a process of the original library or one of ours with legacy_compat on the same prefix: the
+# scripts below make it a fence (dropping the string) with that watermark in microseconds, or
+# server-now when it is not a number (fail closed: nothing stamped before it is trusted). No
+# entry of ours carries the new fence's nonce, so every one written before is refused.
+_FOREIGN_WATERMARK = """
+local function _FOREIGN(key, t)
+  local ms = tonumber(redis.call('GET', key))
+  if ms then return string.format('%.0f', ms * 1000) end
+  return string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
+"""
 
 # The tracked read. On a single server the read is first sent as these commands without the
 # script (protocol.fence_read: a script costs the server 15 µs more than a GET); the script runs
@@ -32,25 +59,28 @@ __all__ = [
 # the value's PTTL (ms) or nil}. The caller joins the two halves of the time: Lua arithmetic and
 # string.format cost the server more than the reads themselves. The PTTL tells a fail-safe use
 # case whether the value is past its TTL, in its grace period.
-READ_TRACKED = """
+READ_TRACKED = (
+    _VALUE
+    + _FOREIGN_WATERMARK
+    + """
 local t = redis.call('TIME')
-local v
-if ARGV[4] then
-  v = redis.call('GETRANGE', KEYS[1], 0, ARGV[4])
-  if v == '' then v = false end
-else
-  v = redis.call('GET', KEYS[1])
+local v = _VALUE(KEYS[1], ARGV[4])
+local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w')
+if not ok then
+  f = {false, _FOREIGN(KEYS[2], t)}
+  redis.call('DEL', KEYS[2])
 end
-local f = redis.call('HMGET', KEYS[2], 'n', 'w')
 if not f[1] then
-  redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', '0')
+  local w = f[2] or '0'
+  redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', w)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  f = {ARGV[1], '0'}
+  f = {ARGV[1], w}
 end
 local pttl = nil
 if v and ARGV[3] == '1' then pttl = redis.call('PTTL', KEYS[1]) end
 return {v, f[1], f[2], t[1], t[2], pttl}
 """
+)
 
 # KEYS[1] value key. An untracked read of a fail-safe use case: {value or nil, its PTTL (ms)}.
 # ARGV[1] (optional) the read limit, as READ_TRACKED's ARGV[4] ('' for none, with GETRANGE)
@@ -81,8 +111,8 @@ WRITE_TRACKED = """
 local t = redis.call('TIME')
 local t0 = tonumber(ARGV[1])
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) - t0 > tonumber(ARGV[5]) then return -2 end
-local f = redis.call('HMGET', KEYS[2], 'n', 'w')
-if f[1] ~= ARGV[3] then return -1 end
+local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w')
+if not ok or f[1] ~= ARGV[3] then return -1 end
 local w = tonumber(f[2])
 if not w or w >= t0 then return 0 end
 local ttl = tonumber(ARGV[2])
@@ -103,12 +133,20 @@ return 1
 # Publishes "i|<server now us>|<buffer ms>|<origin>|<entity>" (signed: "I|...|<origin>|<signature>|
 # <entity>") in the same step, so the message and the watermark cannot disagree. Returns the
 # watermark (us) now in force; it never goes down.
-INVALIDATE = """
+INVALIDATE = (
+    _FOREIGN_WATERMARK
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local buffer = tonumber(ARGV[1])
 local w = now + buffer * 1000
-local f = redis.call('HMGET', KEYS[1], 'n', 'w')
+local ok, f = pcall(redis.call, 'HMGET', KEYS[1], 'n', 'w')
+if not ok then
+  local foreign = tonumber(_FOREIGN(KEYS[1], t))
+  if foreign > w then w = foreign end
+  redis.call('DEL', KEYS[1])
+  f = {false}
+end
 if f[1] then
   local current = tonumber(f[2]) or 0
   if current > w then w = current end
@@ -126,6 +164,7 @@ redis.call('PUBLISH', ARGV[4],
            kind .. string.format('%.0f', now) .. '|' .. ARGV[1] .. '|' .. ARGV[6] .. '|' .. target)
 return string.format('%.0f', w)
 """
+)
 
 # KEYS[1] value key
 # ARGV[1] invalidation bus channel, ARGV[2] origin (the publishing GCache instance),
@@ -152,4 +191,88 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local kind, target = 'f|', ''
 if ARGV[3] ~= '' then kind, target = 'F|', ARGV[3] .. '|' end
 return redis.call('PUBLISH', ARGV[1], kind .. string.format('%.0f', now) .. '|0|' .. ARGV[2] .. '|' .. target)
+"""
+
+
+# With GCacheConfig(legacy_compat=True) a tracked entity keeps the original gcache's watermark: a
+# string of milliseconds at the fence key, which the original's processes read with MGET. A
+# process of ours without legacy_compat may have made it a fence (a hash of microseconds; see
+# _FOREIGN_WATERMARK): these scripts read and raise that one instead, so the two kinds of process
+# honour each other while a fleet switches the option.
+_ORIGINAL_WATERMARK = """
+local function _WATERMARK_MS(key)
+  local ok, s = pcall(redis.call, 'GET', key)
+  if ok then return s end
+  local us = tonumber(redis.call('HMGET', key, 'w')[1])
+  if us then return string.format('%.0f', math.ceil(us / 1000)) end
+  return false
+end
+"""
+
+# KEYS[1] value key, KEYS[2] watermark key
+# ARGV[1] '1' to return the value's PTTL, '' not to; ARGV[2] (optional) the read limit, as
+# READ_TRACKED's ARGV[4]
+# Returns {value or nil, watermark (ms, as stored: the reader parses it) or nil, server time
+# seconds, and microseconds, the value's PTTL (ms) or nil}.
+READ_ORIGINAL = (
+    _VALUE
+    + _ORIGINAL_WATERMARK
+    + """
+local t = redis.call('TIME')
+local v = _VALUE(KEYS[1], ARGV[2])
+local w = _WATERMARK_MS(KEYS[2])
+local pttl = nil
+if v and ARGV[1] == '1' then pttl = redis.call('PTTL', KEYS[1]) end
+return {v, w, t[1], t[2], pttl}
+"""
+)
+
+# KEYS[1] value key, KEYS[2] watermark key
+# ARGV[1] t0: server time (ms) of the read before this write, which the entry carries as its
+# creation time; ARGV[2] entry TTL (ms); ARGV[3] the entry; ARGV[4] compute limit (ms)
+# Stores the entry unless the entity was invalidated at or after t0 (a watermark that is not a
+# number refuses every write: fail closed). Returns 1 stored; 0 invalidated; -2 too slow.
+WRITE_ORIGINAL = (
+    _ORIGINAL_WATERMARK
+    + """
+local t = redis.call('TIME')
+local t0 = tonumber(ARGV[1])
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - t0 > tonumber(ARGV[4]) then return -2 end
+local raw = _WATERMARK_MS(KEYS[2])
+if raw then
+  local w = tonumber(raw)
+  if not w or w >= t0 then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] watermark key
+# ARGV[1] future buffer (ms), ARGV[2] the watermark's life (ms): the original's, longer than any
+# tracked entry's TTL; ARGV[3] invalidation bus channel, ARGV[4] the entity, ARGV[5] origin,
+# ARGV[6] the message's signature ('': unsigned)
+# Raises the watermark (never lowers it) to server-now + buffer, in milliseconds as the original
+# writes it, or in a fence a process without legacy_compat made of it; publishes as INVALIDATE.
+# Returns the watermark (us) now in force.
+INVALIDATE_ORIGINAL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local w = math.floor(now / 1000) + tonumber(ARGV[1])
+local ok, s = pcall(redis.call, 'GET', KEYS[1])
+if ok then
+  local current = tonumber(s)
+  if current and current > w then w = current end
+  redis.call('SET', KEYS[1], string.format('%.0f', w), 'PX', ARGV[2])
+else
+  local current = tonumber(redis.call('HMGET', KEYS[1], 'w')[1]) or 0
+  if current > w * 1000 then w = math.ceil(current / 1000) end
+  redis.call('HSET', KEYS[1], 'w', string.format('%.0f', w * 1000))
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+end
+local kind, target = 'i|', ARGV[4]
+if ARGV[6] ~= '' then kind, target = 'I|', ARGV[6] .. '|' .. ARGV[4] end
+redis.call('PUBLISH', ARGV[3],
+           kind .. string.format('%.0f', now) .. '|' .. ARGV[1] .. '|' .. ARGV[5] .. '|' .. target)
+return string.format('%.0f', w * 1000)
 """

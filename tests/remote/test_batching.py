@@ -137,8 +137,8 @@ async def test_a_command_error_fails_only_its_own_read_and_the_connection_stays_
     remote: RemoteCache, redis_client: redis.Redis
 ) -> None:
     store(redis_client, 4)
-    redis_client.delete(fence(2))
-    redis_client.set(fence(2), b"not a hash")  # HMGET answers WRONGTYPE in the middle of the batch
+    redis_client.delete(key(2))
+    redis_client.hset(key(2), "a", "b")  # GET answers WRONGTYPE in the middle of the batch
     await remote.aget(key(0))
 
     results = await asyncio.gather(

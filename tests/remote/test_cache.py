@@ -325,16 +325,16 @@ async def test_read_tracked_of_an_entity_without_fence_runs_the_script_second(
     assert (read.raw, again.raw) == (None, None)
 
 
-async def test_read_tracked_of_a_fence_of_the_wrong_type_fails_and_leaves_the_connection_usable(
+async def test_read_tracked_of_a_value_of_the_wrong_type_fails_and_leaves_the_connection_usable(
     backend: Backend, ops: Ops
 ) -> None:
-    backend.inspect.set(FENCE, b"not a hash")  # HMGET answers WRONGTYPE between good replies
+    backend.inspect.hset(KEY, "not", "a string")  # GET answers WRONGTYPE between good replies
 
     with pytest.raises(RemoteError) as info:
         await ops.read()
 
     assert isinstance(info.value.cause, redis.ResponseError)
-    backend.inspect.delete(FENCE)
+    backend.inspect.delete(KEY, FENCE)
     backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
     backend.inspect.set(KEY, ENV)
     for _ in range(3):  # no reply of the failed read is left behind to be taken for these
