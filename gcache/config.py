@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -221,9 +222,11 @@ class GCacheKeyConfig:
     def from_dict(data: Mapping[str, Any]) -> GCacheKeyConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"GCacheKeyConfig must be a mapping, got {data!r}")
-        unknown = set(data) - _FIELDS
-        if unknown:
-            raise ConfigError(f"GCacheKeyConfig: unknown fields {sorted(unknown)}")
+        unknown = sorted(map(str, set(data) - _FIELDS))
+        if unknown and len(unknown) == len(data):  # nothing known: surely a mistake
+            raise ConfigError(f"GCacheKeyConfig: no known field, only unknown ones: {', '.join(unknown)}")
+        if unknown:  # ignored, as the original's pydantic model ignored them; told, as likely typos
+            _told_unknown_fields(unknown)
         options = {name: data[name] for name in _OPTIONS if name in data}
         return GCacheKeyConfig(
             ttl_sec=dict(data.get("ttl_sec") or {}), ramp=dict(data.get("ramp") or {}), **options
@@ -275,6 +278,26 @@ class GCacheKeyConfig:
 
 
 GCacheKeyConfigs = dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]]
+
+
+def _tolerant(init: Callable[..., None]) -> Callable[..., None]:
+    """The dataclass's ``__init__``, which also takes (and tells of) keywords it does not know, as
+    the original's pydantic model ignored them (``GCacheKeyConfig(use_case=..., ...)`` ran there).
+    Type checkers still see the dataclass's own signature, so typed code is told of a typo."""
+
+    @functools.wraps(init)
+    def __init__(self: GCacheKeyConfig, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _FIELDS)
+        if unknown:
+            _told_unknown_fields(unknown)
+            for name in unknown:
+                del kwargs[name]
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+GCacheKeyConfig.__init__ = _tolerant(GCacheKeyConfig.__init__)  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True, eq=False)
@@ -493,6 +516,21 @@ class GCacheConfig:
                 )
             if len(secret.encode() if isinstance(secret, str) else secret) < 16:
                 raise ConfigError("GCacheConfig.key_hash_secret must be 16 bytes at least")
+
+
+_TOLD_FIELDS: set[tuple[str, ...]] = set()
+
+
+def _told_unknown_fields(names: list[str]) -> None:
+    told = tuple(names)
+    if told in _TOLD_FIELDS or len(_TOLD_FIELDS) > 100:
+        return
+    _TOLD_FIELDS.add(told)
+    logging.getLogger("gcache").warning(
+        "gcache: a GCacheKeyConfig was given fields gcache does not know, ignored: %s (known: %s)",
+        ", ".join(names),
+        ", ".join(sorted(_FIELDS)),
+    )
 
 
 def _legacy_compatible(config: GCacheConfig) -> None:

@@ -117,6 +117,9 @@ class ReentrantSyncFunctionDetected(GCacheError):
 class GCacheDisabled(GCacheError):
     """The original library's "disabled in this context"; never raised (served uncached)."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("GCache is disabled in this context.",)))
+
 
 class MissingKeyConfig(GCacheError):
     """The original library's missing config error; never raised (served uncached, counted)."""

@@ -256,7 +256,7 @@ async def test_a_sync_cached_function_called_inside_an_event_loop_is_told(
         calls.append(user_id)
         return user_id
 
-    told = "called inside a running event loop"
+    told = "called in an async context"
     with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
         assert await asyncio.to_thread(get, "0") == "0"  # a thread without a loop: nothing to tell
         assert not [r for r in caplog.records if told in r.getMessage()]
@@ -268,3 +268,16 @@ async def test_a_sync_cached_function_called_inside_an_event_loop_is_told(
     assert "'SyncInLoop'" in lines[0]
     assert "asyncio.to_thread" in lines[0]
     assert calls == ["0", "1", "2", "3", "4"]
+
+
+def test_a_stored_config_s_unknown_fields_are_ignored_and_told_once(caplog: pytest.LogCaptureFixture) -> None:
+    """As the original's pydantic model: a stored config with a field gcache does not know loads
+    (its known fields kept), and the names are told once, as likely typos."""
+    stored = {"ttl_sec": {"REMOTE": "60"}, "ramp": {"REMOTE": 100}, "use_case": "x", "tll_sec": 5}
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        first = GCacheKeyConfig.loads(json.dumps(stored))
+        again = GCacheKeyConfig.model_validate(stored)
+    assert first == again == GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+    told = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(told) == 1
+    assert "tll_sec, use_case" in told[0]

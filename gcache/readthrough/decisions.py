@@ -124,6 +124,7 @@ class Decisions(OriginalEntries):
     ) -> None:
         self.rt = runtime
         self.use_case = use_case
+        self.function_name = use_case  # direct access has no function; wrap() names it
         self.key_type = key_type
         self.tracked = tracked
         self.default_config = default_config

@@ -30,6 +30,7 @@ class Reporting:
     rt: Runtime
     m: UseCaseMetrics
     use_case: str
+    function_name: str  # the decorated function's qualified name, once wrap() has it
     watch: KeyPartWatch | None
     unsigned_pickle: bool  # no signing keys, pickle, and not told yet
     blocking_quiet_until = 0.0  # a sync call inside an event loop is told again from then on
@@ -71,9 +72,9 @@ class Reporting:
     def blocking_in_loop(self) -> None:
         self.rt.errors.warning(
             ("sync_in_event_loop", self.use_case),
-            f"sync cached function of use case {self.use_case!r} called inside a running event loop: "
-            "its Redis round trips and its function block the loop (every task waits); make it async, "
-            "or call it with asyncio.to_thread()",
+            f"Sync cached function {self.function_name} (use case {self.use_case!r}) called in an async "
+            "context (inside a running event loop): its Redis round trips and its function block the "
+            "loop (every task waits); make it async, or call it with asyncio.to_thread()",
         )
 
     def tell_unsigned_pickle(self) -> None:

@@ -31,6 +31,7 @@ class UseCase(AsyncDriver, SyncDriver):
         It builds the key itself and hands over to the driver's read-through: no method call in
         between, which on a hit would cost as much as the key (a coroutine, for async).
         """
+        self.function_name = getattr(func, "__qualname__", self.use_case)
         enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
         assert keys is not None
         build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 
 from gcache import (
     CacheLayer,
-    ConfigError,
     GCache,
     GCacheConfig,
     GCacheKey,
@@ -36,7 +35,7 @@ from gcache.exceptions import (
     UseCaseNameIsReserved,
 )
 from tests.behaviour.test_fail_open import FAST, refused_url
-from tests.upstream.conftest import URN_PREFIX, FakeCacheConfigProvider, metric
+from tests.upstream.conftest import URN_PREFIX, FakeCacheConfigProvider, cache_options, metric
 
 LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 
@@ -179,24 +178,23 @@ def test_cache_ramp(cache: GCache, provider: FakeCacheConfigProvider) -> None:
 RAMPED_DOWN = {"ttl_sec": {"local": 1, "remote": 1}, "ramp": {"local": 0, "remote": 0}}
 
 
-@pytest.mark.xfail(
-    reason="incompatibility: GCacheKeyConfig refuses an unknown field (TypeError from the constructor, "
-    "ConfigError from model_validate/loads); the original's pydantic model ignored it, and its own "
-    "test_cache_ramp passes use_case=",
-    raises=(TypeError, ConfigError),
-    strict=True,
-)
-@pytest.mark.parametrize("build", ["constructor", "model_validate", "loads"])
+@pytest.mark.parametrize("build", ["model_validate", "loads"])
 def test_cache_ramp_config_takes_the_original_s_use_case_keyword(build: str) -> None:
-    """tests/test_gcache.py::test_cache_ramp, the config built as the original built it (with
-    ``use_case=``), and the same config read by pydantic's and the original's loaders."""
+    """tests/test_gcache.py::test_cache_ramp, the config read with the original's ``use_case``
+    field, as pydantic's and the original's loaders read it: the unknown field is ignored (and
+    told, as a likely typo)."""
     data: dict[str, Any] = {"use_case": "cached_func", **RAMPED_DOWN}
-    if build == "constructor":
-        config = GCacheKeyConfig(**data)
-    elif build == "model_validate":
+    if build == "model_validate":
         config = GCacheKeyConfig.model_validate(data)
     else:
         config = GCacheKeyConfig.loads(json.dumps(data))
+    assert config == GCacheKeyConfig.loads(json.dumps(RAMPED_DOWN))
+
+
+def test_cache_ramp_config_constructor_takes_the_original_s_use_case_keyword() -> None:
+    """tests/test_gcache.py::test_cache_ramp builds ``GCacheKeyConfig(use_case=...)``; the
+    original's pydantic constructor ignored the unknown keyword, and ours does (and tells it)."""
+    config = GCacheKeyConfig(use_case="cached_func", **RAMPED_DOWN)  # type: ignore[call-arg, arg-type]
     assert config == GCacheKeyConfig.loads(json.dumps(RAMPED_DOWN))
 
 
@@ -674,7 +672,7 @@ async def test_custom_serializer(
     acache: GCache, provider: FakeCacheConfigProvider, redis_client: redis.Redis
 ) -> None:
     """tests/test_gcache.py::test_custom_serializer (the stored payload is read from our entry
-    format, gcache._envelope, instead of the original's pickled object: see the xfail test)"""
+    format, gcache._envelope; the original's, with legacy_compat: the next test)"""
     raw, cached_func = await _stored_by_custom_serializer(acache, provider, redis_client)
 
     assert raw[HEADER_SIZE:] == b"baz"
@@ -682,19 +680,19 @@ async def test_custom_serializer(
         assert await cached_func(123) == "behhh"
 
 
-@pytest.mark.xfail(
-    reason="incompatibility (README: 'Still to come (issue 15): ... a migration mode for rolling deploys "
-    "from the original'): our Redis entries are gcache._envelope frames, not the original's pickled "
-    "object with a .payload, so the original cannot read them nor we its",
-    strict=True,
-)
 async def test_custom_serializer_entry_in_the_original_s_format(
-    acache: GCache, provider: FakeCacheConfigProvider, redis_client: redis.Redis
+    make_cache: Callable[..., GCache],
+    redis_url: str,
+    registry: CollectorRegistry,
+    provider: FakeCacheConfigProvider,
+    redis_client: redis.Redis,
 ) -> None:
-    """tests/test_gcache.py::test_custom_serializer, reading the entry as the original did."""
+    """tests/test_gcache.py::test_custom_serializer, reading the entry as the original did: with
+    GCacheConfig(legacy_compat=True), the original's pickled RedisValue with the payload in it."""
     import pickle
 
-    raw, _ = await _stored_by_custom_serializer(acache, provider, redis_client)
+    legacy = make_cache(**cache_options(redis_url, registry, provider), legacy_compat=True)
+    raw, _ = await _stored_by_custom_serializer(legacy, provider, redis_client)
     assert pickle.loads(raw).payload == b"baz"
 
 
@@ -830,17 +828,14 @@ def _sync_from_async_log(cache: GCache, caplog: pytest.LogCaptureFixture) -> str
 
 
 async def test_sync_from_async_logs_warning(acache: GCache, caplog: pytest.LogCaptureFixture) -> None:
-    """tests/test_gcache.py::test_sync_from_async_logs_warning (our wording; see the xfail test)"""
+    """tests/test_gcache.py::test_sync_from_async_logs_warning (in the original's words, the use
+    case named)"""
     text = _sync_from_async_log(acache, caplog)
-    assert "sync cached function of use case 'test_sync_async_warning'" in text
-    assert "called inside a running event loop" in text
+    assert "Sync cached function " in text
+    assert "sync_cached_func (use case 'test_sync_async_warning')" in text
+    assert "running event loop" in text
 
 
-@pytest.mark.xfail(
-    reason="incompatibility: the warning's wording differs; the original logged 'Sync cached function "
-    "... async context', ours 'sync cached function of use case ... called inside a running event loop'",
-    strict=True,
-)
 async def test_sync_from_async_logs_warning_in_the_original_s_words(
     acache: GCache, caplog: pytest.LogCaptureFixture
 ) -> None:
