@@ -4,7 +4,7 @@
     0       2     magic b"gC"
     2       1     format version (2)
     3       1     serializer id (0 pickle, 1 custom Serializer, 2 JSON, 3 msgpack)
-    4       1     flags (bit 0: the serializer produced str)
+    4       1     flags (bit 0: the serializer produced str; bit 1: an id found absent, no payload)
     5       16    creation stamp in microseconds, ASCII digits, zero-padded: the Redis server time
                   of the read that missed for a tracked entry, the writer's clock for an untracked one
     21      8     nonce of the invalidation fence the entry was written under (zeros if untracked)
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from gcache.signing import Signer
 
 __all__ = [
+    "FLAG_ABSENT",
     "FLAG_STR",
     "HEADER_SIZE",
     "NO_KEY_ID",
@@ -58,6 +59,7 @@ SERIALIZER_NAMES = {
     SERIALIZER_MSGPACK: "msgpack",
 }
 FLAG_STR = 1
+FLAG_ABSENT = 2  # cached_many(cache_missing=True): the function returned no value for the id
 NONCE_SIZE = 8
 NO_NONCE = b"\0" * NONCE_SIZE
 KEY_ID_AT = 29

@@ -205,6 +205,8 @@ class GCache(Management):
             legacy_compat=config.legacy_compat,
         )
         self._registered: dict[str, str] = {}  # use case -> the function that has it
+        # use case -> (its UseCase, "single" or "many"): a cached and a cached_many of one name share
+        self._named: dict[str, tuple[UseCase, str]] = {}
         self._direct: dict[tuple[Any, ...], UseCase] = {}
         self._direct_names: set[tuple[str, str, bool]] = set()  # bounded: see Management._for_key
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
@@ -347,6 +349,20 @@ class GCache(Management):
                 raise ConfigError(f"cached(): use_case must be a non-empty string, got {name!r}")
             if name == WATERMARK_USE_CASE:
                 raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+            if name in self._named and self._named[name][1] == "many":
+                shared = self._named[name][0]
+                self._check_shared(shared, name, key_type, track_for_invalidation, serializer, where)
+                if shared.missing_ttl:
+                    raise ConfigError(
+                        f"cached(): use_case {name!r} of {where} is a cached_many with cache_missing: an id "
+                        "it found absent has no value for a single call; give one another use_case"
+                    )
+                self._named[name] = (shared, "both")
+                self._registered[name] = f"{self._registered[name]} and {where}"
+                wrapper_shared: Any = shared.wrap(func, KeyBuilder(func, id_arg, arg_adapters, ignore_args))
+                functools.update_wrapper(wrapper_shared, func)
+                wrapper_shared.use_case = name
+                return wrapper_shared  # type: ignore[no-any-return]
             if name in self._registered:
                 default = (
                     " (the default use_case: module and function name, which two functions share); "
@@ -365,6 +381,7 @@ class GCache(Management):
             chosen = serializer if serializer is not None else self.config.serializer
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys, framing)
             self._registered[name] = where
+            self._named[name] = (uc, "single")
 
             wrapper: Any = uc.wrap(func)
             functools.update_wrapper(wrapper, func)
@@ -372,6 +389,122 @@ class GCache(Management):
             return wrapper  # type: ignore[no-any-return]
 
         return decorate
+
+    def cached_many(
+        self,
+        *,
+        key_type: str,
+        ids_arg: str,
+        use_case: str | None = None,
+        arg_adapters: dict[str, Callable[[Any], Any]] | None = None,
+        ignore_args: Sequence[str] | None = None,
+        track_for_invalidation: bool = False,
+        default_config: GCacheKeyConfig | None = None,
+        serializer: Serializer | None = None,
+        cache_missing: bool = False,
+        missing_ttl_sec: float | None = None,
+    ) -> Callable[[F], F]:
+        """Cache a batch function (sync or async) ``f(ids, ...) -> Mapping[id, value]`` per id.
+
+        A call looks each id up in LOCAL, the rest in REMOTE in one round trip (per node on a
+        cluster), calls the function once with the ids still missing, writes each value back and
+        returns the ids that have a value, in the caller's order. Each id's entry is the one a
+        ``cached`` function of the same ``use_case``, ``key_type`` and other arguments has: name
+        both alike to share entries (and single flights).
+
+        Args:
+            ids_arg: the parameter holding the iterable of ids.
+            cache_missing: keep "no value" for an id the function's mapping leaves out, for
+                ``missing_ttl_sec`` (default: the layer's TTL), so it is not asked again.
+            The others: as :meth:`cached`.
+
+        Raises:
+            ConfigError: as :meth:`cached`; a shared use case whose key_type, tracking or serializer
+                differ, or with ``cache_missing`` (a single call has no "no value").
+        """
+        if not isinstance(key_type, str) or not key_type:
+            raise ConfigError(f"cached_many(): key_type must be a non-empty string, got {key_type!r}")
+        if not isinstance(ids_arg, str) or not ids_arg:
+            raise ConfigError(f"cached_many(): ids_arg must be a parameter name, got {ids_arg!r}")
+        if default_config is not None and not isinstance(default_config, GCacheKeyConfig):
+            raise ConfigError(
+                f"cached_many(): default_config must be a GCacheKeyConfig, got {default_config!r}"
+            )
+        if missing_ttl_sec is not None and not cache_missing:
+            raise ConfigError("cached_many(): missing_ttl_sec is for cache_missing=True")
+        if missing_ttl_sec is not None and (
+            isinstance(missing_ttl_sec, bool)
+            or not isinstance(missing_ttl_sec, (int, float))
+            or missing_ttl_sec <= 0
+        ):
+            raise ConfigError(
+                f"cached_many(): missing_ttl_sec must be a number above 0, got {missing_ttl_sec!r}"
+            )
+        if cache_missing and self.config.legacy_compat:
+            raise ConfigError(
+                "cached_many(): cache_missing has no frame in the original gcache's formats (legacy_compat)"
+            )
+
+        def decorate(func: F) -> F:
+            name = use_case if use_case is not None else f"{func.__module__}.{func.__name__}"
+            where = f"{func.__module__}.{func.__qualname__}"
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"cached_many(): use_case must be a non-empty string, got {name!r}")
+            if name == WATERMARK_USE_CASE:
+                raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+            if not (inspect.iscoroutinefunction(func) or callable(func)) or inspect.isgeneratorfunction(func):
+                raise ConfigError(f"cached_many(): {func.__qualname__} must return a mapping, not yield")
+            keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args)
+            chosen = serializer if serializer is not None else self.config.serializer
+            known = self._named.get(name)
+            if known is not None and known[1] == "single" and not cache_missing:
+                uc = known[0]
+                self._check_shared(uc, name, key_type, track_for_invalidation, serializer, where)
+                self._named[name] = (uc, "both")
+                self._registered[name] = f"{self._registered[name]} and {where}"
+            elif name in self._registered:
+                raise UseCaseIsAlreadyRegisteredError(
+                    f"use_case {name!r} of {where} is already used by {self._registered[name]}"
+                    + (" (with cache_missing a batch cannot share a single call's use case)" if known else "")
+                )
+            else:
+                uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)
+                self._registered[name] = where
+                self._named[name] = (uc, "many")
+            if cache_missing:
+                uc.missing_ttl = float(missing_ttl_sec) if missing_ttl_sec is not None else float("inf")
+            wrapper: Any = uc.wrap_many(func, keys)
+            functools.update_wrapper(wrapper, func)
+            wrapper.use_case = name
+            return wrapper  # type: ignore[no-any-return]
+
+        return decorate
+
+    def _check_shared(
+        self,
+        uc: UseCase,
+        name: str,
+        key_type: str,
+        tracked: bool,
+        serializer: Serializer | None,
+        where: str,
+    ) -> None:
+        """A cached and a cached_many sharing ``name`` must key and store alike."""
+        chosen = serializer if serializer is not None else self.config.serializer
+        differs = [
+            what
+            for what, same in (
+                ("key_type", uc.key_type == key_type),
+                ("track_for_invalidation", uc.tracked == tracked),
+                ("serializer", uc.serializer is chosen),
+            )
+            if not same
+        ]
+        if differs:
+            raise ConfigError(
+                f"use_case {name!r} of {where} shares the entries of {self._registered[name]}, but its "
+                f"{', '.join(differs)} differ: give it the same, or another use_case"
+            )
 
     def invalidates(
         self,

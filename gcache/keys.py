@@ -218,6 +218,27 @@ class KeyBuilder:
         pairs.sort()
         return str(raw_id), tuple(pairs)
 
+    def batch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """A ``cached_many`` call's ids (the id argument as given: an iterable) and the pairs of its
+        other arguments, which every id's key shares.
+
+        Raises:
+            ArgumentsDoNotBind: as :meth:`build`.
+        """
+        _, pairs = self.build(args, kwargs)
+        return _value(self._id_field, args, kwargs), pairs
+
+    def with_ids(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], ids: list[Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments with ``ids`` in place of its id argument (the ids still missing)."""
+        name, position, _default, _adapter, by_keyword = self._id_field
+        if by_keyword and name in kwargs:
+            return args, {**kwargs, name: ids}
+        if position is not None and position < len(args):
+            return (*args[:position], ids, *args[position + 1 :]), kwargs
+        return args, {**kwargs, name: ids}
+
     def _check_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise unless ``args`` and ``kwargs`` bind as the interpreter would bind them."""
         n = len(args)

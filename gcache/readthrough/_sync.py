@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gcache._envelope import FLAG_ABSENT
 from gcache.config import GCacheKeyConfig
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import SyncIO
-from gcache.readthrough.decisions import Miss, Unstored, _monotonic, _perf
+from gcache.readthrough.decisions import ABSENT, Miss, Unstored, _monotonic, _perf
 from gcache.readthrough.reporting import too_long
 from gcache.remote import new_nonce
 from gcache.single_flight import Flight
@@ -198,6 +199,10 @@ class SyncDriver(SyncIO):
             return MISS
         if timed:
             self.m.get_remote.observe(_perf() - start)
+        return self.accept(m, raw, read, pttl, timed)
+
+    def accept(self, m: Miss, raw: bytes | None, read: TrackedRead | None, pttl: int, timed: bool) -> Any:
+        """What a REMOTE read found: the value (LOCAL filled), or MISS (counted)."""
         if raw is not None and len(raw) > self.read_limit:
             self.m.miss(LAYER_REMOTE, "too_large").inc()
             return MISS
@@ -210,6 +215,8 @@ class SyncDriver(SyncIO):
             if found is None:
                 return MISS
             payload, flags, expired = found
+            if flags & FLAG_ABSENT:  # cached_many(cache_missing=True): the function had no value
+                return self.absent(m)
         if timed:
             start = _perf()
         try:
@@ -311,6 +318,141 @@ class SyncDriver(SyncIO):
         self._keep(provided)
         return self._resolved(provided)
 
+    def read_many(
+        self,
+        ids: list[str],
+        originals: dict[str, Any],
+        pairs: tuple[tuple[str, str], ...],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        with_ids: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> dict[Any, Any]:
+        """A ``cached_many`` call: ``ids`` (rendered, distinct, in the caller's order) looked up in
+        LOCAL, the rest in REMOTE in one round trip, and the function called once with the ids
+        still missing (``originals`` maps each rendered id to the caller's object); returns the
+        caller's ids that have a value, in its order."""
+        if self.rt.provider is None:
+            config = self.default_config or self._resolved(None)
+        else:  # one answer for the batch, asked with its first id
+            config = self.config(ids[0], pairs)
+        if config is None:
+            return dict(self.function(LAYER_NONE, func, args, kwargs))
+        keys = [self.render(id, pairs) for id in ids]
+        longest = max(len(urn) for urn, _ in keys)
+        if longest > self.rt.max_key_length:
+            self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
+            return dict(self.function(LAYER_NONE, func, args, kwargs))
+        found: dict[str, Any] = {}
+        local_ttl = self.local_layer(config)
+        if local_ttl:
+            for id, (urn, entity) in zip(ids, keys, strict=True):
+                value = self.local_get(urn, entity)
+                if value is not MISS:
+                    found[id] = value
+        if len(found) < len(ids):
+            self.note_blocking()
+            remote_ttl = self.remote_layer(config)
+            misses: dict[str, Miss] = {}
+            for id, (urn, entity) in zip(ids, keys, strict=True):
+                if id not in found:
+                    m = misses[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
+                    m.batch = True
+            if remote_ttl:
+                batch = list(misses.values())
+                for id, value in zip(misses, self.remote_read_many(batch), strict=True):
+                    if value is not MISS:
+                        found[id] = value
+            missing = [id for id in misses if id not in found]
+            if missing:
+                self.compute_many(missing, misses, originals, found, func, args, kwargs, with_ids)
+        return {originals[id]: found[id] for id in ids if found.get(id, ABSENT) is not ABSENT}
+
+    def remote_read_many(self, ms: list[Miss]) -> list[Any]:
+        """:meth:`remote_read` of many misses at once: each value (LOCAL filled) or MISS."""
+        remote = self.remote
+        assert remote is not None
+        if ms[0].config.fail_safe_sec:  # the grace period needs each value's PTTL: read by read
+            return [self.remote_read(m) for m in ms]
+        for _ in ms:
+            self.m.request_remote.inc()
+        read_at = _monotonic()
+        start = _perf()
+        try:
+            urns = [m.urn for m in ms]
+            fences = [watermark_key(m.entity) for m in ms] if self.tracked else None
+            reads = remote.read_many(urns, fences)
+        except Exception as exc:
+            self.remote_error(exc, "remote read failed")
+            reads = None
+        each = (_perf() - start) / len(ms)  # gcache_get_timer still counts every lookup
+        for _ in ms:
+            self.m.get_remote.observe(each)
+        values = []
+        for i, m in enumerate(ms):
+            m.read_at = read_at
+            if reads is None:
+                m.remote_ttl = 0
+                values.append(MISS)
+                continue
+            if self.tracked:
+                read: TrackedRead = reads[i]
+                m.read = read
+                values.append(self.accept(m, read.raw, read, read.pttl_ms, True))
+            else:
+                values.append(self.accept(m, reads[i], None, -1, True))
+        return values
+
+    def compute_many(
+        self,
+        missing: list[str],
+        misses: dict[str, Miss],
+        originals: dict[str, Any],
+        found: dict[str, Any],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        with_ids: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """The function once for the missing ids this call leads (single flight per id: an id in
+        another call's run is taken from it), each value written back; fills ``found``."""
+        owner = threading.get_ident()
+        leading: list[tuple[str, Miss, Flight]] = []
+        joined: list[tuple[str, Miss, Flight]] = []
+        for id in missing:
+            m = misses[id]
+            flight, leads = self.flight_for(m, owner)
+            (leading if leads else joined).append((id, m, flight))
+        if leading:
+            first = leading[0][1]
+            layer = self.fallback_layer(first.local_ttl, first.remote_ttl)
+            call = with_ids(args, kwargs, [originals[id] for id, _, _ in leading])
+            try:
+                result = self.function(layer, func, *call)
+                self.many_result(result)
+            except BaseException as exc:
+                for _, m, flight in leading:
+                    flight.fail(exc)
+                    self.flights.land(m.urn, flight, linger=m.reads_first)
+                raise
+            for id, m, flight in leading:
+                value = result.get(originals[id], ABSENT)
+                try:
+                    if value is not ABSENT:
+                        self.write_back(m, value)
+                    elif self.absent_ttl(m):
+                        self.write_back(m, ABSENT)
+                finally:
+                    self.land_many(m, flight, value)
+                found[id] = value
+        for id, m, flight in joined:
+            self.m.joined.inc()
+            flight.wait()
+            if flight.value is ABSENT or not flight.abandoned:
+                found[id] = self.outcome(m, flight)
+            else:  # its leader was cancelled: this call runs the function for it
+                self.compute_many([id], misses, originals, found, func, args, kwargs, with_ids)
+
     def remote_put(
         self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float = 0.0
     ) -> bool:
@@ -325,7 +467,10 @@ class SyncDriver(SyncIO):
             self.tell_unsigned_pickle()
         start = _perf()
         codec = self.codec
-        payload, flags = codec.dump(value) if not codec.is_async else self.dump_async_codec(value)
+        if value is ABSENT:
+            payload, flags = b"", FLAG_ABSENT
+        else:
+            payload, flags = codec.dump(value) if not codec.is_async else self.dump_async_codec(value)
         self.m.dump.observe(_perf() - start)
         if not self.fits(payload):
             return False

@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +26,13 @@ from gcache.metrics import LAYER_CONFIG, LAYER_LOCAL, LAYER_REMOTE, UseCaseMetri
 from gcache.readthrough.original_entries import OriginalEntries
 from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
-from gcache.urns import KEY_TYPE_ESCAPES, value_key_tail
+from gcache.urns import ID_ESCAPES, KEY_TYPE_ESCAPES, original_value_key, value_key, value_key_tail
 
 if TYPE_CHECKING:
     from gcache.readthrough.runtime import Runtime
     from gcache.remote import TrackedRead
 
-__all__ = ["Decisions", "Miss", "Unstored"]
+__all__ = ["ABSENT", "Decisions", "Miss", "Unstored"]
 
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
@@ -52,10 +52,23 @@ class Unstored:
         self.value = value
 
 
+class _Absent:
+    """``ABSENT``: what ``cached_many`` keeps for an id its function returned no value for."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
 class Miss:
     """One call's miss: what the layers said, and what the leader's work needs."""
 
     __slots__ = (
+        "batch",
         "began",
         "config",
         "entity",
@@ -98,6 +111,7 @@ class Miss:
         self.began = began  # tracked: when this miss began (monotonic), after the call started
         self.stale: Any = MISS  # fail-safe: an entry past its TTL, not invalidated
         self.stale_layer = ""
+        self.batch = False  # a cached_many call's: an ABSENT entry is its answer, not a miss
         self.token: bytes | None = None  # the distributed lock, while this call holds it
         self.key: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (id, pairs), for watch_key
 
@@ -159,6 +173,7 @@ class Decisions(OriginalEntries):
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:"
         self._key_tail = value_key_tail(use_case)
         self.legacy_compat = runtime.legacy_compat
+        self.missing_ttl = 0.0  # cached_many(cache_missing=True): how long an absent id is kept
         self.wire_envelope = envelope  # how the original frames this use case's entries
         if runtime.legacy_compat:  # the original's entries and keys (see original_entries)
             self.codec = OriginalCodec(serializer)
@@ -172,6 +187,15 @@ class Decisions(OriginalEntries):
         self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging
         self.closed = False  # the GCache was closed: calls are served uncached
         self.watch = KeyPartWatch() if keys is not None else None
+
+    def render(self, id: str, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+        """``(value key, entity)`` of an id, as the decorated function's wrapper renders them
+        inline (``usecase.wrap``): for a batch's ids and direct access."""
+        if self.legacy_compat:
+            entity = self._entity_head + id + "}"
+            return original_value_key(entity, pairs, self.use_case, tracked=self.tracked), entity
+        entity = self._entity_head + id.translate(ID_ESCAPES) + "}"
+        return (value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail), entity
 
     def make_key(self, id: str, args: tuple[tuple[str, str], ...]) -> GCacheKey:
         return GCacheKey(
@@ -457,6 +481,42 @@ class Decisions(OriginalEntries):
     def wrote(self, result: int) -> bool:
         self.m.write(LAYER_REMOTE, _WRITE_RESULTS.get(result, "unknown")).inc()
         return result == 1
+
+    def absent(self, m: Miss) -> Any:
+        """An entry saying the function had no value for the id: a batch's answer (ABSENT, kept in
+        LOCAL as such); a miss for a single call or a direct ``get``, which have no such answer."""
+        if not m.batch:
+            self.m.miss(LAYER_REMOTE, "absent").inc()
+            return MISS
+        if m.local_ttl:
+            self.local_put(
+                m.urn, m.entity, ABSENT, min(m.local_ttl, self.missing_ttl or m.local_ttl), m.epoch
+            )
+        return ABSENT
+
+    def absent_ttl(self, m: Miss) -> bool:
+        """Whether an id the function returned no value for is cached (``cache_missing``): its
+        layers' TTLs become ``missing_ttl_sec`` at most."""
+        ttl = self.missing_ttl
+        if not ttl:
+            return False
+        m.local_ttl, m.remote_ttl = min(m.local_ttl, ttl), min(m.remote_ttl, ttl)
+        return bool(m.local_ttl or m.remote_ttl)
+
+    def many_result(self, result: Any) -> None:
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                f"cached_many: {self.function_name} returned {type(result).__name__}, not a mapping "
+                "of id to value"
+            )
+
+    def land_many(self, m: Miss, flight: Flight, value: Any) -> None:
+        """End a batch's flight for one id. An ABSENT outcome is a batch's answer only: a single
+        call waiting for it starts over (the flight reads as abandoned) and runs its own function."""
+        if value is ABSENT:
+            flight.abandoned = True
+        flight.succeed(value)
+        self.flights.land(m.urn, flight, linger=m.reads_first)
 
     def patience(self, m: Miss) -> float | None:
         """How long this call waits for the function: the soft timeout when a stale value is at hand."""

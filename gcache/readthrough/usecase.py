@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from gcache.keys import ArgumentsDoNotBind
+from gcache.keys import ArgumentsDoNotBind, KeyBuilder
 from gcache.readthrough._async import AsyncDriver
 from gcache.readthrough._sync import SyncDriver
 from gcache.urns import ID_ESCAPES, original_value_key, value_key
@@ -25,14 +25,15 @@ class UseCase(AsyncDriver, SyncDriver):
     (:mod:`~gcache.readthrough.reporting`), and the two drivers, async and generated sync.
     """
 
-    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, func: Callable[..., Any], keys: KeyBuilder | None = None) -> Callable[..., Any]:
         """The decorated function, sync or async like ``func``.
 
         It builds the key itself and hands over to the driver's read-through: no method call in
         between, which on a hit would cost as much as the key (a coroutine, for async).
         """
         self.function_name = getattr(func, "__qualname__", self.use_case)
-        enabled, keys, disabled_context = self.rt.enabled, self.keys, self.m.disabled_context
+        keys = keys or self.keys  # another function's, for a cached sharing a cached_many's use case
+        enabled, disabled_context = self.rt.enabled, self.m.disabled_context
         assert keys is not None
         build, entity_head, key_tail, use_case = keys.build, self._entity_head, self._key_tail, self.use_case
         # The key grammar: gcache's, or the original's (legacy_compat: unescaped, and unbraced when
@@ -87,5 +88,69 @@ class UseCase(AsyncDriver, SyncDriver):
             if flag is True:
                 return read_through(urn, entity, id, pairs, func, args, kwargs)
             return read_through(urn, entity, id, pairs, func, args, kwargs, refresh=True)
+
+        return sync_wrapper
+
+    def wrap_many(self, func: Callable[..., Any], keys: KeyBuilder) -> Callable[..., Any]:
+        """The function decorated by ``cached_many``: its id argument an iterable of ids, its
+        result a mapping of id to value (see :meth:`AsyncDriver.aread_many`).
+
+        Inside ``refresh()`` a batch runs uncached (a refresh is a single call's).
+        """
+        self.function_name = getattr(func, "__qualname__", self.use_case)
+        enabled, disabled_context = self.rt.enabled, self.m.disabled_context
+        hasher, key_error = self.rt.hasher, self.key_error
+
+        def prepared(
+            args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[list[str], dict[str, Any], tuple[tuple[str, str], ...], tuple[Any, ...], dict[str, Any]]:
+            raw_ids, pairs = keys.batch(args, kwargs)
+            originals: dict[str, Any] = {}
+            for raw in raw_ids:  # distinct by key, the first of each kept, in the caller's order
+                originals.setdefault(str(raw) if hasher is None else hasher(str(raw)), raw)
+            if hasher is not None:
+                pairs = tuple((name, hasher(value)) for name, value in pairs)
+            # an iterator is spent: the function gets the ids as a list
+            args, kwargs = keys.with_ids(args, kwargs, list(originals.values()))
+            return list(originals), originals, pairs, args, kwargs
+
+        if inspect.iscoroutinefunction(func):
+            aread_many = self.aread_many
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if enabled.get() is not True:  # off, or refresh()
+                    if not enabled.get():
+                        disabled_context.inc()
+                    return await func(*args, **kwargs)
+                try:
+                    ids, originals, pairs, args, kwargs = prepared(args, kwargs)
+                except ArgumentsDoNotBind:
+                    return await func(*args, **kwargs)
+                except Exception as exc:
+                    key_error(exc)
+                    return await func(*args, **kwargs)
+                if not ids:
+                    return await func(*args, **kwargs)
+                return await aread_many(ids, originals, pairs, func, args, kwargs, keys.with_ids)
+
+            return async_wrapper
+
+        read_many = self.read_many
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if enabled.get() is not True:
+                if not enabled.get():
+                    disabled_context.inc()
+                return func(*args, **kwargs)
+            try:
+                ids, originals, pairs, args, kwargs = prepared(args, kwargs)
+            except ArgumentsDoNotBind:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                key_error(exc)
+                return func(*args, **kwargs)
+            if not ids:
+                return func(*args, **kwargs)
+            return read_many(ids, originals, pairs, func, args, kwargs, keys.with_ids)
 
         return sync_wrapper

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from operator import methodcaller
 from typing import Any, TypeVar
 
@@ -30,6 +30,9 @@ from gcache.original_wire import WATERMARK_TTL_SECONDS
 from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import (
     TrackedRead,
+    abatch_pipelined,
+    batch_pipelined,
+    parse_batch,
     parse_fence_read,
     parse_original,
     parse_tracked,
@@ -368,6 +371,47 @@ class RemoteCache(Connections):
         if not str(exc).startswith("WRONGTYPE"):
             raise exc
         self._on_foreign_watermark(fence)
+
+    async def aread_many(self, keys: Sequence[str], fences: Sequence[str] | None = None) -> list[Any]:
+        """Many values, or tracked (``fences``) many :class:`TrackedRead`, in key order.
+
+        On a single server one write and one round trip for them all (:func:`batch_reads`); an
+        entity with no fence then reads again through the script, which creates it. On a cluster
+        (or with ``legacy_compat``, whose reads are scripts) each key's read goes at once, so the
+        round trips overlap, each to the node of its slot.
+        """
+        connection = self._async_connection(READ)
+        if connection.pool is None or (fences is not None and self.legacy_compat):
+            if fences is None:
+                return list(await asyncio.gather(*(self.aget(key) for key in keys)))
+            reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True))
+            return list(await asyncio.gather(*reads))
+        replies = await self._arun(
+            "read", READ, lambda c: abatch_pipelined(c.pool, c.value_read, keys, fences)
+        )
+        found = parse_batch(replies, fences is not None)
+        if fences is not None:
+            for i, read in enumerate(found):
+                if read is None:
+                    found[i] = await self.aread_tracked(keys[i], fences[i])
+        return found
+
+    def read_many(self, keys: Sequence[str], fences: Sequence[str] | None = None) -> list[Any]:
+        """Sync twin of :meth:`aread_many` (a cluster's reads go one after another)."""
+        if self._factory is not None:
+            return self._loop_thread.run(lambda: self.aread_many(keys, fences))
+        connection = self._sync[READ] or self._sync_connection(READ)
+        if connection.pool is None or (fences is not None and self.legacy_compat):
+            if fences is None:
+                return [self.get(key) for key in keys]
+            return [self.read_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
+        replies = self._run("read", READ, lambda c: batch_pipelined(c.pool, c.value_read, keys, fences))
+        found = parse_batch(replies, fences is not None)
+        if fences is not None:
+            for i, read in enumerate(found):
+                if read is None:
+                    found[i] = self.read_tracked(keys[i], fences[i])
+        return found
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
         await self._arun("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))

@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -42,6 +42,10 @@ __all__ = [
     "get",
     "pack_get",
     "pack_reads",
+    "abatch_pipelined",
+    "batch_pipelined",
+    "batch_reads",
+    "parse_batch",
     "parse_fence_read",
     "parse_original",
     "parse_tracked",
@@ -287,6 +291,66 @@ class Deadline:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+def batch_reads(
+    encode: Callable[[str], bytes], read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+) -> tuple[bytes, int]:
+    """A batch's reads packed for one write, and how many replies they get: each key's GET (or
+    ``read``'s GETRANGE); tracked (``fences``), TIME first and each key followed by its fence's
+    HMGET, as :func:`fence_read` reads one key (the same interleavings only make it more careful)."""
+    if fences is None:
+        return b"".join([pack_get(encode, read, key) for key in keys]), len(keys)
+    packed = [pack_reads(encode, read, key, fence, False) for key, fence in zip(keys, fences, strict=True)]
+    return TIME + b"".join(packed), 1 + 2 * len(keys)
+
+
+def parse_batch(replies: list[Any], tracked: bool) -> list[Any]:
+    """:func:`batch_reads`' replies: each key's value (None for none), or tracked its
+    :class:`TrackedRead` (None where the entity has no fence: the read script must create it)."""
+    if not tracked:
+        return [raw or None for raw in replies]
+    time = replies[0]
+    return [parse_fence_read([time, replies[i], replies[i + 1]]) for i in range(1, len(replies), 2)]
+
+
+def batch_pipelined(
+    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+) -> list[Any]:
+    """The replies of :func:`batch_reads`, on one pooled connection as :func:`pipelined` sends its
+    reads (a command's error is raised once every reply is read)."""
+    connection = pool.get_connection(*_POOL_ARGS)
+    try:
+        packed, n = batch_reads(connection.encoder.encode, read, keys, fences)
+
+        def send_and_read() -> list[Any]:
+            connection.send_packed_command([packed])
+            return _read_replies(connection.read_response, n)
+
+        replies: list[Any] = connection.retry.call_with_retry(
+            send_and_read, lambda _: connection.disconnect()
+        )
+        return replies
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+
+
+async def abatch_pipelined(
+    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+) -> list[Any]:
+    """Async twin of :func:`batch_pipelined`."""
+    connection = await pool.get_connection(*ASYNC_POOL_ARGS)
+    try:
+        replies = await exchange(connection, *batch_reads(connection.encoder.encode, read, keys, fences))
+    finally:
+        await pool.release(connection)
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
 
 
 async def exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
