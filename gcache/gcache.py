@@ -21,6 +21,7 @@ from gcache.bus import InvalidationBus
 from gcache.config import GCacheConfig, GCacheKeyConfig, Serializer
 from gcache.errors import (
     ConfigError,
+    KeyArgDoesNotExist,
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
@@ -454,7 +455,10 @@ class GCache(Management):
                 raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
             if not (inspect.iscoroutinefunction(func) or callable(func)) or inspect.isgeneratorfunction(func):
                 raise ConfigError(f"cached_many(): {func.__qualname__} must return a mapping, not yield")
-            keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args)
+            try:
+                keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args)
+            except KeyArgDoesNotExist as exc:  # told in this decorator's words
+                raise KeyArgDoesNotExist(str(exc).replace(": id_arg ", ": ids_arg ", 1)) from None
             chosen = serializer if serializer is not None else self.config.serializer
             known = self._named.get(name)
             if known is not None and known[1] == "single" and not cache_missing:

@@ -386,9 +386,20 @@ class RemoteCache(Connections):
                 return list(await asyncio.gather(*(self.aget(key) for key in keys)))
             reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True))
             return list(await asyncio.gather(*reads))
-        replies = await self._arun(
-            "read", READ, lambda c: abatch_pipelined(c.pool, c.value_read, keys, fences)
-        )
+
+        async def batch_read(c: Connection) -> list[Any] | None:
+            try:
+                return await abatch_pipelined(c.pool, c.value_read, keys, fences)
+            except redis.ResponseError as exc:
+                if fences is None:
+                    raise
+                self._foreign(exc, "a batch's fences")  # one of them the original's: key by key
+                return None
+
+        replies = await self._arun("read", READ, batch_read)
+        if replies is None:
+            reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True))
+            return list(await asyncio.gather(*reads))
         found = parse_batch(replies, fences is not None)
         if fences is not None:
             for i, read in enumerate(found):
@@ -405,7 +416,19 @@ class RemoteCache(Connections):
             if fences is None:
                 return [self.get(key) for key in keys]
             return [self.read_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
-        replies = self._run("read", READ, lambda c: batch_pipelined(c.pool, c.value_read, keys, fences))
+
+        def batch_read(c: Connection) -> list[Any] | None:
+            try:
+                return batch_pipelined(c.pool, c.value_read, keys, fences)
+            except redis.ResponseError as exc:
+                if fences is None:
+                    raise
+                self._foreign(exc, "a batch's fences")
+                return None
+
+        replies = self._run("read", READ, batch_read)
+        if replies is None:
+            return [self.read_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True)]
         found = parse_batch(replies, fences is not None)
         if fences is not None:
             for i, read in enumerate(found):

@@ -1,0 +1,354 @@
+"""``@gcache.cached_many``: a batch of ids through LOCAL, one REMOTE round trip, one function call.
+
+Real Redis; each behaviour for sync and async functions, tracked and untracked use cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from gcache import CacheLayer, ConfigError, GCache, GCacheKey, GCacheKeyConfig, RedisConfig
+from gcache.errors import UseCaseIsAlreadyRegisteredError
+from tests.conftest import sample, wait_until
+
+pytestmark = pytest.mark.redis
+
+BOTH = GCacheKeyConfig(
+    ttl_sec={CacheLayer.LOCAL: 60, CacheLayer.REMOTE: 60},
+    ramp={CacheLayer.LOCAL: 100, CacheLayer.REMOTE: 100},
+)
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+
+
+class Source:
+    """The database: a value per id (an id it lacks has none); records each batch it is asked."""
+
+    def __init__(self, absent: Iterable[int] = ()) -> None:
+        self.version = "v1"
+        self.absent = set(absent)
+        self.asked: list[list[int]] = []
+
+    def load(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = list(ids)
+        self.asked.append(ids)
+        return {i: f"{self.version}:{i}" for i in ids if i not in self.absent}
+
+
+def batch_function(cache: GCache, source: Source, is_async: bool, **options: Any) -> Callable[..., Any]:
+    options.setdefault("default_config", BOTH)
+    decorate = cache.cached_many(key_type="user", ids_arg="ids", use_case="Users", **options)
+    if is_async:
+
+        async def load_async(ids: Iterable[int]) -> dict[int, str]:
+            return source.load(ids)
+
+        return decorate(load_async)
+
+    def load_sync(ids: Iterable[int]) -> dict[int, str]:
+        return source.load(ids)
+
+    return decorate(load_sync)
+
+
+async def call(function: Callable[..., Any], is_async: bool, *args: Any) -> Any:
+    return await function(*args) if is_async else await asyncio.to_thread(function, *args)
+
+
+@pytest.fixture(params=[False, True], ids=["untracked", "tracked"])
+def tracked(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+async def test_order_is_the_caller_s_and_only_missing_ids_reach_the_function(
+    make_cache: Callable[..., GCache], is_async: bool, tracked: bool
+) -> None:
+    cache = make_cache()
+    source = Source(absent={3})
+    users = batch_function(cache, source, is_async, track_for_invalidation=tracked)
+    with cache.enable():
+        first = await call(users, is_async, [5, 1, 3, 2, 1])
+        second = await call(users, is_async, (i for i in [2, 4, 5, 1]))
+
+    assert list(first.items()) == [(5, "v1:5"), (1, "v1:1"), (2, "v1:2")]  # 3 has none; 1 once
+    assert list(second.items()) == [(2, "v1:2"), (4, "v1:4"), (5, "v1:5"), (1, "v1:1")]
+    assert source.asked == [[5, 1, 3, 2], [4]]  # one call a batch, with the ids still missing
+
+
+async def test_a_cold_local_tier_reads_every_id_in_one_round_trip(
+    make_cache: Callable[..., GCache], redis_writes: list[bytes], is_async: bool, tracked: bool
+) -> None:
+    writer, reader = make_cache(), make_cache()
+    source = Source()
+    ids = list(range(50))
+    with writer.enable():
+        await call(batch_function(writer, source, is_async, track_for_invalidation=tracked), is_async, ids)
+    users = batch_function(reader, source, is_async, track_for_invalidation=tracked)
+    with reader.enable():
+        await call(users, is_async, ids[:1])  # the reader's connection, opened
+        redis_writes.clear()
+        found = await call(users, is_async, ids)
+
+    assert found == {i: f"v1:{i}" for i in ids}
+    assert source.asked == [ids]  # the reader's batch came from Redis
+    assert len(redis_writes) == 1
+    assert redis_writes[0].count(b"GETRANGE") == 49  # the 49 not in the reader's LOCAL
+
+
+async def test_invalidating_one_id_of_a_batch_recomputes_that_id_alone(
+    make_cache: Callable[..., GCache], is_async: bool
+) -> None:
+    theirs_registry = CollectorRegistry()
+    writer, other = make_cache(), make_cache(metrics_registry=theirs_registry)
+    source = Source()
+    users = batch_function(writer, source, is_async, track_for_invalidation=True)
+    theirs = batch_function(other, source, is_async, track_for_invalidation=True)
+    with writer.enable(), other.enable():
+        await call(users, is_async, [1, 2, 3])
+        assert await call(theirs, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+        source.version = "v2"
+        if is_async:
+            await writer.ainvalidate("user", 2)
+        else:
+            writer.invalidate("user", 2)
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v2:2", 3: "v1:3"}
+        # the other process's LOCAL copy goes when the bus brings the invalidation
+        wait_until(
+            lambda: sample(theirs_registry, "gcache_bus_message_counter_total", direction="received") == 1
+        )
+        assert await call(theirs, is_async, [3, 2, 1]) == {3: "v1:3", 2: "v2:2", 1: "v1:1"}
+
+    assert source.asked == [[1, 2, 3], [2]]  # the other process took the rewritten entry
+
+
+async def test_overlapping_batches_compute_each_id_once(
+    make_cache: Callable[..., GCache], tracked: bool
+) -> None:
+    cache = make_cache()
+    started, release = asyncio.Event(), asyncio.Event()
+    asked: list[list[int]] = []
+
+    @cache.cached_many(
+        key_type="user", ids_arg="ids", use_case="Slow", track_for_invalidation=tracked, default_config=BOTH
+    )
+    async def slow(ids: list[int]) -> dict[int, str]:
+        asked.append(list(ids))
+        if len(asked) == 1:
+            started.set()
+            await release.wait()
+        return {i: f"v:{i}" for i in ids}
+
+    with cache.enable():
+        first = asyncio.create_task(slow([1, 2, 3]))
+        await started.wait()
+        second = asyncio.create_task(slow([2, 3, 4]))
+        await asyncio.sleep(0)  # let the second batch find the first one's flights
+        for _ in range(20):
+            if len(asked) == 2:
+                break
+            await asyncio.sleep(0.005)
+        release.set()
+        results = await asyncio.gather(first, second)
+
+    assert results == [{1: "v:1", 2: "v:2", 3: "v:3"}, {2: "v:2", 3: "v:3", 4: "v:4"}]
+    assert asked == [[1, 2, 3], [4]]  # 2 and 3 were in the first batch's run: taken from it
+    assert sample(cache_registry(cache), "gcache_single_flight_counter_total", result="joined") >= 2
+
+
+def cache_registry(cache: GCache) -> Any:
+    registry = cache.config.metrics_registry
+    assert registry is not None
+    return registry
+
+
+async def test_overlapping_sync_batches_in_threads_compute_each_id_once(
+    make_cache: Callable[..., GCache], tracked: bool
+) -> None:
+    cache = make_cache()
+    started, release = threading.Event(), threading.Event()
+    asked: list[list[int]] = []
+
+    @cache.cached_many(
+        key_type="user",
+        ids_arg="ids",
+        use_case="SlowSync",
+        track_for_invalidation=tracked,
+        default_config=BOTH,
+    )
+    def slow(ids: list[int]) -> dict[int, str]:
+        asked.append(list(ids))
+        if len(asked) == 1:
+            started.set()
+            release.wait(10)
+        return {i: f"v:{i}" for i in ids}
+
+    def first() -> dict[int, str]:
+        with cache.enable():
+            return slow([1, 2])
+
+    def second() -> dict[int, str]:
+        started.wait(10)
+        with cache.enable():
+            threading.Timer(0.2, release.set).start()  # the first run ends while this one waits on it
+            return slow([2, 3])
+
+    a, b = await asyncio.gather(asyncio.to_thread(first), asyncio.to_thread(second))
+    assert (a, b) == ({1: "v:1", 2: "v:2"}, {2: "v:2", 3: "v:3"})
+    assert asked == [[1, 2], [3]]
+
+
+async def test_a_batch_and_a_single_call_of_one_use_case_share_entries(
+    make_cache: Callable[..., GCache], is_async: bool, tracked: bool
+) -> None:
+    cache = make_cache()
+    source = Source()
+    users = batch_function(cache, source, is_async, track_for_invalidation=tracked)
+    singles: list[int] = []
+
+    @cache.cached(
+        key_type="user", id_arg="id", use_case="Users", track_for_invalidation=tracked, default_config=BOTH
+    )
+    def user(id: int) -> str:
+        singles.append(id)
+        return f"single:{id}"
+
+    with cache.enable():
+        await asyncio.to_thread(user, 7)
+        assert await call(users, is_async, [7, 8]) == {7: "single:7", 8: "v1:8"}
+        assert await asyncio.to_thread(user, 8) == "v1:8"
+    assert (singles, source.asked) == ([7], [[8]])
+    assert user.use_case == users.use_case == "Users"  # type: ignore[attr-defined]
+
+
+def test_sharing_needs_the_same_keys_and_storage(make_cache: Callable[..., GCache]) -> None:
+    cache = make_cache(start_bus=False)
+
+    @cache.cached(key_type="user", id_arg="id", use_case="Shared", default_config=BOTH)
+    def user(id: int) -> str:
+        return str(id)
+
+    with pytest.raises(ConfigError, match="key_type, track_for_invalidation differ"):
+
+        @cache.cached_many(key_type="org", ids_arg="ids", use_case="Shared", track_for_invalidation=True)
+        def orgs(ids: list[int]) -> dict[int, str]:
+            return {}
+
+    with pytest.raises(UseCaseIsAlreadyRegisteredError, match="cache_missing"):
+
+        @cache.cached_many(key_type="user", ids_arg="ids", use_case="Shared", cache_missing=True)
+        def users(ids: list[int]) -> dict[int, str]:
+            return {}
+
+    with pytest.raises(ConfigError, match="ids_arg 'nope' is not a parameter"):
+
+        @cache.cached_many(key_type="user", ids_arg="nope")
+        def bad(ids: list[int]) -> dict[int, str]:
+            return {}
+
+    with pytest.raises(ConfigError, match="missing_ttl_sec is for cache_missing=True"):
+        cache.cached_many(key_type="user", ids_arg="ids", missing_ttl_sec=5)
+
+
+async def test_cache_missing_keeps_an_absent_id_for_its_own_ttl(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool, tracked: bool
+) -> None:
+    cache, other = make_cache(), make_cache()
+    source = Source(absent={2})
+    users = batch_function(
+        cache, source, is_async, track_for_invalidation=tracked, cache_missing=True, missing_ttl_sec=30
+    )
+    theirs = batch_function(
+        other, source, is_async, track_for_invalidation=tracked, cache_missing=True, missing_ttl_sec=30
+    )
+    with cache.enable(), other.enable():
+        assert await call(users, is_async, [1, 2]) == {1: "v1:1"}
+        assert await call(users, is_async, [2, 1]) == {1: "v1:1"}  # LOCAL: 2 is absent
+        assert await call(theirs, is_async, [2]) == {}  # REMOTE: 2 is absent
+    assert source.asked == [[1, 2]]
+    (key,) = redis_client.keys("*:user:2}#Users")
+    assert 25_000 < redis_client.pttl(key) <= 30_000
+
+    async def computed() -> str:
+        return "fallback"
+
+    direct = GCacheKey("user", "2", "Users", invalidation_tracking=tracked, default_config=REMOTE_ONLY)
+    with other.enable():  # a single read has no "absent": a miss, counted
+        assert await other.aget(direct, computed) == "fallback"
+    assert sample(cache_registry(other), "gcache_miss_reason_counter_total", reason="absent") == 1
+
+
+async def test_without_cache_missing_an_absent_id_is_asked_again(
+    make_cache: Callable[..., GCache], is_async: bool
+) -> None:
+    cache = make_cache()
+    source = Source(absent={2})
+    users = batch_function(cache, source, is_async)
+    with cache.enable():
+        await call(users, is_async, [1, 2])
+        await call(users, is_async, [1, 2])
+    assert source.asked == [[1, 2], [2]]
+
+
+async def test_a_failing_function_fails_the_batch_and_its_waiters(
+    make_cache: Callable[..., GCache], is_async: bool
+) -> None:
+    cache = make_cache()
+    asked: list[list[int]] = []
+
+    @cache.cached_many(key_type="user", ids_arg="ids", use_case="Failing", default_config=BOTH)
+    def failing(ids: list[int]) -> dict[int, str]:
+        asked.append(list(ids))
+        raise LookupError("database down")
+
+    with cache.enable(), pytest.raises(LookupError, match="database down"):
+        await asyncio.to_thread(failing, [1, 2])
+    with cache.enable(), pytest.raises(LookupError):
+        await asyncio.to_thread(failing, [1, 2])  # nothing was cached: asked again
+    assert asked == [[1, 2], [1, 2]]
+
+
+async def test_a_function_returning_no_mapping_is_told(make_cache: Callable[..., GCache]) -> None:
+    cache = make_cache()
+
+    @cache.cached_many(key_type="user", ids_arg="ids", use_case="Listing", default_config=BOTH)
+    async def listing(ids: list[int]) -> Any:
+        return [f"v:{i}" for i in ids]
+
+    with cache.enable(), pytest.raises(TypeError, match="returned list, not a mapping of id to value"):
+        await listing([1])
+
+
+async def test_outside_enable_and_with_no_ids_the_function_runs(
+    make_cache: Callable[..., GCache], registry: Any, is_async: bool
+) -> None:
+    cache = make_cache()
+    source = Source()
+    users = batch_function(cache, source, is_async)
+    assert await call(users, is_async, [1]) == {1: "v1:1"}
+    with cache.enable():
+        assert await call(users, is_async, []) == {}
+    assert source.asked == [[1], []]
+    assert sample(registry, "gcache_disabled_counter_total", layer="GLOBAL") == 1
+
+
+async def test_redis_down_serves_the_batch_uncached(
+    make_cache: Callable[..., GCache], registry: Any, is_async: bool, tracked: bool
+) -> None:
+    from tests.behaviour.test_fail_open import refused_url
+
+    cache = make_cache(start_bus=False, redis_config=RedisConfig(url=refused_url()))
+    source = Source()
+    users = batch_function(
+        cache, source, is_async, track_for_invalidation=tracked, default_config=REMOTE_ONLY
+    )
+    with cache.enable():
+        assert await call(users, is_async, [1, 2]) == {1: "v1:1", 2: "v1:2"}
+        assert await call(users, is_async, [1, 2]) == {1: "v1:1", 2: "v1:2"}
+    assert source.asked == [[1, 2], [1, 2]]
+    assert sample(registry, "gcache_error_counter_total", layer="REMOTE") >= 1
