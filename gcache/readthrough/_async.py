@@ -58,7 +58,7 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(id, pairs)
         if config is None:
             return await self.afunction(LAYER_NONE, func, args, kwargs)
-        local_ttl = self.local_layer(config)
+        local_ttl = self.local_layer(config, urn)
         if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
@@ -67,7 +67,7 @@ class AsyncDriver(AsyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         self.anote_blocking()
-        remote_ttl = self.remote_layer(config)  # LOCAL fell through: REMOTE is asked now
+        remote_ttl = self.remote_layer(config, urn)  # LOCAL fell through: REMOTE is asked now
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
         if refresh:
             return await self.arefresh(m, func, args, kwargs)

@@ -49,7 +49,7 @@ class SyncDriver(SyncIO):
             config = self.config(id, pairs)
         if config is None:
             return self.function(LAYER_NONE, func, args, kwargs)
-        local_ttl = self.local_layer(config)
+        local_ttl = self.local_layer(config, urn)
         if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
@@ -58,7 +58,7 @@ class SyncDriver(SyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return self.function(LAYER_NONE, func, args, kwargs)
         self.note_blocking()
-        remote_ttl = self.remote_layer(config)  # LOCAL fell through: REMOTE is asked now
+        remote_ttl = self.remote_layer(config, urn)  # LOCAL fell through: REMOTE is asked now
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
         if refresh:
             return self.refresh(m, func, args, kwargs)
