@@ -98,7 +98,9 @@ def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | N
     return result
 
 
-_OPTIONS = ("ttl_jitter", "fail_safe_sec", "soft_timeout_sec", "lock_sec")  # GCacheKeyConfig, off at 0
+_NUMBERS = ("ttl_jitter", "fail_safe_sec", "soft_timeout_sec", "lock_sec")  # GCacheKeyConfig, off at 0
+_OPTIONS = (*_NUMBERS, "ramp_by")  # each omitted from dumps at its default (0, "call")
+_RAMP_BY = ("call", "key")
 _FIELDS = {"ttl_sec", "ramp", *_OPTIONS}
 
 
@@ -107,13 +109,17 @@ class GCacheKeyConfig:
     """TTL and ramp per layer for one use case, as returned by the config provider.
 
     A layer takes part in a call when its TTL is above 0 and a draw against its ramp (0-100, a
-    percentage of calls) succeeds; a layer missing from either mapping is off.
+    percentage of calls, or of keys with ``ramp_by="key"``) succeeds; a layer missing from either
+    mapping is off.
 
     The other fields are off by default and steer how the use case behaves under trouble.
 
     Args:
         ttl_sec: seconds an entry lives in each layer.
         ramp: percentage of calls that use each layer.
+        ramp_by: ``"call"`` (default): a ramp below 100 is one random draw per call; ``"key"``:
+            it takes the same share of keys on every call, in every process (a stable hash of
+            the key), so a partial ramp caches those keys fully and shows their real hit rate.
         ttl_jitter: a fraction (0-1) by which each write may shorten its TTL, drawn at random,
             so entries written together do not all expire together.
         fail_safe_sec: keep entries this long past their TTL; when the function raises (or
@@ -128,7 +134,8 @@ class GCacheKeyConfig:
 
     Raises:
         ConfigError: a negative TTL, a ramp outside 0-100, or an unknown layer name; a jitter
-            outside 0-1, a negative duration, or a soft timeout without fail-safe.
+            outside 0-1, a negative duration, a soft timeout without fail-safe, or a ``ramp_by``
+            other than "call" or "key".
     """
 
     ttl_sec: dict[CacheLayer, float] = field(default_factory=dict)
@@ -137,11 +144,14 @@ class GCacheKeyConfig:
     fail_safe_sec: float = 0.0
     soft_timeout_sec: float = 0.0
     lock_sec: float = 0.0
+    ramp_by: str = "call"
 
     def __post_init__(self) -> None:
         self.ttl_sec = _layer_map(self.ttl_sec, "GCacheKeyConfig.ttl_sec", upper=None)
         self.ramp = _layer_map(self.ramp, "GCacheKeyConfig.ramp", upper=100)
-        for name in _OPTIONS:
+        if self.ramp_by not in _RAMP_BY:
+            raise ConfigError(f'GCacheKeyConfig.ramp_by must be "call" or "key", got {self.ramp_by!r}')
+        for name in _NUMBERS:
             value = _number(getattr(self, name))
             setattr(self, name, value)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -169,7 +179,7 @@ class GCacheKeyConfig:
             "ramp": {layer.value: v for layer, v in self.ramp.items()},
         }
         for name in _OPTIONS:
-            if getattr(self, name):
+            if getattr(self, name) not in (0, "call"):  # not the default
                 data[name] = getattr(self, name)
         return data
 

@@ -158,7 +158,7 @@ class Management:
         config = await uc.aconfig(key.id, pairs)
         if config is None:
             return
-        local_ttl, remote_ttl = uc.layers(config)
+        local_ttl, remote_ttl = uc.layers(config, urn)
         await uc.awrite_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
 
     def put(self, key: GCacheKey, value: Any) -> None:
@@ -170,7 +170,7 @@ class Management:
         config = uc.config(key.id, pairs)
         if config is None:
             return
-        local_ttl, remote_ttl = uc.layers(config)
+        local_ttl, remote_ttl = uc.layers(config, urn)
         uc.write_back(uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False), value)
 
     async def adelete(self, key: GCacheKey) -> bool:

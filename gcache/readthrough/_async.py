@@ -59,7 +59,7 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(id, pairs)
         if config is None:
             return await self.afunction(LAYER_NONE, func, args, kwargs)
-        local_ttl = self.local_layer(config)
+        local_ttl = self.local_layer(config, urn)
         if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
@@ -68,7 +68,7 @@ class AsyncDriver(AsyncIO):
             self.key_error(too_long(urn, self.rt.max_key_length))
             return await self.afunction(LAYER_NONE, func, args, kwargs)
         self.anote_blocking()
-        remote_ttl = self.remote_layer(config)  # LOCAL fell through: REMOTE is asked now
+        remote_ttl = self.remote_layer(config, urn)  # LOCAL fell through: REMOTE is asked now
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=True)
         if refresh:
             return await self.arefresh(m, func, args, kwargs)
@@ -357,23 +357,24 @@ class AsyncDriver(AsyncIO):
             self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
         found: dict[str, Any] = {}
-        local_ttl = self.local_layer(config)
-        if local_ttl:
-            for id, (urn, entity) in zip(ids, keys, strict=True):
+        local_ttls = [self.local_layer(config, urn) for urn, _ in keys]  # a sticky ramp: per key
+        for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
+            if local_ttl:
                 value = self.local_get(urn, entity)
                 if value is not MISS:
                     found[id] = value
         if len(found) < len(ids):
             self.anote_blocking()
-            remote_ttl = self.remote_layer(config)
             misses: dict[str, Miss] = {}
-            for id, (urn, entity) in zip(ids, keys, strict=True):
+            for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
                 if id not in found:
+                    remote_ttl = self.remote_layer(config, urn)
                     m = misses[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
                     m.batch = True
-            if remote_ttl:
-                batch = list(misses.values())
-                for id, value in zip(misses, await self.aremote_read_many(batch), strict=True):
+            asked = [id for id, m in misses.items() if m.remote_ttl]
+            if asked:
+                values = await self.aremote_read_many([misses[id] for id in asked])
+                for id, value in zip(asked, values, strict=True):
                     if value is not MISS:
                         found[id] = value
             missing = [id for id in misses if id not in found]

@@ -9,6 +9,7 @@ share whose read or run is :mod:`gcache.readthrough.sharing`'s.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import sys
@@ -32,13 +33,28 @@ if TYPE_CHECKING:
     from gcache.readthrough.runtime import Runtime
     from gcache.remote import TrackedRead
 
-__all__ = ["ABSENT", "Decisions", "Miss", "Unstored"]
+__all__ = ["ABSENT", "Decisions", "Miss", "Unstored", "key_share"]
 
 _LOCAL, _REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 _WRITE_RESULTS = {1: "stored", 0: "invalidated", -1: "fence_replaced", -2: "too_slow"}
 _perf = time.perf_counter
 _monotonic = time.monotonic
 _random = random.random
+_blake2b = hashlib.blake2b
+
+
+def key_share(urn: str) -> float:
+    """Where a key stands in a ``ramp_by="key"`` ramp: a point of [0, 100) from the top 53 bits of
+    the 8-byte BLAKE2b of its value key, so the same in every process and after restarts (unlike
+    ``hash()``, salted per process). The key is in a layer's ramp when its share is below it.
+
+    One share per key for both layers, so ramps nest: a key in REMOTE's ramp is in LOCAL's when
+    LOCAL's is as large or larger, and a key in at 10 % stays in at 50 %. With a draw per layer a
+    ramped REMOTE would feed a different set of keys than LOCAL keeps, so neither layer's hit rate
+    would be that of a full rollout to those keys. The value key names the use case, so each use
+    case ramps its own share of entities.
+    """
+    return (int.from_bytes(_blake2b(urn.encode(), digest_size=8).digest(), "big") >> 11) * (100 / 2**53)
 
 
 class Unstored:
@@ -237,16 +253,16 @@ class Decisions(OriginalEntries):
         if self.remote is not None:
             self.m.disabled(LAYER_REMOTE, reason).inc()
 
-    def layers(self, config: GCacheKeyConfig) -> tuple[float, float]:
+    def layers(self, config: GCacheKeyConfig, urn: str) -> tuple[float, float]:
         """TTL of LOCAL and REMOTE for a direct put (both layers decided at once)."""
-        return self.local_layer(config), self.remote_layer(config)
+        return self.local_layer(config, urn), self.remote_layer(config, urn)
 
-    def local_layer(self, config: GCacheKeyConfig) -> float:
+    def local_layer(self, config: GCacheKeyConfig, urn: str) -> float:
         """LOCAL's TTL for this call, 0 when it sits the call out.
 
         A layer missing from ``ttl_sec`` or ``ramp`` counts ``missing_config`` (the original's
         rule); one set up with TTL 0 is out and counts nothing; at a ramp of 100 it is in without
-        a random draw; only a ramp in between asks :meth:`_ramped`.
+        a random draw or a hash of ``urn``; only a ramp in between asks :meth:`_ramped`.
         """
         ttl = config.ttl_sec.get(_LOCAL)
         ramp = config.ramp.get(_LOCAL)
@@ -254,15 +270,15 @@ class Decisions(OriginalEntries):
             self.m.disabled(LAYER_LOCAL, "missing_config").inc()
             return 0
         if ttl and ramp < 100:
-            return self._ramped(ttl, ramp, LAYER_LOCAL)
+            return self._ramped(ttl, ramp, LAYER_LOCAL, config, urn)
         return ttl
 
-    def _local_sits_out(self, config: GCacheKeyConfig) -> float:
+    def _local_sits_out(self, config: GCacheKeyConfig, urn: str) -> float:
         """``local_layer`` of a tracked use case with ``legacy_compat``: LOCAL takes no part."""
         self.m.disabled(LAYER_LOCAL, "legacy_compat").inc()
         return 0
 
-    def remote_layer(self, config: GCacheKeyConfig) -> float:
+    def remote_layer(self, config: GCacheKeyConfig, urn: str) -> float:
         """REMOTE's TTL for this call (as :meth:`local_layer`), 0 also while the breaker is open.
 
         Asked once LOCAL has fallen through, so a LOCAL hit counts nothing for REMOTE.
@@ -276,15 +292,16 @@ class Decisions(OriginalEntries):
             self.m.disabled(LAYER_REMOTE, "missing_config").inc()
             return 0
         if ttl and ramp < 100:
-            ttl = self._ramped(ttl, ramp, LAYER_REMOTE)
+            ttl = self._ramped(ttl, ramp, LAYER_REMOTE, config, urn)
         if ttl and remote.breaker.is_open:
             self.m.disabled(LAYER_REMOTE, "server_down").inc()
             return 0
         return ttl
 
-    def _ramped(self, ttl: float, ramp: float, layer: str) -> float:
-        """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw; 0 (counted) otherwise."""
-        if ramp <= 0 or _random() * 100 >= ramp:
+    def _ramped(self, ttl: float, ramp: float, layer: str, config: GCacheKeyConfig, urn: str) -> float:
+        """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw (``ramp_by="call"``),
+        or of keys, the key's :func:`key_share` (``"key"``); 0 (counted) otherwise."""
+        if ramp <= 0 or (key_share(urn) if config.ramp_by == "key" else _random() * 100) >= ramp:
             self.m.disabled(layer, "ramped_down").inc()
             return 0
         return ttl
