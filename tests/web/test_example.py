@@ -61,7 +61,7 @@ def test_reads_are_cached_and_a_write_is_seen_at_once(uvicorn_server: Running) -
     assert client.get("/users/1").json()["name"] == "grace"
     page = client.get("/pages/users/1")
     assert (page.headers["x-cache"], page.json()["title"]) == ("MISS", "grace's page")
-    metrics = client.get("/metrics/").text
+    metrics = client.get("/metrics").text
     assert "gcache_request_counter_total{" in metrics
     assert 'use_case="examples.fastapi_app.load_user"' in metrics
 
@@ -100,7 +100,7 @@ def test_under_gunicorn_every_worker_serves_a_write_after_it_returns(
                 again = list(pool.map(read, range(160)))
                 assert [r for r in again if r["name"] != name] == []
                 assert len({r["worker"] for r in reads + again}) >= 2  # several workers answered
-        metrics = client.get("/metrics/").text
+        metrics = client.get("/metrics").text
         assert "gcache_request_counter_total{" in metrics  # the sum over the workers
     finally:
         log = server.stop()
