@@ -53,7 +53,7 @@ class User(BaseModel):
 
 
 api = FastAPI()
-api.mount("/metrics/", make_metrics_app())
+api.add_route("/metrics", make_metrics_app())
 
 
 @api.get("/users/{user_id}")

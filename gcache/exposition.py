@@ -1,4 +1,4 @@
-"""Serving the metrics: an HTTP endpoint on a thread, an ASGI app to mount, and multi-process mode.
+"""Serving the metrics: an HTTP endpoint on a thread, an ASGI app to route, and multi-process mode.
 
 One process (a single uvicorn worker, a Celery worker): ``start_metrics_server`` or
 ``make_metrics_app`` serve the default registry, where gcache's collectors live.
@@ -26,6 +26,7 @@ from prometheus_client import start_http_server as _start_http_server
 
 __all__ = [
     "MULTIPROC_DIR_ENV",
+    "MetricsApp",
     "gunicorn_child_exit",
     "gunicorn_when_ready",
     "make_metrics_app",
@@ -80,13 +81,35 @@ def start_metrics_server(
     return server, thread
 
 
+class MetricsApp:
+    """The ASGI app :func:`make_metrics_app` returns. A class and not a function, so that
+    Starlette's ``Route`` (``app.add_route("/metrics", ...)``) serves it as an ASGI app, at
+    ``/metrics`` itself; it takes a plain function for a request-response endpoint."""
+
+    __slots__ = ("_app", "registry")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._app = make_asgi_app(registry=registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
 def make_metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
-    """An ASGI app serving the metrics, to mount at ``/metrics`` (Starlette, FastAPI, ...).
+    """An ASGI app serving the metrics on any path it is given (Starlette, FastAPI, ...).
+
+    Route it at ``/metrics`` with ``app.add_route("/metrics", make_metrics_app())``: that answers
+    ``GET /metrics`` itself. ``app.mount("/metrics", ...)`` answers only under ``/metrics/``, and
+    the framework's router answers ``GET /metrics`` with a 307 redirect to it, which curl,
+    httpx and most health checks do not follow.
 
     Without ``registry``: the sum over all processes when ``PROMETHEUS_MULTIPROC_DIR`` is set,
     so whichever worker answers the scrape reports the whole server; else the default registry.
+    Typed as a callable (it is a :class:`MetricsApp`), so that the frameworks' ``add_route``,
+    typed for request-response endpoints, type-checks with it.
     """
-    return make_asgi_app(registry=_serving_registry(registry))
+    return MetricsApp(_serving_registry(registry))
 
 
 def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
@@ -132,7 +155,7 @@ def gunicorn_when_ready(port: int = 9100, addr: str = "127.0.0.1") -> Callable[[
 
     In ``gunicorn.conf.py``: ``when_ready = gunicorn_when_ready(9100)``. It never raises in the
     master: without multi-process mode the master has no worker's metrics to serve, so it serves
-    nothing and says so once (mount :func:`make_metrics_app` in the app instead); a port that
+    nothing and says so once (route :func:`make_metrics_app` in the app instead); a port that
     cannot be bound is logged.
     """
 
@@ -141,7 +164,7 @@ def gunicorn_when_ready(port: int = 9100, addr: str = "127.0.0.1") -> Callable[[
             _warn_once(
                 "when_ready",
                 "gcache: gunicorn_when_ready serves no metrics: %s is not set, so the master has none "
-                "of its workers' (set it before gunicorn starts, or mount make_metrics_app() in the app)",
+                "of its workers' (set it before gunicorn starts, or route make_metrics_app() in the app)",
                 MULTIPROC_DIR_ENV,
             )
             return

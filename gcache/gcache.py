@@ -44,29 +44,61 @@ F = TypeVar("F", bound=Callable[..., Any])
 _instances = itertools.count(1)
 
 
+_CROSSED = (
+    "a gcache.enable()/refresh() block was left in another context than the one it was entered "
+    "in, so it did not switch caching on (or off) for the code that ran between; {what}, and "
+    "nothing raised. FastAPI does this with a sync generator dependency "
+    "(`def dep(): with gcache.enable(): yield`): it enters and exits it in different thread-pool "
+    "contexts, and the endpoint runs uncached. Use the middleware "
+    "(app.add_middleware(gcache.web.CacheMiddleware, gcache=gcache)) or an async dependency "
+    "(`async def dep(): with gcache.enable(): yield`)"
+)
+
+
 class _Enable:
     """``with gcache.enable(flag):`` — sets caching on or off for this context, then restores it;
     or ``@gcache.enable()`` on a function, sync or async.
 
     The tokens to restore are kept in a ContextVar, not on this object, so one object may be
-    entered by several tasks or threads at once (a middleware that builds it once).
+    entered by several tasks or threads at once (a middleware that builds it once). Each entry
+    of that stack also names the object that pushed it, so a block left in another context than
+    the one it was entered in is recognised: when the exit context holds the block's entry (a
+    copy of the entering context), the value before the block is restored there; when it does
+    not (FastAPI's sync generator dependencies), nothing is changed. Either way ``told`` is
+    called (a WARNING, once per GCache) and nothing raises.
     """
 
-    __slots__ = ("_tokens", "_value", "_var")
+    __slots__ = ("_tokens", "_told", "_value", "_var")
 
-    def __init__(self, var: ContextVar[int], tokens: ContextVar[tuple[Token[int], ...]], value: int) -> None:
+    def __init__(
+        self,
+        var: ContextVar[int],
+        tokens: ContextVar[tuple[tuple[_Enable, Token[int]], ...]],
+        value: int,
+        told: Callable[[bool], object],
+    ) -> None:
         self._var = var
         self._tokens = tokens
         self._value = value
+        self._told = told
 
     def __enter__(self) -> None:
         token = self._var.set(self._value)
-        self._tokens.set((*self._tokens.get(), token))
+        self._tokens.set((*self._tokens.get(), (self, token)))
 
     def __exit__(self, *exc: object) -> None:
-        *rest, token = self._tokens.get()
-        self._tokens.set(tuple(rest))
-        self._var.reset(token)
+        stack = self._tokens.get()
+        if not stack or stack[-1][0] is not self:
+            self._told(False)  # entered in a context this one does not descend from: nothing to undo
+            return
+        token = stack[-1][1]
+        self._tokens.set(stack[:-1])
+        try:
+            self._var.reset(token)
+        except (ValueError, RuntimeError):  # a copy of the entering context: restore by value
+            old = token.old_value
+            self._var.set(False if old is Token.MISSING else old)
+            self._told(True)
 
     def __call__(self, func: F) -> F:
         """``@gcache.enable()`` on a function: each call runs inside ``with gcache.enable():``."""
@@ -113,7 +145,7 @@ class GCache(Management):
         instance = next(_instances)
         # False, True, or REFRESH (inside refresh()): what the decorated functions read first.
         self._enabled: ContextVar[int] = ContextVar(f"gcache_enabled_{instance}", default=False)
-        self._enable_tokens: ContextVar[tuple[Token[int], ...]] = ContextVar(
+        self._enable_tokens: ContextVar[tuple[tuple[_Enable, Token[int]], ...]] = ContextVar(
             f"gcache_enable_tokens_{instance}", default=()
         )
         self._metrics = Metrics.get(config.metrics_registry, config.metrics_prefix)
@@ -280,16 +312,26 @@ class GCache(Management):
         ``@gcache.enable()`` runs each call of a function (sync or async) inside it.
 
         The state lives in a ContextVar: it follows asyncio tasks created inside the block, and
-        each thread starts with caching off.
+        each thread starts with caching off. A block exited in another context than the one it
+        was entered in (FastAPI's sync generator dependencies) never raises: it restores the
+        exiting context's state or leaves it alone, and says so once in a WARNING.
         """
-        return _Enable(self._enabled, self._enable_tokens, bool(enabled))
+        return _Enable(self._enabled, self._enable_tokens, bool(enabled), self._told_crossed_enable)
 
     def refresh(self) -> _Enable:
         """Read past the cache for the block, and refresh it: each cached call runs its function
         and writes the value back to the layers it takes part in (a request's
         ``Cache-Control: no-cache``). Tracked values are written under the same fence rules as a
         miss's; concurrent calls of one key do not share the run. Also a decorator."""
-        return _Enable(self._enabled, self._enable_tokens, REFRESH)
+        return _Enable(self._enabled, self._enable_tokens, REFRESH, self._told_crossed_enable)
+
+    def _told_crossed_enable(self, restored: bool) -> None:
+        what = (
+            "the state before it was restored in the exiting context"
+            if restored
+            else ("the exiting context's state was left as it was")
+        )
+        self._errors.once(("enable_crossed_contexts",), _CROSSED.format(what=what))
 
     @property
     def is_enabled(self) -> bool:

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
+
+import redis.asyncio.connection
+import redis.connection
 
 from gcache.errors import ConfigError
 
 __all__ = ["RedisConfig", "mask_url", "url_db"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+# The parts a URL also names: given with a url, they would be silently ignored.
+_URL_PARTS = ("host", "port", "db", "username", "password", "protocol")
+# Query options gcache sets itself on every client: redis-py lets a URL's win over them, so one in
+# the URL would silently replace gcache's (a 50 ms lookup deadline by the URL's socket_timeout).
+_OWNED_OPTIONS = {
+    "decode_responses": "gcache stores binary envelopes and needs decode_responses=False",
+    "socket_timeout": "gcache sets each client's socket_timeout to its deadline; give "
+    "GCacheConfig(read_timeout_sec=..., write_timeout_sec=...) and "
+    "RedisConfig(redis_py_options={'socket_timeout': ...}) for management operations",
+    "max_connections": "give RedisConfig(max_connections=...)",
+    "timeout": "the wait for a pooled connection is RedisConfig(pool_timeout=...)",
+}
 
 _DEFAULT_REDIS_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
@@ -32,7 +51,11 @@ class RedisConfig:
     to the redis-py client as they are (timeouts, ...) and win over the fields.
 
     Raises:
-        ConfigError: an unparsable URL, an unknown scheme, a port out of range, db on a cluster.
+        ConfigError: an unparsable URL, an unknown scheme, a port out of range, db on a cluster;
+            a URL query option redis-py does not take, or a value its URL parser refuses, or one
+            gcache sets itself (``socket_timeout``, ``max_connections``, ``timeout``,
+            ``decode_responses``); a url given with host, port, db, username, password,
+            protocol or ``tls=True`` (for a non-``rediss://`` url), which the url would override.
     """
 
     host: str = "localhost"
@@ -63,6 +86,7 @@ class RedisConfig:
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
         else:
+            self._refuse_parts_with_url()
             self._validate_url(self.url)
         if self.cluster and (self.db != 0 or url_db(self.url or "") != 0):
             db = self.db or url_db(self.url or "")
@@ -100,6 +124,26 @@ class RedisConfig:
         if isinstance(self.db, bool) or not isinstance(self.db, int) or self.db < 0:
             raise ConfigError(f"RedisConfig.db must be a non-negative integer, got {self.db!r}")
 
+    def _refuse_parts_with_url(self) -> None:
+        given = []
+        for part in fields(self):
+            if (
+                part.name in _URL_PARTS
+                and part.default is not MISSING
+                and getattr(self, part.name) != part.default
+            ):
+                given.append(
+                    f"{part.name}={getattr(self, part.name)!r}" if part.name != "password" else "password"
+                )
+        if self.tls and not (self.url or "").startswith("rediss://"):
+            given.append("tls=True")
+        if given:
+            raise ConfigError(
+                f"RedisConfig: url {mask_url(self.url or '')!r} and {', '.join(given)} were both given; the "
+                "url would win and the rest be ignored: give the url alone (put the port, db, login "
+                "in it, rediss:// for TLS), or the parts without a url"
+            )
+
     @staticmethod
     def _validate_url(url: str) -> None:
         shown = mask_url(url)
@@ -115,6 +159,7 @@ class RedisConfig:
         if parts.scheme == "unix":
             if not parts.path:
                 raise ConfigError(f"RedisConfig.url {shown!r} names no socket path")
+            _validate_query(url, parts.scheme, shown)
             return
         if not parts.hostname:
             raise ConfigError(f"RedisConfig.url {shown!r} names no host")
@@ -123,6 +168,7 @@ class RedisConfig:
         db = parts.path.lstrip("/")
         if db and not db.isdigit():
             raise ConfigError(f"RedisConfig.url {shown!r}: database {db!r} is not a number")
+        _validate_query(url, parts.scheme, shown)
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for redis-py's ``from_url`` (TLS settings, then redis_py_options)."""
@@ -141,6 +187,81 @@ class RedisConfig:
 
     def __repr__(self) -> str:
         return f"RedisConfig(url={mask_url(self.url or '')!r}, cluster={self.cluster})"
+
+
+_CONNECTION_CLASSES = {
+    "redis": (redis.connection.Connection, redis.asyncio.connection.Connection),
+    "rediss": (redis.connection.SSLConnection, redis.asyncio.connection.SSLConnection),
+    "unix": (
+        redis.connection.UnixDomainSocketConnection,
+        redis.asyncio.connection.UnixDomainSocketConnection,
+    ),
+}
+
+
+def _keywords(cls: type, text_only: bool = False) -> set[str]:
+    """The keyword parameters of ``cls``'s constructors along its MRO (it passes ``**kwargs`` on);
+    with ``text_only``, those whose annotation admits a ``str`` (what a URL can give)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                continue
+            if not text_only or _admits_text(parameter.annotation):
+                names.add(parameter.name)
+    names.discard("self")
+    return names
+
+
+def _admits_text(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # a postponed annotation
+        return re.search(r"\bstr\b", annotation) is not None
+    return annotation is str or str in typing.get_args(annotation)
+
+
+@functools.cache
+def accepted_query_options(scheme: str) -> frozenset[str]:
+    """The URL query options redis-py takes for ``scheme``, on both its sync and asyncio clients
+    (gcache builds both) take: the parameters of the scheme's connection classes and of the
+    blocking pools that are either converted by its URL parser (``URL_QUERY_ARGUMENT_PARSERS``)
+    or text, which it hands on as it is (``client_name``, ``ssl_cert_reqs``, ...; the asyncio
+    classes' annotations tell which take text). Read from the installed redis-py, so it follows
+    its version."""
+    sync_class, async_class = _CONNECTION_CLASSES[scheme]
+    sync_pool, async_pool = redis.connection.BlockingConnectionPool, redis.asyncio.BlockingConnectionPool
+    taken = (_keywords(sync_class) | _keywords(sync_pool)) & (_keywords(async_class) | _keywords(async_pool))
+    parsed = set(redis.connection.URL_QUERY_ARGUMENT_PARSERS) & set(
+        redis.asyncio.connection.URL_QUERY_ARGUMENT_PARSERS
+    )
+    text = _keywords(async_class, text_only=True)
+    return frozenset(taken & (parsed | text) - set(_OWNED_OPTIONS))
+
+
+def _validate_query(url: str, scheme: str, shown: str) -> None:
+    """Each query option is one redis-py takes, with a value its URL parser converts."""
+    query = urlsplit(url).query
+    if not query:
+        return
+    accepted = accepted_query_options(scheme)
+    for name in parse_qs(query, keep_blank_values=True):
+        if name in _OWNED_OPTIONS:
+            raise ConfigError(
+                f"RedisConfig.url {shown!r}: query option {name!r} would override gcache's own: "
+                f"{_OWNED_OPTIONS[name]}"
+            )
+        if name not in accepted:
+            raise ConfigError(
+                f"RedisConfig.url {shown!r}: unknown query option {name!r}; redis-py "
+                f"{redis.__version__} takes: {', '.join(sorted(accepted))}"
+            )
+    for parse_url in (redis.connection.parse_url, redis.asyncio.connection.parse_url):
+        try:
+            parse_url(url)
+        except (TypeError, ValueError) as exc:  # "Invalid value for 'socket_timeout' in connection URL."
+            raise ConfigError(f"RedisConfig.url {shown!r}: {exc}") from None
 
 
 def url_db(url: str) -> int:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio.connection
+import redis.connection
 
 import gcache
 import gcache.errors
@@ -20,7 +24,7 @@ from gcache.errors import (
     UseCaseIsAlreadyRegisteredError,
     UseCaseNameIsReservedError,
 )
-from gcache.redis_config import mask_url
+from gcache.redis_config import accepted_query_options, mask_url
 
 LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 SECRET = "s3cret-Pw"
@@ -269,7 +273,7 @@ def test_redis_config_repr_hides_password() -> None:
 
 
 def test_a_password_in_the_url_query_is_hidden_in_repr_errors_and_the_demo_banner() -> None:
-    cfg = RedisConfig(url=f"redis://cache:6379/0?password={SECRET}&socket_timeout=2")
+    cfg = RedisConfig(url=f"redis://cache:6379/0?password={SECRET}&socket_connect_timeout=2")
     assert SECRET not in repr(cfg)
     assert "password=***" in repr(cfg)
     with pytest.raises(ConfigError) as info:
@@ -283,6 +287,118 @@ def test_a_password_in_the_url_query_is_hidden_in_repr_errors_and_the_demo_banne
     ):
         assert SECRET not in mask_url(url)  # what the demo prints, too
     assert mask_url("redis://cache:6379/0?db=2") == "redis://cache:6379/0?db=2"
+
+
+@pytest.mark.parametrize("query", ["foo=bar", "socket_timeot=2", "ssl_cert_reqs=none", "retry=x"])
+def test_an_unknown_url_query_option_is_a_config_error_naming_it_and_the_accepted_ones(query: str) -> None:
+    # ssl_cert_reqs is only taken on rediss://; retry is not text (a redis.retry.Retry)
+    name = query.split("=")[0]
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(url=f"redis://user:{SECRET}@cache:6379/0?{query}")
+    message = str(info.value)
+    assert f"unknown query option {name!r}" in message
+    assert "socket_connect_timeout, " in message  # the accepted ones, listed
+    assert "client_name" in message
+    assert redis.__version__ in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "query", ["socket_connect_timeout=abc", "health_check_interval=1.5x", "socket_read_size=big", "db=x"]
+)
+def test_a_url_query_value_redis_py_cannot_parse_is_a_config_error_naming_the_option(query: str) -> None:
+    name = query.split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"Invalid value for '{name}'")):
+        RedisConfig(url=f"redis://cache:6379/0?{query}")
+
+
+@pytest.mark.parametrize(
+    ("query", "knob"),
+    [
+        ("socket_timeout=2", "read_timeout_sec"),
+        ("socket_timeout=abc", "read_timeout_sec"),
+        ("max_connections=5", "RedisConfig(max_connections="),
+        ("timeout=5", "pool_timeout"),
+        ("decode_responses=1", "binary"),
+    ],
+)
+def test_a_url_query_option_gcache_sets_is_a_config_error_naming_the_knob(query: str, knob: str) -> None:
+    # redis-py lets the URL's win, so ?socket_timeout=2 would silently make the 50 ms lookup 2 s
+    with pytest.raises(ConfigError, match=re.escape(query.split("=")[0])) as info:
+        RedisConfig(url=f"redis://cache:6379/0?{query}")
+    assert "would override gcache's own" in str(info.value)
+    assert knob in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://cache:6379/0?client_name=svc&socket_connect_timeout=0.5&health_check_interval=30",
+        "redis://cache/0?retry_on_timeout=true&socket_keepalive=false&protocol=2",
+        "rediss://cache/0?ssl_cert_reqs=none&ssl_check_hostname=false",
+        "unix:///tmp/redis.sock?db=1&client_name=svc",
+    ],
+)
+def test_url_query_options_redis_py_takes_are_accepted(url: str) -> None:
+    assert RedisConfig(url=url).url == url
+
+
+def test_the_accepted_query_options_come_from_the_installed_redis_py() -> None:
+    accepted = accepted_query_options("redis")
+    parsed = set(redis.connection.URL_QUERY_ARGUMENT_PARSERS) & set(
+        redis.asyncio.connection.URL_QUERY_ARGUMENT_PARSERS
+    )
+    assert {"socket_connect_timeout", "health_check_interval", "db"} <= accepted & parsed
+    assert "client_name" in accepted  # text, handed to the connection as it is
+    assert "ssl_cert_reqs" not in accepted  # a plain connection does not take it...
+    assert "ssl_cert_reqs" in accepted_query_options("rediss")  # ...a TLS one does
+    assert not accepted & {"socket_timeout", "decode_responses", "retry", "parser_class"}
+
+
+@pytest.mark.parametrize(
+    ("parts", "named"),
+    [
+        ({"port": 7000}, "port=7000"),
+        ({"host": "other"}, "host='other'"),
+        ({"db": 2}, "db=2"),
+        ({"username": "u"}, "username='u'"),
+        ({"password": SECRET}, "password"),
+        ({"tls": True}, "tls=True"),
+    ],
+)
+def test_a_url_with_parts_is_a_config_error_saying_the_url_wins(parts: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(url="redis://cache:6379/0", **parts)
+    message = str(info.value)
+    assert named in message
+    assert "the url would win" in message
+    assert SECRET not in message
+
+
+def test_a_rediss_url_with_tls_true_is_not_a_contradiction() -> None:
+    assert RedisConfig(url="rediss://cache:6380/0", tls=True).url == "rediss://cache:6380/0"
+
+
+@pytest.mark.redis
+async def test_a_url_query_option_is_honoured_on_a_real_redis(
+    redis_url: str, redis_client: redis.Redis, make_cache: Callable[..., gcache.GCache]
+) -> None:
+    separator = "&" if "?" in redis_url else "?"
+    cache = make_cache(redis_config=RedisConfig(url=f"{redis_url}{separator}client_name=gcache-query-test"))
+    runs = []
+
+    remote_only = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+
+    @cache.cached(key_type="user_id", id_arg="uid", use_case="QueryOption", default_config=remote_only)
+    async def read(uid: str) -> str:
+        runs.append(uid)
+        return uid
+
+    with cache.enable():
+        assert [await read("1"), await read("1")] == ["1", "1"]
+    assert runs == ["1"]  # the second call was a REMOTE hit: the client connected with the option
+    names = {client["name"] for client in redis_client.client_list() if client.get("user") == "gcache"}
+    assert "gcache-query-test" in names
 
 
 def test_redis_config_rejects_db_on_cluster_from_parts() -> None:

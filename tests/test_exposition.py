@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import json
 import logging
 import os
@@ -21,10 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, exposition
 from gcache._embedded_redis import free_port
@@ -202,6 +206,56 @@ async def call_asgi(
     return int(sent[0]["status"]), response_headers, bytes(sent[1]["body"])
 
 
+def routed_app(framework: str, metrics: Any, mount: bool) -> Any:
+    """A FastAPI or Starlette app serving ``metrics`` at /metrics: routed (the README's form) or
+    mounted."""
+    if framework == "fastapi":
+        app: Any = FastAPI()
+    else:
+        app = Starlette()
+    if mount:
+        app.mount("/metrics", metrics)
+    else:
+        app.add_route("/metrics", metrics)
+    return app
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "starlette"])
+async def test_routed_at_metrics_it_answers_get_metrics_itself_without_a_redirect(framework: str) -> None:
+    registry = CollectorRegistry()
+    Counter("served_total", "a sample", registry=registry).inc(3)
+    app = routed_app(framework, make_metrics_app(registry), mount=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        response = await client.get("/metrics")  # httpx, like curl, follows no redirect by default
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert "served_total 3.0" in response.text
+        openmetrics = await client.get("/metrics", headers={"accept": "application/openmetrics-text"})
+        assert openmetrics.status_code == 200
+        assert openmetrics.text.rstrip().endswith("# EOF")
+        head = await client.head("/metrics")
+        assert head.status_code == 200
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "starlette"])
+async def test_mounted_at_metrics_get_metrics_is_a_redirect_which_is_why_the_readme_routes_it(
+    framework: str,
+) -> None:
+    app = routed_app(framework, make_metrics_app(CollectorRegistry()), mount=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        redirected = await client.get("/metrics")
+        assert (redirected.status_code, redirected.headers["location"]) == (307, "http://app/metrics/")
+        assert (await client.get("/metrics/")).status_code == 200
+
+
+def test_the_metrics_app_is_not_a_plain_function() -> None:
+    # Starlette's Route wraps a plain function as a request-response endpoint (it would be
+    # called with a Request and fail): an object is served as the ASGI app it is.
+    app = make_metrics_app(CollectorRegistry())
+    assert not inspect.isfunction(app)
+    assert not inspect.ismethod(app)
+
+
 async def test_asgi_app_serves_metrics_with_content_negotiation() -> None:
     registry = CollectorRegistry()
     async with GCache(GCacheConfig(metrics_registry=registry)) as cache:
@@ -342,7 +396,7 @@ def test_gunicorn_hooks_never_raise_in_the_master_and_say_once_what_they_skip(
         "gcache: gunicorn_child_exit does nothing: PROMETHEUS_MULTIPROC_DIR is not set, so each worker "
         "keeps its own metrics (set it, and empty the directory, before gunicorn starts, to add them up)",
         "gcache: gunicorn_when_ready serves no metrics: PROMETHEUS_MULTIPROC_DIR is not set, so the "
-        "master has none of its workers' (set it before gunicorn starts, or mount make_metrics_app() in "
+        "master has none of its workers' (set it before gunicorn starts, or route make_metrics_app() in "
         "the app)",
     ]
 

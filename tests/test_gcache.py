@@ -9,6 +9,7 @@ result only when there is something to await.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -375,6 +376,73 @@ async def test_task_enable_false_does_not_affect_parent(mode: str, make_cache: M
         assert cache.is_enabled
         assert await call(fn, "1") == ("1", 1)
     assert counter.calls == ["1", "1"]
+
+
+@pytest.fixture
+def local_cache() -> Iterator[GCache]:
+    """A LOCAL-only GCache: enable() needs no Redis."""
+    cache = GCache(GCacheConfig(metrics_registry=CollectorRegistry()))
+    yield cache
+    cache.close()
+
+
+def crossed_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "left in another context" in r.getMessage()]
+
+
+@pytest.mark.parametrize("scope", ["enable", "refresh"])
+def test_a_block_exited_in_an_unrelated_context_changes_nothing_and_warns_once(
+    scope: str, local_cache: GCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FastAPI's sync generator dependency: __enter__ and __exit__ each run in a fresh copy of
+    # the request's context, in thread-pool threads.
+    for _ in range(3):
+        block = local_cache.enable() if scope == "enable" else local_cache.refresh()
+        entered = contextvars.copy_context()
+        entered.run(block.__enter__)
+        assert entered.run(lambda: local_cache.is_enabled)
+        exiting = contextvars.copy_context()
+        exiting.run(block.__exit__, None, None, None)  # raised ValueError before
+        assert not exiting.run(lambda: local_cache.is_enabled)
+    assert not local_cache.is_enabled
+    [told] = crossed_warnings(caplog)  # once, not once per block
+    for words in ("FastAPI", "def dep(): with gcache.enable(): yield", "gcache.web.CacheMiddleware",
+                  "async dependency"):  # fmt: skip
+        assert words in told
+    assert "left as it was" in told
+    assert [r.levelname for r in caplog.records if r.getMessage() == told] == ["WARNING"]
+
+
+def test_an_unrelated_exit_leaves_an_outer_block_of_its_context_alone(
+    local_cache: GCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CacheMiddleware around the request and a sync generator dependency inside it: the
+    # dependency's exit context holds the middleware's entry, which is not the dependency's.
+    with local_cache.enable():
+        block = local_cache.enable(False)
+        contextvars.copy_context().run(block.__enter__)
+        exiting = contextvars.copy_context()
+        exiting.run(block.__exit__, None, None, None)
+        assert exiting.run(lambda: local_cache.is_enabled)  # the middleware's state, untouched
+        assert local_cache.is_enabled
+    assert not local_cache.is_enabled  # and the middleware's own exit still restores
+    assert len(crossed_warnings(caplog)) == 1
+
+
+def test_a_block_exited_in_a_copy_of_its_context_restores_the_state_before_it(
+    local_cache: GCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    block = local_cache.enable()
+    block.__enter__()
+    copy = contextvars.copy_context()  # e.g. a task created inside the block finishes it
+    copy.run(block.__exit__, None, None, None)
+    assert not copy.run(lambda: local_cache.is_enabled)
+    assert local_cache.is_enabled  # the entering context is still inside its block
+    block.__exit__(None, None, None)
+    assert not local_cache.is_enabled
+    [told] = crossed_warnings(caplog)
+    assert "the state before it was restored" in told
+    assert caplog.records[-1].getMessage() == told  # the proper exit told nothing more
 
 
 # -- read-through order --------------------------------------------------------------------------

@@ -4,8 +4,6 @@ with 4 uvicorn workers and Prometheus multiprocess mode; exercised over HTTP wit
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,40 +15,11 @@ import httpx
 import pytest
 
 from gcache._embedded_redis import free_port
+from tests.web._running import Running
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 BUS_LAG_ALLOWANCE_SEC = 0.25
-
-
-class Running:
-    def __init__(self, command: list[str], env: dict[str, str], log: Path, port: int) -> None:
-        self.log_path = log
-        self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if self.client.get("/users/none").status_code == 404:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
-    def stop(self) -> str:
-        self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return self.log_path.read_text()
 
 
 @pytest.fixture
@@ -92,7 +61,7 @@ def test_reads_are_cached_and_a_write_is_seen_at_once(uvicorn_server: Running) -
     assert client.get("/users/1").json()["name"] == "grace"
     page = client.get("/pages/users/1")
     assert (page.headers["x-cache"], page.json()["title"]) == ("MISS", "grace's page")
-    metrics = client.get("/metrics/").text
+    metrics = client.get("/metrics").text
     assert "gcache_request_counter_total{" in metrics
     assert 'use_case="examples.fastapi_app.load_user"' in metrics
 
@@ -131,7 +100,7 @@ def test_under_gunicorn_every_worker_serves_a_write_after_it_returns(
                 again = list(pool.map(read, range(160)))
                 assert [r for r in again if r["name"] != name] == []
                 assert len({r["worker"] for r in reads + again}) >= 2  # several workers answered
-        metrics = client.get("/metrics/").text
+        metrics = client.get("/metrics").text
         assert "gcache_request_counter_total{" in metrics  # the sum over the workers
     finally:
         log = server.stop()
