@@ -5,6 +5,7 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``hits``: LOCAL and REMOTE hits, sync and async (bench_hits)
 - ``signing``: the same hits with signing keys, against gcache's own without (bench_signing)
 - ``miss``: miss + write-back (bench_miss)
+- ``batch``: a page of 50 ids, cached_many against single calls and a bare MGET (bench_batch)
 - ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
 - ``instructions``: instructions per hit counted by callgrind, gcache and its floor
@@ -37,6 +38,7 @@ from collections.abc import Callable
 
 from benchmarks import (
     _report,
+    bench_batch,
     _rivals,
     bench_concurrency,
     bench_faults,
@@ -57,6 +59,7 @@ TABLED: dict[str, Callable[[str, str], list[Result]]] = {  # (gcache's URL, the 
     "hits": bench_hits.run,
     "signing": lambda url, _admin: bench_signing.run(url),
     "miss": bench_miss.run,
+    "batch": bench_batch.run,
     "concurrency": bench_concurrency.run,
     "memory": lambda url, _admin: bench_memory.run(url),
     "instructions": lambda url, _admin: bench_instructions.run(url),

@@ -19,7 +19,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache import _envelope as envelope
 from gcache._embedded_redis import Credentials, EmbeddedRedis, find_redis_server
 
@@ -232,3 +232,33 @@ def test_the_operator_commands_work_on_a_cluster(
     )
     assert run("flush", "--yes")[1] == "deleted 60 keys of prefix 'urn:gcache'\n"
     assert cluster_client.dbsize() == 0
+
+
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
+async def test_a_batch_reads_every_node_and_invalidates_one_id_on_a_cluster(
+    cluster_url: str, cluster_client: redis.RedisCluster, tracked: bool
+) -> None:
+    asked: list[list[int]] = []
+    async with _cache(cluster_url) as cache:
+
+        @cache.cached_many(key_type="user_id", ids_arg="ids", use_case="Many", track_for_invalidation=tracked,
+                           default_config=REMOTE_ONLY)  # fmt: skip
+        async def many(ids: list[int]) -> dict[int, int]:
+            asked.append(list(ids))
+            return {i: i * 10 for i in ids if i != 13}
+
+        ids = list(range(30))
+        expected = {i: i * 10 for i in ids if i != 13}
+        with cache.enable():
+            assert await many(ids) == expected
+            assert await many(list(reversed(ids))) == dict(reversed(expected.items()))
+            if tracked:
+                await cache.ainvalidate("user_id", 7)
+            else:
+                await cache.adelete(GCacheKey("user_id", "7", "Many", default_config=REMOTE_ONLY))
+            assert await many(ids) == expected
+
+    assert asked == [ids, [13], [7, 13]]  # the second batch from Redis; then 7 alone (13 has none)
+    slots = {key_slot(f"{{urn:gcache:user_id:{i}}}#Many".encode()) for i in ids}
+    nodes = {cluster_client.nodes_manager.get_node_from_slot(slot).name for slot in slots}
+    assert len(nodes) > 1  # the batch really spans the cluster's nodes

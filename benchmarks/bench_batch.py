@@ -1,0 +1,193 @@
+"""A page of 50 ids: ``cached_many`` against 50 single cached calls and one bare MGET.
+
+- **Cold LOCAL, warm REMOTE** (a REMOTE-only use case, so every call reads Redis): a batch of 50
+  against one bare redis-py ``MGET`` of the 50 keys (values as large as gcache's, not unpickled;
+  the floor). Target: at most 1.3x. 50 single calls of the same entries are reported beside it.
+- **10 of the 50 missing** (deleted before each call): one batch, whose function runs once with the
+  10 ids, against 50 single calls, whose function runs 10 times (counted, a condition).
+
+Sync and async, untracked and tracked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from benchmarks._harness import Result, bare_async_client, bare_sync_client, make_gcache, user
+from gcache import CacheLayer, GCache, GCacheKey, GCacheKeyConfig
+from gcache._envelope import HEADER_SIZE
+
+__all__ = ["run"]
+
+PREFIX = "bench-batch"
+IDS = [str(i) for i in range(50)]
+MISSING = IDS[::5]  # 10 ids
+REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 3600}, ramp={CacheLayer.REMOTE: 100})
+TARGET = 1.3
+CALLS, REPEAT = 200, 7
+MISS_CALLS = 50
+
+
+def _functions(cache: GCache, tracked: bool, counts: dict[str, int]) -> dict[str, Any]:
+    name = "Tracked" if tracked else "Plain"
+
+    def load(ids: Iterable[str]) -> dict[str, Any]:
+        ids = list(ids)
+        counts["batch"] += 1
+        return {i: user(i) for i in ids}
+
+    async def aload(ids: Iterable[str]) -> dict[str, Any]:
+        return load(ids)
+
+    def one(user_id: str) -> Any:
+        counts["single"] += 1
+        return user(user_id)
+
+    async def aone(user_id: str) -> Any:
+        return one(user_id)
+
+    many: dict[str, Any] = {
+        "key_type": "user_id",
+        "ids_arg": "ids",
+        "track_for_invalidation": tracked,
+        "default_config": REMOTE_ONLY,
+    }
+    single: dict[str, Any] = {
+        "key_type": "user_id",
+        "id_arg": "user_id",
+        "track_for_invalidation": tracked,
+        "default_config": REMOTE_ONLY,
+    }
+    return {
+        "sync many": cache.cached_many(use_case=f"Sync{name}", **many)(load),
+        "async many": cache.cached_many(use_case=f"Async{name}", **many)(aload),
+        "sync one": cache.cached(use_case=f"Sync{name}", **single)(one),
+        "async one": cache.cached(use_case=f"Async{name}", **single)(aone),
+    }
+
+
+def _median(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
+
+
+def _time(run: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+async def _atime(run: Callable[[], Awaitable[object]], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        await run()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def run(redis_url: str, admin_url: str) -> list[Result]:
+    """``admin_url`` for the bare MGET, a command gcache never sends (not in its login's rights)."""
+    cache = make_gcache(redis_url, PREFIX)
+    counts = {"batch": 0, "single": 0}
+    functions = {tracked: _functions(cache, tracked, counts) for tracked in (False, True)}
+    client = bare_sync_client(admin_url)
+    aclient = bare_async_client(admin_url)
+    payload = pickle.dumps(user(IDS[0]), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
+    bare_keys = ["{" + f"{PREFIX}:bare:{i}" + "}#Bare" for i in IDS]
+    for key in bare_keys:
+        client.set(key, payload)
+    results: list[Result] = []
+    try:
+        with cache.enable():
+            for tracked, fns in functions.items():
+                suffix = " tracked" if tracked else ""
+                fns["sync many"](IDS)  # warm REMOTE
+                asyncio.run(fns["async many"](IDS))
+                times: dict[str, list[float]] = {"bare": [], "many": [], "one": []}
+                for _ in range(REPEAT):
+                    times["bare"].append(_time(lambda: client.mget(bare_keys), CALLS))
+                    many, one = fns["sync many"], fns["sync one"]
+                    times["many"].append(_time(lambda: many(IDS), CALLS))  # noqa: B023
+                    times["one"].append(_time(lambda: [one(i) for i in IDS], CALLS // 5))  # noqa: B023
+                results += _rows(f"sync page of 50{suffix}, cold LOCAL", times)
+                times = asyncio.run(_async_times(fns, aclient, bare_keys))
+                results += _rows(f"async page of 50{suffix}, cold LOCAL", times)
+                results.append(_missing(cache, fns, tracked, counts))
+    finally:
+        cache.flushall()
+        client.delete(*bare_keys)
+        cache.close()
+    return results
+
+
+async def _async_times(fns: dict[str, Any], aclient: Any, bare_keys: list[str]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"bare": [], "many": [], "one": []}
+    many, one = fns["async many"], fns["async one"]
+
+    async def singles() -> None:
+        for i in IDS:
+            await one(i)
+
+    for _ in range(REPEAT):
+        times["bare"].append(await _atime(lambda: aclient.mget(bare_keys), CALLS))
+        times["many"].append(await _atime(lambda: many(IDS), CALLS))
+        times["one"].append(await _atime(singles, CALLS // 5))
+    await aclient.aclose()
+    return times
+
+
+def _rows(scenario: str, times: dict[str, list[float]]) -> list[Result]:
+    bare = _median(times["bare"])
+    return [
+        Result(
+            scenario,
+            "cached_many",
+            _median(times["many"]),
+            "µs/page",
+            "redis-py MGET of 50",
+            bare,
+            target=TARGET,
+        ),
+        Result(scenario, "50 cached calls", _median(times["one"]), "µs/page", "redis-py MGET of 50", bare),
+    ]
+
+
+def _missing(cache: GCache, fns: dict[str, Any], tracked: bool, counts: dict[str, int]) -> Result:
+    """10 of 50 missing before each page: the batch's function once a page, the singles' 10 times."""
+    tag = "Tracked" if tracked else "Plain"
+    many_times, one_times = [], []
+    counts.update(batch=0, single=0)
+    for _ in range(MISS_CALLS):
+        _forget(cache, f"Sync{tag}", tracked)
+        start = time.perf_counter()
+        fns["sync many"](IDS)
+        many_times.append(time.perf_counter() - start)
+        _forget(cache, f"Sync{tag}", tracked)
+        start = time.perf_counter()
+        for i in IDS:
+            fns["sync one"](i)
+        one_times.append(time.perf_counter() - start)
+    suffix = " tracked" if tracked else ""
+    return Result(
+        f"sync page of 50{suffix}, 10 missing",
+        "cached_many",
+        _median(many_times) * 1e6,
+        "µs/page",
+        "50 cached calls",
+        _median(one_times) * 1e6,
+        conditions={
+            "one function call a page": counts["batch"] == MISS_CALLS,
+            "the singles' ten": counts["single"] == 10 * MISS_CALLS,
+        },
+        note=f"function calls: batch {counts['batch']}, singles {counts['single']}",
+    )
+
+
+def _forget(cache: GCache, use_case: str, tracked: bool) -> None:
+    for i in MISSING:
+        cache.delete(
+            GCacheKey("user_id", i, use_case, invalidation_tracking=tracked, default_config=REMOTE_ONLY)
+        )
