@@ -38,8 +38,8 @@ from collections.abc import Callable
 
 from benchmarks import (
     _report,
-    bench_batch,
     _rivals,
+    bench_batch,
     bench_concurrency,
     bench_faults,
     bench_hits,

@@ -449,8 +449,8 @@ class GCache(Management):
     ) -> Callable[[F], F]:
         """Cache a batch function (sync or async) ``f(ids, ...) -> Mapping[id, value]`` per id.
 
-        A call looks each id up in LOCAL, the rest in REMOTE in one round trip (per node on a
-        cluster), calls the function once with the ids still missing, writes each value back and
+        A call looks each id up in LOCAL, the rest in REMOTE in one round trip (on one server; on
+        a cluster key by key), calls the function once with the ids still missing, writes each value back and
         returns the ids that have a value, in the caller's order. Each id's entry is the one a
         ``cached`` function of the same ``use_case``, ``key_type`` and other arguments has: name
         both alike to share entries (and single flights).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -186,6 +186,73 @@ class Management:
             deleted = await self._remote_op(uc.remote.adelete(urn), key.key_type) or deleted
             self._metrics.bus_message.labels(key.key_type, "published", "delete").inc()
         return deleted
+
+    def _groups(
+        self, keys: Iterable[GCacheKey]
+    ) -> list[tuple[UseCase, list[GCacheKey], tuple[tuple[str, str], ...]]]:
+        """``keys`` by use case and other arguments: each group is one batch read."""
+        groups: dict[tuple[Any, ...], tuple[UseCase, list[GCacheKey], tuple[tuple[str, str], ...]]] = {}
+        for key in keys:
+            uc, _entity, _urn, pairs = self._where(key)
+            group = groups.setdefault((id(uc), pairs), (uc, [], pairs))
+            group[1].append(key)
+        return list(groups.values())
+
+    def _batch_ids(self, keys: list[GCacheKey]) -> tuple[list[str], dict[str, GCacheKey]]:
+        hasher = self._hasher
+        originals: dict[str, GCacheKey] = {}
+        for key in keys:
+            originals.setdefault(key.id if hasher is None else hasher(key.id), key)
+        return list(originals), originals
+
+    async def aget_many(
+        self,
+        keys: Iterable[GCacheKey],
+        fallback: Callable[[list[GCacheKey]], Awaitable[Mapping[GCacheKey, Any]]],
+    ) -> dict[GCacheKey, Any]:
+        """:meth:`aget` of many keys: LOCAL, then REMOTE in one round trip per use case (and other
+        arguments), then ``fallback(missing keys)`` once per group, its values written back. Returns
+        the keys that have a value, in the given order (a key ``fallback`` leaves out has none)."""
+        keys = list(keys)
+        flag = self._enabled.get()
+        if flag is not True:  # off, or refresh(): uncached
+            return dict(await fallback(keys))
+        found: dict[GCacheKey, Any] = {}
+        for uc, group, pairs in self._groups(keys):
+            ids, originals = self._batch_ids(group)
+            found.update(await uc.aread_many(ids, originals, pairs, fallback, (group,), {}, _replace_keys))
+        return {key: found[key] for key in keys if key in found}
+
+    def get_many(
+        self, keys: Iterable[GCacheKey], fallback: Callable[[list[GCacheKey]], Mapping[GCacheKey, Any]]
+    ) -> dict[GCacheKey, Any]:
+        """Sync twin of :meth:`aget_many`; ``fallback`` is a plain function."""
+        keys = list(keys)
+        if self._enabled.get() is not True:
+            return dict(fallback(keys))
+        found: dict[GCacheKey, Any] = {}
+        for uc, group, pairs in self._groups(keys):
+            ids, originals = self._batch_ids(group)
+            found.update(uc.read_many(ids, originals, pairs, fallback, (group,), {}, _replace_keys))
+        return {key: found[key] for key in keys if key in found}
+
+    async def aput_many(self, items: Mapping[GCacheKey, Any]) -> None:
+        """:meth:`aput` of each item (one write each: a batch of writes is not pipelined)."""
+        for key, value in items.items():
+            await self.aput(key, value)
+
+    def put_many(self, items: Mapping[GCacheKey, Any]) -> None:
+        """Sync twin of :meth:`aput_many`."""
+        for key, value in items.items():
+            self.put(key, value)
+
+    async def adelete_many(self, keys: Iterable[GCacheKey]) -> int:
+        """:meth:`adelete` of each key; how many existed."""
+        return sum([await self.adelete(key) for key in keys])
+
+    def delete_many(self, keys: Iterable[GCacheKey]) -> int:
+        """Sync twin of :meth:`adelete_many`."""
+        return sum(self.delete(key) for key in keys)
 
     def delete(self, key: GCacheKey) -> bool:
         """Sync twin of :meth:`adelete`."""
@@ -370,3 +437,10 @@ class Management:
         else:
             self._metrics.breaker_open.dec()
             self._metrics.breaker_transition.labels("closed").inc()
+
+
+def _replace_keys(
+    args: tuple[Any, ...], kwargs: dict[str, Any], keys: list[Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A direct batch's ``with_ids``: the fallback is asked for the missing keys alone."""
+    return (keys,), kwargs

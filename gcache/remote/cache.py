@@ -377,15 +377,15 @@ class RemoteCache(Connections):
 
         On a single server one write and one round trip for them all (:func:`batch_reads`); an
         entity with no fence then reads again through the script, which creates it. On a cluster
-        (or with ``legacy_compat``, whose reads are scripts) each key's read goes at once, so the
-        round trips overlap, each to the node of its slot.
+        (or with ``legacy_compat``, whose reads are scripts) key by key, each to its slot's node.
         """
         connection = self._async_connection(READ)
         if connection.pool is None or (fences is not None and self.legacy_compat):
+            # one after another: redis-py's asyncio cluster client fails commands sent side by
+            # side on one node's connection ("'NoneType' object has no attribute 'writelines'")
             if fences is None:
-                return list(await asyncio.gather(*(self.aget(key) for key in keys)))
-            reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True))
-            return list(await asyncio.gather(*reads))
+                return [await self.aget(key) for key in keys]
+            return [await self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
 
         async def batch_read(c: Connection) -> list[Any] | None:
             try:

@@ -352,3 +352,35 @@ async def test_redis_down_serves_the_batch_uncached(
         assert await call(users, is_async, [1, 2]) == {1: "v1:1", 2: "v1:2"}
     assert source.asked == [[1, 2], [1, 2]]
     assert sample(registry, "gcache_error_counter_total", layer="REMOTE") >= 1
+
+
+async def test_direct_access_twins_read_put_and_delete_many(
+    make_cache: Callable[..., GCache], tracked: bool
+) -> None:
+    cache = make_cache()
+
+    def key(id: str) -> GCacheKey:
+        return GCacheKey("user", id, "Direct", invalidation_tracking=tracked, default_config=BOTH)
+
+    asked: list[list[str]] = []
+
+    async def fallback(keys: list[GCacheKey]) -> dict[GCacheKey, str]:
+        asked.append([k.id for k in keys])
+        return {k: f"computed:{k.id}" for k in keys if k.id != "9"}
+
+    def sync_fallback(keys: list[GCacheKey]) -> dict[GCacheKey, str]:
+        asked.append([k.id for k in keys])
+        return {k: f"sync:{k.id}" for k in keys}
+
+    await cache.aput_many({key("1"): "put:1", key("2"): "put:2"})
+    with cache.enable():
+        got = await cache.aget_many([key("3"), key("1"), key("9"), key("2")], fallback)
+        again = await asyncio.to_thread(cache.get_many, [key("2"), key("3"), key("4")], sync_fallback)
+
+    assert list(got.items()) == [(key("3"), "computed:3"), (key("1"), "put:1"), (key("2"), "put:2")]
+    assert list(again.items()) == [(key("2"), "put:2"), (key("3"), "computed:3"), (key("4"), "sync:4")]
+    assert asked == [["3", "9"], ["4"]]  # one fallback call a batch, with the missing keys alone
+    assert await cache.adelete_many([key("1"), key("2"), key("5")]) == 2
+    assert await asyncio.to_thread(cache.delete_many, [key("3")]) == 1
+    with cache.enable():
+        assert await cache.aget_many([key("1")], fallback) == {key("1"): "computed:1"}
