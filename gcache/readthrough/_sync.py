@@ -344,7 +344,10 @@ class SyncDriver(SyncIO):
             self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
             return dict(self.function(LAYER_NONE, func, args, kwargs))
         found: dict[str, Any] = {}
-        local_ttls = [self.local_layer(config, urn) for urn, _ in keys]  # a sticky ramp: per key
+        if config.ramp_by == "key":  # a sticky ramp decides each id by its key
+            local_ttls = [self.local_layer(config, urn) for urn, _ in keys]
+        else:  # one decision (and one draw) for the batch
+            local_ttls = [self.local_layer(config, keys[0][0])] * len(keys)
         for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
             if local_ttl:
                 value = self.local_get(urn, entity)
@@ -353,9 +356,12 @@ class SyncDriver(SyncIO):
         if len(found) < len(ids):
             self.note_blocking()
             misses: dict[str, Miss] = {}
+            per_key = config.ramp_by == "key"
+            remote_ttl = 0.0 if per_key else self.remote_layer(config, keys[0][0])
             for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
                 if id not in found:
-                    remote_ttl = self.remote_layer(config, urn)
+                    if per_key:
+                        remote_ttl = self.remote_layer(config, urn)
                     m = misses[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
                     m.batch = True
             asked = [id for id, m in misses.items() if m.remote_ttl]
