@@ -30,7 +30,7 @@ RENAMED = (
     "aread_through", "awork", "amerged_read", "aremote_read", "awrite_back", "alock", "aunlock",
     "aconfig", "aremote_put", "afunction", "awork_aside", "aload_async_codec", "adump_async_codec",
     "aprovider_answer", "aread_tracked", "aget_with_ttl", "aget", "atry_lock", "awrite_tracked",
-    "aset", "arefresh", "anote_blocking",
+    "aset", "arefresh", "anote_blocking", "arefresh_soon", "arefresh_ahead",
 )  # fmt: skip
 SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"\basync def ", "def "),

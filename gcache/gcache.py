@@ -234,6 +234,7 @@ class GCache(Management):
         for uc in list(self._use_cases):
             uc.flights.clear()
             uc.reads.clear()
+            uc.refreshing.clear()
 
     # -- the invalidation bus ----------------------------------------------------------------------
 

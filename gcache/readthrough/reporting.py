@@ -113,6 +113,20 @@ class Reporting:
             "after its last call)",
         )
 
+    def refresh_failed(self, exc: BaseException) -> None:
+        """refresh_ahead's background refresh failed: the current entry is kept. A Redis error is
+        counted here (the function's own, by :meth:`function_failed`); both are logged."""
+        cause = exc.cause if isinstance(exc, RemoteError) else exc
+        kind = type(cause).__name__
+        if isinstance(exc, RemoteError):
+            self.m.error(LAYER_REMOTE, kind, "False").inc()
+        self.rt.errors.warning(
+            ("refresh_failed", self.use_case, kind),
+            f"background refresh (refresh_ahead) for use case {self.use_case!r} failed: {kind}: "
+            f"{cause}; the current entry is kept",
+            exc,
+        )
+
     def function_failed(self, layer: str, exc: BaseException) -> None:
         self.m.error(layer, type(exc).__name__, "True").inc()
 
