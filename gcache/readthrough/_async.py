@@ -226,7 +226,7 @@ class AsyncDriver(AsyncIO):
         finally:
             if m.token is not None:
                 await self.aunlock(m)
-            self.refresh_ended(urn, result == "refresh_failed")
+            self.refresh_ended(urn, hold=result in ("refresh_failed", "locked"))
             self.m.refresh(result).inc()
 
     async def amerged_read(self, m: Miss) -> Any:

@@ -211,7 +211,7 @@ class SyncDriver(SyncIO):
         finally:
             if m.token is not None:
                 self.unlock(m)
-            self.refresh_ended(urn, result == "refresh_failed")
+            self.refresh_ended(urn, hold=result in ("refresh_failed", "locked"))
             self.m.refresh(result).inc()
 
     def merged_read(self, m: Miss) -> Any:

@@ -108,12 +108,13 @@ class Sharing(Decisions):
             refreshing[urn] = math.inf
         return True
 
-    def refresh_ended(self, urn: str, failed: bool) -> None:
-        """A background refresh is over; one that failed holds its key back for a while (the
-        expired holds of other keys are swept when there are many)."""
+    def refresh_ended(self, urn: str, hold: bool) -> None:
+        """A background refresh is over; ``hold``: it failed, or another process holds the key's
+        lock, so the key is not tried again for a while (expired holds of other keys are swept
+        when there are many)."""
         refreshing = self.refreshing
         with _CLAIMS:
-            if not failed:
+            if not hold:
                 refreshing.pop(urn, None)
                 return
             now = _monotonic()
