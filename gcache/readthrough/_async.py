@@ -165,20 +165,12 @@ class AsyncDriver(AsyncIO):
             await self.awrite_back(m, value)
         return value
 
-    def arefresh_soon(
-        self,
-        urn: str,
-        entity: str,
-        config: GCacheKeyConfig,
-        local_ttl: float,
-        func: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        """A hit past ``refresh_ahead``'s point: its refresh in the background, unless one of
-        this key runs in this process already (or failed a moment ago)."""
+    def arefresh_soon(self, urn: str, *refresh: Any) -> None:
+        """A hit past ``refresh_ahead``'s point: its refresh in the background (``refresh``: the
+        rest of ``arefresh_ahead``'s arguments), unless one of this key runs in this process
+        already (or failed a moment ago)."""
         if self.claim_refresh(urn):
-            self.awork_aside(self.arefresh_ahead, urn, entity, config, local_ttl, func, args, kwargs)
+            self.awork_aside(self.arefresh_ahead, urn, *refresh)
 
     async def arefresh_ahead(
         self,

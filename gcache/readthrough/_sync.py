@@ -150,20 +150,12 @@ class SyncDriver(SyncIO):
             self.write_back(m, value)
         return value
 
-    def refresh_soon(
-        self,
-        urn: str,
-        entity: str,
-        config: GCacheKeyConfig,
-        local_ttl: float,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        """A hit past ``refresh_ahead``'s point: its refresh in the background, unless one of
-        this key runs in this process already (or failed a moment ago)."""
+    def refresh_soon(self, urn: str, *refresh: Any) -> None:
+        """A hit past ``refresh_ahead``'s point: its refresh in the background (``refresh``: the
+        rest of ``refresh_ahead``'s arguments), unless one of this key runs in this process
+        already (or failed a moment ago)."""
         if self.claim_refresh(urn):
-            self.work_aside(self.refresh_ahead, urn, entity, config, local_ttl, func, args, kwargs)
+            self.work_aside(self.refresh_ahead, urn, *refresh)
 
     def refresh_ahead(
         self,

@@ -103,6 +103,22 @@ async def ran(source: Source) -> None:
     source.ran.clear()
 
 
+def subject(
+    make_cache: Callable[..., GCache], is_async: bool, conf: GCacheKeyConfig, *, tracked: bool
+) -> tuple[GCache, Source, Callable[[str], Awaitable[Any]]]:
+    """A cache, a source and the cached function over it."""
+    cache = make_cache()
+    source = Source()
+    return cache, source, cached(cache, is_async, source, conf, tracked=tracked)
+
+
+async def fill_and_age(get: Callable[[str], Awaitable[Any]], source: Source) -> None:
+    """Fill key 1 and let its entry age past the refresh point."""
+    assert await get("1") == "v1"
+    await ran(source)
+    await asyncio.sleep(AGE)
+
+
 def refreshes(registry: CollectorRegistry, result: str) -> float:
     return sample(registry, REFRESH, use_case="Ahead", result=result)
 
@@ -116,9 +132,7 @@ async def test_a_hit_past_the_point_is_served_at_once_and_refreshed_in_the_backg
     tracked: bool,
     layers: str,
 ) -> None:
-    cache = make_cache()
-    source = Source()
-    get = cached(cache, is_async, source, config(layers), tracked=tracked)
+    cache, source, get = subject(make_cache, is_async, config(layers), tracked=tracked)
     with cache.enable():
         assert await get("1") == "v1"
         await ran(source)
@@ -145,13 +159,9 @@ async def test_a_hit_past_the_point_is_served_at_once_and_refreshed_in_the_backg
 async def test_many_hits_past_the_point_start_one_refresh(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool, tracked: bool, layers: str
 ) -> None:
-    cache = make_cache()
-    source = Source()
-    get = cached(cache, is_async, source, config(layers), tracked=tracked)
+    cache, source, get = subject(make_cache, is_async, config(layers), tracked=tracked)
     with cache.enable():
-        await get("1")
-        await ran(source)
-        await asyncio.sleep(AGE)
+        await fill_and_age(get, source)
         source.value, source.gate = "v2", threading.Event()
         assert await asyncio.gather(*(get("1") for _ in range(20))) == ["v1"] * 20
         await ran(source)
@@ -173,9 +183,7 @@ async def test_with_lock_sec_one_process_refreshes_for_the_fleet(
     get = cached(cache, is_async, source, conf, tracked=tracked)
     get_elsewhere = cached(other, is_async, elsewhere, conf, tracked=tracked)
     with cache.enable(), other.enable():
-        await get("1")
-        await ran(source)
-        await asyncio.sleep(AGE)
+        await fill_and_age(get, source)
         source.value = elsewhere.value = "v2"
         source.gate = threading.Event()
         assert await get("1") == "v1"
@@ -202,13 +210,9 @@ async def test_an_invalidation_during_the_refresh_wins(
 ) -> None:
     """The refresh's function read its source (v2) before an invalidation that followed a change
     (v3): its value is refused in every layer, and the next read computes v3."""
-    cache = make_cache()
-    source = Source()
-    get = cached(cache, is_async, source, config(layers), tracked=True)
+    cache, source, get = subject(make_cache, is_async, config(layers), tracked=True)
     with cache.enable():
-        await get("1")
-        await ran(source)
-        await asyncio.sleep(AGE)
+        await fill_and_age(get, source)
         source.value, source.gate = "v2", threading.Event()
         assert await get("1") == "v1"
         await ran(source)  # the refresh has read v2 and is held
@@ -233,13 +237,9 @@ async def test_a_failed_refresh_is_counted_and_the_current_entry_stays(
     layers: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = make_cache()
-    source = Source()
-    get = cached(cache, is_async, source, config(layers), tracked=tracked)
+    cache, source, get = subject(make_cache, is_async, config(layers), tracked=tracked)
     with cache.enable():
-        await get("1")
-        await ran(source)
-        await asyncio.sleep(AGE)
+        await fill_and_age(get, source)
         source.fail = True
         assert await get("1") == "v1"
         await eventually(lambda: refreshes(registry, "refresh_failed") == 1, what="the refresh to fail")
@@ -261,13 +261,9 @@ async def test_a_refresh_whose_redis_fails_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     failing: str,
 ) -> None:
-    cache = make_cache()
-    source = Source()
-    get = cached(cache, is_async, source, config("both"), tracked=tracked)
+    cache, source, get = subject(make_cache, is_async, config("both"), tracked=tracked)
     with cache.enable():
-        await get("1")
-        await ran(source)
-        await asyncio.sleep(AGE)
+        await fill_and_age(get, source)
         remote = cache._remote
         assert remote is not None
 
