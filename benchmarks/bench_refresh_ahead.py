@@ -127,7 +127,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['use case']} | {r['refresh_ahead'] or 'off'} | {r['runs']} | {r['calls']:,} "
             f"| {r['near']:,} "
             f"| {ms(r['near_p50'])} | {ms(r['near_p99'])} | {ms(r['near_max'])} | {ms(r['all_p99'])} "
-            f"| {r['ratio']:.2f} |"
+            f"| {r['ratio']:.4f} |"
         )
     return "\n".join(lines)
 
