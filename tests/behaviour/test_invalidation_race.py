@@ -534,7 +534,8 @@ async def check_exact(
         }
         # refreshes really raced the invalidations (failing reads hold keys back: fewer there)
         assert sum(counted.values()) > (5 if setup == "failing_reads" else 20)
-        assert counted["refused"] > 0  # and some lost to one
+        if setup != "failing_reads":  # there a failed read holds its key back: few refreshes
+            assert counted["refused"] > 0  # some lost to an invalidation
         assert hits + result.merged + source.computations + result.joined >= len(outcome.reads)
     else:
         assert hits + result.merged + source.computations + result.joined == len(outcome.reads)
