@@ -15,6 +15,8 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``soak``: 5 minutes of mixed traffic with invalidations, sampling memory and tables every 10 s
   (bench_soak; results/soak.md)
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
+- ``refresh_ahead``: a hot key across its TTL boundary with and without ``refresh_ahead``, p99
+  latency of the callers near expiry (bench_refresh_ahead; results/refresh_ahead.md)
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
 
@@ -48,6 +50,7 @@ from benchmarks import (
     bench_load,
     bench_memory,
     bench_miss,
+    bench_refresh_ahead,
     bench_signing,
     bench_soak,
 )
@@ -119,7 +122,20 @@ def faults() -> None:
     )
 
 
-SCENARIOS = [*TABLED, "load", "soak", "invalidation", "faults"]
+def refresh_ahead(redis_url: str) -> None:
+    load = os.getloadavg()[0]
+    text = bench_refresh_ahead.table(bench_refresh_ahead.run(redis_url))
+    print(text)
+    facts = environment()
+    (RESULTS / "refresh_ahead.md").write_text(
+        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}. "
+        f"Load average (1 min) before the run: {load:.1f}.\n\n"
+        f"{bench_refresh_ahead.parameters()}\n\n{text}\n\n"
+        "Definitions: see the docstring of benchmarks/bench_refresh_ahead.py.\n"
+    )
+
+
+SCENARIOS = [*TABLED, "load", "soak", "invalidation", "refresh_ahead", "faults"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 load(url, admin_url)
             elif name == "soak":
                 soak(url)
+            elif name == "refresh_ahead":
+                refresh_ahead(url)
             elif name == "faults":
                 faults()
             else:

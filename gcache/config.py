@@ -98,9 +98,10 @@ def _layer_map(values: Mapping[Any, Any] | None, where: str, *, upper: float | N
     return result
 
 
-_NUMBERS = ("ttl_jitter", "fail_safe_sec", "soft_timeout_sec", "lock_sec")  # GCacheKeyConfig, off at 0
+_NUMBERS = ("ttl_jitter", "fail_safe_sec", "soft_timeout_sec", "lock_sec", "refresh_ahead")  # off at 0
 _OPTIONS = (*_NUMBERS, "ramp_by")  # each omitted from dumps at its default (0, "call")
 _RAMP_BY = ("call", "key")
+_FRACTIONS = {"ttl_jitter": "between 0 and 1", "refresh_ahead": "0 (off) or above 0 and below 1"}
 _FIELDS = {"ttl_sec", "ramp", *_OPTIONS}
 
 
@@ -131,11 +132,15 @@ class GCacheKeyConfig:
         lock_sec: distributed single flight: the first process to miss a key holds a Redis lock
             for at most this long while it computes; the others wait for its value (at most as
             long) instead of running the function too. 0: off.
+        refresh_ahead: a fraction of the TTL (above 0, below 1): a hit on an entry older than
+            that returns the entry at once and starts one background refresh of it (one per
+            process; one in the fleet with ``lock_sec``), written back under the same fence as
+            a miss's write, so an invalidation during the refresh wins. 0 or None: off.
 
     Raises:
         ConfigError: a negative TTL, a ramp outside 0-100, or an unknown layer name; a jitter
-            outside 0-1, a negative duration, a soft timeout without fail-safe, or a ``ramp_by``
-            other than "call" or "key".
+            outside 0-1, a refresh_ahead outside 0-1 or of 1, a negative duration, a soft timeout
+            without fail-safe, or a ``ramp_by`` other than "call" or "key".
     """
 
     ttl_sec: dict[CacheLayer, float] = field(default_factory=dict)
@@ -144,6 +149,7 @@ class GCacheKeyConfig:
     fail_safe_sec: float = 0.0
     soft_timeout_sec: float = 0.0
     lock_sec: float = 0.0
+    refresh_ahead: float = 0.0
     ramp_by: str = "call"
 
     def __post_init__(self) -> None:
@@ -151,13 +157,15 @@ class GCacheKeyConfig:
         self.ramp = _layer_map(self.ramp, "GCacheKeyConfig.ramp", upper=100)
         if self.ramp_by not in _RAMP_BY:
             raise ConfigError(f'GCacheKeyConfig.ramp_by must be "call" or "key", got {self.ramp_by!r}')
+        if self.refresh_ahead is None:  # off, as 0
+            self.refresh_ahead = 0.0
         for name in _NUMBERS:
             value = _number(getattr(self, name))
             setattr(self, name, value)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"GCacheKeyConfig.{name} must be a finite number, got {value!r}")
-            if value < 0 or (name == "ttl_jitter" and value > 1):
-                bound = "between 0 and 1" if name == "ttl_jitter" else "0 or more"
+            if value < 0 or (name == "ttl_jitter" and value > 1) or (name == "refresh_ahead" and value >= 1):
+                bound = _FRACTIONS.get(name, "0 or more")
                 raise ConfigError(f"GCacheKeyConfig.{name} must be {bound}, got {value!r}")
         if self.soft_timeout_sec and not self.fail_safe_sec:
             raise ConfigError(

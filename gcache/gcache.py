@@ -269,6 +269,7 @@ class GCache(Management):
         for uc in list(self._use_cases):
             uc.flights.clear()
             uc.reads.clear()
+            uc.refreshing.clear()
 
     # -- the invalidation bus ----------------------------------------------------------------------
 

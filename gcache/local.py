@@ -26,8 +26,8 @@ def pickled_size(value: Any) -> int:
         return sys.getsizeof(value)
 
 
-_Entry = tuple[Any, float, int, str, int, float]
-"""A held entry: (value, fresh until, epoch at read start, entity, size, kept until)."""
+_Entry = tuple[Any, float, int, str, int, float, float]
+"""A held entry: (value, fresh until, epoch at read start, entity, size, kept until, its TTL)."""
 
 
 def _index_key(index: dict[str, str | set[str]], entity: str, key: str) -> None:
@@ -90,7 +90,8 @@ class LocalStore:
         sizer: Callable[[Any], int] | None = None,
     ) -> None:
         # key -> _Entry, least recently used first. The hit path in ``get`` reads only the first
-        # fields; the kept-until time is last so that a grace period adds nothing to a hit.
+        # fields; the kept-until time and the TTL come last so that neither a grace period nor
+        # refresh_ahead (``due``) adds anything to a hit.
         self._data: OrderedDict[str, _Entry] = OrderedDict()
         self._max_bytes = max_bytes
         self._half_bytes = max_bytes // 2 if max_bytes is not None else sys.maxsize
@@ -154,6 +155,13 @@ class LocalStore:
             return MISS
         return entry[0]
 
+    def due(self, key: str, fraction: float) -> bool:
+        """Whether the entry held for ``key`` is past ``fraction`` of its own TTL (the one it was
+        written with, jitter included, grace not), for ``refresh_ahead``: asked only after a hit,
+        and only when that is on, so a hit without it reads the clock once as before."""
+        entry = self._data.get(key)
+        return entry is not None and self._timer() >= entry[1] - entry[6] * (1.0 - fraction)
+
     def _discard(self, key: str, entry: _Entry) -> None:
         with self._lock:
             if self._data.get(key) is entry:
@@ -191,7 +199,7 @@ class LocalStore:
             old = data.get(key)
             if old is not None:
                 self._bytes -= old[4]
-            data[key] = (value, fresh_until, epoch, entity, size, kept_until)
+            data[key] = (value, fresh_until, epoch, entity, size, kept_until, ttl)
             data.move_to_end(key)
             self._bytes += size
             while len(data) > self._maxsize or (

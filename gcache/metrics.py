@@ -162,6 +162,15 @@ class Metrics:
             [*_UC, "layer", "reason"],
             **kw,
         )
+        self.refresh = Counter(
+            f"{p}refresh_counter",
+            "refresh_ahead's background refreshes of hits past their refresh point, by result: "
+            "refreshed (written back), refused (written back but refused: invalidated meanwhile, "
+            "or too large), from_remote (LOCAL renewed from a REMOTE entry another process "
+            "refreshed), locked (another process holds the key's lock), refresh_failed.",
+            [*_UC, "result"],
+            **kw,
+        )
         self.local_entries = Gauge(
             f"{p}local_entries", "Entries in the LOCAL layer.", list(_UC), multiprocess_mode="livesum", **kw
         )
@@ -517,3 +526,4 @@ class UseCaseMetrics:
         self.stale_served = _Children(
             lambda layer, reason: FastCounter(metrics.stale_served.labels(*uc, layer, reason))
         )
+        self.refresh = _Children(lambda result: FastCounter(metrics.refresh.labels(*uc, result)))

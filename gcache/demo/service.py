@@ -17,9 +17,12 @@ USE_CASE_CONFIGS: dict[str, GCacheKeyConfig] = {
     # Bigger values, read from a sync code path: Redis only, so every process sees one copy.
     "GetOrders": GCacheKeyConfig(ttl_sec={REMOTE: 120}, ramp={REMOTE: 100}),
     # Reference data from an API that fails now and then: each process keeps its own copy, no
-    # Redis at all, fresh for 2 s; when the API fails, a rate up to 10 minutes old (fail-safe)
+    # Redis at all, fresh for 2 s and refreshed in the background after 1 s (refresh_ahead), so
+    # no caller waits for the API; when the API fails, a rate up to 10 minutes old (fail-safe)
     # beats an error.
-    "GetExchangeRate": GCacheKeyConfig(ttl_sec={LOCAL: 2}, ramp={LOCAL: 100}, fail_safe_sec=600),
+    "GetExchangeRate": GCacheKeyConfig(
+        ttl_sec={LOCAL: 2}, ramp={LOCAL: 100}, fail_safe_sec=600, refresh_ahead=0.5
+    ),
 }
 
 USE_CASE_DESCRIPTIONS: dict[str, str] = {

@@ -9,6 +9,10 @@ A miss goes: (tracked) the REMOTE read, whose fence decides who may join a fligh
 flight (join a running one or lead a new one); the leader's work (untracked REMOTE read, the
 distributed lock, the function, the write-backs); then each caller takes the outcome, or a stale
 value (fail-safe) when the function failed or outlasted the soft timeout.
+
+With ``refresh_ahead``, a hit past its refresh point returns at once and starts one background
+refresh (``arefresh_soon``, ``arefresh_ahead``): a task for async callers, a worker thread for
+sync ones, as the soft timeout's work aside.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gcache._envelope import FLAG_ABSENT
-from gcache.config import GCacheKeyConfig
+from gcache.config import CacheLayer, GCacheKeyConfig
 from gcache.local import MISS
 from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import AsyncIO
@@ -63,6 +67,8 @@ class AsyncDriver(AsyncIO):
         if local_ttl and not refresh:
             value = self.local_get(urn, entity)
             if value is not MISS:
+                if config.refresh_ahead and self.local_due(urn, config):
+                    self.arefresh_soon(urn, entity, config, local_ttl, func, args, kwargs)
                 return value
         if len(urn) > self.rt.max_key_length:  # past LOCAL: an entry this long is never stored
             self.key_error(too_long(urn, self.rt.max_key_length))
@@ -75,6 +81,8 @@ class AsyncDriver(AsyncIO):
         if m.reads_first:
             value = await (self.amerged_read(m) if self.tracked else self.aremote_read(m))
             if value is not MISS:
+                if m.due:
+                    self.arefresh_soon(urn, entity, config, local_ttl, func, args, kwargs)
                 return value
         owner = asyncio.current_task()
         while True:
@@ -110,6 +118,8 @@ class AsyncDriver(AsyncIO):
             value = MISS
             if m.remote_ttl and m.read_at == math.inf:  # an untracked read, shared with the joiners
                 value = await self.aremote_read(m)
+                if m.due and value is not MISS:
+                    self.arefresh_soon(m.urn, m.entity, m.config, m.local_ttl, func, args, kwargs)
             if value is MISS and m.remote_ttl and m.config.lock_sec:
                 value = await self.alock(m)
             if value is MISS:
@@ -156,6 +166,62 @@ class AsyncDriver(AsyncIO):
             await self.awrite_back(m, value)
         return value
 
+    def arefresh_soon(self, urn: str, *refresh: Any) -> None:
+        """A hit past ``refresh_ahead``'s point: its refresh in the background (``refresh``: the
+        rest of ``arefresh_ahead``'s arguments), unless one of this key runs in this process
+        already (or failed a moment ago)."""
+        if self.claim_refresh(urn):
+            self.awork_aside(self.arefresh_ahead, urn, *refresh)
+
+    async def arefresh_ahead(
+        self,
+        urn: str,
+        entity: str,
+        config: GCacheKeyConfig,
+        local_ttl: float,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The background refresh of an entry past its refresh point; the caller has its value.
+
+        A miss's work, with its fencing: with REMOTE, the distributed lock when ``lock_sec`` (held
+        elsewhere: that process refreshes), then a REMOTE read, for a tracked use case the fence
+        read before the function reads its source, so that an invalidation in between refuses
+        the write (LOCAL: the epoch taken here). An entry no longer due (another process
+        refreshed it) is taken into LOCAL instead of running the function. When anything fails
+        (the function, Redis) nothing is written: the current entry stays.
+        """
+        result = "refresh_failed"
+        remote, remote_ttl = self.remote, self.remote_layer(config, urn)
+        m = self.miss(urn, entity, config, local_ttl, remote_ttl, stale=False)
+        try:
+            if remote_ttl:
+                assert remote is not None
+                if config.lock_sec:
+                    token = new_nonce()
+                    if not await remote.atry_lock(lock_key(urn), token, int(config.lock_sec * 1000)):
+                        result = "locked"
+                        return
+                    m.token = token
+                if await self.aremote_read(m) is not MISS and not m.due:
+                    result = "from_remote"
+                    return
+                if not m.remote_ttl:
+                    return  # Redis failed (told by the read)
+            elif remote is not None and remote.breaker.is_open and config.ttl_sec.get(CacheLayer.REMOTE):
+                return  # Redis is down: its entry cannot be refreshed, LOCAL's is left as it is
+            value = await self.afunction(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
+            stored = type(value) is not Unstored and await self.awrite_back(m, value, strict=True)
+            result = "refreshed" if stored else "refused"
+        except Exception as exc:
+            self.refresh_failed(exc)
+        finally:
+            if m.token is not None:
+                await self.aunlock(m)
+            self.refresh_ended(urn, hold=result in ("refresh_failed", "locked"))
+            self.m.refresh(result).inc()
+
     async def amerged_read(self, m: Miss) -> Any:
         """Tracked: the REMOTE read of this call, merged with one of this key that another caller
         of this process started and has not sent yet.
@@ -188,17 +254,19 @@ class AsyncDriver(AsyncIO):
             self.tell_unsigned_pickle()
         timed = self.sample_every == 1 or self.timed_read()
         pttl = -1
+        config = m.config
+        ahead = config.refresh_ahead  # the entry's PTTL and stamp judge it (remote_due)
+        with_ttl = bool(config.fail_safe_sec or ahead)
         m.read_at = _monotonic()
         start = _perf() if timed else 0.0
         try:
             if self.tracked:
-                fence, with_ttl = watermark_key(m.entity), bool(m.config.fail_safe_sec)
                 read: TrackedRead | None = await remote.aread_tracked(
-                    m.urn, fence, with_ttl=with_ttl, sending=sending
+                    m.urn, watermark_key(m.entity), with_ttl=with_ttl, sending=sending
                 )
                 m.read = read
                 raw, pttl = read.raw, read.pttl_ms  # type: ignore[union-attr]
-            elif m.config.fail_safe_sec:
+            elif with_ttl:
                 read, (raw, pttl) = None, await remote.aget_with_ttl(m.urn)
             else:
                 read, raw = None, await remote.aget(m.urn)
@@ -220,11 +288,15 @@ class AsyncDriver(AsyncIO):
             self.m.miss(LAYER_REMOTE, "too_large").inc()
             return MISS
         expired, flags = False, 0
-        # The common hit, an untracked pickle without fail-safe, takes its payload at once.
+        config = m.config
+        ahead = config.refresh_ahead
+        with_ttl = bool(config.fail_safe_sec or ahead)
+        # The common hit, an untracked pickle without fail-safe or refresh_ahead, takes its
+        # payload at once.
         plain = self._plain
-        payload = plain(raw, m.urn) if plain is not None and not m.config.fail_safe_sec else None
+        payload = plain(raw, m.urn) if plain is not None and not with_ttl else None
         if payload is None:
-            found = self.to_load(m, raw, read, pttl)
+            found = self.to_load(m, raw, read, pttl, ahead)
             if found is None:
                 return MISS
             payload, flags, expired = found
@@ -254,16 +326,22 @@ class AsyncDriver(AsyncIO):
             self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
         return value
 
-    async def awrite_back(self, m: Miss, value: Any) -> None:
+    async def awrite_back(self, m: Miss, value: Any, strict: bool = False) -> bool:
+        """The function's value into the call's layers; whether they kept it. ``strict`` (a
+        refresh): a failing REMOTE write raises, and LOCAL is left as it is."""
         local_ttl, remote_ttl, grace = self.write_ttls(m)
+        stored = True
         if m.remote_ttl:
             try:
                 if not await self.aremote_put(m.urn, m.entity, value, remote_ttl, m.read, grace):
-                    local_ttl = 0  # stale or too large: LOCAL must not keep it either
+                    local_ttl, stored = 0, False  # stale or too large: LOCAL must not keep it either
             except Exception as exc:
+                if strict:
+                    raise
                 self.remote_error(exc, "remote write failed")
         if local_ttl:
-            self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace)
+            stored = self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace) and stored
+        return stored
 
     async def alock(self, m: Miss) -> Any:
         """Distributed single flight: MISS when this process is to run the function (holding the
@@ -392,7 +470,8 @@ class AsyncDriver(AsyncIO):
         """:meth:`aremote_read` of many misses at once: each value (LOCAL filled) or MISS."""
         remote = self.remote
         assert remote is not None
-        if ms[0].config.fail_safe_sec:  # the grace period needs each value's PTTL: read by read
+        config = ms[0].config
+        if config.fail_safe_sec or config.refresh_ahead:  # each value's PTTL is needed: read by read
             return [await self.aremote_read(m) for m in ms]
         for _ in ms:
             self.m.request_remote.inc()

@@ -87,6 +87,7 @@ class Miss:
         "batch",
         "began",
         "config",
+        "due",
         "entity",
         "epoch",
         "key",
@@ -130,6 +131,7 @@ class Miss:
         self.batch = False  # a cached_many call's: an ABSENT entry is its answer, not a miss
         self.token: bytes | None = None  # the distributed lock, while this call holds it
         self.key: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (id, pairs), for watch_key
+        self.due = False  # refresh_ahead: the REMOTE entry read is past its refresh point
 
 
 class Decisions(OriginalEntries):
@@ -203,6 +205,9 @@ class Decisions(OriginalEntries):
         self.reads: dict[str, Flight] = {}  # tracked REMOTE reads not sent yet, for merging
         self.closed = False  # the GCache was closed: calls are served uncached
         self.watch = KeyPartWatch() if keys is not None else None
+        # refresh_ahead: key -> inf while its background refresh runs in this process, or the
+        # monotonic time before which one that failed is not tried again (see Sharing.claim_refresh)
+        self.refreshing: dict[str, float] = {}
 
     def render(self, id: str, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str]:
         """``(value key, entity)`` of an id, as the decorated function's wrapper renders them
@@ -349,16 +354,44 @@ class Decisions(OriginalEntries):
 
     def local_put(
         self, urn: str, entity: str, value: Any, ttl: float, epoch: int, grace: float = 0.0
-    ) -> None:
+    ) -> bool:
+        """Fill LOCAL; whether it kept the value."""
         try:
             refused = self.local.put(urn, entity, value, ttl, epoch, grace)
         except Exception as exc:  # fail open: the caller has its value; LOCAL just does not keep it
             self.local_error(exc, "LOCAL store failed")
-            return
+            return False
         if refused is None:
             self.m.local_stored.inc()
-        else:
-            self.m.write(LAYER_LOCAL, refused).inc()
+            return True
+        self.m.write(LAYER_LOCAL, refused).inc()
+        return False
+
+    def local_due(self, urn: str, config: GCacheKeyConfig) -> bool:
+        """refresh_ahead, after a LOCAL hit: whether the entry is past its refresh point."""
+        try:
+            return self.local.due(urn, config.refresh_ahead)
+        except Exception as exc:  # fail open: no refresh, the hit stands
+            self.local_error(exc, "LOCAL lookup failed")
+            return False
+
+    def remote_due(self, m: Miss, stamp_us: int, read: TrackedRead | None, pttl_ms: int) -> bool:
+        """refresh_ahead: whether a fresh REMOTE entry is past its refresh point.
+
+        Its age is the server's time of a tracked read minus the entry's stamp (the server time
+        of the read before its write); untracked, this host's clock minus the writer's (the only
+        place two hosts' clocks meet: a skew moves when a refresh starts, never what is served).
+        Its own TTL is that age plus the fresh life left (PTTL less the fail-safe grace), held
+        within what ``ttl_jitter`` could have made of the configured TTL, which also bounds what
+        a skewed clock can do.
+        """
+        left_ms = pttl_ms - m.config.fail_safe_sec * 1000
+        if pttl_ms < 0 or left_ms <= 0:
+            return False  # no TTL, or past it (fail-safe's grace: not a hit)
+        now_us = read.now_us if read is not None else time.time_ns() // 1000
+        ttl_ms = m.remote_ttl * 1000
+        own_ms = min(max((now_us - stamp_us) / 1000 + left_ms, ttl_ms * (1.0 - m.config.ttl_jitter)), ttl_ms)
+        return left_ms <= (1.0 - m.config.refresh_ahead) * own_ms
 
     def fresh(self, urn: str, raw: bytes | None, read: TrackedRead | None) -> _envelope.Envelope | None:
         """The envelope of a remote entry that is not invalidated, or None (the miss is counted).
@@ -392,10 +425,12 @@ class Decisions(OriginalEntries):
         return env
 
     def to_load(
-        self, m: Miss, raw: bytes | None, read: TrackedRead | None, pttl_ms: int
+        self, m: Miss, raw: bytes | None, read: TrackedRead | None, pttl_ms: int, ahead: float = 0.0
     ) -> tuple[bytes, int, bool] | None:
         """What a REMOTE read found worth loading: payload, flags and whether it is past its TTL
-        (a fail-safe entry kept as a stale value); None when there is nothing to load."""
+        (a fail-safe entry kept as a stale value); None when there is nothing to load. With
+        ``ahead`` (refresh_ahead), ``m.due`` tells whether a fresh one is past its refresh point
+        (with ``legacy_compat`` never: the original's entries are not judged)."""
         if self.legacy_compat:
             return self.original_to_load(m, raw, read)
         env = self.fresh(m.urn, raw, read)
@@ -406,6 +441,8 @@ class Decisions(OriginalEntries):
         expired = self.expired(m, pttl_ms) if m.config.fail_safe_sec else False
         if expired and m.stale is not MISS:
             return None  # a stale LOCAL value is at hand already: no need to load this one
+        if ahead and not expired:
+            m.due = self.remote_due(m, env.stamp_us, read, pttl_ms)
         return env.payload, env.flags, expired
 
     def expired(self, m: Miss, pttl_ms: int) -> bool:

@@ -113,6 +113,22 @@ class Reporting:
             "after its last call)",
         )
 
+    def refresh_failed(self, exc: BaseException) -> None:
+        """refresh_ahead's background refresh failed: the current entry is kept. A Redis error is
+        counted here (the function's own, by :meth:`function_failed`); both are logged, the
+        function's without its traceback (it is the application's, as a miss leaves it)."""
+        remote = isinstance(exc, RemoteError)
+        cause = exc.cause if isinstance(exc, RemoteError) else exc
+        kind = type(cause).__name__
+        if remote:
+            self.m.error(LAYER_REMOTE, kind, "False").inc()
+        self.rt.errors.warning(
+            ("refresh_failed", self.use_case, kind),
+            f"background refresh (refresh_ahead) for use case {self.use_case!r} failed: {kind}: "
+            f"{cause}; the current entry is kept",
+            exc if remote else None,
+        )
+
     def function_failed(self, layer: str, exc: BaseException) -> None:
         self.m.error(layer, type(exc).__name__, "True").inc()
 

@@ -7,13 +7,27 @@ invalidation came between (see :meth:`Sharing.joinable`).
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
+from gcache import _fork
 from gcache.local import MISS
 from gcache.readthrough.decisions import Decisions, Miss, _monotonic
 from gcache.single_flight import Flight
 
 __all__ = ["Sharing"]
+
+REFRESH_RETRY_SEC = 1.0  # refresh_ahead: a key whose refresh failed is not tried again before this
+_CLAIMS = threading.Lock()  # guards every use case's ``refreshing``: held for a few instructions
+
+
+def _after_fork_in_child() -> None:
+    global _CLAIMS
+    _CLAIMS = threading.Lock()
+
+
+_fork.at_fork_in_child(_after_fork_in_child)
 
 
 class Sharing(Decisions):
@@ -79,6 +93,35 @@ class Sharing(Decisions):
             if m.local_ttl:  # the read ran after this call started: this call's epoch holds for it
                 self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
         return value
+
+    def claim_refresh(self, urn: str) -> bool:
+        """refresh_ahead: whether this hit starts the background refresh of ``urn`` (single
+        flight in the process): none is running, and none failed in the last
+        :data:`REFRESH_RETRY_SEC`. While one runs, a due hit costs one dict lookup."""
+        refreshing = self.refreshing
+        mark = refreshing.get(urn)
+        if mark is not None and (mark == math.inf or mark > _monotonic()):
+            return False
+        with _CLAIMS:
+            if refreshing.get(urn) != mark:
+                return False  # another caller claimed it in between
+            refreshing[urn] = math.inf
+        return True
+
+    def refresh_ended(self, urn: str, hold: bool) -> None:
+        """A background refresh is over; ``hold``: it failed, or another process holds the key's
+        lock, so the key is not tried again for a while (expired holds of other keys are swept
+        when there are many)."""
+        refreshing = self.refreshing
+        with _CLAIMS:
+            if not hold:
+                refreshing.pop(urn, None)
+                return
+            now = _monotonic()
+            refreshing[urn] = now + REFRESH_RETRY_SEC
+            if len(refreshing) > 1024:
+                for key in [k for k, until in refreshing.items() if until <= now]:
+                    del refreshing[key]
 
     def lead_read(self, m: Miss) -> Flight:
         flight = Flight(None, None, m.of)

@@ -44,6 +44,9 @@ MAX_DELAY = 0.002  # the function waits up to this before reading the source, an
 
 BOTH = GCacheKeyConfig.enabled(60)
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+# refresh_ahead: entries of 0.3 s refreshed once 3 ms old, so that background refreshes (fenced
+# writes) run all through the race
+AHEAD_TTL, AHEAD = 0.3, 0.01
 
 MODES = pytest.mark.parametrize("mode", ["async", "sync"])
 SETUPS = pytest.mark.parametrize(
@@ -372,7 +375,12 @@ async def run(mode: str, subject: Subject, source: Source, *, seed: int) -> Outc
 
 
 def build(
-    setup: str, mode: str, source: Source, make_cache: Callable[..., GCache], use_case: str
+    setup: str,
+    mode: str,
+    source: Source,
+    make_cache: Callable[..., GCache],
+    use_case: str,
+    ahead: bool = False,
 ) -> tuple[Subject, GCache]:
     """The subject for a setup, and the GCache the readers use.
 
@@ -388,10 +396,21 @@ def build(
     Reads get a 2 s deadline: under the whole suite a reply can wait past the 50 ms default for
     the busy loop to read it, which serves that read uncached (the deadline's matter, tested in
     test_faults.py), while this harness asserts that every read was served.
+
+    ``ahead``: the same layers with short TTLs and ``refresh_ahead``, so most hits start a
+    background refresh that races the invalidations.
     """
+    both, remote_only = BOTH, REMOTE_ONLY
+    if ahead:
+        both, remote_only = (
+            GCacheKeyConfig(
+                ttl_sec=dict.fromkeys(c.ttl_sec, AHEAD_TTL), ramp=dict(c.ramp), refresh_ahead=AHEAD
+            )
+            for c in (BOTH, REMOTE_ONLY)
+        )
     writer = make_cache(read_timeout_sec=2.0)
     if setup == "same_instance":
-        return cached_subject(mode, source, writer, writer, use_case=use_case, config=BOTH), writer
+        return cached_subject(mode, source, writer, writer, use_case=use_case, config=both), writer
     if setup == "merged_reads":
         assert writer.config.redis_config is not None
         narrow = RedisConfig(url=writer.config.redis_config.url, max_connections=2, pool_timeout=10)
@@ -400,7 +419,7 @@ def build(
         reader = make_cache(read_timeout_sec=2.0)
         if setup == "failing_reads":
             fail_some_reads(reader, random.Random(7), 0.25)
-    return cached_subject(mode, source, reader, writer, use_case=use_case, config=REMOTE_ONLY), reader
+    return cached_subject(mode, source, reader, writer, use_case=use_case, config=remote_only), reader
 
 
 def fail_some_reads(cache: GCache, rng: random.Random, share: float) -> None:
@@ -486,9 +505,10 @@ async def check_exact(
     *,
     use_case: str,
     seed: int,
+    ahead: bool = False,
 ) -> None:
     source = Source()
-    subject, reader = build(setup, mode, source, make_cache, use_case)
+    subject, reader = build(setup, mode, source, make_cache, use_case, ahead)
     outcome = await run(mode, subject, source, seed=seed)
     result = served(registry, use_case, len(outcome.reads))
     report(f"{setup}/{mode}", outcome, result)
@@ -506,7 +526,19 @@ async def check_exact(
         assert failed == 0
     # every read was a hit, a merged read's value, computed, or took a concurrent computation
     hits = result.hits - failed  # a failed read is a request that found neither a hit nor a miss
-    assert hits + result.merged + source.computations + result.joined == len(outcome.reads)
+    if ahead:  # refreshes compute and read REMOTE (counted as lookups) for no read of their own
+        await asyncio.sleep(0.1)  # those still running when the readers stopped land first
+        counted = {
+            r: sample(registry, "gcache_refresh_counter_total", use_case=use_case, result=r)
+            for r in ("refreshed", "refused")
+        }
+        # refreshes really raced the invalidations (failing reads hold keys back: fewer there)
+        assert sum(counted.values()) > (5 if setup == "failing_reads" else 20)
+        if setup != "failing_reads":  # there a failed read holds its key back: few refreshes
+            assert counted["refused"] > 0  # some lost to an invalidation
+        assert hits + result.merged + source.computations + result.joined >= len(outcome.reads)
+    else:
+        assert hits + result.merged + source.computations + result.joined == len(outcome.reads)
     assert result.hit_ratio > 0.3
     assert result.refused_writes > 0  # computations really raced invalidations
     if setup == "same_instance":
@@ -643,6 +675,14 @@ async def test_no_read_sees_invalidated_version_when_readers_race_writer(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, setup: str, mode: str
 ) -> None:
     await check_exact(setup, mode, make_cache, registry, use_case="Race", seed=1)
+
+
+@MODES
+@SETUPS
+async def test_no_read_sees_invalidated_version_when_refreshes_ahead_race_writer(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, setup: str, mode: str
+) -> None:
+    await check_exact(setup, mode, make_cache, registry, use_case="RaceAhead", seed=3, ahead=True)
 
 
 @MODES
