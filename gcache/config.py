@@ -447,6 +447,10 @@ class GCacheConfig:
             deploy from it, or a fleet that keeps both. Tracked use cases then sit LOCAL out,
             REMOTE keeps no fail-safe grace, and entries are unsigned (see the README's
             "Migrating from the original gcache").
+        tell_mistakes: log (WARNING, once per use case) a cached function called outside any
+            ``enable()``, and one called with no config (no provider answer and no
+            ``default_config``), each naming the use case and the fix. None, the default: on
+            when Python runs in development mode (``python -X dev``) or ``GCACHE_DEBUG=1``.
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -479,6 +483,7 @@ class GCacheConfig:
     hash_parts_longer_than: int = 256
     timer_sample_every: int = 1
     legacy_compat: bool = False
+    tell_mistakes: bool | None = None
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -520,6 +525,10 @@ class GCacheConfig:
         for name in ("require_signing", "accept_unsigned_messages", "legacy_compat"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"GCacheConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.tell_mistakes is not None and not isinstance(self.tell_mistakes, bool):
+            raise ConfigError(
+                f"GCacheConfig.tell_mistakes must be True, False or None, got {self.tell_mistakes!r}"
+            )
         if self.signing_keys is not None:
             signing_keys_from(self.signing_keys)  # a bad key is told here, at configuration
         if self.legacy_compat:

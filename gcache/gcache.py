@@ -7,6 +7,8 @@ import functools
 import inspect
 import itertools
 import logging
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +44,13 @@ __all__ = ["GCache"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _instances = itertools.count(1)
+
+
+def _tells_mistakes(choice: bool | None) -> bool:
+    """GCacheConfig.tell_mistakes, with None resolved: development mode or GCACHE_DEBUG=1."""
+    if choice is not None:
+        return choice
+    return bool(sys.flags.dev_mode) or os.environ.get("GCACHE_DEBUG") == "1"
 
 
 _CROSSED = (
@@ -236,6 +245,7 @@ class GCache(Management):
             hasher=self._hasher,
             timer_sample_every=config.timer_sample_every,
             legacy_compat=config.legacy_compat,
+            tell_mistakes=_tells_mistakes(config.tell_mistakes),
         )
         self._registered: dict[str, str] = {}  # use case -> the function that has it
         # use case -> (its UseCase, "single" or "many"): a cached and a cached_many of one name share

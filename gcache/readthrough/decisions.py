@@ -208,6 +208,7 @@ class Decisions(OriginalEntries):
         # refresh_ahead: key -> inf while its background refresh runs in this process, or the
         # monotonic time before which one that failed is not tried again (see Sharing.claim_refresh)
         self.refreshing: dict[str, float] = {}
+        self.tell_outside = self.tell_missing = runtime.tell_mistakes
 
     def render(self, id: str, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str]:
         """``(value key, entity)`` of an id, as the decorated function's wrapper renders them
@@ -239,6 +240,8 @@ class Decisions(OriginalEntries):
         config = self.default_config if provided is None else provided
         if config is None:
             self._disabled_layers("missing_config")
+            if self.tell_missing:
+                self.called_without_config()
             return None
         if not isinstance(config, GCacheKeyConfig):
             self._config_error(

@@ -34,6 +34,8 @@ class Reporting:
     watch: KeyPartWatch | None
     unsigned_pickle: bool  # no signing keys, pickle, and not told yet
     blocking_quiet_until = 0.0  # a sync call inside an event loop is told again from then on
+    tell_outside = False  # GCacheConfig.tell_mistakes, until a call outside enable() was told
+    tell_missing = False  # likewise, until a call with no config was told
 
     def key_error(self, exc: BaseException) -> None:
         self._error(LAYER_KEY, exc, "could not build the cache key")
@@ -103,6 +105,32 @@ class Reporting:
                 f"use case {self.use_case!r}: key part {part!r} {why}, so calls cannot hit the cache "
                 f"and each one stores an entry; {fix}",
             )
+
+    def called_outside_enable(self) -> None:
+        """GCacheConfig.tell_mistakes: the first call of this use case outside ``enable()``."""
+        self.tell_outside = False
+        self.rt.errors.once(
+            ("outside_enable", self.use_case),
+            f"cached function {self.function_name} (use case {self.use_case!r}) was called outside "
+            'gcache.enable(), so it ran uncached (counted as disabled{reason="context"}): wrap the '
+            "call in `with gcache.enable():`, decorate the entry point with @gcache.enable(), or add "
+            "the middleware (app.add_middleware(gcache.web.CacheMiddleware, gcache=gcache)); told "
+            "once per use case (GCacheConfig.tell_mistakes)",
+        )
+
+    def called_without_config(self) -> None:
+        """GCacheConfig.tell_mistakes: the first call of this use case with no config at all."""
+        self.tell_missing = False
+        asked = self.rt.provider is not None
+        self.rt.errors.once(
+            ("missing_config", self.use_case),
+            f"cached function {self.function_name} (use case {self.use_case!r}) has no config: "
+            + ("the config provider answered None" if asked else "there is no config provider")
+            + " and the decorator has no default_config, so it ran uncached (counted as "
+            'disabled{reason="missing_config"}): give the decorator default_config=GCacheKeyConfig(...)'
+            + (", or have the provider answer for this use case" if asked else "")
+            + "; told once per use case (GCacheConfig.tell_mistakes)",
+        )
 
     def used_after_close(self) -> None:
         self.m.disabled(LAYER_GLOBAL, "closed").inc()

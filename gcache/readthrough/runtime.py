@@ -51,10 +51,13 @@ class Runtime:
         hasher: PartHasher | None = None,
         timer_sample_every: int = 1,
         legacy_compat: bool = False,
+        tell_mistakes: bool = False,
     ) -> None:
         self.prefix = prefix
         # The original gcache's keys, entries and watermarks (GCacheConfig.legacy_compat)
         self.legacy_compat = legacy_compat
+        # Tell (once per use case) a call outside enable() and a call with no config
+        self.tell_mistakes = tell_mistakes
         self.signer = signer  # None: entries are neither signed nor checked
         self.hasher = hasher  # None: long ids and arguments are not hashed (see urns.PartHasher)
         self.config_reuse_sec = config_reuse_sec

@@ -44,7 +44,7 @@ class UseCase(AsyncDriver, SyncDriver):
             render = partial(original_value_key, tracked=self.tracked)
         if self.rt.hasher is not None:  # long ids and arguments keyed by their hash
             build = self.rt.hasher.key(build)
-        key_error = self.key_error
+        key_error, uc = self.key_error, self
 
         if inspect.iscoroutinefunction(func):
             aread_through = self.aread_through
@@ -53,6 +53,8 @@ class UseCase(AsyncDriver, SyncDriver):
                 flag = enabled.get()
                 if not flag:
                     disabled_context.inc()
+                    if uc.tell_outside:  # GCacheConfig.tell_mistakes, not told yet
+                        uc.called_outside_enable()
                     return await func(*args, **kwargs)
                 try:
                     id, pairs = build(args, kwargs)
@@ -75,6 +77,8 @@ class UseCase(AsyncDriver, SyncDriver):
             flag = enabled.get()
             if not flag:
                 disabled_context.inc()
+                if uc.tell_outside:
+                    uc.called_outside_enable()
                 return func(*args, **kwargs)
             try:
                 id, pairs = build(args, kwargs)
@@ -99,7 +103,7 @@ class UseCase(AsyncDriver, SyncDriver):
         """
         self.function_name = getattr(func, "__qualname__", self.use_case)
         enabled, disabled_context = self.rt.enabled, self.m.disabled_context
-        hasher, key_error = self.rt.hasher, self.key_error
+        hasher, key_error, uc = self.rt.hasher, self.key_error, self
 
         def prepared(
             args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -121,6 +125,8 @@ class UseCase(AsyncDriver, SyncDriver):
                 if enabled.get() is not True:  # off, or refresh()
                     if not enabled.get():
                         disabled_context.inc()
+                        if uc.tell_outside:
+                            uc.called_outside_enable()
                     return await func(*args, **kwargs)
                 try:
                     ids, originals, pairs, args, kwargs = prepared(args, kwargs)
@@ -141,6 +147,8 @@ class UseCase(AsyncDriver, SyncDriver):
             if enabled.get() is not True:
                 if not enabled.get():
                     disabled_context.inc()
+                    if uc.tell_outside:
+                        uc.called_outside_enable()
                 return func(*args, **kwargs)
             try:
                 ids, originals, pairs, args, kwargs = prepared(args, kwargs)

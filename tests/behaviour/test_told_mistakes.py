@@ -8,13 +8,17 @@ again for the same use case, key type or part.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, ConfigError, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
 from tests.conftest import sample
 from tests.test_gcache import ENABLED, REMOTE_ONLY, Maker, call, twin
 
@@ -245,3 +249,130 @@ async def test_arguments_that_repeat_are_not_told(
         for user in range(100, 300):
             await call(fn, str(user), 0)
     assert told(caplog, "key part") == []
+
+
+# -- a development aid: calls outside enable(), calls with no config (GCacheConfig.tell_mistakes) --
+
+
+def decorate_many(cache: GCache, use_case: str, is_async: bool, config: GCacheKeyConfig | None) -> Any:
+    def users(user_ids: list[str]) -> dict[str, str]:
+        return {uid: f"user {uid}" for uid in user_ids}
+
+    return cache.cached_many(
+        key_type="user_id", ids_arg="user_ids", use_case=use_case, default_config=config
+    )(twin("async" if is_async else "sync", users))
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["cached", "cached_many"])
+async def test_calls_outside_enable_are_told_once_per_use_case_with_the_fix(
+    is_async: bool,
+    many: bool,
+    make_cache: Maker,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = make_cache(tell_mistakes=True)
+    if many:
+        fns = [decorate_many(cache, name, is_async, ENABLED) for name in ("Outside", "Outside2")]
+        args: Any = (["1", "2"],)
+    else:
+        fns = [
+            decorate(cache, name, lambda user_id: f"user {user_id}", is_async)
+            for name in ("Outside", "Outside2")
+        ]
+        args = ("1",)
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        for _ in range(3):
+            for fn in fns:
+                await call(fn, *args)
+        with cache.enable():  # inside: nothing more to tell
+            await call(fns[0], *args)
+    lines = told(caplog, "outside gcache.enable()")
+    assert len(lines) == 2
+    assert "(use case 'Outside')" in lines[0]
+    assert "(use case 'Outside2')" in lines[1]
+    assert "with gcache.enable():" in lines[0]
+    assert "CacheMiddleware" in lines[0]
+    assert sample(registry, "gcache_disabled_counter_total", use_case="Outside", reason="context") == 3
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["cached", "cached_many"])
+@pytest.mark.parametrize("provider", [False, True], ids=["no-provider", "provider-answers-none"])
+async def test_calls_with_no_config_are_told_once_per_use_case_with_the_fix(
+    is_async: bool, many: bool, provider: bool, make_cache: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    options: dict[str, Any] = {"tell_mistakes": True}
+    if provider:
+        options["cache_config_provider"] = lambda key: None
+    cache = make_cache(**options)
+    if many:
+        fn = decorate_many(cache, "NoConfig", is_async, None)
+        args: Any = (["1"],)
+    else:
+        fn = cache.cached(key_type="user_id", id_arg="user_id", use_case="NoConfig")(
+            twin("async" if is_async else "sync", lambda user_id: f"user {user_id}")
+        )
+        args = ("1",)
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        for _ in range(3):
+            await call(fn, *args)
+    lines = told(caplog, "has no config")
+    assert len(lines) == 1
+    assert "(use case 'NoConfig')" in lines[0]
+    assert "default_config=GCacheKeyConfig(...)" in lines[0]
+    assert ("the config provider answered None" in lines[0]) is provider
+    assert ("have the provider answer for this use case" in lines[0]) is provider
+
+
+@pytest.mark.parametrize(
+    ("choice", "env", "tells"),
+    [(None, None, False), (None, "1", True), (None, "0", False), (False, "1", False), (True, None, True)],
+)
+async def test_tell_mistakes_is_on_with_gcache_debug_unless_turned_off(
+    choice: bool | None,
+    env: str | None,
+    tells: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert not sys.flags.dev_mode  # the tests do not run in development mode
+    if env is None:
+        monkeypatch.delenv("GCACHE_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("GCACHE_DEBUG", env)
+    cache = GCache(GCacheConfig(tell_mistakes=choice, metrics_registry=CollectorRegistry()))
+    fn = decorate(cache, "Debug", lambda user_id: user_id, False)
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        fn("1")
+    assert len(told(caplog, "outside gcache.enable()")) == int(tells)
+    cache.close()
+
+
+def test_tell_mistakes_is_on_in_python_development_mode() -> None:
+    program = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        "from gcache import GCache, GCacheConfig\n"
+        "cache = GCache(GCacheConfig())\n"
+        "@cache.cached(key_type='user_id', id_arg='user_id', use_case='DevMode')\n"
+        "def get(user_id): return user_id\n"
+        "get('1'); get('2')\n"
+        "cache.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GCACHE_DEBUG"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", program],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.count("outside gcache.enable()") == 1
+    assert "WARNING gcache: cached function get" in out
+
+
+def test_tell_mistakes_must_be_a_bool_or_none() -> None:
+    with pytest.raises(ConfigError, match="tell_mistakes"):
+        GCacheConfig(tell_mistakes="yes")  # type: ignore[arg-type]
