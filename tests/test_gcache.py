@@ -698,9 +698,8 @@ async def test_provider_error_fails_open(
 
     cache = make_cache(cache_config_provider=provider)
     counter = Counter()
-    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Err", default_config=ENABLED)(
-        counting(mode, counter)
-    )
+    # no default_config and no earlier answer to fall back on (tests/readthrough/test_config_fallback.py)
+    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Err")(counting(mode, counter))
 
     with cache.enable():
         assert await call(fn, "1") == ("1", 1)
@@ -730,9 +729,8 @@ async def test_provider_wrong_type_is_config_error(
 ) -> None:
     cache = make_cache(cache_config_provider=lambda key: ENABLED.to_dict())
     counter = Counter()
-    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Typ", default_config=ENABLED)(
-        counting(mode, counter)
-    )
+    # no default_config to fall back on (tests/readthrough/test_config_fallback.py)
+    fn = cache.cached(key_type="user_id", id_arg="uid", use_case="Typ")(counting(mode, counter))
 
     with cache.enable():
         assert await call(fn, "1") == ("1", 1)

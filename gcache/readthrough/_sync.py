@@ -386,9 +386,8 @@ class SyncDriver(SyncIO):
             provided = provider(self.make_key(id, pairs))
             if inspect.isawaitable(provided):
                 provided = self.provider_answer(provided)
-        except Exception as exc:
-            self._config_error(exc)
-            return None
+        except Exception as exc:  # the last good answer or default_config, else uncached
+            return self._config_failed(exc)
         self._keep(provided)
         return self._resolved(provided)
 

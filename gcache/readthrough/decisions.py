@@ -188,6 +188,7 @@ class Decisions(OriginalEntries):
         self._tick = 0  # LOCAL lookups so far, when sampled
         self._reads = 0  # REMOTE reads so far, when sampled
         self._reused: tuple[Any, float] | None = None  # (provider answer, reuse until)
+        self._last_good: GCacheKeyConfig | None = None  # served while the provider fails
         self._entity_head = "{" + f"{runtime.prefix}:{key_type.translate(KEY_TYPE_ESCAPES)}:"
         self._key_tail = value_key_tail(use_case)
         self.legacy_compat = runtime.legacy_compat
@@ -232,7 +233,11 @@ class Decisions(OriginalEntries):
         )
 
     def _keep(self, provided: Any) -> None:
-        """Remember the provider's answer for ``config_reuse_sec`` (errors are never kept)."""
+        """Remember the provider's answer for ``config_reuse_sec`` (errors are never kept), and as
+        the last good one, served while the provider fails (``_config_failed``; None: the
+        ``default_config``)."""
+        if provided is None or isinstance(provided, GCacheKeyConfig):
+            self._last_good = provided
         if self.rt.config_reuse_sec:
             self._reused = (provided, _monotonic() + self.rt.config_reuse_sec)
 
@@ -244,11 +249,31 @@ class Decisions(OriginalEntries):
                 self.called_without_config()
             return None
         if not isinstance(config, GCacheKeyConfig):
-            self._config_error(
+            return self._config_failed(
                 TypeError(f"config provider returned {type(config).__name__}, not GCacheKeyConfig")
             )
-            return None
         return config
+
+    def _config_failed(self, exc: BaseException) -> GCacheKeyConfig | None:
+        """The provider raised, or answered something else than a config: the call is served with
+        the provider's last good answer for this use case, however old it is (the provider's most
+        recent word: a bound on its age would turn a long outage of the config service into the
+        stampede this prevents), else the decorator's ``default_config``; with neither, uncached.
+        Counted in ``gcache_error_counter{layer="config"}`` either way, and logged rate-limited."""
+        fallback = self._last_good if self._last_good is not None else self.default_config
+        if fallback is None:
+            self._config_error(exc)
+            return None
+        kind = type(exc).__name__
+        self.m.error(LAYER_CONFIG, kind, "False").inc()
+        which = "its last good answer" if fallback is self._last_good else "default_config"
+        self.rt.errors.warning(
+            (self.use_case, LAYER_CONFIG, kind, which),
+            f"config provider failed for use case {self.use_case!r} ({LAYER_CONFIG}): {kind}: {exc}; "
+            f"served with {which}",
+            exc,
+        )
+        return fallback
 
     def _config_error(self, exc: BaseException) -> None:
         self._disabled_layers("config_error")
