@@ -250,6 +250,9 @@ class GCache(Management):
         self._registered: dict[str, str] = {}  # use case -> the function that has it
         # use case -> (its UseCase, "single" or "many"): a cached and a cached_many of one name share
         self._named: dict[str, tuple[UseCase, str]] = {}
+        # use case -> {"single" or "many": the function's module.qualname}: the same function
+        # decorated again (a notebook cell run twice, importlib.reload) replaces its registration
+        self._wheres: dict[str, dict[str, str]] = {}
         self._direct: dict[tuple[Any, ...], UseCase] = {}
         self._direct_names: set[tuple[str, str, bool]] = set()  # bounded: see Management._for_key
         self._use_cases: weakref.WeakSet[UseCase] = weakref.WeakSet()
@@ -403,16 +406,19 @@ class GCache(Management):
                 raise ConfigError(f"cached(): use_case must be a non-empty string, got {name!r}")
             if name == WATERMARK_USE_CASE:
                 raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
-            if name in self._named and self._named[name][1] == "many":
-                shared = self._named[name][0]
+            known, again = self._known(name, where, "single")
+            if known is not None and (known[1] == "many" or again):  # again: "both", the many kept
+                shared = known[0]
                 self._check_shared(shared, name, key_type, track_for_invalidation, serializer, where)
                 if shared.missing_ttl:
                     raise ConfigError(
                         f"cached(): use_case {name!r} of {where} is a cached_many with cache_missing: an id "
                         "it found absent has no value for a single call; give one another use_case"
                     )
-                self._named[name] = (shared, "both")
-                self._registered[name] = f"{self._registered[name]} and {where}"
+                if not again:
+                    self._named[name] = (shared, "both")
+                    self._registered[name] = f"{self._registered[name]} and {where}"
+                    self._wheres[name]["single"] = where
                 wrapper_shared: Any = shared.wrap(func, KeyBuilder(func, id_arg, arg_adapters, ignore_args))
                 functools.update_wrapper(wrapper_shared, func)
                 wrapper_shared.use_case = name
@@ -436,6 +442,7 @@ class GCache(Management):
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys, framing)
             self._registered[name] = where
             self._named[name] = (uc, "single")
+            self._wheres[name] = {"single": where}
 
             wrapper: Any = uc.wrap(func)
             functools.update_wrapper(wrapper, func)
@@ -513,12 +520,14 @@ class GCache(Management):
             except KeyArgDoesNotExist as exc:  # told in this decorator's words
                 raise KeyArgDoesNotExist(str(exc).replace(": id_arg ", ": ids_arg ", 1)) from None
             chosen = serializer if serializer is not None else self.config.serializer
-            known = self._named.get(name)
-            if known is not None and known[1] == "single" and not cache_missing:
-                uc = known[0]
+            known, again = self._known(name, where, "many")
+            if known is not None and (known[1] == "single" or again) and not cache_missing:
+                uc = known[0]  # again: "both", the single kept
                 self._check_shared(uc, name, key_type, track_for_invalidation, serializer, where)
-                self._named[name] = (uc, "both")
-                self._registered[name] = f"{self._registered[name]} and {where}"
+                if not again:
+                    self._named[name] = (uc, "both")
+                    self._registered[name] = f"{self._registered[name]} and {where}"
+                    self._wheres[name]["many"] = where
             elif name in self._registered:
                 raise UseCaseIsAlreadyRegisteredError(
                     f"use_case {name!r} of {where} is already used by {self._registered[name]}"
@@ -528,6 +537,7 @@ class GCache(Management):
                 uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)
                 self._registered[name] = where
                 self._named[name] = (uc, "many")
+                self._wheres[name] = {"many": where}
             if cache_missing:
                 uc.missing_ttl = float(missing_ttl_sec) if missing_ttl_sec is not None else float("inf")
             wrapper: Any = uc.wrap_many(func, keys)
@@ -536,6 +546,19 @@ class GCache(Management):
             return wrapper  # type: ignore[no-any-return]
 
         return decorate
+
+    def _known(self, name: str, where: str, kind: str) -> tuple[tuple[UseCase, str] | None, bool]:
+        """The registration of use case ``name`` (None: none), and whether the function at
+        ``where`` (module.qualname) already has it as a ``kind`` ("single" or "many"): decorated
+        again, by a notebook cell run twice or ``importlib.reload``. A registration of that
+        function alone is forgotten (returned as None), to be made anew; one it shares with a
+        ``kind`` of the other sort is kept, and its wrapper made again."""
+        known = self._named.get(name)
+        again = known is not None and self._wheres.get(name, {}).get(kind) == where
+        if again and known is not None and known[1] == kind:
+            del self._named[name], self._registered[name], self._wheres[name]
+            return None, False
+        return known, again
 
     def _check_shared(
         self,

@@ -1038,13 +1038,18 @@ async def test_duplicate_use_case_raises_at_decoration(mode: str, make_cache: Ma
     cache = make_cache()
     cache.cached(key_type="user_id", id_arg="uid", use_case="Dup")(twin(mode, get_posts_by_uid))
 
+    # another function: refused (the same one decorated again replaces it: tests/test_redecorate.py)
     with pytest.raises(UseCaseIsAlreadyRegisteredError, match="Dup"):
-        cache.cached(key_type="user_id", id_arg="uid", use_case="Dup")(twin(mode, get_posts_by_uid))
+        cache.cached(key_type="user_id", id_arg="uid", use_case="Dup")(twin(mode, get_other_posts))
     with pytest.raises(UseCaseIsAlreadyRegisteredError, match="Dup"):
-        cache.cached(key_type="org_id", id_arg="uid", use_case="Dup")(get_posts_by_uid)
+        cache.cached(key_type="org_id", id_arg="uid", use_case="Dup")(get_other_posts)
 
 
 def get_posts_by_uid(uid: str) -> list[str]:
+    return [uid]
+
+
+def get_other_posts(uid: str) -> list[str]:
     return [uid]
 
 
