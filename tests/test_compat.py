@@ -84,9 +84,12 @@ def test_the_original_aliases_are_our_classes() -> None:
     def f(user_id: str) -> str:
         return user_id
 
+    def g(user_id: str) -> str:
+        return user_id
+
     cache.cached(key_type="user_id", id_arg="user_id", use_case="Once")(f)
-    with pytest.raises(UseCaseIsAlreadyRegistered):
-        cache.cached(key_type="user_id", id_arg="user_id", use_case="Once")(f)
+    with pytest.raises(UseCaseIsAlreadyRegistered):  # another function (f again would replace it)
+        cache.cached(key_type="user_id", id_arg="user_id", use_case="Once")(g)
     with pytest.raises(UseCaseNameIsReserved):
         cache.cached(key_type="user_id", id_arg="user_id", use_case="watermark")(f)
     with pytest.raises(RedisConfigConflict):
