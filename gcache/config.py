@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,8 +262,20 @@ class GCacheKeyConfig:
         return GCacheKeyConfig.from_dict(data)  # type: ignore[arg-type]
 
     @staticmethod
-    def load_configs(data: str | Mapping[str, Any]) -> GCacheKeyConfigs:
-        """Parse ``{use_case: config}``; a value may itself map environment names to configs."""
+    def load_configs(data: str | Mapping[str, Any], env: str | None = None) -> GCacheKeyConfigs:
+        """Parse ``{use_case: config}``; a value may itself map environment names to configs.
+
+        With ``env`` (or, when it is None, the ``GCACHE_ENV`` environment variable), a use case
+        given per environment has that environment's config, and is left out when it has none
+        (its calls take ``default_config``); a use case given once keeps its config in every
+        environment. An ``env`` that no use case names is a ``ConfigError`` (a typo would leave
+        every per-environment use case out). Without either, every environment is kept:
+        ``{use_case: {env: config}}``.
+        """
+        if env is None:
+            env = os.environ.get("GCACHE_ENV") or None
+        if env is not None and (not isinstance(env, str) or not env):
+            raise ConfigError(f"GCacheKeyConfig.load_configs: env must be a non-empty string, got {env!r}")
         if isinstance(data, str):
             try:
                 raw = json.loads(data)
@@ -282,7 +295,7 @@ class GCacheKeyConfig:
                 configs[use_case] = {env: GCacheKeyConfig.loads(v) for env, v in value.items()}
             else:
                 raise ConfigError(f"config for use case {use_case!r} must be a mapping, got {value!r}")
-        return configs
+        return configs if env is None else _of_environment(configs, env)
 
     @staticmethod
     def dump_configs(data: GCacheKeyConfigs) -> str:
@@ -296,6 +309,25 @@ class GCacheKeyConfig:
 
 
 GCacheKeyConfigs = dict[str, GCacheKeyConfig | dict[str, GCacheKeyConfig]]
+
+
+def _of_environment(configs: GCacheKeyConfigs, env: str) -> GCacheKeyConfigs:
+    """``load_configs``'s configs of one environment (see there)."""
+    chosen: GCacheKeyConfigs = {}
+    named: set[str] = set()
+    for use_case, value in configs.items():
+        if isinstance(value, GCacheKeyConfig):
+            chosen[use_case] = value
+            continue
+        named.update(value)
+        if env in value:
+            chosen[use_case] = value[env]
+    if named and env not in named:
+        raise ConfigError(
+            f"GCacheKeyConfig.load_configs: no use case has a config for environment {env!r} "
+            f"(the environments given: {', '.join(sorted(named))})"
+        )
+    return chosen
 
 
 def _tolerant(init: Callable[..., None]) -> Callable[..., None]:

@@ -11,6 +11,7 @@ import pytest
 import redis
 import redis.asyncio.connection
 import redis.connection
+from prometheus_client import CollectorRegistry
 
 import gcache
 import gcache.errors
@@ -25,6 +26,8 @@ from gcache.errors import (
     UseCaseNameIsReservedError,
 )
 from gcache.redis_config import accepted_query_options, mask_url
+from tests.conftest import sample
+from tests.test_gcache import Maker, call, twin
 
 LOCAL, REMOTE = CacheLayer.LOCAL, CacheLayer.REMOTE
 SECRET = "s3cret-Pw"
@@ -685,3 +688,75 @@ def test_gcache_key_raises_when_key_type_is_empty() -> None:
 def test_gcache_key_raises_when_use_case_is_empty() -> None:
     with pytest.raises(ConfigError, match="use_case"):
         GCacheKey("user_id", "1", "")
+
+
+# -- load_configs: one environment's configs (env=, or GCACHE_ENV) ---------------------------------
+
+PER_ENVIRONMENT = json.dumps(
+    {
+        "GetUser": {"ttl_sec": {"local": 60}, "ramp": {"local": 100}},  # every environment
+        "GetOrg": {
+            "prod": {"ttl_sec": {"local": 5, "remote": 600}, "ramp": {"local": 100, "remote": 10}},
+            "staging": {"ttl_sec": {"local": 1}, "ramp": {"local": 100}},
+        },
+        "GetTeam": {"prod": {"ttl_sec": {"remote": 9}, "ramp": {"remote": 50}}},  # no staging
+    }
+)
+
+
+@pytest.mark.parametrize("how", ["argument", "GCACHE_ENV", "argument-over-GCACHE_ENV"])
+def test_load_configs_picks_the_environment_given(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GCACHE_ENV", raising=False)
+    if how != "argument":
+        monkeypatch.setenv("GCACHE_ENV", "staging" if how == "GCACHE_ENV" else "prod")
+    configs = GCacheKeyConfig.load_configs(PER_ENVIRONMENT, env=None if how == "GCACHE_ENV" else "staging")
+    assert configs == {
+        "GetUser": GCacheKeyConfig(ttl_sec={LOCAL: 60}, ramp={LOCAL: 100}),
+        "GetOrg": GCacheKeyConfig(ttl_sec={LOCAL: 1}, ramp={LOCAL: 100}),
+    }  # GetTeam has no staging config: left out, its calls take default_config
+    prod = GCacheKeyConfig.load_configs(json.loads(PER_ENVIRONMENT), env="prod")
+    assert prod["GetTeam"] == GCacheKeyConfig(ttl_sec={REMOTE: 9}, ramp={REMOTE: 50})
+
+
+def test_load_configs_without_an_environment_keeps_every_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GCACHE_ENV", raising=False)
+    configs = GCacheKeyConfig.load_configs(PER_ENVIRONMENT)
+    assert set(configs["GetOrg"]) == {"prod", "staging"}  # type: ignore[arg-type]
+    monkeypatch.setenv("GCACHE_ENV", "")  # empty: not set
+    assert GCacheKeyConfig.load_configs(PER_ENVIRONMENT) == configs
+
+
+def test_load_configs_refuses_an_environment_no_use_case_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GCACHE_ENV", raising=False)
+    with pytest.raises(ConfigError, match=r"'prdo' \(the environments given: prod, staging\)"):
+        GCacheKeyConfig.load_configs(PER_ENVIRONMENT, env="prdo")
+    monkeypatch.setenv("GCACHE_ENV", "prdo")
+    with pytest.raises(ConfigError, match="'prdo'"):
+        GCacheKeyConfig.load_configs(PER_ENVIRONMENT)
+    with pytest.raises(ConfigError, match="env must be a non-empty string"):
+        GCacheKeyConfig.load_configs(PER_ENVIRONMENT, env="")
+    # with no use case given per environment, any environment has the same configs
+    assert GCacheKeyConfig.load_configs('{"A": {"ttl_sec": {"local": 3}}}', env="qa") == {
+        "A": GCacheKeyConfig(ttl_sec={LOCAL: 3})
+    }
+
+
+async def test_an_environment_s_configs_serve_as_the_provider(
+    is_async: bool, make_cache: Maker, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCACHE_ENV", "staging")
+    configs = GCacheKeyConfig.load_configs(PER_ENVIRONMENT)
+    cache = make_cache(cache_config_provider=lambda key: configs.get(key.use_case))
+    calls: list[str] = []
+
+    def get(org_id: str) -> str:
+        calls.append(org_id)
+        return org_id
+
+    fn = cache.cached(key_type="org_id", id_arg="org_id", use_case="GetOrg")(
+        twin("async" if is_async else "sync", get)
+    )
+    with cache.enable():
+        assert [await call(fn, "1") for _ in range(2)] == ["1", "1"]
+    assert calls == ["1"]  # staging's LOCAL config: cached
+    assert sample(registry, "gcache_request_counter_total", use_case="GetOrg", layer="REMOTE") == 0
