@@ -8,7 +8,7 @@ from gcache.errors import KeyTooLongError, RemoteError
 from gcache.metrics import LAYER_GLOBAL, LAYER_KEY, LAYER_LOCAL, LAYER_NONE, LAYER_REMOTE, UseCaseMetrics
 
 if TYPE_CHECKING:
-    from gcache.keys import KeyPartWatch
+    from gcache.keys import KeyBuilder, KeyPartWatch
     from gcache.readthrough.runtime import Runtime
 
 __all__ = ["Reporting", "too_long"]
@@ -29,6 +29,7 @@ class Reporting:
 
     rt: Runtime
     m: UseCaseMetrics
+    keys: KeyBuilder | None  # None: a use case of direct access, no decorated function
     use_case: str
     function_name: str  # the decorated function's qualified name, once wrap() has it
     watch: KeyPartWatch | None
@@ -122,12 +123,19 @@ class Reporting:
         """GCacheConfig.tell_mistakes: the first call of this use case with no config at all."""
         self.tell_missing = False
         asked = self.rt.provider is not None
+        direct = self.keys is None  # direct access (get/put): its GCacheKey carries default_config
+        where = "the GCacheKey" if direct else "the decorator"
         self.rt.errors.once(
             ("missing_config", self.use_case),
-            f"cached function {self.function_name} (use case {self.use_case!r}) has no config: "
+            (
+                f"direct access to use case {self.use_case!r}"
+                if direct
+                else f"cached function {self.function_name} (use case {self.use_case!r})"
+            )
+            + " has no config: "
             + ("the config provider answered None" if asked else "there is no config provider")
-            + " and the decorator has no default_config, so it ran uncached (counted as "
-            'disabled{reason="missing_config"}): give the decorator default_config=GCacheKeyConfig(...)'
+            + f" and {where} has no default_config, so it ran uncached (counted as "
+            f'disabled{{reason="missing_config"}}): give {where} default_config=GCacheKeyConfig(...)'
             + (", or have the provider answer for this use case" if asked else "")
             + "; told once per use case (GCacheConfig.tell_mistakes)",
         )

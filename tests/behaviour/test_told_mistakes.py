@@ -324,6 +324,18 @@ async def test_calls_with_no_config_are_told_once_per_use_case_with_the_fix(
     assert ("have the provider answer for this use case" in lines[0]) is provider
 
 
+def test_direct_access_with_no_config_is_told_in_its_own_words(caplog: pytest.LogCaptureFixture) -> None:
+    cache = GCache(GCacheConfig(tell_mistakes=True, metrics_registry=CollectorRegistry()))
+    key = GCacheKey("user_id", "1", "DirectNoConfig")
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        assert [cache.get(key, lambda: "computed") for _ in range(2)] == ["computed"] * 2
+    lines = told(caplog, "has no config")
+    assert len(lines) == 1
+    assert "direct access to use case 'DirectNoConfig'" in lines[0]
+    assert "give the GCacheKey default_config=GCacheKeyConfig(...)" in lines[0]
+    cache.close()
+
+
 @pytest.mark.parametrize(
     ("choice", "env", "tells"),
     [(None, None, False), (None, "1", True), (None, "0", False), (False, "1", False), (True, None, True)],
