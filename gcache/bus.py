@@ -202,6 +202,8 @@ class InvalidationBus:
         self._clock_offset_us = 0.0
         self.subscribed = False
         self.connections = 0  # subscriptions set up so far (1 + reconnects)
+        self.last_error = ""  # why the latest subscription attempt failed ('' : none failed)
+        self._lost_at = 0.0  # when the subscription was lost (monotonic; 0: it is not)
         self.resume = False  # a forked child whose parent had started the bus: start on first look
 
     def after_fork_in_child(self, origin: str) -> None:
@@ -216,6 +218,7 @@ class InvalidationBus:
         self._task = self._running = None
         self.subscribed = False
         self.connections = 0
+        self.last_error, self._lost_at = "", 0.0
 
     def ensure_started(self) -> None:
         """Start the subscription if it is not running; cheap and idempotent."""
@@ -260,9 +263,9 @@ class InvalidationBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._errors.warning(
-                    ("bus", type(exc).__name__), f"invalidation bus lost: {type(exc).__name__}: {exc}"
-                )
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._lost_at = self._lost_at or time.monotonic()
+                self._errors.warning(("bus", type(exc).__name__), f"invalidation bus lost: {self.last_error}")
             finally:
                 if self.subscribed:
                     self.subscribed = False
@@ -287,6 +290,12 @@ class InvalidationBus:
             self.connections += 1
             self.subscribed = True
             self._on_up()
+            if self._lost_at:  # said "lost": say "up again", so the log tells when it ended
+                down = time.monotonic() - self._lost_at
+                self._lost_at, self.last_error = 0.0, ""
+                self._errors.warning(
+                    ("bus", "up"), f"invalidation bus up again on {self.channel!r} after {down:.1f} s"
+                )
             await self._listen(pubsub)
         finally:
             await _finish(_close(pubsub, client))

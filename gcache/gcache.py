@@ -297,7 +297,18 @@ class GCache(Management):
         if self._bus is None:
             return True
         self._bus.ensure_started()
-        return self._bus_up.wait(timeout)
+        return self._told_if_down(self._bus_up.wait(timeout), timeout)
+
+    def _told_if_down(self, up: bool, timeout: float) -> bool:
+        """``start``'s answer; when False, a WARNING says what that means and, if known, why."""
+        if not up and self._bus is not None:
+            why = self._bus.last_error or "no answer from Redis yet"
+            self._errors.warning(
+                ("bus", "start"),
+                f"invalidation bus not subscribed within {timeout:g} s ({why}): tracked use cases "
+                "skip LOCAL until it is (it keeps trying in the background; REMOTE still serves)",
+            )
+        return up
 
     @property
     def bus_subscribed(self) -> bool:
@@ -317,7 +328,7 @@ class GCache(Management):
         if self._bus is None:
             return True
         self._bus.ensure_started()
-        return await asyncio.to_thread(self._bus_up.wait, timeout)
+        return self._told_if_down(await asyncio.to_thread(self._bus_up.wait, timeout), timeout)
 
     # -- switching caching on ------------------------------------------------------------------
 

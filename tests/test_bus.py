@@ -551,3 +551,33 @@ async def test_accept_unsigned_messages_lets_processes_without_keys_through_duri
         wait_until(lambda: sample(reg_plain, MESSAGES, direction="received") == 1, what="signed")
         assert await on_plain("1") == ("1", 1)  # its own function's first value: LOCAL was dropped
         assert on_plain.calls == 1
+
+
+async def test_a_lost_bus_says_when_it_is_up_again(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache()
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        assert redis_client.client_kill_filter(_type="pubsub") >= 1
+        wait_until(lambda: "invalidation bus lost" in caplog.text, what="the loss told")
+        wait_until(lambda: "invalidation bus up again" in caplog.text, what="the recovery told")
+    assert cache.bus_subscribed
+    (line,) = [r.getMessage() for r in caplog.records if "up again" in r.getMessage()]
+    assert "#invalidation" in line
+    assert " s" in line.rsplit("after", 1)[1]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_start_says_why_the_bus_is_not_up(
+    make_cache: Callable[..., GCache], caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    from tests.behaviour.test_fail_open import refused_url
+
+    cache = make_cache(start_bus=False, redis_config=RedisConfig(url=refused_url()))
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        up = await cache.astart(timeout=0.5) if mode == "async" else await asyncio.to_thread(cache.start, 0.5)
+    assert up is False
+    (line,) = [r.getMessage() for r in caplog.records if "not subscribed within" in r.getMessage()]
+    assert "0.5 s" in line
+    assert "ConnectionError" in line
+    assert "tracked use cases skip LOCAL" in line
