@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -1446,3 +1447,43 @@ def test_two_functions_sharing_a_default_use_case_are_told_at_decoration(
     assert "Orders.get" in message  # both functions named
     assert "Users.get" in message
     assert "give each its own use_case=" in message
+
+
+async def test_an_unpicklable_value_is_kept_in_local_and_the_log_says_so(
+    make_cache: Callable[..., GCache],
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    is_async: bool,
+) -> None:
+    """A value pickle refuses is served and kept in LOCAL; the warning says it was not written to
+    REMOTE (not "served uncached", which would be untrue)."""
+    cache = make_cache()
+    both = GCacheKeyConfig(
+        ttl_sec={CacheLayer.LOCAL: 60, CacheLayer.REMOTE: 60},
+        ramp={CacheLayer.LOCAL: 100, CacheLayer.REMOTE: 100},
+    )
+    runs: list[str] = []
+    decorate = cache.cached(key_type="user", id_arg="uid", use_case="Unpicklable", default_config=both)
+
+    def compute(uid: str) -> Any:
+        runs.append(uid)
+        return lambda: uid  # a lambda: pickle refuses it
+
+    if is_async:
+
+        async def read_async(uid: str) -> Any:
+            return compute(uid)
+
+        read: Callable[..., Any] = decorate(read_async)
+    else:
+        read = decorate(compute)
+    with caplog.at_level(logging.WARNING, logger="gcache"), cache.enable():
+        first = await read("1") if is_async else read("1")
+        second = await read("1") if is_async else read("1")
+    assert first is second  # the second from LOCAL
+    assert runs == ["1"]
+    assert redis_client.keys("*Unpicklable*") == []
+    (line,) = [r.getMessage() for r in caplog.records if "remote write failed" in r.getMessage()]
+    assert "kept in LOCAL" in line
+    assert "not stored in REMOTE" in line
+    assert "served uncached" not in line

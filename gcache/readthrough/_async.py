@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncDriver"]
 
+_NOT_WRITTEN = "the value was served (and kept in LOCAL where the call uses it), not stored in REMOTE"
 _LOCK_POLL = (0.005, 0.05)  # distributed single flight: first and longest pause between polls (s)
 
 
@@ -338,7 +339,7 @@ class AsyncDriver(AsyncIO):
             except Exception as exc:
                 if strict:
                     raise
-                self.remote_error(exc, "remote write failed")
+                self.remote_error(exc, "remote write failed", _NOT_WRITTEN)
         if local_ttl:
             stored = self.local_put(m.urn, m.entity, value, local_ttl, m.epoch, grace) and stored
         return stored

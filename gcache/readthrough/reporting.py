@@ -41,19 +41,19 @@ class Reporting:
     def key_error(self, exc: BaseException) -> None:
         self._error(LAYER_KEY, exc, "could not build the cache key")
 
-    def remote_error(self, exc: BaseException, what: str) -> None:
-        self._error(LAYER_REMOTE, exc, what)
+    def remote_error(self, exc: BaseException, what: str, outcome: str = "served uncached") -> None:
+        self._error(LAYER_REMOTE, exc, what, outcome)
 
     def local_error(self, exc: BaseException, what: str) -> None:
         self._error(LAYER_LOCAL, exc, what)
 
-    def _error(self, layer: str, exc: BaseException, what: str) -> None:
+    def _error(self, layer: str, exc: BaseException, what: str, outcome: str = "served uncached") -> None:
         cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
         kind = type(cause).__name__
         self.m.error(layer, kind, "False").inc()  # in_fallback, as str(False)
         self.rt.errors.warning(
             (self.use_case, layer, kind),
-            f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; served uncached",
+            f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; {outcome}",
             exc,
         )
 
