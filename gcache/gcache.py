@@ -410,13 +410,7 @@ class GCache(Management):
         framing = self._envelope(envelope, serializer if serializer is not None else self.config.serializer)
 
         def decorate(func: F) -> F:
-            # The default is the original library's: module and function name, not __qualname__.
-            name = use_case if use_case is not None else f"{func.__module__}.{func.__name__}"
-            where = f"{func.__module__}.{func.__qualname__}"
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"cached(): use_case must be a non-empty string, got {name!r}")
-            if name == WATERMARK_USE_CASE:
-                raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+            name, where = _named(func, use_case, "cached")
             known, again = self._known(name, where, "single")
             if known is not None and (known[1] == "many" or again):  # again: "both", the many kept
                 shared = known[0]
@@ -518,12 +512,7 @@ class GCache(Management):
             )
 
         def decorate(func: F) -> F:
-            name = use_case if use_case is not None else f"{func.__module__}.{func.__name__}"
-            where = f"{func.__module__}.{func.__qualname__}"
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"cached_many(): use_case must be a non-empty string, got {name!r}")
-            if name == WATERMARK_USE_CASE:
-                raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+            name, where = _named(func, use_case, "cached_many")
             if not (inspect.iscoroutinefunction(func) or callable(func)) or inspect.isgeneratorfunction(func):
                 raise ConfigError(f"cached_many(): {func.__qualname__} must return a mapping, not yield")
             try:
@@ -749,3 +738,14 @@ class GCache(Management):
     def __repr__(self) -> str:
         layers = "local+remote" if self._remote is not None else "local"
         return f"GCache(prefix={self._prefix!r}, layers={layers}, closed={self._closed})"
+
+
+def _named(func: Callable[..., Any], use_case: str | None, decorator: str) -> tuple[str, str]:
+    """A decorated function's use case (the original library's default: module and function
+    name, not ``__qualname__``), checked, and where it is defined, for errors."""
+    name = use_case if use_case is not None else f"{func.__module__}.{func.__name__}"
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{decorator}(): use_case must be a non-empty string, got {name!r}")
+    if name == WATERMARK_USE_CASE:
+        raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+    return name, f"{func.__module__}.{func.__qualname__}"

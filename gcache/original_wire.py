@@ -422,7 +422,7 @@ def _bad(reason: str) -> NoReturn:
 
 # --- the payload rule both clients apply ----------------------------------------------------
 
-# A JSON escape: \uXXXX, or a backslash and the one character it escapes.
+# A JSON escape: backslash-u and four hex digits, or a backslash and the one character it escapes.
 _ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 
