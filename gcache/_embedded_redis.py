@@ -53,6 +53,7 @@ __all__ = [
     "HangingListener",
     "PortTakenError",
     "find_redis_server",
+    "ephemeral_floor",
     "free_port",
     "redis_server_version",
 ]
@@ -137,18 +138,32 @@ def redis_server_version(executable: str) -> tuple[int, int]:
     return version
 
 
-def free_port(below: int = 65536, also_free: int | None = None) -> int:
-    """A loopback TCP port nothing listens on now.
+def ephemeral_floor() -> int:
+    """The lowest local port the kernel gives outgoing connections (Linux's default if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
-    ``below`` and ``also_free`` serve cluster nodes, whose bus listens on port + 10000: pass
-    ``below=55536, also_free=10000`` to get a port whose bus port is free as well.
+
+def free_port(also_free: int | None = None) -> int:
+    """A loopback TCP port nothing listens on now, outside the kernel's ephemeral range.
+
+    Outside it because any client connection (of this process or another) may take an ephemeral
+    port as its local end between this check and the server's bind: CI lost a cluster test to
+    that once. ``also_free`` serves cluster nodes, whose bus listens on port + 10000: pass
+    ``also_free=10000`` to get a port whose bus port is free (and outside the range) as well.
     """
+    low = ephemeral_floor()
+    offset = also_free or 0
+    top = min(low, 65536) - offset  # port and port + offset both below the ephemeral range
+    candidates = range(10000, top) if top >= 12000 else range(1024, 65536 - offset)
     for _ in range(200):
-        port = 0 if below >= 65536 else random.randrange(20000, below)
+        port = random.choice(candidates)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind(("127.0.0.1", port))
-                port = int(s.getsockname()[1])
                 if also_free is not None:
                     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
                         bus.bind(("127.0.0.1", port + also_free))
@@ -243,7 +258,9 @@ class EmbeddedRedis:
         credentials: Credentials | None = None,
         executable: str | None = None,
     ) -> None:
-        self.port = port or (free_port(below=55536, also_free=10000) if cluster else free_port())
+        self._bus_offset = 10000 if cluster else None
+        self._chose_port = port is None  # until it first starts: then clients hold its URL
+        self.port = port or free_port(also_free=self._bus_offset)
         self.extra_args = (
             ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args)
             if cluster
@@ -274,10 +291,26 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the process and wait until it answers as itself.
 
+        A port this object chose itself and lost to another process before the first start is
+        chosen again (twice at most): nobody holds its URL yet.
+
         Raises:
             PortTakenError: another process holds the port, or answered on it.
             RuntimeError: the process exited, or did not answer within ``timeout``.
         """
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except PortTakenError:
+                if not self._chose_port or attempt == 2:
+                    raise
+                self.port = free_port(also_free=self._bus_offset)
+            else:
+                self._chose_port = False
+                return self
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> None:
         executable = self.executable or find_redis_server()
         probe_password = secrets.token_urlsafe(24)
         config = os.path.join(self._dir, "redis.conf")
@@ -303,6 +336,7 @@ class EmbeddedRedis:
         ]
         # Its own session: a Ctrl-C meant for the parent must not reach Redis; we stop it by pid.
         with open(self.log_path, "ab") as log:
+            since = log.tell()  # this start's lines only: the log keeps earlier starts'
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -310,11 +344,14 @@ class EmbeddedRedis:
         try:
             while time.monotonic() < deadline:
                 if self._is_ours(probe_password):
-                    return self
+                    return
                 if self.process.poll() is not None:
-                    tail = self._log_tail()
+                    tail = self._log_tail(since)
                     if "Address already in use" in tail:
-                        raise PortTakenError(f"port {self.port} is held by another process: {tail}")
+                        # The client port, or another the options name (a TLS port, a cluster bus).
+                        found = re.search(r"listening socket [\d.]+:(\d+)", tail)
+                        taken = found.group(1) if found else str(self.port)
+                        raise PortTakenError(f"port {taken} is held by another process: {tail}")
                     raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
                 time.sleep(0.02)
             raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
@@ -368,9 +405,10 @@ class EmbeddedRedis:
     def log_path(self) -> str:
         return os.path.join(self._dir, "redis.log")
 
-    def _log_tail(self) -> str:
+    def _log_tail(self, since: int = 0) -> str:
         try:
             with open(self.log_path, "rb") as log:
+                log.seek(since)
                 return log.read()[-500:].decode(errors="replace").strip()
         except OSError:
             return ""

@@ -29,6 +29,7 @@ from gcache._embedded_redis import (
     EmbeddedRedis,
     HangingListener,
     PortTakenError,
+    ephemeral_floor,
     find_redis_server,
     free_port,
     redis_server_version,
@@ -88,9 +89,59 @@ def test_stop_ends_a_paused_server_by_its_pid() -> None:
         os.kill(pid, 0)
 
 
-def test_cluster_node_port_leaves_room_for_its_bus_port() -> None:
-    port = free_port(below=55536, also_free=10000)
-    assert 20000 <= port < 55536
+def test_ports_are_chosen_below_the_ephemeral_range_bus_ports_included() -> None:
+    low = ephemeral_floor()
+    for _ in range(50):
+        assert 10000 <= free_port() < low  # no client connection can take it as its local end
+        port = free_port(also_free=10000)
+        assert port >= 10000
+        assert port + 10000 < low
+
+
+def _listen(port: int) -> socket.socket:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    return holder
+
+
+def test_a_port_it_chose_and_lost_before_its_first_start_is_chosen_again(executable: str) -> None:
+    server = EmbeddedRedis(executable=executable)
+    lost = server.port
+    holder = _listen(lost)
+    try:
+        with server:
+            assert server.port != lost
+            with redis.Redis.from_url(server.url) as client:
+                assert client.ping()
+    finally:
+        holder.close()
+
+
+def test_a_port_it_started_on_is_kept_even_when_taken_later(executable: str) -> None:
+    server = EmbeddedRedis(executable=executable).start()
+    port = server.port
+    server.stop()
+    holder = _listen(port)  # clients hold its URL: moving would strand them
+    try:
+        with pytest.raises(PortTakenError, match=f"port {port} is held"):
+            server.start()
+        assert server.port == port
+    finally:
+        holder.close()
+        server.__exit__()
+
+
+def test_a_taken_cluster_bus_port_is_named_in_the_error(executable: str) -> None:
+    port = free_port(also_free=10000)
+    holder = _listen(port + 10000)
+    server = EmbeddedRedis(port, cluster=True, executable=executable)
+    try:
+        with pytest.raises(PortTakenError, match=f"port {port + 10000} is held by another process"):
+            server.start()
+    finally:
+        holder.close()
+        server.__exit__()
 
 
 def test_full_server_refuses_writes_with_oom_and_accepts_them_again_when_maxmemory_raised() -> None:

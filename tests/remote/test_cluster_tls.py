@@ -63,7 +63,7 @@ class TlsCluster:
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
     ca, cert, key = _certificates(tmp_path_factory.mktemp("tls"), "IP:127.0.0.1")
     credentials = Credentials()
-    tls_ports = [free_port(below=55536, also_free=10000) for _ in range(3)]
+    tls_ports = [free_port(also_free=10000) for _ in range(3)]
     tls_options = (
         "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-cert-file", str(cert),
         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
