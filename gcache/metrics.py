@@ -381,7 +381,7 @@ class FastCounter:
     without that value object gets the public method.
     """
 
-    __slots__ = ("inc",)
+    __slots__ = ("add", "inc")
 
     def __init__(self, child: Counter) -> None:
         found = _adding_one(getattr(child, "_value", None))
@@ -389,6 +389,7 @@ class FastCounter:
             self.inc: Callable[[], object] = child.inc
         else:
             child._value, self.inc = found
+        self.add: Callable[[float], None] = child.inc  # many at once (a batch): one lock
 
 
 class FastHistogram:
@@ -401,13 +402,27 @@ class FastHistogram:
     buckets and sum as this expects gets the public method.
     """
 
-    __slots__ = ("observe",)
+    __slots__ = ("observe", "observe_many")
 
     def __init__(self, child: Histogram) -> None:
-        self.observe: Callable[[float], None] = _bisecting_observe(child) or child.observe
+        found = _bisecting_observe(child)
+        if found is None:
+
+            def observe_many(amount: float, n: int) -> None:
+                for _ in range(n):
+                    child.observe(amount)
+
+            self.observe: Callable[[float], None] = child.observe
+            self.observe_many: Callable[[float, int], None] = observe_many
+        else:
+            self.observe, self.observe_many = found
 
 
-def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
+def _bisecting_observe(
+    child: Histogram,
+) -> tuple[Callable[[float], None], Callable[[float, int], None]] | None:
+    """``observe``, and ``observe_many(amount, n)``: ``n`` observations of one amount (a batch's
+    lookups, timed together) as two additions."""
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
     add_sum = getattr(getattr(child, "_sum", None), "inc", None)
@@ -422,6 +437,13 @@ def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
     bucket_adds = tuple(add for _, add in found)
     upper_bounds = tuple(bounds)
     summing = _summing(child._sum) if all(isinstance(value, CountingValue) for value in buckets) else None
+    bucket_incs = tuple(value.inc for value in buckets)  # CountingValue or mmap value: inc(amount)
+    sum_inc: Callable[[float], None] = add_sum if summing is None else summing.inc
+
+    def observe_many(amount: float, n: int) -> None:
+        sum_inc(amount * n)
+        bucket_incs[bisect_left(upper_bounds, amount)](n)
+
     if summing is None:
         add: Callable[[float], None] = add_sum
 
@@ -429,7 +451,7 @@ def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
             add(amount)
             bucket_adds[bisect_left(upper_bounds, amount)]()
 
-        return observe
+        return observe, observe_many
     child._sum = summing
     append, fold, mask = summing.add, summing.fold, FOLD_EVERY - 1
     ticks: tuple[Callable[[], int], ...] = tuple(bucket_adds)  # type: ignore[arg-type]
@@ -441,7 +463,7 @@ def _bisecting_observe(child: Histogram) -> Callable[[float], None] | None:
         if not (tick_first() if amount <= first else ticks[bisect_left(upper_bounds, amount)]()) & mask:
             fold()
 
-    return observe_summing
+    return observe_summing, observe_many
 
 
 def _summing(value: object) -> SummingValue | None:

@@ -421,6 +421,49 @@ def test_fast_histogram_child_records_exactly_what_observe_records(amounts: list
     assert recorded("fast")[-2] == ("_count", {"l": "x"}, len(amounts) + len(buckets))
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=100.0, allow_nan=False), st.integers(1, 60)),
+        max_size=20,
+    ),
+    st.booleans(),
+)
+def test_fast_histogram_observe_many_records_what_as_many_observes_record(
+    batches: list[tuple[float, int]], gil: bool
+) -> None:
+    """A batch's lookups, timed together: ``observe_many(mean, n)`` is ``n`` observations."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics_module, "_GIL", gil)  # without it: prometheus_client's values kept
+        registry = CollectorRegistry()
+        buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
+        official = Histogram("official", "h", ["l"], buckets=buckets, registry=registry).labels("x")
+        fast = FastHistogram(Histogram("fast", "h", ["l"], buckets=buckets, registry=registry).labels("x"))
+    for amount, n in [*batches, *((bound, 3) for bound in buckets)]:
+        for _ in range(n):
+            official.observe(amount)
+        fast.observe_many(amount, n)
+    families = {m.name: m for m in registry.collect()}
+
+    def recorded(name: str) -> list[tuple[str, dict[str, str], float]]:
+        kept = [s for s in families[name].samples if s.name != f"{name}_created"]
+        return [(s.name.removeprefix(name), s.labels, s.value) for s in kept]
+
+    fast_samples, official_samples = recorded("fast"), recorded("official")
+    assert [s[:2] for s in fast_samples] == [s[:2] for s in official_samples]
+    assert [s[2] for s in fast_samples] == pytest.approx([s[2] for s in official_samples])
+    assert fast_samples[-2][2] == sum(n for _, n in batches) + 3 * len(buckets)
+
+
+def test_fast_counter_add_adds_many_at_once_beside_inc() -> None:
+    registry = CollectorRegistry()
+    fast = FastCounter(Counter("many", "c", ["l"], registry=registry).labels("x"))
+    fast.inc()
+    fast.add(50)
+    fast.inc()
+    assert sample(registry, "many_total", l="x") == 52
+
+
 def test_fast_counter_child_adds_one_per_inc() -> None:
     registry = CollectorRegistry()
     fast = FastCounter(Counter("fast", "c", ["l"], registry=registry).labels("x"))
@@ -443,10 +486,14 @@ def test_fast_children_fall_back_to_the_public_methods_on_an_unknown_prometheus_
             self.seen.append(amount)
 
     counter, histogram = Child(), Child()
-    FastCounter(counter).inc()  # type: ignore[arg-type]
-    FastHistogram(histogram).observe(0.5)  # type: ignore[arg-type]
-    assert counter.seen == [1]
-    assert histogram.seen == [0.5]
+    fast_counter = FastCounter(counter)  # type: ignore[arg-type]
+    fast_histogram = FastHistogram(histogram)  # type: ignore[arg-type]
+    fast_counter.inc()
+    fast_counter.add(3)
+    fast_histogram.observe(0.5)
+    fast_histogram.observe_many(0.25, 2)
+    assert counter.seen == [1, 3]
+    assert histogram.seen == [0.5, 0.25, 0.25]
 
 
 @settings(max_examples=200, deadline=None)

@@ -456,8 +456,8 @@ class SyncDriver(SyncIO):
         config = ms[0].config
         if config.fail_safe_sec or config.refresh_ahead:  # each value's PTTL is needed: read by read
             return [self.remote_read(m) for m in ms]
-        for _ in ms:
-            self.m.request_remote.inc()
+        n = len(ms)
+        self.m.request_remote.add(n)
         read_at = _monotonic()
         start = _perf()
         try:
@@ -467,23 +467,23 @@ class SyncDriver(SyncIO):
         except Exception as exc:
             self.remote_error(exc, "remote read failed")
             reads = None
-        each = (_perf() - start) / len(ms)  # gcache_get_timer still counts every lookup
-        for _ in ms:
-            self.m.get_remote.observe(each)
-        values = []
-        for i, m in enumerate(ms):
+        self.m.get_remote.observe_many((_perf() - start) / n, n)  # still one per lookup
+        for m in ms:
             m.read_at = read_at
             if reads is None:
                 m.remote_ttl = 0
-                values.append(MISS)
-                continue
-            if self.tracked:
-                read: TrackedRead = reads[i]
+        if reads is None:
+            return [MISS] * n
+        if self.tracked:
+            tracked: list[TrackedRead] | None = reads
+            for m, read in zip(ms, reads, strict=True):
                 m.read = read
-                values.append(self.accept(m, read.raw, read, read.pttl_ms, True))
-            else:
-                values.append(self.accept(m, reads[i], None, -1, True))
-        return values
+            raws = [read.raw for read in reads]
+        else:
+            tracked, raws = None, reads
+        if not self.codec.is_async:
+            return self.accept_many(ms, raws, tracked)
+        return [self.accept(m, raw, m.read, -1, True) for m, raw in zip(ms, raws, strict=True)]
 
     def compute_many(
         self,

@@ -564,6 +564,61 @@ class Decisions(OriginalEntries):
         self.m.write(LAYER_REMOTE, _WRITE_RESULTS.get(result, "unknown")).inc()
         return result == 1
 
+    def accept_many(
+        self, ms: list[Miss], raws: list[bytes | None], reads: list[TrackedRead] | None
+    ) -> list[Any]:
+        """What a batch's REMOTE reads found, as ``aaccept`` takes one (a batch of a use case
+        without fail-safe or refresh_ahead, whose codec is not async): each value (LOCAL filled)
+        or MISS, the loads timed together, as many observations of their mean."""
+        limit, plain, codec = self.read_limit, self._plain, self.codec
+        values: list[Any] = [MISS] * len(ms)
+        loadable: list[tuple[int, bytes, int]] = []  # index, payload, flags
+        for i, m in enumerate(ms):
+            raw = raws[i]
+            if raw is not None and len(raw) > limit:
+                self.m.miss(LAYER_REMOTE, "too_large").inc()
+                continue
+            payload = plain(raw, m.urn) if plain is not None else None
+            flags = 0
+            if payload is None:
+                found = self.to_load(m, raw, None if reads is None else reads[i], -1)
+                if found is None:
+                    continue
+                payload, flags, _ = found
+                if flags & _envelope.FLAG_ABSENT:
+                    values[i] = self.absent(m)
+                    continue
+            loadable.append((i, payload, flags))
+        if not loadable:
+            return values
+        start = _perf()
+        try:
+            if codec.loads is not None:  # pickle: straight to C
+                loads = codec.loads
+                loaded = [loads(payload) for _, payload, _ in loadable]
+            else:
+                load = codec.load
+                loaded = [load(payload, flags) for _, payload, flags in loadable]
+        except Exception:  # one of them: each on its own, the undecodable ones missed
+            loaded = [self._load_one(payload, flags) for _, payload, flags in loadable]
+        self.m.load.observe_many((_perf() - start) / len(loadable), len(loadable))
+        for (i, _, _), value in zip(loadable, loaded, strict=True):
+            if value is not MISS:
+                m = ms[i]
+                if m.local_ttl:
+                    self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+                values[i] = value
+        return values
+
+    def _load_one(self, payload: bytes, flags: int) -> Any:
+        try:
+            codec = self.codec
+            return codec.loads(payload) if codec.loads is not None else codec.load(payload, flags)
+        except Exception as exc:
+            self.m.miss(LAYER_REMOTE, "undecodable").inc()
+            self.remote_error(exc, "stored value could not be loaded")
+            return MISS
+
     def absent(self, m: Miss) -> Any:
         """An entry saying the function had no value for the id: a batch's answer (ABSENT, kept in
         LOCAL as such); a miss for a single call or a direct ``get``, which have no such answer."""

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -189,6 +190,68 @@ def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:
     return replies
 
 
+try:  # redis-py's hiredis parsers, whose replies can be taken from their reader directly
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser, _HiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: read_response throughout
+    _HiredisParser = _AsyncHiredisParser = None  # type: ignore[assignment,misc]
+    NOT_ENOUGH_DATA = object()
+
+
+_OWN_READ_RESPONSE = (
+    redis.connection.AbstractConnection.read_response,
+    redis.asyncio.connection.AbstractConnection.read_response,
+)
+
+
+def _hiredis_reader(connection: Any, parser_type: Any) -> Any | None:
+    """The connection's ``hiredis.Reader`` when its replies may be taken from it directly: its
+    ``read_response`` is redis-py's own (not a test double's) over redis-py's hiredis parser, as
+    this redis-py lays it out; else None (read_response throughout)."""
+    parser = getattr(connection, "_parser", None)
+    if parser_type is None or type(parser) is not parser_type:
+        return None
+    if getattr(type(connection), "read_response", None) not in _OWN_READ_RESPONSE:
+        return None
+    return getattr(parser, "_reader", None)
+
+
+def _take_replies(connection: Any, n: int) -> list[Any]:
+    """``n`` replies of a sync connection; a command's error is raised after the last one is read.
+
+    Straight from its hiredis reader where it has one: ``read_response`` costs about 2 µs a reply
+    over the reader's own C call, a tenth of a 50-id batch's time. The errors are redis-py's: a
+    socket's from its parser, a closed or failing one as its ``ConnectionError``.
+    """
+    reader = _hiredis_reader(connection, _HiredisParser)
+    if reader is None:
+        return _read_replies(connection.read_response, n)
+    parser = connection._parser
+    read_more, push = parser.read_from_socket, parser._hiredis_PushNotificationType or ()
+    replies: list[Any] = []
+    error: redis.ResponseError | None = None
+    try:
+        while len(replies) < n:
+            reply = reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                read_more()
+            elif isinstance(reply, push):  # RESP3: a push message, not a reply, routed as redis-py does
+                parser.handle_push_response(reply)
+            elif isinstance(reply, redis.ResponseError):
+                error = error or reply
+                n -= 1
+            elif isinstance(reply, redis.ConnectionError):  # LOADING, as redis-py raises it
+                raise reply
+            else:
+                replies.append(reply)
+    except OSError as exc:  # socket.timeout is the parser's TimeoutError already
+        raise redis.ConnectionError(f"Error while reading from {connection._host_error()}: {exc}") from exc
+    if connection.health_check_interval:
+        connection.next_health_check = time.monotonic() + connection.health_check_interval
+    if error is not None:
+        raise error
+    return replies
+
+
 def pipelined(
     pool: Any,
     read: ValueRead,
@@ -210,7 +273,7 @@ def pipelined(
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command([packed])  # a list: redis-py's sync sender iterates it
-            return _read_replies(connection.read_response, n)
+            return _take_replies(connection, n)
 
         replies: list[Any] = connection.retry.call_with_retry(
             send_and_read, lambda _: connection.disconnect()
@@ -325,7 +388,7 @@ def batch_pipelined(
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command([packed])
-            return _read_replies(connection.read_response, n)
+            return _take_replies(connection, n)
 
         replies: list[Any] = connection.retry.call_with_retry(
             send_and_read, lambda _: connection.disconnect()
@@ -367,11 +430,15 @@ async def exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
         deadline = None if term is None else Deadline(term)
         replies: list[Any] = []
         try:
-            for _ in range(n):
-                try:
-                    replies.append(await connection.read_response(timeout=math.inf))
-                except redis.ResponseError as exc:  # read the rest: the connection stays in step
-                    replies.append(exc)
+            reader = _hiredis_reader(connection, _AsyncHiredisParser)
+            if reader is not None and connection._parser._connected:
+                await _atake_replies(connection, reader, n, replies)
+            else:
+                for _ in range(n):
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except redis.ResponseError as exc:  # read the rest: the connection stays in step
+                        replies.append(exc)
         except asyncio.CancelledError:
             if deadline is not None and deadline.expired():
                 raise TimeoutError(f"no reply within {term} s") from None
@@ -389,6 +456,27 @@ async def exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
     except BaseException:
         await connection.disconnect(nowait=True)  # replies may be left unread on it
         raise
+
+
+async def _atake_replies(connection: Any, reader: Any, n: int, replies: list[Any]) -> None:
+    """:func:`_take_replies` for an asyncio connection, a command's error kept in its place."""
+    parser = connection._parser
+    read_more, push = parser.read_from_socket, parser._hiredis_PushNotificationType or ()
+    try:
+        while len(replies) < n:
+            reply = reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                await read_more()
+            elif isinstance(reply, push):  # RESP3: a push message, not a reply, routed as redis-py does
+                await parser.handle_push_response(reply)
+            elif isinstance(reply, redis.ConnectionError):  # LOADING, as redis-py raises it
+                raise reply
+            else:
+                replies.append(reply)  # a ResponseError in its place
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while reading from {connection._host_error()}: {exc}") from exc
+    if connection.health_check_interval:
+        connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
 
 
 async def apipelined(

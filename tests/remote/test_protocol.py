@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis
+import redis.asyncio
 
 from gcache import RemoteError
 from gcache._embedded_redis import EmbeddedRedis
@@ -102,3 +103,44 @@ async def test_a_read_cancelled_from_outside_is_cancelled_not_timed_out(
         server.resume()
         await remote.aclose()
         server.stop()
+
+
+@pytest.mark.parametrize("resp", [2, 3], ids=["resp2", "resp3"])
+async def test_batch_replies_taken_from_the_hiredis_reader_match_and_an_error_comes_after_all_of_them(
+    redis_url: str, redis_client: redis.Redis, resp: int
+) -> None:
+    """The batch reads take their replies from the connection's hiredis reader: the same values
+    as redis-py's read_response across several socket reads, a command's error raised only once
+    every reply is read (the connection stays in step for the next batch)."""
+    from redis._parsers.hiredis import _AsyncHiredisParser, _HiredisParser
+
+    from gcache.remote.protocol import GET, _hiredis_reader, abatch_pipelined, batch_pipelined
+
+    values = [bytes([i]) * 100_000 for i in range(5)]  # 500 kB: many reads of 64 kB
+    keys = [f"proto:{i}" for i in range(5)]
+    for k, v in zip(keys, values, strict=True):
+        redis_client.set(k, v)
+    redis_client.hset("proto:hash", "n", "1")  # GET on a hash: WRONGTYPE
+    with_error = [keys[0], "proto:hash", keys[1], "proto:none"]
+    pool = redis.ConnectionPool.from_url(redis_url, protocol=resp)
+    apool = redis.asyncio.ConnectionPool.from_url(redis_url, protocol=resp)
+    try:
+        connection = pool.get_connection()
+        connection.connect()  # type: ignore[no-untyped-call]
+        assert _hiredis_reader(connection, _HiredisParser) is not None  # the path under test
+        pool.release(connection)
+        aconnection = await apool.get_connection()  # type: ignore[no-untyped-call]
+        assert _hiredis_reader(aconnection, _AsyncHiredisParser) is not None
+        await apool.release(aconnection)
+        for _ in range(2):  # the second batch on the connection the error left
+            assert batch_pipelined(pool, GET, keys, None) == values
+            assert await abatch_pipelined(apool, GET, keys, None) == values
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                batch_pipelined(pool, GET, with_error, None)
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await abatch_pipelined(apool, GET, with_error, None)
+        assert pool._created_connections == 1  # never dropped: every reply was read
+        assert len(apool._available_connections) == 1
+    finally:
+        pool.disconnect()
+        await apool.disconnect()
