@@ -8,8 +8,8 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``batch``: a page of 50 ids, cached_many against single calls and a bare MGET (bench_batch)
 - ``concurrency``: 1,000 concurrent async callers over 100 keys (bench_concurrency)
 - ``memory``: resident memory per 100k LOCAL entries (bench_memory)
-- ``instructions``: instructions per hit counted by callgrind, gcache and its floor
-  (bench_instructions; skipped without valgrind)
+- ``instructions``: instructions per hit (and per page of 50 ids) counted by callgrind, gcache
+  and its floor (bench_instructions; skipped without valgrind)
 - ``load``: a concurrency sweep (10 to 3,000 coroutines, 10 to 200 threads) of tracked and
   untracked use cases against bare redis-py at the same concurrency (bench_load; results/load.md)
 - ``soak``: 5 minutes of mixed traffic with invalidations, sampling memory and tables every 10 s
@@ -65,7 +65,7 @@ TABLED: dict[str, Callable[[str, str], list[Result]]] = {  # (gcache's URL, the 
     "batch": bench_batch.run,
     "concurrency": bench_concurrency.run,
     "memory": lambda url, _admin: bench_memory.run(url),
-    "instructions": lambda url, _admin: bench_instructions.run(url),
+    "instructions": bench_instructions.run,
 }
 
 

@@ -14,7 +14,9 @@ instructions.
 Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
 functions, keys and values as ``bench_hits``; and a tracked REMOTE hit (``track_for_invalidation``:
 TIME, GET and HMGET in one write), whose floor is the untracked one's; and a signed REMOTE hit
-(``signing_keys``: one HMAC more), whose floor is the unsigned gcache hit."""
+(``signing_keys``: one HMAC more), whose floor is the unsigned gcache hit; and a page of 50 ids
+on cold LOCAL (``cached_many``, REMOTE only, untracked and tracked), whose floor is one bare
+MGET of 50 keys, as in ``bench_batch``."""
 
 from __future__ import annotations
 
@@ -49,20 +51,55 @@ CASES = (
     "async REMOTE tracked",
     "sync REMOTE signed",
     "async REMOTE signed",
+    "sync BATCH gcache",
+    "sync BATCH baseline",
+    "async BATCH gcache",
+    "async BATCH baseline",
+    "sync BATCH tracked",
+    "async BATCH tracked",
 )
+BATCH_IDS = [str(i) for i in range(50)]  # bench_batch's page
 WARM_UP = 300
 PREFIX = "bench-instructions"
 _CACHES: list[GCache] = []  # the case's gcache, checked for errors at the end
 _RAN = [0]  # runs of the cached function: one, the first call's, when the rest hit
 
 
-def _stored(redis_url: str) -> str:
+def _stored(redis_url: str, id: str = "1") -> str:
     """The bare baseline's key, holding a value as large as gcache's (as in ``bench_hits``)."""
-    key = "{" + PREFIX + ":bare:1}#RemoteBare"
+    key = "{" + PREFIX + f":bare:{id}" + "}#RemoteBare"
     client = bare_sync_client(redis_url)
     client.set(key, pickle.dumps(user(ID), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE)
     client.close()
     return key
+
+
+def _cached_many(mode: str, redis_url: str, tracked: bool) -> Callable[[], Any]:
+    """gcache's ``cached_many`` function of the page, enabled for the life of the process."""
+    cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0)
+    _CACHES.append(cache)
+    use_case = f"Batch{mode.title()}{'Tracked' if tracked else ''}"
+    client = bare_sync_client(redis_url)
+    client.delete(*(value_key(entity_key(PREFIX, "user_id", i), (), use_case) for i in BATCH_IDS))
+    client.close()
+    decorate = cache.cached_many(
+        key_type="user_id",
+        ids_arg="ids",
+        use_case=use_case,
+        default_config=REMOTE_ONLY,
+        track_for_invalidation=tracked,
+    )
+
+    def sync_users(ids: list[str]) -> dict[str, Any]:
+        _RAN[0] += 1
+        return {i: user(i) for i in ids}
+
+    async def async_users(ids: list[str]) -> dict[str, Any]:
+        return sync_users(ids)
+
+    cache.enable().__enter__()
+    page = decorate(sync_users if mode == "sync" else async_users)
+    return lambda: page(BATCH_IDS)
 
 
 def _cached(
@@ -101,6 +138,13 @@ def _cached(
 def _case(case: str, redis_url: str) -> Callable[[], Any]:
     """One call of ``case``: a plain call, or (async) a call returning the awaitable."""
     mode, kind, subject = case.split()
+    if kind == "BATCH":
+        if subject != "baseline":
+            return _cached_many(mode, redis_url, tracked=subject == "tracked")
+        admin_url = os.environ["BENCH_REDIS_ADMIN_URL"]  # gcache's login may not run MGET
+        keys = [_stored(admin_url, i) for i in BATCH_IDS]
+        bare: Any = bare_sync_client(admin_url) if mode == "sync" else bare_async_client(admin_url)
+        return lambda: bare.mget(keys)
     if subject in ("gcache", "tracked", "signed"):
         cached_user = _cached(mode, kind, redis_url, tracked=subject == "tracked", signed=subject == "signed")
         return lambda: cached_user(ID)

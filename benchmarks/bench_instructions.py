@@ -37,11 +37,14 @@ BASELINES = {  # the floors' names, as bench_hits gives them
     ("async", "LOCAL"): "TTLCache lookup in a coroutine",
     ("sync", "REMOTE"): "redis-py GET",
     ("async", "REMOTE"): "redis.asyncio GET",
+    ("sync", "BATCH"): "redis-py MGET of 50",
+    ("async", "BATCH"): "redis.asyncio MGET of 50",
 }
 
 
-def count(case: str, calls: int, redis_url: str) -> int:
-    """Instructions of one worker process (start-up to exit) making ``calls`` calls of ``case``."""
+def count(case: str, calls: int, redis_url: str, admin_url: str | None = None) -> int:
+    """Instructions of one worker process (start-up to exit) making ``calls`` calls of ``case``;
+    ``admin_url`` for a bare MGET (a command gcache's login may not run)."""
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -53,7 +56,12 @@ def count(case: str, calls: int, redis_url: str) -> int:
         str(calls),
     ]
     # The same string hashes, the same dict probes; the URL off the command line (its password).
-    env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_REDIS_URL": redis_url}
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "BENCH_REDIS_URL": redis_url,
+        "BENCH_REDIS_ADMIN_URL": admin_url or redis_url,
+    }
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -61,16 +69,20 @@ def count(case: str, calls: int, redis_url: str) -> int:
     return int(found.group(1))
 
 
-def run(redis_url: str) -> list[Result]:
+def _database(url: str, i: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{i % DATABASES}"))
+
+
+def run(redis_url: str, admin_url: str | None = None) -> list[Result]:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: instruction counts skipped", file=sys.stderr)
         return []
     jobs = [(case, calls) for case in CASES for calls in (LOW, HIGH)]
     # A database per run (jobs run side by side): see _instructions_worker.
-    base = urlsplit(redis_url)
-    urls = [urlunsplit(base._replace(path=f"/{i % DATABASES}")) for i in range(len(jobs))]
+    urls = [_database(redis_url, i) for i in range(len(jobs))]
+    admins = [_database(admin_url or redis_url, i) for i in range(len(jobs))]
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        counted = pool.map(lambda job, url: count(job[0], job[1], url), jobs, urls)
+        counted = pool.map(lambda job, url, admin: count(job[0], job[1], url, admin), jobs, urls, admins)
         totals = dict(zip(jobs, counted, strict=True))
     per_call = {case: (totals[case, HIGH] - totals[case, LOW]) / (HIGH - LOW) for case in CASES}
     results = []
@@ -83,9 +95,10 @@ def run(redis_url: str) -> list[Result]:
         else:
             baseline, floor = BASELINES[mode, layer], per_call[f"{mode} {layer} baseline"]
         suffix = {"tracked": " tracked", "signed": " signed"}.get(subject, "")
+        what = f"page of 50{suffix}, cold LOCAL" if layer == "BATCH" else f"{layer}{suffix} hit"
         results.append(
             Result(
-                f"{mode} {layer}{suffix} hit, instructions",
+                f"{mode} {what}, instructions",
                 "gcache",
                 per_call[case],
                 "instructions/op",
