@@ -529,9 +529,10 @@ class GCache(Management):
                     self._registered[name] = f"{self._registered[name]} and {where}"
                     self._wheres[name]["many"] = where
             elif name in self._registered:
+                why = " (with cache_missing a batch cannot share a single call's use case)"
                 raise UseCaseIsAlreadyRegisteredError(
                     f"use_case {name!r} of {where} is already used by {self._registered[name]}"
-                    + (" (with cache_missing a batch cannot share a single call's use case)" if known else "")
+                    + (why if known and cache_missing else "")
                 )
             else:
                 uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys)

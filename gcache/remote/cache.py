@@ -200,8 +200,57 @@ class RemoteCache(Connections):
         if self.legacy_compat:
             args: list[Any] = ["1" if with_ttl else "", *self._limit_args]
             return methodcaller("read_original", keys=[key, fence], args=args)
-        args = [new_nonce(), self._compute_limit_ms, "1" if with_ttl else "", *self._limit_args]
-        return methodcaller("read_tracked", keys=[key, fence], args=args)
+        return methodcaller("read_tracked", keys=[key, fence], args=self._read_args(with_ttl))
+
+    def _read_args(self, with_ttl: bool) -> list[Any]:
+        """READ_TRACKED's ARGV: a nonce for a fence it creates, the compute limit, PTTL or not,
+        the read limit."""
+        return [new_nonce(), self._compute_limit_ms, "1" if with_ttl else "", *self._limit_args]
+
+    def _cluster_batch(
+        self, keys: Sequence[str], fences: Sequence[str] | None
+    ) -> Callable[[Connection], Any]:
+        """A batch's reads as one redis-py cluster pipeline, which groups them by node: one write
+        and one round trip per node (the asyncio client's nodes side by side), each key's GET (or
+        GETRANGE), tracked READ_TRACKED's EVALSHA (key and fence share a slot). Errors come back
+        in place (``raise_on_error=False``): a node without the script answers NOSCRIPT there.
+
+        Not ``Script.__call__`` with the pipeline: its asyncio twin awaits the pipeline object.
+        """
+        limit = self.read_limit
+
+        def queue(c: Connection) -> Any:
+            pipe = c.client.pipeline()
+            if fences is None:
+                for key in keys:
+                    pipe.get(key) if limit is None else pipe.getrange(key, 0, limit)
+            else:
+                sha = c.read_tracked.sha
+                # The sync pipeline blocks its evalsha method (not EVALSHA), and without a target
+                # asks a node for each EVALSHA's keys (COMMAND GETKEYS): one round trip an id.
+                node = c.client.get_node_from_key if isinstance(c.client, redis.RedisCluster) else None
+                for key, fence in zip(keys, fences, strict=True):
+                    target = {} if node is None else {"target_nodes": node(key)}  # type: ignore[no-untyped-call]
+                    pipe.execute_command("EVALSHA", sha, 2, key, fence, *self._read_args(False), **target)
+            return pipe.execute(raise_on_error=False)
+
+        return queue
+
+    @staticmethod
+    def _cluster_found(replies: list[Any], fences: Sequence[str] | None) -> list[Any]:
+        """:meth:`_cluster_batch`'s replies: values (None for none), or tracked each read, a
+        NOSCRIPT left in place for the caller to read through the script; any other error raised."""
+        found: list[Any] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if fences is None or not isinstance(reply, redis.exceptions.NoScriptError):
+                    raise reply
+                found.append(reply)
+            elif fences is None:
+                found.append(reply or None)
+            else:
+                found.append(parse_tracked(reply))
+        return found
 
     def _write_tracked(
         self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes
@@ -377,15 +426,19 @@ class RemoteCache(Connections):
 
         On a single server one write and one round trip for them all (:func:`batch_reads`); an
         entity with no fence then reads again through the script, which creates it. On a cluster
-        (or with ``legacy_compat``, whose reads are scripts) key by key, each to its slot's node.
+        one round trip per node (:meth:`_cluster_batch`). With ``legacy_compat`` tracked reads go
+        key by key (the original's read script each).
         """
         connection = self._async_connection(READ)
-        if connection.pool is None or (fences is not None and self.legacy_compat):
-            # one after another: redis-py's asyncio cluster client fails commands sent side by
-            # side on one node's connection ("'NoneType' object has no attribute 'writelines'")
-            if fences is None:
-                return [await self.aget(key) for key in keys]
+        if fences is not None and self.legacy_compat:  # the original's reads: a script each
             return [await self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
+        if connection.pool is None:  # a cluster: one pipeline, a write per node
+            replies = await self._arun("read", READ, self._cluster_batch(keys, fences))
+            found = self._cluster_found(replies, fences)
+            for i, read in enumerate(found):
+                if isinstance(read, redis.ResponseError):  # NOSCRIPT on a node: the script loads it
+                    found[i] = await self.aread_tracked(keys[i], fences[i])  # type: ignore[index]
+            return found
 
         async def batch_read(c: Connection) -> list[Any] | None:
             try:
@@ -412,10 +465,14 @@ class RemoteCache(Connections):
         if self._factory is not None:
             return self._loop_thread.run(lambda: self.aread_many(keys, fences))
         connection = self._sync[READ] or self._sync_connection(READ)
-        if connection.pool is None or (fences is not None and self.legacy_compat):
-            if fences is None:
-                return [self.get(key) for key in keys]
+        if fences is not None and self.legacy_compat:
             return [self.read_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
+        if connection.pool is None:
+            found = self._cluster_found(self._run("read", READ, self._cluster_batch(keys, fences)), fences)
+            for i, read in enumerate(found):
+                if isinstance(read, redis.ResponseError):
+                    found[i] = self.read_tracked(keys[i], fences[i])  # type: ignore[index]
+            return found
 
         def batch_read(c: Connection) -> list[Any] | None:
             try:

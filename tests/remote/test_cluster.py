@@ -12,7 +12,8 @@ import pickle
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -234,31 +235,98 @@ def test_the_operator_commands_work_on_a_cluster(
     assert cluster_client.dbsize() == 0
 
 
+def _batch(
+    cache: GCache, use_case: str, tracked: bool, mode: str, load: Callable[[list[int]], dict[int, int]]
+) -> Callable[[list[int]], Awaitable[Any]]:
+    """``load`` as a ``cached_many`` function (sync or async by ``mode``), called as a coroutine."""
+
+    async def aload(ids: list[int]) -> dict[int, int]:
+        return load(ids)
+
+    decorate = cache.cached_many(key_type="user_id", ids_arg="ids", use_case=use_case,
+                                 track_for_invalidation=tracked, default_config=REMOTE_ONLY)  # fmt: skip
+    many = decorate(load if mode == "sync" else aload)
+
+    async def call(ids: list[int]) -> Any:
+        return many(ids) if mode == "sync" else await many(ids)  # type: ignore[misc]
+
+    return call
+
+
+def _reads_processed(nodes: list[EmbeddedRedis]) -> list[int]:
+    """Each node's count of reads from its clients' sockets (INFO stats), its admin's INFO included."""
+    counts = []
+    for node in nodes:
+        with redis.Redis.from_url(node.admin_url) as admin:
+            counts.append(int(admin.info("stats")["total_reads_processed"]))
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
-async def test_a_batch_reads_every_node_and_invalidates_one_id_on_a_cluster(
-    cluster_url: str, cluster_client: redis.RedisCluster, tracked: bool
+async def test_a_batch_reads_every_node_in_one_round_trip_each_and_invalidates_one_id_on_a_cluster(
+    cluster_url: str,
+    cluster_client: redis.RedisCluster,
+    cluster_nodes: list[EmbeddedRedis],
+    tracked: bool,
+    mode: str,
 ) -> None:
     asked: list[list[int]] = []
     async with _cache(cluster_url) as cache:
 
-        @cache.cached_many(key_type="user_id", ids_arg="ids", use_case="Many", track_for_invalidation=tracked,
-                           default_config=REMOTE_ONLY)  # fmt: skip
-        async def many(ids: list[int]) -> dict[int, int]:
+        def load(ids: list[int]) -> dict[int, int]:
             asked.append(list(ids))
             return {i: i * 10 for i in ids if i != 13}
+
+        call = _batch(cache, "Many", tracked, mode, load)
 
         ids = list(range(30))
         expected = {i: i * 10 for i in ids if i != 13}
         with cache.enable():
-            assert await many(ids) == expected
-            assert await many(list(reversed(ids))) == dict(reversed(expected.items()))
+            assert await call(ids) == expected
+            assert await call(list(reversed(ids))) == dict(reversed(expected.items()))  # from Redis
+            trips = []
+            for _ in range(2):  # the first may still open a connection to a node
+                idle = _reads_processed(cluster_nodes)
+                before = _reads_processed(cluster_nodes)  # what counting costs: the admin's connection
+                assert await call(ids) == expected
+                after = _reads_processed(cluster_nodes)
+                trips.append([c - b - (b - a) for a, b, c in zip(idle, before, after, strict=True)])
             if tracked:
                 await cache.ainvalidate("user_id", 7)
             else:
                 await cache.adelete(GCacheKey("user_id", "7", "Many", default_config=REMOTE_ONLY))
-            assert await many(ids) == expected
+            assert await call(ids) == expected
 
-    assert asked == [ids, [13], [7, 13]]  # the second batch from Redis; then 7 alone (13 has none)
+    assert asked == [ids, [13], [13], [13], [7, 13]]  # then from Redis; then 7 alone (13 has none)
     slots = {key_slot(f"{{urn:gcache:user_id:{i}}}#Many".encode()) for i in ids}
     nodes = {cluster_client.nodes_manager.get_node_from_slot(slot).name for slot in slots}
-    assert len(nodes) > 1  # the batch really spans the cluster's nodes
+    assert len(nodes) == 3  # the batch really spans the cluster's nodes
+    # One write per node for its ~10 reads (key by key: one read event each), beside the counting's.
+    assert trips[-1] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_tracked_batch_on_a_cluster_node_without_the_script_reads_through_it(
+    cluster_url: str, cluster_client: redis.RedisCluster, cluster_nodes: list[EmbeddedRedis], mode: str
+) -> None:
+    """A node that lost the read script (SCRIPT FLUSH, a restart) answers the batch's EVALSHA with
+    NOSCRIPT: those ids read again through the script, which loads it; nothing is counted as an error."""
+    registry = CollectorRegistry()
+    config = GCacheConfig(redis_config=RedisConfig(url=cluster_url, cluster=True), metrics_registry=registry)
+    async with GCache(config) as cache:
+        call = _batch(cache, "NoScript", True, mode, lambda ids: {i: i + 1 for i in ids})
+
+        ids = list(range(20))
+        with cache.enable():
+            assert await call(ids) == {i: i + 1 for i in ids}
+            for node in cluster_nodes:
+                with redis.Redis.from_url(node.admin_url) as admin:
+                    admin.script_flush()
+            assert await call(ids) == {i: i + 1 for i in ids}
+    families = {m.name: m for m in registry.collect()}
+    errors = [s for s in families["gcache_error_counter"].samples if s.name.endswith("_total") and s.value]
+    assert errors == []
+    hits = [s.value for s in families["gcache_request_counter"].samples if s.name.endswith("_total")]
+    assert sum(hits) == 2 * len(ids)  # both batches asked REMOTE for every id
+    assert sum(1 for k in cluster_client.scan_iter("*#NoScript")) == len(ids)  # stored once, read back
