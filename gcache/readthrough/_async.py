@@ -439,11 +439,15 @@ class AsyncDriver(AsyncIO):
             local_ttls = [self.local_layer(config, urn) for urn, _ in keys]
         else:  # one decision (and one draw) for the batch
             local_ttls = [self.local_layer(config, keys[0][0])] * len(keys)
+        ahead = config.refresh_ahead
+        due: list[str] = []  # ids served from an entry past its refresh point
         for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
             if local_ttl:
                 value = self.local_get(urn, entity)
                 if value is not MISS:
                     found[id] = value
+                    if ahead and self.local_due(urn, config):
+                        due.append(id)
         if len(found) < len(ids):
             self.anote_blocking()
             misses: dict[str, Miss] = {}
@@ -461,10 +465,82 @@ class AsyncDriver(AsyncIO):
                 for id, value in zip(asked, values, strict=True):
                     if value is not MISS:
                         found[id] = value
+                        if misses[id].due:
+                            due.append(id)
             missing = [id for id in misses if id not in found]
             if missing:
                 await self.acompute_many(missing, misses, originals, found, func, args, kwargs, with_ids)
+        if due:
+            where = dict(zip(ids, zip(keys, local_ttls, strict=True), strict=True))
+            claimed = [(id, *where[id][0], where[id][1]) for id in due if self.claim_refresh(where[id][0][0])]
+            if claimed:
+                refresh = (claimed, config, originals, func, args, kwargs, with_ids)
+                self.awork_aside(self.arefresh_many_ahead, *refresh)
         return {originals[id]: found[id] for id in ids if found.get(id, ABSENT) is not ABSENT}
+
+    async def arefresh_many_ahead(
+        self,
+        claimed: list[tuple[str, str, str, float]],
+        config: GCacheKeyConfig,
+        originals: dict[str, Any],
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        with_ids: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """:meth:`arefresh_ahead` of a batch's entries past their refresh point (``claimed``: id,
+        key, entity, LOCAL TTL), together: their locks and REMOTE reads (an entry another process
+        refreshed is taken into LOCAL instead), then the function once with the ids still due,
+        each value written back under a miss's fencing. Counted per id."""
+        results = {urn: "refresh_failed" for _, urn, _, _ in claimed}
+        remote, remote_ttl = self.remote, self.remote_layer(config, claimed[0][1])
+        ms: dict[str, Miss] = {}
+        for id, urn, entity, local_ttl in claimed:
+            m = ms[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, stale=False)
+            m.batch = True
+        try:
+            todo = list(ms)
+            if remote_ttl:
+                assert remote is not None
+                if config.lock_sec:
+                    for id in list(todo):
+                        token, m = new_nonce(), ms[id]
+                        if await remote.atry_lock(lock_key(m.urn), token, int(config.lock_sec * 1000)):
+                            m.token = token
+                        else:  # another process refreshes it
+                            results[m.urn] = "locked"
+                            todo.remove(id)
+                values = await self.aremote_read_many([ms[id] for id in todo]) if todo else []
+                for id, value in zip(list(todo), values, strict=True):
+                    m = ms[id]
+                    if value is not MISS and not m.due:
+                        results[m.urn] = "from_remote"
+                    if (value is not MISS and not m.due) or not m.remote_ttl:  # or Redis failed
+                        todo.remove(id)
+            elif remote is not None and remote.breaker.is_open and config.ttl_sec.get(CacheLayer.REMOTE):
+                todo = []  # Redis is down: its entries cannot be refreshed, LOCAL's are left
+            if todo:
+                first = ms[todo[0]]
+                call = with_ids(args, kwargs, [originals[id] for id in todo])
+                result = await self.afunction(self.fallback_layer(first.local_ttl, remote_ttl), func, *call)
+                self.many_result(result)
+                for id in todo:
+                    m = ms[id]
+                    value = result.get(originals[id], ABSENT)
+                    if value is not ABSENT:
+                        stored = await self.awrite_back(m, value, strict=True)
+                    else:
+                        stored = self.absent_ttl(m) and await self.awrite_back(m, ABSENT, strict=True)
+                    results[m.urn] = "refreshed" if stored else "refused"
+        except Exception as exc:
+            self.refresh_failed(exc)
+        finally:
+            for m in ms.values():
+                if m.token is not None:
+                    await self.aunlock(m)
+                result = results[m.urn]
+                self.refresh_ended(m.urn, hold=result in ("refresh_failed", "locked"))
+                self.m.refresh(result).inc()
 
     async def aremote_read_many(self, ms: list[Miss]) -> list[Any]:
         """:meth:`aremote_read` of many misses at once: each value (LOCAL filled) or MISS."""

@@ -369,3 +369,98 @@ def test_refresh_ahead_is_off_by_default_none_is_off_and_it_round_trips() -> Non
     assert GCacheKeyConfig.model_validate_json(conf.model_dump_json()) == conf
     assert conf.model_copy(update={"refresh_ahead": 0.5}).refresh_ahead == 0.5
     assert GCacheKeyConfig.load_configs(GCacheKeyConfig.dump_configs({"U": conf})) == {"U": conf}
+
+
+def cached_batch(
+    cache: GCache,
+    is_async: bool,
+    source: Source,
+    conf: GCacheKeyConfig,
+    *,
+    tracked: bool,
+    asked: list[list[str]],
+) -> Callable[[list[str]], Awaitable[Any]]:
+    """``cached`` for a ``cached_many`` function of use case "Ahead": each id's value is the
+    source's; ``asked`` records the ids of each run."""
+    options: dict[str, Any] = {
+        "key_type": "user_id", "ids_arg": "uids", "use_case": "Ahead", "default_config": conf,
+        "track_for_invalidation": tracked,
+    }  # fmt: skip
+
+    def load(uids: list[str]) -> dict[str, str]:
+        asked.append(list(uids))
+        value, gate = source.start()
+        if gate is not None:
+            assert gate.wait(10)
+        return {uid: f"{value}-{uid}" for uid in uids}
+
+    if is_async:
+
+        @cache.cached_many(**options)
+        async def aread(uids: list[str]) -> dict[str, str]:
+            return await asyncio.to_thread(load, uids)  # held off the loop
+
+        return aread
+
+    read = cache.cached_many(**options)(load)
+
+    async def call(uids: list[str]) -> Any:
+        return await asyncio.to_thread(read, uids)
+
+    return call
+
+
+async def fill_batch_and_age(get: Callable[[list[str]], Awaitable[Any]], source: Source) -> None:
+    """Fill keys 1 and 2 in one batch and let their entries age past the refresh point."""
+    assert await get(["1", "2"]) == {"1": "v1-1", "2": "v1-2"}
+    await ran(source)
+    await asyncio.sleep(AGE)
+
+
+@pytest.mark.parametrize("layers", ["local", "remote", "both"])
+async def test_a_batch_past_the_point_is_served_at_once_and_its_due_ids_refreshed_in_one_call(
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    redis_client: redis.Redis,
+    is_async: bool,
+    tracked: bool,
+    layers: str,
+) -> None:
+    cache = make_cache()
+    source, asked = Source(), []
+    get = cached_batch(cache, is_async, source, config(layers), tracked=tracked, asked=asked)
+    with cache.enable():
+        await fill_batch_and_age(get, source)
+        assert await get(["3"]) == {"3": "v1-3"}  # a fresh entry beside the due ones
+        await ran(source)
+        source.value, source.gate = "v2", threading.Event()
+        assert await get(["1", "2", "3"]) == {"1": "v1-1", "2": "v1-2", "3": "v1-3"}  # at once
+        await ran(source)  # one refresh, held
+        assert await get(["2", "1"]) == {"2": "v1-2", "1": "v1-1"}  # due, but refreshing: no second
+        source.gate.set()
+        await eventually(lambda: refreshes(registry, "refreshed") == 2, what="the refresh to land")
+        assert await get(["1", "2", "3"]) == {"1": "v2-1", "2": "v2-2", "3": "v1-3"}
+        assert asked == [["1", "2"], ["3"], ["1", "2"]]  # the due ids, once, together
+        if REMOTE in LAYERS[layers]:
+            assert stored_value(redis_client, value_key("Ahead", "1")) == "v2-1"
+    assert refreshes(registry, "refresh_failed") == 0
+
+
+@pytest.mark.parametrize("layers", ["local", "remote", "both"])
+async def test_an_invalidation_during_a_batch_refresh_wins_for_its_id(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool, layers: str
+) -> None:
+    cache, source, asked = make_cache(), Source(), []
+    get = cached_batch(cache, is_async, source, config(layers), tracked=True, asked=asked)
+    with cache.enable():
+        await fill_batch_and_age(get, source)
+        source.value, source.gate = "v2", threading.Event()
+        assert await get(["1", "2"]) == {"1": "v1-1", "2": "v1-2"}
+        await ran(source)  # the refresh read v2 and is held
+        source.value = "v3"
+        await invalidate(cache, is_async, "1")
+        source.gate.set()
+        await eventually(lambda: refreshes(registry, "refused") == 1, what="id 1's write to be refused")
+        assert refreshes(registry, "refreshed") == 1  # id 2's landed
+        assert await get(["1", "2"]) == {"1": "v3-1", "2": "v2-2"}
+        assert asked == [["1", "2"], ["1", "2"], ["1"]]  # invalidated: 1 computed again
