@@ -427,7 +427,7 @@ async def test_a_batch_past_the_point_is_served_at_once_and_its_due_ids_refreshe
     layers: str,
 ) -> None:
     cache = make_cache()
-    source, asked = Source(), []
+    source, asked = Source(), list[list[str]]()
     get = cached_batch(cache, is_async, source, config(layers), tracked=tracked, asked=asked)
     with cache.enable():
         await fill_batch_and_age(get, source)
@@ -450,7 +450,7 @@ async def test_a_batch_past_the_point_is_served_at_once_and_its_due_ids_refreshe
 async def test_an_invalidation_during_a_batch_refresh_wins_for_its_id(
     make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool, layers: str
 ) -> None:
-    cache, source, asked = make_cache(), Source(), []
+    cache, source, asked = make_cache(), Source(), list[list[str]]()
     get = cached_batch(cache, is_async, source, config(layers), tracked=True, asked=asked)
     with cache.enable():
         await fill_batch_and_age(get, source)
