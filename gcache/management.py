@@ -215,12 +215,15 @@ class Management:
         the keys that have a value, in the given order (a key ``fallback`` leaves out has none)."""
         keys = list(keys)
         flag = self._enabled.get()
-        if flag is not True:  # off, or refresh(): uncached
+        if not flag:  # off: uncached
             return dict(await fallback(keys))
         found: dict[GCacheKey, Any] = {}
-        for uc, group, pairs in self._groups(keys):
+        for uc, group, pairs in self._groups(keys):  # inside refresh(): fallback runs, values replaced
             ids, originals = self._batch_ids(group)
-            found.update(await uc.aread_many(ids, originals, pairs, fallback, (group,), {}, _replace_keys))
+            read = uc.aread_many(
+                ids, originals, pairs, fallback, (group,), {}, _replace_keys, flag is not True
+            )
+            found.update(await read)
         return {key: found[key] for key in keys if key in found}
 
     def get_many(
@@ -228,12 +231,14 @@ class Management:
     ) -> dict[GCacheKey, Any]:
         """Sync twin of :meth:`aget_many`; ``fallback`` is a plain function."""
         keys = list(keys)
-        if self._enabled.get() is not True:
+        flag = self._enabled.get()
+        if not flag:
             return dict(fallback(keys))
         found: dict[GCacheKey, Any] = {}
         for uc, group, pairs in self._groups(keys):
             ids, originals = self._batch_ids(group)
-            found.update(uc.read_many(ids, originals, pairs, fallback, (group,), {}, _replace_keys))
+            refresh = flag is not True
+            found.update(uc.read_many(ids, originals, pairs, fallback, (group,), {}, _replace_keys, refresh))
         return {key: found[key] for key in keys if key in found}
 
     async def aput_many(self, items: Mapping[GCacheKey, Any]) -> None:

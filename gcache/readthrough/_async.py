@@ -418,11 +418,13 @@ class AsyncDriver(AsyncIO):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         with_ids: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]],
+        refresh: bool = False,
     ) -> dict[Any, Any]:
         """A ``cached_many`` call: ``ids`` (rendered, distinct, in the caller's order) looked up in
         LOCAL, the rest in REMOTE in one round trip, and the function called once with the ids
         still missing (``originals`` maps each rendered id to the caller's object); returns the
-        caller's ids that have a value, in its order."""
+        caller's ids that have a value, in its order. Inside ``refresh()`` (``refresh``) the
+        function runs for every id and its values replace the cached ones (:meth:`arefresh_many`)."""
         if self.rt.provider is None:
             config = self.default_config or self._resolved(None)
         else:  # one answer for the batch, asked with its first id
@@ -439,6 +441,9 @@ class AsyncDriver(AsyncIO):
             local_ttls = [self.local_layer(config, urn) for urn, _ in keys]
         else:  # one decision (and one draw) for the batch
             local_ttls = [self.local_layer(config, keys[0][0])] * len(keys)
+        if refresh:
+            refreshing = (ids, keys, local_ttls, config, originals, func, args, kwargs, with_ids)
+            return await self.arefresh_many(*refreshing)
         ahead = config.refresh_ahead
         due: list[str] = []  # ids served from an entry past its refresh point
         for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
@@ -474,9 +479,58 @@ class AsyncDriver(AsyncIO):
             where = dict(zip(ids, zip(keys, local_ttls, strict=True), strict=True))
             claimed = [(id, *where[id][0], where[id][1]) for id in due if self.claim_refresh(where[id][0][0])]
             if claimed:
-                refresh = (claimed, config, originals, func, args, kwargs, with_ids)
-                self.awork_aside(self.arefresh_many_ahead, *refresh)
+                work = (claimed, config, originals, func, args, kwargs, with_ids)
+                self.awork_aside(self.arefresh_many_ahead, *work)
         return {originals[id]: found[id] for id in ids if found.get(id, ABSENT) is not ABSENT}
+
+    async def arefresh_many(
+        self,
+        ids: list[str],
+        keys: list[tuple[str, str]],
+        local_ttls: list[float],
+        config: GCacheKeyConfig,
+        originals: dict[str, Any],
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        with_ids: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> dict[Any, Any]:
+        """:meth:`arefresh` of a batch: a tracked use case reads the ids' fences first (one round
+        trip), then the function runs once with every id and each value is written back, so an
+        invalidation landing in between refuses that id's write, as a miss's would be."""
+        per_key = config.ramp_by == "key"
+        remote_ttl = 0.0 if per_key else self.remote_layer(config, keys[0][0])
+        ms: list[Miss] = []
+        for (urn, entity), local_ttl in zip(keys, local_ttls, strict=True):
+            m = self.miss(
+                urn, entity, config, local_ttl, self.remote_layer(config, urn) if per_key else remote_ttl
+            )
+            m.batch = True
+            ms.append(m)
+        fenced = [m for m in ms if m.remote_ttl] if self.tracked else []
+        if fenced:
+            remote = self.remote
+            assert remote is not None
+            try:
+                reads = await remote.aread_many(
+                    [m.urn for m in fenced], [watermark_key(m.entity) for m in fenced]
+                )
+                for m, read in zip(fenced, reads, strict=True):
+                    m.read = read
+            except Exception as exc:
+                self.remote_error(exc, "remote read failed")
+                for m in fenced:
+                    m.remote_ttl = 0
+        layer = self.fallback_layer(ms[0].local_ttl, ms[0].remote_ttl)
+        result = await self.afunction(layer, func, *with_ids(args, kwargs, [originals[id] for id in ids]))
+        self.many_result(result)
+        for id, m in zip(ids, ms, strict=True):
+            value = result.get(originals[id], ABSENT)
+            if value is not ABSENT:
+                await self.awrite_back(m, value)
+            elif self.absent_ttl(m):
+                await self.awrite_back(m, ABSENT)
+        return {originals[id]: result[originals[id]] for id in ids if originals[id] in result}
 
     async def arefresh_many_ahead(
         self,

@@ -99,7 +99,7 @@ class UseCase(AsyncDriver, SyncDriver):
         """The function decorated by ``cached_many``: its id argument an iterable of ids, its
         result a mapping of id to value (see :meth:`AsyncDriver.aread_many`).
 
-        Inside ``refresh()`` a batch runs uncached (a refresh is a single call's).
+        Inside ``refresh()`` the function runs for every id and its values replace the cached ones.
         """
         self.function_name = getattr(func, "__qualname__", self.use_case)
         enabled, disabled_context = self.rt.enabled, self.m.disabled_context
@@ -122,11 +122,11 @@ class UseCase(AsyncDriver, SyncDriver):
             aread_many = self.aread_many
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if enabled.get() is not True:  # off, or refresh()
-                    if not enabled.get():
-                        disabled_context.inc()
-                        if uc.tell_outside:
-                            uc.called_outside_enable()
+                flag = enabled.get()  # True: on; off; or refresh()
+                if not flag:
+                    disabled_context.inc()
+                    if uc.tell_outside:
+                        uc.called_outside_enable()
                     return await func(*args, **kwargs)
                 try:
                     ids, originals, pairs, args, kwargs = prepared(args, kwargs)
@@ -137,18 +137,20 @@ class UseCase(AsyncDriver, SyncDriver):
                     return await func(*args, **kwargs)
                 if not ids:
                     return await func(*args, **kwargs)
-                return await aread_many(ids, originals, pairs, func, args, kwargs, keys.with_ids)
+                return await aread_many(
+                    ids, originals, pairs, func, args, kwargs, keys.with_ids, flag is not True
+                )
 
             return async_wrapper
 
         read_many = self.read_many
 
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if enabled.get() is not True:
-                if not enabled.get():
-                    disabled_context.inc()
-                    if uc.tell_outside:
-                        uc.called_outside_enable()
+            flag = enabled.get()
+            if not flag:
+                disabled_context.inc()
+                if uc.tell_outside:
+                    uc.called_outside_enable()
                 return func(*args, **kwargs)
             try:
                 ids, originals, pairs, args, kwargs = prepared(args, kwargs)
@@ -159,6 +161,6 @@ class UseCase(AsyncDriver, SyncDriver):
                 return func(*args, **kwargs)
             if not ids:
                 return func(*args, **kwargs)
-            return read_many(ids, originals, pairs, func, args, kwargs, keys.with_ids)
+            return read_many(ids, originals, pairs, func, args, kwargs, keys.with_ids, flag is not True)
 
         return sync_wrapper
