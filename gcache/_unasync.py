@@ -31,7 +31,8 @@ RENAMED = (
     "aconfig", "aremote_put", "afunction", "awork_aside", "aload_async_codec", "adump_async_codec",
     "aprovider_answer", "aread_tracked", "aget_with_ttl", "aget", "atry_lock", "awrite_tracked",
     "aset", "arefresh", "anote_blocking", "aread_many", "aremote_read_many", "acompute_many", "aaccept",
-    "arefresh_soon", "arefresh_ahead", "arefresh_many_ahead", "arefresh_many",
+    "arefresh_soon", "arefresh_ahead", "arefresh_many_ahead", "arefresh_many", "aremote_entry",
+    "awrite_back_many", "awrite_many", "awrite",
 )  # fmt: skip
 SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"\basync def ", "def "),

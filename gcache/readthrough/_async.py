@@ -30,7 +30,7 @@ from gcache.metrics import LAYER_NONE, LAYER_REMOTE
 from gcache.readthrough._primitives import AsyncIO
 from gcache.readthrough.decisions import ABSENT, Miss, Unstored, _monotonic, _perf
 from gcache.readthrough.reporting import too_long
-from gcache.remote import new_nonce
+from gcache.remote import Write, new_nonce
 from gcache.single_flight import Flight
 from gcache.urns import lock_key, watermark_key
 
@@ -664,16 +664,15 @@ class AsyncDriver(AsyncIO):
                     flight.fail(exc)
                     self.flights.land(m.urn, flight, linger=m.reads_first)
                 raise
-            for id, m, flight in leading:
-                value = result.get(originals[id], ABSENT)
-                try:
-                    if value is not ABSENT:
-                        await self.awrite_back(m, value)
-                    elif self.absent_ttl(m):
-                        await self.awrite_back(m, ABSENT)
-                finally:
+            values = [result.get(originals[id], ABSENT) for id, _, _ in leading]
+            try:
+                writes = [(m, value) for (_, m, _), value in zip(leading, values, strict=True)]
+                kept = [(m, v) for m, v in writes if v is not ABSENT or self.absent_ttl(m)]
+                await self.awrite_back_many(kept)
+            finally:
+                for (id, m, flight), value in zip(leading, values, strict=True):
                     self.land_many(m, flight, value)
-                found[id] = value
+                    found[id] = value
         for id, m, flight in joined:
             self.m.joined.inc()
             await flight.await_done()
@@ -690,6 +689,18 @@ class AsyncDriver(AsyncIO):
         A tracked entry is written under the fence its read returned; a direct put, which has
         no read, reads first (creating the fence if need be) to stamp and sign what it writes.
         """
+        write = await self.aremote_entry(urn, entity, value, ttl, read, grace)
+        if write is None:
+            return False
+        remote = self.remote
+        assert remote is not None
+        return self.wrote(await remote.awrite(write))
+
+    async def aremote_entry(
+        self, urn: str, entity: str, value: Any, ttl: float, read: TrackedRead | None, grace: float
+    ) -> Write | None:
+        """What :meth:`aremote_put` writes (the value dumped, framed and signed); None when it is
+        not to be stored (too large, or not in the original's formats)."""
         remote = self.remote
         assert remote is not None
         if self.unsigned_pickle:
@@ -702,21 +713,54 @@ class AsyncDriver(AsyncIO):
             payload, flags = codec.dump(value) if not codec.is_async else await self.adump_async_codec(value)
         self.m.dump.observe(_perf() - start)
         if not self.fits(payload):
-            return False
+            return None
         ttl_ms = self.remote_ttl_ms(ttl, grace)
-        if self.tracked:
-            fence = watermark_key(entity)
-            if read is None:
-                read = await remote.aread_tracked(urn, fence)
-            envelope = self.envelope(urn, payload, flags, read, ttl_ms)
-            if envelope is None:
-                return False
-            return self.wrote(await remote.awrite_tracked(urn, fence, read, ttl_ms, envelope))
-        envelope = self.envelope(urn, payload, flags, None, ttl_ms)
+        fence = watermark_key(entity) if self.tracked else None
+        if fence is not None and read is None:
+            read = await remote.aread_tracked(urn, fence)
+        envelope = self.envelope(urn, payload, flags, read if fence is not None else None, ttl_ms)
         if envelope is None:
-            return False
-        await remote.aset(urn, envelope, ttl_ms)
-        return self.wrote(1)
+            return None
+        return Write(urn, envelope, ttl_ms, fence, read if fence is not None else None)
+
+    async def awrite_back_many(self, writes: list[tuple[Miss, Any]]) -> list[bool]:
+        """:meth:`awrite_back` of a batch's values: their REMOTE writes in one round trip
+        (:meth:`RemoteCache.awrite_many`), then LOCAL; whether each was kept. A failing Redis
+        fails the REMOTE writes (told once), LOCAL keeps the values."""
+        stored = [True] * len(writes)
+        local_ttls: list[float] = []
+        graces: list[float] = []
+        pending: list[tuple[int, Write]] = []
+        for i, (m, value) in enumerate(writes):
+            local_ttl, remote_ttl, grace = self.write_ttls(m)
+            if m.remote_ttl:
+                try:
+                    write = await self.aremote_entry(m.urn, m.entity, value, remote_ttl, m.read, grace)
+                except Exception as exc:
+                    self.remote_error(exc, "remote write failed", _NOT_WRITTEN)
+                else:
+                    if write is None:  # too large: LOCAL must not keep it either
+                        local_ttl, stored[i] = 0, False
+                    else:
+                        pending.append((i, write))
+            local_ttls.append(local_ttl)
+            graces.append(grace)
+        if pending:
+            remote = self.remote
+            assert remote is not None
+            try:
+                results = await remote.awrite_many([write for _, write in pending])
+            except Exception as exc:
+                self.remote_error(exc, "remote write failed", _NOT_WRITTEN)
+            else:
+                for (i, _), result in zip(pending, results, strict=True):
+                    if not self.wrote(result):  # stale: LOCAL must not keep it either
+                        local_ttls[i], stored[i] = 0, False
+        for i, (m, value) in enumerate(writes):
+            if local_ttls[i]:
+                kept = self.local_put(m.urn, m.entity, value, local_ttls[i], m.epoch, graces[i])
+                stored[i] = kept and stored[i]
+        return stored
 
     async def afunction(
         self, layer: str, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]

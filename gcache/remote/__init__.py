@@ -6,8 +6,8 @@ Modules: :mod:`~gcache.remote.clients` (clients and pools, by kind and event loo
 :mod:`~gcache.remote.scripts` (the Lua scripts), :mod:`~gcache.remote.cache` (the operations).
 """
 
-from gcache.remote.cache import RemoteCache, new_nonce
+from gcache.remote.cache import RemoteCache, Write, new_nonce
 from gcache.remote.clients import ADMIN, READ, WRITE
 from gcache.remote.protocol import TrackedRead
 
-__all__ = ["ADMIN", "READ", "WRITE", "RemoteCache", "TrackedRead", "new_nonce"]
+__all__ = ["ADMIN", "READ", "WRITE", "RemoteCache", "TrackedRead", "Write", "new_nonce"]

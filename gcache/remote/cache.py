@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from operator import methodcaller
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
@@ -42,7 +42,7 @@ from gcache.remote.protocol import (
 from gcache.signing import Signer
 from gcache.urns import DEFAULT_URN_PREFIX, bus_channel, entity_of, owned_by
 
-__all__ = ["RemoteCache", "new_nonce"]
+__all__ = ["RemoteCache", "Write", "new_nonce"]
 
 T = TypeVar("T")
 
@@ -70,6 +70,16 @@ def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
 
 def new_nonce() -> bytes:
     return os.urandom(8)
+
+
+class Write(NamedTuple):
+    """One write of a batch: an entry, and for a tracked one its fence and the read it is fenced by."""
+
+    key: str
+    envelope: bytes
+    ttl_ms: int
+    fence: str | None = None
+    read: TrackedRead | None = None
 
 
 class RemoteCache(Connections):
@@ -258,9 +268,12 @@ class RemoteCache(Connections):
         if self.legacy_compat:  # stamped, and checked, in the original's milliseconds
             args: list[Any] = [read.now_us // 1000, ttl_ms, envelope, self._compute_limit_ms]
             return methodcaller("write_original", keys=[key, fence], args=args)
+        return methodcaller("write_tracked", keys=[key, fence], args=self._write_args(read, ttl_ms, envelope))
+
+    def _write_args(self, read: TrackedRead, ttl_ms: int, envelope: bytes) -> list[Any]:
+        """WRITE_TRACKED's ARGV: the read's stamp and fence nonce, the TTL, the entry, the limit."""
         assert read.nonce is not None, "a tracked read always returns a fence"
-        args = [read.now_us, ttl_ms, read.nonce, envelope, self._compute_limit_ms * 1000]
-        return methodcaller("write_tracked", keys=[key, fence], args=args)
+        return [read.now_us, ttl_ms, read.nonce, envelope, self._compute_limit_ms * 1000]
 
     def _signature(self, kind: str, buffer_ms: int, target: str) -> bytes:
         """The signature the scripts publish with a message; empty without keys (the message
@@ -498,6 +511,76 @@ class RemoteCache(Connections):
 
     def set(self, key: str, envelope: bytes, ttl_ms: int) -> None:
         self._run("set", WRITE, methodcaller("set", key, envelope, px=ttl_ms))
+
+    async def awrite_many(self, items: Sequence[Write]) -> list[int]:
+        """Many writes (a batch's write-backs) in one redis-py pipeline: one round trip (a cluster's:
+        one per node). Each result as :meth:`awrite_tracked`'s (an untracked SET: 1). A tracked
+        write a node answered NOSCRIPT is written again through the script; with
+        ``legacy_compat`` tracked writes go one by one (the original's write script each)."""
+        if self.legacy_compat and any(item.fence is not None for item in items):
+            return [await self.awrite(item) for item in items]
+        replies = await self._arun("write", WRITE, self._write_batch(items))
+        results = []
+        for item, reply in zip(items, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                results.append(await self.awrite(item))
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results.append(1 if item.fence is None else int(reply))
+        return results
+
+    def write_many(self, items: Sequence[Write]) -> list[int]:
+        if self._factory is not None:
+            return self._loop_thread.run(lambda: self.awrite_many(items))
+        if self.legacy_compat and any(item.fence is not None for item in items):
+            return [self.write(item) for item in items]
+        replies = self._run("write", WRITE, self._write_batch(items))
+        results = []
+        for item, reply in zip(items, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                results.append(self.write(item))
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results.append(1 if item.fence is None else int(reply))
+        return results
+
+    async def awrite(self, item: Write) -> int:
+        """One write: a SET, or tracked :meth:`awrite_tracked` (its result)."""
+        if item.fence is None:
+            await self.aset(item.key, item.envelope, item.ttl_ms)
+            return 1
+        assert item.read is not None
+        return await self.awrite_tracked(item.key, item.fence, item.read, item.ttl_ms, item.envelope)
+
+    def write(self, item: Write) -> int:
+        if item.fence is None:
+            self.set(item.key, item.envelope, item.ttl_ms)
+            return 1
+        assert item.read is not None
+        return self.write_tracked(item.key, item.fence, item.read, item.ttl_ms, item.envelope)
+
+    def _write_batch(self, items: Sequence[Write]) -> Callable[[Connection], Any]:
+        """The writes as one pipeline (a single server's or a cluster's): each SET PX, or tracked
+        WRITE_TRACKED's EVALSHA with the arguments :meth:`_write_tracked` gives it; errors in place."""
+
+        def queue(c: Connection) -> Any:
+            pipe = c.client.pipeline(transaction=False) if c.pool is not None else c.client.pipeline()
+            node = c.client.get_node_from_key if isinstance(c.client, redis.RedisCluster) else None
+            sha = c.write_tracked.sha
+            for item in items:
+                if item.fence is None:
+                    pipe.set(item.key, item.envelope, px=item.ttl_ms)
+                    continue
+                assert item.read is not None
+                args = self._write_args(item.read, item.ttl_ms, item.envelope)
+                # targeted: see _cluster_batch
+                target = {} if node is None else {"target_nodes": node(item.key)}  # type: ignore[no-untyped-call]
+                pipe.execute_command("EVALSHA", sha, 2, item.key, item.fence, *args, **target)
+            return pipe.execute(raise_on_error=False)
+
+        return queue
 
     async def awrite_tracked(
         self, key: str, fence: str, read: TrackedRead, ttl_ms: int, envelope: bytes

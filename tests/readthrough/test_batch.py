@@ -6,6 +6,7 @@ Real Redis; each behaviour for sync and async functions, tracked and untracked u
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, ConfigError, GCache, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache.errors import UseCaseIsAlreadyRegisteredError
+from gcache.remote import scripts
 from tests.conftest import sample, wait_until
 
 pytestmark = pytest.mark.redis
@@ -384,3 +386,74 @@ async def test_direct_access_twins_read_put_and_delete_many(
     assert await asyncio.to_thread(cache.delete_many, [key("3")]) == 1
     with cache.enable():
         assert await cache.aget_many([key("1")], fallback) == {key("1"): "computed:1"}
+
+
+async def test_a_batch_writes_its_missing_ids_back_in_one_round_trip(
+    make_cache: Callable[..., GCache],
+    redis_writes: list[bytes],
+    redis_client: redis.Redis,
+    is_async: bool,
+    tracked: bool,
+) -> None:
+    cache = make_cache()
+    source = Source()
+    options: dict[str, Any] = {"track_for_invalidation": tracked, "default_config": REMOTE_ONLY}
+    users = batch_function(cache, source, is_async, **options)
+    ids = list(range(20))
+    with cache.enable():
+        await call(users, is_async, [0])  # connections opened, fences' scripts known
+        redis_writes.clear()
+        assert await call(users, is_async, ids) == {i: f"v1:{i}" for i in ids}
+        command = hashlib.sha1(scripts.WRITE_TRACKED.encode()).hexdigest().encode() if tracked else b"\r\nSET\r\n"
+        writes = [w for w in redis_writes if command in w]
+        assert len(writes) == 1  # 19 write-backs, one write
+        assert writes[0].count(command) == 19
+        assert await call(users, is_async, ids) == {i: f"v1:{i}" for i in ids}  # read back: stored
+    assert source.asked == [[0], ids[1:]]
+    assert len([k for k in redis_client.scan_iter("*Users*") if b"watermark" not in k]) == 20
+
+
+async def test_an_invalidation_during_a_batch_refuses_that_ids_write_alone(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool
+) -> None:
+    cache = make_cache()
+    source = Source()
+    invalidate = [True]
+
+    def load(ids: Iterable[int]) -> dict[int, str]:
+        found = source.load(ids)
+        if invalidate and invalidate.pop():
+            cache.invalidate("user", 2)  # after the fences were read: 2's write is refused
+        return found
+
+    async def aload(ids: Iterable[int]) -> dict[int, str]:
+        return load(ids)
+
+    decorate = cache.cached_many(key_type="user", ids_arg="ids", use_case="Users",
+                                 track_for_invalidation=True, default_config=REMOTE_ONLY)  # fmt: skip
+    users = decorate(aload if is_async else load)
+    with cache.enable():
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+        source.version = "v2"
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v2:2", 3: "v1:3"}
+    assert source.asked == [[1, 2, 3], [2]]
+    assert sample(cache.config.metrics_registry, "gcache_write_counter_total", use_case="Users",
+                  layer="REMOTE", result="invalidated") == 1  # fmt: skip
+
+
+async def test_a_batch_written_to_a_server_without_the_write_script_writes_through_it(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool
+) -> None:
+    """A server that lost its scripts (SCRIPT FLUSH, a restart) answers the batch's EVALSHA with
+    NOSCRIPT: each of those writes goes again through the script, which loads it."""
+    cache = make_cache()
+    source = Source()
+    users = batch_function(cache, source, is_async, track_for_invalidation=True, default_config=REMOTE_ONLY)
+    with cache.enable():
+        await call(users, is_async, [0])
+        redis_client.script_flush()
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+    assert source.asked == [[0], [1, 2, 3]]  # stored the second time
+    assert sample(cache.config.metrics_registry, "gcache_write_counter_total", use_case="Users",
+                  layer="REMOTE", result="stored") == 4  # fmt: skip
