@@ -404,7 +404,8 @@ async def test_a_batch_writes_its_missing_ids_back_in_one_round_trip(
         await call(users, is_async, [0])  # connections opened, fences' scripts known
         redis_writes.clear()
         assert await call(users, is_async, ids) == {i: f"v1:{i}" for i in ids}
-        command = hashlib.sha1(scripts.WRITE_TRACKED.encode()).hexdigest().encode() if tracked else b"\r\nSET\r\n"
+        write_sha = hashlib.sha1(scripts.WRITE_TRACKED.encode()).hexdigest().encode()
+        command = write_sha if tracked else b"\r\nSET\r\n"
         writes = [w for w in redis_writes if command in w]
         assert len(writes) == 1  # 19 write-backs, one write
         assert writes[0].count(command) == 19
