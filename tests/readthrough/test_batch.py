@@ -417,7 +417,8 @@ async def test_a_batch_writes_its_missing_ids_back_in_one_round_trip(
 async def test_an_invalidation_during_a_batch_refuses_that_ids_write_alone(
     make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool
 ) -> None:
-    cache = make_cache()
+    registry = CollectorRegistry()
+    cache = make_cache(metrics_registry=registry)
     source = Source()
     invalidate = [True]
 
@@ -438,7 +439,7 @@ async def test_an_invalidation_during_a_batch_refuses_that_ids_write_alone(
         source.version = "v2"
         assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v2:2", 3: "v1:3"}
     assert source.asked == [[1, 2, 3], [2]]
-    assert sample(cache.config.metrics_registry, "gcache_write_counter_total", use_case="Users",
+    assert sample(registry, "gcache_write_counter_total", use_case="Users",
                   layer="REMOTE", result="invalidated") == 1  # fmt: skip
 
 
@@ -447,7 +448,8 @@ async def test_a_batch_written_to_a_server_without_the_write_script_writes_throu
 ) -> None:
     """A server that lost its scripts (SCRIPT FLUSH, a restart) answers the batch's EVALSHA with
     NOSCRIPT: each of those writes goes again through the script, which loads it."""
-    cache = make_cache()
+    registry = CollectorRegistry()
+    cache = make_cache(metrics_registry=registry)
     source = Source()
     users = batch_function(cache, source, is_async, track_for_invalidation=True, default_config=REMOTE_ONLY)
     with cache.enable():
@@ -456,5 +458,5 @@ async def test_a_batch_written_to_a_server_without_the_write_script_writes_throu
         assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
         assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
     assert source.asked == [[0], [1, 2, 3]]  # stored the second time
-    assert sample(cache.config.metrics_registry, "gcache_write_counter_total", use_case="Users",
+    assert sample(registry, "gcache_write_counter_total", use_case="Users",
                   layer="REMOTE", result="stored") == 4  # fmt: skip
