@@ -524,12 +524,8 @@ class AsyncDriver(AsyncIO):
         layer = self.fallback_layer(ms[0].local_ttl, ms[0].remote_ttl)
         result = await self.afunction(layer, func, *with_ids(args, kwargs, [originals[id] for id in ids]))
         self.many_result(result)
-        for id, m in zip(ids, ms, strict=True):
-            value = result.get(originals[id], ABSENT)
-            if value is not ABSENT:
-                await self.awrite_back(m, value)
-            elif self.absent_ttl(m):
-                await self.awrite_back(m, ABSENT)
+        writes = [(m, result.get(originals[id], ABSENT)) for id, m in zip(ids, ms, strict=True)]
+        await self.awrite_back_many([(m, v) for m, v in writes if v is not ABSENT or self.absent_ttl(m)])
         return {originals[id]: result[originals[id]] for id in ids if originals[id] in result}
 
     async def arefresh_many_ahead(
@@ -547,36 +543,42 @@ class AsyncDriver(AsyncIO):
         refreshed is taken into LOCAL instead), then the function once with the ids still due,
         each value written back under a miss's fencing. Counted per id."""
         results = {urn: "refresh_failed" for _, urn, _, _ in claimed}
-        remote, remote_ttl = self.remote, self.remote_layer(config, claimed[0][1])
+        remote, per_key = self.remote, config.ramp_by == "key"
+        remote_ttl = 0.0 if per_key else self.remote_layer(config, claimed[0][1])
         ms: dict[str, Miss] = {}
         for id, urn, entity, local_ttl in claimed:
-            m = ms[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, stale=False)
+            ttl = self.remote_layer(config, urn) if per_key else remote_ttl
+            m = ms[id] = self.miss(urn, entity, config, local_ttl, ttl, stale=False)
             m.batch = True
         try:
             todo = list(ms)
-            if remote_ttl:
+            if any(m.remote_ttl for m in ms.values()):
                 assert remote is not None
+                remote_ids = [id for id in todo if ms[id].remote_ttl]  # a sticky ramp: per key
                 if config.lock_sec:
-                    for id in list(todo):
+                    for id in list(remote_ids):
                         token, m = new_nonce(), ms[id]
                         if await remote.atry_lock(lock_key(m.urn), token, int(config.lock_sec * 1000)):
                             m.token = token
                         else:  # another process refreshes it
                             results[m.urn] = "locked"
                             todo.remove(id)
-                values = await self.aremote_read_many([ms[id] for id in todo]) if todo else []
-                for id, value in zip(list(todo), values, strict=True):
+                            remote_ids.remove(id)
+                values = await self.aremote_read_many([ms[id] for id in remote_ids]) if remote_ids else []
+                for id, value in zip(remote_ids, values, strict=True):
                     m = ms[id]
                     if value is not MISS and not m.due:
                         results[m.urn] = "from_remote"
-                    if (value is not MISS and not m.due) or not m.remote_ttl:  # or Redis failed
+                        todo.remove(id)
+                    elif not m.remote_ttl:  # Redis failed (told by the read)
                         todo.remove(id)
             elif remote is not None and remote.breaker.is_open and config.ttl_sec.get(CacheLayer.REMOTE):
                 todo = []  # Redis is down: its entries cannot be refreshed, LOCAL's are left
             if todo:
                 first = ms[todo[0]]
+                layer = self.fallback_layer(first.local_ttl, first.remote_ttl)
                 call = with_ids(args, kwargs, [originals[id] for id in todo])
-                result = await self.afunction(self.fallback_layer(first.local_ttl, remote_ttl), func, *call)
+                result = await self.afunction(layer, func, *call)
                 self.many_result(result)
                 for id in todo:
                     m = ms[id]
