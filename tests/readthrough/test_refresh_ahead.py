@@ -464,3 +464,31 @@ async def test_an_invalidation_during_a_batch_refresh_wins_for_its_id(
         assert refreshes(registry, "refreshed") == 1  # id 2's landed
         assert await get(["1", "2"]) == {"1": "v3-1", "2": "v2-2"}
         assert asked == [["1", "2"], ["1", "2"], ["1"]]  # invalidated: 1 computed again
+
+
+async def test_a_batch_refresh_under_a_sticky_ramp_writes_remote_only_for_the_keys_remote_holds(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, redis_client: redis.Redis, is_async: bool
+) -> None:
+    """``ramp_by="key"`` with REMOTE at 50 %: each id's refresh takes REMOTE part as its key does."""
+    from gcache.readthrough.decisions import key_share
+
+    ids = [str(i) for i in range(40)]
+    held = {i for i in ids if key_share(value_key("Ahead", i)) < 50}
+    assert 0 < len(held) < len(ids)
+    conf = GCacheKeyConfig(
+        ttl_sec={LOCAL: TTL, REMOTE: TTL}, ramp={LOCAL: 100, REMOTE: 50}, ramp_by="key", refresh_ahead=AHEAD
+    )
+    cache, source, asked = make_cache(), Source(), list[list[str]]()
+    get = cached_batch(cache, is_async, source, conf, tracked=False, asked=asked)
+    with cache.enable():
+        await get(ids)
+        await ran(source)
+        await asyncio.sleep(AGE)
+        source.value = "v2"
+        assert await get(ids) == {i: f"v1-{i}" for i in ids}
+        await eventually(lambda: refreshes(registry, "refreshed") == len(ids), what="the refresh to land")
+        assert await get(ids) == {i: f"v2-{i}" for i in ids}
+    assert asked == [ids, ids]
+    in_redis = {i for i in ids if redis_client.exists(value_key("Ahead", i))}
+    assert in_redis == held
+    assert all(stored_value(redis_client, value_key("Ahead", i)) == f"v2-{i}" for i in held)
