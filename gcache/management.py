@@ -437,6 +437,10 @@ class Management:
         else:
             self._metrics.breaker_open.dec()
             self._metrics.breaker_transition.labels("closed").inc()
+            self._errors.info(
+                ("breaker", self._prefix, "closed"),
+                f"Redis answers again: circuit breaker closed, REMOTE back for {self._prefix!r}",
+            )
 
 
 def _replace_keys(

@@ -54,13 +54,19 @@ _PING = methodcaller("ping")
 if sys.version_info >= (3, 11):
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
+        try:
+            async with asyncio.timeout(seconds):
+                return await awaitable
+        except TimeoutError as exc:  # asyncio's has no message: the log line would end in "TimeoutError: "
+            raise TimeoutError(f"no reply within {seconds} s") from exc
 
 else:  # pragma: no cover - Python 3.10
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError as exc:
+            raise asyncio.TimeoutError(f"no reply within {seconds} s") from exc
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
