@@ -409,6 +409,8 @@ class GCache(Management):
 
         framing = self._envelope(envelope, serializer if serializer is not None else self.config.serializer)
 
+        typed = self.config.typed_for(key_type)  # GCacheConfig.typed_keys
+
         def decorate(func: F) -> F:
             name, where = _named(func, use_case, "cached")
             known, again = self._known(name, where, "single")
@@ -424,7 +426,8 @@ class GCache(Management):
                     self._named[name] = (shared, "both")
                     self._registered[name] = f"{self._registered[name]} and {where}"
                     self._wheres[name]["single"] = where
-                wrapper_shared: Any = shared.wrap(func, KeyBuilder(func, id_arg, arg_adapters, ignore_args))
+                single_keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args, typed)
+                wrapper_shared: Any = shared.wrap(func, single_keys)
                 functools.update_wrapper(wrapper_shared, func)
                 wrapper_shared.use_case = name
                 return wrapper_shared  # type: ignore[no-any-return]
@@ -442,7 +445,7 @@ class GCache(Management):
                 raise ConfigError(
                     f"cached(): {func.__qualname__} is a generator; its result cannot be cached"
                 )
-            keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
+            keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args, typed)
             chosen = serializer if serializer is not None else self.config.serializer
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys, framing)
             self._registered[name] = where
@@ -511,12 +514,14 @@ class GCache(Management):
                 "cached_many(): cache_missing has no frame in the original gcache's formats (legacy_compat)"
             )
 
+        typed = self.config.typed_for(key_type)  # GCacheConfig.typed_keys
+
         def decorate(func: F) -> F:
             name, where = _named(func, use_case, "cached_many")
             if not (inspect.iscoroutinefunction(func) or callable(func)) or inspect.isgeneratorfunction(func):
                 raise ConfigError(f"cached_many(): {func.__qualname__} must return a mapping, not yield")
             try:
-                keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args)
+                keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args, typed)
             except KeyArgDoesNotExist as exc:  # told in this decorator's words
                 raise KeyArgDoesNotExist(str(exc).replace(": id_arg ", ": ids_arg ", 1)) from None
             chosen = serializer if serializer is not None else self.config.serializer
