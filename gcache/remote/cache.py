@@ -159,6 +159,7 @@ class RemoteCache(Connections):
         self.origin = os.urandom(6).hex()
         self.forget_connections()
         self.breaker.after_fork_in_child()
+        self._failed_at = -1
 
     async def _arun(self, operation: str, kind: int, command: Callable[[Connection], Awaitable[T]]) -> T:
         breaker = self.breaker
@@ -190,9 +191,19 @@ class RemoteCache(Connections):
             breaker.success()
         return result
 
+    _failed_at = -1  # the breaker's answers when an operation last failed (-1: none failed)
+
+    def opening_patient(self) -> bool:
+        """A connection opens under ``socket_connect_timeout`` only while Redis is not failing (an
+        answer came since the last failure, or none failed), breaker or not: a server that
+        accepts and never answers then costs the operation's deadline, not the bound. Nothing
+        on the path of an answered operation."""
+        return self.breaker.answers != self._failed_at
+
     def _failed(self, operation: str, exc: BaseException, answers_before: int | None = None) -> RemoteError:
         """Count a failed operation on the breaker (``answers_before``: see
         :meth:`CircuitBreaker.failure`); returns the error to raise."""
+        self._failed_at = self.breaker.answers
         self.breaker.failure(exc, answers_before)
         return RemoteError(operation, exc)
 
