@@ -26,6 +26,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
+from gcache.remote.clients import READ
 from tests.conftest import sample
 
 pytestmark = pytest.mark.redis
@@ -120,12 +121,15 @@ class Setup:
     registry: CollectorRegistry
     caplog: pytest.LogCaptureFixture
     make_cache: Callable[..., GCache]
+    cache: GCache | None = None  # the last one served()
 
     async def served(self, is_async: bool, calls: int, **redis_py_options: float) -> list[str]:
         """Call a fresh cache's function ``calls`` times for one id; the ids it ran for."""
         self.caplog.set_level(logging.WARNING, logger="gcache")
-        redis_config = RedisConfig(url=self.url, redis_py_options=redis_py_options or {"socket_timeout": 1.0})
-        cache = self.make_cache(redis_config=redis_config, start_bus=False)
+        redis_config = RedisConfig(url=self.url)  # its defaults: a 1 s connect bound
+        if redis_py_options:
+            redis_config = RedisConfig(url=self.url, redis_py_options=redis_py_options)
+        cache = self.cache = self.make_cache(redis_config=redis_config, start_bus=False)
         runs: list[str] = []
         get = function(cache, is_async, runs)
         with cache.enable():
@@ -174,3 +178,23 @@ async def test_a_connection_not_opened_within_its_bound_is_a_connect_timeout(
     assert setup.proxy.opened == 1  # not retried
     (told,) = [r.getMessage() for r in setup.caplog.records if "remote read failed" in r.getMessage()]
     assert "ConnectTimeout: no connection opened within 0.1 s (socket_connect_timeout): TimeoutError" in told
+
+
+async def test_an_opened_connection_reads_under_the_lookup_deadline_again(setup: Setup) -> None:
+    """After a slow opening (under the connect bound), the socket and the reply parser's copy of
+    its timeout are the lookup deadline again: a later lookup still gives up at 50 ms."""
+    await setup.served(False, 2)  # sync: redis-py's sync connections keep timeouts on the socket
+    assert setup.cache is not None
+    remote = setup.cache._remote
+    assert remote is not None
+    read = remote._sync[READ]
+    assert read is not None
+    pool = read.client.connection_pool
+    (connection,) = pool._available_connections
+    assert type(connection).__name__.startswith("OpenBounded")
+    assert connection.socket_connect_timeout == 1.0  # the bound it opened under
+    assert connection.socket_timeout == 0.05  # read_timeout_sec
+    assert connection._sock.gettimeout() == 0.05
+    parser = connection._parser
+    stored = getattr(parser, "_socket_timeout", None) or parser._buffer.socket_timeout
+    assert stored == 0.05  # restored after a read with a timeout of its own (redis-py's can_read)
