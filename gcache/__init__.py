@@ -19,7 +19,7 @@ from gcache.errors import (
     UseCaseNameIsReservedError,
 )
 from gcache.exposition import make_metrics_app, start_metrics_server
-from gcache.gcache import GCache
+from gcache.gcache import CachedFunction, GCache
 from gcache.keys import GCacheKey
 from gcache.original_wire import Envelope, hash_component
 from gcache.serializers import JsonSerializer
@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CacheConfigProvider",
     "CacheLayer",
+    "CachedFunction",
     "ConfigError",
     "Envelope",
     "FutureBufferTooLargeError",

@@ -9,6 +9,7 @@ Operating gcache).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -198,6 +199,9 @@ def _operator_commands(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line is an application: gcache's warnings go to stderr (the library itself
+    # only has a NullHandler); a logging configuration already made wins.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

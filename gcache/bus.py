@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
-from gcache._log import ErrorLog
+from gcache._log import ErrorLog, summary
 from gcache._loop_thread import LoopThread
 from gcache.signing import ReplayGuard, Signer
 
@@ -263,7 +263,7 @@ class InvalidationBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = summary(exc)
                 self._lost_at = self._lost_at or time.monotonic()
                 self._errors.warning(("bus", type(exc).__name__), f"invalidation bus lost: {self.last_error}")
             finally:
@@ -293,8 +293,9 @@ class InvalidationBus:
             if self._lost_at:  # said "lost": say "up again", so the log tells when it ended
                 down = time.monotonic() - self._lost_at
                 self._lost_at, self.last_error = 0.0, ""
-                self._errors.warning(
-                    ("bus", "up"), f"invalidation bus up again on {self.channel!r} after {down:.1f} s"
+                self._errors.info(
+                    ("bus", "up"),
+                    f"invalidation bus subscribed again on {self.channel!r}, up again after {down:.1f} s",
                 )
             await self._listen(pubsub)
         finally:

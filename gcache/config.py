@@ -8,7 +8,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -358,6 +358,10 @@ class GCacheKey:
     (name, string value) pairs; they are rendered sorted by name. Two keys are equal when they
     name the same entry (the same ``urn``), as in the original library, whatever their tracking,
     default config or serializer.
+
+    ``given_id`` and ``given_args`` keep the id and argument values as given, before ``str()``:
+    with ``GCacheConfig.typed_keys`` direct access keys them with their types, as calls do (its
+    ``urn``, ``str()`` of each, is then not the stored key, and ``1`` and ``"1"`` compare equal).
     """
 
     key_type: str
@@ -370,6 +374,8 @@ class GCacheKey:
     urn_prefix: str = DEFAULT_URN_PREFIX
     prefix: str = field(init=False, repr=False, compare=False)
     urn: str = field(init=False, repr=False, compare=False)
+    given_id: Any = field(init=False, repr=False, compare=False)
+    given_args: tuple[tuple[str, Any], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_type, str) or not self.key_type:
@@ -378,6 +384,9 @@ class GCacheKey:
             raise ConfigError(f"GCacheKey.use_case must be a non-empty string, got {self.use_case!r}")
         if self.use_case == WATERMARK_USE_CASE:
             raise UseCaseNameIsReservedError(f"use_case {WATERMARK_USE_CASE!r} is reserved by gcache")
+        given = tuple(sorted(((str(n), v) for n, v in self.args), key=lambda pair: pair[0]))
+        object.__setattr__(self, "given_id", self.id)
+        object.__setattr__(self, "given_args", given)
         args = tuple(sorted((str(n), str(v)) for n, v in self.args))
         object.__setattr__(self, "id", str(self.id))
         object.__setattr__(self, "args", args)
@@ -483,6 +492,11 @@ class GCacheConfig:
             ``enable()``, and one called with no config (no provider answer and no
             ``default_config``), each naming the use case and the fix. None, the default: on
             when Python runs in development mode (``python -X dev``) or ``GCACHE_DEBUG=1``.
+        typed_keys: key each id and argument with its type (``urns.typed_part``), so ``1`` and
+            ``"1"``, ``None`` and ``"None"`` get different entries: True for every key type, or
+            the key types (a set of names) that are keyed so. Per key type, not per use case: an
+            entity is one key for every use case of its key type and for ``invalidate()``. False,
+            the default: ``str()`` of each, today's keys.
 
     Raises:
         ConfigError: a bad value; RedisConfigConflictError when both Redis options are given.
@@ -516,6 +530,7 @@ class GCacheConfig:
     timer_sample_every: int = 1
     legacy_compat: bool = False
     tell_mistakes: bool | None = None
+    typed_keys: bool | Collection[str] = False
 
     def __post_init__(self) -> None:
         if self.redis_config is not None and self.redis_client_factory is not None:
@@ -561,6 +576,15 @@ class GCacheConfig:
             raise ConfigError(
                 f"GCacheConfig.tell_mistakes must be True, False or None, got {self.tell_mistakes!r}"
             )
+        if not isinstance(self.typed_keys, bool):
+            names = self.typed_keys
+            if isinstance(names, str) or not isinstance(names, Collection) or not names:
+                raise ConfigError(
+                    f"GCacheConfig.typed_keys must be True, False or a set of key types, got {names!r}"
+                )
+            if not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"GCacheConfig.typed_keys: key types are non-empty strings, got {names!r}")
+            self.typed_keys = frozenset(names)
         if self.signing_keys is not None:
             signing_keys_from(self.signing_keys)  # a bad key is told here, at configuration
         if self.legacy_compat:
@@ -575,6 +599,11 @@ class GCacheConfig:
                 )
             if len(secret.encode() if isinstance(secret, str) else secret) < 16:
                 raise ConfigError("GCacheConfig.key_hash_secret must be 16 bytes at least")
+
+    def typed_for(self, key_type: str) -> bool:
+        """Whether ``key_type``'s ids and arguments are keyed with their types (``typed_keys``)."""
+        typed = self.typed_keys
+        return typed if isinstance(typed, bool) else key_type in typed
 
 
 _TOLD_FIELDS: set[tuple[str, ...]] = set()
@@ -606,6 +635,8 @@ def _legacy_compatible(config: GCacheConfig) -> None:
             f"GCacheConfig.legacy_compat: max_future_buffer_ms is {config.max_future_buffer_ms}, "
             f"above the original's {limit} ms (its watermarks would not outlive the entries they stop)"
         )
+    if config.typed_keys:
+        raise ConfigError("GCacheConfig.legacy_compat: typed_keys renders keys the original cannot find")
     if config.key_hash_secret is not None:
         raise ConfigError(
             "GCacheConfig.legacy_compat: key_hash_secret renders keys the original cannot find; "

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import redis
 
+from gcache._log import summary
+
 __all__ = [
     "ConfigError",
     "FuncArgDoesNotExist",
@@ -101,7 +103,7 @@ class RemoteError(GCacheError, redis.RedisError):
     ``except redis.RedisError`` written for it still catches this."""
 
     def __init__(self, operation: str, cause: BaseException) -> None:
-        super().__init__(f"redis {operation} failed: {type(cause).__name__}: {cause}")
+        super().__init__(f"redis {operation} failed: {summary(cause)}")
         self.operation = operation
         self.cause = cause
 

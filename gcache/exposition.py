@@ -121,12 +121,21 @@ _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-def _warn_once(kind: str, message: str, *args: object) -> None:
+def _master_log(server: Any) -> Any:
+    """Where a gunicorn hook logs: gunicorn's own logger (``server.log``), which gunicorn's
+    logging configuration already shows, else the ``gcache`` logger (a NullHandler only, until
+    the application configures logging)."""
+    log = getattr(server, "log", None)
+    usable = callable(getattr(log, "warning", None)) and callable(getattr(log, "exception", None))
+    return log if usable else _logger
+
+
+def _warn_once(kind: str, message: str, *args: object, log: Any = _logger) -> None:
     with _warned_lock:
         if kind in _warned:
             return
         _warned.add(kind)
-    _logger.warning(message, *args)
+    log.warning(message, *args)
 
 
 def gunicorn_child_exit(server: Any, worker: Any) -> None:
@@ -142,12 +151,15 @@ def gunicorn_child_exit(server: Any, worker: Any) -> None:
             "gcache: gunicorn_child_exit does nothing: %s is not set, so each worker keeps its own "
             "metrics (set it, and empty the directory, before gunicorn starts, to add them up)",
             MULTIPROC_DIR_ENV,
+            log=_master_log(server),
         )
         return
     try:
         mark_process_dead(worker.pid)
     except Exception:  # a directory removed under the server, say: log it, keep the master up
-        _logger.exception("gcache: could not forget the metrics of gunicorn worker %s", worker.pid)
+        _master_log(server).exception(
+            "gcache: could not forget the metrics of gunicorn worker %s", worker.pid
+        )
 
 
 def gunicorn_when_ready(port: int = 9100, addr: str = "127.0.0.1") -> Callable[[Any], None]:
@@ -166,11 +178,12 @@ def gunicorn_when_ready(port: int = 9100, addr: str = "127.0.0.1") -> Callable[[
                 "gcache: gunicorn_when_ready serves no metrics: %s is not set, so the master has none "
                 "of its workers' (set it before gunicorn starts, or route make_metrics_app() in the app)",
                 MULTIPROC_DIR_ENV,
+                log=_master_log(server),
             )
             return
         try:
             start_metrics_server(port, addr)
         except Exception:
-            _logger.exception("gcache: could not serve the metrics on %s:%s", addr, port)
+            _master_log(server).exception("gcache: could not serve the metrics on %s:%s", addr, port)
 
     return when_ready

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from gcache import _fork
 from gcache._log import ErrorLog
@@ -40,9 +40,42 @@ from gcache.remote import RemoteCache
 from gcache.signing import Signer, signing_keys_from
 from gcache.urns import WATERMARK_USE_CASE, PartHasher, bus_channel
 
-__all__ = ["GCache"]
+__all__ = ["CachedFunction", "GCache"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+Bound = ParamSpec("Bound")
+R = TypeVar("R", covariant=True)
+Receiver = TypeVar("Receiver")
+
+
+class CachedFunction(Protocol[P, R]):
+    """What ``@cached`` and ``@cached_many`` return, for type checkers: the function's own
+    parameters and result (``CachedFunction[[user_id: str], User]``), the attributes gcache adds
+    (``use_case``) and those of ``functools.wraps``; as a method, bound without its first one."""
+
+    use_case: str  # the use case's name: the decorator's use_case, or module and qualified name
+    __name__: str
+    __qualname__: str
+
+    @property
+    def __wrapped__(self) -> Callable[P, R]: ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[Receiver, Bound], R],
+        instance: Receiver,
+        owner: type[Any] | None = None,
+    ) -> CachedFunction[Bound, R]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any: ...
+
+
 _instances = itertools.count(1)
 
 
@@ -376,7 +409,7 @@ class GCache(Management):
         default_config: GCacheKeyConfig | None = None,
         serializer: Serializer | None = None,
         envelope: Envelope | str = Envelope.PICKLE,
-    ) -> Callable[[F], F]:
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Cache a function (sync or async) under ``key_type`` + the value of ``id_arg``.
 
         Args:
@@ -409,7 +442,9 @@ class GCache(Management):
 
         framing = self._envelope(envelope, serializer if serializer is not None else self.config.serializer)
 
-        def decorate(func: F) -> F:
+        typed = self.config.typed_for(key_type)  # GCacheConfig.typed_keys
+
+        def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             name, where = _named(func, use_case, "cached")
             known, again = self._known(name, where, "single")
             if known is not None and (known[1] == "many" or again):  # again: "both", the many kept
@@ -424,7 +459,8 @@ class GCache(Management):
                     self._named[name] = (shared, "both")
                     self._registered[name] = f"{self._registered[name]} and {where}"
                     self._wheres[name]["single"] = where
-                wrapper_shared: Any = shared.wrap(func, KeyBuilder(func, id_arg, arg_adapters, ignore_args))
+                single_keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args, typed)
+                wrapper_shared: Any = shared.wrap(func, single_keys)
                 functools.update_wrapper(wrapper_shared, func)
                 wrapper_shared.use_case = name
                 return wrapper_shared  # type: ignore[no-any-return]
@@ -442,7 +478,7 @@ class GCache(Management):
                 raise ConfigError(
                     f"cached(): {func.__qualname__} is a generator; its result cannot be cached"
                 )
-            keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args)
+            keys = KeyBuilder(func, id_arg, arg_adapters, ignore_args, typed)
             chosen = serializer if serializer is not None else self.config.serializer
             uc = self._use_case(name, key_type, track_for_invalidation, default_config, chosen, keys, framing)
             self._registered[name] = where
@@ -469,7 +505,7 @@ class GCache(Management):
         serializer: Serializer | None = None,
         cache_missing: bool = False,
         missing_ttl_sec: float | None = None,
-    ) -> Callable[[F], F]:
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Cache a batch function (sync or async) ``f(ids, ...) -> Mapping[id, value]`` per id.
 
         A call looks each id up in LOCAL, the rest in REMOTE in one round trip (on one server; on
@@ -511,12 +547,14 @@ class GCache(Management):
                 "cached_many(): cache_missing has no frame in the original gcache's formats (legacy_compat)"
             )
 
-        def decorate(func: F) -> F:
+        typed = self.config.typed_for(key_type)  # GCacheConfig.typed_keys
+
+        def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             name, where = _named(func, use_case, "cached_many")
             if not (inspect.iscoroutinefunction(func) or callable(func)) or inspect.isgeneratorfunction(func):
                 raise ConfigError(f"cached_many(): {func.__qualname__} must return a mapping, not yield")
             try:
-                keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args)
+                keys = KeyBuilder(func, ids_arg, arg_adapters, ignore_args, typed)
             except KeyArgDoesNotExist as exc:  # told in this decorator's words
                 raise KeyArgDoesNotExist(str(exc).replace(": id_arg ", ": ids_arg ", 1)) from None
             chosen = serializer if serializer is not None else self.config.serializer

@@ -16,6 +16,7 @@ from typing import Any
 
 from gcache.config import GCacheKey
 from gcache.errors import FuncArgDoesNotExist, KeyArgDoesNotExist
+from gcache.urns import typed_part
 
 __all__ = ["ArgumentsDoNotBind", "GCacheKey", "KeyBuilder", "KeyPartWatch"]
 
@@ -56,6 +57,7 @@ class KeyBuilder:
         "_required",
         "_var_keyword",
         "_var_positional",
+        "part",
     )
 
     def __init__(
@@ -64,7 +66,10 @@ class KeyBuilder:
         id_arg: str | tuple[str, Callable[[Any], Any]],
         arg_adapters: Mapping[str, Callable[[Any], Any]] | None = None,
         ignore_args: Sequence[str] | None = None,
+        typed: bool = False,
     ) -> None:
+        # How an id or argument value becomes a key part: str(), or with its type (typed_keys)
+        self.part: Callable[[Any], str] = typed_part if typed else str
         adapters = dict(arg_adapters or {})
         ignored = set(ignore_args or ())
         name = getattr(func, "__qualname__", repr(func))
@@ -186,10 +191,11 @@ class KeyBuilder:
             ArgumentsDoNotBind: the function would reject these arguments (it raises TypeError).
         """
         n = len(args)
+        part = self.part
         if not kwargs and self._by_position <= n <= self._max_args:
             raw_id = args[self._id_position]  # binds, and the id came by position: most calls
             if self._id_only:
-                return str(raw_id), ()
+                return part(raw_id), ()
         elif kwargs:
             self._check_keywords(args, kwargs)
             raw_id = _value(self._id_field, args, kwargs)
@@ -204,19 +210,19 @@ class KeyBuilder:
         for fld in self._fields:
             v = _value(fld, args, kwargs)
             adapter = fld[3]
-            pairs.append((fld[0], str(v if adapter is None else adapter(v))))
+            pairs.append((fld[0], part(v if adapter is None else adapter(v))))
         if self._var_positional is None and self._var_keyword is None:
-            return str(raw_id), tuple(pairs)
+            return part(raw_id), tuple(pairs)
         if self._var_positional is not None:
-            pairs.append((self._var_positional, str(args[self._n_positional :])))
+            pairs.append((self._var_positional, part(args[self._n_positional :])))
         if self._var_keyword is not None and kwargs:
             skip, adapt, renamed = self._extra_skip, self._extra_adapters, self._extra_renamed
             for name, v in kwargs.items():
                 if name not in skip:
                     key = "**" + name if name in renamed or name.startswith("*") else name
-                    pairs.append((key, str(adapt[name](v) if name in adapt else v)))
+                    pairs.append((key, part(adapt[name](v) if name in adapt else v)))
         pairs.sort()
-        return str(raw_id), tuple(pairs)
+        return part(raw_id), tuple(pairs)
 
     def batch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[tuple[str, str], ...]]:
         """A ``cached_many`` call's ids (the id argument as given: an iterable) and the pairs of its

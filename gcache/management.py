@@ -31,6 +31,7 @@ from gcache.urns import (
     original_entity_key,
     original_value_key,
     owned_by,
+    typed_part,
     value_key,
     watermark_key,
 )
@@ -102,19 +103,28 @@ class Management:
             )
         return uc
 
+    def _part(self, key_type: str) -> Callable[[Any], str]:
+        """How an id or argument value of ``key_type`` becomes a key part, as calls render it:
+        ``str()`` or with its type (``typed_keys``), a long one by its hash (``key_hash_secret``)."""
+        part: Callable[[Any], str] = typed_part if self.config.typed_for(key_type) else str
+        hasher = self._hasher
+        if hasher is None:
+            return part
+        return lambda value: hasher(part(value))
+
     def _where(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]]:
         """Raises KeyTooLongError for a key over ``max_key_length``: direct access raises it."""
         uc = self._for_key(key)
-        hasher = self._hasher
         if self.config.legacy_compat:  # the original's keys (see urns.original_value_key)
             entity, pairs = original_entity_key(self._prefix, key.key_type, key.id), tuple(key.args)
             urn = original_value_key(entity, pairs, key.use_case, tracked=key.invalidation_tracking)
-        elif hasher is None:
+        elif self._hasher is None and not self.config.typed_keys:
             entity, pairs = entity_key(self._prefix, key.key_type, key.id), tuple(key.args)
             urn = value_key(entity, pairs, key.use_case)
-        else:  # as calls key them: long parts by their hash
-            entity = entity_key(self._prefix, key.key_type, hasher(key.id))
-            pairs = tuple((name, hasher(value)) for name, value in key.args)
+        else:  # as calls key them: with types, long parts by their hash
+            part = self._part(key.key_type)
+            entity = entity_key(self._prefix, key.key_type, part(key.given_id))
+            pairs = tuple((name, part(value)) for name, value in key.given_args)
             urn = value_key(entity, pairs, key.use_case)
         if len(urn) > self.config.max_key_length:
             raise too_long(urn, self.config.max_key_length)
@@ -199,10 +209,11 @@ class Management:
         return list(groups.values())
 
     def _batch_ids(self, keys: list[GCacheKey]) -> tuple[list[str], dict[str, GCacheKey]]:
-        hasher = self._hasher
+        """One group's (one key type's) rendered ids, distinct, and the key of each."""
+        part = self._part(keys[0].key_type)
         originals: dict[str, GCacheKey] = {}
         for key in keys:
-            originals.setdefault(key.id if hasher is None else hasher(key.id), key)
+            originals.setdefault(part(key.given_id), key)
         return list(originals), originals
 
     async def aget_many(
@@ -293,7 +304,7 @@ class Management:
         self._check_buffer(future_buffer_ms)
         if key_type not in self._key_types:
             self._unknown_key_type(key_type)
-        id = str(id) if self._hasher is None else self._hasher(str(id))
+        id = self._part(key_type)(id)
         if self.config.legacy_compat:
             entity = original_entity_key(self._prefix, key_type, id)
         else:
@@ -442,6 +453,10 @@ class Management:
         else:
             self._metrics.breaker_open.dec()
             self._metrics.breaker_transition.labels("closed").inc()
+            self._errors.info(
+                ("breaker", self._prefix, "closed"),
+                f"Redis answers again: circuit breaker closed, REMOTE back for {self._prefix!r}",
+            )
 
 
 def _replace_keys(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "original_entity_key",
     "original_value_key",
     "owned_by",
+    "typed_part",
     "value_key",
     "value_key_tail",
     "watermark_key",
@@ -52,6 +54,22 @@ ID_ESCAPES = _table("{}:")  # the closing brace ends the id; ':' so a longer pre
 _ARG_NAME = _table("{}=&#")  # the first '=' ends a name
 _ARG_VALUE = _table("{}&#")  # '&' ends a value, '#' ends the argument list
 _USE_CASE = _table("{}")  # the rest of the key
+
+
+def typed_part(value: Any) -> str:
+    """An id or argument value with its type in the key (``GCacheConfig.typed_keys``), so that
+    ``1`` and ``"1"``, ``None`` and ``"None"``, ``True`` and ``"True"`` are different entries.
+
+    A ``str`` renders as itself (so string ids keep their keys when typed keys are turned on),
+    with a ``!`` put in front when it starts with one; any other value renders as
+    ``!<type>!<str(value)>`` (``!int!1``, ``!NoneType!None``, ``!uuid.UUID!...``): its type
+    name has no ``!``, so no string renders like it, and no two types do alike.
+    """
+    cls = type(value)
+    if cls is str:
+        return "!" + value if value[:1] == "!" else str(value)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return f"!{name}!{value}"
 
 
 def entity_key(prefix: str, key_type: str, id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -126,8 +127,12 @@ def test_threshold_zero_never_opens(loop_thread: LoopThread) -> None:
 
 
 async def test_open_breaker_skips_remote_until_redis_answers_again(
-    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gcache")
     server = EmbeddedRedis()  # not started: nothing answers on its port, its URL is known
     cache = make_cache(
         redis_config=RedisConfig(url=server.url, redis_py_options=dict(FAST)),
@@ -174,6 +179,9 @@ async def test_open_breaker_skips_remote_until_redis_answers_again(
         with server:
             wait_until(lambda: sample(registry, "gcache_breaker_open") == 0, what="a probe to close it")
             assert sample(registry, "gcache_breaker_transition_counter_total", state="closed") == 1
+            (closed,) = [r for r in caplog.records if "circuit breaker closed" in r.getMessage()]
+            assert closed.levelno == logging.INFO  # the end of trouble, told once, no warning
+            assert "REMOTE back for 'urn:gcache'" in closed.getMessage()
             assert await get("2") == "user-2"
             assert await get("2") == "user-2"  # cached again
             assert calls[-1] == "2"
@@ -184,9 +192,14 @@ async def test_open_breaker_skips_remote_until_redis_answers_again(
 
 
 async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
-    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+    make_cache: Callable[..., GCache],
+    registry: CollectorRegistry,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A client built by redis_client_factory has its own timeouts; gcache's deadline still holds."""
+    """A client built by redis_client_factory has its own timeouts; gcache's deadline still holds,
+    and its warning says what timed out (asyncio's own TimeoutError has no message)."""
+    caplog.set_level(logging.WARNING, logger="gcache")
     with HangingListener() as listener:
         cache = make_cache(
             redis_config=None,
@@ -220,3 +233,6 @@ async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
         timeouts = sample(registry, "gcache_error_counter_total", use_case="Factory", layer="REMOTE")
         assert timeouts == 2
         await cache.aclose()
+    (told,) = [r for r in caplog.records if "remote read failed" in r.getMessage()]
+    assert "(REMOTE): TimeoutError: no reply within 0.1 s; served uncached" in told.getMessage()
+    assert told.exc_info is None  # a traceback only at DEBUG

@@ -1029,7 +1029,7 @@ async def test_default_use_case_is_module_and_function_name(
     with cache.enable():
         assert await call(fn, "1") == "1"
 
-    assert fn.use_case == expected  # type: ignore[attr-defined]
+    assert fn.use_case == expected
     assert keys_of(redis_client) == {"{urn:gcache:user_id:1}#" + expected}
     assert sample(registry, "gcache_request_counter_total", use_case=expected, layer="LOCAL") == 1
 
@@ -1104,7 +1104,7 @@ async def test_decorator_keeps_name_doc_and_wrapped(mode: str, make_cache: Maker
 
     assert fn.__name__ == "find_user"
     assert fn.__doc__ == "Find a user by id."
-    assert fn.__wrapped__ is raw  # type: ignore[attr-defined]
+    assert fn.__wrapped__ is raw
     assert inspect.iscoroutinefunction(fn) == (mode == "async")
     assert list(inspect.signature(fn).parameters) == ["uid"]
 

@@ -25,6 +25,12 @@ def get_user_sync(user_id: str) -> list[str]:
     return []
 
 
+class Users:
+    @cache.cached(key_type="user_id", id_arg="user_id", use_case="Method")
+    def name(self, user_id: int) -> str:
+        return ""
+
+
 @cache.invalidates("user_id", "user_id")
 async def rename_user(user_id: str, name: str) -> None:
     return None
@@ -47,6 +53,10 @@ async def route(user_id: str, q: str | None = None) -> dict[str, str]:
 
 reveal_type(get_user)
 reveal_type(get_user_sync)
+reveal_type(get_user.use_case)
+reveal_type(get_user_sync.__wrapped__)
+reveal_type(Users().name)  # bound: self is gone
+reveal_type(Users().name.use_case)
 reveal_type(rename_user)
 reveal_type(handler)
 reveal_type(recompute)
@@ -58,8 +68,12 @@ async def calls() -> None:
 """
 
 REVEALED = (
-    'Revealed type is "def (user_id: str, page: int =) -> typing.Coroutine[Any, Any, dict[str, int]]"',
+    'Revealed type is "gcache.gcache.CachedFunction[[user_id: str, page: int =], '
+    'typing.Coroutine[Any, Any, dict[str, int]]]"',
+    'Revealed type is "gcache.gcache.CachedFunction[[user_id: str], list[str]]"',
+    'Revealed type is "str"',
     'Revealed type is "def (user_id: str) -> list[str]"',
+    'Revealed type is "gcache.gcache.CachedFunction[[user_id: int], str]"',
     'Revealed type is "def (user_id: str, name: str) -> typing.Coroutine[Any, Any, None]"',
     'Revealed type is "def (user_id: str) -> bool"',
     'Revealed type is "def (user_id: str) -> typing.Coroutine[Any, Any, float]"',
@@ -82,11 +96,16 @@ def test_every_decorator_keeps_the_signature_and_a_wrong_argument_is_reported(tm
         ]
     )
     assert status == 1, err  # the three wrong calls
+    check(out)
+
+
+def check(out: str) -> None:
+    """mypy's report on EXAMPLE: each revealed type, and the three wrong calls alone."""
     out = out.replace("builtins.", "")  # mypy before 1.11 spelled builtin types in full
     for revealed in REVEALED:
         assert revealed in out, out
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert len(errors) == 3, out
-    assert 'Argument 1 to "get_user" has incompatible type "int"; expected "str"' in out
+    assert 'Argument 1 to "__call__" of "CachedFunction" has incompatible type "int"; expected "str"' in out
     assert 'Argument "name" to "rename_user" has incompatible type "int"; expected "str"' in out
     assert 'Argument "user_id" to "handler" has incompatible type "None"; expected "str"' in out

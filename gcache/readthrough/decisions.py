@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcache import _envelope, original_wire
 from gcache._codec import Codec, OriginalCodec
+from gcache._log import summary
 from gcache.config import CacheLayer, GCacheKeyConfig, Serializer
 from gcache.keys import GCacheKey, KeyBuilder, KeyPartWatch
 from gcache.local import MISS, LocalStore
@@ -269,7 +270,7 @@ class Decisions(OriginalEntries):
         which = "its last good answer" if fallback is self._last_good else "default_config"
         self.rt.errors.warning(
             (self.use_case, LAYER_CONFIG, kind, which),
-            f"config provider failed for use case {self.use_case!r} ({LAYER_CONFIG}): {kind}: {exc}; "
+            f"config provider failed for use case {self.use_case!r} ({LAYER_CONFIG}): {summary(exc)}; "
             f"served with {which}",
             exc,
         )

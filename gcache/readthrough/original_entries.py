@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcache import original_wire
 from gcache._codec import Codec, OriginalCodec
+from gcache._log import summary
 from gcache.config import Serializer
 from gcache.metrics import LAYER_REMOTE
 from gcache.readthrough.reporting import Reporting
@@ -96,7 +97,7 @@ class OriginalEntries(Reporting):
             self.rt.errors.warning(
                 ("unencodable", self.use_case),
                 f"gcache: {self.use_case}: the value cannot be stored in the original's "
-                f"{envelope.value} envelope ({exc}); served, not stored in REMOTE",
+                f"{envelope.value} envelope ({summary(exc)}); served, not stored in REMOTE",
             )
             return None
         return entry if self.fits_size(len(entry)) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gcache._log import summary
 from gcache.errors import KeyTooLongError, RemoteError
 from gcache.metrics import LAYER_GLOBAL, LAYER_KEY, LAYER_LOCAL, LAYER_NONE, LAYER_REMOTE, UseCaseMetrics
 
@@ -53,7 +54,7 @@ class Reporting:
         self.m.error(layer, kind, "False").inc()  # in_fallback, as str(False)
         self.rt.errors.warning(
             (self.use_case, layer, kind),
-            f"{what} for use case {self.use_case!r} ({layer}): {kind}: {cause}; {outcome}",
+            f"{what} for use case {self.use_case!r} ({layer}): {summary(cause)}; {outcome}",
             exc,
         )
 
@@ -160,8 +161,8 @@ class Reporting:
             self.m.error(LAYER_REMOTE, kind, "False").inc()
         self.rt.errors.warning(
             ("refresh_failed", self.use_case, kind),
-            f"background refresh (refresh_ahead) for use case {self.use_case!r} failed: {kind}: "
-            f"{cause}; the current entry is kept",
+            f"background refresh (refresh_ahead) for use case {self.use_case!r} failed: "
+            f"{summary(cause)}; the current entry is kept",
             exc if remote else None,
         )
 

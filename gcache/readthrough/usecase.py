@@ -103,7 +103,7 @@ class UseCase(AsyncDriver, SyncDriver):
         """
         self.function_name = getattr(func, "__qualname__", self.use_case)
         enabled, disabled_context = self.rt.enabled, self.m.disabled_context
-        hasher, key_error, uc = self.rt.hasher, self.key_error, self
+        hasher, key_error, uc, part = self.rt.hasher, self.key_error, self, keys.part
 
         def prepared(
             args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -111,7 +111,7 @@ class UseCase(AsyncDriver, SyncDriver):
             raw_ids, pairs = keys.batch(args, kwargs)
             originals: dict[str, Any] = {}
             for raw in raw_ids:  # distinct by key, the first of each kept, in the caller's order
-                originals.setdefault(str(raw) if hasher is None else hasher(str(raw)), raw)
+                originals.setdefault(part(raw) if hasher is None else hasher(part(raw)), raw)
             if hasher is not None:
                 pairs = tuple((name, hasher(value)) for name, value in pairs)
             # an iterator is spent: the function gets the ids as a list

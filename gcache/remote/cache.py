@@ -54,13 +54,19 @@ _PING = methodcaller("ping")
 if sys.version_info >= (3, 11):
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
+        try:
+            async with asyncio.timeout(seconds):
+                return await awaitable
+        except TimeoutError as exc:  # asyncio's has no message: the log line would end in "TimeoutError: "
+            raise TimeoutError(f"no reply within {seconds} s") from exc
 
 else:  # pragma: no cover - Python 3.10
 
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError as exc:
+            raise asyncio.TimeoutError(f"no reply within {seconds} s") from exc
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
@@ -163,6 +169,7 @@ class RemoteCache(Connections):
         self.origin = os.urandom(6).hex()
         self.forget_connections()
         self.breaker.after_fork_in_child()
+        self._failed_at = -1
 
     async def _arun(self, operation: str, kind: int, command: Callable[[Connection], Awaitable[T]]) -> T:
         breaker = self.breaker
@@ -194,9 +201,19 @@ class RemoteCache(Connections):
             breaker.success()
         return result
 
+    _failed_at = -1  # the breaker's answers when an operation last failed (-1: none failed)
+
+    def opening_patient(self) -> bool:
+        """A connection opens under ``socket_connect_timeout`` only while Redis is not failing (an
+        answer came since the last failure, or none failed), breaker or not: a server that
+        accepts and never answers then costs the operation's deadline, not the bound. Nothing
+        on the path of an answered operation."""
+        return self.breaker.answers != self._failed_at
+
     def _failed(self, operation: str, exc: BaseException, answers_before: int | None = None) -> RemoteError:
         """Count a failed operation on the breaker (``answers_before``: see
         :meth:`CircuitBreaker.failure`); returns the error to raise."""
+        self._failed_at = self.breaker.answers
         self.breaker.failure(exc, answers_before)
         return RemoteError(operation, exc)
 

@@ -10,6 +10,16 @@ the kinds. redis-py's own retries are cut to one, at once, and only for a connec
 (redis-py 8 retries 10 times with backoff on timeouts too): a cache that waits for a failing
 server only multiplies the damage, and the breaker decides when to try again. The one retry is
 for pooled connections a restarted server has closed, which fail once each.
+
+Opening a connection has its own bound, ``socket_connect_timeout`` (``RedisConfig``'s
+``redis_py_options``, 1 s by default), for all of it: the TCP connect, TLS, and the handshake's
+replies (AUTH, HELLO, SELECT), which redis-py reads under the socket timeout, gcache's 50 ms
+lookup deadline. So the first lookups of a process are not timeouts because the connection was
+slow to open, and a connection that does not open within its bound fails as a
+:class:`ConnectTimeout` (an outage to the breaker, not retried), not as a lookup's
+``TimeoutError`` (:func:`bounded_open`). Only while Redis is not failing: once the breaker counts a failure, a
+connection opens under the operation's deadline again, so a server that accepts connections and
+never answers costs its callers the lookup deadline, not the connect bound each.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import redis.backoff
 import redis.retry
 
 from gcache import _fork
+from gcache._log import summary
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
 from gcache.remote import protocol, scripts
@@ -43,7 +54,9 @@ __all__ = [
     "AsyncWaitTimedPool",
     "Connection",
     "Connections",
+    "ConnectTimeout",
     "WaitTimedPool",
+    "bounded_open",
     "no_retry",
 ]
 
@@ -57,6 +70,88 @@ def retry_policy(retry_class: Any) -> Any:
 
 def no_retry(retry_class: Any) -> Any:
     return retry_class(redis.backoff.NoBackoff(), 0)
+
+
+class ConnectTimeout(redis.TimeoutError):
+    """A connection did not open (TCP, TLS and handshake) within ``socket_connect_timeout``:
+    counted under its own name (``gcache_error_counter{error="ConnectTimeout"}``), apart from the
+    lookups that timed out; a timeout, so redis-py does not retry it (a retry would double it)."""
+
+
+def _not_opened(connection: Any, exc: BaseException) -> ConnectTimeout:
+    bound = connection.socket_connect_timeout
+    return ConnectTimeout(f"no connection opened within {bound} s (socket_connect_timeout): {summary(exc)}")
+
+
+def _deadline_back(connection: Any, term: float | None) -> None:
+    """A sync connection's socket timeout (the lookup deadline) back once it is open: on the
+    socket, and where its reply parser keeps a copy (restored after a read with its own timeout)."""
+    connection.socket_timeout = term
+    sock = connection._sock
+    if sock is None:
+        return
+    sock.settimeout(term)
+    parser = connection._parser
+    if hasattr(parser, "_socket_timeout"):  # hiredis
+        parser._socket_timeout = term
+    buffer = getattr(parser, "_buffer", None)
+    if buffer is not None and hasattr(buffer, "socket_timeout"):  # redis-py's own parsers
+        buffer.socket_timeout = term
+
+
+class _SyncBoundedOpen:
+    """Opens under ``socket_connect_timeout``, then reads under the socket timeout again."""
+
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    _sock: Any
+    patient: Callable[[], bool]  # whether Redis is not failing (the client's breaker)
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self._sock or not self.patient():
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+            return
+        term = self.socket_timeout
+        self.socket_timeout = self.socket_connect_timeout  # TCP, TLS and the handshake's replies
+        try:
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except redis.TimeoutError as exc:
+            raise _not_opened(self, exc) from exc
+        finally:
+            _deadline_back(self, term)
+
+
+class _AsyncBoundedOpen:
+    """Asyncio twin of :class:`_SyncBoundedOpen` (redis-py reads each reply under a timeout of
+    the connection's ``socket_timeout``: nothing else keeps a copy)."""
+
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    is_connected: bool  # redis-py's property
+    patient: Callable[[], bool]
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_connected or not self.patient():
+            await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+            return
+        term = self.socket_timeout
+        self.socket_timeout = self.socket_connect_timeout
+        try:
+            await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except redis.TimeoutError as exc:
+            raise _not_opened(self, exc) from exc
+        finally:
+            self.socket_timeout = term
+
+
+def bounded_open(connection_class: type, patient: Callable[[], bool]) -> type:
+    """``connection_class`` (the one redis-py chose for the URL: TCP, TLS or a Unix socket) with
+    the whole opening bounded by ``socket_connect_timeout`` while ``patient()`` (Redis is not
+    failing; see the module's docstring). One class per client."""
+    is_async = issubclass(connection_class, redis.asyncio.connection.AbstractConnection)
+    mixin = _AsyncBoundedOpen if is_async else _SyncBoundedOpen
+    members = {"patient": staticmethod(patient)}
+    return type(f"OpenBounded{connection_class.__name__}", (mixin, connection_class), members)
 
 
 class Connection:
@@ -177,6 +272,11 @@ class Connections:
         self._by_loop = weakref.WeakKeyDictionary()
         self._last = None
 
+    def opening_patient(self) -> bool:
+        """Whether a new connection may take ``socket_connect_timeout`` to open (RemoteCache:
+        while its breaker counts no failure)."""
+        return True
+
     def _async_connection(self, kind: int) -> Connection:
         loop = asyncio.get_running_loop()
         last = self._last
@@ -203,6 +303,7 @@ class Connections:
                         retry_policy(redis.asyncio.retry.Retry),
                         self._deadlines[kind],
                         self._pool_waits[kind],
+                        self.opening_patient,
                     ),
                     self._read_limit,
                 ).queue_reads()
@@ -228,6 +329,7 @@ class Connections:
                     retry_policy(redis.retry.Retry),
                     self._deadlines[kind],
                     self._pool_waits[kind],
+                    self.opening_patient,
                 ),
                 self._read_limit,
             ).pack_gets()
@@ -285,12 +387,15 @@ def build_client(
     retry: Any,
     socket_timeout: float | None,
     on_wait: Callable[[float], None] | None = None,
+    patient: Callable[[], bool] = lambda: True,
 ) -> Any:
     """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
 
     ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
-    waited for a pooled connection when none was free (single server only).
+    waited for a pooled connection when none was free (single server only). While
+    ``patient()``, a connection's whole opening is bounded by ``socket_connect_timeout``
+    (:func:`bounded_open`; single server only).
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
@@ -299,6 +404,7 @@ def build_client(
     if config.cluster:
         return cluster.from_url(config.url, **options)
     blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
+    blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)
 
