@@ -82,9 +82,9 @@ class Proxy:
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=5)  # accepts no more: every socket it opened is in _open
         self.switch(self.backend)
         self._listener.close()
-        self._thread.join(timeout=5)
 
 
 class Pair:
