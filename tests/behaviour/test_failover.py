@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, RemoteError
 from gcache.errors import ReplicasNotConfirmed
+from gcache.inspection import inspect_entity
 from tests.behaviour._failover import Pair, pair
 
 MODES = pytest.mark.parametrize("mode", ["async", "sync"])
@@ -129,6 +130,11 @@ async def test_an_invalidation_the_promoted_replica_never_received_is_not_lost(m
             inherited = p.replica_admin.hgetall(FENCE)
             assert inherited == before
             assert p.replica_admin.exists(VALUE) == 1
+            # The operator's tool gives the verdict the reads below reach.
+            report = inspect_entity(p.replica_admin, "{urn:gcache:user_id:1}")
+            assert report.fence is not None
+            assert not report.fence.current
+            assert [(e.key, e.verdict) for e in report.entries] == [(VALUE, "fence_mismatch")]
 
             served = [await r() for _ in range(30) for r in readers]
             assert served.count("v1") == 0, f"{served.count('v1')} stale reads of {len(served)}"
