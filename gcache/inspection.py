@@ -134,7 +134,7 @@ def _replid(client: Any, key: str) -> bytes:
     refused)."""
     try:
         if isinstance(client, redis.RedisCluster):
-            info = client.info("replication", target_nodes=client.get_node_from_key(key))
+            info = client.info("replication", target_nodes=client.get_node_from_key(key))  # type: ignore[no-untyped-call]
         else:
             info = client.info("replication")
     except redis.ResponseError:
