@@ -557,6 +557,11 @@ class GCacheConfig:
         _positive("failover_buffer_ms", self.failover_buffer_ms, integer=True, zero=True)
         _positive("invalidate_replicas", self.invalidate_replicas, integer=True, zero=True)
         _positive("invalidate_wait_ms", self.invalidate_wait_ms, integer=True)
+        if self.invalidate_replicas and self.redis_config is not None and self.redis_config.cluster:
+            raise ConfigError(
+                "GCacheConfig.invalidate_replicas needs a single-server Redis: a cluster client cannot "
+                "send WAIT on the connection that wrote the fence yet"
+            )
         _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
         for name in ("read_timeout_sec", "write_timeout_sec"):
             if getattr(self, name) is not None:
