@@ -75,6 +75,9 @@ APP_COMMANDS = (
     "get", "getrange", "set", "hmget", "hset", "pttl", "pexpire", "del", "unlink", "scan", "time",
     # scripts: EVALSHA, and on NOSCRIPT a SCRIPT LOAD (redis-py's Script)
     "evalsha", "script|load",
+    # a tracked read's replication id, in the scripts too (INFO replication only: the rest of
+    # INFO tells too much), and WAIT for an invalidation's replicas (invalidate_replicas)
+    "info|replication", "wait",
     # the invalidation bus, and the breaker's probe
     "publish", "subscribe", "unsubscribe", "ping",
     # a cluster client: the slots' nodes, and where a command's keys are

@@ -450,6 +450,17 @@ class GCacheConfig:
         tracked_compute_limit_sec: a tracked value whose computation took longer than this is
             returned but not written to Redis; invalidation fences live at least this long, which
             keeps the invalidation guarantee exact.
+        failover_buffer_ms: after a failover (or a primary's restart) each tracked entity's fence
+            is made anew on first use, refusing every entry written before, with the watermark
+            server-now + this: set it to the longest ``future_buffer_ms`` your invalidations
+            use, so that the buffer of one lost in the failover still holds (README, "Guarantees
+            through failover").
+        invalidate_replicas: ``invalidate`` / ``ainvalidate`` return only once Redis's ``WAIT``
+            confirms this many replicas have the raised watermark (0: no WAIT). Single-server
+            clients only.
+        invalidate_wait_ms: how long that WAIT may take; fewer replicas by then raise
+            ``RemoteError`` (its ``cause`` a ``ReplicasNotConfirmed``): the primary has the
+            invalidation, so retrying is safe.
         error_log_interval_sec: at most one log line per kind of error in this interval.
         metrics_registry: the prometheus_client registry (default: the global one).
         read_timeout_sec: deadline of one cache lookup in Redis (None: the client's own socket
@@ -513,6 +524,9 @@ class GCacheConfig:
     config_reuse_sec: float = 0.0
     max_future_buffer_ms: int = 3_600_000
     tracked_compute_limit_sec: float = 300.0
+    failover_buffer_ms: int = 0
+    invalidate_replicas: int = 0
+    invalidate_wait_ms: int = 100
     error_log_interval_sec: float = 5.0
     metrics_registry: CollectorRegistry | None = None
     read_timeout_sec: float | None = 0.05
@@ -555,6 +569,14 @@ class GCacheConfig:
         _positive("max_future_buffer_ms", self.max_future_buffer_ms, integer=True, zero=True)
         _positive("config_reuse_sec", self.config_reuse_sec, zero=True)
         _positive("tracked_compute_limit_sec", self.tracked_compute_limit_sec)
+        _positive("failover_buffer_ms", self.failover_buffer_ms, integer=True, zero=True)
+        _positive("invalidate_replicas", self.invalidate_replicas, integer=True, zero=True)
+        _positive("invalidate_wait_ms", self.invalidate_wait_ms, integer=True)
+        if self.invalidate_replicas and self.redis_config is not None and self.redis_config.cluster:
+            raise ConfigError(
+                "GCacheConfig.invalidate_replicas needs a single-server Redis: a cluster client cannot "
+                "send WAIT on the connection that wrote the fence yet"
+            )
         _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
         for name in ("read_timeout_sec", "write_timeout_sec"):
             if getattr(self, name) is not None:

@@ -11,7 +11,9 @@
     ├── GCacheKeyConstructionError  the original library's root of key errors
     ├── FutureBufferTooLargeError   ainvalidate(future_buffer_ms=...) above the configured maximum
     ├── KeyTooLongError             a call's key over max_key_length (served uncached)
-    └── RemoteError                 a Redis operation failed (also a redis.RedisError)
+    ├── RemoteError                 a Redis operation failed (also a redis.RedisError)
+    └── ReplicasNotConfirmed        an invalidation applied, not confirmed on enough replicas in
+                                    time (the cause of a RemoteError; invalidate_replicas)
 
 Configuration errors surface when the cache is built or a function is decorated; everything that
 goes wrong while serving a call is counted, logged and the call is served uncached instead.
@@ -45,6 +47,7 @@ __all__ = [
     "RedisConfigConflictError",
     "ReentrantSyncFunctionDetected",
     "RemoteError",
+    "ReplicasNotConfirmed",
     "UseCaseIsAlreadyRegistered",
     "UseCaseIsAlreadyRegisteredError",
     "UseCaseNameIsReserved",
@@ -106,6 +109,18 @@ class RemoteError(GCacheError, redis.RedisError):
         super().__init__(f"redis {operation} failed: {summary(cause)}")
         self.operation = operation
         self.cause = cause
+
+
+class ReplicasNotConfirmed(GCacheError, redis.RedisError):
+    """With ``GCacheConfig.invalidate_replicas``: the primary applied the invalidation (raised the
+    watermark, told the other processes) but fewer replicas than asked confirmed it within
+    ``invalidate_wait_ms``. Raised as the ``cause`` of a :class:`RemoteError`; retrying is safe (a
+    watermark never goes down)."""
+
+    def __init__(self, wanted: int, confirmed: int, wait_ms: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replicas confirmed the invalidation within {wait_ms} ms")
+        self.wanted = wanted
+        self.confirmed = confirmed
 
 
 class GCacheAlreadyInstantiated(GCacheError):

@@ -241,6 +241,9 @@ class GCache(Management):
                 max_value_bytes=config.max_value_bytes,  # bounds every value read
                 legacy_compat=config.legacy_compat,
                 on_foreign_watermark=self._on_foreign_watermark,
+                failover_buffer_ms=config.failover_buffer_ms,
+                invalidate_replicas=config.invalidate_replicas,
+                invalidate_wait_ms=config.invalidate_wait_ms,
                 on_pool_wait=tuple(
                     FastHistogram(self._metrics.pool_wait.labels(pool)).observe
                     for pool in ("read", "write", "admin")

@@ -45,6 +45,10 @@ class FenceReport:
     nonce: str | None  # hex; None: no fence
     watermark_us: int
     ttl_ms: int
+    # whether it is of the node's replication history: False after a failover or a restart, when
+    # the next read makes it anew and refuses every entry under it (README, "Guarantees through
+    # failover")
+    current: bool = True
 
 
 @dataclass
@@ -125,6 +129,19 @@ def value_key_parts(key: str, entity: str) -> tuple[str, list[tuple[str, str]]]:
     return unquote(use_case), args
 
 
+def _replid(client: Any, key: str) -> bytes:
+    """The replication id of ``key``'s node as a tracked read compares it (b"" where INFO is
+    refused)."""
+    try:
+        if isinstance(client, redis.RedisCluster):
+            info = client.info("replication", target_nodes=client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+        else:
+            info = client.info("replication")
+    except redis.ResponseError:
+        return b""
+    return str(info.get("master_replid", "")).encode()
+
+
 def inspect_entity(
     client: Any,
     entity: str,
@@ -140,7 +157,7 @@ def inspect_entity(
     seconds, micros = client.time()
     now_us = int(seconds) * 1_000_000 + int(micros)
     fence_key = f"{entity}#{WATERMARK_USE_CASE}"
-    nonce, watermark = client.hmget(fence_key, "n", "w")  # HMGET: what gcache's own user may run
+    nonce, watermark, history = client.hmget(fence_key, "n", "w", "r")  # what gcache's user may run
     fence = None
     if nonce is not None:
         fence = FenceReport(
@@ -148,6 +165,7 @@ def inspect_entity(
             nonce.hex(),
             int(watermark) if isinstance(watermark, bytes) and watermark.isdigit() else -1,
             int(client.pttl(fence_key)),
+            (history or b"") == _replid(client, fence_key),
         )
     report = EntityReport(entity, now_us, fence)
     pattern = entity.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
@@ -214,6 +232,12 @@ def _entry(
     elif fence.nonce != entry.nonce:
         entry.verdict = "fence_mismatch"
         entry.why = "written under another fence (the fence was replaced since): a miss"
+    elif not fence.current:
+        entry.verdict = "fence_mismatch"
+        entry.why = (
+            "its fence is of another replication history (a failover or restart since): a miss, and "
+            "the next read makes the fence anew"
+        )
     elif env.stamp_us <= fence.watermark_us:
         entry.verdict = "invalidated"
         entry.why = (

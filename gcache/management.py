@@ -16,7 +16,7 @@ from typing import Any
 from gcache._log import ErrorLog
 from gcache.bus import BusMessage, InvalidationBus
 from gcache.config import GCacheConfig
-from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError
+from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError, ReplicasNotConfirmed
 from gcache.keys import GCacheKey
 from gcache.local import LocalLayer
 from gcache.metrics import LAYER_LOCAL, LAYER_REMOTE, Metrics
@@ -331,11 +331,19 @@ class Management:
         Raises:
             FutureBufferTooLargeError: the buffer is above ``max_future_buffer_ms``.
             RemoteError: Redis did not take the invalidation; the entity's REMOTE entries may
-                still be served until their TTL, so retry or handle it.
+                still be served until their TTL, so retry or handle it. With
+                ``invalidate_replicas``, also when the primary took it but too few replicas
+                confirmed it in time (``cause``: ``ReplicasNotConfirmed``): it holds unless the
+                primary fails over, and then reads fail closed (README, "Guarantees through
+                failover"); retry it to be sure.
         """
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
-            await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
+            try:
+                await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
+            except RemoteError as exc:
+                self._unconfirmed(exc, entity, key_type, future_buffer_ms)
+                raise
             self._invalidated_remotely(entity, key_type, future_buffer_ms)
 
     def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
@@ -343,7 +351,17 @@ class Management:
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
             remote = self._remote
-            self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
+            try:
+                self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
+            except RemoteError as exc:
+                self._unconfirmed(exc, entity, key_type, future_buffer_ms)
+                raise
+            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+
+    def _unconfirmed(self, exc: RemoteError, entity: str, key_type: str, future_buffer_ms: int) -> None:
+        """An invalidation the primary applied but too few replicas confirmed (``WAIT``): this
+        process takes it as applied (the second epoch bump), and the caller is told it failed."""
+        if isinstance(exc.cause, ReplicasNotConfirmed):
             self._invalidated_remotely(entity, key_type, future_buffer_ms)
 
     def _invalidated_remotely(self, entity: str, key_type: str, future_buffer_ms: int) -> None:

@@ -89,6 +89,20 @@ def plant(client: redis.Redis, key: str, head: bytes, size: int) -> None:
     client.setrange(key, size - 1, b"\0")
 
 
+def node_replid(client: Any) -> bytes:
+    """The server's replication id, which a fence carries to be trusted (b"" where INFO is refused,
+    as by fakeredis: the scripts then give every fence that)."""
+    try:
+        return str(client.info("replication")["master_replid"]).encode()
+    except (redis.ResponseError, KeyError):
+        return b""
+
+
+def fence_fields(client: Any, nonce: bytes, watermark: str) -> Any:
+    """A fence's fields as gcache writes them on ``client``'s server: nonce, watermark, replid."""
+    return {"n": nonce, "w": watermark, "r": node_replid(client)}
+
+
 def net_output_bytes(client: redis.Redis) -> int:
     """Bytes the server has sent its clients so far (``INFO stats``)."""
     return int(client.info("stats")["total_net_output_bytes"])

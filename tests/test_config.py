@@ -760,3 +760,25 @@ async def test_an_environment_s_configs_serve_as_the_provider(
         assert [await call(fn, "1") for _ in range(2)] == ["1", "1"]
     assert calls == ["1"]  # staging's LOCAL config: cached
     assert sample(registry, "gcache_request_counter_total", use_case="GetOrg", layer="REMOTE") == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"invalidate_replicas": -1}, "invalidate_replicas"),
+        ({"invalidate_wait_ms": 0}, "invalidate_wait_ms"),
+        ({"failover_buffer_ms": -5}, "failover_buffer_ms"),
+        (
+            {"invalidate_replicas": 1, "redis_config": RedisConfig(url="redis://127.0.0.1:1", cluster=True)},
+            "single-server",
+        ),
+    ],
+)
+def test_failover_options_are_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        GCacheConfig(**options)
+
+
+def test_failover_options_default_to_no_wait_and_no_buffer() -> None:
+    config = GCacheConfig()
+    assert (config.invalidate_replicas, config.invalidate_wait_ms, config.failover_buffer_ms) == (0, 100, 0)

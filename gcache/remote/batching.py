@@ -11,7 +11,8 @@ import redis
 
 from gcache.remote.protocol import (
     ASYNC_POOL_ARGS,
-    TIME,
+    HEAD,
+    HEAD_REPLIES,
     ValueRead,
     apipelined,
     exchange,
@@ -45,8 +46,9 @@ class ReadQueue:
     A read that finds none in flight on this loop goes straight to Redis, as it always did. A
     read that finds one does not take a connection of its own: it queues, and every read queued
     by the end of the loop's pass goes to Redis in one write on one pooled connection, with one
-    TIME shared by the tracked reads of the batch (it precedes each of their reads, which is all
-    a fence needs; see :func:`~gcache.remote.protocol.parse_fence_read`). N callers at once then
+    head (TIME, INFO replication) shared by the tracked reads of the batch (it precedes each of
+    their reads, which is all a fence needs; see :func:`~gcache.remote.protocol.parse_fence_read`).
+    N callers at once then
     cost one pool checkout, one write and about one round trip instead of N of each. A read's
     ``sending()`` is called when its batch has a connection: until then other callers may take
     its result as theirs (see ``UseCase.amerged_read``). Each read gets its own error: a failed
@@ -138,9 +140,9 @@ class ReadQueue:
                 else:
                     parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl))
                     n += 3 if q.with_ttl else 2
-            if n > len(batch):  # tracked reads: TIME first
-                parts.insert(0, TIME)
-                n += 1
+            if n > len(batch):  # tracked reads: the head (TIME, INFO replication) first
+                parts.insert(0, HEAD)
+                n += HEAD_REPLIES
             return await exchange(connection, b"".join(parts), n)
         finally:
             await pool.release(connection)
@@ -150,15 +152,15 @@ def _answer(batch: list[_Queued], replies: list[Any]) -> None:
     """Hand each queued read its replies (a tracked read's as
     :func:`~gcache.remote.protocol.fence_read`'s would be)."""
     tracked = any(q.fence is not None for q in batch)
-    time = replies[0] if tracked else None
-    i = 1 if tracked else 0
+    head = replies[:HEAD_REPLIES] if tracked else []
+    i = HEAD_REPLIES if tracked else 0
     for q in batch:
         if q.fence is None:
             mine = [replies[i]]
             i += 1
         else:
             n = 3 if q.with_ttl else 2
-            mine = [time, *replies[i : i + n]]
+            mine = [*head, *replies[i : i + n]]
             i += n
         future = q.future
         if future.done():

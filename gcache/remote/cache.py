@@ -25,13 +25,15 @@ from gcache._loop_thread import LoopThread
 from gcache.breaker import CircuitBreaker
 from gcache.bus import message_signature
 from gcache.config import RedisConfig
-from gcache.errors import RemoteError
+from gcache.errors import RemoteError, ReplicasNotConfirmed
 from gcache.original_wire import WATERMARK_TTL_SECONDS
 from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import (
     TrackedRead,
     abatch_pipelined,
+    ainvalidate_and_wait,
     batch_pipelined,
+    invalidate_and_wait,
     parse_batch,
     parse_fence_read,
     parse_original,
@@ -112,6 +114,11 @@ class RemoteCache(Connections):
             string of milliseconds), read and written by the ``*_ORIGINAL`` scripts.
         on_foreign_watermark: told the fence key when a tracked read without ``legacy_compat``
             finds such a watermark there (the read script then makes it a fence).
+        failover_buffer_ms: a fence of another replication history (inherited through a
+            failover) is made anew with the watermark server-now + this.
+        invalidate_replicas, invalidate_wait_ms: an invalidation returns once ``WAIT`` confirms
+            this many replicas have it, or raises ``RemoteError`` (cause
+            :class:`~gcache.errors.ReplicasNotConfirmed`) after this long; 0: no WAIT.
 
     A class of about 300 lines: a twin pair per operation (about twenty), each two or three lines
     around one command it builds once; one concern, Redis's commands, better read together.
@@ -135,6 +142,9 @@ class RemoteCache(Connections):
         max_value_bytes: int | None = None,
         legacy_compat: bool = False,
         on_foreign_watermark: Callable[[str], None] = lambda fence: None,
+        failover_buffer_ms: int = 0,
+        invalidate_replicas: int = 0,
+        invalidate_wait_ms: int = 0,
     ) -> None:
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
@@ -152,6 +162,8 @@ class RemoteCache(Connections):
         self._compute_limit_ms = compute_limit_ms
         self.legacy_compat = legacy_compat
         self._on_foreign_watermark = on_foreign_watermark
+        self._failover_buffer_ms = failover_buffer_ms
+        self._wait = (invalidate_replicas, invalidate_wait_ms) if invalidate_replicas > 0 else None
         self.breaker = CircuitBreaker(
             threshold=breaker_failures,
             probe_sec=breaker_probe_sec,
@@ -231,8 +243,14 @@ class RemoteCache(Connections):
 
     def _read_args(self, with_ttl: bool) -> list[Any]:
         """READ_TRACKED's ARGV: a nonce for a fence it creates, the compute limit, PTTL or not,
-        the read limit."""
-        return [new_nonce(), self._compute_limit_ms, "1" if with_ttl else "", *self._limit_args]
+        the failover buffer, the read limit."""
+        return [
+            new_nonce(),
+            self._compute_limit_ms,
+            "1" if with_ttl else "",
+            self._failover_buffer_ms,
+            *self._limit_args,
+        ]
 
     def _cluster_batch(
         self, keys: Sequence[str], fences: Sequence[str] | None
@@ -300,6 +318,11 @@ class RemoteCache(Connections):
         return message_signature(self._signer, kind, buffer_ms, self.origin, target)
 
     def _invalidate(self, fence: str, future_buffer_ms: int) -> Callable[[Connection], Any]:
+        name, keys, args = self._invalidation(fence, future_buffer_ms)
+        return methodcaller(name, keys=keys, args=args)
+
+    def _invalidation(self, fence: str, future_buffer_ms: int) -> tuple[str, list[Any], list[Any]]:
+        """The invalidation script's name on :class:`Connection`, its keys and its arguments."""
         entity = entity_of(fence)
         args = [
             future_buffer_ms,
@@ -312,8 +335,34 @@ class RemoteCache(Connections):
         ]
         if self.legacy_compat:
             args = [future_buffer_ms, WATERMARK_TTL_SECONDS * 1000, *args[3:]]
-            return methodcaller("invalidate_original", keys=[fence], args=args)
-        return methodcaller("invalidate", keys=[fence], args=args)
+            return "invalidate_original", [fence], args
+        return "invalidate", [fence], args
+
+    def _confirmed(self, fence: str, future_buffer_ms: int) -> tuple[Callable[[Connection], Any], Any]:
+        """With ``invalidate_replicas``: the invalidation and its WAIT on one connection, sync and
+        async (a cluster client's pipelines cannot send WAIT to a key's node: refused)."""
+        name, keys, args = self._invalidation(fence, future_buffer_ms)
+        wait = self._wait
+        assert wait is not None
+
+        def run(c: Connection) -> Any:
+            if c.pool is None:
+                raise redis.RedisError("invalidate_replicas needs a single-server client, not a cluster's")
+            return invalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+
+        async def arun(c: Connection) -> Any:
+            if c.pool is None:
+                raise redis.RedisError("invalidate_replicas needs a single-server client, not a cluster's")
+            return await ainvalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+
+        return run, arun
+
+    def _check_confirmed(self, result: tuple[Any, int]) -> int:
+        watermark, confirmed = result
+        wanted, wait_ms = self._wait  # type: ignore[misc]
+        if confirmed < wanted:
+            raise RemoteError("invalidate", ReplicasNotConfirmed(wanted, confirmed, wait_ms))
+        return int(watermark)
 
     def _delete(self, key: str) -> Callable[[Connection], Any]:
         args = [self.channel, self.origin, self._signature("delete", 0, key)]
@@ -614,11 +663,24 @@ class RemoteCache(Connections):
         return int(self._run("write", WRITE, self._write_tracked(key, fence, read, ttl_ms, envelope)))
 
     async def ainvalidate(self, fence: str, future_buffer_ms: int) -> int:
-        """Raise the entity's watermark to at least server-now + buffer; returns it (us)."""
-        return int(await self._arun("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
+        """Raise the entity's watermark to at least server-now + buffer; returns it (us).
+
+        With ``invalidate_replicas``, returns once that many replicas confirmed it (``WAIT``), else
+        raises ``RemoteError`` caused by :class:`~gcache.errors.ReplicasNotConfirmed`: the
+        primary has it, the breaker is not told (Redis answered).
+        """
+        if self._wait is None:
+            return int(await self._arun("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
+        arun = self._confirmed(fence, future_buffer_ms)[1]
+        return self._check_confirmed(await self._arun("invalidate", ADMIN, arun))
 
     def invalidate(self, fence: str, future_buffer_ms: int) -> int:
-        return int(self._run("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
+        if self._wait is None:
+            return int(self._run("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
+        if self._factory is not None:
+            return self._loop_thread.run(lambda: self.ainvalidate(fence, future_buffer_ms))
+        run = self._confirmed(fence, future_buffer_ms)[0]
+        return self._check_confirmed(self._run("invalidate", ADMIN, run))
 
     async def adelete(self, key: str) -> bool:
         return bool(await self._arun("delete", ADMIN, self._delete(key)))

@@ -1,6 +1,7 @@
 """The read protocol: reads sent as hand-packed commands in one write, and their replies.
 
-A tracked read is TIME, GET, HMGET (and PTTL) on one pooled connection in one write: redis-py's
+A tracked read is TIME, INFO replication, GET, HMGET (and PTTL) on one pooled connection in one
+write: redis-py's
 Pipeline object costs the client what a Lua script costs the server (both about 20 µs over a GET
 here), this costs about what one GET does. The replies are read under one deadline
 (:class:`Deadline`) that forgives a busy event loop once. Under concurrency
@@ -33,6 +34,8 @@ from gcache.original_wire import parse_watermark
 __all__ = [
     "ASYNC_POOL_ARGS",
     "GET",
+    "HEAD",
+    "HEAD_REPLIES",
     "TIME",
     "Deadline",
     "TrackedRead",
@@ -40,7 +43,9 @@ __all__ = [
     "apipelined",
     "exchange",
     "fence_read",
+    "ainvalidate_and_wait",
     "get",
+    "invalidate_and_wait",
     "pack_get",
     "pack_reads",
     "abatch_pipelined",
@@ -53,12 +58,19 @@ __all__ = [
     "pipelined",
     "pool_args",
     "read_limit",
+    "replid",
     "value_read",
 ]
 
 # A deadline that fires this much later than its time found the event loop busy (see Deadline).
 _LATE_SEC = 0.005
 TIME = b"*1\r\n$4\r\nTIME\r\n"
+# What every tracked read starts with, once per write however many reads share it: the server time
+# (t0) and the node's replication id (INFO replication's master_replid), which a fence must carry
+# to be trusted (see parse_fence_read). Two replies.
+HEAD = TIME + b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
+HEAD_REPLIES = 2
+_REPLID_FIELD = b"master_replid:"
 # How a value is read: its command packed for the wire up to the key, and after the key.
 ValueRead = tuple[bytes, bytes]
 GET: ValueRead = (b"*2\r\n$3\r\nGET\r\n", b"")
@@ -86,13 +98,22 @@ class TrackedRead(NamedTuple):
     pttl_ms: int = -1  # the value's remaining life; -1: no TTL or no value
 
 
+def replid(info: bytes) -> bytes:
+    """The ``master_replid`` of an ``INFO replication`` reply: this node's replication history
+    (b"" if the reply has none, which no fence matches)."""
+    at = info.find(_REPLID_FIELD)
+    if at < 0:
+        return b""
+    at += len(_REPLID_FIELD)
+    return info[at : info.find(b"\r", at)]
+
+
 def parse_tracked(reply: list[Any]) -> TrackedRead:
-    """The read script's reply, taken as the pipeline's replies (the script always has a fence)."""
+    """The read script's reply (the script always has a fence of this node's history)."""
     raw, nonce, watermark, seconds, micros = reply[:5]
+    assert nonce is not None, "the read script returned no fence"
     pttl = [p for p in reply[5:6] if p is not None]  # Lua's nil ends the reply
-    read = parse_fence_read([[seconds, micros], raw, [nonce, watermark], *pttl])
-    assert read is not None, "the read script returned no fence"
-    return read
+    return _tracked(seconds, micros, raw or None, nonce, watermark, pttl)
 
 
 def parse_original(reply: list[Any]) -> TrackedRead:
@@ -109,7 +130,8 @@ def parse_original(reply: list[Any]) -> TrackedRead:
 def pack_reads(
     encode: Callable[[str], bytes], read: ValueRead, key: str, fence: str, with_ttl: bool
 ) -> bytes:
-    """GET (or ``read``'s GETRANGE), HMGET (, PTTL) of a tracked read packed for the wire:
+    """GET (or ``read``'s GETRANGE), HMGET of the fence's nonce, watermark and replication id
+    (, PTTL) of a tracked read packed for the wire, to follow :data:`HEAD`:
     redis-py's asyncio packer costs 5.7 µs for these commands and TIME, this 1. ``encode`` is the
     connection's own."""
     k, f = encode(key), encode(fence)
@@ -119,7 +141,7 @@ def pack_reads(
             read[0],
             value,
             read[1],
-            b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n" % (len(f), f),
+            b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n$1\r\nr\r\n" % (len(f), f),
             b"*2\r\n$4\r\nPTTL\r\n" + value if with_ttl else b"",
         )
     )
@@ -134,34 +156,50 @@ def pack_get(encode: Callable[[str], bytes], read: ValueRead, key: str) -> bytes
 def fence_read(
     encode: Callable[[str], bytes], read: ValueRead, key: str, fence: str, with_ttl: bool
 ) -> tuple[bytes, int]:
-    """READ_TRACKED's reads as plain commands in the script's order, TIME, GET (or GETRANGE),
-    HMGET (, PTTL), packed for the wire, and how many replies they get."""
-    return TIME + pack_reads(encode, read, key, fence, with_ttl), 4 if with_ttl else 3
+    """READ_TRACKED's reads as plain commands in the script's order, :data:`HEAD` (TIME, INFO
+    replication), GET (or GETRANGE), HMGET (, PTTL), packed for the wire, and how many replies
+    they get."""
+    return HEAD + pack_reads(encode, read, key, fence, with_ttl), 5 if with_ttl else 4
 
 
 def parse_fence_read(replies: list[Any]) -> TrackedRead | None:
-    """The replies of :func:`fence_read`'s commands; None when the entity has no fence, which
-    only the script can create atomically with the read.
+    """The replies of :func:`fence_read`'s commands (the head's two, the value's, the fence's, the
+    PTTL's); None when the entity has no fence, which only the script can create atomically with
+    the read, or a fence of another replication history than the node's, which only the script may
+    make anew.
+
+    A fence is trusted only if its ``r`` is the node's ``master_replid`` at this read: one inherited
+    by a promoted replica (a new id) or left from before a restart (likewise) may lack a watermark
+    its old primary acknowledged and never replicated, so the script makes it anew and every entry
+    under it is refused. The id is read with every read, never remembered: a connection opened while
+    the node was a replica, or before it changed role, would remember its old history's.
 
     Other clients' commands may run between these reads, unlike the script's; each such
     interleaving only makes the read more careful. An invalidation that lands after TIME raises
     the watermark this read sees (its entry reads as invalidated, its write is refused, no caller
-    joins it); a fence replaced after GET has another nonce than the entry. A value that expired
-    between GET and PTTL was at the end of its grace period: it counts as past its TTL (0). An
-    empty value (GETRANGE's answer for none) is none.
+    joins it); a fence replaced after GET has another nonce than the entry; a promotion after INFO
+    leaves the fence of the old history, which the write after a miss refuses and the next read
+    makes anew. A value that expired between GET and PTTL was at the end of its grace period: it
+    counts as past its TTL (0). An empty value (GETRANGE's answer for none) is none.
     """
-    (seconds, micros), raw, (nonce, watermark) = replies[0], replies[1] or None, replies[2]
-    if nonce is None:
+    (seconds, micros), info, raw, (nonce, watermark, epoch) = replies[0], replies[1], replies[2], replies[3]
+    if nonce is None or epoch != replid(info):
         return None
-    pttl = int(replies[3]) if raw is not None and len(replies) > 3 else -1
-    if pttl == -2:  # gone since GET: the very end of its grace period
-        pttl = 0
+    return _tracked(seconds, micros, raw or None, nonce, watermark, replies[4:5])
+
+
+def _tracked(
+    seconds: bytes, micros: bytes, raw: bytes | None, nonce: bytes, watermark: bytes | None, pttl: list[Any]
+) -> TrackedRead:
+    ttl = int(pttl[0]) if raw is not None and pttl else -1
+    if ttl == -2:  # gone since GET: the very end of its grace period
+        ttl = 0
     return TrackedRead(
         raw,
         nonce,
         int(watermark) if watermark is not None else 0,
         int(seconds) * 1_000_000 + int(micros),
-        pttl,
+        ttl,
     )
 
 
@@ -176,15 +214,28 @@ _POOL_ARGS = pool_args(redis.ConnectionPool.get_connection)
 ASYNC_POOL_ARGS = pool_args(redis.asyncio.ConnectionPool.get_connection)
 
 
+def _info_refused(exc: redis.ResponseError) -> bool:
+    """INFO refused: unknown to the server (fakeredis) or to the user (an ACL without +info). Its
+    reply then reads as b"", the replication id the scripts then give every fence: failover
+    fencing is off on such a server, and reads go on as before it (README, "Guarantees through
+    failover")."""
+    text = str(exc)
+    return "'info'" in text and ("unknown command" in text or "permission" in text)
+
+
 def _read_replies(read: Callable[[], Any], n: int) -> list[Any]:
-    """``n`` replies; a command's error is raised after the last one is read."""
+    """``n`` replies; a command's error is raised after the last one is read (INFO's refusal is
+    b"": see :func:`_info_refused`)."""
     replies = []
     error: redis.ResponseError | None = None
     for _ in range(n):
         try:
             replies.append(read())
         except redis.ResponseError as exc:
-            error = error or exc
+            if _info_refused(exc):
+                replies.append(b"")
+            else:
+                error = error or exc
     if error is not None:
         raise error
     return replies
@@ -240,8 +291,11 @@ def _take_replies(connection: Any, n: int) -> list[Any]:
             elif isinstance(reply, push):  # RESP3: a push message, not a reply, routed as redis-py does
                 parser.handle_push_response(reply)
             elif isinstance(reply, redis.ResponseError):
-                error = error or reply
-                n -= 1
+                if _info_refused(reply):
+                    replies.append(b"")
+                else:
+                    error = error or reply
+                    n -= 1
             elif isinstance(reply, redis.ConnectionError):  # LOADING, as redis-py raises it
                 raise reply
             else:
@@ -311,6 +365,71 @@ def get(pool: Any, read: ValueRead, key: str) -> bytes | None:
         pool.release(connection)
 
 
+def _script_and_wait(
+    connection: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
+) -> Any:
+    """EVALSHA of ``script`` and WAIT, packed for one write on ``connection``: WAIT counts the
+    replicas that have this connection's writes, so the two must share it."""
+    return connection.pack_commands([("EVALSHA", script.sha, len(keys), *keys, *args), ("WAIT", *wait)])
+
+
+def _loaded(replies: list[Any]) -> bool:
+    """Whether the script ran: False on NOSCRIPT (the server lost its scripts: load and retry)."""
+    return not isinstance(replies[0], redis.exceptions.NoScriptError)
+
+
+def invalidate_and_wait(
+    pool: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
+) -> tuple[Any, int]:
+    """Run ``script`` and ``WAIT numreplicas timeout_ms`` on one pooled connection: the script's
+    reply and how many replicas confirmed its writes."""
+    connection = pool.get_connection(*_POOL_ARGS)
+    try:
+        for _ in range(2):
+            connection.send_packed_command(_script_and_wait(connection, script, keys, args, wait))
+            replies = []
+            for _ in range(2):
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            if _loaded(replies):
+                break
+            connection.send_command("SCRIPT", "LOAD", script.script)
+            connection.read_response()
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies[0], int(replies[1])
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+
+
+async def ainvalidate_and_wait(
+    pool: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
+) -> tuple[Any, int]:
+    """Async twin of :func:`invalidate_and_wait`."""
+    connection = await pool.get_connection(*ASYNC_POOL_ARGS)
+    try:
+        for _ in range(2):
+            replies = await exchange(
+                connection, b"".join(_script_and_wait(connection, script, keys, args, wait)), 2
+            )
+            if _loaded(replies):
+                break
+            await connection.send_command("SCRIPT", "LOAD", script.script)
+            await connection.read_response()
+    finally:
+        await pool.release(connection)
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies[0], int(replies[1])
+
+
 class Deadline:
     """The deadline of a batch of replies, as ``asyncio.timeout`` (one timer, the task cancelled
     when it fires), but forgiving a busy event loop once.
@@ -377,7 +496,7 @@ def batch_reads(
         encoded = [encode(key) for key in keys]
         return b"".join([b"%b$%d\r\n%b\r\n%b" % (head, len(k), k, tail) for k in encoded]), len(keys)
     packed = [pack_reads(encode, read, key, fence, False) for key, fence in zip(keys, fences, strict=True)]
-    return TIME + b"".join(packed), 1 + 2 * len(keys)
+    return HEAD + b"".join(packed), HEAD_REPLIES + 2 * len(keys)
 
 
 def parse_batch(replies: list[Any], tracked: bool) -> list[Any]:
@@ -385,8 +504,11 @@ def parse_batch(replies: list[Any], tracked: bool) -> list[Any]:
     :class:`TrackedRead` (None where the entity has no fence: the read script must create it)."""
     if not tracked:
         return [raw or None for raw in replies]
-    time = replies[0]
-    return [parse_fence_read([time, replies[i], replies[i + 1]]) for i in range(1, len(replies), 2)]
+    time, info = replies[0], replies[1]
+    return [
+        parse_fence_read([time, info, replies[i], replies[i + 1]])
+        for i in range(HEAD_REPLIES, len(replies), 2)
+    ]
 
 
 def batch_pipelined(
@@ -451,7 +573,7 @@ async def exchange(connection: Any, packed: bytes, n: int) -> list[Any]:
                     try:
                         replies.append(await connection.read_response(timeout=math.inf))
                     except redis.ResponseError as exc:  # read the rest: the connection stays in step
-                        replies.append(exc)
+                        replies.append(b"" if _info_refused(exc) else exc)
         except asyncio.CancelledError:
             if deadline is not None and deadline.expired():
                 raise TimeoutError(f"no reply within {term} s") from None
@@ -486,8 +608,10 @@ async def _atake_replies(connection: Any, reader: Any, n: int, replies: list[Any
                 await parser.handle_push_response(reply)
             elif isinstance(reply, redis.ConnectionError):  # LOADING, as redis-py raises it
                 raise reply
+            elif isinstance(reply, redis.ResponseError):
+                replies.append(b"" if _info_refused(reply) else reply)  # an error in its place
             else:
-                replies.append(reply)  # a ResponseError in its place
+                replies.append(reply)
     except OSError as exc:
         raise redis.ConnectionError(f"Error while reading from {connection._host_error()}: {exc}") from exc
     if connection.health_check_interval:

@@ -44,6 +44,22 @@ local function _FOREIGN(key, t)
 end
 """
 
+# The replication id of this node's history: master_replid of INFO replication (ROLE may not run
+# in a script; INFO may). A primary's own; a replica's is its primary's; a replica promoted takes
+# a new one (the old one becomes master_replid2), and a restarted primary starts with a new one.
+# Every fence records the id of the history it was created or last raised in ('r'): a fence whose
+# 'r' is not this node's id was inherited from a history this node may not hold all of (a raise
+# acknowledged by a primary that died before it replicated), and nothing under it is trusted.
+# A server that refuses INFO (fakeredis, an ACL without +info) gives '': every fence the same id,
+# failover fencing off (protocol._info_refused reads INFO's refusal so on the fast path).
+_REPLID = """
+local function _REPLID()
+  local ok, s = pcall(redis.call, 'INFO', 'replication')
+  if not ok or type(s) ~= 'string' then return '' end
+  return string.match(s, 'master_replid:(%x+)') or ''
+end
+"""
+
 # The tracked read. On a single server the read is first sent as these commands without the
 # script (protocol.fence_read: a script costs the server 15 µs more than a GET); the script runs
 # when that finds no fence, to create it with the read, and on a cluster.
@@ -51,10 +67,15 @@ end
 # ARGV[1] nonce for a fence this read has to create (8 bytes), ARGV[2] its life (ms): the compute
 #         limit, which the write after a miss extends
 # ARGV[3] '1' to return the value's PTTL (a fail-safe use case), '' not to
-# ARGV[4] (optional) the read limit: at most this many bytes of the value and one more are read
+# ARGV[4] failover buffer (ms): a fence of another history is made anew with the watermark
+#         server-now + this (never lower than its own)
+# ARGV[5] (optional) the read limit: at most this many bytes of the value and one more are read
 #         (GETRANGE, which answers '' for none, read as none); absent: the whole value (GET)
 # A missing fence is created here, so every read carries a nonce: if the fence is lost while the
 # function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
+# A fence of another replication history (its 'r' is not this node's id, or it has none: written
+# before fences had one) is made anew the same way, with a new nonce: every entry under the old
+# one is refused (a failover invalidates each tracked entity once; see _REPLID).
 # Returns {value or nil, fence nonce, watermark (us), server time seconds, and microseconds,
 # the value's PTTL (ms) or nil}. The caller joins the two halves of the time: Lua arithmetic and
 # string.format cost the server more than the reads themselves. The PTTL tells a fail-safe use
@@ -62,18 +83,28 @@ end
 READ_TRACKED = (
     _VALUE
     + _FOREIGN_WATERMARK
+    + _REPLID
     + """
 local t = redis.call('TIME')
-local v = _VALUE(KEYS[1], ARGV[4])
-local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w')
+local v = _VALUE(KEYS[1], ARGV[5])
+local r = _REPLID()
+local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w', 'r')
 if not ok then
   f = {false, _FOREIGN(KEYS[2], t)}
   redis.call('DEL', KEYS[2])
 end
+if f[1] and f[3] ~= r then
+  local w = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[4]) * 1000
+  local old = tonumber(f[2]) or 0
+  if old > w then w = old end
+  f = {false, string.format('%.0f', w)}
+end
 if not f[1] then
   local w = f[2] or '0'
-  redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', w)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', w, 'r', r)
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
   f = {ARGV[1], w}
 end
 local pttl = nil
@@ -105,14 +136,17 @@ return 0
 # ARGV[3] fence nonce that read saw (it created the fence if there was none)
 # ARGV[4] the entry, stamped t0 and carrying that nonce: the writer fills (and signs) every field
 # ARGV[5] compute limit (us): a read older than this may have outlived an invalidation fence
-# Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced or gone since the read;
+# Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced or gone since the read, or of
+# another replication history (a failover since: the read may have been on the old primary);
 # -2 too slow.
-WRITE_TRACKED = """
+WRITE_TRACKED = (
+    _REPLID
+    + """
 local t = redis.call('TIME')
 local t0 = tonumber(ARGV[1])
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) - t0 > tonumber(ARGV[5]) then return -2 end
-local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w')
-if not ok or f[1] ~= ARGV[3] then return -1 end
+local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w', 'r')
+if not ok or f[1] ~= ARGV[3] or f[3] ~= _REPLID() then return -1 end
 local w = tonumber(f[2])
 if not w or w >= t0 then return 0 end
 local ttl = tonumber(ARGV[2])
@@ -122,6 +156,7 @@ if redis.call('PTTL', KEYS[2]) < ttl + 1000 then
 end
 return 1
 """
+)
 
 # KEYS[1] fence key
 # ARGV[1] future buffer (ms), ARGV[2] nonce for a fence this call has to create (8 bytes),
@@ -132,27 +167,31 @@ return 1
 # ARGV[7] the message's signature ('': unsigned; see gcache.bus)
 # Publishes "i|<server now us>|<buffer ms>|<origin>|<entity>" (signed: "I|...|<origin>|<signature>|
 # <entity>") in the same step, so the message and the watermark cannot disagree. Returns the
-# watermark (us) now in force; it never goes down.
+# watermark (us) now in force; it never goes down. A fence of another replication history (see
+# _REPLID) is made anew, with a new nonce: its entries may carry stamps of another server's clock,
+# which a watermark of this one's does not bound.
 INVALIDATE = (
     _FOREIGN_WATERMARK
+    + _REPLID
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local buffer = tonumber(ARGV[1])
 local w = now + buffer * 1000
-local ok, f = pcall(redis.call, 'HMGET', KEYS[1], 'n', 'w')
+local r = _REPLID()
+local ok, f = pcall(redis.call, 'HMGET', KEYS[1], 'n', 'w', 'r')
 if not ok then
   local foreign = tonumber(_FOREIGN(KEYS[1], t))
   if foreign > w then w = foreign end
   redis.call('DEL', KEYS[1])
   f = {false}
 end
-if f[1] then
-  local current = tonumber(f[2]) or 0
-  if current > w then w = current end
+local current = tonumber(f[2]) or 0
+if current > w then w = current end
+if f[1] and f[3] == r then
   redis.call('HSET', KEYS[1], 'w', string.format('%.0f', w))
 else
-  redis.call('HSET', KEYS[1], 'n', ARGV[2], 'w', string.format('%.0f', w))
+  redis.call('HSET', KEYS[1], 'n', ARGV[2], 'w', string.format('%.0f', w), 'r', r)
 end
 local life = buffer + tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < life then

@@ -29,7 +29,7 @@ from gcache import (
     RemoteError,
 )
 from gcache import _envelope as envelope
-from tests.conftest import sample
+from tests.conftest import fence_fields, sample
 
 LOCAL_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.LOCAL: 60}, ramp={CacheLayer.LOCAL: 100})
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
@@ -334,7 +334,9 @@ async def test_replaced_fence_recomputes_instead_of_serving(
     with cache.enable():
         assert await fn("1") == ("1", 0, 1)
         redis_client.delete(fence_key("1"))
-        redis_client.hset(fence_key("1"), mapping={"n": b"OTHERNON", "w": "0"})  # a new fence, w=0
+        redis_client.hset(
+            fence_key("1"), mapping=fence_fields(redis_client, b"OTHERNON", "0")
+        )  # a new fence, w=0
 
         assert await fn("1") == ("1", 0, 2)
         assert sample(registry, MISS_REASONS, use_case="Fenced", layer="REMOTE", reason="fence_mismatch") == 1

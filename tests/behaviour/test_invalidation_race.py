@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig, RemoteError
 from gcache.remote import RemoteCache
+from tests.behaviour._failover import pair
 from tests.conftest import sample
 
 KEY_TYPE = "user_id"
@@ -289,7 +290,12 @@ def _next_entity(rng: random.Random, last: str) -> str:
     return last if rng.random() < 0.4 else rng.choice(ENTITIES)
 
 
-async def arun(subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS) -> Outcome:
+Hook = Callable[[int], None]  # called by the writer before each round, with its number
+
+
+async def arun(
+    subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS, hook: Hook | None = None
+) -> Outcome:
     """READERS asyncio tasks read while one task bumps and invalidates ``rounds`` times."""
     aread, ainvalidate = subject.aread, subject.ainvalidate
     assert aread is not None
@@ -309,9 +315,11 @@ async def arun(subject: Subject, source: Source, *, seed: int, rounds: int = ROU
         nonlocal done
         entity = rng.choice(ENTITIES)
         try:
-            for _ in range(rounds):
+            for n in range(rounds):
                 pause = _pause(rng)
                 await asyncio.sleep(pause)
+                if hook is not None:
+                    hook(n)
                 entity = _next_entity(rng, entity)
                 version = source.bump(entity)
                 await ainvalidate(entity)
@@ -324,7 +332,9 @@ async def arun(subject: Subject, source: Source, *, seed: int, rounds: int = ROU
     return outcome
 
 
-def run_threads(subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS) -> Outcome:
+def run_threads(
+    subject: Subject, source: Source, *, seed: int, rounds: int = ROUNDS, hook: Hook | None = None
+) -> Outcome:
     """READERS threads read while one thread bumps and invalidates ``rounds`` times."""
     read, invalidate = subject.read, subject.invalidate
     assert read is not None
@@ -345,8 +355,10 @@ def run_threads(subject: Subject, source: Source, *, seed: int, rounds: int = RO
         invalidations: list[Invalidation] = []
         entity = rng.choice(ENTITIES)
         try:
-            for _ in range(rounds):
+            for n in range(rounds):
                 time.sleep(_pause(rng))
+                if hook is not None:
+                    hook(n)
                 entity = _next_entity(rng, entity)
                 version = source.bump(entity)
                 invalidate(entity)
@@ -365,10 +377,10 @@ def run_threads(subject: Subject, source: Source, *, seed: int, rounds: int = RO
     return outcome
 
 
-async def run(mode: str, subject: Subject, source: Source, *, seed: int) -> Outcome:
+async def run(mode: str, subject: Subject, source: Source, *, seed: int, hook: Hook | None = None) -> Outcome:
     if mode == "async":
-        return await arun(subject, source, seed=seed)
-    return await asyncio.to_thread(run_threads, subject, source, seed=seed)
+        return await arun(subject, source, seed=seed, hook=hook)
+    return await asyncio.to_thread(run_threads, subject, source, seed=seed, hook=hook)
 
 
 # -- the cache under test --------------------------------------------------------------------------
@@ -703,3 +715,81 @@ async def test_no_read_sees_invalidated_version_when_host_clock_skewed(
     monkeypatch.setattr(time, "time", lambda: real_time() + skew_sec)
     monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + int(skew_sec * 1e9))
     await check_exact(setup, mode, make_cache, registry, use_case="Skewed", seed=2)
+
+
+# -- through a failover ------------------------------------------------------------------------------
+
+HELD, PROMOTED = ROUNDS // 4, ROUNDS // 4 + 20  # the rounds the replica misses, and the promotion
+
+
+def retrying(subject: Subject) -> Subject:
+    """The subject with each invalidation retried until it returns: the writer records only the
+    ones that returned, and one may meet a connection the failover closed."""
+    ainvalidate, invalidate = subject.ainvalidate, subject.invalidate
+    if ainvalidate is not None:
+
+        async def aretry(entity: str) -> None:
+            for attempt in range(5):
+                try:
+                    return await ainvalidate(entity)
+                except RemoteError:
+                    if attempt == 4:
+                        raise
+
+        subject.ainvalidate = aretry
+    if invalidate is not None:
+
+        def retry(entity: str) -> None:
+            for attempt in range(5):
+                try:
+                    return invalidate(entity)
+                except RemoteError:
+                    if attempt == 4:
+                        raise
+
+        subject.invalidate = retry
+    return subject
+
+
+@pytest.mark.slow
+@MODES
+@pytest.mark.parametrize("setup", ["same_instance", "other_instance"])
+async def test_no_read_sees_invalidated_version_when_a_replica_that_missed_invalidations_is_promoted(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, setup: str, mode: str
+) -> None:
+    """Mid-run the replica is stopped and cut off (round HELD), the writer's next 20 invalidations
+    return having reached the primary alone, then the primary is killed and the replica promoted
+    (round PROMOTED), and the readers go on through the same address: no read that started after
+    an invalidation returned, lost ones included, sees an older version."""
+    with pair() as p:
+        options = {"redis_config": RedisConfig(url=p.url), "read_timeout_sec": 2.0, "breaker_failures": 0}
+        writer = make_cache(**options)
+        reader = writer if setup == "same_instance" else make_cache(**options)
+        source = Source()
+        config = BOTH if setup == "same_instance" else REMOTE_ONLY
+        subject = retrying(cached_subject(mode, source, reader, writer, use_case="Failover", config=config))
+        promoted_at: list[float] = []
+
+        def hook(n: int) -> None:
+            if n == HELD:
+                p.hold_back()
+            elif n == PROMOTED:
+                p.fail_over()
+                promoted_at.append(time.monotonic())
+
+        outcome = await run(mode, subject, source, seed=5, hook=hook)
+        result = served(registry, "Failover", len(outcome.reads))
+        report(f"failover {setup}/{mode}", outcome, result)
+
+        assert outcome.violations == [], describe(outcome.violations)
+        assert len(outcome.invalidations) == ROUNDS
+        # The lost invalidations were real: the promoted node never had their watermarks.
+        assert p.replica_admin.info("replication")["master_replid2"] != "0"
+        after = [r for r in outcome.reads if r.start > promoted_at[0]]
+        assert len(after) >= 500
+        assert result.hits > 0
+        # Caching resumed on the promoted node: its fences are of its own history.
+        replid = str(p.replica_admin.info("replication")["master_replid"]).encode()
+        fences = [p.replica_admin.hgetall(fence) for fence in p.replica_admin.scan_iter("*#watermark")]
+        assert fences
+        assert all(f[b"r"] == replid for f in fences)

@@ -22,7 +22,7 @@ from gcache import _envelope as envelope
 from gcache.errors import ConfigError, KeyTooLongError
 from gcache.management import MAX_DIRECT_USE_CASES
 from gcache.urns import PartHasher, entity_key, value_key, watermark_key
-from tests.conftest import net_output_bytes, plant, sample
+from tests.conftest import fence_fields, net_output_bytes, plant, sample
 from tests.test_gcache import Maker, call, twin
 
 BOTH = GCacheKeyConfig.enabled(60)
@@ -66,7 +66,7 @@ def plant_giant(client: redis.Redis, use_case: str, tracked: bool, size: int) ->
     nonce = envelope.NO_NONCE
     if tracked:
         nonce = b"PLANTED!"
-        client.hset(watermark_key(entity), mapping={"n": nonce, "w": "0"})
+        client.hset(watermark_key(entity), mapping=fence_fields(client, nonce, "0"))
     head = envelope.encode(
         pickle.dumps("planted"), envelope.SERIALIZER_PICKLE, 0, time.time_ns() // 1000, nonce=nonce
     )

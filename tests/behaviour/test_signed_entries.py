@@ -22,7 +22,7 @@ from gcache import _envelope as envelope
 from gcache.serializers import JsonSerializer
 from gcache.signing import Signer
 from gcache.urns import entity_key, value_key, watermark_key
-from tests.conftest import sample
+from tests.conftest import fence_fields, sample
 from tests.test_gcache import Maker, call, twin
 from tests.test_serializers import _Payload
 
@@ -74,7 +74,7 @@ def plant(
     nonce read from Redis, a stamp above the watermark), with this key id and MAC."""
     fence = watermark_key(entity_key("urn:gcache", "user_id", "1"))
     if not client.exists(fence):
-        client.hset(fence, mapping={"n": b"ATTACKER", "w": "0"})
+        client.hset(fence, mapping=fence_fields(client, b"ATTACKER", "0"))
     nonce = client.hget(fence, "n")
     assert isinstance(nonce, bytes)
     raw = bytearray(envelope.encode(payload, serializer_id, 0, server_now(client), nonce))

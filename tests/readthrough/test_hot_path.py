@@ -4,8 +4,8 @@ A hit (LOCAL, or REMOTE untracked and tracked) is profiled with ``sys.setprofile
 signature, looks up no metric label, hops to no thread and formats no log record; a sync REMOTE
 hit registers no single flight. A REMOTE hit is one round trip (one write to the socket), of one
 GETRANGE (a read bounded by ``max_value_bytes``; GET with no limit) or (tracked) a pipeline of
-TIME, GETRANGE and HMGET, counted by the real server (``INFO commandstats``). Speed itself is
-measured in ``benchmarks/``, not here.
+TIME, INFO replication, GETRANGE and HMGET, counted by the real server (``INFO commandstats``).
+Speed itself is measured in ``benchmarks/``, not here.
 """
 
 from __future__ import annotations
@@ -137,6 +137,6 @@ async def test_a_remote_hit_is_one_round_trip(
     assert len(sent) == 10  # one write to Redis per hit, whatever it holds
     read = "cmdstat_getrange" if bounded else "cmdstat_get"  # at most max_value_bytes, framed, + 1
     if tracked:  # the value, the entity's fence and the server time, pipelined
-        assert stats == {"cmdstat_time": 10, read: 10, "cmdstat_hmget": 10}
+        assert stats == {"cmdstat_time": 10, "cmdstat_info": 10, read: 10, "cmdstat_hmget": 10}
     else:
         assert stats == {read: 10}

@@ -14,6 +14,7 @@ from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
 from gcache.remote import READ, RemoteCache
 from gcache.remote.batching import ReadQueue
+from tests.conftest import fence_fields
 
 __all__ = [
     "ENV",
@@ -98,7 +99,7 @@ async def remote(redis_url: str, loop_thread: LoopThread) -> AsyncIterator[Remot
 
 def store(client: redis.Redis, n: int) -> None:
     for i in range(n):
-        client.hset(fence(i), mapping={"n": nonce(i), "w": str(i)})
+        client.hset(fence(i), mapping=fence_fields(client, nonce(i), str(i)))
         client.set(key(i), value(i), px=60_000)
 
 

@@ -43,9 +43,14 @@ async def test_concurrent_tracked_reads_go_to_redis_in_one_write_each_with_its_o
 
     assert [(r.raw, r.nonce, r.watermark_us) for r in reads] == [(value(i), nonce(i), i) for i in range(50)]
     # The first read found none in flight and went alone; the 49 others queued behind it and
-    # went together, sharing one TIME.
+    # went together, sharing one head (TIME, INFO replication).
     assert len(redis_writes) == 2
-    assert commands_run(redis_client) == {"cmdstat_time": 2, "cmdstat_getrange": 50, "cmdstat_hmget": 50}
+    assert commands_run(redis_client) == {
+        "cmdstat_time": 2,
+        "cmdstat_info": 2,
+        "cmdstat_getrange": 50,
+        "cmdstat_hmget": 50,
+    }
     assert {r.now_us for r in reads[1:]} == {reads[1].now_us}
     assert queue_of(remote).busy == 0
 
@@ -80,8 +85,8 @@ async def test_a_batch_mixes_plain_gets_and_tracked_reads_with_and_without_ttl(
         len(end),
         end,
     )
-    counts = [batch.count(c) for c in (b"$4\r\nTIME", b"$8\r\nGETRANGE", b"$5\r\nHMGET", b"$4\r\nPTTL")]
-    assert counts == [1, 5, 3, 1]
+    commands = (b"$4\r\nTIME", b"$4\r\nINFO", b"$8\r\nGETRANGE", b"$5\r\nHMGET", b"$4\r\nPTTL")
+    assert [batch.count(c) for c in commands] == [1, 1, 5, 3, 1]
     assert b"$3\r\nGET\r\n" not in batch
     assert script
     assert all(b"EVALSHA" in w or b"SCRIPT" in w for w in script)
@@ -128,7 +133,12 @@ async def test_without_a_limit_the_batch_reads_values_with_get(
 
         assert (first, plain, tracked.raw) == (value(0), value(1), value(2))
         assert redis_writes[0] == b"*2\r\n$3\r\nGET\r\n$25\r\n" + key(0).encode() + b"\r\n"
-        assert commands_run(redis_client) == {"cmdstat_time": 1, "cmdstat_get": 3, "cmdstat_hmget": 1}
+        assert commands_run(redis_client) == {
+            "cmdstat_time": 1,
+            "cmdstat_info": 1,
+            "cmdstat_get": 3,
+            "cmdstat_hmget": 1,
+        }
     finally:
         await remote.aclose()
 

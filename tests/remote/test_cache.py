@@ -21,7 +21,7 @@ from gcache import _envelope as envelope
 from gcache._loop_thread import LoopThread
 from gcache.remote import READ, RemoteCache, TrackedRead
 from gcache.remote.protocol import parse_fence_read, pool_args
-from tests.conftest import commands_run
+from tests.conftest import commands_run, fence_fields, node_replid
 from tests.remote.conftest import MAX_VALUE_BYTES, READ_LIMIT
 
 KEY = "{urn:gcache:user_id:1}?a=1#UC"
@@ -230,7 +230,11 @@ async def test_read_tracked_missing_entity_creates_fence_and_returns_its_nonce_a
     # The fence the read created, so that a write can tell if it is lost meanwhile; it lives
     # as long as a computation may (the compute limit) unless a write extends it.
     assert backend.inspect.exists(KEY) == 0
-    assert backend.inspect.hgetall(FENCE) == {b"n": read.nonce, b"w": b"0"}
+    assert backend.inspect.hgetall(FENCE) == {
+        b"n": read.nonce,
+        b"w": b"0",
+        b"r": node_replid(backend.inspect),
+    }
     assert 0 < backend.inspect.pttl(FENCE) <= LIMIT_MS
 
 
@@ -244,7 +248,7 @@ async def test_write_tracked_refused_when_fence_lost_while_computing(backend: Ba
 
 
 async def test_read_tracked_returns_value_fence_nonce_and_watermark(backend: Backend, ops: Ops) -> None:
-    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "1234567"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"ABCDEFGH", "1234567"))
     backend.inspect.set(KEY, ENV)
 
     read = await ops.read()
@@ -275,7 +279,7 @@ async def test_read_tracked_of_a_fenced_entity_returns_the_value_pttl_and_fence(
     backend: Backend, ops: Ops
 ) -> None:
     """The common tracked read (the fence exists): the plain commands' pipeline, not the script."""
-    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "1234567"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"ABCDEFGH", "1234567"))
     backend.inspect.set(KEY, ENV, px=20_000)
     before = backend.now_us()
 
@@ -293,7 +297,7 @@ async def test_read_tracked_of_a_fenced_entity_returns_the_value_pttl_and_fence(
 async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_script(
     real_ops: Ops, redis_client: redis.Redis, redis_writes: list[bytes]
 ) -> None:
-    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.hset(FENCE, mapping=fence_fields(redis_client, b"ABCDEFGH", "0"))
     redis_client.set(KEY, ENV, px=20_000)
     await real_ops.read()  # connections open
     redis_client.config_resetstat()
@@ -302,9 +306,15 @@ async def test_read_tracked_of_a_fenced_entity_is_one_round_trip_without_the_scr
         assert (await real_ops.read(with_ttl=True)).raw == ENV
     sent = list(redis_writes)
     stats = commands_run(redis_client)
-    assert stats == {"cmdstat_time": 5, "cmdstat_getrange": 5, "cmdstat_hmget": 5, "cmdstat_pttl": 5}
+    assert stats == {
+        "cmdstat_time": 5,
+        "cmdstat_info": 5,  # the node's replication id, which the fence must carry
+        "cmdstat_getrange": 5,
+        "cmdstat_hmget": 5,
+        "cmdstat_pttl": 5,
+    }
     assert len(sent) == 5  # one write per read: every command of it in one round trip
-    assert all(b"TIME" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
+    assert all(b"TIME" in one and b"INFO" in one and b"HMGET" in one and b"PTTL" in one for one in sent)
 
 
 async def test_read_tracked_of_an_entity_without_fence_runs_the_script_second(
@@ -335,7 +345,7 @@ async def test_read_tracked_of_a_value_of_the_wrong_type_fails_and_leaves_the_co
 
     assert isinstance(info.value.cause, redis.ResponseError)
     backend.inspect.delete(KEY, FENCE)
-    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"ABCDEFGH", "0"))
     backend.inspect.set(KEY, ENV)
     for _ in range(3):  # no reply of the failed read is left behind to be taken for these
         read = await ops.read()
@@ -345,7 +355,7 @@ async def test_read_tracked_of_a_value_of_the_wrong_type_fails_and_leaves_the_co
 async def test_read_tracked_retries_once_on_a_connection_the_server_closed(
     real_ops: Ops, redis_client: redis.Redis
 ) -> None:
-    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.hset(FENCE, mapping=fence_fields(redis_client, b"ABCDEFGH", "0"))
     redis_client.set(KEY, ENV)
     await real_ops.read()  # a pooled connection now exists
     redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restarted server would
@@ -370,19 +380,36 @@ def test_pool_is_asked_for_a_connection_as_the_installed_redis_py_wants(mode: st
     assert pool_args(installed.get_connection) == (() if since else ("TIME",))
 
 
+# An INFO replication reply: this node's replication id is R1.
+INFO = b"# Replication\r\nrole:master\r\nmaster_replid:R1\r\nmaster_replid2:0\r\n"
+
+
 @pytest.mark.parametrize(
     ("replies", "expected"),
     [
-        ([[b"1", b"2"], b"v", [b"N", b"5"], 900], TrackedRead(b"v", b"N", 5, 1_000_002, 900)),
-        ([[b"1", b"2"], b"v", [b"N", b"5"], -1], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
-        ([[b"1", b"2"], b"v", [b"N", b"5"], -2], TrackedRead(b"v", b"N", 5, 1_000_002, 0)),
-        ([[b"1", b"2"], None, [b"N", b"5"], -2], TrackedRead(None, b"N", 5, 1_000_002, -1)),
-        ([[b"1", b"2"], b"v", [b"N", b"5"]], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
-        ([[b"1", b"2"], b"v", [None, None]], None),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", b"R1"], 900], TrackedRead(b"v", b"N", 5, 1_000_002, 900)),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", b"R1"], -1], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", b"R1"], -2], TrackedRead(b"v", b"N", 5, 1_000_002, 0)),
+        ([[b"1", b"2"], INFO, None, [b"N", b"5", b"R1"], -2], TrackedRead(None, b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", b"R1"]], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], INFO, b"v", [None, None, None]], None),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", b"R0"]], None),
+        ([[b"1", b"2"], INFO, b"v", [b"N", b"5", None]], None),
+        ([[b"1", b"2"], b"", b"v", [b"N", b"5", b""]], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
     ],
-    ids=["pttl", "no-ttl", "expired-since-get", "no-value", "pttl-not-asked", "no-fence"],
+    ids=[
+        "pttl",
+        "no-ttl",
+        "expired-since-get",
+        "no-value",
+        "pttl-not-asked",
+        "no-fence",
+        "fence-of-another-history",
+        "fence-without-history",
+        "info-refused",
+    ],
 )
-def test_parse_fence_read_matches_the_script_and_leaves_a_missing_fence_to_it(
+def test_parse_fence_read_matches_the_script_and_leaves_a_missing_or_inherited_fence_to_it(
     mode: str, replies: list[Any], expected: TrackedRead | None
 ) -> None:
     assert parse_fence_read(replies) == expected
@@ -399,7 +426,7 @@ async def test_every_read_takes_at_most_one_byte_more_than_the_read_limit(
     ops = Ops(backend.make(max_value_bytes=1_000), mode)
     limit = 1_000 + envelope.HEADER_SIZE
     giant, fits = ENV + b"x" * 50_000, ENV + b"y" * (limit - len(ENV))
-    backend.inspect.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"ABCDEFGH", "0"))
     backend.inspect.set(KEY, giant, px=20_000)
     backend.inspect.set(KEY2, fits, px=20_000)
 
@@ -438,7 +465,7 @@ async def test_a_bounded_read_is_getrange_everywhere_and_transfers_the_limit_at_
     limit of a value 16 times larger."""
     giant = ENV + b"x" * (16 * MAX_VALUE_BYTES)
     redis_client.set(KEY, giant)
-    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.hset(FENCE, mapping=fence_fields(redis_client, b"ABCDEFGH", "0"))
     await real_ops.get(KEY2)  # connections open
     await real_ops.read(KEY2)
     redis_client.config_resetstat()
@@ -492,7 +519,7 @@ async def test_without_a_limit_values_are_read_whole_with_get(
     ops = Ops(real_remote(redis_url, loop_thread, max_value_bytes=None), mode)
     giant = ENV + b"x" * 100_000
     redis_client.set(KEY, giant)
-    redis_client.hset(FENCE, mapping={"n": b"ABCDEFGH", "w": "0"})
+    redis_client.hset(FENCE, mapping=fence_fields(redis_client, b"ABCDEFGH", "0"))
     try:
         redis_client.config_resetstat()
         assert await ops.get(KEY) == giant
@@ -520,7 +547,7 @@ async def test_write_tracked_stores_the_entry_as_given_under_the_fence_its_read_
     assert await ops.write(read.now_us, read.nonce, ttl_ms=10_000, env=env) == 1
 
     fence = cast("dict[bytes, bytes]", backend.inspect.hgetall(FENCE))
-    assert set(fence) == {b"n", b"w"}
+    assert set(fence) == {b"n", b"w", b"r"}
     assert len(fence[b"n"]) == 8
     assert fence[b"w"] == b"0"
     raw = stored(backend.inspect, KEY)
@@ -551,14 +578,18 @@ async def test_write_tracked_then_read_tracked_sees_value_under_same_nonce(
 
 
 async def test_write_tracked_existing_fence_keeps_its_nonce(backend: Backend, ops: Ops) -> None:
-    backend.inspect.hset(FENCE, mapping={"n": b"NONCE--1", "w": "0"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"NONCE--1", "0"))
     read = await ops.read()
     assert read.nonce == b"NONCE--1"
 
     assert await ops.write(read.now_us, read.nonce, key=KEY) == 1
     assert await ops.write(read.now_us, read.nonce, key=KEY2) == 1
 
-    assert backend.inspect.hgetall(FENCE) == {b"n": b"NONCE--1", b"w": b"0"}
+    assert backend.inspect.hgetall(FENCE) == {
+        b"n": b"NONCE--1",
+        b"w": b"0",
+        b"r": node_replid(backend.inspect),
+    }
     for key in (KEY, KEY2):
         raw = stored(backend.inspect, key)
         assert envelope.decode(raw).nonce == b"NONCE--1"
@@ -606,7 +637,7 @@ async def test_write_tracked_refused_when_invalidated_after_read(backend: Backen
 
 
 async def test_write_tracked_refused_when_watermark_equals_read_time(backend: Backend, ops: Ops) -> None:
-    backend.inspect.hset(FENCE, mapping={"n": b"NONCE--1", "w": "0"})
+    backend.inspect.hset(FENCE, mapping=fence_fields(backend.inspect, b"NONCE--1", "0"))
     read = await ops.read()
     backend.inspect.hset(FENCE, "w", str(read.now_us))
 

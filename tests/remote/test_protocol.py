@@ -13,6 +13,7 @@ import redis.asyncio
 from gcache import RemoteError
 from gcache._embedded_redis import EmbeddedRedis
 from gcache._loop_thread import LoopThread
+from tests.conftest import fence_fields
 from tests.remote.conftest import (
     fence,
     keep_the_loop_busy,
@@ -55,7 +56,8 @@ async def test_a_silent_redis_still_times_out_within_twice_the_deadline_when_the
     server = EmbeddedRedis().start()
     remote = remote_on(server.url, loop_thread, read_timeout=0.05)
     try:
-        redis.Redis.from_url(server.admin_url).hset(fence(0), mapping={"n": nonce(0), "w": "0"})
+        admin = redis.Redis.from_url(server.admin_url)
+        admin.hset(fence(0), mapping=fence_fields(admin, nonce(0), "0"))
         await remote.aread_tracked(key(0), fence(0))  # a pooled connection, connected
         server.pause()
         redis_writes.clear()
@@ -83,7 +85,8 @@ async def test_a_read_cancelled_from_outside_is_cancelled_not_timed_out(
     server = EmbeddedRedis().start()
     remote = remote_on(server.url, loop_thread, read_timeout=5.0)
     try:
-        redis.Redis.from_url(server.admin_url).hset(fence(0), mapping={"n": nonce(0), "w": "0"})
+        admin = redis.Redis.from_url(server.admin_url)
+        admin.hset(fence(0), mapping=fence_fields(admin, nonce(0), "0"))
         await remote.aread_tracked(key(0), fence(0))
         server.pause()
         redis_writes.clear()
