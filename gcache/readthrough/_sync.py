@@ -438,15 +438,9 @@ class SyncDriver(SyncIO):
                         due.append(id)
         if len(found) < len(ids):
             self.note_blocking()
-            misses: dict[str, Miss] = {}
-            per_key = config.ramp_by == "key"
-            remote_ttl = 0.0 if per_key else self.remote_layer(config, keys[0][0])
-            for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
-                if id not in found:
-                    if per_key:
-                        remote_ttl = self.remote_layer(config, urn)
-                    m = misses[id] = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
-                    m.batch = True
+            lacking = [i for i, id in enumerate(ids) if id not in found]
+            entries = [(*keys[i], local_ttls[i]) for i in lacking]
+            misses = dict(zip((ids[i] for i in lacking), self.batch_misses(config, entries), strict=True))
             asked = [id for id, m in misses.items() if m.remote_ttl]
             if asked:
                 values = self.remote_read_many([misses[id] for id in asked])
@@ -481,15 +475,7 @@ class SyncDriver(SyncIO):
         """:meth:`refresh` of a batch: a tracked use case reads the ids' fences first (one round
         trip), then the function runs once with every id and each value is written back, so an
         invalidation landing in between refuses that id's write, as a miss's would be."""
-        per_key = config.ramp_by == "key"
-        remote_ttl = 0.0 if per_key else self.remote_layer(config, keys[0][0])
-        ms: list[Miss] = []
-        for (urn, entity), local_ttl in zip(keys, local_ttls, strict=True):
-            m = self.miss(
-                urn, entity, config, local_ttl, self.remote_layer(config, urn) if per_key else remote_ttl
-            )
-            m.batch = True
-            ms.append(m)
+        ms = self.batch_misses(config, [(*key, ttl) for key, ttl in zip(keys, local_ttls, strict=True)])
         fenced = [m for m in ms if m.remote_ttl] if self.tracked else []
         if fenced:
             remote = self.remote
@@ -524,13 +510,9 @@ class SyncDriver(SyncIO):
         refreshed is taken into LOCAL instead), then the function once with the ids still due,
         each value written back under a miss's fencing. Counted per id."""
         results = {urn: "refresh_failed" for _, urn, _, _ in claimed}
-        remote, per_key = self.remote, config.ramp_by == "key"
-        remote_ttl = 0.0 if per_key else self.remote_layer(config, claimed[0][1])
-        ms: dict[str, Miss] = {}
-        for id, urn, entity, local_ttl in claimed:
-            ttl = self.remote_layer(config, urn) if per_key else remote_ttl
-            m = ms[id] = self.miss(urn, entity, config, local_ttl, ttl, stale=False)
-            m.batch = True
+        remote = self.remote
+        refreshed = self.batch_misses(config, [entry[1:] for entry in claimed], stale=False)
+        ms = dict(zip((id for id, _, _, _ in claimed), refreshed, strict=True))
         try:
             todo = list(ms)
             if any(m.remote_ttl for m in ms.values()):

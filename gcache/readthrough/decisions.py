@@ -565,6 +565,22 @@ class Decisions(OriginalEntries):
         self.m.write(LAYER_REMOTE, _WRITE_RESULTS.get(result, "unknown")).inc()
         return result == 1
 
+    def batch_misses(
+        self, config: GCacheKeyConfig, entries: list[tuple[str, str, float]], *, stale: bool = True
+    ) -> list[Miss]:
+        """A batch's misses (``entries``: key, entity, LOCAL TTL): REMOTE decided once for the
+        batch, or per key under a sticky ramp (``ramp_by="key"``); each its own reader (a batch
+        reads REMOTE for all its ids at once, before any single flight)."""
+        per_key = config.ramp_by == "key"
+        remote_ttl = 0.0 if per_key or not entries else self.remote_layer(config, entries[0][0])
+        ms = []
+        for urn, entity, local_ttl in entries:
+            ttl = self.remote_layer(config, urn) if per_key else remote_ttl
+            m = self.miss(urn, entity, config, local_ttl, ttl, stale=stale, shared_read=False)
+            m.batch = True
+            ms.append(m)
+        return ms
+
     def accept_many(
         self, ms: list[Miss], raws: list[bytes | None], reads: list[TrackedRead] | None
     ) -> list[Any]:
