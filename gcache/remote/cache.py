@@ -585,27 +585,25 @@ class RemoteCache(Connections):
         ``legacy_compat`` tracked writes go one by one (the original's write script each)."""
         if self.legacy_compat and any(item.fence is not None for item in items):
             return [await self.awrite(item) for item in items]
-        replies = await self._arun("write", WRITE, self._write_batch(items))
-        results = []
-        for item, reply in zip(items, replies, strict=True):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                results.append(await self.awrite(item))
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                results.append(1 if item.fence is None else int(reply))
-        return results
+        written = self._written(items, await self._arun("write", WRITE, self._write_batch(items)))
+        return [await self.awrite(item) if r is None else r for item, r in zip(items, written, strict=True)]
 
     def write_many(self, items: Sequence[Write]) -> list[int]:
         if self._factory is not None:
             return self._loop_thread.run(lambda: self.awrite_many(items))
         if self.legacy_compat and any(item.fence is not None for item in items):
             return [self.write(item) for item in items]
-        replies = self._run("write", WRITE, self._write_batch(items))
-        results = []
+        written = self._written(items, self._run("write", WRITE, self._write_batch(items)))
+        return [self.write(item) if r is None else r for item, r in zip(items, written, strict=True)]
+
+    @staticmethod
+    def _written(items: Sequence[Write], replies: list[Any]) -> list[int | None]:
+        """:meth:`_write_batch`'s replies as write results; None where a server answered NOSCRIPT
+        (the caller writes that one again through the script); any other error raised."""
+        results: list[int | None] = []
         for item, reply in zip(items, replies, strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                results.append(self.write(item))
+                results.append(None)
             elif isinstance(reply, Exception):
                 raise reply
             else:
