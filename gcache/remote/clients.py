@@ -107,6 +107,13 @@ class _SyncBoundedOpen:
     _sock: Any
     patient: Callable[[], bool]  # whether Redis is not failing (the client's breaker)
 
+    def connect(self) -> None:
+        """Nothing for an open connection, as redis-py's (which gets there through its retry
+        policy and :meth:`connect_check_health`: this override's own frame on every pooled
+        checkout, a REMOTE hit's, cost more than its check)."""
+        if not self._sock:
+            super().connect()  # type: ignore[misc]
+
     def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         if self._sock or not self.patient():
             super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
@@ -129,6 +136,11 @@ class _AsyncBoundedOpen:
     socket_connect_timeout: float | None
     is_connected: bool  # redis-py's property
     patient: Callable[[], bool]
+
+    async def connect(self) -> None:
+        """Nothing for an open connection (see :meth:`_SyncBoundedOpen.connect`)."""
+        if not self.is_connected:
+            await super().connect()  # type: ignore[misc]
 
     async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         if self.is_connected or not self.patient():
