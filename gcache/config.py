@@ -8,7 +8,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -376,6 +376,21 @@ class GCacheKey:
     urn: str = field(init=False, repr=False, compare=False)
     given_id: Any = field(init=False, repr=False, compare=False)
     given_args: tuple[tuple[str, Any], ...] = field(init=False, repr=False, compare=False)
+
+    if TYPE_CHECKING:
+        # The signature type checkers see: ids and argument values of any type go in (with
+        # ``typed_keys`` their types count), and come out as ``id: str`` and string ``args``.
+        def __init__(
+            self,
+            key_type: str,
+            id: object,
+            use_case: str,
+            args: Iterable[tuple[str, object]] = (),
+            invalidation_tracking: bool = False,
+            default_config: GCacheKeyConfig | None = None,
+            serializer: Serializer | None = None,
+            urn_prefix: str = DEFAULT_URN_PREFIX,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_type, str) or not self.key_type:

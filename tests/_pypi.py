@@ -1,6 +1,7 @@
-"""The original gcache (rungalileo/gcache) from PyPI, for the interoperability tests.
+"""The original gcache (rungalileo/gcache) from PyPI, for the interoperability tests, and pyright
+from the npm registry, for the type-checking test.
 
-Nothing from PyPI is committed: the released wheel is fetched on first use into
+Nothing from a package index is committed: the released wheel is fetched on first use into
 ``.venv/upstream/`` (ignored by git, removed by ``make clean``) and reused after. Two pytest
 processes may ask at once (``pytest -n``, two terminals), so each artefact is built under a
 file lock and marked complete only at the end: a build interrupted half way is redone, never
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["UPSTREAM_DIR", "UpstreamError", "original_dist", "original_python"]
+__all__ = ["UPSTREAM_DIR", "UpstreamError", "npm_tool", "original_dist", "original_python"]
 
 #: Under the repository's ``.venv`` so that ``make clean`` removes it with the venv.
 UPSTREAM_DIR = Path(__file__).resolve().parent.parent / ".venv" / "upstream"
@@ -74,28 +75,49 @@ def original_python(version: str) -> Path:
     """
     venv = UPSTREAM_DIR / f"venv-{version}"
     python = venv / "bin" / "python"
-    if (venv / _COMPLETE).exists():
-        return python
-    with _locked(f"venv-{version}"):
-        if (venv / _COMPLETE).exists():
-            return python
-        # Built in place (a venv is not relocatable); the marker comes last, and a venv
-        # without it is from an interrupted build and is rebuilt from scratch.
-        shutil.rmtree(venv, ignore_errors=True)
-        _run([sys.executable, "-m", "venv", str(venv)])
-        _run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                f"gcache=={version}",
-            ]
-        )
-        (venv / _COMPLETE).touch()
+    install = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        f"gcache=={version}",
+    ]
+    _built_in_place(venv, [[sys.executable, "-m", "venv", str(venv)], install])
     return python
+
+
+def npm_tool(package: str, version: str) -> Path:
+    """The executable of ``package@version`` from the npm registry (it needs ``npm`` and Node.js),
+    installed once under ``UPSTREAM_DIR``."""
+    prefix = UPSTREAM_DIR / f"npm-{package}-{version}"
+    npm = [
+        "npm",
+        "install",
+        "--silent",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        str(prefix),
+        f"{package}@{version}",
+    ]
+    _built_in_place(prefix, [npm])
+    return prefix / "node_modules" / ".bin" / package
+
+
+def _built_in_place(target: Path, commands: Sequence[Sequence[str]]) -> None:
+    """``target`` made by ``commands`` once (a venv is not relocatable: built where it stays). The
+    marker comes last, and a target without one is from an interrupted build, rebuilt from scratch."""
+    if (target / _COMPLETE).exists():
+        return
+    with _locked(target.name):
+        if (target / _COMPLETE).exists():
+            return
+        shutil.rmtree(target, ignore_errors=True)
+        for command in commands:
+            _run(command)
+        (target / _COMPLETE).touch()
 
 
 @contextmanager

@@ -659,7 +659,7 @@ def test_gcache_key_stringifies_id_and_sorts_args() -> None:
 
 def test_gcache_key_equal_and_same_hash_when_components_equal() -> None:
     a = GCacheKey("user_id", "1", "UC", args=[("b", "2"), ("a", "1")])
-    b = GCacheKey("user_id", 1, "UC", args=(("a", "1"), ("b", "2")))  # type: ignore[arg-type]
+    b = GCacheKey("user_id", 1, "UC", args=(("a", "1"), ("b", "2")))
     assert a == b
     assert hash(a) == hash(b)
     assert len({a, b}) == 1

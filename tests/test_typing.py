@@ -9,7 +9,7 @@ import pytest
 from mypy import api
 
 EXAMPLE = """
-from gcache import GCache, GCacheConfig
+from gcache import GCache, GCacheConfig, GCacheKey
 from gcache.web.routes import cached_route
 
 cache = GCache(GCacheConfig())
@@ -61,6 +61,8 @@ reveal_type(rename_user)
 reveal_type(handler)
 reveal_type(recompute)
 reveal_type(route)
+key = GCacheKey("user_id", 1, "GetUser", [("page", 2)])  # typed_keys: ids of any type
+reveal_type(key.id)
 async def calls() -> None:
     await get_user(1)
     await rename_user("1", name=2)
@@ -104,6 +106,8 @@ def check(out: str) -> None:
     out = out.replace("builtins.", "")  # mypy before 1.11 spelled builtin types in full
     for revealed in REVEALED:
         assert revealed in out, out
+    key_id_line = EXAMPLE.splitlines().index("reveal_type(key.id)") + 1
+    assert f':{key_id_line}: note: Revealed type is "str"' in out, out  # and GCacheKey took an int id
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert len(errors) == 3, out
     assert 'Argument 1 to "__call__" of "CachedFunction" has incompatible type "int"; expected "str"' in out
