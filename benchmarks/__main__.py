@@ -17,6 +17,9 @@ Scenarios, in the order they run (with no argument, all of them):
 - ``invalidation``: invalidation across processes (bench_invalidation; results/invalidation.md)
 - ``refresh_ahead``: a hot key across its TTL boundary with and without ``refresh_ahead``, p99
   latency of the callers near expiry (bench_refresh_ahead; results/refresh_ahead.md)
+- ``scale``: what a fleet of N processes x M calls/s costs one Redis (commands, bytes, main-thread
+  CPU), from per-call costs measured on the server, checked against a fleet of real processes
+  (bench_scale; results/scale.md)
 - ``faults``: cached calls while Redis is killed, paused, hanging or full, gcache's defaults
   against a bare configuration (bench_faults; results/faults.md; its own private servers)
 
@@ -51,6 +54,7 @@ from benchmarks import (
     bench_memory,
     bench_miss,
     bench_refresh_ahead,
+    bench_scale,
     bench_signing,
     bench_soak,
 )
@@ -108,34 +112,40 @@ def soak(redis_url: str) -> None:
     )
 
 
+def _write(name: str, text: str, load: float, parameters: str, servers: str = "") -> None:
+    """results/<name>.md: the machine, the libraries, the load before the run, the parameters and
+    the table; its definitions are in benchmarks/bench_<name>.py."""
+    facts = environment()
+    (RESULTS / f"{name}.md").write_text(
+        f"{machine()} {facts['date']}; {servers}redis-py {facts['redis-py']}, hiredis {facts['hiredis']}. "
+        f"Load average (1 min) before the run: {load:.1f}.\n\n{parameters}\n\n{text}\n\n"
+        f"Definitions: see the docstring of benchmarks/bench_{name}.py.\n"
+    )
+
+
 def faults() -> None:
     load = os.getloadavg()[0]
     cells = bench_faults.run()  # private servers and listeners: it kills and pauses them
     text = bench_faults.table(cells)
     print(text)
-    facts = environment()
-    (RESULTS / "faults.md").write_text(
-        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}, hiredis {facts['hiredis']}. "
-        f"Load average (1 min) before the run: {load:.1f}.\n\n"
-        f"{bench_faults.parameters()}\n\n{text}\n\n"
-        "Definitions: see the docstring of benchmarks/bench_faults.py.\n"
-    )
+    _write("faults", text, load, bench_faults.parameters())
 
 
 def refresh_ahead(redis_url: str) -> None:
     load = os.getloadavg()[0]
     text = bench_refresh_ahead.table(bench_refresh_ahead.run(redis_url))
     print(text)
-    facts = environment()
-    (RESULTS / "refresh_ahead.md").write_text(
-        f"{machine()} {facts['date']}; redis-py {facts['redis-py']}. "
-        f"Load average (1 min) before the run: {load:.1f}.\n\n"
-        f"{bench_refresh_ahead.parameters()}\n\n{text}\n\n"
-        "Definitions: see the docstring of benchmarks/bench_refresh_ahead.py.\n"
-    )
+    _write("refresh_ahead", text, load, bench_refresh_ahead.parameters())
 
 
-SCENARIOS = [*TABLED, "load", "soak", "invalidation", "refresh_ahead", "faults"]
+def scale(redis_url: str, admin_url: str) -> None:
+    load = os.getloadavg()[0]
+    text = bench_scale.table(bench_scale.run(redis_url, admin_url))
+    print(text)
+    _write("scale", text, load, bench_scale.parameters(), f"redis-server {server_version(admin_url)}, ")
+
+
+SCENARIOS = [*TABLED, "load", "soak", "invalidation", "refresh_ahead", "scale", "faults"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 soak(url)
             elif name == "refresh_ahead":
                 refresh_ahead(url)
+            elif name == "scale":
+                scale(url, admin_url)
             elif name == "faults":
                 faults()
             else:
