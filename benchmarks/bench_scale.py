@@ -241,21 +241,28 @@ def project(
     remote_hit: float = 0.95,
     tracked: bool = True,
     invalidations_per_sec: float = 0.0,
+    primaries: int = 1,
 ) -> Load:
-    """Step 2: what ``processes`` x ``calls_per_sec`` cost one Redis per second."""
-    lookups = processes * calls_per_sec * (1 - local_hit)
+    """Step 2: what ``processes`` x ``calls_per_sec`` cost one Redis per second, or each primary
+    of a cluster of ``primaries``: the calls and invalidations spread over them by slot, and so do
+    the bus subscriptions (a process's bus subscribes through one node), but a classic PUBLISH
+    reaches every node, counted as one more delivery on each."""
+    lookups = processes * calls_per_sec * (1 - local_hit) / primaries
     hits, misses = lookups * remote_hit, lookups * (1 - remote_hit)
     hit, miss = (REMOTE_HIT_TRACKED, MISS_TRACKED) if tracked else (REMOTE_HIT, MISS)
-    deliveries = invalidations_per_sec * processes
+    own_invalidations = invalidations_per_sec / primaries  # the ones whose fences this node holds
+    # every message reaches every node; each node delivers it to the processes subscribed to it
+    deliveries = invalidations_per_sec * processes / primaries
+    forwarded = invalidations_per_sec - own_invalidations
     total = (
         costs[hit] * hits
         + costs[miss] * misses
-        + costs[INVALIDATE] * invalidations_per_sec
-        + costs[DELIVERY] * deliveries
+        + costs[INVALIDATE] * own_invalidations
+        + costs[DELIVERY] * (deliveries + forwarded)
         + costs[IDLE]
     )
     return Load(
-        calls=lookups + invalidations_per_sec,
+        calls=lookups + own_invalidations,
         commands=total.commands,
         mb_in=total.bytes_in / 1e6,
         mb_out=total.bytes_out / 1e6,
@@ -370,6 +377,7 @@ def run(url: str, admin_url: str) -> dict[str, Any]:
 
 SIZES = ((10, 100), (100, 100), (100, 1_000), (1_000, 1_000))
 LOCAL_SHARES = ((0.0, "off"), (0.9, "on, 90 % hits"))
+CLUSTERS = (3, 6)  # primaries: the last size again, per node of a cluster
 
 
 def parameters() -> str:
@@ -397,19 +405,22 @@ def table(outcome: Mapping[str, Any]) -> str:
     lines.append(f"| {IDLE} | | | | {costs[IDLE].cpu_us:.0f} |")
     lines += [
         "",
-        "The model, per second on one Redis (tracked use cases, 95 % REMOTE hits, 10 invalidations/s):",
+        "The model, per second on one Redis or each primary of a cluster (tracked use cases, 95 % "
+        "REMOTE hits, 10 invalidations/s):",
         "",
         "| processes x calls/s | LOCAL | calls reaching Redis | commands | MB in | MB out | main thread "
         "| bus deliveries |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for processes, rate in SIZES:
-        for share, name in LOCAL_SHARES:
-            load = project(costs, processes, rate, local_hit=share, invalidations_per_sec=10)
-            lines.append(
-                f"| {processes:,} x {rate:,} | {name} | {load.calls:,.0f} | {load.commands:,.0f} | "
-                f"{load.mb_in:.1f} | {load.mb_out:.1f} | {load.core:.0%} of a core | {load.deliveries:,.0f} |"
-            )
+    rows = [(processes, rate, share, name, 1) for processes, rate in SIZES for share, name in LOCAL_SHARES]
+    rows += [(1_000, 1_000, 0.9, "on, 90 % hits", primaries) for primaries in CLUSTERS]
+    for processes, rate, share, name, primaries in rows:
+        load = project(costs, processes, rate, local_hit=share, invalidations_per_sec=10, primaries=primaries)
+        fleet = f"{processes:,} x {rate:,}" + (f", each of {primaries} primaries" if primaries > 1 else "")
+        lines.append(
+            f"| {fleet} | {name} | {load.calls:,.0f} | {load.commands:,.0f} | "
+            f"{load.mb_in:.1f} | {load.mb_out:.1f} | {load.core:.0%} of a core | {load.deliveries:,.0f} |"
+        )
     lines += ["", f"One Redis is enough (main thread under {HEADROOM:.0%} of a core) up to, fleet-wide:", ""]
     for tracked in (False, True):
         for share, name in LOCAL_SHARES:

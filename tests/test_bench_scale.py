@@ -44,6 +44,19 @@ def test_the_model_adds_each_kind_of_call_at_its_rate() -> None:
     assert tracked.commands == pytest.approx(50 * 3 + 50 * 16)
 
 
+def test_a_cluster_spreads_the_calls_but_every_node_hears_every_message() -> None:
+    one = project(COSTS, 100, 100, local_hit=0.0, remote_hit=1.0, tracked=False, invalidations_per_sec=40)
+    each = project(
+        COSTS, 100, 100, local_hit=0.0, remote_hit=1.0, tracked=False, invalidations_per_sec=40, primaries=4
+    )
+    assert each.calls == pytest.approx(one.calls / 4)
+    assert each.commands == pytest.approx(one.commands / 4)
+    # 40 messages/s reach every node: 10 published there, 30 forwarded, each delivered to the 25
+    # processes subscribed through it
+    assert each.deliveries == pytest.approx(40 * 25)
+    assert each.mb_out == pytest.approx((10_000 / 4 * 120 + 10 * 20 + (40 * 25 + 30) * 130) / 1e6)
+
+
 def test_one_redis_is_enough_up_to_its_headroom() -> None:
     up_to = enough_up_to(COSTS, local_hit=0.0, tracked=False)
     at = project(COSTS, 1, up_to, local_hit=0.0, tracked=False)
