@@ -15,12 +15,13 @@ from typing import Any
 
 from gcache._log import ErrorLog
 from gcache.bus import BusMessage, InvalidationBus
-from gcache.config import GCacheConfig
+from gcache.config import GCacheConfig, GCacheKeyConfig
 from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError, ReplicasNotConfirmed
 from gcache.keys import GCacheKey
 from gcache.local import LocalLayer
 from gcache.metrics import LAYER_LOCAL, LAYER_REMOTE, Metrics
 from gcache.readthrough import Runtime, UseCase
+from gcache.readthrough.decisions import Miss
 from gcache.readthrough.reporting import too_long
 from gcache.remote import RemoteCache
 from gcache.urns import (
@@ -161,10 +162,10 @@ class Management:
         later ones do; the entry is signed with what the read returned. Failures are counted,
         not raised.
         """
-        uc, entity, urn, pairs = self._where(key)
-        if uc.closed:
-            uc.used_after_close()
+        target = self._put_target(key)
+        if target is None:
             return
+        uc, entity, urn, pairs = target
         config = await uc.aconfig(key.id, pairs)
         if config is None:
             return
@@ -173,10 +174,10 @@ class Management:
 
     def put(self, key: GCacheKey, value: Any) -> None:
         """Sync twin of :meth:`aput`."""
-        uc, entity, urn, pairs = self._where(key)
-        if uc.closed:
-            uc.used_after_close()
+        target = self._put_target(key)
+        if target is None:
             return
+        uc, entity, urn, pairs = target
         config = uc.config(key.id, pairs)
         if config is None:
             return
@@ -253,14 +254,37 @@ class Management:
         return {key: found[key] for key in keys if key in found}
 
     async def aput_many(self, items: Mapping[GCacheKey, Any]) -> None:
-        """:meth:`aput` of each item (one write each: a batch of writes is not pipelined)."""
+        """:meth:`aput` of many items: per use case, the tracked keys' fences read in one round
+        trip, then every REMOTE write in one (one per node of a cluster), then LOCAL."""
+        batches: _PutBatches = {}
         for key, value in items.items():
-            await self.aput(key, value)
+            target = self._put_target(key)
+            if target is not None:
+                uc, entity, urn, pairs = target
+                _add_put(batches, uc, entity, urn, await uc.aconfig(key.id, pairs), value)
+        for uc, writes in batches.values():
+            await uc.aread_fences([m for m, _ in writes])
+            await uc.awrite_back_many(writes)
 
     def put_many(self, items: Mapping[GCacheKey, Any]) -> None:
         """Sync twin of :meth:`aput_many`."""
+        batches: _PutBatches = {}
         for key, value in items.items():
-            self.put(key, value)
+            target = self._put_target(key)
+            if target is not None:
+                uc, entity, urn, pairs = target
+                _add_put(batches, uc, entity, urn, uc.config(key.id, pairs), value)
+        for uc, writes in batches.values():
+            uc.read_fences([m for m, _ in writes])
+            uc.write_back_many(writes)
+
+    def _put_target(self, key: GCacheKey) -> tuple[UseCase, str, str, tuple[tuple[str, str], ...]] | None:
+        """Where a put of ``key`` goes; None after its use case was closed (told)."""
+        where = self._where(key)
+        if where[0].closed:
+            where[0].used_after_close()
+            return None
+        return where
 
     async def adelete_many(self, keys: Iterable[GCacheKey]) -> int:
         """:meth:`adelete` of each key; how many existed."""
@@ -475,6 +499,19 @@ class Management:
                 ("breaker", self._prefix, "closed"),
                 f"Redis answers again: circuit breaker closed, REMOTE back for {self._prefix!r}",
             )
+
+
+_PutBatches = dict[int, tuple[UseCase, list[tuple[Miss, Any]]]]  # by use case: its misses and values
+
+
+def _add_put(
+    batches: _PutBatches, uc: UseCase, entity: str, urn: str, config: GCacheKeyConfig | None, value: Any
+) -> None:
+    """A put's miss (the layers its config turns on) into its use case's batch; none without a config."""
+    if config is not None:
+        local_ttl, remote_ttl = uc.layers(config, urn)
+        m = uc.miss(urn, entity, config, local_ttl, remote_ttl, stale=False)
+        batches.setdefault(id(uc), (uc, []))[1].append((m, value))
 
 
 def _replace_keys(

@@ -476,18 +476,7 @@ class SyncDriver(SyncIO):
         trip), then the function runs once with every id and each value is written back, so an
         invalidation landing in between refuses that id's write, as a miss's would be."""
         ms = self.batch_misses(config, [(*key, ttl) for key, ttl in zip(keys, local_ttls, strict=True)])
-        fenced = [m for m in ms if m.remote_ttl] if self.tracked else []
-        if fenced:
-            remote = self.remote
-            assert remote is not None
-            try:
-                reads = remote.read_many([m.urn for m in fenced], [watermark_key(m.entity) for m in fenced])
-                for m, read in zip(fenced, reads, strict=True):
-                    m.read = read
-            except Exception as exc:
-                self.remote_error(exc, "remote read failed")
-                for m in fenced:
-                    m.remote_ttl = 0
+        self.read_fences(ms)
         layer = self.fallback_layer(ms[0].local_ttl, ms[0].remote_ttl)
         result = self.function(layer, func, *with_ids(args, kwargs, [originals[id] for id in ids]))
         self.many_result(result)
@@ -687,6 +676,24 @@ class SyncDriver(SyncIO):
         if envelope is None:
             return None
         return Write(urn, envelope, ttl_ms, fence, read if fence is not None else None)
+
+    def read_fences(self, ms: list[Miss]) -> None:
+        """A tracked use case's misses given their fences' reads in one round trip (creating the
+        fences that do not exist), so their writes are fenced as read-through misses' are; when
+        Redis fails, their REMOTE writes are off (told once)."""
+        fenced = [m for m in ms if m.remote_ttl and m.read is None] if self.tracked else []
+        if not fenced:
+            return
+        remote = self.remote
+        assert remote is not None
+        try:
+            reads = remote.read_many([m.urn for m in fenced], [watermark_key(m.entity) for m in fenced])
+            for m, read in zip(fenced, reads, strict=True):
+                m.read = read
+        except Exception as exc:
+            self.remote_error(exc, "remote read failed")
+            for m in fenced:
+                m.remote_ttl = 0
 
     def write_back_many(self, writes: list[tuple[Miss, Any]]) -> list[bool]:
         """:meth:`write_back` of a batch's values: their REMOTE writes in one round trip

@@ -252,20 +252,21 @@ class RemoteCache(Connections):
             *self._limit_args,
         ]
 
-    def _cluster_batch(
+    def _pipelined_batch(
         self, keys: Sequence[str], fences: Sequence[str] | None
     ) -> Callable[[Connection], Any]:
-        """A batch's reads as one redis-py cluster pipeline, which groups them by node: one write
-        and one round trip per node (the asyncio client's nodes side by side), each key's GET (or
-        GETRANGE), tracked READ_TRACKED's EVALSHA (key and fence share a slot). Errors come back
-        in place (``raise_on_error=False``): a node without the script answers NOSCRIPT there.
+        """A batch's reads as one redis-py pipeline (no transaction): each key's GET (or
+        GETRANGE), tracked READ_TRACKED's EVALSHA, which creates a missing fence. A cluster's
+        pipeline groups them by node: one write and one round trip per node (the asyncio client's
+        nodes side by side; key and fence share a slot). Errors come back in place
+        (``raise_on_error=False``): a node without the script answers NOSCRIPT there.
 
         Not ``Script.__call__`` with the pipeline: its asyncio twin awaits the pipeline object.
         """
         limit = self.read_limit
 
         def queue(c: Connection) -> Any:
-            pipe = c.client.pipeline()
+            pipe = c.client.pipeline(transaction=False)
             if fences is None:
                 for key in keys:
                     pipe.get(key) if limit is None else pipe.getrange(key, 0, limit)
@@ -282,8 +283,8 @@ class RemoteCache(Connections):
         return queue
 
     @staticmethod
-    def _cluster_found(replies: list[Any], fences: Sequence[str] | None) -> list[Any]:
-        """:meth:`_cluster_batch`'s replies: values (None for none), or tracked each read, a
+    def _pipelined_found(replies: list[Any], fences: Sequence[str] | None) -> list[Any]:
+        """:meth:`_pipelined_batch`'s replies: values (None for none), or tracked each read, a
         NOSCRIPT left in place for the caller to read through the script; any other error raised."""
         found: list[Any] = []
         for reply in replies:
@@ -503,21 +504,16 @@ class RemoteCache(Connections):
     async def aread_many(self, keys: Sequence[str], fences: Sequence[str] | None = None) -> list[Any]:
         """Many values, or tracked (``fences``) many :class:`TrackedRead`, in key order.
 
-        On a single server one write and one round trip for them all (:func:`batch_reads`); an
-        entity with no fence then reads again through the script, which creates it. On a cluster
-        one round trip per node (:meth:`_cluster_batch`). With ``legacy_compat`` tracked reads go
-        key by key (the original's read script each).
+        On a single server one write and one round trip for them all (:func:`batch_reads`); the
+        entities with no fence then read again through the script, which creates them, in one more
+        (:meth:`_pipelined_batch`). On a cluster one round trip per node (the same). With
+        ``legacy_compat`` tracked reads go key by key (the original's read script each).
         """
         connection = self._async_connection(READ)
         if fences is not None and self.legacy_compat:  # the original's reads: a script each
             return [await self.aread_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
         if connection.pool is None:  # a cluster: one pipeline, a write per node
-            replies = await self._arun("read", READ, self._cluster_batch(keys, fences))
-            found = self._cluster_found(replies, fences)
-            for i, read in enumerate(found):
-                if isinstance(read, redis.ResponseError):  # NOSCRIPT on a node: the script loads it
-                    found[i] = await self.aread_tracked(keys[i], fences[i])  # type: ignore[index]
-            return found
+            return await self._aread_pipelined(keys, fences)
 
         async def batch_read(c: Connection) -> list[Any] | None:
             try:
@@ -533,10 +529,23 @@ class RemoteCache(Connections):
             reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True))
             return list(await asyncio.gather(*reads))
         found = parse_batch(replies, fences is not None)
-        if fences is not None:
-            for i, read in enumerate(found):
-                if read is None:
-                    found[i] = await self.aread_tracked(keys[i], fences[i])
+        unfenced = [i for i, read in enumerate(found) if read is None] if fences is not None else []
+        if unfenced:  # new entities: their fences made by the script, in one more round trip
+            assert fences is not None
+            made = await self._aread_pipelined([keys[i] for i in unfenced], [fences[i] for i in unfenced])
+            for i, read in zip(unfenced, made, strict=True):
+                found[i] = read
+        return found
+
+    async def _aread_pipelined(self, keys: Sequence[str], fences: Sequence[str] | None) -> list[Any]:
+        """:meth:`_pipelined_batch`'s reads; a key whose node lacks the script (NOSCRIPT) read
+        again through the script, which loads it."""
+        found = self._pipelined_found(
+            await self._arun("read", READ, self._pipelined_batch(keys, fences)), fences
+        )
+        for i, read in enumerate(found):
+            if isinstance(read, redis.ResponseError):
+                found[i] = await self.aread_tracked(keys[i], fences[i])  # type: ignore[index]
         return found
 
     def read_many(self, keys: Sequence[str], fences: Sequence[str] | None = None) -> list[Any]:
@@ -547,11 +556,7 @@ class RemoteCache(Connections):
         if fences is not None and self.legacy_compat:
             return [self.read_tracked(key, fence) for key, fence in zip(keys, fences, strict=True)]
         if connection.pool is None:
-            found = self._cluster_found(self._run("read", READ, self._cluster_batch(keys, fences)), fences)
-            for i, read in enumerate(found):
-                if isinstance(read, redis.ResponseError):
-                    found[i] = self.read_tracked(keys[i], fences[i])  # type: ignore[index]
-            return found
+            return self._read_pipelined(keys, fences)
 
         def batch_read(c: Connection) -> list[Any] | None:
             try:
@@ -566,10 +571,20 @@ class RemoteCache(Connections):
         if replies is None:
             return [self.read_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True)]
         found = parse_batch(replies, fences is not None)
-        if fences is not None:
-            for i, read in enumerate(found):
-                if read is None:
-                    found[i] = self.read_tracked(keys[i], fences[i])
+        unfenced = [i for i, read in enumerate(found) if read is None] if fences is not None else []
+        if unfenced:
+            assert fences is not None
+            made = self._read_pipelined([keys[i] for i in unfenced], [fences[i] for i in unfenced])
+            for i, read in zip(unfenced, made, strict=True):
+                found[i] = read
+        return found
+
+    def _read_pipelined(self, keys: Sequence[str], fences: Sequence[str] | None) -> list[Any]:
+        """Sync twin of :meth:`_aread_pipelined`."""
+        found = self._pipelined_found(self._run("read", READ, self._pipelined_batch(keys, fences)), fences)
+        for i, read in enumerate(found):
+            if isinstance(read, redis.ResponseError):
+                found[i] = self.read_tracked(keys[i], fences[i])  # type: ignore[index]
         return found
 
     async def aset(self, key: str, envelope: bytes, ttl_ms: int) -> None:
@@ -639,7 +654,7 @@ class RemoteCache(Connections):
                     continue
                 assert item.read is not None
                 args = self._write_args(item.read, item.ttl_ms, item.envelope)
-                # targeted: see _cluster_batch
+                # targeted: see _pipelined_batch
                 target = {} if node is None else {"target_nodes": node(item.key)}  # type: ignore[no-untyped-call]
                 pipe.execute_command("EVALSHA", sha, 2, item.key, item.fence, *args, **target)
             return pipe.execute(raise_on_error=False)

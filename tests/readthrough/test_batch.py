@@ -414,6 +414,52 @@ async def test_a_batch_writes_its_missing_ids_back_in_one_round_trip(
     assert len([k for k in redis_client.scan_iter("*Users*") if b"watermark" not in k]) == 20
 
 
+async def test_put_many_reads_the_fences_in_one_round_trip_and_writes_in_one(
+    make_cache: Callable[..., GCache],
+    redis_writes: list[bytes],
+    redis_client: redis.Redis,
+    is_async: bool,
+    tracked: bool,
+) -> None:
+    cache = make_cache()
+
+    def key(id: int) -> GCacheKey:
+        return GCacheKey("user", str(id), "Put", invalidation_tracking=tracked, default_config=REMOTE_ONLY)
+
+    async def put_many(items: dict[GCacheKey, str]) -> None:
+        if is_async:
+            await cache.aput_many(items)
+        else:
+            await asyncio.to_thread(cache.put_many, items)
+
+    await put_many({key(0): "warm"})  # connections opened, scripts known, entity 0's fence made
+    redis_writes.clear()
+    await put_many({key(i): f"put:{i}" for i in range(20)})
+    write_sha = hashlib.sha1(scripts.WRITE_TRACKED.encode()).hexdigest().encode()
+    command = write_sha if tracked else b"\r\nSET\r\n"
+    writes = [w for w in redis_writes if command in w]
+    assert len(writes) == 1  # 20 writes, one round trip
+    assert writes[0].count(command) == 20
+    # tracked: the 20 fences read in one round trip, and the 19 new ones made in one more
+    assert len(redis_writes) == (3 if tracked else 1)
+
+    async def nothing(keys: list[GCacheKey]) -> dict[GCacheKey, str]:
+        raise AssertionError(f"{keys} should be cached")
+
+    with cache.enable():
+        got = await cache.aget_many([key(i) for i in range(20)], nothing)
+    assert got == {key(i): f"put:{i}" for i in range(20)}
+    if tracked:  # stamped under the fences it read: an invalidation makes them stale
+        await cache.ainvalidate("user", "7")
+        with cache.enable():
+            again = await cache.aget_many([key(7), key(8)], lambda keys: _computed(keys))
+        assert again == {key(7): "computed:7", key(8): "put:8"}
+
+
+async def _computed(keys: list[GCacheKey]) -> dict[GCacheKey, str]:
+    return {k: f"computed:{k.id}" for k in keys}
+
+
 async def test_an_invalidation_during_a_batch_refuses_that_ids_write_alone(
     make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool
 ) -> None:
