@@ -381,12 +381,16 @@ class Management:
 
         One the primary applied but too few replicas confirmed (``WAIT``) is taken as applied
         (the second epoch bump) and raised, not kept: replaying cannot make a replica confirm
-        sooner, and a failover fails closed. Any other goes to the outbox."""
+        sooner, and a failover fails closed. Any other goes to the outbox, and the entity's epoch
+        is bumped again once it is held: a read that started after the first bump read REMOTE's
+        old entry (its watermark never rose), and its LOCAL fill must not be served."""
         if isinstance(exc.cause, ReplicasNotConfirmed):
             self._management_failed(exc, key_type)
             self._taken(entity, fence, key_type, future_buffer_ms)
             return True
         kept = self._outbox.keep(entity, fence, key_type, future_buffer_ms)
+        if kept:  # held now; what a read filled LOCAL with since the first bump is stale too
+            self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
         raises = not kept or self.config.invalidation_outbox_raises
         if not kept:
             fate = "raised to the caller"

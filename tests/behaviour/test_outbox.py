@@ -45,16 +45,23 @@ USE_CASE = "Outbox"
 FAST_FAILING = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}  # an invalidation's bounds
 
 
-def fail_invalidations(monkeypatch: pytest.MonkeyPatch, cache: GCache) -> None:
-    """This cache's invalidations fail as a dropped connection would; reads and writes work."""
+def fail_invalidations(
+    monkeypatch: pytest.MonkeyPatch, cache: GCache, during: Callable[[], Any] | None = None
+) -> None:
+    """This cache's invalidations fail as a dropped connection would; reads and writes work.
+    ``during`` runs first, while the invalidation is in flight (awaited by the async twin)."""
     remote = cache._remote
     assert remote is not None
 
     def refused(*args: Any) -> Any:
+        if during is not None:
+            during()
         raise RemoteError("invalidate", redis.ConnectionError("injected: connection refused"))
 
     async def arefused(*args: Any) -> Any:
-        refused()
+        if during is not None:
+            await during()
+        raise RemoteError("invalidate", redis.ConnectionError("injected: connection refused"))
 
     monkeypatch.setattr(remote, "invalidate", refused)
     monkeypatch.setattr(remote, "ainvalidate", arefused)
@@ -342,3 +349,48 @@ async def test_legacy_compat_invalidation_is_replayed_into_the_originals_waterma
     assert int(r.redis.get(watermark_key(entity)) or 0) >= before_ms  # the original's string, ms
     with r.cache.enable():
         assert await fn("1") == ("1", 0, 3)  # the old entry refused under the replayed watermark
+
+
+@MODES
+async def test_close_gives_up_what_waits_counted_and_logged(
+    refusing: Callable[..., Refusing], caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    r = refusing()
+    with pytest.raises(RemoteError):
+        await invalidate(r.cache, mode, "user_id", "1")
+    if mode == "async":
+        await r.cache.aclose()
+    else:
+        r.cache.close()
+    assert r.metric(DROPPED, reason="closed") == 1
+    assert r.metric(DEPTH) == 0
+    assert "GCache closed with 1 invalidation(s) Redis never took" in caplog.text
+    assert fence_w(r.redis, "1") == 0  # Redis never got it: a crash would lose it the same way
+
+
+@MODES
+async def test_a_read_racing_a_failed_invalidation_leaves_no_old_value_in_local(
+    refusing: Callable[..., Refusing], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A call that reads REMOTE while the invalidation is in flight (after its first LOCAL bump,
+    before Redis refuses it) may return the old value, as it started first, but what it filled
+    LOCAL with is stale once the invalidation has raised."""
+    r = refusing()
+    fn = Fn(r.cache, mode, use_case=USE_CASE, config=BOTH)
+    raced: list[tuple[str, int, int]] = []
+
+    async def concurrent_read() -> None:
+        raced.append(await fn("1"))
+
+    def sync_concurrent_read() -> None:
+        raced.append(fn._func("1"))
+
+    with r.cache.enable():
+        assert await fn("1") == ("1", 0, 1)
+        monkeypatch.undo()
+        during = concurrent_read if mode == "async" else sync_concurrent_read
+        fail_invalidations(monkeypatch, r.cache, during=during)
+        with pytest.raises(RemoteError):
+            await invalidate(r.cache, mode, "user_id", "1")
+        assert raced == [("1", 0, 1)]  # REMOTE's entry, read before Redis refused
+        assert await fn("1") == ("1", 0, 2)  # not the LOCAL copy the racing read made
