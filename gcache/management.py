@@ -348,34 +348,36 @@ class Management:
         """
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
+            waiting = self._outbox.version(fence)
             try:
                 await self._remote.ainvalidate(fence, future_buffer_ms)
             except RemoteError as exc:
-                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms):
+                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms, waiting):
                     raise
                 return
-            self._taken(entity, fence, key_type, future_buffer_ms)
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
 
     def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
         """Sync twin of :meth:`ainvalidate`."""
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
+            waiting = self._outbox.version(fence)
             try:
                 self._remote.invalidate(fence, future_buffer_ms)
             except RemoteError as exc:
-                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms):
+                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms, waiting):
                     raise
                 return
-            self._taken(entity, fence, key_type, future_buffer_ms)
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
 
-    def _taken(self, entity: str, fence: str, key_type: str, future_buffer_ms: int) -> None:
-        """Redis took the invalidation: applied here too, and one waiting in the outbox it covers
-        is done."""
+    def _taken(self, entity: str, fence: str, key_type: str, future_buffer_ms: int, waiting: int) -> None:
+        """Redis took the invalidation: applied here too, and the one waiting in the outbox when it
+        was sent (``waiting``: its version) is done if it covers it."""
         self._invalidated_remotely(entity, key_type, future_buffer_ms)
-        self._outbox.applied(fence, future_buffer_ms)
+        self._outbox.applied(fence, future_buffer_ms, waiting)
 
     def _not_taken(
-        self, exc: RemoteError, entity: str, fence: str, key_type: str, future_buffer_ms: int
+        self, exc: RemoteError, entity: str, fence: str, key_type: str, future_buffer_ms: int, waiting: int
     ) -> bool:
         """An invalidation that failed in Redis, counted and logged; whether to raise it.
 
@@ -386,7 +388,7 @@ class Management:
         old entry (its watermark never rose), and its LOCAL fill must not be served."""
         if isinstance(exc.cause, ReplicasNotConfirmed):
             self._management_failed(exc, key_type)
-            self._taken(entity, fence, key_type, future_buffer_ms)
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
             return True
         kept = self._outbox.keep(entity, fence, key_type, future_buffer_ms)
         if kept:  # held now; what a read filled LOCAL with since the first bump is stale too

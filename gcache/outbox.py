@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import threading
 import time
@@ -37,14 +38,18 @@ BACKOFF_SEC = (0.05, 2.0)  # first and longest pause between replays while Redis
 class Pending:
     """One entity's invalidation waiting for Redis."""
 
-    __slots__ = ("buffer_ms", "entity", "fence", "key_type", "queued")
+    __slots__ = ("buffer_ms", "entity", "fence", "key_type", "queued", "version")
 
-    def __init__(self, entity: str, fence: str, key_type: str, buffer_ms: int) -> None:
+    def __init__(self, entity: str, fence: str, key_type: str, buffer_ms: int, version: int) -> None:
         self.entity = entity
         self.fence = fence
         self.key_type = key_type
         self.buffer_ms = buffer_ms
         self.queued = time.monotonic()
+        # Taken anew by every repeat merged in: an application (a replay, or an invalidation
+        # Redis took directly) settles the item only if none came since it was sent, since a
+        # repeat after it needs a watermark from a later server time.
+        self.version = version
 
 
 class InvalidationOutbox:
@@ -81,6 +86,7 @@ class InvalidationOutbox:
         self._errors = errors
         self._backoff = backoff
         self._pending: dict[str, Pending] = {}  # fence -> item, oldest first
+        self._versions = itertools.count(1)
         self._lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the loop thread
         self._wake: asyncio.Event | None = None
@@ -100,6 +106,7 @@ class InvalidationOutbox:
             item = self._pending.get(fence)
             if item is not None:
                 item.buffer_ms = max(item.buffer_ms, buffer_ms)  # the replay covers both
+                item.version = next(self._versions)
             else:
                 if len(self._pending) >= self.capacity:
                     dropped = self._pending.pop(next(iter(self._pending)))
@@ -107,7 +114,7 @@ class InvalidationOutbox:
                     self._epochs.hold_every = True  # its REMOTE entries are trusted nowhere here
                 else:
                     self._metrics.outbox_depth.inc()
-                self._pending[fence] = Pending(entity, fence, key_type, buffer_ms)
+                self._pending[fence] = Pending(entity, fence, key_type, buffer_ms, next(self._versions))
                 self._epochs.held.add(entity)
             start = not self._draining
             self._draining = True
@@ -124,10 +131,20 @@ class InvalidationOutbox:
             self._start()
         return True
 
-    def applied(self, fence: str, buffer_ms: int) -> None:
-        """An invalidation of ``fence`` Redis took directly: a waiting one it covers is done."""
-        if fence in self._pending:
-            self._settle(fence, buffer_ms)
+    def version(self, fence: str) -> int:
+        """The waiting item's version (0: none waits), taken before a direct invalidation is sent."""
+        item = self._pending.get(fence) if self._pending else None
+        return 0 if item is None else item.version
+
+    def applied(self, fence: str, buffer_ms: int, version: int) -> None:
+        """An invalidation of ``fence`` Redis took directly, sent when the waiting item was at
+        ``version``: the item is done if nothing merged into it since and its buffer is covered."""
+        if version:
+            with self._lock:
+                item = self._pending.get(fence)
+                if item is None or item.buffer_ms > buffer_ms:
+                    return
+            self._settle(fence, version)
 
     def wake(self) -> None:
         """Replay now (the breaker closed, the bus is up): ends the current backoff."""
@@ -194,7 +211,7 @@ class InvalidationOutbox:
     async def _replay(self, items: list[Pending]) -> bool:
         """Replay ``items``; False at the first Redis refuses (the rest wait for the next round)."""
         for item in items:
-            sent = item.buffer_ms
+            sent = item.version
             try:
                 result = await self._apply(item)
             except Exception as exc:
@@ -218,12 +235,12 @@ class InvalidationOutbox:
 
     # -- the held entities -----------------------------------------------------------------------
 
-    def _settle(self, fence: str, buffer_ms: int) -> None:
-        """An item applied with ``buffer_ms``: gone, unless a repeat with a larger buffer merged
-        into it meanwhile (that one still needs its replay)."""
+    def _settle(self, fence: str, version: int) -> None:
+        """An item applied as it was at ``version``: gone, unless a repeat merged into it since
+        (that one still needs its replay)."""
         with self._lock:
             item = self._pending.get(fence)
-            if item is None or item.buffer_ms > buffer_ms:
+            if item is None or item.version != version:
                 return
             del self._pending[fence]
             self._metrics.outbox_depth.dec()

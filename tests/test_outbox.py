@@ -100,14 +100,47 @@ def test_repeats_of_an_entity_merge_into_one_item_with_the_largest_buffer(subjec
 def test_a_direct_invalidation_settles_only_what_its_buffer_covers(subject: Subject) -> None:
     subject.failing = True  # no replay: the breaker is open
     subject.keep(1, 1_000)
-    subject.outbox.applied("{e:1}#watermark", 500)  # a smaller buffer does not cover it
+    fence = "{e:1}#watermark"
+    sent = subject.outbox.version(fence)
+    subject.outbox.applied(fence, 500, sent)  # a smaller buffer does not cover it
     assert len(subject.outbox) == 1
-    assert subject.epochs.holds("{e:1}")
-    subject.outbox.applied("{e:1}#watermark", 1_000)
+    subject.outbox.applied(fence, 1_000, 0)  # sent when nothing waited: covers nothing waiting
+    assert len(subject.outbox) == 1
+    subject.outbox.applied(fence, 1_000, sent)
     assert len(subject.outbox) == 0
     assert not subject.epochs.holds("{e:1}")
     assert subject.metric(DEPTH) == 0
     assert subject.redis.attempts == 0  # while failing nothing was tried
+
+
+def test_a_repeat_merged_after_a_direct_invalidation_was_sent_still_waits(subject: Subject) -> None:
+    subject.failing = True
+    subject.keep(1)
+    fence = "{e:1}#watermark"
+    sent = subject.outbox.version(fence)
+    subject.keep(1)  # fails while the direct one is in flight: it needs a later watermark
+    subject.outbox.applied(fence, 0, sent)
+    assert len(subject.outbox) == 1
+    assert subject.epochs.holds("{e:1}")
+
+
+def test_a_repeat_merged_while_its_replay_is_in_flight_is_replayed_again(subject: Subject) -> None:
+    subject.redis.down = False
+    merged: list[bool] = []
+    apply = subject.redis.apply
+
+    async def apply_then_repeat(item: Pending) -> str:
+        answer = await apply(item)
+        if not merged:  # an invalidation of the entity fails while this replay is applied
+            merged.append(subject.keep(1))
+        return answer
+
+    subject.outbox._apply = apply_then_repeat
+    subject.keep(1)
+    wait_until(lambda: len(subject.outbox) == 0, timeout=5, what="both replays")
+    assert merged == [True]
+    assert subject.redis.applied == [("{e:1}#watermark", 0)] * 2
+    assert subject.metric(REPLAYS, result="applied") == 2
 
 
 def test_wake_ends_the_backoff_and_replays(subject: Subject) -> None:
