@@ -394,3 +394,49 @@ async def test_a_read_racing_a_failed_invalidation_leaves_no_old_value_in_local(
             await invalidate(r.cache, mode, "user_id", "1")
         assert raced == [("1", 0, 1)]  # REMOTE's entry, read before Redis refused
         assert await fn("1") == ("1", 0, 2)  # not the LOCAL copy the racing read made
+
+
+@MODES
+async def test_a_batch_runs_the_function_for_its_held_ids_only(
+    refusing: Callable[..., Refusing], mode: str
+) -> None:
+    r = refusing()
+    asked: list[list[str]] = []
+    decorate = r.cache.cached_many(
+        key_type="user_id",
+        ids_arg="uids",
+        use_case=USE_CASE,
+        track_for_invalidation=True,
+        default_config=BOTH,
+    )
+
+    def compute(uids: list[str]) -> dict[str, tuple[str, int]]:
+        asked.append(sorted(uids))
+        return {uid: (uid, len(asked)) for uid in uids}
+
+    if mode == "async":
+
+        async def aget_many(uids: list[str]) -> dict[str, tuple[str, int]]:
+            return compute(uids)
+
+        cached: Callable[[list[str]], Any] = decorate(aget_many)
+    else:
+        cached = decorate(compute)
+
+    async def call(uids: list[str]) -> Any:
+        result = cached(uids)
+        return await result if mode == "async" else result
+
+    with r.cache.enable():
+        assert await call(["1", "2"]) == {"1": ("1", 1), "2": ("2", 1)}
+    with pytest.raises(RemoteError):
+        await invalidate(r.cache, mode, "user_id", "1")
+    with r.cache.enable():
+        assert await call(["1", "2"]) == {"1": ("1", 2), "2": ("2", 1)}
+        r.cache._local.clear("flushed")  # LOCAL gone: REMOTE still holds both old entries
+        assert await call(["1", "2"]) == {"1": ("1", 3), "2": ("2", 1)}
+    assert asked == [["1", "2"], ["1"], ["1"]]
+    await r.answer()
+    with r.cache.enable():
+        assert await call(["1", "2"]) == {"1": ("1", 4), "2": ("2", 1)}  # the old "1" refused
+        assert await call(["1", "2"]) == {"1": ("1", 4), "2": ("2", 1)}  # and the new one cached
