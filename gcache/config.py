@@ -476,6 +476,14 @@ class GCacheConfig:
         invalidate_wait_ms: how long that WAIT may take; fewer replicas by then raise
             ``RemoteError`` (its ``cause`` a ``ReplicasNotConfirmed``): the primary has the
             invalidation, so retrying is safe.
+        invalidation_outbox_size: how many entities' invalidations Redis did not take are kept
+            in this process and replayed until it does (the invalidation outbox; 0: none kept,
+            each raises and is lost). Repeats of an entity are one item. Past the bound the
+            oldest is dropped and every tracked entity runs uncached here until the outbox
+            drains (README, "Invalidations while Redis fails").
+        invalidation_outbox_raises: an invalidation kept in the outbox still raises
+            ``RemoteError`` (True, the original library's behaviour); False: it returns once
+            kept, and the outbox applies it when Redis answers.
         error_log_interval_sec: at most one log line per kind of error in this interval.
         metrics_registry: the prometheus_client registry (default: the global one).
         read_timeout_sec: deadline of one cache lookup in Redis (None: the client's own socket
@@ -542,6 +550,8 @@ class GCacheConfig:
     failover_buffer_ms: int = 0
     invalidate_replicas: int = 0
     invalidate_wait_ms: int = 100
+    invalidation_outbox_size: int = 10_000
+    invalidation_outbox_raises: bool = True
     error_log_interval_sec: float = 5.0
     metrics_registry: CollectorRegistry | None = None
     read_timeout_sec: float | None = 0.05
@@ -587,6 +597,12 @@ class GCacheConfig:
         _positive("failover_buffer_ms", self.failover_buffer_ms, integer=True, zero=True)
         _positive("invalidate_replicas", self.invalidate_replicas, integer=True, zero=True)
         _positive("invalidate_wait_ms", self.invalidate_wait_ms, integer=True)
+        _positive("invalidation_outbox_size", self.invalidation_outbox_size, integer=True, zero=True)
+        if not isinstance(self.invalidation_outbox_raises, bool):
+            raise ConfigError(
+                "GCacheConfig.invalidation_outbox_raises must be True or False, got "
+                f"{self.invalidation_outbox_raises!r}"
+            )
         if self.invalidate_replicas and self.redis_config is not None and self.redis_config.cluster:
             raise ConfigError(
                 "GCacheConfig.invalidate_replicas needs a single-server Redis: a cluster client cannot "

@@ -25,6 +25,11 @@ class Epochs:
     which every tracked entry is stale (used when invalidations may have been missed, and to
     keep the per-entity table bounded).
 
+    ``held`` are the tracked entities whose invalidation Redis has not taken yet (it waits in
+    :class:`~gcache.outbox.InvalidationOutbox`): their reads neither use REMOTE nor fill LOCAL
+    (``Decisions.miss``); with ``hold_every`` (the outbox dropped one), every tracked entity is
+    held until the outbox drains. The outbox alone changes them.
+
     ``trusted`` says whether this process hears every invalidation. Without a REMOTE layer it
     always does; with one, only while the invalidation bus is subscribed. Tracked LOCAL entries
     are neither served nor filled while it is False, and ``wake`` asks for the bus to start.
@@ -40,6 +45,8 @@ class Epochs:
         "_timer",
         "current",
         "floor",
+        "held",
+        "hold_every",
         "trusted",
         "wake",
     )
@@ -54,6 +61,8 @@ class Epochs:
         self._timer = timer
         self.current = 0
         self.floor = 0
+        self.held: set[str] = set()
+        self.hold_every = False
         self.trusted = True
         self.wake: Callable[[], None] = _nothing
 
@@ -80,6 +89,10 @@ class Epochs:
                     return -1
                 self._buffered.pop(entity, None)
         return self.current
+
+    def holds(self, entity: str) -> bool:
+        """Whether a tracked read of ``entity`` must run the function (see ``held``)."""
+        return self.hold_every or entity in self.held
 
     def of(self, entity: str) -> int:
         """The epoch an entry of this entity must have reached to be fresh."""

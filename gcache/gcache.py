@@ -34,6 +34,7 @@ from gcache.local import LocalLayer
 from gcache.management import Management
 from gcache.metrics import FastHistogram, Metrics, UseCaseMetrics
 from gcache.original_wire import Envelope
+from gcache.outbox import InvalidationOutbox
 from gcache.readthrough import REFRESH, Runtime, UseCase
 from gcache.redis_config import url_db
 from gcache.remote import RemoteCache
@@ -283,6 +284,16 @@ class GCache(Management):
             legacy_compat=config.legacy_compat,
             tell_mistakes=_tells_mistakes(config.tell_mistakes),
         )
+        remote = self._remote
+        self._outbox = InvalidationOutbox(
+            config.invalidation_outbox_size if remote is not None else 0,
+            epochs=self._local.epochs,
+            apply=self._replay,
+            submit=self._loop_thread.submit,
+            failing=lambda: remote is not None and remote.breaker.is_open,
+            metrics=self._metrics,
+            errors=errors,
+        )
         self._registered: dict[str, str] = {}  # use case -> the function that has it
         # use case -> (its UseCase, "single" or "many"): a cached and a cached_many of one name share
         self._named: dict[str, tuple[UseCase, str]] = {}
@@ -315,6 +326,7 @@ class GCache(Management):
             self._bus.after_fork_in_child(self._remote.origin)
         self._local.after_fork_in_child(trusted=self._bus is None)
         self._runtime.after_fork_in_child()
+        self._outbox.after_fork_in_child()
         for uc in list(self._use_cases):
             uc.flights.clear()
             uc.reads.clear()
@@ -734,9 +746,12 @@ class GCache(Management):
         """Close Redis connections and the helper thread.
 
         Cached functions keep working, uncached (each use case says so once in a WARNING);
-        direct puts are dropped.
+        direct puts are dropped. Invalidations still waiting in the outbox are given up, counted
+        (``gcache_invalidation_outbox_dropped_counter{reason="closed"}``) and logged: Redis
+        never took them.
         """
         self._closed = True
+        self._outbox.close()
         if self._bus is not None:
             self._bus.stop()
         if self._remote is not None:
@@ -748,6 +763,7 @@ class GCache(Management):
     async def aclose(self) -> None:
         """Async twin of :meth:`close`; closes the running loop's connections gracefully."""
         self._closed = True
+        self._outbox.close()
         if self._bus is not None:
             self._bus.stop()
         if self._remote is not None:

@@ -2,7 +2,8 @@
 and what other processes' invalidations (the bus) and the breaker do to this one.
 
 Each operation acts on the layers a use case has; a Redis failure is counted, logged and raised
-to the caller as :class:`~gcache.errors.RemoteError` (an invalidation is never skipped silently).
+to the caller as :class:`~gcache.errors.RemoteError` (an invalidation is never skipped silently:
+one Redis did not take also waits in the outbox, :mod:`gcache.outbox`, until it does).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gcache.errors import ConfigError, FutureBufferTooLargeError, RemoteError, R
 from gcache.keys import GCacheKey
 from gcache.local import LocalLayer
 from gcache.metrics import LAYER_LOCAL, LAYER_REMOTE, Metrics
+from gcache.outbox import InvalidationOutbox, Pending
 from gcache.readthrough import Runtime, UseCase
 from gcache.readthrough.decisions import Miss
 from gcache.readthrough.reporting import too_long
@@ -66,6 +68,7 @@ class Management:
     _closed: bool
     _bus: InvalidationBus | None
     _bus_up: threading.Event
+    _outbox: InvalidationOutbox
     _hasher: PartHasher | None
     _use_case: Callable[..., UseCase]  # GCache's: registers a use case
 
@@ -352,41 +355,92 @@ class Management:
         ``future_buffer_ms`` also makes entries computed in the next milliseconds stale, for
         sources that lag (read replicas).
 
+        When Redis does not take it, it waits in the invalidation outbox (``invalidation_outbox_size``)
+        and is replayed until Redis does; meanwhile this process runs the entity's tracked calls
+        uncached (neither REMOTE nor LOCAL), so it serves none of its old entries.
+
         Raises:
             FutureBufferTooLargeError: the buffer is above ``max_future_buffer_ms``.
-            RemoteError: Redis did not take the invalidation; the entity's REMOTE entries may
-                still be served until their TTL, so retry or handle it. With
+            RemoteError: Redis did not take the invalidation. Kept in the outbox, it raises all
+                the same unless ``invalidation_outbox_raises`` is False (retrying is safe: a
+                retry merges with the waiting one, or applies it); not kept (no outbox), the
+                entity's REMOTE entries may be served until their TTL. With
                 ``invalidate_replicas``, also when the primary took it but too few replicas
-                confirmed it in time (``cause``: ``ReplicasNotConfirmed``): it holds unless the
-                primary fails over, and then reads fail closed (README, "Guarantees through
-                failover"); retry it to be sure.
+                confirmed it in time (``cause``: ``ReplicasNotConfirmed``; not kept): it holds
+                unless the primary fails over, and then reads fail closed (README, "Guarantees
+                through failover"); retry it to be sure.
         """
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
+            waiting = self._outbox.version(fence)
             try:
-                await self._remote_op(self._remote.ainvalidate(fence, future_buffer_ms), key_type)
+                await self._remote.ainvalidate(fence, future_buffer_ms)
             except RemoteError as exc:
-                self._unconfirmed(exc, entity, key_type, future_buffer_ms)
-                raise
-            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms, waiting):
+                    raise
+                return
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
 
     def invalidate(self, key_type: str, id: Any, future_buffer_ms: int = 0) -> None:
         """Sync twin of :meth:`ainvalidate`."""
         entity, fence = self._fence(key_type, id, future_buffer_ms)
         if self._remote is not None and not self._closed:
-            remote = self._remote
+            waiting = self._outbox.version(fence)
             try:
-                self._remote_sync_op(lambda: remote.invalidate(fence, future_buffer_ms), key_type)
+                self._remote.invalidate(fence, future_buffer_ms)
             except RemoteError as exc:
-                self._unconfirmed(exc, entity, key_type, future_buffer_ms)
-                raise
-            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+                if self._not_taken(exc, entity, fence, key_type, future_buffer_ms, waiting):
+                    raise
+                return
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
 
-    def _unconfirmed(self, exc: RemoteError, entity: str, key_type: str, future_buffer_ms: int) -> None:
-        """An invalidation the primary applied but too few replicas confirmed (``WAIT``): this
-        process takes it as applied (the second epoch bump), and the caller is told it failed."""
+    def _taken(self, entity: str, fence: str, key_type: str, future_buffer_ms: int, waiting: int) -> None:
+        """Redis took the invalidation: applied here too, and the one waiting in the outbox when it
+        was sent (``waiting``: its version) is done if it covers it."""
+        self._invalidated_remotely(entity, key_type, future_buffer_ms)
+        self._outbox.applied(fence, future_buffer_ms, waiting)
+
+    def _not_taken(
+        self, exc: RemoteError, entity: str, fence: str, key_type: str, future_buffer_ms: int, waiting: int
+    ) -> bool:
+        """An invalidation that failed in Redis, counted and logged; whether to raise it.
+
+        One the primary applied but too few replicas confirmed (``WAIT``) is taken as applied
+        (the second epoch bump) and raised, not kept: replaying cannot make a replica confirm
+        sooner, and a failover fails closed. Any other goes to the outbox, and the entity's epoch
+        is bumped again once it is held: a read that started after the first bump read REMOTE's
+        old entry (its watermark never rose), and its LOCAL fill must not be served."""
         if isinstance(exc.cause, ReplicasNotConfirmed):
-            self._invalidated_remotely(entity, key_type, future_buffer_ms)
+            self._management_failed(exc, key_type)
+            self._taken(entity, fence, key_type, future_buffer_ms, waiting)
+            return True
+        kept = self._outbox.keep(entity, fence, key_type, future_buffer_ms)
+        if kept:  # held now; what a read filled LOCAL with since the first bump is stale too
+            self._local.invalidate(entity, key_type, future_buffer_ms / 1000)
+        raises = not kept or self.config.invalidation_outbox_raises
+        if not kept:
+            fate = "raised to the caller"
+        elif raises:
+            fate = "kept in the outbox for replay, and raised to the caller"
+        else:
+            fate = "kept in the outbox for replay"
+        self._management_failed(exc, key_type, fate)
+        return raises
+
+    async def _replay(self, item: Pending) -> str:
+        """The outbox's replay of one invalidation (on the loop thread), as ``ainvalidate`` applies
+        it; raises ``RemoteError`` when Redis did not take it."""
+        remote = self._remote
+        assert remote is not None
+        result = "applied"
+        try:
+            await remote.ainvalidate(item.fence, item.buffer_ms)
+        except RemoteError as exc:
+            if not isinstance(exc.cause, ReplicasNotConfirmed):
+                raise
+            result = "unconfirmed"
+        self._invalidated_remotely(item.entity, item.key_type, item.buffer_ms)
+        return result
 
     def _invalidated_remotely(self, entity: str, key_type: str, future_buffer_ms: int) -> None:
         # A read in this process between the first LOCAL bump and the watermark's rise took the
@@ -436,9 +490,9 @@ class Management:
             self._management_failed(exc, key_type)
             raise
 
-    def _management_failed(self, exc: RemoteError, key_type: str) -> None:
+    def _management_failed(self, exc: RemoteError, key_type: str, fate: str = "raised to the caller") -> None:
         self._metrics.error.labels("", key_type, LAYER_REMOTE, type(exc.cause).__name__, "False").inc()
-        self._runtime.errors.warning(("", exc.operation), f"{exc} (raised to the caller)")
+        self._runtime.errors.warning(("", exc.operation, fate), f"{exc} ({fate})")
 
     # -- the invalidation bus (called on gcache's loop thread) ----------------------------------
 
@@ -472,6 +526,7 @@ class Management:
         self._metrics.bus_message.labels("", "dropped", reason).inc()
 
     def _on_bus_up(self) -> None:
+        self._outbox.wake()  # Redis answers again
         self._local.trust()
         self._bus_up.set()
         self._metrics.bus_connected.inc()
@@ -493,6 +548,7 @@ class Management:
                 "a probe gets an answer",
             )
         else:
+            self._outbox.wake()
             self._metrics.breaker_open.dec()
             self._metrics.breaker_transition.labels("closed").inc()
             self._errors.info(

@@ -210,6 +210,32 @@ class Metrics:
         )
         for state in ("open", "closed"):  # both series exist from the start, so increase() sees the first
             self.breaker_transition.labels(state)
+        # The invalidation outbox: invalidations Redis did not take, replayed until it does.
+        self.outbox_depth = Gauge(
+            f"{p}invalidation_outbox",
+            "Invalidations waiting in the outbox for Redis to take them (entities; each GCache "
+            "adds its own).",
+            multiprocess_mode="livesum",
+            **kw,
+        )
+        self.outbox_replay = Counter(
+            f"{p}invalidation_replay_counter",
+            "Replays of invalidations waiting in the outbox, by result (applied; unconfirmed: "
+            "applied, too few replicas confirmed it; failed: tried again later).",
+            ["result"],
+            **kw,
+        )
+        self.outbox_dropped = Counter(
+            f"{p}invalidation_outbox_dropped_counter",
+            "Invalidations the outbox gave up before Redis took them, by reason (full: the oldest, "
+            "for a new one; closed: pending when the GCache was closed).",
+            ["reason"],
+            **kw,
+        )
+        for result in ("applied", "unconfirmed", "failed"):  # every series from the start
+            self.outbox_replay.labels(result)
+        for reason in ("full", "closed"):
+            self.outbox_dropped.labels(reason)
         self.pool_wait = Histogram(
             f"{p}pool_wait_seconds",
             "Seconds a Redis operation waited for a pooled connection, when none was free on arrival; "
@@ -230,12 +256,13 @@ class Metrics:
 
 def _after_fork_in_child() -> None:
     """Fresh locks, and the gauges of state no process inherits: in the child no bus is
-    subscribed and no breaker is open until it finds out for itself."""
+    subscribed and no breaker is open until it finds out for itself; each GCache's outbox adds
+    back what it keeps (``InvalidationOutbox.after_fork_in_child``)."""
     Metrics._shared_lock = threading.Lock()
     CountingValue._lock = threading.Lock()
     SummingValue._lock = threading.Lock()
     for metrics in Metrics._shared.values():
-        for gauge in (metrics.bus_connected, metrics.breaker_open):
+        for gauge in (metrics.bus_connected, metrics.breaker_open, metrics.outbox_depth):
             value = getattr(gauge, "_value", None)
             if MutexValue is not None and type(value) is MutexValue:
                 value._lock = threading.Lock()

@@ -782,3 +782,21 @@ def test_failover_options_are_checked(options: dict[str, Any], message: str) -> 
 def test_failover_options_default_to_no_wait_and_no_buffer() -> None:
     config = GCacheConfig()
     assert (config.invalidate_replicas, config.invalidate_wait_ms, config.failover_buffer_ms) == (0, 100, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"invalidation_outbox_size": -1}, "invalidation_outbox_size must be an integer 0 or more"),
+        ({"invalidation_outbox_size": 1.5}, "invalidation_outbox_size"),
+        ({"invalidation_outbox_raises": "no"}, "invalidation_outbox_raises must be True or False"),
+    ],
+)
+def test_outbox_options_are_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        GCacheConfig(**options)
+
+
+def test_outbox_options_default_to_a_bounded_outbox_that_raises() -> None:
+    config = GCacheConfig()
+    assert (config.invalidation_outbox_size, config.invalidation_outbox_raises) == (10_000, True)

@@ -278,7 +278,7 @@ def test_promtool_accepts_the_example_config() -> None:
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
@@ -289,7 +289,13 @@ def test_promtool_rule_unit_tests_pass() -> None:
 
 def test_rule_unit_tests_cover_each_alert_firing() -> None:
     text = RULES_TEST.read_text(encoding="utf-8")
-    for alert in ("GCacheHitRatioCollapse", "GCacheErrorRate", "GCacheBreakerOpen"):
+    for alert in (
+        "GCacheHitRatioCollapse",
+        "GCacheErrorRate",
+        "GCacheBreakerOpen",
+        "GCacheInvalidationsWaiting",
+        "GCacheInvalidationsLost",
+    ):
         assert f"alertname: {alert}" in text
         assert f"alert: {alert}" in RULES.read_text(encoding="utf-8")
     assert text.count("exp_labels:") >= 3
@@ -595,6 +601,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
             "GCacheHitRatioCollapse",
             "GCacheErrorRate",
             "GCacheBreakerOpen",
+            "GCacheInvalidationsWaiting",
+            "GCacheInvalidationsLost",
         }
         while any(rule["health"] != "ok" for rule in rules) and time.monotonic() < deadline + 5:
             time.sleep(0.5)

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, single_flight
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, RemoteError, single_flight
 from gcache._fork import forks
 from gcache.metrics import CountingValue
 from tests.conftest import sample
@@ -390,3 +390,40 @@ def test_closed_cache_stays_closed_in_the_child(caches: Callable[..., GCache]) -
         return repr(cache)
 
     assert "closed=True" in Child(child).result()
+
+
+def test_child_replays_the_invalidations_waiting_in_its_parents_outbox(
+    caches: Callable[..., GCache], redis_client: redis.Redis, registry: CollectorRegistry
+) -> None:
+    """The parent's waiting invalidation is kept in the child (held, counted) and replayed there
+    too: the child's Redis takes it while the parent's still refuses."""
+    cache = caches(breaker_probe_sec=0.05)
+    remote = cache._remote
+    assert remote is not None
+
+    def refused(*args: Any) -> Any:
+        raise RemoteError("invalidate", redis.ConnectionError("injected: connection refused"))
+
+    async def arefused(*args: Any) -> Any:
+        refused()
+
+    remote.invalidate, remote.ainvalidate = refused, arefused  # type: ignore[method-assign, assignment]
+    with pytest.raises(RemoteError):
+        cache.invalidate("post_id", "1")
+    assert sample(registry, "gcache_invalidation_outbox") == 1
+
+    def child() -> dict[str, Any]:
+        state: dict[str, Any] = {"depth_at_fork": sample(registry, "gcache_invalidation_outbox")}
+        del remote.invalidate, remote.ainvalidate  # this process's Redis answers
+        deadline = time.monotonic() + 10
+        while len(cache._outbox) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state["depth_after"] = sample(registry, "gcache_invalidation_outbox")
+        state["applied"] = sample(registry, "gcache_invalidation_replay_counter_total", result="applied")
+        state["held"] = sorted(cache._local.epochs.held)
+        return state
+
+    assert Child(child).result() == {"depth_at_fork": 1, "depth_after": 0, "applied": 1, "held": []}
+    assert int(redis_client.hget("{urn:gcache:post_id:1}#watermark", "w") or 0) > 0  # the child's replay
+    assert len(cache._outbox) == 1  # the parent's still waits: its Redis still refuses
+    del remote.invalidate, remote.ainvalidate

@@ -197,7 +197,7 @@ class AsyncDriver(AsyncIO):
         remote, remote_ttl = self.remote, self.remote_layer(config, urn)
         m = self.miss(urn, entity, config, local_ttl, remote_ttl, stale=False)
         try:
-            if remote_ttl:
+            if m.remote_ttl:  # not remote_ttl: an entity held by the outbox has none (Decisions.miss)
                 assert remote is not None
                 if config.lock_sec:
                     token = new_nonce()
@@ -212,7 +212,7 @@ class AsyncDriver(AsyncIO):
                     return  # Redis failed (told by the read)
             elif remote is not None and remote.breaker.is_open and config.ttl_sec.get(CacheLayer.REMOTE):
                 return  # Redis is down: its entry cannot be refreshed, LOCAL's is left as it is
-            value = await self.afunction(self.fallback_layer(local_ttl, remote_ttl), func, args, kwargs)
+            value = await self.afunction(self.fallback_layer(local_ttl, m.remote_ttl), func, args, kwargs)
             stored = type(value) is not Unstored and await self.awrite_back(m, value, strict=True)
             result = "refreshed" if stored else "refused"
         except Exception as exc:

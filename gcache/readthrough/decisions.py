@@ -332,6 +332,14 @@ class Decisions(OriginalEntries):
             return 0
         return ttl
 
+    def held_out(self, remote_ttl: float) -> float:
+        """A tracked call of an entity whose invalidation waits in the outbox: REMOTE still holds
+        entries under the old watermark, so it is neither read nor written (counted
+        ``invalidation_pending``), and LOCAL is not filled; the function serves the call."""
+        if remote_ttl:
+            self.m.disabled(LAYER_REMOTE, "invalidation_pending").inc()
+        return 0.0
+
     def _ramped(self, ttl: float, ramp: float, layer: str, config: GCacheKeyConfig, urn: str) -> float:
         """``ttl`` for the share ``ramp`` (0-100) of calls, one random draw (``ramp_by="call"``),
         or of keys, the key's :func:`key_share` (``"key"``); 0 (counted) otherwise."""
@@ -534,6 +542,8 @@ class Decisions(OriginalEntries):
         epochs, tracked = self.rt.epochs, self.tracked
         # The epochs matter for filling LOCAL, and for who may join whose flight when tracked.
         epoch = epochs.start(entity) if local_ttl or tracked else -1
+        if tracked and epochs.held and epochs.holds(entity):
+            epoch, remote_ttl = -1, self.held_out(remote_ttl)
         of = epochs.of(entity) if tracked else 0
         reads_first = bool(remote_ttl) and (tracked or not shared_read or bool(config.soft_timeout_sec))
         began = _monotonic() if tracked else 0.0
