@@ -44,7 +44,7 @@ from gcache import _fork
 from gcache._log import summary
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
-from gcache.remote import protocol, scripts
+from gcache.remote import protocol, scripts, sentinel
 from gcache.remote.batching import ReadQueue
 
 __all__ = [
@@ -401,7 +401,9 @@ def build_client(
     on_wait: Callable[[float], None] | None = None,
     patient: Callable[[], bool] = lambda: True,
 ) -> Any:
-    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
+    """A client for ``config``: a blocking pool of ``max_connections`` (of connections to the
+    master the sentinels name, with sentinels: :mod:`~gcache.remote.sentinel`), or a cluster
+    client.
 
     ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
@@ -415,7 +417,10 @@ def build_client(
         options["socket_timeout"] = socket_timeout
     if config.cluster:
         return cluster.from_url(config.url, **options)
-    blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
+    if config.sentinels is not None:
+        blocking = sentinel.master_pool(config, pool, timeout=config.pool_timeout, **options)
+    else:
+        blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)
