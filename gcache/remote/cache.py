@@ -749,7 +749,7 @@ class RemoteCache(Connections):
         assert self._config.url is not None
         options = {"retry": no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
         if self._config.sentinels is not None:  # the master now: asked again on each reconnect
-            return await sentinel.amaster_client(self._config, **options)
+            return await sentinel.amaster_client(self._config, self.follow_master, **options)
         return redis.asyncio.Redis.from_url(self._config.url, **options)  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -347,6 +347,16 @@ class Connections:
             ).pack_gets()
         return conn
 
+    def follow_master(self, address: tuple[str, int]) -> None:
+        """Sentinel named another master (the bus asks): every pool leaves the old one, each
+        asyncio pool on its own loop (see :mod:`~gcache.remote.sentinel`)."""
+        for client in _clients(self._sync):
+            client.connection_pool.follow(address)
+        for loop, conns in list(self._by_loop.items()):
+            if not loop.is_closed():
+                for client in _clients(conns):
+                    asyncio.run_coroutine_threadsafe(client.connection_pool.follow(address), loop)
+
     async def aclose_clients(self) -> None:
         """Close the clients; the ones of the running loop are closed gracefully."""
         try:

@@ -9,14 +9,20 @@ write with READONLY, which redis-py turns into a connection error (the retry the
 the new master). The sentinels' connections are closed with the pool.
 
 The invalidation bus takes a plain client of the master named at the time it subscribes
-(:func:`amaster_client`). It follows a failover by asking again on each reconnect: when the
-master dies its connection drops; when Sentinel demotes a live master it sends it ``CLIENT
-KILL TYPE pubsub``, which drops the subscription too.
+(:func:`amaster_client`), and asks the sentinels again about once a second
+(:meth:`MasterClient.still_master`): when they name another node it subscribes again there,
+and the pools close their connections to the old master (``follow``, through
+:meth:`~gcache.remote.clients.Connections.follow_master`).
+A dead master's connection drops by itself; a live one (a manual failover, a partition) keeps
+answering as a master for seconds after the sentinels moved on: Redis 7's Sentinel reconfigures
+an old master only after it has reported its role for 8 s, and then drops its pub/sub clients
+(``CLIENT KILL TYPE pubsub``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -26,7 +32,7 @@ import redis.sentinel
 
 from gcache.redis_config import RedisConfig
 
-__all__ = ["amaster_client", "master_pool", "sentinel_manager"]
+__all__ = ["MasterClient", "amaster_client", "master_pool", "sentinel_manager"]
 
 
 def sentinel_manager(config: RedisConfig, asynchronous: bool) -> Any:
@@ -36,8 +42,9 @@ def sentinel_manager(config: RedisConfig, asynchronous: bool) -> Any:
     return sentinel(list(config.sentinels), sentinel_kwargs=config.sentinel_options())
 
 
-class _SyncClosesSentinels:
+class _SyncSentinelPool:
     sentinel_manager: Any
+    proxy: Any  # redis-py's, which keeps the master's address
 
     def disconnect(self, inuse_connections: bool = True) -> None:
         """Also the sentinels' connections, on a close (a failover drops only idle ones)."""
@@ -46,25 +53,38 @@ class _SyncClosesSentinels:
             for sentinel in self.sentinel_manager.sentinels:
                 sentinel.connection_pool.disconnect()
 
+    def follow(self, address: tuple[str, int]) -> None:
+        """The sentinels name another master: idle connections to the old one are closed now,
+        the ones in use when they are released (they are not this pool's master's)."""
+        self.proxy.master_address = address
+        super().disconnect(inuse_connections=False)  # type: ignore[misc]
 
-class _AsyncClosesSentinels:
+
+class _AsyncSentinelPool:
     sentinel_manager: Any
+    master_address: tuple[str, int] | None
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
-        """Asyncio twin of :meth:`_SyncClosesSentinels.disconnect`."""
+        """Asyncio twin of :meth:`_SyncSentinelPool.disconnect`."""
         await super().disconnect(inuse_connections)  # type: ignore[misc]
         if inuse_connections:
             for sentinel in self.sentinel_manager.sentinels:
                 await sentinel.connection_pool.disconnect()
+
+    async def follow(self, address: tuple[str, int]) -> None:
+        """Every connection to the old master closed (redis-py's asyncio pool takes back a
+        connection without asking whose it is): an operation on one fails as Redis down."""
+        self.master_address = address
+        await super().disconnect(inuse_connections=True)  # type: ignore[misc]
 
 
 @functools.cache
 def _pool_class(pool: type) -> type:
     """``pool`` (a gcache pool or redis-py's plain one) over redis-py's Sentinel pool."""
     if issubclass(pool, redis.asyncio.ConnectionPool):
-        bases: tuple[type, ...] = (_AsyncClosesSentinels, pool, redis.asyncio.sentinel.SentinelConnectionPool)
+        bases: tuple[type, ...] = (_AsyncSentinelPool, pool, redis.asyncio.sentinel.SentinelConnectionPool)
     else:
-        bases = (_SyncClosesSentinels, pool, redis.sentinel.SentinelConnectionPool)
+        bases = (_SyncSentinelPool, pool, redis.sentinel.SentinelConnectionPool)
     return type(f"Sentinel{pool.__name__}", bases, {})
 
 
@@ -82,8 +102,41 @@ def master_pool(config: RedisConfig, pool: type, **options: Any) -> Any:
     )
 
 
-async def amaster_client(config: RedisConfig, **options: Any) -> redis.asyncio.Redis:
-    """A plain asyncio client of the master the sentinels name now (the bus's connection).
+class MasterClient(redis.asyncio.Redis):
+    """The bus's client of one master, with the sentinels that named it (closed with it)."""
+
+    sentinels: Any
+    service_name: str
+    on_moved: Callable[[tuple[str, int]], None] | None
+
+    async def still_master(self) -> bool:
+        """Whether the sentinels still name this client's node; True when none answers (a
+        subscription that works is not dropped for want of an answer). ``on_moved`` is told
+        the new master's address."""
+        try:
+            host, port = await self.sentinels.discover_master(self.service_name)
+        except redis.ConnectionError:  # MasterNotFoundError included: no sentinel knows better
+            return True
+        kwargs = self.connection_pool.connection_kwargs
+        address = (str(host), int(port))
+        if address == (kwargs["host"], kwargs["port"]):
+            return True
+        if self.on_moved is not None:
+            self.on_moved(address)
+        return False
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.sentinels.aclose()
+
+
+async def amaster_client(
+    config: RedisConfig, on_moved: Callable[[tuple[str, int]], None] | None = None, **options: Any
+) -> MasterClient:
+    """A plain asyncio client of the master the sentinels name now (the bus's connection);
+    ``on_moved``: see :meth:`MasterClient.still_master`.
 
     Raises:
         redis.sentinel.MasterNotFoundError: no sentinel answered, or none names a master up.
@@ -91,7 +144,10 @@ async def amaster_client(config: RedisConfig, **options: Any) -> redis.asyncio.R
     manager = sentinel_manager(config, asynchronous=True)
     try:
         host, port = await manager.discover_master(config.service_name)
-    finally:
+    except BaseException:
         await manager.aclose()
+        raise
     options = {**config.node_login(), **options}
-    return redis.asyncio.Redis(host=host, port=int(port), ssl=config.tls, **options)
+    client = MasterClient(host=host, port=int(port), ssl=config.tls, **options)
+    client.sentinels, client.service_name, client.on_moved = manager, config.service_name, on_moved
+    return client

@@ -17,14 +17,14 @@ from gcache import GCache, GCacheKeyConfig, RedisConfig
 from gcache._embedded_redis import APP_USER, Credentials, EmbeddedRedis, EmbeddedSentinel
 from tests.behaviour._failover import _NO_DELAY
 
-__all__ = ["SERVICE", "Reader", "Sentinels", "reader", "sentinels"]
+__all__ = ["SERVICE", "Reader", "Sentinels", "cached_read", "reader", "sentinels"]
 
 SERVICE = "gcache-primary"
 
 Reader = Callable[[str], Awaitable[str]]  # a cached call (sync or async) inside enable(), by id
 
 
-def reader(
+def cached_read(
     cache: GCache,
     mode: str,
     source: dict[str, Any],
@@ -32,9 +32,9 @@ def reader(
     tracked: bool,
     config: GCacheKeyConfig,
     use_case: str = "GetUser",
-) -> Reader:
-    """A cached reader of ``source`` (``version``: what it answers; ``calls``: counted), sync
-    or async, awaited either way (a sync call runs in the caller's thread)."""
+) -> Callable[[str], Any]:
+    """The cached function (sync or async) over ``source`` (``version``: what it answers, with
+    the id; ``calls``: counted)."""
     decorate = cache.cached(
         key_type="user_id",
         id_arg="uid",
@@ -50,19 +50,17 @@ def reader(
     async def aread(uid: str) -> str:
         return read(uid)
 
-    if mode == "async":
-        afn = decorate(aread)
+    return decorate(aread) if mode == "async" else decorate(read)
 
-        async def acall(uid: str) -> str:
-            with cache.enable():
-                return str(await afn(uid))
 
-        return acall
-    fn = decorate(read)
+def reader(cache: GCache, mode: str, source: dict[str, Any], **options: Any) -> Reader:
+    """:func:`cached_read` (``options``: its keywords) called inside ``enable()``, awaited either
+    way (a sync call runs in the caller's thread)."""
+    fn = cached_read(cache, mode, source, **options)
 
     async def call(uid: str) -> str:
         with cache.enable():
-            return str(fn(uid))
+            return str(await fn(uid) if mode == "async" else fn(uid))
 
     return call
 
