@@ -518,14 +518,15 @@ class EmbeddedSentinel(EmbeddedRedis):
     only run :data:`SENTINEL_APP_COMMANDS`), and ``data``, the monitored servers' credentials,
     whose admin it logs in as (``sentinel auth-user/auth-pass``; sentinels also log in to each
     other as their admin). The configuration file, which Sentinel rewrites, is in the server's
-    private directory. ``down_after_ms``: how long a silent primary takes to be down.
+    private directory. ``down_after_ms``: how long a silent primary takes to be down;
+    ``extra_args`` follow ``--sentinel`` (``--tls-port``, ``--tls-replication yes``, ...).
     """
 
     def __init__(
         self,
         primary_port: int,
         data: Credentials,
-        *,
+        *extra_args: str,
         service_name: str = "mymaster",
         quorum: int = 2,
         down_after_ms: int = 500,
@@ -533,7 +534,7 @@ class EmbeddedSentinel(EmbeddedRedis):
         credentials: Credentials | None = None,
         executable: str | None = None,
     ) -> None:
-        super().__init__(None, "--sentinel", credentials=credentials, executable=executable)
+        super().__init__(None, "--sentinel", *extra_args, credentials=credentials, executable=executable)
         self.primary_port = primary_port
         self.data = data
         self.service_name = service_name

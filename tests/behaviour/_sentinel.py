@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from gcache import GCache, GCacheKeyConfig, RedisConfig
-from gcache._embedded_redis import APP_USER, Credentials, EmbeddedRedis, EmbeddedSentinel
+from gcache._embedded_redis import APP_USER, Credentials, EmbeddedRedis, EmbeddedSentinel, free_port
 from tests.behaviour._failover import _NO_DELAY
 
 __all__ = ["SERVICE", "Reader", "Sentinels", "cached_read", "reader", "sentinels"]
@@ -68,21 +68,31 @@ def reader(cache: GCache, mode: str, source: dict[str, Any], **options: Any) -> 
 class Sentinels:
     """The primary, the replica and the sentinels; a silent primary is down after 500 ms."""
 
-    def __init__(self, down_after_ms: int = 500) -> None:
+    def __init__(self, down_after_ms: int = 500, tls: tuple[str, ...] = ()) -> None:
+        """``tls``: TLS options (certificate, key, CA) for every process; then each listens for
+        TLS on a port of its own too, and the sentinels, the replica and clients use it."""
         self.credentials = Credentials()  # the primary's and the replica's
         self.sentinel_credentials = Credentials()
-        self.primary = EmbeddedRedis(None, *_NO_DELAY, credentials=self.credentials).start()
-        replica_of = ("--replicaof", "127.0.0.1", str(self.primary.port))
-        self.replica = EmbeddedRedis(None, *replica_of, *_NO_DELAY, credentials=self.credentials).start()
+        self.tls_ports = [free_port() for _ in range(5)] if tls else []
+        options = [
+            ("--tls-port", str(port), *tls, "--tls-replication", "yes") for port in self.tls_ports
+        ] or [()] * 5
+        self.primary = EmbeddedRedis(None, *_NO_DELAY, *options[0], credentials=self.credentials).start()
+        primary_port = self.tls_ports[0] if tls else self.primary.port
+        replica_of = ("--replicaof", "127.0.0.1", str(primary_port))
+        self.replica = EmbeddedRedis(
+            None, *replica_of, *_NO_DELAY, *options[1], credentials=self.credentials
+        ).start()
         self.sentinels = [
             EmbeddedSentinel(
-                self.primary.port,
+                primary_port,
                 self.credentials,
+                *options[2 + i],
                 service_name=SERVICE,
                 down_after_ms=down_after_ms,
                 credentials=self.sentinel_credentials,
             ).start()
-            for _ in range(3)
+            for i in range(3)
         ]
         self.primary_admin = redis.Redis.from_url(self.primary.admin_url, socket_timeout=5)
         self.replica_admin = redis.Redis.from_url(self.replica.admin_url, socket_timeout=5)
@@ -110,7 +120,9 @@ class Sentinels:
     def config(self, **options: Any) -> RedisConfig:
         """The application's RedisConfig: both logins, the data nodes' and the sentinels'."""
         return RedisConfig(
-            sentinels=[("127.0.0.1", s.port) for s in self.sentinels],
+            sentinels=[
+                ("127.0.0.1", port) for port in self.tls_ports[2:] or [s.port for s in self.sentinels]
+            ],
             service_name=SERVICE,
             username=APP_USER,
             password=self.credentials.app_password,
@@ -158,8 +170,8 @@ class Sentinels:
 
 
 @contextmanager
-def sentinels(down_after_ms: int = 500) -> Iterator[Sentinels]:
-    s = Sentinels(down_after_ms)
+def sentinels(down_after_ms: int = 500, tls: tuple[str, ...] = ()) -> Iterator[Sentinels]:
+    s = Sentinels(down_after_ms, tls)
     try:
         yield s
     finally:

@@ -4,7 +4,9 @@ bus and tools through the master three real sentinels name (failovers:
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from gcache.remote import ADMIN, READ, WRITE, protocol, scripts
 from gcache.remote.clients import AsyncWaitTimedPool, WaitTimedPool, _AsyncBoundedOpen, _SyncBoundedOpen
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Sentinels, reader, sentinels
+from tests.remote.test_tls import _certificates
 
 SENTINEL_POOLS = (redis.sentinel.SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
 MANAGED = (redis.sentinel.SentinelManagedConnection, redis.asyncio.sentinel.SentinelManagedConnection)
@@ -233,3 +236,39 @@ def test_the_operator_tools_read_through_the_master(clean: Sentinels) -> None:
         assert client.connection_pool.master_address == ("127.0.0.1", clean.primary.port)
     finally:
         client.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+@MODES
+async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: str) -> None:
+    """Every process listens for TLS too, the replica and the sentinels use it; so does gcache,
+    to the sentinels (``sentinel_tls``) and to the master they name (``tls``), the bus included."""
+    ca, cert, key = _certificates(tmp_path, "IP:127.0.0.1")
+    tls = ("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+           "--tls-auth-clients", "no")  # fmt: skip
+    try:
+        s = Sentinels(tls=tls)
+    except RuntimeError as exc:
+        if "tls-port" in str(exc):
+            pytest.skip(f"this redis-server has no TLS: {exc}")
+        raise
+    try:
+        config = s.config(tls=True, sentinel_tls=True, ssl_ca_certs=str(ca))
+        assert config.sentinels == [("127.0.0.1", port) for port in s.tls_ports[2:]]
+        source = {"version": "v1", "calls": 0}
+        cache = make(config)
+        read = reader(cache, mode, source, tracked=True, config=REMOTE_ONLY)
+        try:
+            assert await cache.astart()
+            assert [await read("1") for _ in range(3)] == ["v1:1"] * 3
+            assert source["calls"] == 1
+            assert s.primary_admin.exists("{urn:gcache:user_id:1}#GetUser") == 1
+            channel = bus_channel("urn:gcache")
+            assert s.primary_admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            pool = cache._remote._sync_connection(READ).client.connection_pool  # type: ignore[union-attr]
+            cache._remote._sync_connection(READ).client.ping()  # type: ignore[union-attr]
+            assert pool.master_address == ("127.0.0.1", s.tls_ports[0])  # the TLS port, as monitored
+        finally:
+            await cache.aclose()
+    finally:
+        s.close()
