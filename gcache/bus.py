@@ -299,23 +299,21 @@ class InvalidationBus:
                     ("bus", "up"),
                     f"invalidation bus subscribed again on {self.channel!r}, up again after {down:.1f} s",
                 )
-            await self._listen(pubsub, getattr(client, "still_master", None))
+            await self._listen(pubsub, getattr(client, "moved", None))
         finally:
             await _finish(_close(pubsub, client))
 
-    async def _listen(self, pubsub: Any, still_master: Callable[[], Awaitable[bool]] | None = None) -> None:
-        """Deliver messages until the connection fails or, with ``still_master`` (a Sentinel
-        master's client: :mod:`gcache.remote.sentinel`), asked every ping interval, the
-        sentinels name another master."""
-        last_heard = checked_at = time.monotonic()
+    async def _listen(self, pubsub: Any, moved: Callable[[], bool] | None = None) -> None:
+        """Deliver messages until the connection fails or, with ``moved`` (a Sentinel master's
+        client: :meth:`gcache.remote.sentinel.MasterClient.moved`), the sentinels name another
+        master."""
+        last_heard = time.monotonic()
         pinged_at: float | None = None
         while not self._stopping:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._ping_interval)
             now = time.monotonic()
-            if still_master is not None and now - checked_at >= self._ping_interval:
-                checked_at = now
-                if not await asyncio.wait_for(still_master(), self._ping_interval * 2):
-                    raise ConnectionError("the sentinels name another master: subscribing there")
+            if moved is not None and moved():
+                raise ConnectionError("the sentinels name another master: subscribing there")
             if message is not None:
                 last_heard = now
                 if message["type"] == "pong":

@@ -9,8 +9,8 @@ write with READONLY, which redis-py turns into a connection error (the retry the
 the new master). The sentinels' connections are closed with the pool.
 
 The invalidation bus takes a plain client of the master named at the time it subscribes
-(:func:`amaster_client`), and asks the sentinels again about once a second
-(:meth:`MasterClient.still_master`): when they name another node it subscribes again there,
+(:func:`amaster_client`), and asks the sentinels again about once a second, aside
+(:meth:`MasterClient.moved`): when they name another node it subscribes again there,
 and the pools close their connections to the old master (``follow``, through
 :meth:`~gcache.remote.clients.Connections.follow_master`).
 A dead master's connection drops by itself; a live one (a manual failover, a partition) keeps
@@ -21,7 +21,9 @@ an old master only after it has reported its role for 8 s, and then drops its pu
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +110,24 @@ class MasterClient(redis.asyncio.Redis):
     sentinels: Any
     service_name: str
     on_moved: Callable[[tuple[str, int]], None] | None
+    check_every: float = 1.0
+    _checking: asyncio.Task[bool] | None = None
+    _checked_at: float = 0.0
+    _moved: bool = False
+
+    def moved(self) -> bool:
+        """Whether the sentinels named another master when last asked; asks again in the
+        background every ``check_every`` seconds, so the messages never wait for an answer
+        (a hung sentinel costs a check, not the bus)."""
+        checking = self._checking
+        if checking is not None and checking.done():
+            self._checking = None
+            self._moved = not checking.cancelled() and checking.exception() is None and not checking.result()
+        now = time.monotonic()
+        if self._checking is None and not self._moved and now - self._checked_at >= self.check_every:
+            self._checked_at = now
+            self._checking = asyncio.ensure_future(self.still_master())
+        return self._moved
 
     async def still_master(self) -> bool:
         """Whether the sentinels still name this client's node; True when none answers (a
@@ -123,9 +143,12 @@ class MasterClient(redis.asyncio.Redis):
             return True
         if self.on_moved is not None:
             self.on_moved(address)
+        await self.connection_pool.disconnect()  # the subscription's too: the bus notices at once
         return False
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
         try:
             await super().aclose(close_connection_pool)
         finally:

@@ -4,7 +4,9 @@ bus and tools through the master three real sentinels name (failovers:
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,3 +274,35 @@ async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: 
             await cache.aclose()
     finally:
         s.close()
+
+
+@MODES
+async def test_hung_sentinels_leave_the_bus_and_open_connections_serving(mode: str) -> None:
+    """Every sentinel stopped (SIGSTOP): the bus keeps its subscription (the check of the master
+    runs aside and counts no answer as no news), and calls are still cached over the connections
+    already open."""
+    with sentinels() as s:
+        source = {"version": "v1", "calls": 0}
+        cache = make(s.config())
+        read = reader(cache, mode, source, tracked=True, config=REMOTE_ONLY)
+        try:
+            assert await cache.astart()
+            assert await read("1") == "v1:1"
+            bus = cache._bus
+            assert bus is not None
+            subscriptions = bus.connections
+            for sentinel in s.sentinels:
+                sentinel.pause()
+            try:
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline:
+                    assert await read("1") == "v1:1"
+                    await asyncio.sleep(0.05)
+                assert cache.bus_subscribed
+                assert bus.connections == subscriptions  # never dropped
+                assert source["calls"] == 1  # every read a REMOTE hit
+            finally:
+                for sentinel in s.sentinels:
+                    sentinel.resume()
+        finally:
+            await cache.aclose()
