@@ -18,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig
+from gcache.remote import scripts
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Reader, Sentinels, cached_read, reader, sentinels
 
@@ -30,6 +32,7 @@ REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 300}, ramp={CacheLayer
 IDS = [str(i) for i in range(12)]
 INVALIDATED = ["0", "1", "2"]
 CHANNEL = bus_channel("urn:gcache")
+SHAS = [redis.Redis().register_script(script).sha for script in (scripts.READ_TRACKED, scripts.WRITE_TRACKED)]
 
 
 def make(s: Sentinels) -> GCache:
@@ -228,6 +231,8 @@ async def test_a_watermark_the_promoted_replica_never_received_fails_closed(mode
             assert await probe("probe") == "v1:probe"
             s.synced()
             before = s.replica_admin.hgetall(fence)
+            # Redis 7 does not replicate SCRIPT LOAD: the promoted node will have no scripts.
+            assert s.replica_admin.script_exists(*SHAS) == [False] * len(SHAS)
 
             s.hold_back()
             source["version"] = "v2"
@@ -255,6 +260,7 @@ async def test_a_watermark_the_promoted_replica_never_received_fails_closed(mode
             assert stale == 0
             assert resumed < 10.0
             # The fence was made anew in the promoted node's history, and the entity cached again.
+            assert s.replica_admin.script_exists(*SHAS) == [True] * len(SHAS)  # loaded on NOSCRIPT
             made = s.replica_admin.hgetall(fence)
             assert made[b"n"] != before[b"n"]
             assert made[b"r"] == str(s.replica_admin.info("replication")["master_replid"]).encode()
