@@ -21,7 +21,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RemoteError
 from gcache.remote import scripts
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Reader, Sentinels, cached_read, reader, sentinels
@@ -162,6 +162,8 @@ async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_e
 
             killed = time.perf_counter()
             s.kill_primary()
+            with pytest.raises(RemoteError):  # no master yet: a management operation raises
+                await invalidate(caches["invalidator"], mode, IDS[-1])
             promoted = await asyncio.to_thread(s.until_promoted)  # the loop keeps serving the load
             await until_resumed(probe, probed)
             resumed = time.perf_counter() - killed
