@@ -119,17 +119,18 @@ class Sentinels:
 
     def config(self, **options: Any) -> RedisConfig:
         """The application's RedisConfig: both logins, the data nodes' and the sentinels'."""
-        return RedisConfig(
-            sentinels=[
-                ("127.0.0.1", port) for port in self.tls_ports[2:] or [s.port for s in self.sentinels]
-            ],
-            service_name=SERVICE,
-            username=APP_USER,
-            password=self.credentials.app_password,
-            sentinel_username=APP_USER,
-            sentinel_password=self.sentinel_credentials.app_password,
-            **options,
-        )
+        return RedisConfig(**self.config_options(), **options)
+
+    def config_options(self) -> dict[str, Any]:
+        """:meth:`config`'s keywords (JSON-friendly, for another process)."""
+        return {
+            "sentinels": [("127.0.0.1", p) for p in self.tls_ports[2:] or [s.port for s in self.sentinels]],
+            "service_name": SERVICE,
+            "username": APP_USER,
+            "password": self.credentials.app_password,
+            "sentinel_username": APP_USER,
+            "sentinel_password": self.sentinel_credentials.app_password,
+        }
 
     def master_port(self, admin: redis.Redis | None = None) -> int:
         """The master's port as a sentinel (the first unless given) names it now."""

@@ -5,16 +5,22 @@ sentinels promote the replica: no exception reaches a cached caller, caching res
 promoted node within a bound, and no read started after ``invalidate`` returned is served the
 invalidated value, in the invalidating GCache or another. The lost-watermark case is forced (the
 replica stopped and cut off before the invalidation, then the primary killed): reads fail closed.
-The figures (time to resume, worst call latency, stale reads) are printed (``pytest -s``).
+A reader process on the same config counts its reads too. The figures (time to resume, worst
+call latency, stale reads) are printed (``pytest -s``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +38,7 @@ REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 300}, ramp={CacheLayer
 IDS = [str(i) for i in range(12)]
 INVALIDATED = ["0", "1", "2"]
 CHANNEL = bus_channel("urn:gcache")
+ROOT = Path(__file__).resolve().parents[2]
 SHAS = [redis.Redis().register_script(script).sha for script in (scripts.READ_TRACKED, scripts.WRITE_TRACKED)]
 
 
@@ -128,6 +135,51 @@ async def until(done: Callable[[], bool], what: str, timeout: float = 10.0) -> f
     return time.perf_counter() - start
 
 
+def set_version(path: Path, version: str) -> None:
+    """The reader process's system of record, replaced whole (never read half written)."""
+    path.with_suffix(".new").write_text(version)
+    os.replace(path.with_suffix(".new"), path)
+
+
+def start_reader(s: Sentinels, out: str, version: Path) -> subprocess.Popen[bytes]:
+    """A reader process (``_sentinel_reader``) on the same Sentinel config."""
+    env = {**os.environ, "SENTINEL_CONFIG": json.dumps(s.config_options())}
+    command = [
+        sys.executable,
+        "-m",
+        "tests.behaviour._sentinel_reader",
+        "--out",
+        out,
+        "--source",
+        str(version),
+    ]
+    return subprocess.Popen(command, env=env, cwd=ROOT)
+
+
+def stop_reader(process: subprocess.Popen[bytes], out: str) -> list[list[Any]]:
+    """Stop the reader process; its reads."""
+    Path(out + ".stop").touch()
+    try:
+        process.wait(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    if not os.path.exists(out + ".jsonl"):
+        return []
+    with open(out + ".jsonl") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def process_stale(reads: list[list[Any]], after: float) -> int:
+    """The reader process's reads of an invalidated id started after ``after`` and served v1."""
+    return sum(
+        1
+        for start, uid, value, *_ in reads
+        if uid in INVALIDATED and start >= after and str(value)[:3] == "v1:"
+    )
+
+
 async def invalidate(cache: GCache, mode: str, uid: str) -> None:
     if mode == "async":
         await cache.ainvalidate("user_id", uid)
@@ -138,7 +190,7 @@ async def invalidate(cache: GCache, mode: str, uid: str) -> None:
 @pytest.mark.slow
 @MODES
 async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_exactly(
-    mode: str, caplog: pytest.LogCaptureFixture
+    mode: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO, logger="gcache")
     with sentinels() as s:
@@ -152,7 +204,11 @@ async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_e
         }
         probe = reader(caches["remote"], "async", probed, tracked=True, config=REMOTE_ONLY, use_case="Probe")
         load = Load(mode, calls)
+        version, out = tmp_path / "version", str(tmp_path / "reader")
+        set_version(version, "v1")
+        process = start_reader(s, out, version)
         try:
+            await until(lambda: os.path.exists(out + ".ready"), "the reader process subscribed", 30)
             for cache in caches.values():
                 assert await cache.astart()
             assert await probe("probe") == "v1:probe"
@@ -167,19 +223,24 @@ async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_e
             promoted = await asyncio.to_thread(s.until_promoted)  # the loop keeps serving the load
             await until_resumed(probe, probed)
             resumed = time.perf_counter() - killed
-            # Every GCache's bus subscribed again, on the promoted node.
+            # Every bus subscribed again, on the promoted node: the 3 GCaches' and the process's.
             await until(
-                lambda: s.replica_admin.pubsub_numsub(CHANNEL)[0][1] == 3, "the buses on the new master"
+                lambda: s.replica_admin.pubsub_numsub(CHANNEL)[0][1] == 4, "the buses on the new master"
             )
             await asyncio.sleep(0.3)
 
             source["version"] = "v2"
+            set_version(version, "v2")
             for uid in INVALIDATED:
                 await invalidate(caches["invalidator"], mode, uid)
-            returned = time.perf_counter()
+            returned, returned_wall = time.perf_counter(), time.time()
             await asyncio.sleep(1.0)
             after_resume = [r for r in load.records if r[2] >= killed + resumed]
             await load.stop()
+            reads = stop_reader(process, out)
+            errors = [r for r in reads if r[2] is None]
+            stale_process = process_stale(reads, returned_wall)
+            stale_process_late = process_stale(reads, returned_wall + 0.1)
 
             assert load.errors == []
             assert len(load.records) > 500
@@ -191,8 +252,13 @@ async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_e
                 f"\n[sentinel kill mid-load, {mode}] promoted after {promoted:.2f} s, caching resumed "
                 f"{resumed:.2f} s after the kill; worst call {worst * 1000:.0f} ms over "
                 f"{len(load.records)} calls; stale reads after invalidate returned: {stale} "
-                f"(other, from 100 ms on: {stale_late})"
+                f"(other, from 100 ms on: {stale_late}); a reader process: {len(reads)} reads, "
+                f"{len(errors)} raised, {stale_process} stale after invalidate returned "
+                f"({stale_process_late} from 100 ms on)"
             )
+            assert errors == []
+            assert stale_process_late == 0
+            assert sum(1 for r in reads if r[0] >= returned_wall + 0.1) > 0  # it read on after
             assert stale["invalidator"] == 0
             assert stale["remote"] == 0
             assert stale_late == 0
@@ -211,6 +277,7 @@ async def test_killing_the_primary_mid_load_raises_nothing_and_caching_resumes_e
             assert source["calls"] == calls_now
         finally:
             await load.stop()
+            stop_reader(process, out)
             for cache in caches.values():
                 await cache.aclose()
 
