@@ -240,6 +240,7 @@ def test_the_operator_tools_read_through_the_master(clean: Sentinels) -> None:
         client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 @MODES
 async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: str) -> None:
@@ -276,6 +277,7 @@ async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: 
         s.close()
 
 
+@pytest.mark.slow
 @MODES
 async def test_hung_sentinels_leave_the_bus_and_open_connections_serving(mode: str) -> None:
     """Every sentinel stopped (SIGSTOP): the bus keeps its subscription (the check of the master
