@@ -155,6 +155,13 @@ def test_hand_packed_reads_work_on_the_sentinel_pool(clean: Sentinels) -> None:
     try:
         conn = remote._sync_connection(READ)
         assert protocol.get(conn.pool, conn.value_read, "k") == b"value"
+        connection = conn.pool.get_connection()
+        try:  # the replies are taken straight from hiredis, as on one server, where it is installed
+            parser = getattr(protocol, "_HiredisParser", None)
+            if parser is not None and type(connection._parser) is parser:
+                assert protocol._hiredis_reader(connection, parser) is not None
+        finally:
+            conn.pool.release(connection)
         replies = protocol.pipelined(conn.pool, conn.value_read, "k", "f", with_ttl=True)
         assert b"value" in replies
         assert [b"N1", b"5", b"x"] in replies
