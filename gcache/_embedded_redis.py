@@ -50,8 +50,10 @@ __all__ = [
     "APP_USER",
     "Credentials",
     "EmbeddedRedis",
+    "EmbeddedSentinel",
     "HangingListener",
     "PortTakenError",
+    "SENTINEL_APP_COMMANDS",
     "find_redis_server",
     "ephemeral_floor",
     "free_port",
@@ -82,6 +84,13 @@ APP_COMMANDS = (
     "publish", "subscribe", "unsubscribe", "ping",
     # a cluster client: the slots' nodes, and where a command's keys are
     "cluster|slots", "command",
+)  # fmt: skip
+
+# What the application's user may ask a sentinel: what redis-py's Sentinel asks to find the master
+# and the replicas (HELLO and PING on connect and for health).
+SENTINEL_APP_COMMANDS = (
+    "sentinel|masters", "sentinel|get-master-addr-by-name", "sentinel|slaves", "sentinel|replicas",
+    "sentinel|sentinels", "hello", "ping",
 )  # fmt: skip
 
 # Subcommands redis-py sends that not every server has. Redis 7 refuses an ACL rule that names a
@@ -501,6 +510,57 @@ class EmbeddedRedis:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class EmbeddedSentinel(EmbeddedRedis):
+    """A Redis Sentinel (``redis-server --sentinel``) monitoring ``service_name`` at a primary on
+    loopback, locked as a server is: its own :class:`Credentials` (the application user may
+    only run :data:`SENTINEL_APP_COMMANDS`), and ``data``, the monitored servers' credentials,
+    whose admin it logs in as (``sentinel auth-user/auth-pass``; sentinels also log in to each
+    other as their admin). The configuration file, which Sentinel rewrites, is in the server's
+    private directory. ``down_after_ms``: how long a silent primary takes to be down;
+    ``extra_args`` follow ``--sentinel`` (``--tls-port``, ``--tls-replication yes``, ...).
+    """
+
+    def __init__(
+        self,
+        primary_port: int,
+        data: Credentials,
+        *extra_args: str,
+        service_name: str = "mymaster",
+        quorum: int = 2,
+        down_after_ms: int = 500,
+        failover_timeout_ms: int = 2000,
+        credentials: Credentials | None = None,
+        executable: str | None = None,
+    ) -> None:
+        super().__init__(None, "--sentinel", *extra_args, credentials=credentials, executable=executable)
+        self.primary_port = primary_port
+        self.data = data
+        self.service_name = service_name
+        self._settings = (quorum, down_after_ms, failover_timeout_ms)
+
+    def _write_config(self, path: str, version: tuple[int, int], probe_password: str) -> None:
+        quorum, down_after_ms, failover_timeout_ms = self._settings
+        name, own = self.service_name, self.credentials
+        commands = " ".join(f"+{c}" for c in SENTINEL_APP_COMMANDS)
+        lines = [
+            "protected-mode yes",
+            f"user {ADMIN_USER} on #{_hash(own.admin_password)} ~* &* +@all",
+            f"user {APP_USER} on #{_hash(own.app_password)} -@all {commands}",
+            f"user {_PROBE_USER} on #{_hash(probe_password)} resetkeys resetchannels -@all +info",
+            f"sentinel sentinel-user {ADMIN_USER}",
+            f"sentinel sentinel-pass {own.admin_password}",
+            f"sentinel monitor {name} 127.0.0.1 {self.primary_port} {quorum}",
+            f"sentinel auth-user {name} {ADMIN_USER}",
+            f"sentinel auth-pass {name} {self.data.admin_password}",
+            f"sentinel down-after-milliseconds {name} {down_after_ms}",
+            f"sentinel failover-timeout {name} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write("\n".join(lines) + "\n")
 
 
 class HangingListener:

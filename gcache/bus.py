@@ -25,6 +25,8 @@ While the subscription is down nothing guarantees this process hears about inval
 the owner is told (``on_down``): it drops its tracked LOCAL entries and fills none until the bus
 is subscribed again (``on_up``). Reconnection is automatic, with capped exponential backoff and
 jitter. A connection that hangs silently is caught by a ping every ``ping_interval`` seconds.
+Through Redis Sentinel the bus subscribes on the master the sentinels name, and moves when they
+name another (see :mod:`gcache.remote.sentinel`).
 """
 
 from __future__ import annotations
@@ -297,16 +299,21 @@ class InvalidationBus:
                     ("bus", "up"),
                     f"invalidation bus subscribed again on {self.channel!r}, up again after {down:.1f} s",
                 )
-            await self._listen(pubsub)
+            await self._listen(pubsub, getattr(client, "moved", None))
         finally:
             await _finish(_close(pubsub, client))
 
-    async def _listen(self, pubsub: Any) -> None:
+    async def _listen(self, pubsub: Any, moved: Callable[[], bool] | None = None) -> None:
+        """Deliver messages until the connection fails or, with ``moved`` (a Sentinel master's
+        client: :meth:`gcache.remote.sentinel.MasterClient.moved`), the sentinels name another
+        master."""
         last_heard = time.monotonic()
         pinged_at: float | None = None
         while not self._stopping:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._ping_interval)
             now = time.monotonic()
+            if moved is not None and moved():
+                raise ConnectionError("the sentinels name another master: subscribing there")
             if message is not None:
                 last_heard = now
                 if message["type"] == "pong":

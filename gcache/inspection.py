@@ -20,6 +20,8 @@ import redis
 from gcache import _envelope
 from gcache.config import GCacheKey
 from gcache.redis_config import RedisConfig
+from gcache.remote import sentinel
+from gcache.remote.clients import WaitTimedPool
 from gcache.signing import Signer
 from gcache.urns import WATERMARK_USE_CASE, entity_key
 
@@ -83,10 +85,13 @@ class EntityReport:
 
 
 def sync_client(config: RedisConfig) -> Any:
-    """A plain sync redis-py client (cluster or not) on ``config``, for the tools that look."""
+    """A plain sync redis-py client (cluster, Sentinel's master or one server) on ``config``, for
+    the tools that look."""
     assert config.url is not None
     if config.cluster:
         return redis.RedisCluster.from_url(config.url, **config.client_options())
+    if config.sentinels is not None:
+        return redis.Redis.from_pool(sentinel.master_pool(config, WaitTimedPool, **config.client_options()))
     return redis.Redis.from_url(config.url, **config.client_options())
 
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -19,6 +20,10 @@ from gcache.errors import ConfigError
 __all__ = ["RedisConfig", "mask_url", "url_db"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_SENTINEL_HINT = dict.fromkeys(
+    ("redis+sentinel", "rediss+sentinel", "sentinel"),
+    " (for Redis Sentinel give RedisConfig(sentinels=[(host, port), ...], service_name=...))",
+)
 
 # The parts a URL also names: given with a url, they would be silently ignored.
 _URL_PARTS = ("host", "port", "db", "username", "password", "protocol")
@@ -32,6 +37,8 @@ _OWNED_OPTIONS = {
     "max_connections": "give RedisConfig(max_connections=...)",
     "timeout": "the wait for a pooled connection is RedisConfig(pool_timeout=...)",
 }
+
+_PART_DEFAULTS: dict[str, Any] = {"host": "localhost", "port": 6379}
 
 _DEFAULT_REDIS_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
@@ -55,7 +62,15 @@ class RedisConfig:
             a URL query option redis-py does not take, or a value its URL parser refuses, or one
             gcache sets itself (``socket_timeout``, ``max_connections``, ``timeout``,
             ``decode_responses``); a url given with host, port, db, username, password,
-            protocol or ``tls=True`` (for a non-``rediss://`` url), which the url would override.
+            protocol or ``tls=True`` (for a non-``rediss://`` url), which the url would override;
+            for Sentinel, see :meth:`_validate_sentinels`.
+
+    With ``sentinels`` (``[(host, port), ...]``) and ``service_name``, the master is the one
+    those Redis Sentinels name, asked again whenever a connection opens: ``username``,
+    ``password``, ``db`` and ``tls`` are the data nodes' (primary and replicas),
+    ``sentinel_username``, ``sentinel_password`` and ``sentinel_tls`` the sentinels'. ``url``
+    is then filled as ``redis://<login>@<service_name>/<db>`` (``rediss://`` with ``tls``), the
+    service in place of a host: it names no server, and is refused when given.
     """
 
     host: str = "localhost"
@@ -75,14 +90,29 @@ class RedisConfig:
     max_connections: int = 64
     pool_timeout: float = 1.0
     redis_py_options: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_REDIS_OPTIONS))
+    sentinels: Sequence[tuple[str, int]] | None = None
+    service_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+    sentinel_tls: bool = False
 
     def __post_init__(self) -> None:
+        if self.sentinels is not None or self.service_name:
+            self._validate_sentinels()
+        elif self.sentinel_username or self.sentinel_password or self.sentinel_tls:
+            raise ConfigError(
+                "RedisConfig: sentinel_username, sentinel_password and sentinel_tls are the "
+                "sentinels' login and TLS; give them with sentinels=[(host, port), ...] and service_name"
+            )
         if self.url is None:
             self._validate_parts()
             scheme = "rediss" if self.tls else self.protocol
             auth = ""
             if self.username or self.password:
                 auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+            if self.sentinels is not None:  # the service stands for the host: see the docstring
+                self.url = f"{scheme}://{auth}{quote(self.service_name, safe='')}/{self.db}"
+                return
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.url = f"{scheme}://{auth}{host}:{self.port}/{self.db}"
         else:
@@ -124,6 +154,65 @@ class RedisConfig:
         if isinstance(self.db, bool) or not isinstance(self.db, int) or self.db < 0:
             raise ConfigError(f"RedisConfig.db must be a non-negative integer, got {self.db!r}")
 
+    def _validate_sentinels(self) -> None:
+        """Sentinel's own checks.
+
+        Raises:
+            ConfigError: a service_name without sentinels or the reverse; sentinels that are not
+                a non-empty list of (host, port) pairs; with ``cluster=True``; with a ``url``,
+                or ``host`` or ``port`` (the sentinels name the master).
+        """
+        sentinels = self.sentinels
+        if sentinels is None:
+            raise ConfigError(
+                f"RedisConfig: service_name={self.service_name!r} names a Sentinel service; give the "
+                "sentinels too: sentinels=[(host, port), ...]"
+            )
+        if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, Sequence) or not sentinels:
+            raise ConfigError(
+                f"RedisConfig.sentinels must be a non-empty list of (host, port) pairs, got {sentinels!r}"
+            )
+        for index, entry in enumerate(sentinels):
+            host, port = entry if isinstance(entry, (tuple, list)) and len(entry) == 2 else ("", 0)
+            if (
+                not isinstance(host, str)
+                or not host
+                or isinstance(port, bool)
+                or not isinstance(port, int)
+                or not 0 < port < 65536
+            ):
+                raise ConfigError(
+                    f"RedisConfig.sentinels[{index}] must be a (host, port) pair with a non-empty host "
+                    f"and a port from 1 to 65535, got {entry!r}"
+                )
+        self.sentinels = [(host, port) for host, port in sentinels]
+        if not isinstance(self.service_name, str) or not self.service_name:
+            raise ConfigError(
+                "RedisConfig.service_name must name the master the sentinels monitor (their "
+                f"`sentinel monitor <name> ...`), got {self.service_name!r}"
+            )
+        if self.cluster:
+            raise ConfigError(
+                "RedisConfig: sentinels and cluster=True were both given; a Redis Cluster fails over "
+                "by itself: give cluster=True and a node's url, or sentinels without cluster"
+            )
+        if self.url is not None:
+            raise ConfigError(
+                f"RedisConfig: url {mask_url(self.url)!r} and sentinels were both given; the url names "
+                "one server, the sentinels name the master: give the data nodes' username, password, "
+                "db and tls as fields, without a url"
+            )
+        given = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("host", "port")
+            if getattr(self, name) != _PART_DEFAULTS[name]
+        ]
+        if given:
+            raise ConfigError(
+                f"RedisConfig: {', '.join(given)} and sentinels were both given; the sentinels name "
+                "the master's address: leave host and port out"
+            )
+
     def _refuse_parts_with_url(self) -> None:
         given = []
         for part in fields(self):
@@ -154,7 +243,8 @@ class RedisConfig:
             raise ConfigError(f"RedisConfig.url {shown!r} is not a valid URL: {exc}") from exc
         if parts.scheme not in _REDIS_SCHEMES:
             raise ConfigError(
-                f"RedisConfig.url {shown!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or unix://"
+                f"RedisConfig.url {shown!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or "
+                "unix://" + _SENTINEL_HINT.get(parts.scheme, "")
             )
         if parts.scheme == "unix":
             if not parts.path:
@@ -174,18 +264,52 @@ class RedisConfig:
         """Keyword arguments for redis-py's ``from_url`` (TLS settings, then redis_py_options)."""
         options: dict[str, Any] = {}
         if self.tls or (self.url or "").startswith("rediss://"):
-            options["ssl_cert_reqs"] = self.ssl_cert_reqs
-            # Passed on every redis-py version: 5.x left it off, so any CA-signed certificate
-            # passed for any host. Python refuses it without certificate checks.
-            options["ssl_check_hostname"] = self.ssl_check_hostname and self.ssl_cert_reqs == "required"
-            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-                if getattr(self, name) is not None:
-                    options[name] = getattr(self, name)
+            options.update(self._tls_options())
         options.update(self.redis_py_options)
         options["decode_responses"] = False  # values are binary envelopes
         return options
 
+    def node_login(self) -> dict[str, Any]:
+        """With sentinels, the data nodes' login and database, as redis-py keywords."""
+        login: dict[str, Any] = {"db": self.db}
+        if self.username:
+            login["username"] = self.username
+        if self.password:
+            login["password"] = self.password
+        return login
+
+    def sentinel_options(self) -> dict[str, Any]:
+        """redis-py keywords for the connections to the sentinels: their login and TLS, and
+        ``socket_connect_timeout`` as both timeouts (asking a sentinel is part of opening a
+        connection, which that bound covers)."""
+        bound = self.redis_py_options.get(
+            "socket_connect_timeout", _DEFAULT_REDIS_OPTIONS["socket_connect_timeout"]
+        )
+        options: dict[str, Any] = {"socket_connect_timeout": bound, "socket_timeout": bound}
+        if self.sentinel_username:
+            options["username"] = self.sentinel_username
+        if self.sentinel_password:
+            options["password"] = self.sentinel_password
+        if self.sentinel_tls:
+            options.update(ssl=True, **self._tls_options())
+        return options
+
+    def _tls_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"ssl_cert_reqs": self.ssl_cert_reqs}
+        # Passed on every redis-py version: 5.x left it off, so any CA-signed certificate
+        # passed for any host. Python refuses it without certificate checks.
+        options["ssl_check_hostname"] = self.ssl_check_hostname and self.ssl_cert_reqs == "required"
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        return options
+
     def __repr__(self) -> str:
+        if self.sentinels is not None:
+            return (
+                f"RedisConfig(url={mask_url(self.url or '')!r}, sentinels={self.sentinels!r}, "
+                f"service_name={self.service_name!r})"
+            )
         return f"RedisConfig(url={mask_url(self.url or '')!r}, cluster={self.cluster})"
 
 

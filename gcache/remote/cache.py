@@ -27,6 +27,7 @@ from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError, ReplicasNotConfirmed
 from gcache.original_wire import WATERMARK_TTL_SECONDS
+from gcache.remote import sentinel
 from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
 from gcache.remote.protocol import (
     TrackedRead,
@@ -746,6 +747,7 @@ class RemoteCache(Connections):
     async def new_bus_client(self) -> Any:
         """A fresh asyncio client for the invalidation bus's own connection.
 
+        With sentinels, the master they name at the time (see :mod:`~gcache.remote.sentinel`).
         On a cluster any node will do: classic pub/sub messages are broadcast to every node. A
         factory's cluster client is asked for one, and the connection to it is made exactly as
         the cluster makes its own (TLS, credentials, timeouts), never as a plain one.
@@ -761,6 +763,8 @@ class RemoteCache(Connections):
         assert self._config is not None
         assert self._config.url is not None
         options = {"retry": no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
+        if self._config.sentinels is not None:  # the master now: asked again on each reconnect
+            return await sentinel.amaster_client(self._config, self.follow_master, **options)
         return redis.asyncio.Redis.from_url(self._config.url, **options)  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from gcache import _fork
 from gcache._log import summary
 from gcache._loop_thread import LoopThread
 from gcache.config import RedisConfig
-from gcache.remote import protocol, scripts
+from gcache.remote import protocol, scripts, sentinel
 from gcache.remote.batching import ReadQueue
 
 __all__ = [
@@ -347,6 +347,16 @@ class Connections:
             ).pack_gets()
         return conn
 
+    def follow_master(self, address: tuple[str, int]) -> None:
+        """Sentinel named another master (the bus asks): every pool leaves the old one, each
+        asyncio pool on its own loop (see :mod:`~gcache.remote.sentinel`)."""
+        for client in _clients(self._sync):
+            client.connection_pool.follow(address)
+        for loop, conns in list(self._by_loop.items()):
+            if not loop.is_closed():
+                for client in _clients(conns):
+                    asyncio.run_coroutine_threadsafe(client.connection_pool.follow(address), loop)
+
     async def aclose_clients(self) -> None:
         """Close the clients; the ones of the running loop are closed gracefully."""
         try:
@@ -401,7 +411,9 @@ def build_client(
     on_wait: Callable[[float], None] | None = None,
     patient: Callable[[], bool] = lambda: True,
 ) -> Any:
-    """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
+    """A client for ``config``: a blocking pool of ``max_connections`` (of connections to the
+    master the sentinels name, with sentinels: :mod:`~gcache.remote.sentinel`), or a cluster
+    client.
 
     ``socket_timeout`` (the deadline of the operations it serves) wins over the config's; a
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
@@ -415,7 +427,10 @@ def build_client(
         options["socket_timeout"] = socket_timeout
     if config.cluster:
         return cluster.from_url(config.url, **options)
-    blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
+    if config.sentinels is not None:
+        blocking = sentinel.master_pool(config, pool, timeout=config.pool_timeout, **options)
+    else:
+        blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 
 from gcache import _envelope
 from gcache.original_wire import parse_watermark
@@ -252,6 +254,10 @@ _PLAIN_REPLIES = frozenset((bytes, list, int, type(None)))  # never an error or 
 _OWN_READ_RESPONSE = (
     redis.connection.AbstractConnection.read_response,
     redis.asyncio.connection.AbstractConnection.read_response,
+    # Sentinel's only turns READONLY and a demoted master's UNBLOCKED (replies to a write or a
+    # blocking command) into a reconnection: the reads taken from the reader get neither.
+    redis.sentinel.SentinelManagedConnection.read_response,
+    redis.asyncio.sentinel.SentinelManagedConnection.read_response,
 )
 
 
