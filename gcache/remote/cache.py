@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from operator import methodcaller
@@ -27,7 +28,7 @@ from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError, ReplicasNotConfirmed
 from gcache.original_wire import WATERMARK_TTL_SECONDS
-from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
+from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, cluster_client, no_retry
 from gcache.remote.protocol import (
     TrackedRead,
     abatch_pipelined,
@@ -732,20 +733,23 @@ class RemoteCache(Connections):
         """A fresh asyncio client for the invalidation bus's own connection.
 
         On a cluster any node will do: classic pub/sub messages are broadcast to every node. A
-        factory's cluster client is asked for one, and the connection to it is made exactly as
+        random one of the topology is taken, discovered from every node this GCache knows (see
+        :meth:`known_nodes`), so a dead node costs one reconnection; a factory's cluster client
+        is asked for one, and the connection to it is made exactly as
         the cluster makes its own (TLS, credentials, timeouts), never as a plain one.
         """
         if self._factory is not None:
             client = self._factory()
             if not isinstance(client, redis.asyncio.RedisCluster):
                 return client
-            await client.initialize()
-            node = client.get_random_node()
-            await client.aclose()
-            return _node_client(node)
+            return await _any_node(client)
         assert self._config is not None
         assert self._config.url is not None
         options = {"retry": no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
+        if self._config.cluster:  # the topology's nodes, not the URL's node alone (it may be dead)
+            return await _any_node(
+                cluster_client(redis.asyncio.RedisCluster, self._config, options, self.known_nodes())
+            )
         return redis.asyncio.Redis.from_url(self._config.url, **options)  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -765,6 +769,28 @@ class RemoteCache(Connections):
 # of the bus's own: READONLY on connect (replica reads), the cluster's retries and its handling
 # of slot moves.
 _CLUSTER_ONLY = ("redis_connect_func", "retry", "oss_cluster_maint_notifications_handler")
+
+
+async def _any_node(client: redis.asyncio.RedisCluster) -> redis.asyncio.Redis:
+    """A client of its own on a node of the cluster ``client`` discovers (then closed): the first
+    in random order that answers a PING, so a dead node the topology still lists is skipped."""
+    try:
+        await client.initialize()
+        nodes = client.get_nodes()
+    finally:
+        await client.aclose()
+    random.shuffle(nodes)
+    failure: BaseException | None = None
+    for node in nodes:
+        candidate = _node_client(node)
+        try:
+            await candidate.ping()
+        except _REDIS_ERRORS as exc:
+            failure = exc
+            await candidate.aclose()
+            continue
+        return candidate
+    raise redis.ConnectionError(f"no node of the cluster answered: {failure}")
 
 
 def _node_client(node: Any) -> redis.asyncio.Redis:

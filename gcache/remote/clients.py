@@ -31,13 +31,15 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.backoff
+import redis.cluster
 import redis.retry
 
 from gcache import _fork
@@ -57,6 +59,8 @@ __all__ = [
     "ConnectTimeout",
     "WaitTimedPool",
     "bounded_open",
+    "cluster_client",
+    "learned_nodes",
     "no_retry",
 ]
 
@@ -289,6 +293,17 @@ class Connections:
         while its breaker counts no failure)."""
         return True
 
+    def known_nodes(self) -> list[tuple[str, int]]:
+        """With ``RedisConfig(cluster=True)``, every node this GCache's cluster clients have
+        learned from the topology: a client opened later (another event loop, the sync one, the
+        probe's, the bus's) starts from all of them, not only from the URL's node, which may be
+        dead by then."""
+        if self._config is None or not self._config.cluster:
+            return []
+        return learned_nodes(
+            [*_clients(self._sync), *(c for conns in list(self._by_loop.values()) for c in _clients(conns))]
+        )
+
     def _async_connection(self, kind: int) -> Connection:
         loop = asyncio.get_running_loop()
         last = self._last
@@ -316,6 +331,7 @@ class Connections:
                         self._deadlines[kind],
                         self._pool_waits[kind],
                         self.opening_patient,
+                        self.known_nodes(),
                     ),
                     self._read_limit,
                 ).queue_reads()
@@ -342,6 +358,7 @@ class Connections:
                     self._deadlines[kind],
                     self._pool_waits[kind],
                     self.opening_patient,
+                    self.known_nodes(),
                 ),
                 self._read_limit,
             ).pack_gets()
@@ -400,6 +417,7 @@ def build_client(
     socket_timeout: float | None,
     on_wait: Callable[[float], None] | None = None,
     patient: Callable[[], bool] = lambda: True,
+    seeds: Sequence[tuple[str, int]] = (),
 ) -> Any:
     """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
 
@@ -407,18 +425,52 @@ def build_client(
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
     waited for a pooled connection when none was free (single server only). While
     ``patient()``, a connection's whole opening is bounded by ``socket_connect_timeout``
-    (:func:`bounded_open`; single server only).
+    (:func:`bounded_open`; single server only). ``seeds``: a cluster's nodes to start from
+    besides the config's (:func:`cluster_client`).
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
     if socket_timeout is not None:
         options["socket_timeout"] = socket_timeout
     if config.cluster:
-        return cluster.from_url(config.url, **options)
+        return cluster_client(cluster, config, options, seeds)
     blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)
+
+
+def cluster_client(
+    cluster: Any, config: RedisConfig, options: dict[str, Any], seeds: Sequence[tuple[str, int]]
+) -> Any:
+    """A ``cluster`` client (sync or asyncio) that discovers the topology from the URL's node,
+    ``RedisConfig.cluster_nodes`` and ``seeds`` (the nodes other clients of this GCache learned),
+    whichever answers first: a dead seed does not stop a client opened after it died."""
+    is_async = issubclass(cluster, redis.asyncio.RedisCluster)
+    node_class = redis.asyncio.cluster.ClusterNode if is_async else redis.cluster.ClusterNode
+    start = config.cluster_seeds()
+    start += [seed for seed in seeds if seed not in start]
+    others = [node_class(host, port) for host, port in start[1:]]  # the URL's node is the URL's
+    return cluster.from_url(config.url, startup_nodes=others, **options)
+
+
+def learned_nodes(clients: Iterable[Any]) -> list[tuple[str, int]]:
+    """The (host, port) of every node the cluster ``clients`` know of (their topology)."""
+    found: list[tuple[str, int]] = []
+    for client in clients:
+        manager = getattr(client, "nodes_manager", None)
+        if manager is None:
+            continue
+        for _ in range(3):  # another thread may refresh the topology meanwhile: read it again
+            try:
+                nodes = list(manager.nodes_cache.values())
+            except RuntimeError:
+                continue
+            break
+        else:
+            nodes = []
+        found += [(n.host, n.port) for n in nodes if (n.host, n.port) not in found]
+    return found
 
 
 class WaitTimedPool(redis.ConnectionPool):
