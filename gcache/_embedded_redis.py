@@ -80,8 +80,9 @@ APP_COMMANDS = (
     "info|replication", "wait",
     # the invalidation bus, and the breaker's probe
     "publish", "subscribe", "unsubscribe", "ping",
-    # a cluster client: the slots' nodes, and where a command's keys are
-    "cluster|slots", "command",
+    # a cluster client: the slots' nodes, where a command's keys are, and ASKING before a
+    # command an ASK redirection sends to the node a slot is migrating to
+    "cluster|slots", "command", "asking",
 )  # fmt: skip
 
 # Subcommands redis-py sends that not every server has. Redis 7 refuses an ACL rule that names a

@@ -41,16 +41,22 @@ class Cluster:
     """``primaries`` primaries with ``replicas`` replicas each (``redis-cli`` assigns them).
 
     ``node_timeout_ms`` is the cluster's ``cluster-node-timeout``: how long a primary may be
-    silent before its replica is promoted (about twice that in practice).
+    silent before its replica is promoted (about twice that in practice). ``full_coverage``:
+    ``cluster-require-full-coverage`` (Redis's default, yes: while any slot has no live primary,
+    every node answers CLUSTERDOWN for every key).
     """
 
-    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, full_coverage: bool = True
+    ) -> None:
         self.credentials = Credentials()
         self.nodes = [
             EmbeddedRedis(
                 None,
                 "--cluster-node-timeout",
                 str(node_timeout_ms),
+                "--cluster-require-full-coverage",
+                "yes" if full_coverage else "no",
                 *_NO_DELAY,
                 cluster=True,
                 credentials=self.credentials,

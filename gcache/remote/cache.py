@@ -3,8 +3,9 @@
 Every redis-py failure leaves this module as :class:`~gcache.errors.RemoteError`. Every
 operation has a deadline by its kind: a lookup (READ), a write-back or lock (WRITE), or an
 invalidation, deletion or flush (ADMIN, the client's own socket timeout); see
-:mod:`gcache.remote.clients`. A factory's client is shared by the kinds, and each operation is
-wrapped in an asyncio timeout of its deadline.
+:mod:`gcache.remote.clients`. A factory's client is shared by the kinds; each of its
+operations, as each of an asyncio cluster client's, is wrapped in an asyncio timeout of its
+deadline.
 
 About 420 lines, nearly all of it :class:`RemoteCache`, for the reason its docstring gives.
 """
@@ -165,6 +166,10 @@ class RemoteCache(Connections):
         self._on_foreign_watermark = on_foreign_watermark
         self._failover_buffer_ms = failover_buffer_ms
         self._wait = (invalidate_replicas, invalidate_wait_ms) if invalidate_replicas > 0 else None
+        # An asyncio operation under a timeout of its deadline as a whole: a factory's client
+        # (shared by the kinds), and a cluster client, whose retries, redirections and topology
+        # refreshes no socket timeout bounds.
+        self._whole_bound = client_factory is not None or (redis_config is not None and redis_config.cluster)
         self.breaker = CircuitBreaker(
             threshold=breaker_failures,
             probe_sec=breaker_probe_sec,
@@ -189,7 +194,7 @@ class RemoteCache(Connections):
         asked = breaker.answers
         try:
             deadline = self._deadlines[kind]
-            if self._factory is not None and deadline is not None:
+            if self._whole_bound and deadline is not None:
                 result = await _within(deadline, command(self._async_connection(kind)))
             else:
                 result = await command(self._async_connection(kind))
@@ -380,7 +385,7 @@ class RemoteCache(Connections):
 
         The value, at most ``read_limit`` + 1 bytes of it; None when there is none.
         """
-        if self._factory is not None:
+        if self._whole_bound:
             result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
             return result or None  # b"": GETRANGE's none
         breaker = self.breaker

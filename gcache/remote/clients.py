@@ -52,6 +52,8 @@ from gcache.remote.batching import ReadQueue
 __all__ = [
     "ADMIN",
     "READ",
+    "ClusterDown",
+    "SlotMigrating",
     "WRITE",
     "AsyncWaitTimedPool",
     "Connection",
@@ -425,33 +427,130 @@ def build_client(
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
     waited for a pooled connection when none was free (single server only). While
     ``patient()``, a connection's whole opening is bounded by ``socket_connect_timeout``
-    (:func:`bounded_open`; single server only). ``seeds``: a cluster's nodes to start from
-    besides the config's (:func:`cluster_client`).
+    (:func:`bounded_open`). ``seeds``: a cluster's nodes to start from besides the config's
+    (:func:`cluster_client`).
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
     if socket_timeout is not None:
         options["socket_timeout"] = socket_timeout
     if config.cluster:
-        return cluster_client(cluster, config, options, seeds)
+        return cluster_client(cluster, config, options, seeds, patient)
     blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)
 
 
+class SlotMigrating(redis.ResponseError):
+    """A cluster node answered TRYAGAIN: the keys of one script are split by a slot migration
+    under way. Raised at once (redis-py would retry and sleep, 110-450 ms a call); the call is
+    served uncached; the node answered, so no outage."""
+
+
+class ClusterDown(redis.ResponseError):
+    """A cluster node answered CLUSTERDOWN (a primary failed and no replica is promoted yet):
+    raised at once (redis-py sleeps 250 ms and rereads the topology in the caller's call)."""
+
+
+class _SyncCluster(redis.RedisCluster):
+    """redis-py's sync cluster client, limited to what fits in a caller's deadline: one MOVED or
+    ASK followed and one more try (``RedisClusterRequestTTL``); only a connection error retried
+    once (a timeout has spent the deadline, and CLUSTERDOWN is answered by :class:`ClusterDown`)."""
+
+    RedisClusterRequestTTL = 3
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+
+
+class _AsyncCluster(redis.asyncio.RedisCluster):
+    """The asyncio twin of :class:`_SyncCluster` (each operation is also under an asyncio
+    timeout of its deadline: :class:`~gcache.remote.cache.RemoteCache`)."""
+
+    RedisClusterRequestTTL = 3
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+
+
+_FAIL_FAST = {"TRYAGAIN": SlotMigrating, "CLUSTERDOWN": ClusterDown}
+
+
+@functools.cache
+def _fail_fast_parser(is_async: bool, protocol: int) -> type:
+    """The reply parser redis-py would choose, answering TRYAGAIN and CLUSTERDOWN with the
+    errors above, which none of redis-py's cluster handlers catch: it raises them at once."""
+    from redis._parsers import (  # redis-py's parsers: only for a cluster
+        _AsyncHiredisParser,
+        _AsyncRESP2Parser,
+        _AsyncRESP3Parser,
+        _HiredisParser,
+        _RESP2Parser,
+        _RESP3Parser,
+    )
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if HIREDIS_AVAILABLE:
+        base: type = _AsyncHiredisParser if is_async else _HiredisParser
+    elif protocol == 3:
+        base = _AsyncRESP3Parser if is_async else _RESP3Parser
+    else:
+        base = _AsyncRESP2Parser if is_async else _RESP2Parser
+    classes = {**base.EXCEPTION_CLASSES, **_FAIL_FAST}  # type: ignore[attr-defined]
+    return type(f"FailFast{base.__name__}", (base,), {"EXCEPTION_CLASSES": classes})
+
+
 def cluster_client(
-    cluster: Any, config: RedisConfig, options: dict[str, Any], seeds: Sequence[tuple[str, int]]
+    cluster: Any,
+    config: RedisConfig,
+    options: dict[str, Any],
+    seeds: Sequence[tuple[str, int]],
+    patient: Callable[[], bool] = lambda: True,
 ) -> Any:
-    """A ``cluster`` client (sync or asyncio) that discovers the topology from the URL's node,
-    ``RedisConfig.cluster_nodes`` and ``seeds`` (the nodes other clients of this GCache learned),
-    whichever answers first: a dead seed does not stop a client opened after it died."""
+    """A cluster client (``cluster``: redis-py's sync or asyncio class) that discovers the
+    topology from the URL's node, ``RedisConfig.cluster_nodes`` and ``seeds`` (the nodes other
+    clients of this GCache learned), whichever answers first: a dead seed does not stop a client
+    opened after it died. It gives up within a deadline (:class:`_SyncCluster`,
+    :class:`SlotMigrating`, :class:`ClusterDown`), and its nodes' connections open under
+    ``socket_connect_timeout`` while ``patient()`` (:func:`bounded_open`).
+
+    The hooks: the sync client builds each node's pool from ``connection_pool_class``, which
+    it passes the connection class it chose (TLS or not); the asyncio one takes neither a pool
+    nor a parser class, and makes its nodes from the connection options it shares with its
+    NodesManager (one dict), its seeds from copies of them.
+    """
+    assert config.url is not None
     is_async = issubclass(cluster, redis.asyncio.RedisCluster)
     node_class = redis.asyncio.cluster.ClusterNode if is_async else redis.cluster.ClusterNode
     start = config.cluster_seeds()
     start += [seed for seed in seeds if seed not in start]
     others = [node_class(host, port) for host, port in start[1:]]  # the URL's node is the URL's
-    return cluster.from_url(config.url, startup_nodes=others, **options)
+    parser = _fail_fast_parser(is_async, int(options.get("protocol") or 2))
+    if not is_async:
+        pool = _node_pool(parser, patient)
+        return _SyncCluster.from_url(config.url, startup_nodes=others, connection_pool_class=pool, **options)
+    client = _AsyncCluster.from_url(config.url, startup_nodes=others, **options)
+    shared = client.connection_kwargs
+    shared["parser_class"] = parser
+    shared["connection_class"] = bounded_open(
+        shared.get("connection_class", redis.asyncio.Connection), patient
+    )
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_kwargs["parser_class"] = parser
+        node.connection_class = shared["connection_class"]
+    return client
+
+
+def _node_pool(parser: type, patient: Callable[[], bool]) -> type:
+    """A sync cluster client's pool class for its nodes: their connections (of the class
+    redis-py chose) open under the connect bound and parse replies with ``parser``."""
+    bounded: dict[type, type] = {}  # made once per connection class, not once per node
+
+    class NodePool(redis.ConnectionPool):
+        def __init__(self, connection_class: type = redis.Connection, **kwargs: Any) -> None:
+            if connection_class not in bounded:
+                bounded[connection_class] = bounded_open(connection_class, patient)
+            kwargs["parser_class"] = parser
+            super().__init__(connection_class=bounded[connection_class], **kwargs)
+
+    return NodePool
 
 
 def learned_nodes(clients: Iterable[Any]) -> list[tuple[str, int]]:
