@@ -75,9 +75,10 @@ class Source:
 class Rounds:
     """Reads every id once a round and keeps what each read saw."""
 
-    def __init__(self, source: Source, read: Callable[[int], Any]) -> None:
+    def __init__(self, source: Source, cache: GCache, mode: str) -> None:
         self.source = source
-        self.read = read
+        self.cache = cache
+        self.read = source.reader(cache, mode)
         self.worst = 0.0
         self.stale = 0
 
@@ -119,7 +120,7 @@ async def loaded(mode: str) -> AsyncIterator[tuple[Cluster, CollectorRegistry, R
         registry = CollectorRegistry()
         cache = make(c, registry)
         try:
-            rounds = Rounds(source, source.reader(cache, mode))
+            rounds = Rounds(source, cache, mode)
             assert await rounds.round() == set(IDS)
             assert await rounds.round() == set()  # every id from REMOTE
             yield c, registry, rounds
@@ -183,7 +184,7 @@ async def test_a_new_gcache_starts_from_cluster_nodes_while_the_url_node_is_dead
         config = RedisConfig(url=dead.url, cluster=True, cluster_nodes=[f"127.0.0.1:{alive.port}"])
         cache = GCache(GCacheConfig(redis_config=config, metrics_registry=CollectorRegistry()))
         try:
-            rounds = Rounds(source, source.reader(cache, mode))
+            rounds = Rounds(source, cache, mode)
             assert await rounds.round() == set(IDS)
             assert await rounds.round() == set()  # every shard cached, the URL's node dead
         finally:
@@ -219,3 +220,40 @@ async def test_reads_in_a_migrating_slot_are_served_at_once_and_cached_once_it_s
         assert errors(registry) == {"SlotMigrating": 20}  # the node answered: no outage
         print(f"\n{mode} migrating slot: worst read {worst * 1000:.0f} ms, then cached")
         assert worst < 0.1
+
+
+@MODES
+async def test_an_invalidation_the_promoted_replica_never_received_is_not_lost_on_a_cluster(
+    mode: str,
+) -> None:
+    """The lost-watermark case on a cluster: the replica's resync held back before the
+    invalidation, then the primary killed and the replica promoted by ``CLUSTER FAILOVER
+    TAKEOVER``. The promoted replica holds the old watermark and the old entry; the fence's
+    replication id is not the new primary's, so nothing read after ``invalidate`` returned is the
+    invalidated version (the reads fail closed, then the entity is cached anew)."""
+    async with loaded(mode) as (c, _, rounds):
+        target = 7
+        fence = "{urn:gcache:user_id:" + str(target) + "}#watermark"
+        primary = c.owner(value_key(target))
+        inherited = c.admin(primary).hgetall(fence)  # the replica has it (hold_back waits for it)
+        replica = c.hold_back(primary)
+        rounds.source.version[target] = "v2"
+        cache = rounds.cache
+        if mode == "async":
+            await cache.ainvalidate("user_id", target)
+        else:
+            cache.invalidate("user_id", target)
+        # from here on v1 is stale: every read below is checked against v2
+        assert c.admin(primary).hgetall(fence) != inherited
+        taken = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, c.take_over, primary, replica)
+        assert c.admin(replica).hgetall(fence) == inherited  # the lost watermark: not there
+        assert c.admin(replica).exists(value_key(target)) == 1  # and the old entry is
+        resumed = await until_resumed(rounds, taken, RESUME_BOUND_S + 10)
+        for _ in range(5):
+            await rounds.round()
+        print(
+            f"\n{mode} lost watermark, takeover: caching back after {resumed:.2f} s, "
+            f"worst call {rounds.worst * 1000:.0f} ms, stale {rounds.stale}"
+        )
+        assert rounds.stale == 0
