@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 
 from gcache._loop_thread import LoopThread
-from gcache.breaker import CircuitBreaker
+from gcache.breaker import CircuitBreaker, NodeBreakers
 from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError, ReplicasNotConfirmed
@@ -105,7 +105,10 @@ class RemoteCache(Connections):
         read_timeout, write_timeout: deadlines of READ and WRITE operations (None: the client's
             socket timeout).
         breaker_failures, breaker_probe_sec, on_breaker: the circuit breaker (see
-            :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens.
+            :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens. With
+            ``RedisConfig(cluster=True)`` a breaker per node instead
+            (:class:`~gcache.breaker.NodeBreakers`), ``on_node_breaker(node, True)`` when one
+            opens.
         on_pool_wait: per kind (READ, WRITE, ADMIN), told the seconds a caller waited for a pooled
             connection when none was free (see :class:`~gcache.remote.clients.WaitTimedPool`).
         max_value_bytes: ``GCacheConfig.max_value_bytes``. Every value read then asks Redis for
@@ -147,6 +150,7 @@ class RemoteCache(Connections):
         failover_buffer_ms: int = 0,
         invalidate_replicas: int = 0,
         invalidate_wait_ms: int = 0,
+        on_node_breaker: Callable[[str, bool], None] = lambda node, is_open: None,
     ) -> None:
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
@@ -170,8 +174,13 @@ class RemoteCache(Connections):
         # (shared by the kinds), and a cluster client, whose retries, redirections and topology
         # refreshes no socket timeout bounds.
         self._whole_bound = client_factory is not None or (redis_config is not None and redis_config.cluster)
+        cluster = redis_config is not None and redis_config.cluster
+        if cluster:  # a breaker per node; the GCache's own never skips the whole cluster
+            self.node_breakers = NodeBreakers(
+                threshold=breaker_failures, probe_sec=breaker_probe_sec, on_change=on_node_breaker
+            )
         self.breaker = CircuitBreaker(
-            threshold=breaker_failures,
+            threshold=0 if cluster else breaker_failures,
             probe_sec=breaker_probe_sec,
             probe=self._probe,
             submit=loop_thread.submit,
@@ -187,6 +196,8 @@ class RemoteCache(Connections):
         self.origin = os.urandom(6).hex()
         self.forget_connections()
         self.breaker.after_fork_in_child()
+        if self.node_breakers is not None:
+            self.node_breakers.reset()
         self._failed_at = -1
 
     async def _arun(self, operation: str, kind: int, command: Callable[[Connection], Awaitable[T]]) -> T:
@@ -761,13 +772,18 @@ class RemoteCache(Connections):
 
     async def aclose(self) -> None:
         """Close the clients; the ones of the running loop are closed gracefully."""
-        self.breaker.stop()
+        self._stop_breakers()
         await self.aclose_clients()
 
     def close(self) -> None:
         """Close every client, each asyncio client on its own loop where that loop can still run."""
-        self.breaker.stop()
+        self._stop_breakers()
         self.close_clients()
+
+    def _stop_breakers(self) -> None:
+        self.breaker.stop()
+        if self.node_breakers is not None:
+            self.node_breakers.reset()
 
 
 # Options of a cluster node's connections that belong to the cluster client, not to a connection

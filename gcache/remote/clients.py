@@ -45,6 +45,7 @@ import redis.retry
 from gcache import _fork
 from gcache._log import summary
 from gcache._loop_thread import LoopThread
+from gcache.breaker import NodeBreakers, ShardDown
 from gcache.config import RedisConfig
 from gcache.remote import protocol, scripts
 from gcache.remote.batching import ReadQueue
@@ -295,6 +296,8 @@ class Connections:
         while its breaker counts no failure)."""
         return True
 
+    node_breakers: NodeBreakers | None = None  # a cluster's, per node (RemoteCache sets them)
+
     def known_nodes(self) -> list[tuple[str, int]]:
         """With ``RedisConfig(cluster=True)``, every node this GCache's cluster clients have
         learned from the topology: a client opened later (another event loop, the sync one, the
@@ -334,6 +337,7 @@ class Connections:
                         self._pool_waits[kind],
                         self.opening_patient,
                         self.known_nodes(),
+                        self.node_breakers,
                     ),
                     self._read_limit,
                 ).queue_reads()
@@ -361,6 +365,7 @@ class Connections:
                     self._pool_waits[kind],
                     self.opening_patient,
                     self.known_nodes(),
+                    self.node_breakers,
                 ),
                 self._read_limit,
             ).pack_gets()
@@ -420,6 +425,7 @@ def build_client(
     on_wait: Callable[[float], None] | None = None,
     patient: Callable[[], bool] = lambda: True,
     seeds: Sequence[tuple[str, int]] = (),
+    health: NodeBreakers | None = None,
 ) -> Any:
     """A client for ``config``: a blocking pool of ``max_connections``, or a cluster client.
 
@@ -428,14 +434,14 @@ def build_client(
     waited for a pooled connection when none was free (single server only). While
     ``patient()``, a connection's whole opening is bounded by ``socket_connect_timeout``
     (:func:`bounded_open`). ``seeds``: a cluster's nodes to start from besides the config's
-    (:func:`cluster_client`).
+    (:func:`cluster_client`), and ``health`` its node breakers.
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
     if socket_timeout is not None:
         options["socket_timeout"] = socket_timeout
     if config.cluster:
-        return cluster_client(cluster, config, options, seeds, patient)
+        return cluster_client(cluster, config, options, seeds, patient, health)
     blocking = pool.from_url(config.url, timeout=config.pool_timeout, **options)
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
@@ -460,14 +466,51 @@ class _SyncCluster(redis.RedisCluster):
 
     RedisClusterRequestTTL = 3
     ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+    health: NodeBreakers | None = None  # the node breakers of its RemoteCache
+
+    def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        """Each command to a node, as :class:`NodeBreakers` wants it asked and told."""
+        health = self.health
+        if health is None:
+            return super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+        node = target_node.name
+        if health.skip(node):
+            raise ShardDown(node)
+        try:
+            result = super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            health.failure(node, exc)
+            raise
+        health.success(node)
+        return result
 
 
 class _AsyncCluster(redis.asyncio.RedisCluster):
     """The asyncio twin of :class:`_SyncCluster` (each operation is also under an asyncio
-    timeout of its deadline: :class:`~gcache.remote.cache.RemoteCache`)."""
+    timeout of its deadline: :class:`~gcache.remote.cache.RemoteCache`). A command that timeout
+    cancels is a failure of its node."""
 
     RedisClusterRequestTTL = 3
     ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+    health: NodeBreakers | None = None
+
+    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        health = self.health
+        if health is None:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        node = target_node.name
+        if health.skip(node):
+            raise ShardDown(node)
+        try:
+            result = await super()._execute_command(target_node, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            health.failure(node, exc)
+            raise
+        except asyncio.CancelledError:
+            health.failure(node, TimeoutError(f"no reply from {node} within the deadline"))
+            raise
+        health.success(node)
+        return result
 
 
 _FAIL_FAST = {"TRYAGAIN": SlotMigrating, "CLUSTERDOWN": ClusterDown}
@@ -503,13 +546,15 @@ def cluster_client(
     options: dict[str, Any],
     seeds: Sequence[tuple[str, int]],
     patient: Callable[[], bool] = lambda: True,
+    health: NodeBreakers | None = None,
 ) -> Any:
     """A cluster client (``cluster``: redis-py's sync or asyncio class) that discovers the
     topology from the URL's node, ``RedisConfig.cluster_nodes`` and ``seeds`` (the nodes other
     clients of this GCache learned), whichever answers first: a dead seed does not stop a client
     opened after it died. It gives up within a deadline (:class:`_SyncCluster`,
     :class:`SlotMigrating`, :class:`ClusterDown`), and its nodes' connections open under
-    ``socket_connect_timeout`` while ``patient()`` (:func:`bounded_open`).
+    ``socket_connect_timeout`` while ``patient()`` (:func:`bounded_open`). ``health``: the
+    per-node breakers its commands are counted on and skipped by.
 
     The hooks: the sync client builds each node's pool from ``connection_pool_class``, which
     it passes the connection class it chose (TLS or not); the asyncio one takes neither a pool
@@ -525,8 +570,13 @@ def cluster_client(
     parser = _fail_fast_parser(is_async, int(options.get("protocol") or 2))
     if not is_async:
         pool = _node_pool(parser, patient)
-        return _SyncCluster.from_url(config.url, startup_nodes=others, connection_pool_class=pool, **options)
-    client = _AsyncCluster.from_url(config.url, startup_nodes=others, **options)
+        sync: Any = _SyncCluster.from_url(
+            config.url, startup_nodes=others, connection_pool_class=pool, **options
+        )
+        sync.health = health
+        return sync
+    client: Any = _AsyncCluster.from_url(config.url, startup_nodes=others, **options)
+    client.health = health
     shared = client.connection_kwargs
     shared["parser_class"] = parser
     shared["connection_class"] = bounded_open(

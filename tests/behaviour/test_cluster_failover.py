@@ -257,3 +257,54 @@ async def test_an_invalidation_the_promoted_replica_never_received_is_not_lost_o
             f"worst call {rounds.worst * 1000:.0f} ms, stale {rounds.stale}"
         )
         assert rounds.stale == 0
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@MODES
+async def test_a_hanging_primary_is_skipped_by_its_own_breaker_alone(mode: str) -> None:
+    """A primary that stops answering (SIGSTOP; no failover: a long node timeout) opens its own
+    breaker after ``breaker_failures`` timeouts: its ids are then served uncached without
+    waiting for it (counted as REMOTE disabled, server_down), every other shard from REMOTE
+    all along; once it answers again, a probe closes its breaker and its ids are cached again."""
+    with cluster(node_timeout_ms=60000) as c:
+        registry = CollectorRegistry()
+        cache = make(c, registry)
+        source = Source()
+        try:
+            rounds = Rounds(source, cache, mode)
+            assert await rounds.round() == set(IDS)
+            assert await rounds.round() == set()
+            hanging = c.primaries()[1]
+            node = f"127.0.0.1:{hanging.port}"
+            lost = ids_on(c, [hanging])
+            hanging.pause()
+            try:
+                for _ in range(5):
+                    assert await rounds.round() == lost  # the others: from REMOTE
+                assert sample(registry, "gcache_breaker_node_open", node=node) == 1
+                assert sample(registry, "gcache_breaker_open") == 1
+                skipped = sample(registry, "gcache_disabled_counter_total", reason="server_down")
+                timeouts = sum(errors(registry).values())
+                assert skipped > 0
+                # 5 rounds of its ids, but only the breaker's 5 failures (and a probe or two) waited
+                assert timeouts <= 5 + 2, errors(registry)
+                assert skipped + timeouts == 5 * len(lost)
+            finally:
+                hanging.resume()
+            deadline = time.monotonic() + 10
+            while await rounds.round():
+                assert time.monotonic() < deadline, "the node's breaker did not close"
+                await asyncio.sleep(0.1)
+            assert sample(registry, "gcache_breaker_node_open", node=node) == 0
+            assert sample(registry, "gcache_breaker_open") == 0
+        finally:
+            await cache.aclose()
