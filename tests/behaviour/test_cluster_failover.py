@@ -308,3 +308,30 @@ async def test_a_hanging_primary_is_skipped_by_its_own_breaker_alone(mode: str) 
             assert sample(registry, "gcache_breaker_open") == 0
         finally:
             await cache.aclose()
+
+
+def test_a_sync_cluster_connection_opens_under_the_connect_bound() -> None:
+    """issue 19's connect bound on a cluster: a node that accepts connections and never answers
+    (SIGSTOP) fails a sync call's opening as a ``ConnectTimeout`` after ``socket_connect_timeout``
+    (the node pools' connection class is gcache's), not as the lookup's ``TimeoutError``."""
+    with cluster(node_timeout_ms=60000) as c:
+        registry = CollectorRegistry()
+        options = {"socket_connect_timeout": 0.3, "socket_timeout": 1.0}
+        config = RedisConfig(url=c.nodes[0].url, cluster=True, redis_py_options=options)
+        cache = GCache(GCacheConfig(redis_config=config, metrics_registry=registry))
+        source = Source()
+        hanging = next(p for p in c.primaries() if p is not c.nodes[0])
+        on_it = sorted(ids_on(c, [hanging]))[0]
+        read = source.reader(cache, "sync")
+        try:
+            hanging.pause()  # before the client's first connection to it
+            try:
+                assert asyncio.run(read(on_it)) == "v1"  # served uncached
+            finally:
+                hanging.resume()
+            assert errors(registry) == {"ConnectTimeout": 1}
+            assert asyncio.run(read(on_it)) == "v1"
+            assert asyncio.run(read(on_it)) == "v1"
+            assert source.ran.count(on_it) == 2  # then cached
+        finally:
+            cache.close()
