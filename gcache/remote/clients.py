@@ -298,6 +298,11 @@ class Connections:
 
     node_breakers: NodeBreakers | None = None  # a cluster's, per node (RemoteCache sets them)
 
+    def _node_health(self, kind: int) -> NodeBreakers | None:
+        """The node breakers a kind's cluster client asks and tells: lookups' and write-backs';
+        management operations are always attempted, as while the breaker is open."""
+        return None if kind == ADMIN else self.node_breakers
+
     def known_nodes(self) -> list[tuple[str, int]]:
         """With ``RedisConfig(cluster=True)``, every node this GCache's cluster clients have
         learned from the topology: a client opened later (another event loop, the sync one, the
@@ -305,9 +310,14 @@ class Connections:
         dead by then."""
         if self._config is None or not self._config.cluster:
             return []
-        return learned_nodes(
-            [*_clients(self._sync), *(c for conns in list(self._by_loop.values()) for c in _clients(conns))]
-        )
+        loops: list[list[Connection | None]] = []
+        for _ in range(3):  # another thread may add its loop's clients meanwhile: list them again
+            try:
+                loops = list(self._by_loop.values())
+            except RuntimeError:
+                continue
+            break
+        return learned_nodes([*_clients(self._sync), *(c for conns in loops for c in _clients(conns))])
 
     def _async_connection(self, kind: int) -> Connection:
         loop = asyncio.get_running_loop()
@@ -337,7 +347,7 @@ class Connections:
                         self._pool_waits[kind],
                         self.opening_patient,
                         self.known_nodes(),
-                        self.node_breakers,
+                        self._node_health(kind),
                     ),
                     self._read_limit,
                 ).queue_reads()
@@ -365,7 +375,7 @@ class Connections:
                     self._pool_waits[kind],
                     self.opening_patient,
                     self.known_nodes(),
-                    self.node_breakers,
+                    self._node_health(kind),
                 ),
                 self._read_limit,
             ).pack_gets()

@@ -17,10 +17,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, RemoteError
 from tests._cluster import Cluster, cluster
 
 pytestmark = pytest.mark.slow
@@ -301,6 +302,10 @@ async def test_a_hanging_primary_is_skipped_by_its_own_breaker_alone(mode: str) 
                 # 5 rounds of its ids, but only the breaker's 5 failures (and a probe or two) waited
                 assert timeouts <= 5 + 2, errors(registry)
                 assert skipped + timeouts == 5 * len(lost)
+                # a management operation is still attempted (and fails: the node does not answer)
+                with pytest.raises(RemoteError) as raised:
+                    await cache.ainvalidate("user_id", sorted(lost)[0])
+                assert isinstance(raised.value.cause, redis.TimeoutError)
             finally:
                 hanging.resume()
             deadline = time.monotonic() + 10
