@@ -174,6 +174,13 @@ class RemoteCache(Connections):
         # (shared by the kinds), and a cluster client, whose retries, redirections and topology
         # refreshes no socket timeout bounds.
         self._whole_bound = client_factory is not None or (redis_config is not None and redis_config.cluster)
+        # A cluster client opens its nodes' connections inside an operation: while Redis is not
+        # failing, its bound also allows for one opening (socket_connect_timeout), as a single
+        # server's connections open under that bound (see clients.bounded_open); once an
+        # operation failed, the deadline alone. Each read still has the deadline as its timeout.
+        self._opening_allowance = 0.0
+        if client_factory is None and redis_config is not None and redis_config.cluster:
+            self._opening_allowance = float(redis_config.client_options().get("socket_connect_timeout") or 0)
         cluster = redis_config is not None and redis_config.cluster
         if cluster:  # a breaker per node; the GCache's own never skips the whole cluster
             self.node_breakers = NodeBreakers(
@@ -206,6 +213,8 @@ class RemoteCache(Connections):
         try:
             deadline = self._deadlines[kind]
             if self._whole_bound and deadline is not None:
+                if self._opening_allowance and self.opening_patient():
+                    deadline += self._opening_allowance
                 result = await _within(deadline, command(self._async_connection(kind)))
             else:
                 result = await command(self._async_connection(kind))
