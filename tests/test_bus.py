@@ -419,7 +419,7 @@ def signed(kind: str, target: str, key: str = K1, buffer_ms: int = 0, origin: st
 
 def subscribed(client: redis.Redis) -> Any:
     """A pub/sub listener on the bus channel, its subscription confirmed."""
-    listener = client.pubsub()  # type: ignore[no-untyped-call]
+    listener = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
     listener.subscribe(bus_channel("urn:gcache"))
     confirmation = listener.get_message(timeout=5)
     assert confirmation is not None
