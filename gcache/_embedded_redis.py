@@ -82,8 +82,9 @@ APP_COMMANDS = (
     "info|replication", "wait",
     # the invalidation bus, and the breaker's probe
     "publish", "subscribe", "unsubscribe", "ping",
-    # a cluster client: the slots' nodes, and where a command's keys are
-    "cluster|slots", "command",
+    # a cluster client: the slots' nodes, where a command's keys are, and ASKING before a
+    # command an ASK redirection sends to the node a slot is migrating to
+    "cluster|slots", "command", "asking",
 )  # fmt: skip
 
 # What the application's user may ask a sentinel: what redis-py's Sentinel asks to find the master

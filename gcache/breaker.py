@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
@@ -26,7 +27,7 @@ import redis
 
 from gcache.errors import RemoteError
 
-__all__ = ["CircuitBreaker", "is_outage"]
+__all__ = ["CircuitBreaker", "NodeBreakers", "ShardDown", "is_outage"]
 
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError, EOFError, asyncio.TimeoutError)
 
@@ -155,3 +156,88 @@ class CircuitBreaker:
         if probing is not None:
             probing.cancel()
         self._close()
+
+
+class ShardDown(redis.RedisError):
+    """A call's cluster node is skipped: its breaker is open (see :class:`NodeBreakers`). Served
+    uncached and counted as REMOTE disabled by ``server_down``, as under an open breaker."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"cluster node {node} is failing: its breaker is open")
+        self.node = node
+
+
+class NodeBreakers:
+    """A breaker per cluster node (by its ``host:port``), for ``RedisConfig(cluster=True)``: a
+    failing primary takes only its own slots out of REMOTE.
+
+    The cluster client asks :meth:`skip` as it sends a command to a node, and tells
+    :meth:`success` or :meth:`failure` (see :func:`is_outage`) when the node answered or not.
+    After ``threshold`` failures in a row a node is skipped for ``probe_sec``; then one call goes
+    to it, the probe: an answer closes its breaker, a failure keeps it open another
+    ``probe_sec``. Unlike the single server's breaker the probe is a caller's call, since it is
+    also what makes the cluster client reread the topology and find a promoted replica (whose
+    node has a breaker of its own, closed): a dead node costs that caller a refused connection;
+    a hanging one, its deadline once every ``probe_sec``.
+
+    Args:
+        threshold: failures in a row that open a node's breaker; 0 turns them off.
+        probe_sec: how long an open node is skipped between probes.
+        on_change: told the node and True when its breaker opens, False when it closes.
+    """
+
+    __slots__ = ("_failures", "_lock", "_on_change", "_open_until", "probe_sec", "threshold")
+
+    def __init__(self, *, threshold: int, probe_sec: float, on_change: Callable[[str, bool], None]) -> None:
+        self.threshold = threshold
+        self.probe_sec = probe_sec
+        self._on_change = on_change
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def open_nodes(self) -> list[str]:
+        return sorted(self._open_until)
+
+    def skip(self, node: str) -> bool:
+        """Whether a command to ``node`` is skipped now; False for the probe, once a
+        ``probe_sec``."""
+        until = self._open_until.get(node)
+        if until is None:
+            return False
+        now = time.monotonic()
+        if now < until:
+            return True
+        with self._lock:
+            if self._open_until.get(node, now) > now:  # another caller took this probe
+                return True
+            self._open_until[node] = now + self.probe_sec
+        return False
+
+    def success(self, node: str) -> None:
+        if node not in self._failures:
+            return
+        with self._lock:
+            self._failures.pop(node, None)
+            was_open = self._open_until.pop(node, None) is not None
+        if was_open:
+            self._on_change(node, False)
+
+    def failure(self, node: str, exc: BaseException) -> None:
+        if not self.threshold or not is_outage(exc):
+            return
+        with self._lock:
+            failures = self._failures[node] = self._failures.get(node, 0) + 1
+            opens = failures >= self.threshold and node not in self._open_until
+            if opens or node in self._open_until:
+                self._open_until[node] = time.monotonic() + self.probe_sec
+        if opens:
+            self._on_change(node, True)
+
+    def reset(self) -> None:
+        """Every node closed, with no failures (after a fork, whose lock may be held by a
+        thread the child does not have; or the GCache is closing)."""
+        self._lock = threading.Lock()
+        opened, self._open_until, self._failures = list(self._open_until), {}, {}
+        for node in opened:
+            self._on_change(node, False)

@@ -239,6 +239,7 @@ class GCache(Management):
                 breaker_failures=config.breaker_failures,
                 breaker_probe_sec=config.breaker_probe_sec,
                 on_breaker=self._on_breaker,
+                on_node_breaker=self._on_node_breaker,
                 max_value_bytes=config.max_value_bytes,  # bounds every value read
                 legacy_compat=config.legacy_compat,
                 on_foreign_watermark=self._on_foreign_watermark,

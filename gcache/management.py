@@ -556,6 +556,25 @@ class Management:
                 f"Redis answers again: circuit breaker closed, REMOTE back for {self._prefix!r}",
             )
 
+    def _on_node_breaker(self, node: str, is_open: bool) -> None:
+        """A cluster node's breaker (``RedisConfig(cluster=True)``): its slots alone out of REMOTE."""
+        self._metrics.breaker_node_open.labels(node).set(1 if is_open else 0)
+        if is_open:
+            self._metrics.breaker_open.inc()
+            self._metrics.breaker_transition.labels("open").inc()
+            self._errors.warning(
+                ("breaker", self._prefix, node),
+                f"Redis cluster node {node} is failing: its breaker is open, REMOTE skipped for its "
+                f"slots of {self._prefix!r} until a probe gets an answer or its slots move",
+            )
+        else:
+            self._metrics.breaker_open.dec()
+            self._metrics.breaker_transition.labels("closed").inc()
+            self._errors.info(
+                ("breaker", self._prefix, node, "closed"),
+                f"Redis cluster node {node} answers again: its breaker closed for {self._prefix!r}",
+            )
+
 
 _PutBatches = dict[int, tuple[UseCase, list[tuple[Miss, Any]]]]  # by use case: its misses and values
 

@@ -236,6 +236,14 @@ class Metrics:
             self.outbox_replay.labels(result)
         for reason in ("full", "closed"):
             self.outbox_dropped.labels(reason)
+        self.breaker_node_open = Gauge(
+            f"{p}breaker_node_open",
+            "Cluster nodes skipped as failing, by node (host:port): 1 while its breaker is open "
+            "(RedisConfig(cluster=True) only; each also counts in breaker_open).",
+            ["node"],
+            multiprocess_mode="livesum",
+            **kw,
+        )
         self.pool_wait = Histogram(
             f"{p}pool_wait_seconds",
             "Seconds a Redis operation waited for a pooled connection, when none was free on arrival; "
@@ -267,6 +275,7 @@ def _after_fork_in_child() -> None:
             if MutexValue is not None and type(value) is MutexValue:
                 value._lock = threading.Lock()
             gauge.set(0)
+        metrics.breaker_node_open.clear()
 
 
 _fork.at_fork_in_child(_after_fork_in_child)

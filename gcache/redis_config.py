@@ -63,6 +63,7 @@ class RedisConfig:
             gcache sets itself (``socket_timeout``, ``max_connections``, ``timeout``,
             ``decode_responses``); a url given with host, port, db, username, password,
             protocol or ``tls=True`` (for a non-``rediss://`` url), which the url would override;
+            ``cluster_nodes`` without ``cluster=True``, or an entry that is not ``host:port``;
             for Sentinel, see :meth:`_validate_sentinels`.
 
     With ``sentinels`` (``[(host, port), ...]``) and ``service_name``, the master is the one
@@ -86,6 +87,7 @@ class RedisConfig:
     ssl_cert_reqs: str = "required"
     ssl_check_hostname: bool = True
     cluster: bool = False
+    cluster_nodes: Sequence[str] = ()
     url: str | None = None
     max_connections: int = 64
     pool_timeout: float = 1.0
@@ -118,6 +120,7 @@ class RedisConfig:
         else:
             self._refuse_parts_with_url()
             self._validate_url(self.url)
+        self._validate_cluster_nodes()
         if self.cluster and (self.db != 0 or url_db(self.url or "") != 0):
             db = self.db or url_db(self.url or "")
             raise ConfigError(f"RedisConfig: a Redis Cluster has only db 0, got db={db}")
@@ -139,6 +142,32 @@ class RedisConfig:
             raise ConfigError(
                 f"RedisConfig.pool_timeout must be a number of seconds >= 0, got {self.pool_timeout!r}"
             )
+
+    def _validate_cluster_nodes(self) -> None:
+        """``cluster_nodes``: ``"host:port"`` texts (a list is taken), only with ``cluster=True``."""
+        nodes = self.cluster_nodes
+        if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
+            raise ConfigError(f"RedisConfig.cluster_nodes must be a list of 'host:port' texts, got {nodes!r}")
+        self.cluster_nodes = tuple(nodes)
+        if nodes and not self.cluster:
+            raise ConfigError("RedisConfig.cluster_nodes names seed nodes of a cluster: give cluster=True")
+        if nodes and (self.url or "").startswith("unix:"):
+            raise ConfigError(
+                "RedisConfig.cluster_nodes: a Redis Cluster is not reached over a unix:// socket"
+            )
+        for node in self.cluster_nodes:
+            _cluster_address(node)
+
+    def cluster_seeds(self) -> list[tuple[str, int]]:
+        """Where a cluster client starts discovering the topology: the URL's node, then
+        ``cluster_nodes`` (each with the URL's credentials and TLS)."""
+        parts = urlsplit(self.url or "")
+        seeds = [(parts.hostname or "localhost", parts.port or 6379)]
+        for node in self.cluster_nodes:
+            address = _cluster_address(node)
+            if address not in seeds:
+                seeds.append(address)
+        return seeds
 
     def _validate_parts(self) -> None:
         for name in ("port", "db"):  # from the environment they come as text, as the original took them
@@ -386,6 +415,20 @@ def _validate_query(url: str, scheme: str, shown: str) -> None:
             parse_url(url)
         except (TypeError, ValueError) as exc:  # "Invalid value for 'socket_timeout' in connection URL."
             raise ConfigError(f"RedisConfig.url {shown!r}: {exc}") from None
+
+
+def _cluster_address(node: object) -> tuple[str, int]:
+    """A ``cluster_nodes`` entry as (host, port): ``"host:port"``, ``"[v6 address]:port"``."""
+    if not isinstance(node, str):
+        raise ConfigError(f"RedisConfig.cluster_nodes: {node!r} is not a 'host:port' text")
+    host, colon, port = node.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"RedisConfig.cluster_nodes: {node!r} is not 'host:port' with a port from 1 to 65535"
+        )
+    return host, int(port)
 
 
 def url_db(url: str) -> int:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
 from gcache._embedded_redis import EmbeddedRedis, HangingListener
 from gcache._loop_thread import LoopThread
-from gcache.breaker import CircuitBreaker, is_outage
+from gcache.breaker import CircuitBreaker, NodeBreakers, is_outage
 from gcache.errors import RemoteError
 from tests.conftest import sample, wait_until
 
@@ -236,3 +236,54 @@ async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
     (told,) = [r for r in caplog.records if "remote read failed" in r.getMessage()]
     assert "(REMOTE): TimeoutError: no reply within 0.1 s; served uncached" in told.getMessage()
     assert told.exc_info is None  # a traceback only at DEBUG
+
+
+def test_node_breakers_open_per_node_probe_once_a_period_and_close_on_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    changes: list[tuple[str, bool]] = []
+    nodes = NodeBreakers(
+        threshold=3, probe_sec=1.0, on_change=lambda node, is_open: changes.append((node, is_open))
+    )
+    down = redis.ConnectionError("refused")
+    nodes.failure("a:1", redis.ResponseError("OOM"))  # the server answered: not an outage
+    nodes.failure("a:1", down)
+    nodes.failure("a:1", down)
+    nodes.success("b:2")  # another node's answer does not reset this one
+    assert not nodes.skip("a:1")
+    nodes.failure("a:1", down)
+    assert changes == [("a:1", True)]
+    assert nodes.open_nodes() == ["a:1"]
+    assert nodes.skip("a:1")
+    assert not nodes.skip("b:2")
+    now[0] += 1.0
+    assert not nodes.skip("a:1")  # the probe: one caller
+    assert nodes.skip("a:1")  # the others still skip
+    nodes.failure("a:1", down)  # the probe failed: open another period
+    assert nodes.skip("a:1")
+    now[0] += 1.0
+    assert not nodes.skip("a:1")
+    nodes.success("a:1")
+    assert changes == [("a:1", True), ("a:1", False)]
+    assert not nodes.skip("a:1")
+    assert nodes.open_nodes() == []
+
+
+def test_node_breakers_off_with_threshold_zero_and_reset_closes_every_node() -> None:
+    changes: list[tuple[str, bool]] = []
+    off = NodeBreakers(
+        threshold=0, probe_sec=1.0, on_change=lambda node, is_open: changes.append((node, is_open))
+    )
+    for _ in range(10):
+        off.failure("a:1", redis.ConnectionError("refused"))
+    assert not off.skip("a:1")
+    on = NodeBreakers(
+        threshold=1, probe_sec=60.0, on_change=lambda node, is_open: changes.append((node, is_open))
+    )
+    on.failure("a:1", redis.TimeoutError("no reply"))
+    on.failure("b:2", redis.TimeoutError("no reply"))
+    on.reset()
+    assert changes == [("a:1", True), ("b:2", True), ("a:1", False), ("b:2", False)]
+    assert not on.skip("a:1")

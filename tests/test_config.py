@@ -414,6 +414,32 @@ def test_redis_config_rejects_db_on_cluster_from_url() -> None:
         RedisConfig(url="redis://cache:6379/3", cluster=True)
 
 
+def test_redis_config_takes_cluster_nodes_as_seeds_after_the_urls() -> None:
+    config = RedisConfig(
+        url="redis://a:7000/0", cluster=True, cluster_nodes=["b:7001", "[::1]:7002", "a:7000"]
+    )
+    assert config.cluster_nodes == ("b:7001", "[::1]:7002", "a:7000")
+    assert config.cluster_seeds() == [("a", 7000), ("b", 7001), ("::1", 7002)]
+    assert RedisConfig(url="redis://a:7000/0", cluster=True).cluster_seeds() == [("a", 7000)]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cluster_nodes": ["b:7001"]}, "give cluster=True"),
+        ({"cluster": True, "cluster_nodes": "b:7001"}, "must be a list of 'host:port' texts"),
+        ({"cluster": True, "cluster_nodes": ["b"]}, "'b' is not 'host:port'"),
+        ({"cluster": True, "cluster_nodes": ["b:0"]}, "'b:0' is not 'host:port' with a port from 1 to 65535"),
+        ({"cluster": True, "cluster_nodes": ["b:x"]}, "'b:x' is not 'host:port'"),
+        ({"cluster": True, "cluster_nodes": [":7000"]}, "':7000' is not 'host:port'"),
+        ({"cluster": True, "cluster_nodes": [7000]}, "7000 is not a 'host:port' text"),
+    ],
+)
+def test_redis_config_refuses_bad_cluster_nodes(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RedisConfig(url="redis://a:7000/0", **options)
+
+
 def test_redis_config_accepts_cluster_with_db_zero() -> None:
     assert RedisConfig(url="redis://cache:6379/0", cluster=True).cluster is True
     assert RedisConfig(host="cache", cluster=True).url == "redis://cache:6379/0"

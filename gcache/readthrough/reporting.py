@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gcache._log import summary
+from gcache.breaker import ShardDown
 from gcache.errors import KeyTooLongError, RemoteError
 from gcache.metrics import LAYER_GLOBAL, LAYER_KEY, LAYER_LOCAL, LAYER_NONE, LAYER_REMOTE, UseCaseMetrics
 
@@ -50,6 +51,9 @@ class Reporting:
 
     def _error(self, layer: str, exc: BaseException, what: str, outcome: str = "served uncached") -> None:
         cause = exc.cause if isinstance(exc, RemoteError) else exc  # label the redis-py error itself
+        if isinstance(cause, ShardDown):  # a cluster node's open breaker: as the breaker's skip
+            self.m.disabled(layer, "server_down").inc()
+            return
         kind = type(cause).__name__
         self.m.error(layer, kind, "False").inc()  # in_fallback, as str(False)
         self.rt.errors.warning(

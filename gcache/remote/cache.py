@@ -3,8 +3,9 @@
 Every redis-py failure leaves this module as :class:`~gcache.errors.RemoteError`. Every
 operation has a deadline by its kind: a lookup (READ), a write-back or lock (WRITE), or an
 invalidation, deletion or flush (ADMIN, the client's own socket timeout); see
-:mod:`gcache.remote.clients`. A factory's client is shared by the kinds, and each operation is
-wrapped in an asyncio timeout of its deadline.
+:mod:`gcache.remote.clients`. A factory's client is shared by the kinds; each of its
+operations, as each of an asyncio cluster client's, is wrapped in an asyncio timeout of its
+deadline.
 
 About 420 lines, nearly all of it :class:`RemoteCache`, for the reason its docstring gives.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from operator import methodcaller
@@ -22,13 +24,13 @@ import redis
 import redis.asyncio
 
 from gcache._loop_thread import LoopThread
-from gcache.breaker import CircuitBreaker
+from gcache.breaker import CircuitBreaker, NodeBreakers
 from gcache.bus import message_signature
 from gcache.config import RedisConfig
 from gcache.errors import RemoteError, ReplicasNotConfirmed
 from gcache.original_wire import WATERMARK_TTL_SECONDS
 from gcache.remote import sentinel
-from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, no_retry
+from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, cluster_client, no_retry
 from gcache.remote.protocol import (
     TrackedRead,
     abatch_pipelined,
@@ -104,7 +106,10 @@ class RemoteCache(Connections):
         read_timeout, write_timeout: deadlines of READ and WRITE operations (None: the client's
             socket timeout).
         breaker_failures, breaker_probe_sec, on_breaker: the circuit breaker (see
-            :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens.
+            :class:`~gcache.breaker.CircuitBreaker`); ``on_breaker(True)`` when it opens. With
+            ``RedisConfig(cluster=True)`` a breaker per node instead
+            (:class:`~gcache.breaker.NodeBreakers`), ``on_node_breaker(node, True)`` when one
+            opens.
         on_pool_wait: per kind (READ, WRITE, ADMIN), told the seconds a caller waited for a pooled
             connection when none was free (see :class:`~gcache.remote.clients.WaitTimedPool`).
         max_value_bytes: ``GCacheConfig.max_value_bytes``. Every value read then asks Redis for
@@ -146,6 +151,7 @@ class RemoteCache(Connections):
         failover_buffer_ms: int = 0,
         invalidate_replicas: int = 0,
         invalidate_wait_ms: int = 0,
+        on_node_breaker: Callable[[str, bool], None] = lambda node, is_open: None,
     ) -> None:
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
@@ -165,8 +171,24 @@ class RemoteCache(Connections):
         self._on_foreign_watermark = on_foreign_watermark
         self._failover_buffer_ms = failover_buffer_ms
         self._wait = (invalidate_replicas, invalidate_wait_ms) if invalidate_replicas > 0 else None
+        # An asyncio operation under a timeout of its deadline as a whole: a factory's client
+        # (shared by the kinds), and a cluster client, whose retries, redirections and topology
+        # refreshes no socket timeout bounds.
+        self._whole_bound = client_factory is not None or (redis_config is not None and redis_config.cluster)
+        # A cluster client opens its nodes' connections inside an operation: while Redis is not
+        # failing, its bound also allows for one opening (socket_connect_timeout), as a single
+        # server's connections open under that bound (see clients.bounded_open); once an
+        # operation failed, the deadline alone. Each read still has the deadline as its timeout.
+        self._opening_allowance = 0.0
+        if client_factory is None and redis_config is not None and redis_config.cluster:
+            self._opening_allowance = float(redis_config.client_options().get("socket_connect_timeout") or 0)
+        cluster = redis_config is not None and redis_config.cluster
+        if cluster:  # a breaker per node; the GCache's own never skips the whole cluster
+            self.node_breakers = NodeBreakers(
+                threshold=breaker_failures, probe_sec=breaker_probe_sec, on_change=on_node_breaker
+            )
         self.breaker = CircuitBreaker(
-            threshold=breaker_failures,
+            threshold=0 if cluster else breaker_failures,
             probe_sec=breaker_probe_sec,
             probe=self._probe,
             submit=loop_thread.submit,
@@ -182,6 +204,8 @@ class RemoteCache(Connections):
         self.origin = os.urandom(6).hex()
         self.forget_connections()
         self.breaker.after_fork_in_child()
+        if self.node_breakers is not None:
+            self.node_breakers.reset()
         self._failed_at = -1
 
     async def _arun(self, operation: str, kind: int, command: Callable[[Connection], Awaitable[T]]) -> T:
@@ -189,7 +213,9 @@ class RemoteCache(Connections):
         asked = breaker.answers
         try:
             deadline = self._deadlines[kind]
-            if self._factory is not None and deadline is not None:
+            if self._whole_bound and deadline is not None:
+                if self._opening_allowance and self.opening_patient():
+                    deadline += self._opening_allowance
                 result = await _within(deadline, command(self._async_connection(kind)))
             else:
                 result = await command(self._async_connection(kind))
@@ -381,7 +407,7 @@ class RemoteCache(Connections):
 
         The value, at most ``read_limit`` + 1 bytes of it; None when there is none.
         """
-        if self._factory is not None:
+        if self._whole_bound:
             result: bytes | None = await self._arun("get", READ, methodcaller("get", key))
             return result or None  # b"": GETRANGE's none
         breaker = self.breaker
@@ -749,41 +775,71 @@ class RemoteCache(Connections):
 
         With sentinels, the master they name at the time (see :mod:`~gcache.remote.sentinel`).
         On a cluster any node will do: classic pub/sub messages are broadcast to every node. A
-        factory's cluster client is asked for one, and the connection to it is made exactly as
+        random one of the topology is taken, discovered from every node this GCache knows (see
+        :meth:`known_nodes`), so a dead node costs one reconnection; a factory's cluster client
+        is asked for one, and the connection to it is made exactly as
         the cluster makes its own (TLS, credentials, timeouts), never as a plain one.
         """
         if self._factory is not None:
             client = self._factory()
             if not isinstance(client, redis.asyncio.RedisCluster):
                 return client
-            await client.initialize()
-            node = client.get_random_node()
-            await client.aclose()
-            return _node_client(node)
+            return await _any_node(client)
         assert self._config is not None
         assert self._config.url is not None
         options = {"retry": no_retry(redis.asyncio.retry.Retry), **self._config.client_options()}
         if self._config.sentinels is not None:  # the master now: asked again on each reconnect
             return await sentinel.amaster_client(self._config, self.follow_master, **options)
+        if self._config.cluster:  # the topology's nodes, not the URL's node alone (it may be dead)
+            return await _any_node(
+                cluster_client(redis.asyncio.RedisCluster, self._config, options, self.known_nodes())
+            )
         return redis.asyncio.Redis.from_url(self._config.url, **options)  # one connection
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the clients; the ones of the running loop are closed gracefully."""
-        self.breaker.stop()
+        self._stop_breakers()
         await self.aclose_clients()
 
     def close(self) -> None:
         """Close every client, each asyncio client on its own loop where that loop can still run."""
-        self.breaker.stop()
+        self._stop_breakers()
         self.close_clients()
+
+    def _stop_breakers(self) -> None:
+        self.breaker.stop()
+        if self.node_breakers is not None:
+            self.node_breakers.reset()
 
 
 # Options of a cluster node's connections that belong to the cluster client, not to a connection
 # of the bus's own: READONLY on connect (replica reads), the cluster's retries and its handling
 # of slot moves.
 _CLUSTER_ONLY = ("redis_connect_func", "retry", "oss_cluster_maint_notifications_handler")
+
+
+async def _any_node(client: redis.asyncio.RedisCluster) -> redis.asyncio.Redis:
+    """A client of its own on a node of the cluster ``client`` discovers (then closed): the first
+    in random order that answers a PING, so a dead node the topology still lists is skipped."""
+    try:
+        await client.initialize()
+        nodes = client.get_nodes()
+    finally:
+        await client.aclose()
+    random.shuffle(nodes)
+    failure: BaseException | None = None
+    for node in nodes:
+        candidate = _node_client(node)
+        try:
+            await candidate.ping()
+        except _REDIS_ERRORS as exc:
+            failure = exc
+            await candidate.aclose()
+            continue
+        return candidate
+    raise redis.ConnectionError(f"no node of the cluster answered: {failure}")
 
 
 def _node_client(node: Any) -> redis.asyncio.Redis:

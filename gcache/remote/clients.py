@@ -31,18 +31,21 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.backoff
+import redis.cluster
 import redis.retry
 
 from gcache import _fork
 from gcache._log import summary
 from gcache._loop_thread import LoopThread
+from gcache.breaker import NodeBreakers, ShardDown
 from gcache.config import RedisConfig
 from gcache.remote import protocol, scripts, sentinel
 from gcache.remote.batching import ReadQueue
@@ -50,6 +53,8 @@ from gcache.remote.batching import ReadQueue
 __all__ = [
     "ADMIN",
     "READ",
+    "ClusterDown",
+    "SlotMigrating",
     "WRITE",
     "AsyncWaitTimedPool",
     "Connection",
@@ -57,6 +62,8 @@ __all__ = [
     "ConnectTimeout",
     "WaitTimedPool",
     "bounded_open",
+    "cluster_client",
+    "learned_nodes",
     "no_retry",
 ]
 
@@ -289,6 +296,29 @@ class Connections:
         while its breaker counts no failure)."""
         return True
 
+    node_breakers: NodeBreakers | None = None  # a cluster's, per node (RemoteCache sets them)
+
+    def _node_health(self, kind: int) -> NodeBreakers | None:
+        """The node breakers a kind's cluster client asks and tells: lookups' and write-backs';
+        management operations are always attempted, as while the breaker is open."""
+        return None if kind == ADMIN else self.node_breakers
+
+    def known_nodes(self) -> list[tuple[str, int]]:
+        """With ``RedisConfig(cluster=True)``, every node this GCache's cluster clients have
+        learned from the topology: a client opened later (another event loop, the sync one, the
+        probe's, the bus's) starts from all of them, not only from the URL's node, which may be
+        dead by then."""
+        if self._config is None or not self._config.cluster:
+            return []
+        loops: list[list[Connection | None]] = []
+        for _ in range(3):  # another thread may add its loop's clients meanwhile: list them again
+            try:
+                loops = list(self._by_loop.values())
+            except RuntimeError:
+                continue
+            break
+        return learned_nodes([*_clients(self._sync), *(c for conns in loops for c in _clients(conns))])
+
     def _async_connection(self, kind: int) -> Connection:
         loop = asyncio.get_running_loop()
         last = self._last
@@ -316,6 +346,8 @@ class Connections:
                         self._deadlines[kind],
                         self._pool_waits[kind],
                         self.opening_patient,
+                        self.known_nodes(),
+                        self._node_health(kind),
                     ),
                     self._read_limit,
                 ).queue_reads()
@@ -342,6 +374,8 @@ class Connections:
                     self._deadlines[kind],
                     self._pool_waits[kind],
                     self.opening_patient,
+                    self.known_nodes(),
+                    self._node_health(kind),
                 ),
                 self._read_limit,
             ).pack_gets()
@@ -410,6 +444,8 @@ def build_client(
     socket_timeout: float | None,
     on_wait: Callable[[float], None] | None = None,
     patient: Callable[[], bool] = lambda: True,
+    seeds: Sequence[tuple[str, int]] = (),
+    health: NodeBreakers | None = None,
 ) -> Any:
     """A client for ``config``: a blocking pool of ``max_connections`` (of connections to the
     master the sentinels name, with sentinels: :mod:`~gcache.remote.sentinel`), or a cluster
@@ -419,14 +455,15 @@ def build_client(
     ``retry`` in ``redis_py_options`` wins over ``retry``. ``on_wait`` is told how long a caller
     waited for a pooled connection when none was free (single server only). While
     ``patient()``, a connection's whole opening is bounded by ``socket_connect_timeout``
-    (:func:`bounded_open`; single server only).
+    (:func:`bounded_open`). ``seeds``: a cluster's nodes to start from besides the config's
+    (:func:`cluster_client`), and ``health`` its node breakers.
     """
     assert config.url is not None
     options = {"max_connections": config.max_connections, "retry": retry, **config.client_options()}
     if socket_timeout is not None:
         options["socket_timeout"] = socket_timeout
     if config.cluster:
-        return cluster.from_url(config.url, **options)
+        return cluster_client(cluster, config, options, seeds, patient, health)
     if config.sentinels is not None:
         blocking = sentinel.master_pool(config, pool, timeout=config.pool_timeout, **options)
     else:
@@ -434,6 +471,180 @@ def build_client(
     blocking.connection_class = bounded_open(blocking.connection_class, patient)
     blocking.on_wait = on_wait
     return single.from_pool(blocking)
+
+
+class SlotMigrating(redis.ResponseError):
+    """A cluster node answered TRYAGAIN: the keys of one script are split by a slot migration
+    under way. Raised at once (redis-py would retry and sleep, 110-450 ms a call); the call is
+    served uncached; the node answered, so no outage."""
+
+
+class ClusterDown(redis.ResponseError):
+    """A cluster node answered CLUSTERDOWN (a primary failed and no replica is promoted yet):
+    raised at once (redis-py sleeps 250 ms and rereads the topology in the caller's call)."""
+
+
+class _SyncCluster(redis.RedisCluster):
+    """redis-py's sync cluster client, limited to what fits in a caller's deadline: one MOVED or
+    ASK followed and one more try (``RedisClusterRequestTTL``); only a connection error retried
+    once (a timeout has spent the deadline, and CLUSTERDOWN is answered by :class:`ClusterDown`)."""
+
+    RedisClusterRequestTTL = 3
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+    health: NodeBreakers | None = None  # the node breakers of its RemoteCache
+
+    def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        """Each command to a node, as :class:`NodeBreakers` wants it asked and told."""
+        health = self.health
+        if health is None:
+            return super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+        node = target_node.name
+        if health.skip(node):
+            raise ShardDown(node)
+        try:
+            result = super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            health.failure(node, exc)
+            raise
+        health.success(node)
+        return result
+
+
+class _AsyncCluster(redis.asyncio.RedisCluster):
+    """The asyncio twin of :class:`_SyncCluster` (each operation is also under an asyncio
+    timeout of its deadline: :class:`~gcache.remote.cache.RemoteCache`). A command that timeout
+    cancels is a failure of its node."""
+
+    RedisClusterRequestTTL = 3
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError,)  # type: ignore[assignment]
+    health: NodeBreakers | None = None
+
+    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        health = self.health
+        if health is None:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        node = target_node.name
+        if health.skip(node):
+            raise ShardDown(node)
+        try:
+            result = await super()._execute_command(target_node, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            health.failure(node, exc)
+            raise
+        except asyncio.CancelledError:
+            health.failure(node, TimeoutError(f"no reply from {node} within the deadline"))
+            raise
+        health.success(node)
+        return result
+
+
+_FAIL_FAST = {"TRYAGAIN": SlotMigrating, "CLUSTERDOWN": ClusterDown}
+
+
+@functools.cache
+def _fail_fast_parser(is_async: bool, protocol: int) -> type:
+    """The reply parser redis-py would choose, answering TRYAGAIN and CLUSTERDOWN with the
+    errors above, which none of redis-py's cluster handlers catch: it raises them at once."""
+    from redis._parsers import (  # redis-py's parsers: only for a cluster
+        _AsyncHiredisParser,
+        _AsyncRESP2Parser,
+        _AsyncRESP3Parser,
+        _HiredisParser,
+        _RESP2Parser,
+        _RESP3Parser,
+    )
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if HIREDIS_AVAILABLE:
+        base: type = _AsyncHiredisParser if is_async else _HiredisParser
+    elif protocol == 3:
+        base = _AsyncRESP3Parser if is_async else _RESP3Parser
+    else:
+        base = _AsyncRESP2Parser if is_async else _RESP2Parser
+    classes = {**base.EXCEPTION_CLASSES, **_FAIL_FAST}  # type: ignore[attr-defined]
+    return type(f"FailFast{base.__name__}", (base,), {"EXCEPTION_CLASSES": classes})
+
+
+def cluster_client(
+    cluster: Any,
+    config: RedisConfig,
+    options: dict[str, Any],
+    seeds: Sequence[tuple[str, int]],
+    patient: Callable[[], bool] = lambda: True,
+    health: NodeBreakers | None = None,
+) -> Any:
+    """A cluster client (``cluster``: redis-py's sync or asyncio class) that discovers the
+    topology from the URL's node, ``RedisConfig.cluster_nodes`` and ``seeds`` (the nodes other
+    clients of this GCache learned), whichever answers first: a dead seed does not stop a client
+    opened after it died. It gives up within a deadline (:class:`_SyncCluster`,
+    :class:`SlotMigrating`, :class:`ClusterDown`), and its nodes' connections open under
+    ``socket_connect_timeout`` while ``patient()`` (:func:`bounded_open`). ``health``: the
+    per-node breakers its commands are counted on and skipped by.
+
+    The hooks: the sync client builds each node's pool from ``connection_pool_class``, which
+    it passes the connection class it chose (TLS or not); the asyncio one takes neither a pool
+    nor a parser class, and makes its nodes from the connection options it shares with its
+    NodesManager (one dict), its seeds from copies of them.
+    """
+    assert config.url is not None
+    is_async = issubclass(cluster, redis.asyncio.RedisCluster)
+    node_class = redis.asyncio.cluster.ClusterNode if is_async else redis.cluster.ClusterNode
+    start = config.cluster_seeds()
+    start += [seed for seed in seeds if seed not in start]
+    others = [node_class(host, port) for host, port in start[1:]]  # the URL's node is the URL's
+    parser = _fail_fast_parser(is_async, int(options.get("protocol") or 2))
+    if not is_async:
+        pool = _node_pool(parser, patient)
+        sync: Any = _SyncCluster.from_url(
+            config.url, startup_nodes=others, connection_pool_class=pool, **options
+        )
+        sync.health = health
+        return sync
+    client: Any = _AsyncCluster.from_url(config.url, startup_nodes=others, **options)
+    client.health = health
+    shared = client.connection_kwargs
+    shared["parser_class"] = parser
+    shared["connection_class"] = bounded_open(
+        shared.get("connection_class", redis.asyncio.Connection), patient
+    )
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_kwargs["parser_class"] = parser
+        node.connection_class = shared["connection_class"]
+    return client
+
+
+def _node_pool(parser: type, patient: Callable[[], bool]) -> type:
+    """A sync cluster client's pool class for its nodes: their connections (of the class
+    redis-py chose) open under the connect bound and parse replies with ``parser``."""
+    bounded: dict[type, type] = {}  # made once per connection class, not once per node
+
+    class NodePool(redis.ConnectionPool):
+        def __init__(self, connection_class: type = redis.Connection, **kwargs: Any) -> None:
+            if connection_class not in bounded:
+                bounded[connection_class] = bounded_open(connection_class, patient)
+            kwargs["parser_class"] = parser
+            super().__init__(connection_class=bounded[connection_class], **kwargs)
+
+    return NodePool
+
+
+def learned_nodes(clients: Iterable[Any]) -> list[tuple[str, int]]:
+    """The (host, port) of every node the cluster ``clients`` know of (their topology)."""
+    found: list[tuple[str, int]] = []
+    for client in clients:
+        manager = getattr(client, "nodes_manager", None)
+        if manager is None:
+            continue
+        for _ in range(3):  # another thread may refresh the topology meanwhile: read it again
+            try:
+                nodes = list(manager.nodes_cache.values())
+            except RuntimeError:
+                continue
+            break
+        else:
+            nodes = []
+        found += [(n.host, n.port) for n in nodes if (n.host, n.port) not in found]
+    return found
 
 
 class WaitTimedPool(redis.ConnectionPool):

@@ -1,4 +1,4 @@
-"""gcache on a real Redis Cluster: three primaries on loopback, built with ``redis-cli --cluster``.
+"""gcache on a real Redis Cluster: three primaries and their replicas on loopback (:mod:`tests._cluster`).
 
 The hash tag keeps an entity's entries and its fence in one slot, so every script runs on one
 node; flushall has to visit every primary. The nodes share one set of credentials: gcache logs
@@ -7,10 +7,7 @@ in to every node with its URL's, as the application user; the harness as the adm
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -22,49 +19,35 @@ from redis.crc import key_slot
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache import _envelope as envelope
-from gcache._embedded_redis import Credentials, EmbeddedRedis, find_redis_server
+from gcache._embedded_redis import EmbeddedRedis
+from tests._cluster import Cluster, cluster
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 
 
-def _redis_cli() -> str:
-    found = shutil.which("redis-cli")
-    if found:
-        return found
-    bundled = find_redis_server().replace("redis-server", "redis-cli")
-    if shutil.which(bundled):
-        return bundled
-    raise FileNotFoundError("no redis-cli to create the cluster with")
+@pytest.fixture(scope="module")
+def the_cluster() -> Iterator[Cluster]:
+    """Three primaries, each with a replica (:mod:`tests._cluster`)."""
+    with cluster() as c:
+        yield c
+        assert c.acl_denials() == [], "a node refused gcache's user a command gcache needs"
 
 
 @pytest.fixture(scope="module")
-def cluster_nodes() -> Iterator[list[EmbeddedRedis]]:
-    credentials = Credentials()
-    nodes = [
-        EmbeddedRedis(None, "--cluster-node-timeout", "2000", cluster=True, credentials=credentials)
-        for _ in range(3)
-    ]
-    try:
-        for node in nodes:
-            node.start()
-        subprocess.run(
-            [_redis_cli(), "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-            env={**os.environ, "REDISCLI_AUTH": credentials.admin_password},  # not on its command line
-        )  # fmt: skip
-        client = redis.Redis.from_url(nodes[0].admin_url)
-        deadline = time.monotonic() + 20
-        while client.cluster("info")["cluster_state"] != "ok":
-            assert time.monotonic() < deadline, "cluster did not reach state ok"
-            time.sleep(0.05)
-        client.close()
-        yield nodes
-        denied = [line for node in nodes for line in node.acl_denials()]
-        assert denied == [], "a node refused gcache's user a command gcache needs"
-    finally:
-        for node in nodes:
-            node.stop()
+def primaries_only() -> Iterator[Cluster]:
+    """Three primaries without replicas, for counting each node's reads (a replica's REPLCONF ACK
+    every second is a read of its primary)."""
+    with cluster(replicas=0) as c:
+        yield c
+        for admin in _counting.values():
+            admin.close()
+        _counting.clear()
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes(the_cluster: Cluster) -> list[EmbeddedRedis]:
+    """The primaries."""
+    return the_cluster.primaries()
 
 
 @pytest.fixture(scope="module")
@@ -254,25 +237,31 @@ def _batch(
 
 
 def _reads_processed(nodes: list[EmbeddedRedis]) -> list[int]:
-    """Each node's count of reads from its clients' sockets (INFO stats), its admin's INFO included."""
+    """Each node's count of reads from its clients' sockets (INFO stats), its admin's INFO
+    included: one read each, on a connection opened once (a new one's handshake is read in a
+    varying number of reads, as the kernel coalesces its commands)."""
     counts = []
     for node in nodes:
-        with redis.Redis.from_url(node.admin_url) as admin:
-            counts.append(int(admin.info("stats")["total_reads_processed"]))
+        admin = _counting.get(node.port)
+        if admin is None:
+            admin = _counting[node.port] = redis.Redis.from_url(node.admin_url)
+        counts.append(int(admin.info("stats")["total_reads_processed"]))
     return counts
+
+
+_counting: dict[int, redis.Redis] = {}  # each node's counting connection (the module's cluster's)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
 async def test_a_batch_reads_every_node_in_one_round_trip_each_and_invalidates_one_id_on_a_cluster(
-    cluster_url: str,
-    cluster_client: redis.RedisCluster,
-    cluster_nodes: list[EmbeddedRedis],
-    tracked: bool,
-    mode: str,
+    primaries_only: Cluster, tracked: bool, mode: str
 ) -> None:
+    nodes = primaries_only.nodes
+    cluster_client = redis.RedisCluster.from_url(nodes[0].admin_url)
+    cluster_client.flushall()
     asked: list[list[int]] = []
-    async with _cache(cluster_url) as cache:
+    async with _cache(nodes[0].url) as cache:
 
         def load(ids: list[int]) -> dict[int, int]:
             asked.append(list(ids))
@@ -287,10 +276,10 @@ async def test_a_batch_reads_every_node_in_one_round_trip_each_and_invalidates_o
             assert await call(list(reversed(ids))) == dict(reversed(expected.items()))  # from Redis
             trips = []
             for _ in range(2):  # the first may still open a connection to a node
-                idle = _reads_processed(cluster_nodes)
-                before = _reads_processed(cluster_nodes)  # what counting costs: the admin's connection
+                idle = _reads_processed(nodes)
+                before = _reads_processed(nodes)  # what counting costs: the admin's connection
                 assert await call(ids) == expected
-                after = _reads_processed(cluster_nodes)
+                after = _reads_processed(nodes)
                 trips.append([c - b - (b - a) for a, b, c in zip(idle, before, after, strict=True)])
             if tracked:
                 await cache.ainvalidate("user_id", 7)
@@ -300,8 +289,9 @@ async def test_a_batch_reads_every_node_in_one_round_trip_each_and_invalidates_o
 
     assert asked == [ids, [13], [13], [13], [7, 13]]  # then from Redis; then 7 alone (13 has none)
     slots = {key_slot(f"{{urn:gcache:user_id:{i}}}#Many".encode()) for i in ids}
-    nodes = {cluster_client.nodes_manager.get_node_from_slot(slot).name for slot in slots}
-    assert len(nodes) == 3  # the batch really spans the cluster's nodes
+    names = {cluster_client.nodes_manager.get_node_from_slot(slot).name for slot in slots}
+    cluster_client.close()
+    assert len(names) == 3  # the batch really spans the cluster's nodes
     # One write per node for its ~10 reads (key by key: one read event each), beside the counting's.
     assert trips[-1] == [1, 1, 1]
 

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig
 from gcache._embedded_redis import Credentials, EmbeddedRedis, free_port
+from tests._cluster import redis_cli as _redis_cli
 from tests.conftest import sample, wait_until
-from tests.remote.test_cluster import _redis_cli
 from tests.remote.test_tls import _certificates
 from tests.test_gcache import call, twin
 
