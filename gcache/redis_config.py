@@ -17,7 +17,7 @@ import redis.connection
 
 from gcache.errors import ConfigError
 
-__all__ = ["RedisConfig", "mask_url", "url_db"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "RedisConfig", "mask_url", "url_db"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _SENTINEL_HINT = dict.fromkeys(
@@ -40,8 +40,12 @@ _OWNED_OPTIONS = {
 
 _PART_DEFAULTS: dict[str, Any] = {"host": "localhost", "port": 6379}
 
+# How long opening a connection may take, unless redis_py_options say otherwise (and a factory's
+# client that names no bound: see remote.clients).
+DEFAULT_CONNECT_TIMEOUT = 1.0
+
 _DEFAULT_REDIS_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 1.0,
+    "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "socket_timeout": 1.0,
 }
 

@@ -229,12 +229,14 @@ async def test_a_factory_client_gets_the_read_deadline_as_an_asyncio_timeout(
             for uid in ("1", "2"):
                 started = time.monotonic()
                 assert await get(uid) == f"user-{uid}"
-                assert 0.09 < time.monotonic() - started < 2.0  # the 0.1 s deadline, not the client's 30 s
+                assert 0.09 < time.monotonic() - started < 2.0  # the 0.1 s deadline (+ 1 s to open), not 30 s
         timeouts = sample(registry, "gcache_error_counter_total", use_case="Factory", layer="REMOTE")
         assert timeouts == 2
         await cache.aclose()
     (told,) = [r for r in caplog.records if "remote read failed" in r.getMessage()]
-    assert "(REMOTE): TimeoutError: no reply within 0.1 s; served uncached" in told.getMessage()
+    assert (
+        "(REMOTE): TimeoutError: no reply within 1.1 s; served uncached" in told.getMessage()
+    )  # the first: it opened
     assert told.exc_info is None  # a traceback only at DEBUG
 
 

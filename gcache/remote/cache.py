@@ -30,7 +30,16 @@ from gcache.config import RedisConfig
 from gcache.errors import RemoteError, ReplicasNotConfirmed
 from gcache.original_wire import WATERMARK_TTL_SECONDS
 from gcache.remote import sentinel
-from gcache.remote.clients import ADMIN, READ, WRITE, Connection, Connections, cluster_client, no_retry
+from gcache.remote.clients import (
+    ADMIN,
+    READ,
+    WRITE,
+    Connection,
+    Connections,
+    cluster_client,
+    no_retry,
+    not_opened,
+)
 from gcache.remote.protocol import (
     TrackedRead,
     abatch_pipelined,
@@ -63,7 +72,7 @@ if sys.version_info >= (3, 11):
             async with asyncio.timeout(seconds):
                 return await awaitable
         except TimeoutError as exc:  # asyncio's has no message: the log line would end in "TimeoutError: "
-            raise TimeoutError(f"no reply within {seconds} s") from exc
+            raise TimeoutError(f"no reply within {seconds:g} s") from exc
 
 else:  # pragma: no cover - Python 3.10
 
@@ -71,7 +80,7 @@ else:  # pragma: no cover - Python 3.10
         try:
             return await asyncio.wait_for(awaitable, seconds)
         except asyncio.TimeoutError as exc:
-            raise asyncio.TimeoutError(f"no reply within {seconds} s") from exc
+            raise asyncio.TimeoutError(f"no reply within {seconds:g} s") from exc
 
 
 def _parse_with_ttl(reply: list[Any]) -> tuple[bytes | None, int]:
@@ -175,13 +184,6 @@ class RemoteCache(Connections):
         # (shared by the kinds), and a cluster client, whose retries, redirections and topology
         # refreshes no socket timeout bounds.
         self._whole_bound = client_factory is not None or (redis_config is not None and redis_config.cluster)
-        # A cluster client opens its nodes' connections inside an operation: while Redis is not
-        # failing, its bound also allows for one opening (socket_connect_timeout), as a single
-        # server's connections open under that bound (see clients.bounded_open); once an
-        # operation failed, the deadline alone. Each read still has the deadline as its timeout.
-        self._opening_allowance = 0.0
-        if client_factory is None and redis_config is not None and redis_config.cluster:
-            self._opening_allowance = float(redis_config.client_options().get("socket_connect_timeout") or 0)
         cluster = redis_config is not None and redis_config.cluster
         if cluster:  # a breaker per node; the GCache's own never skips the whole cluster
             self.node_breakers = NodeBreakers(
@@ -211,15 +213,19 @@ class RemoteCache(Connections):
     async def _arun(self, operation: str, kind: int, command: Callable[[Connection], Awaitable[T]]) -> T:
         breaker = self.breaker
         asked = breaker.answers
+        conn: Connection | None = None
         try:
+            conn = self._async_connection(kind)
             deadline = self._deadlines[kind]
             if self._whole_bound and deadline is not None:
-                if self._opening_allowance and self.opening_patient():
-                    deadline += self._opening_allowance
-                result = await _within(deadline, command(self._async_connection(kind)))
+                if conn.opening and self.opening_patient() and conn.may_open():
+                    deadline += conn.opening  # see Connection.opening
+                result = await _within(deadline, command(conn))
             else:
-                result = await command(self._async_connection(kind))
+                result = await command(conn)
         except _REDIS_ERRORS as exc:
+            if conn is not None and conn.opening and isinstance(exc, redis.TimeoutError):
+                exc = not_opened(conn, exc)
             raise self._failed(operation, exc, asked) from exc
         breaker.answers += 1
         if breaker.failures:  # a success only matters after failures

@@ -19,7 +19,9 @@ slow to open, and a connection that does not open within its bound fails as a
 :class:`ConnectTimeout` (an outage to the breaker, not retried), not as a lookup's
 ``TimeoutError`` (:func:`bounded_open`). Only while Redis is not failing: once the breaker counts a failure, a
 connection opens under the operation's deadline again, so a server that accepts connections and
-never answers costs its callers the lookup deadline, not the connect bound each.
+never answers costs its callers the lookup deadline, not the connect bound each. A factory's
+client opens its connections as it was built to; the asyncio timeout gcache puts around each of
+its operations allows for that opening the same way (:attr:`Connection.opening`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from gcache._log import summary
 from gcache._loop_thread import LoopThread
 from gcache.breaker import NodeBreakers, ShardDown
 from gcache.config import RedisConfig
+from gcache.redis_config import DEFAULT_CONNECT_TIMEOUT
 from gcache.remote import protocol, scripts, sentinel
 from gcache.remote.batching import ReadQueue
 
@@ -88,6 +91,30 @@ class ConnectTimeout(redis.TimeoutError):
 def _not_opened(connection: Any, exc: BaseException) -> ConnectTimeout:
     bound = connection.socket_connect_timeout
     return ConnectTimeout(f"no connection opened within {bound} s (socket_connect_timeout): {summary(exc)}")
+
+
+def not_opened(conn: Connection, exc: redis.TimeoutError) -> redis.TimeoutError:
+    """A factory client's connection that did not open within its own ``socket_connect_timeout``
+    (redis-py's "Timeout connecting to server"): a :class:`ConnectTimeout`, as gcache's own
+    clients' are; any other timeout as it is."""
+    if str(exc) != "Timeout connecting to server":
+        return exc
+    timeout = ConnectTimeout(
+        f"no connection opened within {conn.opening} s (socket_connect_timeout): {summary(exc)}"
+    )
+    timeout.__cause__ = exc
+    return timeout
+
+
+def _connect_bound(kwargs: dict[str, Any]) -> float:
+    """The bound a factory client's new connections open under, as the client was given it; when
+    it was given none, RedisConfig's default, not redis-py's (5 s in redis-py 8, none before 6)."""
+    bound = kwargs.get("socket_connect_timeout")
+    return float(bound) if isinstance(bound, (int, float)) and bound > 0 else DEFAULT_CONNECT_TIMEOUT
+
+
+def _always() -> bool:
+    return True
 
 
 def _deadline_back(connection: Any, term: float | None) -> None:
@@ -188,6 +215,8 @@ class Connection:
         "get",
         "invalidate",
         "invalidate_original",
+        "may_open",
+        "opening",
         "ping",
         "pool",
         "read_original",
@@ -223,6 +252,34 @@ class Connection:
         self.write_original = client.register_script(scripts.WRITE_ORIGINAL)
         self.invalidate_original = client.register_script(scripts.INVALIDATE_ORIGINAL)
         self.reads: ReadQueue | None = None  # an asyncio single-server client's (see queue_reads)
+        # What an operation under an asyncio timeout of its deadline as a whole (a factory's client,
+        # a cluster client: RemoteCache._arun) also allows while Redis is not failing, when
+        # ``may_open()`` says it may open a connection: its bound. So the first lookups of a
+        # process are not timeouts because a connection was slow to open, as a single server's
+        # own connections open under that bound (bounded_open); once an operation failed, the
+        # deadline alone. 0: no allowance (a single server's own clients' sockets bound reads).
+        self.opening = 0.0
+        self.may_open: Callable[[], bool] = _always
+
+    def allow_opening(self, bound: float) -> Connection:
+        """A cluster client: its nodes' connections open inside any operation (see ``opening``)."""
+        self.opening = bound
+        return self
+
+    def allow_factory_opening(self) -> Connection:
+        """A factory's client: under its own connect bound (see ``opening``); a single server's
+        while its pool has no idle connection, a cluster's on every operation."""
+        client = self.client
+        pool = self.pool
+        if pool is not None:
+            kwargs = getattr(pool, "connection_kwargs", {})
+            self.opening = _connect_bound(kwargs)
+            if isinstance(getattr(pool, "_available_connections", None), list):  # redis-py's pools
+                self.may_open = lambda: not pool._available_connections
+        else:
+            kwargs = getattr(client, "connection_kwargs", {})
+            self.opening = _connect_bound(kwargs)
+        return self
 
     def queue_reads(self) -> Connection:
         """Auto-pipeline this asyncio client's GETs and tracked reads (see :class:`ReadQueue`)."""
@@ -331,9 +388,9 @@ class Connections:
         conn = conns[kind]
         if conn is None:
             if self._factory is not None:  # one client per loop, shared by every kind
-                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = Connection(
-                    self._factory(), self._read_limit
-                ).queue_reads()
+                conn = conns[READ] = conns[WRITE] = conns[ADMIN] = (
+                    Connection(self._factory(), self._read_limit).queue_reads().allow_factory_opening()
+                )
             else:
                 assert self._config is not None
                 conn = conns[kind] = Connection(
@@ -351,6 +408,9 @@ class Connections:
                     ),
                     self._read_limit,
                 ).queue_reads()
+                if self._config.cluster:
+                    bound = self._config.client_options().get("socket_connect_timeout")
+                    conn.allow_opening(float(bound or 0))
         return conn
 
     def _sync_connection(self, kind: int) -> Connection:

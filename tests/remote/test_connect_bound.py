@@ -23,9 +23,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+import redis.asyncio
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
+from gcache._embedded_redis import HangingListener
 from gcache.remote.clients import READ
 from tests.conftest import sample
 
@@ -123,13 +127,21 @@ class Setup:
     make_cache: Callable[..., GCache]
     cache: GCache | None = None  # the last one served()
 
-    async def served(self, is_async: bool, calls: int, **redis_py_options: float) -> list[str]:
-        """Call a fresh cache's function ``calls`` times for one id; the ids it ran for."""
+    async def served(
+        self, is_async: bool, calls: int, factory: Callable[[], Any] | None = None, **redis_py_options: float
+    ) -> list[str]:
+        """Call a fresh cache's function ``calls`` times for one id; the ids it ran for. With a
+        ``factory``, through the client it returns (``redis_client_factory``)."""
         self.caplog.set_level(logging.WARNING, logger="gcache")
-        redis_config = RedisConfig(url=self.url)  # its defaults: a 1 s connect bound
-        if redis_py_options:
-            redis_config = RedisConfig(url=self.url, redis_py_options=redis_py_options)
-        cache = self.cache = self.make_cache(redis_config=redis_config, start_bus=False)
+        if factory is not None:
+            cache = self.cache = self.make_cache(
+                redis_config=None, redis_client_factory=factory, start_bus=False
+            )
+        else:
+            redis_config = RedisConfig(url=self.url)  # its defaults: a 1 s connect bound
+            if redis_py_options:
+                redis_config = RedisConfig(url=self.url, redis_py_options=redis_py_options)
+            cache = self.cache = self.make_cache(redis_config=redis_config, start_bus=False)
         runs: list[str] = []
         get = function(cache, is_async, runs)
         with cache.enable():
@@ -198,3 +210,79 @@ async def test_an_opened_connection_reads_under_the_lookup_deadline_again(setup:
     parser = connection._parser
     stored = getattr(parser, "_socket_timeout", None) or parser._buffer.socket_timeout
     assert stored == 0.05  # restored after a read with a timeout of its own (redis-py's can_read)
+
+
+# A redis_client_factory's client: gcache bounds each of its operations by an asyncio timeout of
+# the deadline as a whole, which would also cover opening its connections. While Redis is not
+# failing and its pool has no idle connection, that timeout allows the client's own connect bound.
+
+
+async def test_a_factory_clients_slow_opening_is_no_lookup_timeout(
+    setup: Setup, redis_client: redis.Redis, is_async: bool
+) -> None:
+    runs = await setup.served(is_async, 3, factory=lambda: redis.asyncio.Redis.from_url(setup.url))
+    assert runs == ["1"]  # a miss, then REMOTE hits
+    assert setup.proxy.opened >= 1
+    assert redis_client.exists("{urn:gcache:user_id:1}#SlowOpen")
+    assert setup.errors("TimeoutError") == 0
+    assert setup.errors("ConnectTimeout") == 0
+    assert sample(setup.registry, "gcache_request_counter_total", use_case="SlowOpen", layer="REMOTE") == 3
+    assert sample(setup.registry, "gcache_miss_counter_total", use_case="SlowOpen", layer="REMOTE") == 1
+    assert not [r for r in setup.caplog.records if "failed" in r.getMessage()], setup.caplog.text
+
+
+async def test_a_factory_clients_opening_allowance_is_its_own_connect_bound(setup: Setup) -> None:
+    await setup.served(
+        False, 2, factory=lambda: redis.asyncio.Redis.from_url(setup.url, socket_connect_timeout=2.5)
+    )
+    assert setup.cache is not None
+    assert setup.cache._remote is not None
+    (conns,) = setup.cache._remote._by_loop.values()
+    conn = conns[READ]
+    assert conn is not None
+    assert conn.opening == 2.5
+    assert not conn.may_open()  # a connection is pooled: the next operation has the deadline alone
+
+
+async def hanging_factory_errors(setup: Setup, is_async: bool, **client_options: Any) -> list[str]:
+    """Two calls through a factory client to a server that accepts and never answers: the
+    messages of the timeouts their lookups failed with."""
+    with HangingListener() as listener:
+        factory = lambda: redis.asyncio.Redis(host="127.0.0.1", port=listener.port, **client_options)  # noqa: E731
+        runs = await setup.served(is_async, 2, factory=factory)
+    assert runs == ["1", "1"]  # served uncached, never failed
+    return [r.getMessage() for r in setup.caplog.records if "remote read failed" in r.getMessage()]
+
+
+async def test_a_factory_clients_allowance_ends_with_the_first_failure(setup: Setup, is_async: bool) -> None:
+    """The first lookup may take the opening's bound; once it failed, the next gives up at the
+    lookup deadline, though its connection must open too."""
+    setup.caplog.set_level(logging.WARNING, logger="gcache")
+    await hanging_factory_errors(setup, is_async, socket_connect_timeout=0.2, socket_timeout=5)
+    assert setup.errors("TimeoutError") == 2
+    told = [r.getMessage() for r in setup.caplog.records if "no reply within" in r.getMessage()]
+    assert told
+    assert "no reply within 0.25 s" in told[0]
+    assert setup.cache is not None
+    assert setup.cache._remote is not None
+    assert not setup.cache._remote.opening_patient()  # so the second had 0.05 s alone
+
+
+async def test_a_factory_connection_not_opened_within_its_bound_is_a_connect_timeout(
+    setup: Setup, is_async: bool
+) -> None:
+    """TLS to a server that never answers: redis-py gives up at the client's own connect bound,
+    counted as the ConnectTimeout it is, as gcache's own clients' openings are."""
+    told = await hanging_factory_errors(
+        setup,
+        is_async,
+        socket_connect_timeout=0.1,
+        socket_timeout=5,
+        ssl=True,
+        ssl_cert_reqs="none",
+        retry=Retry(NoBackoff(), 0),  # redis-py's own retries would open again, past the allowance
+    )
+    assert setup.errors("ConnectTimeout") == 1
+    assert setup.errors("TimeoutError") == 1  # the second: the deadline alone, once Redis failed
+    assert told
+    assert "ConnectTimeout: no connection opened within 0.1 s (socket_connect_timeout)" in told[0]
