@@ -359,7 +359,7 @@ async def test_waiting_invalidations_are_replayed_in_a_pipeline_per_node_on_a_cl
         after = _reads_processed(nodes)
         applied = registry.get_sample_value("gcache_invalidation_replay_counter_total", {"result": "applied"})
     trips = [c - b - (b - a) for a, b, c in zip(idle, before, after, strict=True)]
-    pipe = admin.pipeline(transaction=False)
+    pipe = admin.pipeline(transaction=False)  # type: ignore[no-untyped-call]
     for id in ids:
         pipe.hget(f"{{urn:gcache:user_id:{id}}}#watermark", "w")
     watermarks = [int(w or 0) for w in pipe.execute()]
