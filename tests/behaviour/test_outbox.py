@@ -42,6 +42,7 @@ REPLAYS = "gcache_invalidation_replay_counter_total"
 DROPPED = "gcache_invalidation_outbox_dropped_counter_total"
 DISABLED = "gcache_disabled_counter_total"
 MISS_REASONS = "gcache_miss_reason_counter_total"
+BUS = "gcache_bus_message_counter_total"
 REPLAYED_WITHIN = 10.0  # seconds for the outbox to drain once Redis answers (backoff at most 2 s)
 USE_CASE = "Outbox"
 FAST_FAILING = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}  # an invalidation's bounds
@@ -472,15 +473,21 @@ def reads_processed(client: redis.Redis) -> int:
 async def test_many_waiting_invalidations_are_replayed_a_pipeline_per_chunk_and_none_is_served_stale(
     refusing: Callable[..., Refusing], make_cache: Callable[..., GCache], mode: str
 ) -> None:
-    """2,000 entities cached, then invalidated while Redis refuses invalidations (reads work, the
-    old entries stay): once it takes them again, 4 pipelines of 500 apply them all (the writes
-    gcache sent, and the server's reads of its sockets, not 2,000 of each), every watermark above
-    its entry, and neither this process nor another serves an old entry."""
+    """2,000 entities cached, here and in another process's LOCAL, then invalidated while Redis
+    refuses invalidations (reads work, the old entries stay): once it takes them again, 4
+    pipelines of 500 apply them all (the writes gcache sent, and the server's reads of its
+    sockets, not 2,000 of each), every watermark above its entry, each item's bus message
+    published, and neither process serves an old entry."""
     r = refusing(invalidation_outbox_raises=False)
     ids = [str(n) for n in range(MANY)]
     call, asked = batch_fn(r.cache, mode)
-    with r.cache.enable():
+    other_registry = CollectorRegistry()
+    other = make_cache(metrics_registry=other_registry)
+    other_call, other_asked = batch_fn(other, mode)
+    with r.cache.enable(), other.enable():
         assert await call(ids) == {id: (id, 1) for id in ids}
+        assert await other_call(ids) == {id: (id, 1) for id in ids}  # REMOTE's, now in its LOCAL
+    assert other_asked == []
     before = watermarks(r.redis, ids)
     for id in ids:
         await invalidate(r.cache, mode, "user_id", id)
@@ -501,14 +508,16 @@ async def test_many_waiting_invalidations_are_replayed_a_pipeline_per_chunk_and_
     assert reads < MANY / 20  # a pipeline of 500 is read in a few reads; one by one: 2,000
     assert r.metric(REPLAYS, result="applied") == MANY
     assert r.metric(REPLAYS, result="failed") == failed
+    assert r.metric(BUS, key_type="user_id", direction="published", kind="invalidate") == MANY
     assert not r.cache._local.epochs.held
     after = watermarks(r.redis, ids)
-    old = envelope.decode(stored(r.redis, value_key(USE_CASE, "7"))).stamp_us
+    old = max(envelope.decode(stored(r.redis, value_key(USE_CASE, id))).stamp_us for id in ids)
     assert all(a > b for a, b in zip(after, before, strict=True))
     assert min(after) >= old
-    other_registry = CollectorRegistry()
-    other = make_cache(metrics_registry=other_registry)
-    other_call, other_asked = batch_fn(other, mode)
+    start = time.monotonic()
+    while sample(other_registry, BUS, key_type="user_id", direction="received", kind="invalidate") < MANY:
+        assert time.monotonic() - start < REPLAYED_WITHIN, "the bus messages did not all arrive"
+        await asyncio.sleep(0.02)
     with other.enable():
         assert await other_call(ids) == {id: (id, 1) for id in ids}  # its own run for every id
     assert other_asked == [sorted(ids)]
