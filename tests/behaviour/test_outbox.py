@@ -5,6 +5,8 @@ Real Redis throughout: a private ``EmbeddedRedis`` killed (SIGKILL) or paused (S
 brought back on the same port, or the suite's server with the invalidation itself made to fail
 (the instance's ``invalidate``/``ainvalidate`` raising ``RemoteError`` while reads and writes
 still work: the case where serving REMOTE's old entries would be possible). Sync and async.
+Many waiting are replayed a pipeline per chunk: the round trips are counted (gcache's writes,
+the server's socket reads and command statistics).
 """
 
 from __future__ import annotations
@@ -469,20 +471,22 @@ def reads_processed(client: redis.Redis) -> int:
     return int(client.info("stats")["total_reads_processed"])
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @MODES
 async def test_many_waiting_invalidations_are_replayed_a_pipeline_per_chunk_and_none_is_served_stale(
-    refusing: Callable[..., Refusing], make_cache: Callable[..., GCache], mode: str
+    refusing: Callable[..., Refusing], make_cache: Callable[..., GCache], mode: str, signed: bool
 ) -> None:
     """2,000 entities cached, here and in another process's LOCAL, then invalidated while Redis
     refuses invalidations (reads work, the old entries stay): once it takes them again, 4
     pipelines of 500 apply them all (the writes gcache sent, and the server's reads of its
     sockets, not 2,000 of each), every watermark above its entry, each item's bus message
-    published, and neither process serves an old entry."""
-    r = refusing(invalidation_outbox_raises=False)
+    published (signed with signing keys: each accepted), and neither process serves an old entry."""
+    keys: dict[str, Any] = {"signing_keys": ["outbox-signing-key-0123456789"]} if signed else {}
+    r = refusing(invalidation_outbox_raises=False, **keys)
     ids = [str(n) for n in range(MANY)]
     call, asked = batch_fn(r.cache, mode)
     other_registry = CollectorRegistry()
-    other = make_cache(metrics_registry=other_registry)
+    other = make_cache(metrics_registry=other_registry, **keys)
     other_call, other_asked = batch_fn(other, mode)
     with r.cache.enable(), other.enable():
         assert await call(ids) == {id: (id, 1) for id in ids}
@@ -518,6 +522,8 @@ async def test_many_waiting_invalidations_are_replayed_a_pipeline_per_chunk_and_
     while sample(other_registry, BUS, key_type="user_id", direction="received", kind="invalidate") < MANY:
         assert time.monotonic() - start < REPLAYED_WITHIN, "the bus messages did not all arrive"
         await asyncio.sleep(0.02)
+    samples = [s for m in other_registry.collect() for s in m.samples if s.value]
+    assert [s for s in samples if s.labels.get("direction") == "dropped"] == []  # none refused
     with other.enable():
         assert await other_call(ids) == {id: (id, 1) for id in ids}  # its own run for every id
     assert other_asked == [sorted(ids)]
