@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -427,20 +427,25 @@ class Management:
         self._management_failed(exc, key_type, fate)
         return raises
 
-    async def _replay(self, item: Pending) -> str:
-        """The outbox's replay of one invalidation (on the loop thread), as ``ainvalidate`` applies
-        it; raises ``RemoteError`` when Redis did not take it."""
+    async def _replay(self, items: Sequence[Pending]) -> list[str | RemoteError]:
+        """The outbox's replay of a chunk of invalidations (on the loop thread), each as
+        ``ainvalidate`` applies it, all in one round trip (one per cluster node): ``"applied"``,
+        ``"unconfirmed"`` (the primary took it, too few replicas confirmed it), or the
+        ``RemoteError`` of one Redis did not take; raises ``RemoteError`` when Redis took none."""
         remote = self._remote
         assert remote is not None
-        result = "applied"
-        try:
-            await remote.ainvalidate(item.fence, item.buffer_ms)
-        except RemoteError as exc:
-            if not isinstance(exc.cause, ReplicasNotConfirmed):
-                raise
-            result = "unconfirmed"
-        self._invalidated_remotely(item.entity, item.key_type, item.buffer_ms)
-        return result
+        results: list[str | RemoteError] = []
+        replies = await remote.ainvalidate_many([(item.fence, item.buffer_ms) for item in items])
+        for item, reply in zip(items, replies, strict=True):
+            result = "applied"
+            if isinstance(reply, RemoteError):
+                if not isinstance(reply.cause, ReplicasNotConfirmed):
+                    results.append(reply)
+                    continue
+                result = "unconfirmed"
+            self._invalidated_remotely(item.entity, item.key_type, item.buffer_ms)
+            results.append(result)
+        return results
 
     def _invalidated_remotely(self, entity: str, key_type: str, future_buffer_ms: int) -> None:
         # A read in this process between the first LOCAL bump and the watermark's rise took the

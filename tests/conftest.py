@@ -70,6 +70,11 @@ def redis_client(redis_admin_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """What every redis-py connection (sync and asyncio) sends, one item per write: a round trip."""
+    return count_writes(monkeypatch)
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """:func:`redis_writes` under ``monkeypatch`` (one a test undoes on its own)."""
     sent: list[bytes] = []
     for connection in (redis.connection.AbstractConnection, redis.asyncio.connection.AbstractConnection):
         original = connection.send_packed_command

@@ -408,13 +408,14 @@ def test_child_replays_the_invalidations_waiting_in_its_parents_outbox(
         refused()
 
     remote.invalidate, remote.ainvalidate = refused, arefused  # type: ignore[method-assign, assignment]
+    remote.ainvalidate_many = arefused  # type: ignore[method-assign, assignment]  # the outbox's replays
     with pytest.raises(RemoteError):
         cache.invalidate("post_id", "1")
     assert sample(registry, "gcache_invalidation_outbox") == 1
 
     def child() -> dict[str, Any]:
         state: dict[str, Any] = {"depth_at_fork": sample(registry, "gcache_invalidation_outbox")}
-        del remote.invalidate, remote.ainvalidate  # this process's Redis answers
+        del remote.invalidate, remote.ainvalidate, remote.ainvalidate_many  # this process's Redis answers
         deadline = time.monotonic() + 10
         while len(cache._outbox) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -426,4 +427,4 @@ def test_child_replays_the_invalidations_waiting_in_its_parents_outbox(
     assert Child(child).result() == {"depth_at_fork": 1, "depth_after": 0, "applied": 1, "held": []}
     assert int(redis_client.hget("{urn:gcache:post_id:1}#watermark", "w") or 0) > 0  # the child's replay
     assert len(cache._outbox) == 1  # the parent's still waits: its Redis still refuses
-    del remote.invalidate, remote.ainvalidate
+    del remote.invalidate, remote.ainvalidate, remote.ainvalidate_many

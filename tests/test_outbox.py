@@ -1,17 +1,19 @@
 """The invalidation outbox's own rules, with a fake Redis (``apply``) on a real loop thread.
 
-Merging repeats (the largest buffer wins), settling only what a replay covered, the bound (the
-oldest dropped, every tracked entity held until the outbox drains), backoff while Redis fails,
-and what close and fork leave. Against a real Redis: ``tests/behaviour/test_outbox.py``.
+Merging repeats (the largest buffer wins), settling only what a replay covered, replays in
+chunks (an item Redis refused waits, the others are settled), the bound (the oldest dropped,
+every tracked entity held until the outbox drains), backoff while Redis fails, and what close
+and fork leave. Against a real Redis: ``tests/behaviour/test_outbox.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from gcache._log import ErrorLog
@@ -28,25 +30,36 @@ DROPPED = "gcache_invalidation_outbox_dropped_counter_total"
 
 
 class FakeRedis:
-    """``apply`` of an outbox: fails while ``down``, else records (fence, buffer) and answers."""
+    """``apply`` of an outbox: fails while ``down``, else records each item's (fence, buffer) and
+    answers it, or with an error each item of ``refused`` (a fence); ``chunks``: the items of each
+    call."""
 
     def __init__(self) -> None:
         self.down = True
         self.applied: list[tuple[str, int]] = []
         self.attempts = 0
         self.answer = "applied"
+        self.refused: set[str] = set()
+        self.chunks: list[list[str]] = []
 
-    async def apply(self, item: Pending) -> str:
+    async def apply(self, items: Sequence[Pending]) -> list[str | BaseException]:
         self.attempts += 1
         await asyncio.sleep(0)
         if self.down:
             raise RemoteError("invalidate", ConnectionError("refused"))
-        self.applied.append((item.fence, item.buffer_ms))
-        return self.answer
+        self.chunks.append([item.fence for item in items])
+        results: list[str | BaseException] = []
+        for item in items:
+            if item.fence in self.refused:
+                results.append(RemoteError("invalidate", redis.ResponseError("WRONGTYPE")))
+            else:
+                self.applied.append((item.fence, item.buffer_ms))
+                results.append(self.answer)
+        return results
 
 
 class Subject:
-    def __init__(self, capacity: int, failing: bool = False) -> None:
+    def __init__(self, capacity: int, failing: bool = False, chunk: int = 500) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics.get(self.registry, "")
         self.epochs = Epochs()
@@ -62,6 +75,7 @@ class Subject:
             metrics=self.metrics,
             errors=ErrorLog(logging.getLogger("gcache.test_outbox"), 0),
             backoff=(0.01, 0.05),
+            chunk=chunk,
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -129,8 +143,8 @@ def test_a_repeat_merged_while_its_replay_is_in_flight_is_replayed_again(subject
     merged: list[bool] = []
     apply = subject.redis.apply
 
-    async def apply_then_repeat(item: Pending) -> str:
-        answer = await apply(item)
+    async def apply_then_repeat(items: Sequence[Pending]) -> list[str | BaseException]:
+        answer = await apply(items)
         if not merged:  # an invalidation of the entity fails while this replay is applied
             merged.append(subject.keep(1))
         return answer
@@ -223,3 +237,76 @@ def test_a_forked_child_replays_its_parents_items_and_counts_them(subject: Subje
     subject.redis.down, subject.failing = False, False
     wait_until(lambda: len(subject.outbox) == 0, timeout=5, what="the child's replay")
     assert sorted(fence for fence, _ in subject.redis.applied) == ["{e:1}#watermark", "{e:2}#watermark"]
+
+
+def test_items_are_replayed_in_chunks_oldest_first() -> None:
+    s = Subject(100, failing=True, chunk=4)
+    try:
+        for n in range(10):
+            s.keep(n)
+        s.redis.down, s.failing = False, False
+        s.outbox.wake()
+        wait_until(lambda: len(s.outbox) == 0, timeout=5, what="the outbox drained")
+        fences = [f"{{e:{n}}}#watermark" for n in range(10)]
+        assert s.redis.chunks == [fences[0:4], fences[4:8], fences[8:10]]
+        assert s.metric(REPLAYS, result="applied") == 10
+        assert s.metric(DEPTH) == 0
+        assert not s.epochs.held
+    finally:
+        s.outbox.close()
+        s.loop.stop()
+
+
+def test_an_item_refused_in_its_chunk_waits_and_the_rest_are_settled() -> None:
+    """Redis answered the chunk but one item's script failed: that one stays waiting (held) and
+    is tried again; the others of its chunk and the chunks after it are settled in the same round."""
+    s = Subject(100, failing=True, chunk=4)
+    try:
+        for n in range(10):
+            s.keep(n)
+        s.redis.refused = {"{e:5}#watermark"}
+        s.redis.down, s.failing = False, False
+        s.outbox.wake()
+        wait_until(lambda: s.metric(REPLAYS, result="failed") >= 2, timeout=5, what="the item tried again")
+        assert len(s.outbox) == 1
+        assert s.epochs.held == {"{e:5}"}
+        assert s.metric(REPLAYS, result="applied") == 9
+        assert s.metric(DEPTH) == 1
+        assert [len(chunk) for chunk in s.redis.chunks[:3]] == [4, 4, 2]  # the first round: all of them
+        assert s.redis.chunks[3] == ["{e:5}#watermark"]  # the next: what still waits
+        s.redis.refused = set()
+        wait_until(lambda: len(s.outbox) == 0, timeout=5, what="the refused item applied")
+        assert s.metric(REPLAYS, result="applied") == 10
+        assert not s.epochs.held
+    finally:
+        s.outbox.close()
+        s.loop.stop()
+
+
+def test_a_chunk_redis_did_not_answer_ends_the_round_and_the_rest_wait() -> None:
+    s = Subject(100, failing=True, chunk=4)
+    try:
+        for n in range(10):
+            s.keep(n)
+        apply = s.redis.apply
+
+        async def down_after_the_first_chunk(items: Sequence[Pending]) -> list[str | BaseException]:
+            answers = await apply(items)
+            s.redis.down = True  # Redis fails after the first chunk's round trip
+            return answers
+
+        s.outbox._apply = down_after_the_first_chunk
+        s.redis.down, s.failing = False, False
+        s.outbox.wake()
+        # the second chunk's 4 items failed; the third was not sent
+        wait_until(lambda: s.metric(REPLAYS, result="failed") >= 4, timeout=5, what="the second chunk tried")
+        assert len(s.outbox) == 6
+        assert s.metric(REPLAYS, result="applied") == 4
+        assert s.epochs.held == {f"{{e:{n}}}" for n in range(4, 10)}
+        s.outbox._apply = apply
+        s.redis.down = False
+        wait_until(lambda: len(s.outbox) == 0, timeout=5, what="the rest applied")
+        assert [fence for fence, _ in s.redis.applied] == [f"{{e:{n}}}#watermark" for n in range(10)]
+    finally:
+        s.outbox.close()
+        s.loop.stop()

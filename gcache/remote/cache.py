@@ -63,6 +63,7 @@ T = TypeVar("T")
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 _PING = methodcaller("ping")
+_WAIT_NEEDS_ONE_SERVER = "invalidate_replicas needs a single-server client, not a cluster's"
 
 
 if sys.version_info >= (3, 11):
@@ -299,18 +300,15 @@ class RemoteCache(Connections):
         limit = self.read_limit
 
         def queue(c: Connection) -> Any:
-            pipe = c.client.pipeline(transaction=False)
+            pipe, target = _pipeline(c)
             if fences is None:
                 for key in keys:
                     pipe.get(key) if limit is None else pipe.getrange(key, 0, limit)
             else:
                 sha = c.read_tracked.sha
-                # The sync pipeline blocks its evalsha method (not EVALSHA), and without a target
-                # asks a node for each EVALSHA's keys (COMMAND GETKEYS): one round trip an id.
-                node = c.client.get_node_from_key if isinstance(c.client, redis.RedisCluster) else None
                 for key, fence in zip(keys, fences, strict=True):
-                    target = {} if node is None else {"target_nodes": node(key)}  # type: ignore[no-untyped-call]
-                    pipe.execute_command("EVALSHA", sha, 2, key, fence, *self._read_args(False), **target)
+                    args = self._read_args(False)
+                    pipe.execute_command("EVALSHA", sha, 2, key, fence, *args, **target(key))
             return pipe.execute(raise_on_error=False)
 
         return queue
@@ -381,12 +379,12 @@ class RemoteCache(Connections):
 
         def run(c: Connection) -> Any:
             if c.pool is None:
-                raise redis.RedisError("invalidate_replicas needs a single-server client, not a cluster's")
+                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
             return invalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
 
         async def arun(c: Connection) -> Any:
             if c.pool is None:
-                raise redis.RedisError("invalidate_replicas needs a single-server client, not a cluster's")
+                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
             return await ainvalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
 
         return run, arun
@@ -678,8 +676,7 @@ class RemoteCache(Connections):
         WRITE_TRACKED's EVALSHA with the arguments :meth:`_write_tracked` gives it; errors in place."""
 
         def queue(c: Connection) -> Any:
-            pipe = c.client.pipeline(transaction=False) if c.pool is not None else c.client.pipeline()
-            node = c.client.get_node_from_key if isinstance(c.client, redis.RedisCluster) else None
+            pipe, target = _pipeline(c)
             sha = c.write_tracked.sha
             for item in items:
                 if item.fence is None:
@@ -687,9 +684,7 @@ class RemoteCache(Connections):
                     continue
                 assert item.read is not None
                 args = self._write_args(item.read, item.ttl_ms, item.envelope)
-                # targeted: see _pipelined_batch
-                target = {} if node is None else {"target_nodes": node(item.key)}  # type: ignore[no-untyped-call]
-                pipe.execute_command("EVALSHA", sha, 2, item.key, item.fence, *args, **target)
+                pipe.execute_command("EVALSHA", sha, 2, item.key, item.fence, *args, **target(item.key))
             return pipe.execute(raise_on_error=False)
 
         return queue
@@ -719,6 +714,85 @@ class RemoteCache(Connections):
             return int(await self._arun("invalidate", ADMIN, self._invalidate(fence, future_buffer_ms)))
         arun = self._confirmed(fence, future_buffer_ms)[1]
         return self._check_confirmed(await self._arun("invalidate", ADMIN, arun))
+
+    async def ainvalidate_many(self, items: Sequence[tuple[str, int]]) -> list[int | RemoteError]:
+        """Many invalidations, each a (fence, buffer) as :meth:`ainvalidate` takes it, in one
+        redis-py pipeline: one round trip (a cluster's: one per node), each the script and
+        arguments :meth:`ainvalidate` runs, and with ``invalidate_replicas`` one ``WAIT`` after
+        them all. Each result in place: the watermark (us), or the ``RemoteError`` of that item
+        alone (its script failed there; the ``WAIT`` confirmed too few replicas: caused by
+        :class:`~gcache.errors.ReplicasNotConfirmed`, applied on the primary). Raises
+        ``RemoteError`` only when Redis took none (the first pipeline failed).
+
+        An item a server answered NOSCRIPT (a restart lost the script) runs alone through the
+        script, which loads it; the others answered so go in one more pipeline. Async only: the
+        invalidation outbox, its one caller, replays on gcache's loop thread.
+        """
+        results: list[int | RemoteError] = [0] * len(items)
+        todo = list(range(len(items)))
+        while todo:
+            try:
+                batch = self._invalidate_batch([items[i] for i in todo])
+                replies = await self._arun("invalidate", ADMIN, batch)
+            except RemoteError as exc:
+                if len(todo) == len(items):
+                    raise
+                for i in todo:  # those before were taken
+                    results[i] = exc
+                return results
+            unloaded = self._invalidated(todo, replies, results)
+            if not unloaded:
+                break
+            first, todo = unloaded[0], unloaded[1:]
+            try:
+                results[first] = await self.ainvalidate(*items[first])
+            except RemoteError as exc:
+                results[first] = exc
+        return results
+
+    def _invalidate_batch(self, items: Sequence[tuple[str, int]]) -> Callable[[Connection], Any]:
+        """:meth:`ainvalidate_many`'s pipeline: each item's EVALSHA, then the ``WAIT`` that confirms
+        them all (a single server's: see :meth:`_confirmed`); errors in place."""
+        calls = [self._invalidation(fence, buffer_ms) for fence, buffer_ms in items]
+        wait = self._wait
+
+        def queue(c: Connection) -> Any:
+            if wait is not None and c.pool is None:
+                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
+            pipe, target = _pipeline(c)
+            for name, keys, args in calls:
+                sha = getattr(c, name).sha
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **target(keys[0]))
+            if wait is not None:
+                pipe.execute_command("WAIT", *wait)
+            return pipe.execute(raise_on_error=False)
+
+        return queue
+
+    def _invalidated(
+        self, sent: list[int], replies: list[Any], results: list[int | RemoteError]
+    ) -> list[int]:
+        """:meth:`_invalidate_batch`'s replies for the items ``sent`` (their indices) into
+        ``results``; the indices of those answered NOSCRIPT, to send again."""
+        short: RemoteError | None = None  # every item's fate when the WAIT fell short or failed
+        if self._wait is not None:
+            replies, waited = replies[:-1], replies[-1]
+            if isinstance(waited, Exception):
+                short = RemoteError("invalidate", waited)
+            else:
+                try:
+                    self._check_confirmed((0, waited))
+                except RemoteError as exc:
+                    short = exc
+        unloaded: list[int] = []
+        for i, reply in zip(sent, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                unloaded.append(i)
+            elif isinstance(reply, Exception):
+                results[i] = RemoteError("invalidate", reply)
+            else:
+                results[i] = int(reply) if short is None else short
+        return unloaded
 
     def invalidate(self, fence: str, future_buffer_ms: int) -> int:
         if self._wait is None:
@@ -818,6 +892,22 @@ class RemoteCache(Connections):
         self.breaker.stop()
         if self.node_breakers is not None:
             self.node_breakers.reset()
+
+
+def _untargeted(key: str) -> dict[str, Any]:
+    return {}
+
+
+def _pipeline(c: Connection) -> tuple[Any, Callable[[str], dict[str, Any]]]:
+    """A pipeline without a transaction on ``c`` (a single server's, or a cluster's: one write and
+    one round trip per node, the asyncio client's nodes side by side), and the options of an
+    EVALSHA on a key: a cluster's sync pipeline blocks its evalsha method (not EVALSHA), and
+    without a target asks a node for each EVALSHA's keys (COMMAND GETKEYS): one round trip a key."""
+    pipe = c.client.pipeline(transaction=False)
+    if not isinstance(c.client, redis.RedisCluster):
+        return pipe, _untargeted
+    node = c.client.get_node_from_key
+    return pipe, lambda key: {"target_nodes": node(key)}  # type: ignore[no-untyped-call]
 
 
 # Options of a cluster node's connections that belong to the cluster client, not to a connection

@@ -21,6 +21,7 @@ from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig,
 from gcache import _envelope as envelope
 from gcache._embedded_redis import EmbeddedRedis
 from tests._cluster import Cluster, cluster
+from tests.behaviour.test_outbox import drained, fail_invalidations
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 
@@ -320,3 +321,52 @@ async def test_a_tracked_batch_on_a_cluster_node_without_the_script_reads_throug
     hits = [s.value for s in families["gcache_request_counter"].samples if s.name.endswith("_total")]
     assert sum(hits) == 2 * len(ids)  # both batches asked REMOTE for every id
     assert sum(1 for k in cluster_client.scan_iter("*#NoScript")) == len(ids)  # stored once, read back
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_waiting_invalidations_are_replayed_in_a_pipeline_per_node_on_a_cluster(
+    primaries_only: Cluster, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """600 invalidations the cluster refused (its nodes also lost the script: each answers the
+    first pipeline NOSCRIPT, then loads it through one item): two chunks, a pipeline per node
+    each, every watermark raised, in a few reads per node where one at a time takes 200 each."""
+    nodes = primaries_only.nodes
+    admin = redis.RedisCluster.from_url(nodes[0].admin_url)
+    admin.flushall()
+    registry = CollectorRegistry()
+    config = GCacheConfig(
+        redis_config=RedisConfig(url=nodes[0].url, cluster=True),
+        metrics_registry=registry,
+        invalidation_outbox_raises=False,
+    )
+    ids = [str(n) for n in range(600)]
+    async with GCache(config) as cache:
+        fail_invalidations(monkeypatch, cache)
+        for id in ids:
+            if mode == "async":
+                await cache.ainvalidate("user_id", id)
+            else:
+                cache.invalidate("user_id", id)
+        assert len(cache._outbox) == len(ids)
+        for node in nodes:
+            with redis.Redis.from_url(node.admin_url) as node_admin:
+                node_admin.script_flush()
+        monkeypatch.undo()
+        idle = _reads_processed(nodes)
+        before = _reads_processed(nodes)  # what counting costs: the admin's connection
+        cache._outbox.wake()
+        await drained(cache, registry)
+        after = _reads_processed(nodes)
+        applied = registry.get_sample_value("gcache_invalidation_replay_counter_total", {"result": "applied"})
+    trips = [c - b - (b - a) for a, b, c in zip(idle, before, after, strict=True)]
+    pipe = admin.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+    for id in ids:
+        pipe.hget(f"{{urn:gcache:user_id:{id}}}#watermark", "w")
+    watermarks = [int(w or 0) for w in pipe.execute()]
+    slots = {key_slot(f"{{urn:gcache:user_id:{id}}}#watermark".encode()) for id in ids}
+    owners = {admin.nodes_manager.get_node_from_slot(slot).name for slot in slots}
+    admin.close()
+    assert applied == len(ids)
+    assert min(watermarks) > 0
+    assert len(owners) == 3  # the replay really spans the cluster's nodes
+    assert all(0 < trip < 40 for trip in trips), trips  # one at a time: about 200 a node
