@@ -202,7 +202,10 @@ def test_bad_input_is_told_with_exit_code_2(
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     code, _, err = run(capsys, "inspect", "user_id:1")
-    assert (code, err) == (2, "gcache: no Redis: give --redis-url or set REDIS_URL\n")
+    assert (code, err) == (
+        2,
+        "gcache: no Redis: give --redis-url (or --sentinel and --service-name) or set REDIS_URL\n",
+    )
     code, _, err = run(capsys, "inspect", "nocolon", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 2
     assert "give a full key, or key_type:id" in err
