@@ -179,9 +179,13 @@ def inspect_entity(
     """Every key of ``entity`` in Redis, each value with its verdict (``client``: a sync redis-py
     client, standalone or cluster; the entity's keys share one slot). ``fail_safe_sec``: the use
     case's grace, which Redis does not know; an entry whose TTL left is within it is past its TTL."""
-    seconds, micros = client.time()
-    now_us = int(seconds) * 1_000_000 + int(micros)
     fence_key = f"{entity}#{WATERMARK_USE_CASE}"
+    # A cluster's node of the entity's slot alone: a failing other node does not fail the report.
+    at: dict[str, Any] = {}
+    if isinstance(client, redis.RedisCluster):
+        at["target_nodes"] = client.get_node_from_key(fence_key)  # type: ignore[no-untyped-call]
+    seconds, micros = client.time(**at)
+    now_us = int(seconds) * 1_000_000 + int(micros)
     nonce, watermark, history = client.hmget(fence_key, "n", "w", "r")  # what gcache's user may run
     fence = None
     if nonce is not None:
@@ -197,7 +201,7 @@ def inspect_entity(
         )
     report = EntityReport(entity, now_us, fence, *_node(client, fence_key))
     pattern = entity.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
-    for raw_key in sorted(client.scan_iter(match=pattern, count=_SCAN_BATCH)):
+    for raw_key in sorted(client.scan_iter(match=pattern, count=_SCAN_BATCH, **at)):
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else str(raw_key)
         if not key.startswith(entity) or key == fence_key:
             continue
