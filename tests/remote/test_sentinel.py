@@ -322,9 +322,12 @@ async def test_every_subcommand_works_through_the_sentinels(
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 @MODES
-async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: str) -> None:
+async def test_tls_to_the_sentinels_and_to_the_data_nodes(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every process listens for TLS too, the replica and the sentinels use it; so does gcache,
-    to the sentinels (``sentinel_tls``) and to the master they name (``tls``), the bus included."""
+    to the sentinels (``sentinel_tls``) and to the master they name (``tls``), the bus included;
+    and so do the operator's tools (``--sentinel-tls``, ``--tls``)."""
     ca, cert, key = _certificates(tmp_path, "IP:127.0.0.1")
     tls = ("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
            "--tls-auth-clients", "no")  # fmt: skip
@@ -352,6 +355,16 @@ async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: 
             assert pool.master_address == ("127.0.0.1", s.tls_ports[0])  # the TLS port, as monitored
         finally:
             await cache.aclose()
+        options = [a for port in s.tls_ports[2:] for a in ("--sentinel", f"127.0.0.1:{port}")]
+        code, out, err = run_cli(
+            capsys, "inspect", "user_id:1", *options, "--service-name", SERVICE, "--username", APP_USER,
+            "--password", s.credentials.app_password, "--sentinel-username", APP_USER,
+            "--sentinel-password", s.sentinel_credentials.app_password, "--tls", "--sentinel-tls",
+            "--tls-ca-certs", str(ca),
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.splitlines()[1] == f"  node: 127.0.0.1:{s.tls_ports[0]}"
+        assert out.splitlines()[4].split() == ["FRESH", "GetUser"]
     finally:
         s.close()
 
