@@ -277,6 +277,14 @@ async def test_health_names_the_master_of_the_connections_of_the_bus_and_of_the_
         assert "named_now" not in (await admin_health(cache, ask="0"))["sentinel"]
     finally:
         await cache.aclose()
+    wrong = {**clean.config_options(), "sentinel_password": "wrong"}  # no sentinel answers it
+    refused = make(RedisConfig(**wrong))
+    try:
+        sentinel = (await admin_health(refused))["sentinel"]
+        assert (sentinel["master"], sentinel["named_now"]) == (None, None)
+        assert sentinel["ask_error"].startswith(f"No master found for {SERVICE!r}")
+    finally:
+        await refused.aclose()
 
 
 async def test_every_subcommand_works_through_the_sentinels(
