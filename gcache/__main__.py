@@ -32,6 +32,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -105,15 +112,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", help="the cache's Redis (default: $REDIS_URL)")
     parser.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
     parser.add_argument(
-        "--tls-ca-certs", metavar="FILE", help="with rediss://: the CA bundle to check the server with"
+        "--tls-ca-certs",
+        metavar="FILE",
+        help="with rediss://, --tls or --sentinel-tls: the CA bundle to check the servers with",
     )
-    parser.add_argument("--tls-certfile", metavar="FILE", help="with rediss://: a client certificate")
-    parser.add_argument("--tls-keyfile", metavar="FILE", help="with rediss://: the client certificate's key")
+    parser.add_argument("--tls-certfile", metavar="FILE", help="with TLS: a client certificate")
+    parser.add_argument("--tls-keyfile", metavar="FILE", help="with TLS: the client certificate's key")
     parser.add_argument("--prefix", default="urn:gcache", help="the cache's urn_prefix (default: urn:gcache)")
+    sentinel = parser.add_argument_group(
+        "Redis Sentinel", "instead of --redis-url: the master the sentinels name ($REDIS_URL is then ignored)"
+    )
+    sentinel.add_argument("--sentinel", action="append", type=_address, dest="sentinels", metavar="HOST:PORT",
+                          help="a sentinel (repeat it for each)")  # fmt: skip
+    sentinel.add_argument("--service-name", metavar="NAME", help="the master the sentinels monitor")
+    sentinel.add_argument("--username", metavar="NAME", help="the data nodes' user")
+    sentinel.add_argument(
+        "--password", metavar="PW", help="the data nodes' password (default: $REDIS_PASSWORD)"
+    )
+    sentinel.add_argument("--db", type=_non_negative_int, metavar="N", help="the database (default: 0)")
+    sentinel.add_argument("--tls", action="store_true", help="TLS to the data nodes")
+    sentinel.add_argument("--sentinel-username", metavar="NAME", help="the sentinels' user")
+    sentinel.add_argument("--sentinel-password", metavar="PW",
+                          help="the sentinels' password (default: $REDIS_SENTINEL_PASSWORD)")  # fmt: skip
+    sentinel.add_argument("--sentinel-tls", action="store_true", help="TLS to the sentinels")
+    parser.set_defaults(command_parser=parser)
+
+
+_SENTINEL_ONLY = (
+    "service_name", "username", "password", "db", "tls", "sentinel_username", "sentinel_password",
+    "sentinel_tls",
+)  # fmt: skip
+
+
+def connection_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the connection options given together (None: nothing)."""
+    given = [
+        "--" + name.replace("_", "-") for name in _SENTINEL_ONLY if getattr(args, name) not in (None, False)
+    ]
+    if args.sentinels is None:
+        if given:
+            return (
+                f"{', '.join(given)}: only with --sentinel HOST:PORT (without Sentinel, the login, "
+                "database and rediss:// go in --redis-url)"
+            )
+        return None
+    if args.redis_url:
+        return (
+            "--redis-url and --sentinel: give one (the sentinels name the master; its login, database "
+            "and TLS are --username, --password, --db, --tls)"
+        )
+    if args.cluster:
+        return "--cluster and --sentinel: a Redis Cluster fails over by itself; give one of them"
+    if not args.service_name:
+        return "--sentinel needs --service-name NAME (the master the sentinels monitor)"
+    return None
 
 
 def _operator_commands(commands: Any) -> None:
@@ -210,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_top(args.url, args.interval, args.iterations, args.prefix)
     if args.command != "demo":
+        wrong = connection_error(args)
+        if wrong:
+            args.command_parser.error(wrong)
         from gcache.cli import run_command
 
         return run_command(args)

@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from gcache.errors import RemoteError
 
-__all__ = ["CircuitBreaker", "NodeBreakers", "ShardDown", "is_outage"]
+__all__ = ["CircuitBreaker", "NodeBreakers", "NodeState", "ShardDown", "is_outage"]
 
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError, EOFError, asyncio.TimeoutError)
 
@@ -167,6 +167,14 @@ class ShardDown(redis.RedisError):
         self.node = node
 
 
+class NodeState(NamedTuple):
+    """One cluster node's breaker, as :meth:`NodeBreakers.states` reads it."""
+
+    node: str  # host:port
+    open: bool
+    failures: int  # in a row, since its last answer
+
+
 class NodeBreakers:
     """A breaker per cluster node (by its ``host:port``), for ``RedisConfig(cluster=True)``: a
     failing primary takes only its own slots out of REMOTE.
@@ -198,6 +206,15 @@ class NodeBreakers:
 
     def open_nodes(self) -> list[str]:
         return sorted(self._open_until)
+
+    def states(self) -> list[NodeState]:
+        """Every node that failed since its last answer, by name (the others are closed, with no
+        failures): for the admin app, read without stopping anyone."""
+        with self._lock:
+            failures, opened = dict(self._failures), set(self._open_until)
+        return [
+            NodeState(node, node in opened, failures.get(node, 0)) for node in sorted({*failures, *opened})
+        ]
 
     def skip(self, node: str) -> bool:
         """Whether a command to ``node`` is skipped now; False for the probe, once a

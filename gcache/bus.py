@@ -206,6 +206,7 @@ class InvalidationBus:
         self.connections = 0  # subscriptions set up so far (1 + reconnects)
         self.last_error = ""  # why the latest subscription attempt failed ('' : none failed)
         self._lost_at = 0.0  # when the subscription was lost (monotonic; 0: it is not)
+        self.server = ""  # host:port of the node subscribed on last ('': none yet)
         self.resume = False  # a forked child whose parent had started the bus: start on first look
 
     def after_fork_in_child(self, origin: str) -> None:
@@ -220,7 +221,12 @@ class InvalidationBus:
         self._task = self._running = None
         self.subscribed = False
         self.connections = 0
-        self.last_error, self._lost_at = "", 0.0
+        self.last_error, self._lost_at, self.server = "", 0.0, ""
+
+    def down_sec(self) -> float:
+        """Seconds since the subscription was lost (0.0 while it is up, or before it failed)."""
+        lost = self._lost_at
+        return time.monotonic() - lost if lost else 0.0
 
     def ensure_started(self) -> None:
         """Start the subscription if it is not running; cheap and idempotent."""
@@ -289,6 +295,7 @@ class InvalidationBus:
                 if confirmation["type"] == "subscribe":
                     break
             await self._measure_clock(client)
+            self.server = _address(client)
             self.connections += 1
             self.subscribed = True
             self._on_up()
@@ -376,6 +383,17 @@ _REFUSALS = {
     "(a replay, or the publisher's clock is off)",
     "replayed": "dropped a signed message seen before (a replay)",
 }
+
+
+def _address(client: Any) -> str:
+    """The node a client of one server talks to (``host:port``, ``unix:path``; '' when it does
+    not say: a factory's client of another kind)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return ""
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs['host']}:{kwargs.get('port', 6379)}" if "host" in kwargs else ""
 
 
 async def _close(pubsub: Any, client: Any) -> None:

@@ -24,6 +24,7 @@ from gcache.errors import ConfigError, GCacheError
 from gcache.gcache import GCache
 from gcache.inspection import (
     EntityReport,
+    FenceReport,
     PrefixStats,
     inspect_entity,
     key_of,
@@ -45,16 +46,19 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
     out = out or sys.stdout
     err = err or sys.stderr
     url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        print("gcache: no Redis: give --redis-url or set REDIS_URL", file=err)
+    if not url and not args.sentinels:
+        print(
+            "gcache: no Redis: give --redis-url (or --sentinel and --service-name) or set REDIS_URL", file=err
+        )
         return 2
+    where = ""
     try:
-        config = RedisConfig(
-            url=url,
-            cluster=args.cluster,
-            ssl_ca_certs=args.tls_ca_certs,
-            ssl_certfile=args.tls_certfile,
-            ssl_keyfile=args.tls_keyfile,
+        config = _config(args, url or "")
+        where = (
+            f"service {config.service_name!r} of the sentinels "
+            + ", ".join(f"{host}:{port}" for host, port in config.sentinels)
+            if config.sentinels
+            else f"at {mask_url(url or '')}"
         )
         if args.command == "inspect":
             return _inspect(args, config, out)
@@ -69,8 +73,35 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         print(f"gcache: {exc}", file=err)
         return 2
     except (redis.RedisError, OSError, GCacheError) as exc:
-        print(f"gcache: Redis at {mask_url(url)} failed: {exc}", file=err)
+        print(f"gcache: Redis {where} failed: {exc}", file=err)
         return 1
+
+
+def _config(args: argparse.Namespace, url: str) -> RedisConfig:
+    """The RedisConfig of the connection options (checked together by ``connection_error``)."""
+    tls = {
+        "ssl_ca_certs": args.tls_ca_certs,
+        "ssl_certfile": args.tls_certfile,
+        "ssl_keyfile": args.tls_keyfile,
+    }
+    if not args.sentinels:
+        return RedisConfig(url=url, cluster=args.cluster, **tls)
+    return RedisConfig(
+        sentinels=args.sentinels,
+        service_name=args.service_name,
+        username=args.username or "",
+        password=args.password if args.password is not None else os.environ.get("REDIS_PASSWORD", ""),
+        db=args.db or 0,
+        tls=args.tls,
+        sentinel_username=args.sentinel_username or "",
+        sentinel_password=(
+            args.sentinel_password
+            if args.sentinel_password is not None
+            else os.environ.get("REDIS_SENTINEL_PASSWORD", "")
+        ),
+        sentinel_tls=args.sentinel_tls,
+        **tls,
+    )
 
 
 def _inspect(args: argparse.Namespace, config: RedisConfig, out: TextIO) -> int:
@@ -101,6 +132,8 @@ def _when(us: int, now_us: int) -> str:
 
 def _text(report: EntityReport) -> str:
     lines = [f"entity {report.entity}"]
+    slot = f" (cluster slot {report.slot}, its primary)" if report.slot is not None else ""
+    lines.append(f"  node: {report.node}{slot}")
     fence = report.fence
     if fence is None:
         lines.append("  fence: none (tracked entries of this entity are misses until a read creates one)")
@@ -109,6 +142,8 @@ def _text(report: EntityReport) -> str:
             _when(fence.watermark_us, report.server_time_us) if fence.watermark_us > 0 else "0 (never)"
         )
         lines.append(f"  fence: nonce {fence.nonce}, watermark {watermark}, TTL {fence.ttl_ms} ms")
+        made_under, node = fence.history or "(none)", fence.node_replid or "?"
+        lines.append(f"  history: fence r {made_under}, node master_replid {node}: {_history(fence)}")
     for lock in report.locks:
         lines.append(f"  lock: {lock}")
     if not report.entries:
@@ -127,6 +162,14 @@ def _text(report: EntityReport) -> str:
         if entry.decoded is not None:
             lines.append(f"      value    {entry.decoded!r}")
     return "\n".join(lines)
+
+
+def _history(fence: FenceReport) -> str:
+    if not fence.node_replid:
+        return "not compared (INFO replication refused)"
+    if fence.current:
+        return "the same (the fence is of this node's replication history)"
+    return "differ (a failover or restart since: the next read makes the fence anew)"
 
 
 def _cache(config: RedisConfig, prefix: str) -> GCache:

@@ -28,6 +28,7 @@ from gcache.errors import (
     UseCaseNameIsReservedError,
 )
 from gcache.exposition import multiprocess_enabled
+from gcache.health import health_report
 from gcache.invalidates import invalidating
 from gcache.keys import KeyBuilder
 from gcache.local import LocalLayer
@@ -371,6 +372,14 @@ class GCache(Management):
         if self._bus.resume:  # a forked child whose parent had it up: subscribe again
             self._bus.ensure_started()
         return self._bus_up.is_set()
+
+    def health(self, waiting: int = 20) -> dict[str, Any]:
+        """What this process's failover machinery is doing now, read from memory (no Redis
+        call): the breaker, each cluster node's, the bus, the outbox with its ``waiting`` oldest
+        entities, the master Sentinel last named (see :func:`gcache.health.health_report`)."""
+        bus_up = self._bus is not None and self._bus_up.is_set()
+        config = self.config.redis_config
+        return health_report(self._remote, self._bus, bus_up, self._outbox, config, waiting)
 
     async def astart(self, timeout: float = 5.0) -> bool:
         """Async twin of :meth:`start`; waits without blocking the event loop."""

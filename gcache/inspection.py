@@ -49,8 +49,10 @@ class FenceReport:
     ttl_ms: int
     # whether it is of the node's replication history: False after a failover or a restart, when
     # the next read makes it anew and refuses every entry under it (README, "Guarantees through
-    # failover")
+    # failover"); True too when the node's replication id could not be read (INFO refused)
     current: bool = True
+    history: str = ""  # the fence's ``r``: the replication id it was made under
+    node_replid: str = ""  # the node's master_replid now ('': INFO replication refused)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class EntityReport:
     entity: str
     server_time_us: int
     fence: FenceReport | None
+    node: str = ""  # host:port of the server holding the entity (a cluster: its slot's primary)
+    slot: int | None = None  # a cluster's slot of the entity
     entries: list[EntryReport] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
 
@@ -147,6 +151,22 @@ def _replid(client: Any, key: str) -> bytes:
     return str(info.get("master_replid", "")).encode()
 
 
+def _node(client: Any, key: str) -> tuple[str, int | None]:
+    """Where ``key`` lives: the server's ``host:port`` (a cluster's: the primary of the key's
+    slot, and the slot; Sentinel's: the master its pool last connected to)."""
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return f"{node.host}:{node.port}", int(client.keyslot(key))  # type: ignore[no-untyped-call]
+    pool = client.connection_pool
+    master = getattr(pool, "master_address", None)
+    if master is not None:
+        return f"{master[0]}:{master[1]}", None
+    kwargs = pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}", None
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}", None
+
+
 def inspect_entity(
     client: Any,
     entity: str,
@@ -159,22 +179,29 @@ def inspect_entity(
     """Every key of ``entity`` in Redis, each value with its verdict (``client``: a sync redis-py
     client, standalone or cluster; the entity's keys share one slot). ``fail_safe_sec``: the use
     case's grace, which Redis does not know; an entry whose TTL left is within it is past its TTL."""
-    seconds, micros = client.time()
-    now_us = int(seconds) * 1_000_000 + int(micros)
     fence_key = f"{entity}#{WATERMARK_USE_CASE}"
+    # A cluster's node of the entity's slot alone: a failing other node does not fail the report.
+    at: dict[str, Any] = {}
+    if isinstance(client, redis.RedisCluster):
+        at["target_nodes"] = client.get_node_from_key(fence_key)  # type: ignore[no-untyped-call]
+    seconds, micros = client.time(**at)
+    now_us = int(seconds) * 1_000_000 + int(micros)
     nonce, watermark, history = client.hmget(fence_key, "n", "w", "r")  # what gcache's user may run
     fence = None
     if nonce is not None:
+        replid = _replid(client, fence_key)
         fence = FenceReport(
             fence_key,
             nonce.hex(),
             int(watermark) if isinstance(watermark, bytes) and watermark.isdigit() else -1,
             int(client.pttl(fence_key)),
-            (history or b"") == _replid(client, fence_key),
+            not replid or (history or b"") == replid,
+            (history or b"").decode("utf-8", "replace"),
+            replid.decode("utf-8", "replace"),
         )
-    report = EntityReport(entity, now_us, fence)
+    report = EntityReport(entity, now_us, fence, *_node(client, fence_key))
     pattern = entity.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
-    for raw_key in sorted(client.scan_iter(match=pattern, count=_SCAN_BATCH)):
+    for raw_key in sorted(client.scan_iter(match=pattern, count=_SCAN_BATCH, **at)):
         key = raw_key.decode("utf-8", "surrogateescape") if isinstance(raw_key, bytes) else str(raw_key)
         if not key.startswith(entity) or key == fence_key:
             continue

@@ -107,6 +107,11 @@ class InvalidationOutbox:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def waiting(self, limit: int) -> list[Pending]:
+        """The ``limit`` oldest items waiting (the admin app shows them; not to be changed)."""
+        with self._lock:
+            return list(itertools.islice(self._pending.values(), max(limit, 0)))
+
     def keep(self, entity: str, fence: str, key_type: str, buffer_ms: int) -> bool:
         """Keep an invalidation Redis did not take, and hold its entity; False when there is no
         outbox (capacity 0) or it is closed. A full outbox drops its oldest item for this one."""

@@ -1,9 +1,11 @@
 """``python -m gcache top URL``: a live view of one process's (or one server's) gcache metrics.
 
 It scrapes the ``/metrics`` URL every ``interval`` seconds and shows, per use case, lookups and
-hit ratios per layer over the last interval, the miss reasons, errors, function runs, and the
-process's breaker and bus. On a terminal the screen is redrawn in place; otherwise each update is
-printed after the last (so it can be logged or tested).
+hit ratios per layer over the last interval, the miss reasons, errors, function runs, the
+process's breakers (the cluster nodes whose breaker is open, by name) and bus, and its
+invalidation outbox (entities waiting, replays and drops per second). On a terminal the screen
+is redrawn in place; otherwise each update is printed after the last (so it can be logged or
+tested).
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ def snapshot(text: str) -> Snapshot:
     return found
 
 
-def _sum(samples: Snapshot, name: str, **match: str) -> dict[str, float]:
-    """Sum of ``name``'s samples per use case, over the samples whose labels match."""
+def _sum(samples: Snapshot, name: str, by: str = "use_case", **match: str) -> dict[str, float]:
+    """Sum of ``name``'s samples per value of the label ``by`` (the use case), over the samples
+    whose labels match."""
     totals: dict[str, float] = defaultdict(float)
     for (sample, labels), value in samples.items():
         if sample != name:
             continue
         found = dict(labels)
         if all(found.get(k) == v for k, v in match.items()):
-            totals[found.get("use_case", "")] += value
+            totals[found.get(by, "")] += value
     return totals
 
 
@@ -86,8 +89,34 @@ def render(now: Snapshot, before: Snapshot, seconds: float, prefix: str = "") ->
     heard = _total(now, p + "bus_lag_seconds_count") - _total(before, p + "bus_lag_seconds_count")
     lag = _total(now, p + "bus_lag_seconds_sum") - _total(before, p + "bus_lag_seconds_sum")
     shown_lag = f"{lag / heard * 1000:.1f} ms over {heard:.0f} messages" if heard else "no messages"
-    lines.append(f"breaker open: {breaker:.0f}   bus subscriptions: {bus:.0f}   bus lag: {shown_lag}")
+    nodes = sorted(node for node, count in _sum(now, p + "breaker_node_open", by="node").items() if count > 0)
+    shown_nodes = f" (cluster nodes: {', '.join(nodes)})" if nodes else ""
+    lines.append(
+        f"breaker open: {breaker:.0f}{shown_nodes}   bus subscriptions: {bus:.0f}   bus lag: {shown_lag}"
+    )
+    if any(sample == p + "invalidation_outbox" for sample, _ in now):
+        lines.append(_outbox_line(now, before, seconds, p))
     return "\n".join(lines)
+
+
+def _outbox_line(now: Snapshot, before: Snapshot, seconds: float, p: str) -> str:
+    """The outbox's depth, then its replays and drops per second over the interval, each by
+    result or reason, when there were any (and the drops since the process started)."""
+
+    def rates(name: str, by: str) -> str:
+        current, previous = _sum(now, p + name, by=by), _sum(before, p + name, by=by)
+        changes = {k: current[k] - previous.get(k, 0.0) for k in sorted(current) if k}
+        return ", ".join(f"{(count / seconds):.1f}/s {k}" for k, count in changes.items() if count)
+
+    depth = _total(now, p + "invalidation_outbox")
+    line = f"invalidation outbox: {depth:.0f} waiting"
+    replays = rates("invalidation_replay_counter_total", "result")
+    line += f"   replays: {replays}" if replays else ""
+    dropped = rates("invalidation_outbox_dropped_counter_total", "reason")
+    ever = _total(now, p + "invalidation_outbox_dropped_counter_total")
+    if dropped or ever:
+        line += f"   dropped: {dropped or 'none now'} ({ever:.0f} since start)"
+    return line
 
 
 def run_top(

@@ -202,7 +202,10 @@ def test_bad_input_is_told_with_exit_code_2(
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     code, _, err = run(capsys, "inspect", "user_id:1")
-    assert (code, err) == (2, "gcache: no Redis: give --redis-url or set REDIS_URL\n")
+    assert (code, err) == (
+        2,
+        "gcache: no Redis: give --redis-url (or --sentinel and --service-name) or set REDIS_URL\n",
+    )
     code, _, err = run(capsys, "inspect", "nocolon", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 2
     assert "give a full key, or key_type:id" in err
@@ -405,3 +408,113 @@ def test_top_reads_the_process_s_own_registry_too(make_cache: Maker, registry: A
     out = io.StringIO()
     assert run_top(registry, interval=0.01, iterations=1, out=out) == 0
     assert "InProcess" in out.getvalue()
+
+
+# -- failover: the node, the fence's replication history, Sentinel's options (issue 20) ----------
+
+
+def test_inspect_shows_the_node_and_the_fence_s_history_against_the_node_s(
+    make_cache: Maker, redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    fill(make_cache())
+    replid = str(redis_client.info("replication")["master_replid"])
+    node = redis_url.split("@")[-1].rsplit("/", 1)[0]  # 127.0.0.1:port
+    tracked = value_key(ENTITY, (("page", "0"),), "Tracked")
+    code, out, _ = run(capsys, "inspect", "user_id:1", "--json")
+    report = json.loads(out)
+    assert (code, report["node"], report["slot"]) == (0, node, None)
+    assert (report["fence"]["history"], report["fence"]["node_replid"]) == (replid, replid)
+    assert report["fence"]["current"] is True
+    text = run(capsys, "inspect", "user_id:1")[1].splitlines()
+    assert text[1] == f"  node: {node}"
+    assert text[3] == (
+        f"  history: fence r {replid}, node master_replid {replid}: the same (the fence is of this "
+        "node's replication history)"
+    )
+
+    redis_client.hset(watermark_key(ENTITY), "r", "f" * 40)  # as inherited through a failover
+    report = json.loads(run(capsys, "inspect", "user_id:1", "--json")[1])
+    assert (report["fence"]["history"], report["fence"]["current"]) == ("f" * 40, False)
+    assert verdicts(json.dumps(report))[tracked] == "fence_mismatch"
+    text = run(capsys, "inspect", "user_id:1")[1].splitlines()
+    assert text[3] == (
+        f"  history: fence r {'f' * 40}, node master_replid {replid}: differ (a failover or restart "
+        "since: the next read makes the fence anew)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sentinel", "h:26379"], "--sentinel needs --service-name NAME"),
+        (["--sentinel", "h:26379", "--service-name", "m", "--redis-url", "redis://h:6379"],
+         "--redis-url and --sentinel: give one"),
+        (["--sentinel", "h:26379", "--service-name", "m", "--cluster"], "--cluster and --sentinel"),
+        (["--service-name", "m", "--username", "app"],
+         "--service-name, --username: only with --sentinel HOST:PORT"),
+        (["--redis-url", "redis://h:6379", "--sentinel-tls", "--db", "2"],
+         "--db, --sentinel-tls: only with --sentinel"),
+        (["--sentinel", "h"], "argument --sentinel: 'h' is not HOST:PORT with a port from 1 to 65535"),
+        (["--sentinel", "h:0"], "'h:0' is not HOST:PORT"),
+        (["--sentinel", "h:1", "--service-name", "m", "--db", "-1"], "argument --db: must be 0 or more"),
+    ],
+)  # fmt: skip
+def test_bad_sentinel_options_are_refused_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (["inspect", "user_id:1"], ["flush", "--dry-run"], ["invalidate", "user_id", "1"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, *argv])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: ")
+        assert message in err
+
+
+def test_top_shows_the_outbox_its_replays_and_drops(
+    make_cache: Maker, registry: Any, monkeypatch: pytest.MonkeyPatch, is_async: bool
+) -> None:
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from gcache.top import render, snapshot
+    from tests.behaviour.test_outbox import fail_invalidations
+
+    def outbox_line(before: Any) -> str:
+        view = render(snapshot(generate_latest(registry).decode()), before, 2.0)
+        return next(line for line in view.splitlines() if line.startswith("invalidation outbox"))
+
+    def invalidate(id: str) -> None:
+        if is_async:
+            asyncio.run(cache.ainvalidate("user_id", id))
+        else:
+            cache.invalidate("user_id", id)
+
+    def depth() -> int:
+        return int(cache.health()["outbox"]["depth"])
+
+    cache = make_cache(invalidation_outbox_size=2, invalidation_outbox_raises=False)
+    start = snapshot(generate_latest(registry).decode())
+    assert outbox_line(start) == "invalidation outbox: 0 waiting"  # nothing else while nothing happens
+    fail_invalidations(monkeypatch, cache)
+    invalidate("1")
+    invalidate("2")
+    wait_until(lambda: sample(registry, "gcache_invalidation_replay_counter_total", result="failed") > 0)
+    assert re.fullmatch(r"invalidation outbox: 2 waiting   replays: [0-9.]+/s failed", outbox_line(start))
+    invalidate("3")  # the outbox is full: the oldest dropped
+    assert re.fullmatch(
+        r"invalidation outbox: 2 waiting   replays: [0-9.]+/s failed   "
+        r"dropped: 0\.5/s full \(1 since start\)",
+        outbox_line(start),
+    )
+    failing = snapshot(generate_latest(registry).decode())
+    monkeypatch.undo()  # Redis takes them again: both replayed
+    wait_until(lambda: depth() == 0)
+    assert re.fullmatch(
+        r"invalidation outbox: 0 waiting   replays: 1\.0/s applied(, [0-9.]+/s failed)?   "
+        r"dropped: none now \(1 since start\)",
+        outbox_line(failing),
+    )

@@ -441,6 +441,21 @@ class Connections:
             ).pack_gets()
         return conn
 
+    def sentinel_master(self) -> tuple[str, int] | None:
+        """With sentinels, the master this process's connections were last told of (None: none
+        opened yet, or no sentinels): read from the pools, nothing asked."""
+        if self._config is None or self._config.sentinels is None:
+            return None
+        try:
+            loops = list(self._by_loop.values())
+        except RuntimeError:  # another thread added its loop's clients meanwhile: the sync ones
+            loops = []
+        for client in [*_clients(self._sync), *(c for conns in loops for c in _clients(conns))]:
+            address = getattr(client.connection_pool, "master_address", None)
+            if address is not None:
+                return str(address[0]), int(address[1])
+        return None
+
     def follow_master(self, address: tuple[str, int]) -> None:
         """Sentinel named another master (the bus asks): every pool leaves the old one, each
         asyncio pool on its own loop (see :mod:`~gcache.remote.sentinel`)."""

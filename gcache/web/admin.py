@@ -2,7 +2,9 @@
 
 Mounted by the application (``app.mount("/gcache", make_admin_app(gcache))``), off unless mounted,
 for an internal dashboard. Inside the process it also sees what the command line cannot: whether
-LOCAL holds a call's entry, the breaker, the bus. Read-only unless ``allow_writes=True``, and then
+LOCAL holds a call's entry, the breakers (a cluster's per node), the bus, the invalidation
+outbox and the master Sentinel named (``GET /health``, from memory: it answers while Redis does
+not). Read-only unless ``allow_writes=True``, and then
 ``POST /invalidate`` and ``POST /delete`` need ``Authorization: Bearer <token>``. Pure ASGI: no
 framework needed.
 """
@@ -22,6 +24,8 @@ import redis
 from gcache.config import GCacheKey
 from gcache.errors import ConfigError, GCacheError
 from gcache.inspection import inspect_entity, key_of, parse_target, prefix_stats, sync_client
+from gcache.redis_config import RedisConfig
+from gcache.remote import sentinel
 
 if TYPE_CHECKING:
     from gcache.gcache import GCache
@@ -43,8 +47,10 @@ def make_admin_app(
     gcache: GCache, *, allow_writes: bool = False, token: str | None = None
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The admin ASGI app of ``gcache``: ``GET /inspect?target=``, ``GET /explain?key_type=&id=&
-    use_case=&arg=name=value``, ``GET /stats`` (``?sample_every=N``, ``?memory=1``), and with
-    ``allow_writes`` ``POST /invalidate?key_type=&id=`` and ``POST /delete?key=``.
+    use_case=&arg=name=value``, ``GET /stats`` (``?sample_every=N``, ``?memory=1``), ``GET
+    /health`` (``?waiting=N`` entities of the outbox listed, 20 unless given; ``?ask=0``: the
+    sentinels not asked), and with ``allow_writes`` ``POST /invalidate?key_type=&id=`` and
+    ``POST /delete?key=``.
 
     Raises:
         ConfigError: ``allow_writes`` without a ``token`` of 16 characters or more.
@@ -98,13 +104,13 @@ def make_admin_app(
         )
         entry = next((e for e in report.entries if e.key == key.urn), None)
         remote = {"verdict": "not_found"} if entry is None else {"verdict": entry.verdict, "why": entry.why}
-        breaker = gcache._remote.breaker.is_open if gcache._remote is not None else None
+        breaker = gcache.health(0)["breaker"]
         return {
             "key": key.urn,
             "config": config,
             "local": local,
             "remote": remote,
-            "breaker_open": breaker,
+            "breaker_open": None if breaker is None else breaker["open"],
             "bus_subscribed": gcache.bus_subscribed,
         }
 
@@ -117,6 +123,16 @@ def make_admin_app(
             )
         )
 
+    async def health(query: dict[str, list[str]]) -> Any:
+        waiting = int(query.get("waiting", ["20"])[0])
+        if not 0 <= waiting <= 1000:
+            raise ValueError(f"waiting={waiting}: give 0 to 1000 entities to list")
+        report = gcache.health(waiting)
+        config = gcache.config.redis_config
+        if report["sentinel"] is not None and config is not None and query.get("ask", ["1"])[0] != "0":
+            report["sentinel"].update(await asyncio.to_thread(_named_now, config))
+        return report
+
     async def invalidate(query: dict[str, list[str]]) -> Any:
         await gcache.ainvalidate(_one(query, "key_type"), _one(query, "id"))
         return {"invalidated": [_one(query, "key_type"), _one(query, "id")]}
@@ -124,7 +140,7 @@ def make_admin_app(
     async def delete(query: dict[str, list[str]]) -> Any:
         return {"deleted": await gcache.adelete(key_of(_one(query, "key"), gcache._prefix))}
 
-    reads = {"/inspect": inspect, "/explain": explain, "/stats": stats}
+    reads = {"/inspect": inspect, "/explain": explain, "/stats": stats, "/health": health}
     writes = {"/invalidate": invalidate, "/delete": delete}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,6 +184,20 @@ def _one(query: dict[str, list[str]], name: str) -> str:
     if not values or not values[0]:
         raise ValueError(f"missing query parameter {name!r}")
     return values[0]
+
+
+def _named_now(config: RedisConfig) -> dict[str, Any]:
+    """The master the sentinels name when asked now (``named_now``; None and ``ask_error`` when
+    none answers), each asked within the connect bound."""
+    manager = sentinel.sentinel_manager(config, asynchronous=False)
+    try:
+        host, port = manager.discover_master(config.service_name)
+    except redis.RedisError as exc:
+        return {"named_now": None, "ask_error": str(exc)}
+    finally:
+        for connection in manager.sentinels:
+            connection.close()
+    return {"named_now": f"{host}:{port}"}
 
 
 def _authorize(scope: Scope, token: str) -> None:

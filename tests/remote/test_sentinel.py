@@ -18,6 +18,7 @@ import redis.sentinel
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, RemoteError
+from gcache._embedded_redis import APP_USER
 from gcache.errors import ConfigError
 from gcache.inspection import inspect_entity, sync_client
 from gcache.remote import ADMIN, READ, WRITE, protocol, scripts
@@ -25,6 +26,8 @@ from gcache.remote.clients import AsyncWaitTimedPool, WaitTimedPool, _AsyncBound
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Sentinels, reader, sentinels
 from tests.remote.test_tls import _certificates
+from tests.test_operator import run as run_cli
+from tests.web.test_admin import health as admin_health
 
 SENTINEL_POOLS = (redis.sentinel.SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
 MANAGED = (redis.sentinel.SentinelManagedConnection, redis.asyncio.sentinel.SentinelManagedConnection)
@@ -247,12 +250,92 @@ def test_the_operator_tools_read_through_the_master(clean: Sentinels) -> None:
         client.close()
 
 
+# -- the operator's tools through the sentinels: every subcommand, and the admin app's /health ---
+
+GET_USER_1 = "{urn:gcache:user_id:1}#GetUser"
+
+
+@MODES
+async def test_health_names_the_master_of_the_connections_of_the_bus_and_of_the_sentinels(
+    clean: Sentinels, mode: str
+) -> None:
+    cache = make(clean.config())
+    source = {"version": "v1", "calls": 0}
+    try:
+        assert cache.start()
+        assert (await admin_health(cache))["sentinel"]["master"] is None  # no connection opened yet
+        await reader(cache, mode, source, tracked=True, config=REMOTE_ONLY)("1")
+        primary = f"127.0.0.1:{clean.primary.port}"
+        report = await admin_health(cache)
+        assert report["sentinel"] == {
+            "service_name": SERVICE,
+            "sentinels": [f"127.0.0.1:{s.port}" for s in clean.sentinels],
+            "master": primary,
+            "named_now": primary,
+        }
+        assert report["bus"]["server"] == primary
+        assert "named_now" not in (await admin_health(cache, ask="0"))["sentinel"]
+    finally:
+        await cache.aclose()
+    wrong = {**clean.config_options(), "sentinel_password": "wrong"}  # no sentinel answers it
+    refused = make(RedisConfig(**wrong))
+    try:
+        sentinel = (await admin_health(refused))["sentinel"]
+        assert (sentinel["master"], sentinel["named_now"]) == (None, None)
+        assert sentinel["ask_error"].startswith(f"No master found for {SERVICE!r}")
+    finally:
+        await refused.aclose()
+
+
+async def test_every_subcommand_works_through_the_sentinels(
+    clean: Sentinels, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = make(clean.config())
+    try:
+        await reader(cache, "sync", {"version": "v1", "calls": 0}, tracked=True, config=REMOTE_ONLY)("1")
+    finally:
+        await cache.aclose()
+    options = [a for s in clean.sentinels for a in ("--sentinel", f"127.0.0.1:{s.port}")]
+    options += ["--service-name", SERVICE, "--username", APP_USER, "--sentinel-username", APP_USER]
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # ignored: the sentinels name the master
+    monkeypatch.setenv("REDIS_PASSWORD", clean.credentials.app_password)
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", clean.sentinel_credentials.app_password)
+    primary = f"127.0.0.1:{clean.primary.port}"
+
+    code, out, err = run_cli(capsys, "inspect", "user_id:1", *options)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1] == f"  node: {primary}"
+    assert lines[3].endswith(": the same (the fence is of this node's replication history)")
+    assert lines[4].split() == ["FRESH", "GetUser"]
+    code, out, err = run_cli(capsys, "stats", "--json", "--no-memory", *options)
+    assert code == 0, err
+    assert '"user_id GetUser": 1' in out
+    assert run_cli(capsys, "invalidate", "user_id", "1", *options)[:2] == (0, "invalidated user_id 1\n")
+    assert "INVALIDATED     GetUser" in run_cli(capsys, "inspect", "user_id:1", *options)[1]
+    code, out, _ = run_cli(capsys, "explain", "user_id", "1", "GetUser", "--json", *options)
+    assert (code, '"verdict": "invalidated"' in out) == (0, True)
+    code, out, _ = run_cli(capsys, "delete", GET_USER_1, *options)
+    assert (code, out) == (0, f"deleted: {GET_USER_1}\n")
+    code, out, _ = run_cli(capsys, "flush", "--yes", *options)
+    assert (code, out) == (0, "deleted 1 keys of prefix 'urn:gcache'\n")  # the fence was left
+    assert clean.primary_admin.keys("*") == []
+
+    monkeypatch.delenv("REDIS_SENTINEL_PASSWORD")  # the sentinels refuse the login
+    code, _, err = run_cli(capsys, "inspect", "user_id:1", *options, "--sentinel-password", "wrong")
+    assert code == 1
+    assert f"gcache: Redis service {SERVICE!r} of the sentinels 127.0.0.1:{clean.sentinels[0].port}" in err
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 @MODES
-async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: str) -> None:
+async def test_tls_to_the_sentinels_and_to_the_data_nodes(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every process listens for TLS too, the replica and the sentinels use it; so does gcache,
-    to the sentinels (``sentinel_tls``) and to the master they name (``tls``), the bus included."""
+    to the sentinels (``sentinel_tls``) and to the master they name (``tls``), the bus included;
+    and so do the operator's tools (``--sentinel-tls``, ``--tls``)."""
     ca, cert, key = _certificates(tmp_path, "IP:127.0.0.1")
     tls = ("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
            "--tls-auth-clients", "no")  # fmt: skip
@@ -280,6 +363,16 @@ async def test_tls_to_the_sentinels_and_to_the_data_nodes(tmp_path: Path, mode: 
             assert pool.master_address == ("127.0.0.1", s.tls_ports[0])  # the TLS port, as monitored
         finally:
             await cache.aclose()
+        options = [a for port in s.tls_ports[2:] for a in ("--sentinel", f"127.0.0.1:{port}")]
+        code, out, err = run_cli(
+            capsys, "inspect", "user_id:1", *options, "--service-name", SERVICE, "--username", APP_USER,
+            "--password", s.credentials.app_password, "--sentinel-username", APP_USER,
+            "--sentinel-password", s.sentinel_credentials.app_password, "--tls", "--sentinel-tls",
+            "--tls-ca-certs", str(ca),
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.splitlines()[1] == f"  node: 127.0.0.1:{s.tls_ports[0]}"
+        assert out.splitlines()[4].split() == ["FRESH", "GetUser"]
     finally:
         s.close()
 

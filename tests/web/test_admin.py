@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gcache import GCache, GCacheKeyConfig
+from gcache import GCache, GCacheConfig, GCacheKeyConfig, RedisConfig
 from gcache.errors import ConfigError
 from gcache.urns import entity_key, value_key
 from gcache.web.admin import make_admin_app
@@ -32,6 +32,14 @@ def cached(cache: GCache) -> Any:
 
 def client_of(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin")
+
+
+async def health(cache: GCache, **params: str) -> Any:
+    """The admin app's ``GET /health`` of ``cache``, as JSON."""
+    async with client_of(make_admin_app(cache)) as client:
+        answer = await client.get("/health", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 async def test_reads_answer_what_inspect_explain_and_stats_do(make_cache: Maker) -> None:
@@ -90,3 +98,104 @@ async def test_writes_are_off_unless_allowed_and_then_need_the_token(make_cache:
         assert deleted.json() == {"deleted": True}
     with pytest.raises(ConfigError, match="needs a token"):
         make_admin_app(cache, allow_writes=True)
+
+
+# -- GET /health: the failover machinery, from memory (issue 20) ----------------------------------
+
+
+async def test_health_tells_the_breaker_the_bus_and_the_outbox(make_cache: Maker, redis_url: str) -> None:
+    cache = make_cache(metrics_registry=CollectorRegistry())
+    node = redis_url.split("@")[-1].rsplit("/", 1)[0]
+    async with client_of(make_admin_app(cache)) as client:
+        health = (await client.get("/health")).json()
+        assert health == {
+            "breaker": {"open": False, "failures": 0, "threshold": 5},
+            "node_breakers": None,  # not a cluster
+            "bus": {"subscribed": True, "server": node, "connections": 1, "last_error": "", "down_sec": 0.0},
+            "outbox": {"depth": 0, "capacity": 10_000, "waiting": [], "not_shown": 0},
+            "sentinel": None,  # no Sentinel
+        }
+        for wrong in ("-1", "1001", "many"):
+            refused = await client.get("/health", params={"waiting": wrong})
+            assert refused.status_code == 400
+    local = GCache(GCacheConfig(metrics_registry=CollectorRegistry()))
+    try:
+        async with client_of(make_admin_app(local)) as client:  # LOCAL only: nothing to tell
+            health = (await client.get("/health")).json()
+        assert (health["breaker"], health["bus"], health["outbox"]["depth"]) == (None, None, 0)
+    finally:
+        await local.aclose()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_health_and_top_tell_a_killed_redis_and_its_return(mode: str) -> None:
+    """Redis killed: the calls open the breaker, the bus is lost, an invalidation waits in the
+    outbox (its entity listed); Redis back on its port: the probe closes the breaker, the bus
+    subscribes again, the outbox drains."""
+    from prometheus_client import generate_latest
+
+    from gcache._embedded_redis import EmbeddedRedis
+    from gcache.top import render, snapshot
+    from tests.conftest import wait_until
+
+    registry = CollectorRegistry()
+    with EmbeddedRedis() as server:
+        config = RedisConfig(
+            url=server.url, redis_py_options={"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        )
+        cache = GCache(
+            GCacheConfig(redis_config=config, metrics_registry=registry, breaker_failures=2,
+                         breaker_probe_sec=0.05, invalidation_outbox_raises=False)
+        )  # fmt: skip
+        get = cached(cache)
+
+        @cache.cached(key_type="user_id", id_arg="user_id", use_case="AdminSync", default_config=BOTH)
+        def sync_get(user_id: str) -> str:
+            return f"user {user_id}"
+
+        async def call(id: str) -> str:
+            with cache.enable():
+                return await get(id) if mode == "async" else sync_get(id)
+
+        async def invalidate(id: str) -> None:
+            if mode == "async":
+                await cache.ainvalidate("user_id", id)
+            else:
+                cache.invalidate("user_id", id)
+
+        try:
+            assert cache.start()
+            assert await call("1") == "user 1"
+            server.kill()
+            for id in range(2, 10):  # new ids: each goes to Redis, and is served uncached
+                assert await call(str(id)) == f"user {id}"
+            await invalidate("1")
+            wait_until(lambda: not cache.bus_subscribed, what="the bus lost")
+            async with client_of(make_admin_app(cache)) as client:
+                health = (await client.get("/health")).json()
+            assert health["breaker"]["open"] is True
+            assert health["bus"]["subscribed"] is False
+            assert health["bus"]["last_error"] != ""
+            assert health["bus"]["down_sec"] > 0
+            waiting = health["outbox"]["waiting"]
+            assert [(w["entity"], w["key_type"], w["future_buffer_ms"]) for w in waiting] == [
+                (ENTITY, "user_id", 0)
+            ]
+            assert health["outbox"]["depth"] == 1
+            view = render(snapshot(generate_latest(registry).decode()), {}, 1.0)
+            assert "breaker open: 1   bus subscriptions: 0" in view
+            assert "invalidation outbox: 1 waiting" in view
+
+            server.start()  # on its port again, empty
+            wait_until(lambda: cache.health()["outbox"]["depth"] == 0 and cache.bus_subscribed, what="back")
+            wait_until(lambda: not cache.health()["breaker"]["open"], what="the breaker closed")
+            async with client_of(make_admin_app(cache)) as client:
+                health = (await client.get("/health")).json()
+            assert health["breaker"] == {"open": False, "failures": 0, "threshold": 2}
+            assert (health["bus"]["subscribed"], health["bus"]["connections"]) == (True, 2)
+            assert (health["bus"]["last_error"], health["bus"]["down_sec"]) == ("", 0.0)
+            assert health["outbox"]["waiting"] == []
+            view = render(snapshot(generate_latest(registry).decode()), {}, 1.0)
+            assert "breaker open: 0   bus subscriptions: 1" in view
+        finally:
+            await cache.aclose()
