@@ -91,8 +91,10 @@ APP_COMMANDS = (
 # and the replicas (HELLO and PING on connect and for health).
 SENTINEL_APP_COMMANDS = (
     "sentinel|masters", "sentinel|get-master-addr-by-name", "sentinel|slaves", "sentinel|replicas",
-    "sentinel|sentinels", "hello", "ping",
+    "sentinel|sentinels", "hello", "ping", "subscribe", "unsubscribe",
 )  # fmt: skip
+# The one channel it may subscribe to: a switched master (the bus then moves at once).
+SWITCH_CHANNEL = "+switch-master"
 
 # Subcommands redis-py sends that not every server has. Redis 7 refuses an ACL rule that names a
 # subcommand it does not know, so each is named from the version that brought it (None: no
@@ -548,7 +550,7 @@ class EmbeddedSentinel(EmbeddedRedis):
         lines = [
             "protected-mode yes",
             f"user {ADMIN_USER} on #{_hash(own.admin_password)} ~* &* +@all",
-            f"user {APP_USER} on #{_hash(own.app_password)} -@all {commands}",
+            f"user {APP_USER} on #{_hash(own.app_password)} -@all {commands} resetchannels &{SWITCH_CHANNEL}",
             f"user {_PROBE_USER} on #{_hash(probe_password)} resetkeys resetchannels -@all +info",
             f"sentinel sentinel-user {ADMIN_USER}",
             f"sentinel sentinel-pass {own.admin_password}",

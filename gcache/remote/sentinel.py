@@ -9,8 +9,9 @@ write with READONLY, which redis-py turns into a connection error (the retry the
 the new master). The sentinels' connections are closed with the pool.
 
 The invalidation bus takes a plain client of the master named at the time it subscribes
-(:func:`amaster_client`), and asks the sentinels again about once a second, aside
-(:meth:`MasterClient.moved`): when they name another node it subscribes again there,
+(:func:`amaster_client`), listens to the sentinels' ``+switch-master`` and asks them again about
+once a second, aside (:meth:`MasterClient.moved`): when they name another node it subscribes
+again there,
 and the pools close their connections to the old master (``follow``, through
 :meth:`~gcache.remote.clients.Connections.follow_master`).
 A dead master's connection drops by itself; a live one (a manual failover, a partition) keeps
@@ -22,6 +23,7 @@ an old master only after it has reported its role for 8 s, and then drops its pu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -34,7 +36,7 @@ import redis.sentinel
 
 from gcache.redis_config import RedisConfig
 
-__all__ = ["MasterClient", "amaster_client", "master_pool", "sentinel_manager"]
+__all__ = ["SWITCH_MASTER", "MasterClient", "amaster_client", "master_pool", "sentinel_manager"]
 
 
 def sentinel_manager(config: RedisConfig, asynchronous: bool) -> Any:
@@ -104,6 +106,11 @@ def master_pool(config: RedisConfig, pool: type, **options: Any) -> Any:
     )
 
 
+# What a sentinel publishes once it has switched a service to its promoted replica:
+# "<service> <old host> <old port> <new host> <new port>".
+SWITCH_MASTER = "+switch-master"
+
+
 class MasterClient(redis.asyncio.Redis):
     """The bus's client of one master, with the sentinels that named it (closed with it)."""
 
@@ -111,23 +118,65 @@ class MasterClient(redis.asyncio.Redis):
     service_name: str
     on_moved: Callable[[tuple[str, int]], None] | None
     check_every: float = 1.0
+    watch_retry_sec: float = 1.0  # between attempts to subscribe to a sentinel's switch-master
     _checking: asyncio.Task[bool] | None = None
+    _watching: asyncio.Task[None] | None = None
     _checked_at: float = 0.0
     _moved: bool = False
+    switches_heard: int = 0  # switch-master messages of this service heard (tests, the note)
 
     def moved(self) -> bool:
         """Whether the sentinels named another master when last asked; asks again in the
         background every ``check_every`` seconds, so the messages never wait for an answer
-        (a hung sentinel costs a check, not the bus)."""
+        (a hung sentinel costs a check, not the bus). The first call also starts listening
+        to the sentinels' ``+switch-master``, which asks at once (:meth:`_watch`)."""
+        if self._watching is None:
+            self._watching = asyncio.ensure_future(self._watch())
         checking = self._checking
         if checking is not None and checking.done():
             self._checking = None
-            self._moved = not checking.cancelled() and checking.exception() is None and not checking.result()
+            self._moved = self._moved or (
+                not checking.cancelled() and checking.exception() is None and not checking.result()
+            )
         now = time.monotonic()
         if self._checking is None and not self._moved and now - self._checked_at >= self.check_every:
             self._checked_at = now
             self._checking = asyncio.ensure_future(self.still_master())
         return self._moved
+
+    async def _watch(self) -> None:
+        """Listen to a sentinel's ``+switch-master``, one sentinel after another while they fail:
+        when this service is switched, ask at once (:meth:`still_master`, which tells the pools
+        and drops this client's connections, so the bus subscribes on the new master now, not at
+        its next check). The invalidations a pooled connection sends to a live old master, lost
+        when it is demoted, are those of this gap. A sentinel user without SUBSCRIBE on that
+        channel (an ACL) leaves the checks every ``check_every`` seconds alone."""
+        while not self._moved:
+            for sentinel in list(self.sentinels.sentinels):
+                pubsub = sentinel.pubsub()
+                try:
+                    await pubsub.subscribe(SWITCH_MASTER)
+                    while True:  # a timeout of its own: the sentinels' socket timeout is 1 s
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
+                        if message is None or not self._names_service(message["data"]):
+                            continue
+                        self.switches_heard += 1
+                        if not await self.still_master():
+                            self._moved = True
+                            return
+                except redis.ResponseError as exc:
+                    if "NOPERM" in str(exc) or "permission" in str(exc):
+                        return  # the sentinels' ACL: the checks alone
+                except (redis.RedisError, OSError):
+                    pass  # this sentinel is down: the next one
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            await asyncio.sleep(self.watch_retry_sec)
+
+    def _names_service(self, data: Any) -> bool:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return text.split(" ", 1)[0] == self.service_name
 
     async def still_master(self) -> bool:
         """Whether the sentinels still name this client's node; True when none answers (a
@@ -147,8 +196,10 @@ class MasterClient(redis.asyncio.Redis):
         return False
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        if self._checking is not None:
-            self._checking.cancel()
+        for task in (self._checking, self._watching):  # the watch's subscription closed with it
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])  # its outcome is its own; a cancel of ours still stops us
         try:
             await super().aclose(close_connection_pool)
         finally:

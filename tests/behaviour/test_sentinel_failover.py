@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RemoteError
 from gcache.remote import scripts
+from gcache.remote.sentinel import MasterClient
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Reader, Sentinels, cached_read, reader, sentinels
 
@@ -395,6 +396,52 @@ async def test_the_bus_and_the_pools_follow_a_master_sentinel_demotes_alive(mode
                 f"\n[sentinel manual failover, {mode}] buses on the new master {moved:.2f} s after it was "
                 f"named, {time.perf_counter() - switched:.2f} s after SENTINEL FAILOVER; the other GCache "
                 f"served v2 {heard * 1000:.1f} ms after invalidate returned"
+            )
+        finally:
+            for cache in (invalidator, other):
+                await cache.aclose()
+
+
+@pytest.mark.slow
+@MODES
+async def test_a_switch_master_message_moves_the_bus_and_the_pools_without_waiting_for_a_check(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus listens to the sentinels' ``+switch-master``: with the once-a-second check made
+    hourly, a manual failover still moves both buses off the live old master, and the
+    invalidating GCache's pools with them (its invalidation raises the new master's watermark)."""
+    monkeypatch.setattr(MasterClient, "check_every", 3600.0)
+    fence = "{urn:gcache:user_id:1}#watermark"
+    with sentinels() as s:
+        source: dict[str, Any] = {"version": "v1", "calls": 0}
+        invalidator, other = make(s), make(s)
+        read_other = reader(other, mode, source, tracked=True, config=BOTH)
+        try:
+            assert await invalidator.astart()
+            assert await other.astart()
+            assert await read_other("1") == "v1:1"
+            await invalidate(invalidator, mode, "1")  # its ADMIN connection, on the old master
+            await until(lambda: s.primary_admin.pubsub_numsub(CHANNEL)[0][1] == 2, "both buses subscribed")
+            await asyncio.to_thread(s.synced)
+            switched = time.perf_counter()
+            assert s.sentinel_admins[0].sentinel_failover(SERVICE)
+            await asyncio.to_thread(s.until_promoted)
+            promoted = time.perf_counter() - switched
+            moved = await until(
+                lambda: (
+                    s.replica_admin.pubsub_numsub(CHANNEL)[0][1] == 2
+                    and s.primary_admin.pubsub_numsub(CHANNEL)[0][1] == 0
+                ),
+                "both buses on the new master, none left on the old one",
+                timeout=8.0,  # the old master is reconfigured (its subscribers dropped) after 8 s
+            )
+            assert s.primary_admin.info("replication")["role"] == "master"  # the old one, still live
+            before = s.replica_admin.hgetall(fence)
+            await invalidate(invalidator, mode, "1")
+            assert int(s.replica_admin.hgetall(fence)[b"w"]) > int(before.get(b"w", 0))  # the new master's
+            print(
+                f"\n[sentinel switch-master, {mode}] promoted {promoted:.2f} s after SENTINEL FAILOVER; "
+                f"buses on the new master {moved:.2f} s after that, with no check due"
             )
         finally:
             for cache in (invalidator, other):

@@ -203,6 +203,77 @@ async def test_the_bus_subscribes_through_the_master(clean: Sentinels) -> None:
         await cache.aclose()
 
 
+def switch_listeners(s: Sentinels) -> int:
+    """Connections subscribed to ``+switch-master`` on the sentinels, the sentinels' own aside."""
+    return sum(
+        1
+        for admin in s.sentinel_admins
+        for client in admin.client_list(_type="pubsub")
+        if client.get("user") == APP_USER
+    )
+
+
+async def test_the_bus_listens_to_a_sentinel_for_switched_masters(clean: Sentinels) -> None:
+    cache = make(clean.config())
+    try:
+        assert await cache.astart()
+        for _ in range(250):  # the listener starts with the bus's first look at the sentinels
+            if switch_listeners(clean) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert switch_listeners(clean) == 1  # one sentinel at a time
+    finally:
+        await cache.aclose()
+    for _ in range(250):
+        if switch_listeners(clean) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert switch_listeners(clean) == 0  # closed with the GCache
+
+
+def refusals(s: Sentinels, user: str) -> int:
+    """Commands the sentinels' ACLs refused ``user`` so far (ACL LOG counts repeats in one entry)."""
+    entries: list[dict[str, Any]] = [entry for admin in s.sentinel_admins for entry in admin.acl_log()]
+    return sum(int(entry["count"]) for entry in entries if entry.get("username") == user)
+
+
+async def test_a_sentinel_user_that_may_not_subscribe_leaves_the_checks(clean: Sentinels) -> None:
+    """Without SUBSCRIBE on the sentinels (their ACL) the bus does not keep trying: it asks them
+    every second instead, as before, and works."""
+    password = "no-subscribe-" + "x" * 16
+    allowed = [
+        "+sentinel|get-master-addr-by-name",
+        "+sentinel|masters",
+        "+sentinel|sentinels",
+        "+hello",
+        "+ping",
+    ]
+    for admin in clean.sentinel_admins:
+        admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "watchless", "on", f">{password}", "-@all", *allowed
+        )
+    config = clean.config()
+    config.sentinel_username, config.sentinel_password = "watchless", password
+    before = refusals(clean, "watchless")
+    cache = make(config)
+    try:
+        assert await cache.astart()
+        for _ in range(250):
+            if refusals(clean, "watchless") > before:
+                break
+            await asyncio.sleep(0.02)
+        refused = refusals(clean, "watchless")
+        assert refused == before + 1  # the first sentinel's refusal ended the listening
+        await asyncio.sleep(1.5)  # no retry every second
+        assert refusals(clean, "watchless") == refused
+        channel = bus_channel("urn:gcache")
+        assert clean.primary_admin.pubsub_numsub(channel) == [(channel.encode(), 1)]  # the bus works
+    finally:
+        await cache.aclose()
+        for admin in clean.sentinel_admins:
+            admin.execute_command("ACL", "DELUSER", "watchless")  # type: ignore[no-untyped-call]
+
+
 @MODES
 async def test_a_wrong_sentinel_login_serves_uncached_and_management_raises(
     clean: Sentinels, mode: str
