@@ -603,11 +603,6 @@ class GCacheConfig:
                 "GCacheConfig.invalidation_outbox_raises must be True or False, got "
                 f"{self.invalidation_outbox_raises!r}"
             )
-        if self.invalidate_replicas and self.redis_config is not None and self.redis_config.cluster:
-            raise ConfigError(
-                "GCacheConfig.invalidate_replicas needs a single-server Redis: a cluster client cannot "
-                "send WAIT on the connection that wrote the fence yet"
-            )
         _positive("error_log_interval_sec", self.error_log_interval_sec, zero=True)
         for name in ("read_timeout_sec", "write_timeout_sec"):
             if getattr(self, name) is not None:

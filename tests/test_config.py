@@ -794,10 +794,6 @@ async def test_an_environment_s_configs_serve_as_the_provider(
         ({"invalidate_replicas": -1}, "invalidate_replicas"),
         ({"invalidate_wait_ms": 0}, "invalidate_wait_ms"),
         ({"failover_buffer_ms": -5}, "failover_buffer_ms"),
-        (
-            {"invalidate_replicas": 1, "redis_config": RedisConfig(url="redis://127.0.0.1:1", cluster=True)},
-            "single-server",
-        ),
     ],
 )
 def test_failover_options_are_checked(options: dict[str, Any], message: str) -> None:

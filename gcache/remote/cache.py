@@ -13,10 +13,11 @@ About 420 lines, nearly all of it :class:`RemoteCache`, for the reason its docst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
 
@@ -44,6 +45,7 @@ from gcache.remote.protocol import (
     TrackedRead,
     abatch_pipelined,
     ainvalidate_and_wait,
+    ainvalidations_and_wait,
     batch_pipelined,
     invalidate_and_wait,
     parse_batch,
@@ -63,7 +65,6 @@ T = TypeVar("T")
 _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, EOFError)
 _SCAN_BATCH = 1000
 _PING = methodcaller("ping")
-_WAIT_NEEDS_ONE_SERVER = "invalidate_replicas needs a single-server client, not a cluster's"
 
 
 if sys.version_info >= (3, 11):
@@ -372,20 +373,24 @@ class RemoteCache(Connections):
 
     def _confirmed(self, fence: str, future_buffer_ms: int) -> tuple[Callable[[Connection], Any], Any]:
         """With ``invalidate_replicas``: the invalidation and its WAIT on one connection, sync and
-        async (a cluster client's pipelines cannot send WAIT to a key's node: refused)."""
+        async; a cluster's, on a connection of the fence's node (:func:`_node_pool`)."""
         name, keys, args = self._invalidation(fence, future_buffer_ms)
         wait = self._wait
         assert wait is not None
 
         def run(c: Connection) -> Any:
-            if c.pool is None:
-                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
-            return invalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+            if c.pool is not None:
+                return invalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+            with _following_moves(c.client):
+                return invalidate_and_wait(_node_pool(c.client, fence), getattr(c, name), keys, args, wait)
 
         async def arun(c: Connection) -> Any:
-            if c.pool is None:
-                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
-            return await ainvalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+            if c.pool is not None:
+                return await ainvalidate_and_wait(c.pool, getattr(c, name), keys, args, wait)
+            async with _afollowing_moves(c.client):
+                await c.client.initialize()  # its slots known (at once once they are)
+                pool = _node_pool(c.client, fence)
+                return await ainvalidate_and_wait(pool, getattr(c, name), keys, args, wait)
 
         return run, arun
 
@@ -751,39 +756,60 @@ class RemoteCache(Connections):
         return results
 
     def _invalidate_batch(self, items: Sequence[tuple[str, int]]) -> Callable[[Connection], Any]:
-        """:meth:`ainvalidate_many`'s pipeline: each item's EVALSHA, then the ``WAIT`` that confirms
-        them all (a single server's: see :meth:`_confirmed`); errors in place."""
+        """:meth:`ainvalidate_many`'s round trip: each item's EVALSHA in one pipeline (errors in
+        place); with ``invalidate_replicas`` each item's reply is its WAIT's verdict where its
+        script ran (:meth:`_waited`), the EVALSHAs and their WAIT on one connection, a cluster's
+        on one connection per node, side by side."""
         calls = [self._invalidation(fence, buffer_ms) for fence, buffer_ms in items]
         wait = self._wait
 
-        def queue(c: Connection) -> Any:
-            if wait is not None and c.pool is None:
-                raise redis.RedisError(_WAIT_NEEDS_ONE_SERVER)
-            pipe, target = _pipeline(c)
-            for name, keys, args in calls:
-                sha = getattr(c, name).sha
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **target(keys[0]))
-            if wait is not None:
-                pipe.execute_command("WAIT", *wait)
-            return pipe.execute(raise_on_error=False)
+        async def queue(c: Connection) -> Any:
+            if wait is None:
+                pipe, target = _pipeline(c)
+                for name, keys, args in calls:
+                    sha = getattr(c, name).sha
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **target(keys[0]))
+                return await pipe.execute(raise_on_error=False)
+            scripts = [(getattr(c, name), keys, args) for name, keys, args in calls]
+            if c.pool is not None:
+                return self._waited(*await ainvalidations_and_wait(c.pool, scripts, wait))
+            await c.client.initialize()  # its slots known (at once once they are)
+            by_node: dict[Any, list[int]] = {}
+            for i, (_, keys, _) in enumerate(calls):
+                by_node.setdefault(c.client.get_node_from_key(keys[0]), []).append(i)
+            replies: list[Any] = [None] * len(calls)
+            answers = await asyncio.gather(
+                *(
+                    ainvalidations_and_wait(_NodePool(node), [scripts[i] for i in where], wait)
+                    for node, where in by_node.items()
+                )
+            )
+            for where, (node_replies, confirmed) in zip(by_node.values(), answers, strict=True):
+                for i, reply in zip(where, self._waited(node_replies, confirmed), strict=True):
+                    replies[i] = reply
+            if any(isinstance(reply, _MOVES) for reply in replies):  # see _following_moves
+                await c.client.nodes_manager.initialize()
+            return replies
 
         return queue
 
-    def _invalidated(
-        self, sent: list[int], replies: list[Any], results: list[int | RemoteError]
-    ) -> list[int]:
+    def _waited(self, replies: list[Any], confirmed: Any) -> list[Any]:
+        """Each script's reply, or where it ran, the error of its WAIT (failed, or too few
+        replicas confirmed: :class:`~gcache.errors.ReplicasNotConfirmed`, applied on the primary);
+        a NOSCRIPT left in place, to send again."""
+        wanted, wait_ms = self._wait  # type: ignore[misc]
+        if isinstance(confirmed, Exception):
+            short: Exception | None = confirmed
+        else:
+            short = ReplicasNotConfirmed(wanted, int(confirmed), wait_ms) if int(confirmed) < wanted else None
+        if short is None:
+            return replies
+        return [reply if isinstance(reply, Exception) else short for reply in replies]
+
+    @staticmethod
+    def _invalidated(sent: list[int], replies: list[Any], results: list[int | RemoteError]) -> list[int]:
         """:meth:`_invalidate_batch`'s replies for the items ``sent`` (their indices) into
         ``results``; the indices of those answered NOSCRIPT, to send again."""
-        short: RemoteError | None = None  # every item's fate when the WAIT fell short or failed
-        if self._wait is not None:
-            replies, waited = replies[:-1], replies[-1]
-            if isinstance(waited, Exception):
-                short = RemoteError("invalidate", waited)
-            else:
-                try:
-                    self._check_confirmed((0, waited))
-                except RemoteError as exc:
-                    short = exc
         unloaded: list[int] = []
         for i, reply in zip(sent, replies, strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
@@ -791,7 +817,7 @@ class RemoteCache(Connections):
             elif isinstance(reply, Exception):
                 results[i] = RemoteError("invalidate", reply)
             else:
-                results[i] = int(reply) if short is None else short
+                results[i] = int(reply)
         return unloaded
 
     def invalidate(self, fence: str, future_buffer_ms: int) -> int:
@@ -896,6 +922,54 @@ class RemoteCache(Connections):
 
 def _untargeted(key: str) -> dict[str, Any]:
     return {}
+
+
+def _node_pool(client: Any, key: str) -> Any:
+    """The connections of the cluster node that holds ``key``'s slot, as a pool: an
+    invalidation's WAIT must follow its script on one connection, which a cluster pipeline does
+    not promise (a command redirected is sent again on another)."""
+    node = client.get_node_from_key(key)
+    if isinstance(client, redis.RedisCluster):
+        return client.get_redis_connection(node).connection_pool
+    return _NodePool(node)
+
+
+class _NodePool:
+    """An asyncio cluster node's connections as a pool (``get_connection``, ``release``)."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    async def get_connection(self, *args: Any) -> Any:
+        return self._node.acquire_connection()
+
+    async def release(self, connection: Any) -> None:
+        self._node.release(connection)
+
+
+_MOVES = (redis.exceptions.MovedError, redis.exceptions.AskError)
+
+
+@contextlib.contextmanager
+def _following_moves(client: Any) -> Iterator[None]:
+    """A slot answered from another node (MOVED, ASK) outside the cluster client, which learns
+    it from its own commands alone: the topology read again, the error raised (the outbox, or
+    the caller, tries again on the new owner)."""
+    try:
+        yield
+    except _MOVES:
+        client.nodes_manager.initialize()
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _afollowing_moves(client: Any) -> AsyncIterator[None]:
+    """Asyncio twin of :func:`_following_moves`."""
+    try:
+        yield
+    except _MOVES:
+        await client.nodes_manager.initialize()
+        raise
 
 
 def _pipeline(c: Connection) -> tuple[Any, Callable[[str], dict[str, Any]]]:

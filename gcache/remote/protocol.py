@@ -45,9 +45,12 @@ __all__ = [
     "apipelined",
     "exchange",
     "fence_read",
+    "Invalidation",
     "ainvalidate_and_wait",
+    "ainvalidations_and_wait",
     "get",
     "invalidate_and_wait",
+    "invalidations_and_wait",
     "pack_get",
     "pack_reads",
     "abatch_pipelined",
@@ -371,42 +374,47 @@ def get(pool: Any, read: ValueRead, key: str) -> bytes | None:
         pool.release(connection)
 
 
-def _script_and_wait(
-    connection: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
-) -> Any:
-    """EVALSHA of ``script`` and WAIT, packed for one write on ``connection``: WAIT counts the
-    replicas that have this connection's writes, so the two must share it."""
-    return connection.pack_commands([("EVALSHA", script.sha, len(keys), *keys, *args), ("WAIT", *wait)])
+# One invalidation as the WAIT helpers below take it: the script object, its keys and its ARGV.
+Invalidation = tuple[Any, list[Any], list[Any]]
 
 
-def _loaded(replies: list[Any]) -> bool:
-    """Whether the script ran: False on NOSCRIPT (the server lost its scripts: load and retry)."""
-    return not isinstance(replies[0], redis.exceptions.NoScriptError)
+def _scripts_and_wait(connection: Any, calls: Sequence[Invalidation], wait: tuple[int, int]) -> Any:
+    """Each call's EVALSHA, then WAIT, packed for one write on ``connection``: WAIT counts the
+    replicas that have this connection's writes, so they must share it."""
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    return connection.pack_commands([*commands, ("WAIT", *wait)])
 
 
-def invalidate_and_wait(
-    pool: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
-) -> tuple[Any, int]:
-    """Run ``script`` and ``WAIT numreplicas timeout_ms`` on one pooled connection: the script's
-    reply and how many replicas confirmed its writes."""
+def _lacking(replies: list[Any]) -> list[int]:
+    """The calls whose script the server did not have (NOSCRIPT: a restart or a promotion lost
+    it): to load and send again."""
+    return [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+
+
+def _scripts(calls: Sequence[Invalidation], lacking: list[int]) -> list[Any]:
+    return list({id(calls[i][0]): calls[i][0] for i in lacking}.values())
+
+
+def invalidations_and_wait(
+    pool: Any, calls: Sequence[Invalidation], wait: tuple[int, int]
+) -> tuple[list[Any], Any]:
+    """Run each call's script, then ``WAIT numreplicas timeout_ms``, on one connection of
+    ``pool``: each script's reply (its error in place) and how many replicas confirmed them all
+    (WAIT's error in its place). Calls the server had no script for are sent again, with their
+    own WAIT, once the scripts are loaded: the last WAIT counts the replicas that have every
+    write of the connection, the first round's too."""
     connection = pool.get_connection(*_POOL_ARGS)
     try:
-        for _ in range(2):
-            connection.send_packed_command(_script_and_wait(connection, script, keys, args, wait))
-            replies = []
-            for _ in range(2):
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-            if _loaded(replies):
-                break
-            connection.send_command("SCRIPT", "LOAD", script.script)
-            connection.read_response()
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
-        return replies[0], int(replies[1])
+        replies, confirmed = _sync_round(connection, calls, wait)
+        lacking = _lacking(replies)
+        if lacking:
+            for script in _scripts(calls, lacking):
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+            again, confirmed = _sync_round(connection, [calls[i] for i in lacking], wait)
+            for i, reply in zip(lacking, again, strict=True):
+                replies[i] = reply
+        return replies, confirmed
     except BaseException:
         connection.disconnect()
         raise
@@ -414,26 +422,69 @@ def invalidate_and_wait(
         pool.release(connection)
 
 
+def _sync_round(
+    connection: Any, calls: Sequence[Invalidation], wait: tuple[int, int]
+) -> tuple[list[Any], Any]:
+    connection.send_packed_command(_scripts_and_wait(connection, calls, wait))
+    replies = []
+    for _ in range(len(calls) + 1):
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:  # read the rest: the connection stays in step
+            replies.append(exc)
+    return replies[:-1], replies[-1]
+
+
+async def ainvalidations_and_wait(
+    pool: Any, calls: Sequence[Invalidation], wait: tuple[int, int]
+) -> tuple[list[Any], Any]:
+    """Async twin of :func:`invalidations_and_wait`."""
+    connection = await pool.get_connection(*ASYNC_POOL_ARGS)
+    try:
+        replies = await exchange(
+            connection, b"".join(_scripts_and_wait(connection, calls, wait)), len(calls) + 1
+        )
+        replies, confirmed = replies[:-1], replies[-1]
+        lacking = _lacking(replies)
+        if lacking:
+            for script in _scripts(calls, lacking):
+                await connection.send_command("SCRIPT", "LOAD", script.script)
+                await connection.read_response()
+            again = [calls[i] for i in lacking]
+            answers = await exchange(
+                connection, b"".join(_scripts_and_wait(connection, again, wait)), len(again) + 1
+            )
+            confirmed = answers[-1]
+            for i, reply in zip(lacking, answers[:-1], strict=True):
+                replies[i] = reply
+        return replies, confirmed
+    except BaseException:
+        await connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        await pool.release(connection)
+
+
+def _one(replies: list[Any], confirmed: Any) -> tuple[Any, int]:
+    for reply in (*replies, confirmed):
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies[0], int(confirmed)
+
+
+def invalidate_and_wait(
+    pool: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
+) -> tuple[Any, int]:
+    """Run ``script`` and ``WAIT numreplicas timeout_ms`` on one pooled connection: the script's
+    reply and how many replicas confirmed its writes; an error of either raised."""
+    return _one(*invalidations_and_wait(pool, [(script, keys, args)], wait))
+
+
 async def ainvalidate_and_wait(
     pool: Any, script: Any, keys: list[Any], args: list[Any], wait: tuple[int, int]
 ) -> tuple[Any, int]:
     """Async twin of :func:`invalidate_and_wait`."""
-    connection = await pool.get_connection(*ASYNC_POOL_ARGS)
-    try:
-        for _ in range(2):
-            replies = await exchange(
-                connection, b"".join(_script_and_wait(connection, script, keys, args, wait)), 2
-            )
-            if _loaded(replies):
-                break
-            await connection.send_command("SCRIPT", "LOAD", script.script)
-            await connection.read_response()
-    finally:
-        await pool.release(connection)
-    for reply in replies:
-        if isinstance(reply, redis.ResponseError):
-            raise reply
-    return replies[0], int(replies[1])
+    return _one(*await ainvalidations_and_wait(pool, [(script, keys, args)], wait))
 
 
 class Deadline:

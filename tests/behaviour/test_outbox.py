@@ -676,8 +676,10 @@ async def test_with_invalidate_replicas_a_chunk_is_confirmed_by_one_wait_or_coun
     the replica holds its watermark; while it is paused, each is applied on the primary alone,
     counted ``unconfirmed``, and released (replaying cannot make a replica confirm sooner)."""
     with pair() as p:
-        # A replica just synced may be put online at its first ACK (up to a second): until then a
-        # WAIT counts it only when that ACK comes, and the first chunk's could miss 300 ms.
+        # A replica just synced acknowledges new writes only after a while (up to a second): a
+        # write of the harness's own, then its WAIT, so that the first chunk's is not the one
+        # that waits for it past 300 ms.
+        p.primary_admin.publish("harness-sync", "1")  # replicated, and no key
         p.synced()
         registry = CollectorRegistry()
         cache = private_cache_at(p.url, registry, invalidate_replicas=1, invalidate_wait_ms=300)

@@ -17,13 +17,15 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
-from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig
+from gcache import CacheLayer, GCache, GCacheConfig, GCacheKey, GCacheKeyConfig, RedisConfig, RemoteError
 from gcache import _envelope as envelope
 from gcache._embedded_redis import EmbeddedRedis
+from gcache.errors import ReplicasNotConfirmed
 from tests._cluster import Cluster, cluster
 from tests.behaviour.test_outbox import drained, fail_invalidations
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+MODES = pytest.mark.parametrize("mode", ["sync", "async"])
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +372,134 @@ async def test_waiting_invalidations_are_replayed_in_a_pipeline_per_node_on_a_cl
     assert min(watermarks) > 0
     assert len(owners) == 3  # the replay really spans the cluster's nodes
     assert all(0 < trip < 40 for trip in trips), trips  # one at a time: about 200 a node
+
+
+def _fence(id: str) -> str:
+    return f"{{urn:gcache:user_id:{id}}}#watermark"
+
+
+def _ids_by_owner(the_cluster: Cluster, ids: list[str]) -> dict[int, list[str]]:
+    """The ids by the port of the primary that holds their fence."""
+    owners: dict[int, list[str]] = {}
+    for id in ids:
+        owners.setdefault(the_cluster.owner(_fence(id)).port, []).append(id)
+    return owners
+
+
+def _replicas_online(the_cluster: Cluster) -> None:
+    """Until every primary has its replica and that replica acknowledges a write (a replica
+    just synced acknowledges new writes only after a while, up to a second)."""
+    deadline = time.monotonic() + 20
+    for primary in the_cluster.primaries():
+        admin = the_cluster.admin(primary)
+        key = next(
+            f"harness-sync:{n}" for n in range(10_000) if the_cluster.owner(f"harness-sync:{n}") == primary
+        )
+        while True:
+            try:
+                the_cluster.replica_of(primary)
+                admin.set(key, "1")
+                if admin.wait(1, 1000) >= 1:
+                    break
+            except AssertionError:  # not attached yet
+                pass
+            assert time.monotonic() < deadline, f"{primary}'s replica never came online"
+            time.sleep(0.05)
+
+
+def _replica_watermark(the_cluster: Cluster, id: str) -> int:
+    replica = the_cluster.replica_of(the_cluster.owner(_fence(id)))
+    with redis.Redis.from_url(replica.admin_url) as client:
+        client.execute_command("READONLY")
+        return int(client.hget(_fence(id), "w") or 0)
+
+
+async def _invalidate(cache: GCache, mode: str, id: str) -> None:
+    if mode == "async":
+        await cache.ainvalidate("user_id", id)
+    else:
+        cache.invalidate("user_id", id)
+
+
+@MODES
+async def test_invalidate_replicas_waits_on_the_node_that_took_the_fence(
+    the_cluster: Cluster, cluster_url: str, cluster_client: redis.RedisCluster, mode: str
+) -> None:
+    """invalidate_replicas on a cluster: each invalidation's WAIT follows its script on a
+    connection of the fence's node. Returned: that node's replica has the watermark. With that
+    replica paused, the invalidation raises ReplicasNotConfirmed (applied on the primary) while
+    those of the other shards return: a WAIT on any other node, or on a connection without the
+    write, would have confirmed it."""
+    _replicas_online(the_cluster)
+    ids = [str(n) for n in range(12)]
+    owners = _ids_by_owner(the_cluster, ids)
+    assert len(owners) == 3
+    config = GCacheConfig(
+        redis_config=RedisConfig(url=cluster_url, cluster=True),
+        metrics_registry=CollectorRegistry(),
+        invalidate_replicas=1,
+        invalidate_wait_ms=300,
+    )
+    async with GCache(config) as cache:
+        for id in ids:
+            await _invalidate(cache, mode, id)
+        assert all(_replica_watermark(the_cluster, id) > 0 for id in ids)
+        paused_port, held = next(iter(owners.items()))
+        replica = the_cluster.replica_of(the_cluster.by_port(paused_port))
+        replica.pause()
+        try:
+            before = int(cluster_client.hget(_fence(held[0]), "w") or 0)
+            with pytest.raises(RemoteError) as raised:
+                await _invalidate(cache, mode, held[0])
+            assert isinstance(raised.value.cause, ReplicasNotConfirmed)
+            assert (raised.value.cause.wanted, raised.value.cause.confirmed) == (1, 0)
+            assert int(cluster_client.hget(_fence(held[0]), "w") or 0) > before  # the primary has it
+            for port, others in owners.items():
+                if port != paused_port:
+                    await _invalidate(cache, mode, others[0])  # other shards confirm
+        finally:
+            replica.resume()
+
+
+@MODES
+async def test_replayed_invalidations_wait_per_node_on_a_cluster(
+    the_cluster: Cluster,
+    cluster_url: str,
+    cluster_client: redis.RedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    """The outbox's replays with invalidate_replicas on a cluster: one connection per node, each
+    chunk's scripts there and that node's WAIT after them. A paused replica makes its shard's
+    items unconfirmed (applied on the primary, released) and the other shards' applied."""
+    _replicas_online(the_cluster)
+    ids = [str(n) for n in range(30)]
+    owners = _ids_by_owner(the_cluster, ids)
+    registry = CollectorRegistry()
+    config = GCacheConfig(
+        redis_config=RedisConfig(url=cluster_url, cluster=True),
+        metrics_registry=registry,
+        invalidate_replicas=1,
+        invalidate_wait_ms=300,
+        invalidation_outbox_raises=False,
+    )
+    paused_port, held = next(iter(owners.items()))
+    replica = the_cluster.replica_of(the_cluster.by_port(paused_port))
+    async with GCache(config) as cache:
+        fail_invalidations(monkeypatch, cache)
+        for id in ids:
+            await _invalidate(cache, mode, id)
+        assert len(cache._outbox) == len(ids)
+        replica.pause()
+        try:
+            monkeypatch.undo()
+            cache._outbox.wake()
+            await drained(cache, registry)
+        finally:
+            replica.resume()
+        counted = {
+            result: registry.get_sample_value("gcache_invalidation_replay_counter_total", {"result": result})
+            for result in ("applied", "unconfirmed")
+        }
+    assert counted == {"applied": len(ids) - len(held), "unconfirmed": len(held)}
+    assert all(int(cluster_client.hget(_fence(id), "w") or 0) > 0 for id in ids)
