@@ -718,8 +718,8 @@ class GCache(Management):
             f"Redis refuses INFO to the tracked reads of {self._prefix!r} (an ACL user "
             "without +info, or a server without INFO): their fences carry no replication id, so "
             "failover fencing is off and a promoted replica's or restarted primary's rolled-back "
-            "fences would be trusted. Allow it (ACL SETUSER <user> +info), or say it is intended "
-            "with GCacheConfig(failover_fencing=False) (README: Guarantees through failover)",
+            "fences would be trusted. Allow it (+info|replication in the user's ACL), or say it is "
+            "intended with GCacheConfig(failover_fencing=False) (README: Guarantees through failover)",
         )
 
     def _use_case(

@@ -174,8 +174,9 @@ def fence_read(
     """READ_TRACKED's reads as plain commands in the script's order, :data:`HEAD` (TIME, INFO
     replication; TIME alone without ``fencing``), GET (or GETRANGE), HMGET (, PTTL), packed for
     the wire, and how many replies they get."""
-    first, n = head(fencing)
-    return first + pack_reads(encode, read, key, fence, with_ttl), n + (3 if with_ttl else 2)
+    if fencing:
+        return HEAD + pack_reads(encode, read, key, fence, with_ttl), 5 if with_ttl else 4
+    return TIME + pack_reads(encode, read, key, fence, with_ttl), 4 if with_ttl else 3
 
 
 def parse_fence_read(replies: list[Any], fencing: bool = True) -> TrackedRead | None:
