@@ -158,7 +158,7 @@ class ReadQueue:
                     parts.append(pack_get(encode, read, q.key))
                     n += 1
                 else:
-                    parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl))
+                    parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl, q.fencing))
                     n += 3 if q.with_ttl else 2
             first, replies = _head(batch)  # tracked reads: the head (TIME, INFO replication) first
             parts.insert(0, first)

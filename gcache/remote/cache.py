@@ -299,16 +299,6 @@ class RemoteCache(Connections):
             self.info_refused = refused
             self._on_info_refused(refused)
 
-    def _fenced(self, replies: list[Any] | None) -> TrackedRead | None:
-        """A pipelined tracked read's replies (None: a foreign watermark), whether INFO was refused
-        told; None when the script must read (see :func:`parse_fence_read`)."""
-        if replies is None:
-            return None
-        fencing = self.failover_fencing
-        if fencing and (not replies[1]) is not self.info_refused:
-            self._info(not replies[1])
-        return parse_fence_read(replies, fencing)
-
     def _scripted(self, reply: list[Any]) -> TrackedRead:
         """READ_TRACKED's reply, whether it found INFO refused told."""
         if self.failover_fencing and (reply[5] == 1) is not self.info_refused:
@@ -530,9 +520,13 @@ class RemoteCache(Connections):
                     self._foreign(exc, fence)
                     return None
 
-            read = self._fenced(await self._arun("read", READ, pipelined_read))
-            if read is not None:
-                return read
+            replies = await self._arun("read", READ, pipelined_read)
+            if replies is not None:
+                if fencing and (not replies[1]) is not self.info_refused:  # INFO's reply: b"" if refused
+                    self._info(not replies[1])
+                read = parse_fence_read(replies, fencing)
+                if read is not None:
+                    return read
         if sending is not None:
             sending()
         return self._scripted(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
@@ -558,9 +552,13 @@ class RemoteCache(Connections):
                     self._foreign(exc, fence)
                     return None
 
-            read = self._fenced(self._run("read", READ, pipelined_read))
-            if read is not None:
-                return read
+            replies = self._run("read", READ, pipelined_read)
+            if replies is not None:
+                if fencing and (not replies[1]) is not self.info_refused:
+                    self._info(not replies[1])
+                read = parse_fence_read(replies, fencing)
+                if read is not None:
+                    return read
         if sending is not None:
             sending()
         return self._scripted(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))

@@ -74,6 +74,9 @@ TIME = b"*1\r\n$4\r\nTIME\r\n"
 HEAD = TIME + b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
 HEAD_REPLIES = 2
 _REPLID_FIELD = b"master_replid:"
+# A fence's fields: nonce, watermark and replication id; without fencing the id is not read.
+_HMGET_NWR = b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n$1\r\nr\r\n"
+_HMGET_NW = b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n"
 # How a value is read: its command packed for the wire up to the key, and after the key.
 ValueRead = tuple[bytes, bytes]
 GET: ValueRead = (b"*2\r\n$3\r\nGET\r\n", b"")
@@ -138,20 +141,26 @@ def parse_original(reply: list[Any]) -> TrackedRead:
 
 
 def pack_reads(
-    encode: Callable[[str], bytes], read: ValueRead, key: str, fence: str, with_ttl: bool
+    encode: Callable[[str], bytes],
+    read: ValueRead,
+    key: str,
+    fence: str,
+    with_ttl: bool,
+    fencing: bool = True,
 ) -> bytes:
-    """GET (or ``read``'s GETRANGE), HMGET of the fence's nonce, watermark and replication id
-    (, PTTL) of a tracked read packed for the wire, to follow :data:`HEAD`:
+    """GET (or ``read``'s GETRANGE), HMGET of the fence's nonce, watermark and (``fencing``)
+    replication id (, PTTL) of a tracked read packed for the wire, to follow :func:`head`:
     redis-py's asyncio packer costs 5.7 µs for these commands and TIME, this 1. ``encode`` is the
     connection's own."""
     k, f = encode(key), encode(fence)
     value = b"$%d\r\n%b\r\n" % (len(k), k)
+    fields = _HMGET_NWR if fencing else _HMGET_NW
     return b"".join(
         (
             read[0],
             value,
             read[1],
-            b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n$1\r\nr\r\n" % (len(f), f),
+            fields % (len(f), f),
             b"*2\r\n$4\r\nPTTL\r\n" + value if with_ttl else b"",
         )
     )
@@ -176,7 +185,7 @@ def fence_read(
     the wire, and how many replies they get."""
     if fencing:
         return HEAD + pack_reads(encode, read, key, fence, with_ttl), 5 if with_ttl else 4
-    return TIME + pack_reads(encode, read, key, fence, with_ttl), 4 if with_ttl else 3
+    return TIME + pack_reads(encode, read, key, fence, with_ttl, False), 4 if with_ttl else 3
 
 
 def parse_fence_read(replies: list[Any], fencing: bool = True) -> TrackedRead | None:
@@ -201,7 +210,7 @@ def parse_fence_read(replies: list[Any], fencing: bool = True) -> TrackedRead | 
     counts as past its TTL (0). An empty value (GETRANGE's answer for none) is none.
     """
     if not fencing:
-        (seconds, micros), raw, (nonce, watermark, _) = replies[0], replies[1], replies[2]
+        (seconds, micros), raw, (nonce, watermark) = replies[0], replies[1], replies[2]
         if nonce is None:
             return None
         return _tracked(seconds, micros, raw or None, nonce, watermark, replies[3:4])
@@ -528,7 +537,9 @@ def batch_reads(
         command, tail = read
         encoded = [encode(key) for key in keys]
         return b"".join([b"%b$%d\r\n%b\r\n%b" % (command, len(k), k, tail) for k in encoded]), len(keys)
-    packed = [pack_reads(encode, read, key, fence, False) for key, fence in zip(keys, fences, strict=True)]
+    packed = [
+        pack_reads(encode, read, key, fence, False, fencing) for key, fence in zip(keys, fences, strict=True)
+    ]
     first, n = head(fencing)
     return first + b"".join(packed), n + 2 * len(keys)
 

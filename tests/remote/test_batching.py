@@ -97,7 +97,7 @@ async def test_a_batch_of_fenced_and_unfenced_reads_hands_each_the_head_it_reads
     remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
 ) -> None:
     """One queue's reads with and without fencing in one write: the head has INFO once; a fenced
-    read gets TIME and INFO's reply, an unfenced one TIME alone."""
+    read gets TIME and INFO's reply and its fence's history, an unfenced one TIME alone."""
     store(redis_client, 4)
     await open_connections(remote)
     redis_writes.clear()
@@ -113,11 +113,12 @@ async def test_a_batch_of_fenced_and_unfenced_reads_hands_each_the_head_it_reads
     assert len(redis_writes) == 2
     assert redis_writes[1].count(b"$4\r\nINFO") == 1
     assert redis_writes[1].count(b"$4\r\nTIME") == 1
+    assert redis_writes[1].count(b"$1\r\nr\r\n") == 1  # the fenced read's HMGET alone asks 'r'
     time, info = fenced[:2]
     assert b"master_replid:" in info
     assert fenced[2:4] == [value(1), [nonce(1), b"1", redis_client.hget(fence(1), "r")]]
     assert 59_000 < fenced[4] <= 60_000
-    assert unfenced == [time, value(2), [nonce(2), b"2", redis_client.hget(fence(2), "r")]]
+    assert unfenced == [time, value(2), [nonce(2), b"2"]]  # nor the fence's history
     assert plain == value(3)
     assert b"master_replid:" in lone[1]
 
