@@ -474,10 +474,10 @@ class GCacheConfig:
             whatever replication history it was made in, which saves the server an INFO per read
             and about 450 bytes of reply (a sync tracked REMOTE hit measured 1.25-1.31x a bare GET
             instead of 1.34-1.41x): for a Redis with neither replicas nor persistence, or a
-            deployment that accepts the risk. After a
-            failover or a restart from RDB/AOF such reads trust rolled-back fences until a script
-            makes them anew (README, "Guarantees through failover"). Processes of both kinds
-            share one Redis without remaking each other's fences.
+            deployment that accepts the risk. After a failover or a restart from RDB/AOF such
+            reads trust rolled-back fences until a script makes them anew (README, "Guarantees
+            through failover"). Processes of both kinds share one Redis without remaking each
+            other's fences.
         invalidate_replicas: ``invalidate`` / ``ainvalidate`` return only once Redis's ``WAIT``
             confirms this many replicas have the raised watermark (0: no WAIT). Single-server
             clients only.

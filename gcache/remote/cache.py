@@ -16,6 +16,7 @@ import asyncio
 import os
 import random
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
@@ -165,6 +166,7 @@ class RemoteCache(Connections):
         self._trust_any = "" if failover_fencing else "1"  # READ_TRACKED's ARGV[5]
         self._on_info_refused = on_info_refused
         self.info_refused = False  # whether the last tracked read that asked found INFO refused
+        self._info_lock = threading.Lock()  # a change told once, however many threads see it
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
             redis_config,
@@ -294,10 +296,18 @@ class RemoteCache(Connections):
 
     def _info(self, refused: bool) -> None:
         """A tracked read found INFO refused, or answered again: told on a change (the callers
-        compare first, on the read path; only with failover fencing)."""
-        if refused is not self.info_refused:
+        compare first, on the read path; only with failover fencing). A thread that finds another
+        telling a change leaves it to that one: a read after it compares again (and a child
+        forked while the lock was held never blocks on it)."""
+        if not self._info_lock.acquire(blocking=False):
+            return
+        try:
+            if refused is self.info_refused:
+                return
             self.info_refused = refused
-            self._on_info_refused(refused)
+        finally:
+            self._info_lock.release()
+        self._on_info_refused(refused)
 
     def _scripted(self, reply: list[Any]) -> TrackedRead:
         """READ_TRACKED's reply, whether it found INFO refused told."""

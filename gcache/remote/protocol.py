@@ -250,7 +250,7 @@ def _info_refused(exc: redis.ResponseError) -> bool:
     """INFO refused: unknown to the server (fakeredis) or to the user (an ACL without +info). Its
     reply then reads as b"", the replication id the scripts then give every fence: failover
     fencing is off on such a server, and reads go on as before it (README, "Guarantees through
-    failover")."""
+    failover"); ``RemoteCache`` tells its GCache, which warns once (``on_info_refused``)."""
     text = str(exc)
     return "'info'" in text and ("unknown command" in text or "permission" in text)
 
