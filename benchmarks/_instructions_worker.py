@@ -13,7 +13,8 @@ instructions.
 
 Cases (see ``CASES``): a gcache hit and its floor, for LOCAL and REMOTE, sync and async, the same
 functions, keys and values as ``bench_hits``; and a tracked REMOTE hit (``track_for_invalidation``:
-TIME, GET and HMGET in one write), whose floor is the untracked one's; and a signed REMOTE hit
+TIME, INFO replication, GET and HMGET in one write), whose floor is the untracked one's, and
+the same without failover fencing (``failover_fencing=False``: no INFO); and a signed REMOTE hit
 (``signing_keys``: one HMAC more), whose floor is the unsigned gcache hit; and a page of 50 ids
 on cold LOCAL (``cached_many``, REMOTE only, untracked and tracked), whose floor is one bare
 MGET of 50 keys, as in ``bench_batch``."""
@@ -49,6 +50,8 @@ CASES = (
     "async REMOTE baseline",
     "sync REMOTE tracked",
     "async REMOTE tracked",
+    "sync REMOTE unfenced",
+    "async REMOTE unfenced",
     "sync REMOTE signed",
     "async REMOTE signed",
     "sync BATCH gcache",
@@ -103,15 +106,18 @@ def _cached_many(mode: str, redis_url: str, tracked: bool) -> Callable[[], Any]:
 
 
 def _cached(
-    mode: str, kind: str, redis_url: str, tracked: bool = False, signed: bool = False
+    mode: str, kind: str, redis_url: str, tracked: bool = False, signed: bool = False, fencing: bool = True
 ) -> Callable[[str], Any]:
     """gcache's cached function of the case, enabled for the life of the process."""
     # Under valgrind a call runs some 50 times slower: the default 50 ms read deadline would fire,
     # and a timed-out read (counted, logged, served uncached) costs far more than a hit.
-    keys = {"signing_keys": [SIGNING_KEY]} if signed else {}
+    keys: dict[str, Any] = {"signing_keys": [SIGNING_KEY]} if signed else {}
+    if not fencing:
+        keys["failover_fencing"] = False
     cache = make_gcache(redis_url, PREFIX, read_timeout_sec=5.0, write_timeout_sec=5.0, **keys)
     _CACHES.append(cache)
     use_case = f"{kind}{mode.title()}{'Tracked' if tracked else ''}{'Signed' if signed else ''}"
+    use_case += "" if fencing else "Unfenced"
     client = bare_sync_client(redis_url)
     client.delete(value_key(entity_key(PREFIX, "user_id", ID), (), use_case))  # an earlier run's
     client.close()
@@ -145,8 +151,15 @@ def _case(case: str, redis_url: str) -> Callable[[], Any]:
         keys = [_stored(admin_url, i) for i in BATCH_IDS]
         bare: Any = bare_sync_client(admin_url) if mode == "sync" else bare_async_client(admin_url)
         return lambda: bare.mget(keys)
-    if subject in ("gcache", "tracked", "signed"):
-        cached_user = _cached(mode, kind, redis_url, tracked=subject == "tracked", signed=subject == "signed")
+    if subject in ("gcache", "tracked", "signed", "unfenced"):
+        cached_user = _cached(
+            mode,
+            kind,
+            redis_url,
+            tracked=subject in ("tracked", "unfenced"),
+            signed=subject == "signed",
+            fencing=subject != "unfenced",
+        )
         return lambda: cached_user(ID)
     if kind == "LOCAL":
         bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))

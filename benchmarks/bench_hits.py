@@ -6,8 +6,9 @@ Scenarios (1)-(4) of the benchmark issue, each against its floor measured in the
   in a coroutine / a function: look the id up, compute and store on a miss, return.
 - REMOTE hit (async, sync) vs a bare redis-py GET of a value of the same size: one round trip.
   gcache runs with a REMOTE-only config, untracked (a GET) and tracked
-  (``track_for_invalidation=True``: TIME, GET and HMGET in one round trip return the value, the
-  entity's fence and the server time).
+  (``track_for_invalidation=True``: TIME, INFO replication, GET and HMGET in one round trip return
+  the value, the entity's fence, the server time and the node's replication id), and tracked on a
+  GCache without failover fencing (``failover_fencing=False``: no INFO).
 
 LOCAL hits are measured untracked and tracked (the bus is subscribed first, ``start()``).
 A tracked REMOTE hit sends three commands; the same read called alone through gcache's
@@ -69,6 +70,7 @@ PREFIX = "bench-hits"
 LOCAL_CALLS, LOCAL_REPEAT = 5_000, 15
 REMOTE_CALLS, REMOTE_REPEAT = 300, 40  # many short batches: the median one is a typical one
 ID = "1"
+UNFENCED = f"{GCACHE_TRACKED}, failover_fencing=False"
 
 
 def _functions(cache: GCache, layer: str, config: GCacheKeyConfig) -> dict[str, Any]:
@@ -131,6 +133,9 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
         raise RuntimeError("gcache's invalidation bus did not subscribe; tracked LOCAL would be off")
     local = _functions(cache, "Local", LOCAL_ONLY)
     remote = _functions(cache, "Remote", REMOTE_ONLY)
+    unfenced_cache = make_gcache(redis_url, PREFIX, failover_fencing=False)
+    unfenced = _functions(unfenced_cache, "RemoteUnfenced", REMOTE_ONLY)
+    remote.update({f"{mode} {UNFENCED}": unfenced[f"{mode} {GCACHE_TRACKED}"] for mode in ("sync", "async")})
     bare_local, abare_local = read_through_ttl_cache(cachetools.TTLCache(10_000, TTL))
 
     bare_key = "{" + PREFIX + ":bare:1}#RemoteBare"  # the length of gcache's keys, a payload as large
@@ -142,7 +147,7 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
     tracked_key, fence = value_key(entity, (), "RemoteTrackedSync"), watermark_key(entity)
     results: list[Result] = []
     try:
-        with cache.enable():
+        with cache.enable(), unfenced_cache.enable():
             times = time_interleaved(
                 {
                     BASELINE: batch(bare_local, (ID,), LOCAL_CALLS),
@@ -158,6 +163,7 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
                     BASELINE: batch(sync_client.get, (bare_key,), REMOTE_CALLS),
                     GCACHE: batch(remote[f"sync {GCACHE}"], (ID,), REMOTE_CALLS),
                     GCACHE_TRACKED: batch(remote[f"sync {GCACHE_TRACKED}"], (ID,), REMOTE_CALLS),
+                    UNFENCED: batch(remote[f"sync {UNFENCED}"], (ID,), REMOTE_CALLS),
                     TRACKED_FLOOR: batch(floor.read_tracked, (tracked_key, fence), REMOTE_CALLS),
                 },
                 REMOTE_CALLS,
@@ -173,6 +179,7 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
         sync_client.close()
         cache.flushall()
         cache.close()
+        unfenced_cache.close()
     return results
 
 
@@ -207,6 +214,7 @@ async def _async_part(
             BASELINE: abatch(client.get, (bare_key,), REMOTE_CALLS),
             GCACHE: abatch(remote[f"async {GCACHE}"], (ID,), REMOTE_CALLS),
             GCACHE_TRACKED: abatch(remote[f"async {GCACHE_TRACKED}"], (ID,), REMOTE_CALLS),
+            UNFENCED: abatch(remote[f"async {UNFENCED}"], (ID,), REMOTE_CALLS),
             TRACKED_FLOOR: abatch(floor.aread_tracked, (tracked_key, fence), REMOTE_CALLS),
         }
         for rival in on_redis:

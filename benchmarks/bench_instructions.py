@@ -3,7 +3,8 @@
 Wall-clock ratios on a busy 2-core machine move by several hundredths from run to run.
 ``valgrind --tool=callgrind`` counts the instructions the process runs, which repeat to a few
 hundred per call whatever else the machine does.
-So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked; REMOTE tracked too)
+So each hit of ``bench_hits`` (LOCAL and REMOTE, sync and async, untracked; REMOTE tracked too,
+with and without failover fencing)
 and its floor run in a worker process (``_instructions_worker``) twice, with ``LOW`` and ``HIGH``
 calls; the difference over ``HIGH - LOW`` is the cost of one call, with start-up, set-up and
 warm-up cancelled out.
@@ -94,7 +95,11 @@ def run(redis_url: str, admin_url: str | None = None) -> list[Result]:
             baseline, floor = "gcache, no keys", per_call[f"{mode} {layer} gcache"]
         else:
             baseline, floor = BASELINES[mode, layer], per_call[f"{mode} {layer} baseline"]
-        suffix = {"tracked": " tracked", "signed": " signed"}.get(subject, "")
+        suffix = {
+            "tracked": " tracked",
+            "signed": " signed",
+            "unfenced": " tracked (failover_fencing=False)",
+        }.get(subject, "")
         what = f"page of 50{suffix}, cold LOCAL" if layer == "BATCH" else f"{layer}{suffix} hit"
         results.append(
             Result(

@@ -247,6 +247,8 @@ class GCache(Management):
                 failover_buffer_ms=config.failover_buffer_ms,
                 invalidate_replicas=config.invalidate_replicas,
                 invalidate_wait_ms=config.invalidate_wait_ms,
+                failover_fencing=config.failover_fencing,
+                on_info_refused=self._on_info_refused,
                 on_pool_wait=tuple(
                     FastHistogram(self._metrics.pool_wait.labels(pool)).observe
                     for pool in ("read", "write", "admin")
@@ -713,6 +715,22 @@ class GCache(Management):
             "GCacheConfig(legacy_compat=True) (README: Migrating from the original gcache)",
         )
 
+    def _on_info_refused(self, refused: bool) -> None:
+        """Tracked reads found INFO refused (``refused``), or answered again."""
+        gauge = self._metrics.failover_fencing_off
+        if not refused:
+            gauge.dec()
+            return
+        gauge.inc()
+        self._errors.once(
+            ("info_refused",),
+            f"Redis refuses INFO to the tracked reads of {self._prefix!r} (an ACL user "
+            "without +info, or a server without INFO): their fences carry no replication id, so "
+            "failover fencing is off and a promoted replica's or restarted primary's rolled-back "
+            "fences would be trusted. Allow it (+info|replication in the user's ACL), or say it is "
+            "intended with GCacheConfig(failover_fencing=False) (README: Guarantees through failover)",
+        )
+
     def _use_case(
         self,
         name: str,
@@ -783,6 +801,9 @@ class GCache(Management):
         self._loop_thread.stop()
 
     def _detach_remote(self) -> None:
+        if self._remote is not None and self._remote.info_refused:  # a closed GCache no longer counts
+            self._remote.info_refused = False
+            self._metrics.failover_fencing_off.dec()
         self._runtime.remote = None
         for uc in self._use_cases:
             uc.remote, uc.closed = None, True

@@ -202,6 +202,14 @@ class Metrics:
             multiprocess_mode="livesum",
             **kw,
         )
+        self.failover_fencing_off = Gauge(
+            f"{p}failover_fencing_off",
+            "GCaches whose Redis refuses INFO to tracked reads (an ACL without +info): their "
+            "fences carry no replication id, failover fencing is off (each adds 1 while so; "
+            "failover_fencing=False does not count).",
+            multiprocess_mode="livesum",
+            **kw,
+        )
         self.breaker_transition = Counter(
             f"{p}breaker_transition_counter",
             "Circuit breaker changes, by the state entered (open, closed).",

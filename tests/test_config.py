@@ -794,6 +794,7 @@ async def test_an_environment_s_configs_serve_as_the_provider(
         ({"invalidate_replicas": -1}, "invalidate_replicas"),
         ({"invalidate_wait_ms": 0}, "invalidate_wait_ms"),
         ({"failover_buffer_ms": -5}, "failover_buffer_ms"),
+        ({"failover_fencing": "no"}, "failover_fencing must be True or False"),
     ],
 )
 def test_failover_options_are_checked(options: dict[str, Any], message: str) -> None:
@@ -804,6 +805,7 @@ def test_failover_options_are_checked(options: dict[str, Any], message: str) -> 
 def test_failover_options_default_to_no_wait_and_no_buffer() -> None:
     config = GCacheConfig()
     assert (config.invalidate_replicas, config.invalidate_wait_ms, config.failover_buffer_ms) == (0, 100, 0)
+    assert config.failover_fencing is True
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,10 @@ import redis
 
 from gcache.remote.protocol import (
     ASYNC_POOL_ARGS,
-    HEAD,
-    HEAD_REPLIES,
     ValueRead,
     apipelined,
     exchange,
+    head,
     pack_get,
     pack_reads,
 )
@@ -27,7 +26,7 @@ MAX_BATCH = 256
 
 
 class _Queued:
-    __slots__ = ("fence", "future", "key", "sending", "with_ttl")
+    __slots__ = ("fence", "fencing", "future", "key", "sending", "with_ttl")
 
     def __init__(
         self,
@@ -36,8 +35,22 @@ class _Queued:
         with_ttl: bool,
         sending: Callable[[], None] | None,
         future: asyncio.Future[Any],
+        fencing: bool,
     ) -> None:
         self.key, self.fence, self.with_ttl, self.sending, self.future = key, fence, with_ttl, sending, future
+        self.fencing = fencing
+
+
+def _head(batch: list[_Queued]) -> tuple[bytes, int]:
+    """What the batch's write starts with: nothing for GETs alone; for tracked reads TIME, with
+    INFO replication if one of them is fenced (see :func:`~gcache.remote.protocol.head`)."""
+    tracked = False
+    for q in batch:
+        if q.fence is not None:
+            if q.fencing:
+                return head(True)
+            tracked = True
+    return head(False) if tracked else (b"", 0)
 
 
 class ReadQueue:
@@ -46,8 +59,9 @@ class ReadQueue:
     A read that finds none in flight on this loop goes straight to Redis, as it always did. A
     read that finds one does not take a connection of its own: it queues, and every read queued
     by the end of the loop's pass goes to Redis in one write on one pooled connection, with one
-    head (TIME, INFO replication) shared by the tracked reads of the batch (it precedes each of
-    their reads, which is all a fence needs; see :func:`~gcache.remote.protocol.parse_fence_read`).
+    head (TIME, INFO replication; TIME alone without failover fencing) shared by the tracked reads
+    of the batch (it precedes each of their reads, which is all a fence needs; see
+    :func:`~gcache.remote.protocol.parse_fence_read`).
     N callers at once then
     cost one pool checkout, one write and about one round trip instead of N of each. A read's
     ``sending()`` is called when its batch has a connection: until then other callers may take
@@ -69,7 +83,7 @@ class ReadQueue:
 
     async def get(self, key: str) -> bytes | None:
         if self.busy:
-            queued: bytes | None = await self._queue(key, None, False, None)
+            queued: bytes | None = await self._queue(key, None, False, None, False)
             return queued
         self.busy = 1
         try:
@@ -79,20 +93,26 @@ class ReadQueue:
             self.busy -= 1
 
     async def read_tracked(
-        self, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None
+        self, key: str, fence: str, with_ttl: bool, sending: Callable[[], None] | None, fencing: bool = True
     ) -> list[Any]:
-        """The replies of :func:`~gcache.remote.protocol.fence_read`'s commands."""
+        """The replies of :func:`~gcache.remote.protocol.fence_read`'s commands (with ``fencing``
+        or without, as its)."""
         if self.busy:
-            replies: list[Any] = await self._queue(key, fence, with_ttl, sending)
+            replies: list[Any] = await self._queue(key, fence, with_ttl, sending, fencing)
             return replies
         self.busy = 1
         try:
-            return await apipelined(self._pool, self._read, key, fence, with_ttl, sending)
+            return await apipelined(self._pool, self._read, key, fence, with_ttl, sending, fencing)
         finally:
             self.busy -= 1
 
     def _queue(
-        self, key: str, fence: str | None, with_ttl: bool, sending: Callable[[], None] | None
+        self,
+        key: str,
+        fence: str | None,
+        with_ttl: bool,
+        sending: Callable[[], None] | None,
+        fencing: bool,
     ) -> asyncio.Future[Any]:
         future = self._loop.create_future()
         batch = self._queued
@@ -101,7 +121,7 @@ class ReadQueue:
             task = self._loop.create_task(self._send(batch))
             self._tasks.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._tasks.discard)
-        batch.append(_Queued(key, fence, with_ttl, sending, future))
+        batch.append(_Queued(key, fence, with_ttl, sending, future, fencing))
         self.busy += 1
         return future
 
@@ -138,29 +158,27 @@ class ReadQueue:
                     parts.append(pack_get(encode, read, q.key))
                     n += 1
                 else:
-                    parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl))
+                    parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl, q.fencing))
                     n += 3 if q.with_ttl else 2
-            if n > len(batch):  # tracked reads: the head (TIME, INFO replication) first
-                parts.insert(0, HEAD)
-                n += HEAD_REPLIES
-            return await exchange(connection, b"".join(parts), n)
+            first, replies = _head(batch)  # tracked reads: the head (TIME, INFO replication) first
+            parts.insert(0, first)
+            return await exchange(connection, b"".join(parts), n + replies)
         finally:
             await pool.release(connection)
 
 
 def _answer(batch: list[_Queued], replies: list[Any]) -> None:
     """Hand each queued read its replies (a tracked read's as
-    :func:`~gcache.remote.protocol.fence_read`'s would be)."""
-    tracked = any(q.fence is not None for q in batch)
-    head = replies[:HEAD_REPLIES] if tracked else []
-    i = HEAD_REPLIES if tracked else 0
+    :func:`~gcache.remote.protocol.fence_read`'s would be: TIME, and INFO's reply if it is fenced)."""
+    i = _head(batch)[1]
+    fenced, unfenced = replies[:i], replies[:1]  # TIME (and INFO's reply, first: see _head)
     for q in batch:
         if q.fence is None:
             mine = [replies[i]]
             i += 1
         else:
             n = 3 if q.with_ttl else 2
-            mine = [*head, *replies[i : i + n]]
+            mine = [*(fenced if q.fencing else unfenced), *replies[i : i + n]]
             i += n
         future = q.future
         if future.done():

@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from operator import methodcaller
 from typing import Any, NamedTuple, TypeVar
@@ -133,6 +134,12 @@ class RemoteCache(Connections):
             finds such a watermark there (the read script then makes it a fence).
         failover_buffer_ms: a fence of another replication history (inherited through a
             failover) is made anew with the watermark server-now + this.
+        failover_fencing: False: tracked reads send no ``INFO replication`` and trust a fence
+            whatever its history (the scripts still stamp and check it: see
+            :mod:`~gcache.remote.scripts`, ``_REPLID``).
+        on_info_refused: told True when a tracked read finds ``INFO`` refused (an ACL without
+            ``+info``, a server without it: failover fencing is then off), False when it is
+            answered again; only on a change, only with ``failover_fencing``.
         invalidate_replicas, invalidate_wait_ms: an invalidation returns once ``WAIT`` confirms
             this many replicas have it, or raises ``RemoteError`` (cause
             :class:`~gcache.errors.ReplicasNotConfirmed`) after this long; 0: no WAIT.
@@ -163,7 +170,14 @@ class RemoteCache(Connections):
         invalidate_replicas: int = 0,
         invalidate_wait_ms: int = 0,
         on_node_breaker: Callable[[str, bool], None] = lambda node, is_open: None,
+        failover_fencing: bool = True,
+        on_info_refused: Callable[[bool], None] = lambda refused: None,
     ) -> None:
+        self.failover_fencing = failover_fencing
+        self._trust_any = "" if failover_fencing else "1"  # READ_TRACKED's ARGV[5]
+        self._on_info_refused = on_info_refused
+        self.info_refused = False  # whether the last tracked read that asked found INFO refused
+        self._info_lock = threading.Lock()  # a change told once, however many threads see it
         limit = self.read_limit = read_limit(max_value_bytes)
         super().__init__(
             redis_config,
@@ -278,14 +292,36 @@ class RemoteCache(Connections):
 
     def _read_args(self, with_ttl: bool) -> list[Any]:
         """READ_TRACKED's ARGV: a nonce for a fence it creates, the compute limit, PTTL or not,
-        the failover buffer, the read limit."""
+        the failover buffer, whether to trust any fence's history, the read limit."""
         return [
             new_nonce(),
             self._compute_limit_ms,
             "1" if with_ttl else "",
             self._failover_buffer_ms,
+            self._trust_any,
             *self._limit_args,
         ]
+
+    def _info(self, refused: bool) -> None:
+        """A tracked read found INFO refused, or answered again: told on a change (the callers
+        compare first, on the read path; only with failover fencing). A thread that finds another
+        telling a change leaves it to that one: a read after it compares again (and a child
+        forked while the lock was held never blocks on it)."""
+        if not self._info_lock.acquire(blocking=False):
+            return
+        try:
+            if refused is self.info_refused:
+                return
+            self.info_refused = refused
+        finally:
+            self._info_lock.release()
+        self._on_info_refused(refused)
+
+    def _scripted(self, reply: list[Any]) -> TrackedRead:
+        """READ_TRACKED's reply, whether it found INFO refused told."""
+        if self.failover_fencing and (reply[5] == 1) is not self.info_refused:
+            self._info(reply[5] == 1)
+        return parse_tracked(reply)
 
     def _pipelined_batch(
         self, keys: Sequence[str], fences: Sequence[str] | None
@@ -314,8 +350,7 @@ class RemoteCache(Connections):
 
         return queue
 
-    @staticmethod
-    def _pipelined_found(replies: list[Any], fences: Sequence[str] | None) -> list[Any]:
+    def _pipelined_found(self, replies: list[Any], fences: Sequence[str] | None) -> list[Any]:
         """:meth:`_pipelined_batch`'s replies: values (None for none), or tracked each read, a
         NOSCRIPT left in place for the caller to read through the script; any other error raised."""
         found: list[Any] = []
@@ -327,7 +362,7 @@ class RemoteCache(Connections):
             elif fences is None:
                 found.append(reply or None)
             else:
-                found.append(parse_tracked(reply))
+                found.append(self._scripted(reply))
         return found
 
     def _write_tracked(
@@ -339,9 +374,18 @@ class RemoteCache(Connections):
         return methodcaller("write_tracked", keys=[key, fence], args=self._write_args(read, ttl_ms, envelope))
 
     def _write_args(self, read: TrackedRead, ttl_ms: int, envelope: bytes) -> list[Any]:
-        """WRITE_TRACKED's ARGV: the read's stamp and fence nonce, the TTL, the entry, the limit."""
+        """WRITE_TRACKED's ARGV: the read's stamp and fence nonce, the TTL, the entry, the limit,
+        a nonce and the failover buffer for a fence of another history it makes anew."""
         assert read.nonce is not None, "a tracked read always returns a fence"
-        return [read.now_us, ttl_ms, read.nonce, envelope, self._compute_limit_ms * 1000]
+        return [
+            read.now_us,
+            ttl_ms,
+            read.nonce,
+            envelope,
+            self._compute_limit_ms * 1000,
+            new_nonce(),
+            self._failover_buffer_ms,
+        ]
 
     def _signature(self, kind: str, buffer_ms: int, target: str) -> bytes:
         """The signature the scripts publish with a message; empty without keys (the message
@@ -485,22 +529,26 @@ class RemoteCache(Connections):
             if sending is not None:
                 sending()
             return parse_original(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
+        fencing = self.failover_fencing
         if self._async_connection(READ).reads is not None:
 
             async def pipelined_read(c: Connection) -> list[Any] | None:
                 try:
-                    return await c.reads.read_tracked(key, fence, with_ttl, sending)  # type: ignore[union-attr]
+                    return await c.reads.read_tracked(key, fence, with_ttl, sending, fencing)  # type: ignore[union-attr]
                 except redis.ResponseError as exc:
                     self._foreign(exc, fence)
                     return None
 
             replies = await self._arun("read", READ, pipelined_read)
-            read = None if replies is None else parse_fence_read(replies)
-            if read is not None:
-                return read
+            if replies is not None:
+                if fencing and (not replies[1]) is not self.info_refused:  # INFO's reply: b"" if refused
+                    self._info(not replies[1])
+                read = parse_fence_read(replies, fencing)
+                if read is not None:
+                    return read
         if sending is not None:
             sending()
-        return parse_tracked(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
+        return self._scripted(await self._arun("read", READ, self._read_tracked(key, fence, with_ttl)))
 
     def read_tracked(
         self, key: str, fence: str, *, with_ttl: bool = False, sending: Callable[[], None] | None = None
@@ -513,22 +561,33 @@ class RemoteCache(Connections):
             if sending is not None:
                 sending()
             return parse_original(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
+        fencing = self.failover_fencing
         if (self._sync[READ] or self._sync_connection(READ)).pool is not None:
 
             def pipelined_read(c: Connection) -> list[Any] | None:
                 try:
-                    return pipelined(c.pool, c.value_read, key, fence, with_ttl, sending)
+                    return pipelined(c.pool, c.value_read, key, fence, with_ttl, sending, fencing)
                 except redis.ResponseError as exc:
                     self._foreign(exc, fence)
                     return None
 
             replies = self._run("read", READ, pipelined_read)
-            read = None if replies is None else parse_fence_read(replies)
-            if read is not None:
-                return read
+            if replies is not None:
+                if fencing and (not replies[1]) is not self.info_refused:
+                    self._info(not replies[1])
+                read = parse_fence_read(replies, fencing)
+                if read is not None:
+                    return read
         if sending is not None:
             sending()
-        return parse_tracked(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
+        return self._scripted(self._run("read", READ, self._read_tracked(key, fence, with_ttl)))
+
+    def _parsed_batch(self, replies: list[Any], tracked: bool) -> list[Any]:
+        """:func:`parse_batch` of a batch's replies, whether INFO was refused told."""
+        fencing = self.failover_fencing
+        if tracked and fencing and (not replies[1]) is not self.info_refused:
+            self._info(not replies[1])
+        return parse_batch(replies, tracked, fencing)
 
     def _foreign(self, exc: redis.ResponseError, fence: str) -> None:
         """A pipelined read whose fence key holds another type: the original gcache's watermark
@@ -551,9 +610,11 @@ class RemoteCache(Connections):
         if connection.pool is None:  # a cluster: one pipeline, a write per node
             return await self._aread_pipelined(keys, fences)
 
+        fencing = self.failover_fencing
+
         async def batch_read(c: Connection) -> list[Any] | None:
             try:
-                return await abatch_pipelined(c.pool, c.value_read, keys, fences)
+                return await abatch_pipelined(c.pool, c.value_read, keys, fences, fencing)
             except redis.ResponseError as exc:
                 if fences is None:
                     raise
@@ -564,7 +625,7 @@ class RemoteCache(Connections):
         if replies is None:
             reads = (self.aread_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True))
             return list(await asyncio.gather(*reads))
-        found = parse_batch(replies, fences is not None)
+        found = self._parsed_batch(replies, fences is not None)
         unfenced = [i for i, read in enumerate(found) if read is None] if fences is not None else []
         if unfenced:  # new entities: their fences made by the script, in one more round trip
             assert fences is not None
@@ -594,9 +655,11 @@ class RemoteCache(Connections):
         if connection.pool is None:
             return self._read_pipelined(keys, fences)
 
+        fencing = self.failover_fencing
+
         def batch_read(c: Connection) -> list[Any] | None:
             try:
-                return batch_pipelined(c.pool, c.value_read, keys, fences)
+                return batch_pipelined(c.pool, c.value_read, keys, fences, fencing)
             except redis.ResponseError as exc:
                 if fences is None:
                     raise
@@ -606,7 +669,7 @@ class RemoteCache(Connections):
         replies = self._run("read", READ, batch_read)
         if replies is None:
             return [self.read_tracked(key, fence) for key, fence in zip(keys, fences or (), strict=True)]
-        found = parse_batch(replies, fences is not None)
+        found = self._parsed_batch(replies, fences is not None)
         unfenced = [i for i, read in enumerate(found) if read is None] if fences is not None else []
         if unfenced:
             assert fences is not None

@@ -1,7 +1,7 @@
 """The read protocol: reads sent as hand-packed commands in one write, and their replies.
 
 A tracked read is TIME, INFO replication, GET, HMGET (and PTTL) on one pooled connection in one
-write: redis-py's
+write (without failover fencing, ``GCacheConfig(failover_fencing=False)``, no INFO): redis-py's
 Pipeline object costs the client what a Lua script costs the server (both about 20 µs over a GET
 here), this costs about what one GET does. The replies are read under one deadline
 (:class:`Deadline`) that forgives a busy event loop once. Under concurrency
@@ -39,6 +39,7 @@ __all__ = [
     "HEAD",
     "HEAD_REPLIES",
     "TIME",
+    "head",
     "Deadline",
     "TrackedRead",
     "ValueRead",
@@ -72,13 +73,22 @@ _LATE_SEC = 0.005
 TIME = b"*1\r\n$4\r\nTIME\r\n"
 # What every tracked read starts with, once per write however many reads share it: the server time
 # (t0) and the node's replication id (INFO replication's master_replid), which a fence must carry
-# to be trusted (see parse_fence_read). Two replies.
+# to be trusted (see parse_fence_read). Two replies. Without failover fencing TIME alone, one.
 HEAD = TIME + b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
 HEAD_REPLIES = 2
 _REPLID_FIELD = b"master_replid:"
+# A fence's fields: nonce, watermark and replication id; without fencing the id is not read.
+_HMGET_NWR = b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n$1\r\nr\r\n"
+_HMGET_NW = b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n"
 # How a value is read: its command packed for the wire up to the key, and after the key.
 ValueRead = tuple[bytes, bytes]
 GET: ValueRead = (b"*2\r\n$3\r\nGET\r\n", b"")
+
+
+def head(fencing: bool) -> tuple[bytes, int]:
+    """What tracked reads start with, and its replies: :data:`HEAD`; TIME alone without
+    ``fencing`` (``GCacheConfig(failover_fencing=False)``: no fence's history is checked)."""
+    return (HEAD, HEAD_REPLIES) if fencing else (TIME, 1)
 
 
 def read_limit(max_value_bytes: int | None) -> int | None:
@@ -114,10 +124,11 @@ def replid(info: bytes) -> bytes:
 
 
 def parse_tracked(reply: list[Any]) -> TrackedRead:
-    """The read script's reply (the script always has a fence of this node's history)."""
+    """The read script's reply (the script always has a fence; of this node's history unless it
+    was asked to trust any). Whether INFO was refused (``reply[5]``) is the caller's to read."""
     raw, nonce, watermark, seconds, micros = reply[:5]
     assert nonce is not None, "the read script returned no fence"
-    pttl = [p for p in reply[5:6] if p is not None]  # Lua's nil ends the reply
+    pttl = [p for p in reply[6:7] if p is not None]  # Lua's nil ends the reply
     return _tracked(seconds, micros, raw or None, nonce, watermark, pttl)
 
 
@@ -133,20 +144,26 @@ def parse_original(reply: list[Any]) -> TrackedRead:
 
 
 def pack_reads(
-    encode: Callable[[str], bytes], read: ValueRead, key: str, fence: str, with_ttl: bool
+    encode: Callable[[str], bytes],
+    read: ValueRead,
+    key: str,
+    fence: str,
+    with_ttl: bool,
+    fencing: bool = True,
 ) -> bytes:
-    """GET (or ``read``'s GETRANGE), HMGET of the fence's nonce, watermark and replication id
-    (, PTTL) of a tracked read packed for the wire, to follow :data:`HEAD`:
+    """GET (or ``read``'s GETRANGE), HMGET of the fence's nonce, watermark and (``fencing``)
+    replication id (, PTTL) of a tracked read packed for the wire, to follow :func:`head`:
     redis-py's asyncio packer costs 5.7 µs for these commands and TIME, this 1. ``encode`` is the
     connection's own."""
     k, f = encode(key), encode(fence)
     value = b"$%d\r\n%b\r\n" % (len(k), k)
+    fields = _HMGET_NWR if fencing else _HMGET_NW
     return b"".join(
         (
             read[0],
             value,
             read[1],
-            b"*5\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n$1\r\nn\r\n$1\r\nw\r\n$1\r\nr\r\n" % (len(f), f),
+            fields % (len(f), f),
             b"*2\r\n$4\r\nPTTL\r\n" + value if with_ttl else b"",
         )
     )
@@ -159,19 +176,27 @@ def pack_get(encode: Callable[[str], bytes], read: ValueRead, key: str) -> bytes
 
 
 def fence_read(
-    encode: Callable[[str], bytes], read: ValueRead, key: str, fence: str, with_ttl: bool
+    encode: Callable[[str], bytes],
+    read: ValueRead,
+    key: str,
+    fence: str,
+    with_ttl: bool,
+    fencing: bool = True,
 ) -> tuple[bytes, int]:
     """READ_TRACKED's reads as plain commands in the script's order, :data:`HEAD` (TIME, INFO
-    replication), GET (or GETRANGE), HMGET (, PTTL), packed for the wire, and how many replies
-    they get."""
-    return HEAD + pack_reads(encode, read, key, fence, with_ttl), 5 if with_ttl else 4
+    replication; TIME alone without ``fencing``), GET (or GETRANGE), HMGET (, PTTL), packed for
+    the wire, and how many replies they get."""
+    if fencing:
+        return HEAD + pack_reads(encode, read, key, fence, with_ttl), 5 if with_ttl else 4
+    return TIME + pack_reads(encode, read, key, fence, with_ttl, False), 4 if with_ttl else 3
 
 
-def parse_fence_read(replies: list[Any]) -> TrackedRead | None:
-    """The replies of :func:`fence_read`'s commands (the head's two, the value's, the fence's, the
+def parse_fence_read(replies: list[Any], fencing: bool = True) -> TrackedRead | None:
+    """The replies of :func:`fence_read`'s commands (the head's, the value's, the fence's, the
     PTTL's); None when the entity has no fence, which only the script can create atomically with
-    the read, or a fence of another replication history than the node's, which only the script may
-    make anew.
+    the read, or (``fencing``) a fence of another replication history than the node's, which only
+    the script may make anew. Without ``fencing`` a fence is trusted whatever its history
+    (README, "Guarantees through failover").
 
     A fence is trusted only if its ``r`` is the node's ``master_replid`` at this read: one inherited
     by a promoted replica (a new id) or left from before a restart (likewise) may lack a watermark
@@ -187,6 +212,11 @@ def parse_fence_read(replies: list[Any]) -> TrackedRead | None:
     makes anew. A value that expired between GET and PTTL was at the end of its grace period: it
     counts as past its TTL (0). An empty value (GETRANGE's answer for none) is none.
     """
+    if not fencing:
+        (seconds, micros), raw, (nonce, watermark) = replies[0], replies[1], replies[2]
+        if nonce is None:
+            return None
+        return _tracked(seconds, micros, raw or None, nonce, watermark, replies[3:4])
     (seconds, micros), info, raw, (nonce, watermark, epoch) = replies[0], replies[1], replies[2], replies[3]
     if nonce is None or epoch != replid(info):
         return None
@@ -223,7 +253,7 @@ def _info_refused(exc: redis.ResponseError) -> bool:
     """INFO refused: unknown to the server (fakeredis) or to the user (an ACL without +info). Its
     reply then reads as b"", the replication id the scripts then give every fence: failover
     fencing is off on such a server, and reads go on as before it (README, "Guarantees through
-    failover")."""
+    failover"); ``RemoteCache`` tells its GCache, which warns once (``on_info_refused``)."""
     text = str(exc)
     return "'info'" in text and ("unknown command" in text or "permission" in text)
 
@@ -325,6 +355,7 @@ def pipelined(
     fence: str,
     with_ttl: bool,
     sending: Callable[[], None] | None = None,
+    fencing: bool = True,
 ) -> list[Any]:
     """The replies of :func:`fence_read`'s commands, sent in one write on one pooled connection.
 
@@ -335,7 +366,7 @@ def pipelined(
     if sending is not None:
         sending()
     try:
-        packed, n = fence_read(connection.encoder.encode, read, key, fence, with_ttl)
+        packed, n = fence_read(connection.encoder.encode, read, key, fence, with_ttl, fencing)
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command([packed])  # a list: redis-py's sync sender iterates it
@@ -543,39 +574,48 @@ def _str_encoder(encoder: Any) -> Callable[[str], bytes]:
 
 
 def batch_reads(
-    encode: Callable[[str], bytes], read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+    encode: Callable[[str], bytes],
+    read: ValueRead,
+    keys: Sequence[str],
+    fences: Sequence[str] | None,
+    fencing: bool = True,
 ) -> tuple[bytes, int]:
     """A batch's reads packed for one write, and how many replies they get: each key's GET (or
-    ``read``'s GETRANGE); tracked (``fences``), TIME first and each key followed by its fence's
-    HMGET, as :func:`fence_read` reads one key (the same interleavings only make it more careful)."""
+    ``read``'s GETRANGE); tracked (``fences``), the head first (:func:`head`) and each key followed
+    by its fence's HMGET, as :func:`fence_read` reads one key (the same interleavings only make it
+    more careful)."""
     if fences is None:
-        head, tail = read
+        command, tail = read
         encoded = [encode(key) for key in keys]
-        return b"".join([b"%b$%d\r\n%b\r\n%b" % (head, len(k), k, tail) for k in encoded]), len(keys)
-    packed = [pack_reads(encode, read, key, fence, False) for key, fence in zip(keys, fences, strict=True)]
-    return HEAD + b"".join(packed), HEAD_REPLIES + 2 * len(keys)
+        return b"".join([b"%b$%d\r\n%b\r\n%b" % (command, len(k), k, tail) for k in encoded]), len(keys)
+    packed = [
+        pack_reads(encode, read, key, fence, False, fencing) for key, fence in zip(keys, fences, strict=True)
+    ]
+    first, n = head(fencing)
+    return first + b"".join(packed), n + 2 * len(keys)
 
 
-def parse_batch(replies: list[Any], tracked: bool) -> list[Any]:
+def parse_batch(replies: list[Any], tracked: bool, fencing: bool = True) -> list[Any]:
     """:func:`batch_reads`' replies: each key's value (None for none), or tracked its
-    :class:`TrackedRead` (None where the entity has no fence: the read script must create it)."""
+    :class:`TrackedRead` (None where the entity has no fence, or ``fencing`` one of another
+    history: the read script must make it)."""
     if not tracked:
         return [raw or None for raw in replies]
-    time, info = replies[0], replies[1]
+    n = head(fencing)[1]
+    first = replies[:n]
     return [
-        parse_fence_read([time, info, replies[i], replies[i + 1]])
-        for i in range(HEAD_REPLIES, len(replies), 2)
+        parse_fence_read([*first, replies[i], replies[i + 1]], fencing) for i in range(n, len(replies), 2)
     ]
 
 
 def batch_pipelined(
-    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None, fencing: bool = True
 ) -> list[Any]:
     """The replies of :func:`batch_reads`, on one pooled connection as :func:`pipelined` sends its
     reads (a command's error is raised once every reply is read)."""
     connection = pool.get_connection(*_POOL_ARGS)
     try:
-        packed, n = batch_reads(_str_encoder(connection.encoder), read, keys, fences)
+        packed, n = batch_reads(_str_encoder(connection.encoder), read, keys, fences, fencing)
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command([packed])
@@ -593,12 +633,12 @@ def batch_pipelined(
 
 
 async def abatch_pipelined(
-    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None
+    pool: Any, read: ValueRead, keys: Sequence[str], fences: Sequence[str] | None, fencing: bool = True
 ) -> list[Any]:
     """Async twin of :func:`batch_pipelined`."""
     connection = await pool.get_connection(*ASYNC_POOL_ARGS)
     try:
-        packed, n = batch_reads(_str_encoder(connection.encoder), read, keys, fences)
+        packed, n = batch_reads(_str_encoder(connection.encoder), read, keys, fences, fencing)
         replies = await exchange(connection, packed, n)
     finally:
         await pool.release(connection)
@@ -682,6 +722,7 @@ async def apipelined(
     fence: str | None,
     with_ttl: bool,
     sending: Callable[[], None] | None = None,
+    fencing: bool = True,
 ) -> list[Any]:
     """Async twin of :func:`pipelined`; with no ``fence``, a GET's (or GETRANGE's) one reply.
 
@@ -696,7 +737,7 @@ async def apipelined(
         if fence is None:
             replies = await exchange(connection, pack_get(encode, read, key), 1)
         else:
-            replies = await exchange(connection, *fence_read(encode, read, key, fence, with_ttl))
+            replies = await exchange(connection, *fence_read(encode, read, key, fence, with_ttl, fencing))
     finally:
         await pool.release(connection)
     for reply in replies:

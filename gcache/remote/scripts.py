@@ -51,7 +51,12 @@ end
 # 'r' is not this node's id was inherited from a history this node may not hold all of (a raise
 # acknowledged by a primary that died before it replicated), and nothing under it is trusted.
 # A server that refuses INFO (fakeredis, an ACL without +info) gives '': every fence the same id,
-# failover fencing off (protocol._info_refused reads INFO's refusal so on the fast path).
+# failover fencing off (protocol._info_refused reads INFO's refusal so on the fast path; the read
+# script tells the caller, which warns).
+# Every script stamps and checks 'r' whatever GCacheConfig(failover_fencing) says: a process
+# without failover fencing only skips the check on its reads of an existing fence (the plain
+# reads send no INFO; READ_TRACKED's ARGV[5]), so processes of both kinds share fences, each made
+# anew at most once per failover, by whichever script first finds it of another history.
 _REPLID = """
 local function _REPLID()
   local ok, s = pcall(redis.call, 'INFO', 'replication')
@@ -69,7 +74,9 @@ end
 # ARGV[3] '1' to return the value's PTTL (a fail-safe use case), '' not to
 # ARGV[4] failover buffer (ms): a fence of another history is made anew with the watermark
 #         server-now + this (never lower than its own)
-# ARGV[5] (optional) the read limit: at most this many bytes of the value and one more are read
+# ARGV[5] '1' to trust an existing fence whatever its history (GCacheConfig(failover_fencing=
+#         False): no INFO on a read that finds one), '' to check it
+# ARGV[6] (optional) the read limit: at most this many bytes of the value and one more are read
 #         (GETRANGE, which answers '' for none, read as none); absent: the whole value (GET)
 # A missing fence is created here, so every read carries a nonce: if the fence is lost while the
 # function runs (evicted, Redis restarted), the write sees another nonce, or none, and refuses.
@@ -77,23 +84,25 @@ end
 # before fences had one) is made anew the same way, with a new nonce: every entry under the old
 # one is refused (a failover invalidates each tracked entity once; see _REPLID).
 # Returns {value or nil, fence nonce, watermark (us), server time seconds, and microseconds,
-# the value's PTTL (ms) or nil}. The caller joins the two halves of the time: Lua arithmetic and
-# string.format cost the server more than the reads themselves. The PTTL tells a fail-safe use
-# case whether the value is past its TTL, in its grace period.
+# 1 if INFO was refused (failover fencing off on this server) else 0, the value's PTTL (ms) or
+# nil}. The caller joins the two halves of the time: Lua arithmetic and string.format cost the
+# server more than the reads themselves. The PTTL tells a fail-safe use case whether the value is
+# past its TTL, in its grace period.
 READ_TRACKED = (
     _VALUE
     + _FOREIGN_WATERMARK
     + _REPLID
     + """
 local t = redis.call('TIME')
-local v = _VALUE(KEYS[1], ARGV[5])
-local r = _REPLID()
+local v = _VALUE(KEYS[1], ARGV[6])
+local r = false
+if ARGV[5] ~= '1' then r = _REPLID() end
 local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w', 'r')
 if not ok then
   f = {false, _FOREIGN(KEYS[2], t)}
   redis.call('DEL', KEYS[2])
 end
-if f[1] and f[3] ~= r then
+if f[1] and r and f[3] ~= r then
   local w = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[4]) * 1000
   local old = tonumber(f[2]) or 0
   if old > w then w = old end
@@ -101,6 +110,7 @@ if f[1] and f[3] ~= r then
 end
 if not f[1] then
   local w = f[2] or '0'
+  r = r or _REPLID()
   redis.call('HSET', KEYS[2], 'n', ARGV[1], 'w', w, 'r', r)
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -109,12 +119,14 @@ if not f[1] then
 end
 local pttl = nil
 if v and ARGV[3] == '1' then pttl = redis.call('PTTL', KEYS[1]) end
-return {v, f[1], f[2], t[1], t[2], pttl}
+local refused = 0
+if r == '' then refused = 1 end
+return {v, f[1], f[2], t[1], t[2], refused, pttl}
 """
 )
 
 # KEYS[1] value key. An untracked read of a fail-safe use case: {value or nil, its PTTL (ms)}.
-# ARGV[1] (optional) the read limit, as READ_TRACKED's ARGV[4] ('' for none, with GETRANGE)
+# ARGV[1] (optional) the read limit, as READ_TRACKED's ARGV[6] ('' for none, with GETRANGE)
 READ_WITH_TTL = """
 local v
 if ARGV[1] then v = redis.call('GETRANGE', KEYS[1], 0, ARGV[1]) else v = redis.call('GET', KEYS[1]) end
@@ -136,9 +148,13 @@ return 0
 # ARGV[3] fence nonce that read saw (it created the fence if there was none)
 # ARGV[4] the entry, stamped t0 and carrying that nonce: the writer fills (and signs) every field
 # ARGV[5] compute limit (us): a read older than this may have outlived an invalidation fence
+# ARGV[6] nonce for the fence this write makes anew when it is of another history (8 bytes),
+# ARGV[7] the failover buffer (ms), as READ_TRACKED's ARGV[4]
 # Returns 1 stored; 0 invalidated at or after t0; -1 fence replaced or gone since the read, or of
-# another replication history (a failover since: the read may have been on the old primary);
-# -2 too slow.
+# another replication history (a failover since: the read may have been on the old primary, or,
+# without failover fencing, trusted an inherited fence); -2 too slow. A fence of another history
+# is made anew here as READ_TRACKED makes it: a process without failover fencing, whose reads
+# trust it, would otherwise have every write-back refused until the fence expires.
 WRITE_TRACKED = (
     _REPLID
     + """
@@ -146,7 +162,19 @@ local t = redis.call('TIME')
 local t0 = tonumber(ARGV[1])
 if tonumber(t[1]) * 1000000 + tonumber(t[2]) - t0 > tonumber(ARGV[5]) then return -2 end
 local ok, f = pcall(redis.call, 'HMGET', KEYS[2], 'n', 'w', 'r')
-if not ok or f[1] ~= ARGV[3] or f[3] ~= _REPLID() then return -1 end
+if not ok or f[1] ~= ARGV[3] then return -1 end
+local r = _REPLID()
+if f[3] ~= r then
+  local w = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[7]) * 1000
+  local old = tonumber(f[2]) or 0
+  if old > w then w = old end
+  redis.call('HSET', KEYS[2], 'n', ARGV[6], 'w', string.format('%.0f', w), 'r', r)
+  local life = math.ceil(tonumber(ARGV[5]) / 1000)
+  if redis.call('PTTL', KEYS[2]) < life then
+    redis.call('PEXPIRE', KEYS[2], life)
+  end
+  return -1
+end
 local w = tonumber(f[2])
 if not w or w >= t0 then return 0 end
 local ttl = tonumber(ARGV[2])

@@ -150,6 +150,38 @@ async def test_an_invalidation_the_promoted_replica_never_received_is_not_lost(m
 
 @pytest.mark.slow
 @MODES
+async def test_without_failover_fencing_a_lost_invalidation_is_served_until_a_script_remakes_the_fence(
+    mode: str,
+) -> None:
+    """GCacheConfig(failover_fencing=False) gives up what the test above shows: after the same
+    lost-watermark failover, the promoted replica's inherited fence is trusted and the entry the
+    invalidation killed is served, as README's "Guarantees through failover" says, until a
+    script makes the fence anew (here the write-back of the entity's next miss)."""
+    with pair() as p:
+        async with cached(p, mode, REMOTE_ONLY, failover_fencing=False) as (source, cache, read):
+            assert await read() == "v1"
+            p.synced()
+            before = p.replica_admin.hgetall(FENCE)
+            p.hold_back()
+            source.version = "v2"
+            await invalidate(cache, mode)
+            p.fail_over()
+            assert p.replica_admin.hgetall(FENCE) == before  # the lost-watermark case, as above
+
+            # The first reads may meet the old primary's closed connections (served uncached).
+            served = [await read() for _ in range(10)]
+            assert served[-5:] == ["v1"] * 5, served  # stale: the documented loss
+            assert p.replica_admin.hgetall(FENCE) == before
+            p.replica_admin.delete(VALUE)  # a miss: its write-back makes the fence anew
+            assert [await read() for _ in range(10)] == ["v2"] * 10
+            assert p.replica_admin.exists(VALUE) == 1  # cached again, under the new fence
+            fence = p.replica_admin.hgetall(FENCE)
+            assert fence[b"n"] != before[b"n"]
+            assert fence[b"r"] == str(p.replica_admin.info("replication")["master_replid"]).encode()
+
+
+@pytest.mark.slow
+@MODES
 async def test_a_normal_tracked_read_path_is_unchanged_by_the_fencing(mode: str) -> None:
     """No failover: the fence is made once, never again, and every read after the first is a hit."""
     with pair() as p:

@@ -78,6 +78,7 @@ def remote_on(
     loop_thread: LoopThread,
     read_timeout: float | None = None,
     max_value_bytes: int | None = MAX_VALUE_BYTES,
+    failover_fencing: bool = True,
 ) -> RemoteCache:
     return RemoteCache(
         redis_config=RedisConfig(url=url),
@@ -87,6 +88,7 @@ def remote_on(
         read_timeout=read_timeout,
         breaker_failures=5,
         max_value_bytes=max_value_bytes,
+        failover_fencing=failover_fencing,
     )
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
 from gcache import RemoteError
 from gcache._embedded_redis import EmbeddedRedis
 from gcache._loop_thread import LoopThread
-from gcache.remote import RemoteCache
+from gcache.remote import RemoteCache, TrackedRead
 from gcache.remote.batching import MAX_BATCH
 from tests.conftest import commands_run, net_output_bytes, plant
 from tests.remote.conftest import (
@@ -53,6 +54,73 @@ async def test_concurrent_tracked_reads_go_to_redis_in_one_write_each_with_its_o
     }
     assert {r.now_us for r in reads[1:]} == {reads[1].now_us}
     assert queue_of(remote).busy == 0
+
+
+async def test_without_failover_fencing_concurrent_tracked_reads_share_a_head_of_time_alone(
+    redis_url: str, loop_thread: LoopThread, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    """GCacheConfig(failover_fencing=False): the batch's head is TIME without INFO, and each read
+    trusts its fence whatever its history (here one of another's)."""
+    remote = remote_on(redis_url, loop_thread, failover_fencing=False)
+    try:
+        store(redis_client, 50)
+        redis_client.hset(fence(7), "r", "f" * 40)  # inherited from another history
+        await open_connections(remote)
+        redis_client.config_resetstat()
+        redis_writes.clear()
+
+        plain, *tracked = await asyncio.gather(
+            remote.aget(key(0)),
+            *(remote.aread_tracked(key(i), fence(i), with_ttl=i % 2 == 0) for i in range(1, 50)),
+        )
+        reads = cast(list[TrackedRead], tracked)  # of ids 1 to 49
+
+        assert plain == value(0)
+        assert [(r.raw, r.nonce, r.watermark_us) for r in reads] == [
+            (value(i), nonce(i), i) for i in range(1, 50)
+        ]
+        assert all(59_000 < r.pttl_ms <= 60_000 for r in reads[1::2])
+        assert all(r.pttl_ms == -1 for r in reads[0::2])
+        assert len(redis_writes) == 2  # the lone GETRANGE, then the 49 tracked reads together
+        assert commands_run(redis_client) == {
+            "cmdstat_time": 1,
+            "cmdstat_getrange": 50,
+            "cmdstat_hmget": 49,
+            "cmdstat_pttl": 24,
+        }
+        assert redis_client.hget(fence(7), "r") == b"f" * 40  # trusted, not made anew
+    finally:
+        await remote.aclose()
+
+
+async def test_a_batch_of_fenced_and_unfenced_reads_hands_each_the_head_it_reads(
+    remote: RemoteCache, redis_client: redis.Redis, redis_writes: list[bytes]
+) -> None:
+    """One queue's reads with and without fencing in one write: the head has INFO once; a fenced
+    read gets TIME and INFO's reply and its fence's history, an unfenced one TIME alone."""
+    store(redis_client, 4)
+    await open_connections(remote)
+    redis_writes.clear()
+    queue = queue_of(remote)
+
+    lone, fenced, unfenced, plain = await asyncio.gather(
+        queue.read_tracked(key(0), fence(0), False, None, True),  # alone
+        queue.read_tracked(key(1), fence(1), True, None, True),
+        queue.read_tracked(key(2), fence(2), False, None, False),
+        queue.get(key(3)),
+    )
+
+    assert len(redis_writes) == 2
+    assert redis_writes[1].count(b"$4\r\nINFO") == 1
+    assert redis_writes[1].count(b"$4\r\nTIME") == 1
+    assert redis_writes[1].count(b"$1\r\nr\r\n") == 1  # the fenced read's HMGET alone asks 'r'
+    time, info = fenced[:2]
+    assert b"master_replid:" in info
+    assert fenced[2:4] == [value(1), [nonce(1), b"1", redis_client.hget(fence(1), "r")]]
+    assert 59_000 < fenced[4] <= 60_000
+    assert unfenced == [time, value(2), [nonce(2), b"2"]]  # nor the fence's history
+    assert plain == value(3)
+    assert b"master_replid:" in lone[1]
 
 
 async def test_a_batch_mixes_plain_gets_and_tracked_reads_with_and_without_ttl(

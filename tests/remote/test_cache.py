@@ -415,6 +415,22 @@ def test_parse_fence_read_matches_the_script_and_leaves_a_missing_or_inherited_f
     assert parse_fence_read(replies) == expected
 
 
+@pytest.mark.parametrize(
+    ("replies", "expected"),
+    [
+        ([[b"1", b"2"], b"v", [b"N", b"5"], 900], TrackedRead(b"v", b"N", 5, 1_000_002, 900)),
+        ([[b"1", b"2"], b"v", [b"N", b"5"]], TrackedRead(b"v", b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], None, [b"N", b"5"], -2], TrackedRead(None, b"N", 5, 1_000_002, -1)),
+        ([[b"1", b"2"], b"v", [None, None]], None),
+    ],
+    ids=["pttl", "pttl-not-asked", "no-value", "no-fence"],
+)
+def test_parse_fence_read_without_fencing_reads_neither_info_nor_the_fence_s_history(
+    mode: str, replies: list[Any], expected: TrackedRead | None
+) -> None:
+    assert parse_fence_read(replies, fencing=False) == expected
+
+
 # -- bounded reads --------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from gcache._embedded_redis import EmbeddedRedis
 from gcache.errors import ReplicasNotConfirmed
 from tests._cluster import Cluster, cluster
 from tests.behaviour.test_outbox import drained, fail_invalidations
+from tests.conftest import commands_run, node_replid
 
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
 MODES = pytest.mark.parametrize("mode", ["sync", "async"])
@@ -503,3 +504,70 @@ async def test_replayed_invalidations_wait_per_node_on_a_cluster(
         }
     assert counted == {"applied": len(ids) - len(held), "unconfirmed": len(held)}
     assert all(int(cluster_client.hget(_fence(id), "w") or 0) > 0 for id in ids)
+
+
+@pytest.mark.parametrize("fencing", [True, False], ids=["fencing", "no-fencing"])
+async def test_a_cluster_s_tracked_hits_run_info_only_with_failover_fencing(
+    the_cluster: Cluster,
+    cluster_url: str,
+    cluster_client: redis.RedisCluster,
+    cluster_nodes: list[EmbeddedRedis],
+    mode: str,
+    fencing: bool,
+) -> None:
+    """A cluster's tracked reads are READ_TRACKED's: without failover fencing it trusts an
+    existing fence (no INFO in the script), whatever its history; with it, one INFO a read."""
+    config = GCacheConfig(
+        redis_config=RedisConfig(url=cluster_url, cluster=True),
+        metrics_registry=CollectorRegistry(),
+        failover_fencing=fencing,
+    )
+    asked: list[int] = []
+    ids = list(range(12))
+    expected = {i: i * 10 for i in ids}
+    admins = [redis.Redis.from_url(node.admin_url) for node in cluster_nodes]
+    try:
+        async with GCache(config) as cache:
+
+            def load(ids: list[int]) -> dict[int, int]:
+                asked.extend(ids)
+                return {i: i * 10 for i in ids}
+
+            def one(uid: int) -> int:
+                return load([uid])[uid]
+
+            async def aone(uid: int) -> int:
+                return one(uid)
+
+            call = _batch(cache, "Fencing", True, mode, load)
+            decorate = cache.cached(key_type="user_id", id_arg="uid", use_case="FencingOne",
+                                    track_for_invalidation=True, default_config=REMOTE_ONLY)  # fmt: skip
+            cached_one = decorate(one if mode == "sync" else aone)
+
+            async def single(uid: int) -> Any:
+                return cached_one(uid) if mode == "sync" else await cached_one(uid)  # type: ignore[misc]
+
+            with cache.enable():
+                assert await call(ids) == expected
+                assert await single(0) == 0
+                for admin in admins:
+                    admin.config_resetstat()
+                for _ in range(3):
+                    assert await call(ids) == expected
+                    assert await single(0) == 0
+                stats = [commands_run(admin) for admin in admins]
+                fence = "{urn:gcache:user_id:5}#watermark"
+                cluster_client.hset(fence, "r", "f" * 40)  # as a promoted replica inherits it
+                assert await call([5]) == {5: 50}
+                remade = cluster_client.hget(fence, "r")
+                with redis.Redis.from_url(the_cluster.owner(fence).admin_url) as owner:
+                    replid = node_replid(owner)
+    finally:
+        for admin in admins:
+            admin.close()
+
+    assert sum(s.get("cmdstat_evalsha", 0) for s in stats) == 3 * 13  # every read its script
+    assert sum(s.get("cmdstat_info", 0) for s in stats) == (3 * 13 if fencing else 0)
+    # Fencing: the fence of another history made anew, its entry computed again; else trusted.
+    assert asked == ids + [0] + ([5] if fencing else [])
+    assert remade == (replid if fencing else b"f" * 40)
