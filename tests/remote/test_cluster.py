@@ -506,6 +506,7 @@ async def test_replayed_invalidations_wait_per_node_on_a_cluster(
     assert all(int(cluster_client.hget(_fence(id), "w") or 0) > 0 for id in ids)
 
 
+@MODES
 @pytest.mark.parametrize("fencing", [True, False], ids=["fencing", "no-fencing"])
 async def test_a_cluster_s_tracked_hits_run_info_only_with_failover_fencing(
     the_cluster: Cluster,
