@@ -708,7 +708,7 @@ class GCache(Management):
     def _on_foreign_watermark(self, fence: str) -> None:
         self._errors.once(
             ("foreign_watermark",),
-            f"gcache: {fence} held the original gcache's watermark (a string), written by a process "
+            f"{fence} held the original gcache's watermark (a string), written by a process "
             "of the original library or of gcache with legacy_compat on this prefix; it is now a "
             "gcache fence, and those processes no longer honour this process's invalidations of "
             "it. While the two share this Redis, give every gcache process "

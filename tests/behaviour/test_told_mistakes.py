@@ -104,6 +104,30 @@ async def test_invalidating_a_key_type_no_use_case_has_warns_once_and_is_applied
     assert redis_client.exists("{urn:gcache:userid:1}#watermark", "{urn:gcache:userid:2}#watermark") == 2
 
 
+async def test_an_original_watermark_met_by_a_tracked_read_is_told_once(
+    is_async: bool, make_cache: Maker, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fence key holding the original gcache's string watermark (a process without
+    legacy_compat on a shared prefix): the tracked read makes it a fence and says so, once."""
+    fence = "{urn:gcache:user_id:1}#watermark"
+    cache = make_cache()
+    fn = cache.cached(
+        key_type="user_id",
+        id_arg="user_id",
+        use_case="Mixed",
+        track_for_invalidation=True,
+        default_config=REMOTE_ONLY,
+    )(twin("async" if is_async else "sync", lambda user_id: f"user-{user_id}"))
+    with caplog.at_level(logging.WARNING, logger="gcache"):
+        for id in ("1", "2"):
+            redis_client.set(fence.replace(":1}", f":{id}}}"), "1700000000000")
+            with cache.enable():
+                assert await call(fn, id) == f"user-{id}"
+    (message,) = told(caplog, "held the original gcache's watermark")
+    assert message.startswith(f"gcache: {fence} held the original gcache's watermark (a string)")
+    assert redis_client.type(fence) == b"hash"  # a fence now
+
+
 def test_invalidating_with_no_use_case_at_all_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with GCache() as cache, caplog.at_level(logging.WARNING, logger="gcache"):
         cache.invalidate("user_id", "1")
