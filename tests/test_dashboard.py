@@ -278,7 +278,7 @@ def test_promtool_accepts_the_example_config() -> None:
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
@@ -295,6 +295,7 @@ def test_rule_unit_tests_cover_each_alert_firing() -> None:
         "GCacheBreakerOpen",
         "GCacheInvalidationsWaiting",
         "GCacheInvalidationsLost",
+        "GCacheFailoverFencingOff",
     ):
         assert f"alertname: {alert}" in text
         assert f"alert: {alert}" in RULES.read_text(encoding="utf-8")
@@ -603,6 +604,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
             "GCacheBreakerOpen",
             "GCacheInvalidationsWaiting",
             "GCacheInvalidationsLost",
+            "GCacheFailoverFencingOff",
         }
         while any(rule["health"] != "ok" for rule in rules) and time.monotonic() < deadline + 5:
             time.sleep(0.5)
