@@ -169,7 +169,10 @@ def _history(fence: FenceReport) -> str:
         return "not compared (INFO replication refused)"
     if fence.current:
         return "the same (the fence is of this node's replication history)"
-    return "differ (a failover or restart since: the next read makes the fence anew)"
+    return (
+        "differ (a failover or restart since: the next read makes the fence anew; one with "
+        "failover_fencing=False trusts it until a write-back or an invalidation does)"
+    )
 
 
 def _cache(config: RedisConfig, prefix: str) -> GCache:

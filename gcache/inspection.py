@@ -268,7 +268,8 @@ def _entry(
         entry.verdict = "fence_mismatch"
         entry.why = (
             "its fence is of another replication history (a failover or restart since): a miss, and "
-            "the next read makes the fence anew"
+            "the next read makes the fence anew (a process with failover_fencing=False still "
+            "serves it until a write-back or an invalidation makes the fence anew)"
         )
     elif env.stamp_us <= fence.watermark_us:
         entry.verdict = "invalidated"

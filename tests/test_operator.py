@@ -441,7 +441,8 @@ def test_inspect_shows_the_node_and_the_fence_s_history_against_the_node_s(
     text = run(capsys, "inspect", "user_id:1")[1].splitlines()
     assert text[3] == (
         f"  history: fence r {'f' * 40}, node master_replid {replid}: differ (a failover or restart "
-        "since: the next read makes the fence anew)"
+        "since: the next read makes the fence anew; one with failover_fencing=False trusts it until "
+        "a write-back or an invalidation does)"
     )
 
 
