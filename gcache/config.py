@@ -479,8 +479,8 @@ class GCacheConfig:
             through failover"). Processes of both kinds share one Redis without remaking each
             other's fences.
         invalidate_replicas: ``invalidate`` / ``ainvalidate`` return only once Redis's ``WAIT``
-            confirms this many replicas have the raised watermark (0: no WAIT). Single-server
-            clients only.
+            confirms this many replicas have the raised watermark (0: no WAIT); on a cluster,
+            the replicas of the node that took it.
         invalidate_wait_ms: how long that WAIT may take; fewer replicas by then raise
             ``RemoteError`` (its ``cause`` a ``ReplicasNotConfirmed``): the primary has the
             invalidation, so retrying is safe.
