@@ -119,10 +119,13 @@ class MasterClient(redis.asyncio.Redis):
     on_moved: Callable[[tuple[str, int]], None] | None
     check_every: float = 1.0
     watch_retry_sec: float = 1.0  # between attempts to subscribe to a sentinel's switch-master
+    watch_idle_sec: float = 30.0  # a quiet subscription is pinged this often
+    watch_answer_sec: float = 2.0  # and must answer (pong, the subscription's confirmation) this soon
     _checking: asyncio.Task[bool] | None = None
     _watching: asyncio.Task[None] | None = None
     _checked_at: float = 0.0
     _moved: bool = False
+    _closing: bool = False
     switches_heard: int = 0  # switch-master messages of this service heard (tests, the note)
 
     def moved(self) -> bool:
@@ -151,14 +154,30 @@ class MasterClient(redis.asyncio.Redis):
         its next check). The invalidations a pooled connection sends to a live old master, lost
         when it is demoted, are those of this gap. A sentinel user without SUBSCRIBE on that
         channel (an ACL) leaves the checks every ``check_every`` seconds alone."""
-        while not self._moved:
+        while not self._moved and not self._closing:
             for sentinel in list(self.sentinels.sentinels):
+                if self._closing:
+                    return
                 pubsub = sentinel.pubsub()
                 try:
                     await pubsub.subscribe(SWITCH_MASTER)
-                    while True:  # a timeout of its own: the sentinels' socket timeout is 1 s
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
-                        if message is None or not self._names_service(message["data"]):
+                    await self._answer(pubsub, "subscribe")  # its confirmation: a hung one is left
+                    pinged = False
+                    while True:  # timeouts of its own: the sentinels' socket timeout is 1 s
+                        wait = self.watch_answer_sec if pinged else self.watch_idle_sec
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                        if self._closing:  # redis-py's read under a timeout may swallow the cancel
+                            return
+                        if message is None:
+                            if pinged:  # hung or gone: the next sentinel
+                                raise redis.TimeoutError(f"no pong from the sentinel within {wait} s")
+                            await pubsub.ping()  # quiet: is it still there?
+                            pinged = True
+                            continue
+                        if message["type"] == "pong":
+                            pinged = False
+                            continue
+                        if message["type"] != "message" or not self._names_service(message["data"]):
                             continue
                         self.switches_heard += 1
                         if not await self.still_master():
@@ -173,6 +192,13 @@ class MasterClient(redis.asyncio.Redis):
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
             await asyncio.sleep(self.watch_retry_sec)
+
+    async def _answer(self, pubsub: Any, kind: str) -> None:
+        """The sentinel's next message is of ``kind``, within ``watch_answer_sec``; else it is
+        hung or gone (a TimeoutError: the next sentinel)."""
+        message = await pubsub.get_message(timeout=self.watch_answer_sec)
+        if message is None or message["type"] != kind:
+            raise redis.TimeoutError(f"the sentinel did not answer {kind} within {self.watch_answer_sec} s")
 
     def _names_service(self, data: Any) -> bool:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
@@ -196,10 +222,13 @@ class MasterClient(redis.asyncio.Redis):
         return False
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self._closing = True
         for task in (self._checking, self._watching):  # the watch's subscription closed with it
             if task is not None and not task.done():
                 task.cancel()
-                await asyncio.wait([task])  # its outcome is its own; a cancel of ours still stops us
+                # Its outcome is its own; a cancel of ours still stops us. Bounded: a cancel that
+                # redis-py swallowed ends the watch at its next look at _closing.
+                await asyncio.wait([task], timeout=self.watch_answer_sec + 1.0)
         try:
             await super().aclose(close_connection_pool)
         finally:

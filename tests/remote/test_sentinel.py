@@ -18,11 +18,12 @@ import redis.sentinel
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheConfig, GCacheKeyConfig, RedisConfig, RemoteError
-from gcache._embedded_redis import APP_USER
+from gcache._embedded_redis import APP_USER, HangingListener
 from gcache.errors import ConfigError
 from gcache.inspection import inspect_entity, sync_client
 from gcache.remote import ADMIN, READ, WRITE, protocol, scripts
 from gcache.remote.clients import AsyncWaitTimedPool, WaitTimedPool, _AsyncBoundedOpen, _SyncBoundedOpen
+from gcache.remote.sentinel import MasterClient
 from gcache.urns import bus_channel
 from tests.behaviour._sentinel import SERVICE, Sentinels, reader, sentinels
 from tests.remote.test_tls import _certificates
@@ -203,14 +204,53 @@ async def test_the_bus_subscribes_through_the_master(clean: Sentinels) -> None:
         await cache.aclose()
 
 
-def switch_listeners(s: Sentinels) -> int:
-    """Connections subscribed to ``+switch-master`` on the sentinels, the sentinels' own aside."""
+def switch_listeners(s: Sentinels, skip: int | None = None) -> int:
+    """Connections subscribed to ``+switch-master`` on the sentinels (but the ``skip``-th, which
+    is paused), the sentinels' own aside."""
     return sum(
         1
-        for admin in s.sentinel_admins
+        for i, admin in enumerate(s.sentinel_admins)
+        if i != skip
         for client in admin.client_list(_type="pubsub")
         if client.get("user") == APP_USER
     )
+
+
+async def until_listened(s: Sentinels, skip: int | None = None, timeout: float = 10.0) -> int:
+    """Until one of the sentinels (but ``skip``) has the bus's listener; which one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, admin in enumerate(s.sentinel_admins):
+            if i != skip and any(c.get("user") == APP_USER for c in admin.client_list(_type="pubsub")):
+                return i
+        assert time.monotonic() < deadline, "no sentinel has the bus's switch-master listener"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_switch_master_listener_leaves_a_hung_sentinel_for_the_next(
+    clean: Sentinels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentinel that accepts and never answers (listed first) is left for the next one; the one
+    it listens on then hangs (SIGSTOP): a quiet subscription's ping goes unanswered and it moves
+    to another."""
+    monkeypatch.setattr(MasterClient, "watch_idle_sec", 0.2)
+    monkeypatch.setattr(MasterClient, "watch_answer_sec", 0.5)
+    with HangingListener() as hung:
+        config = clean.config()
+        config.sentinels = [("127.0.0.1", hung.port), *(config.sentinels or [])]
+        cache = make(config)
+        try:
+            assert await cache.astart()
+            first = await until_listened(clean)
+            assert hung.accepted >= 1  # it was tried
+            clean.sentinels[first].pause()
+            try:
+                second = await until_listened(clean, skip=first)
+                assert second != first
+            finally:
+                clean.sentinels[first].resume()
+        finally:
+            await cache.aclose()
 
 
 async def test_the_bus_listens_to_a_sentinel_for_switched_masters(clean: Sentinels) -> None:
@@ -435,10 +475,11 @@ async def test_tls_to_the_sentinels_and_to_the_data_nodes(
         finally:
             await cache.aclose()
         options = [a for port in s.tls_ports[2:] for a in ("--sentinel", f"127.0.0.1:{port}")]
+        # --option=value: a password may start with "-", which argparse would take for an option
         code, out, err = run_cli(
             capsys, "inspect", "user_id:1", *options, "--service-name", SERVICE, "--username", APP_USER,
-            "--password", s.credentials.app_password, "--sentinel-username", APP_USER,
-            "--sentinel-password", s.sentinel_credentials.app_password, "--tls", "--sentinel-tls",
+            f"--password={s.credentials.app_password}", "--sentinel-username", APP_USER,
+            f"--sentinel-password={s.sentinel_credentials.app_password}", "--tls", "--sentinel-tls",
             "--tls-ca-certs", str(ca),
         )  # fmt: skip
         assert code == 0, err
