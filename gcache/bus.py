@@ -51,6 +51,7 @@ __all__ = [
     "InvalidationBus",
     "message_signature",
     "parse_message",
+    "server_address",
 ]
 
 
@@ -295,7 +296,7 @@ class InvalidationBus:
                 if confirmation["type"] == "subscribe":
                     break
             await self._measure_clock(client)
-            self.server = _address(client)
+            self.server = server_address(client)
             self.connections += 1
             self.subscribed = True
             self._on_up()
@@ -385,15 +386,17 @@ _REFUSALS = {
 }
 
 
-def _address(client: Any) -> str:
+def server_address(client: Any, default_host: str | None = None) -> str:
     """The node a client of one server talks to (``host:port``, ``unix:path``; '' when it does
-    not say: a factory's client of another kind)."""
+    not say: a factory's client of another kind; with ``default_host``, that host when only its
+    host is left out, as redis-py's connections default it)."""
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if not isinstance(kwargs, dict):
         return ""
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
-    return f"{kwargs['host']}:{kwargs.get('port', 6379)}" if "host" in kwargs else ""
+    host = kwargs.get("host", default_host)
+    return "" if host is None else f"{host}:{kwargs.get('port', 6379)}"
 
 
 async def _close(pubsub: Any, client: Any) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import redis
 
 from gcache import _envelope
+from gcache.bus import server_address
 from gcache.config import GCacheKey
 from gcache.redis_config import RedisConfig
 from gcache.remote import sentinel
@@ -161,10 +162,7 @@ def _node(client: Any, key: str) -> tuple[str, int | None]:
     master = getattr(pool, "master_address", None)
     if master is not None:
         return f"{master[0]}:{master[1]}", None
-    kwargs = pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}", None
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}", None
+    return server_address(client, default_host="localhost"), None
 
 
 def inspect_entity(

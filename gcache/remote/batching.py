@@ -131,7 +131,8 @@ class ReadQueue:
         try:
             live = [q for q in batch if not q.future.done()]  # a caller may have given up
             if live:
-                _answer(live, await self._write(live))
+                first = _head(live)  # once: the write starts with it, the answers skip it
+                _answer(live, first[1], await self._write(live, first))
         except BaseException as exc:
             for q in batch:
                 if not q.future.done():
@@ -144,7 +145,7 @@ class ReadQueue:
         finally:
             self.busy -= len(batch)
 
-    async def _write(self, batch: list[_Queued]) -> list[Any]:
+    async def _write(self, batch: list[_Queued], first: tuple[bytes, int]) -> list[Any]:
         pool = self._pool
         connection = await pool.get_connection(*ASYNC_POOL_ARGS)
         try:
@@ -160,17 +161,16 @@ class ReadQueue:
                 else:
                     parts.append(pack_reads(encode, read, q.key, q.fence, q.with_ttl, q.fencing))
                     n += 3 if q.with_ttl else 2
-            first, replies = _head(batch)  # tracked reads: the head (TIME, INFO replication) first
-            parts.insert(0, first)
-            return await exchange(connection, b"".join(parts), n + replies)
+            parts.insert(0, first[0])  # tracked reads: the head (TIME, INFO replication) first
+            return await exchange(connection, b"".join(parts), n + first[1])
         finally:
             await pool.release(connection)
 
 
-def _answer(batch: list[_Queued], replies: list[Any]) -> None:
+def _answer(batch: list[_Queued], i: int, replies: list[Any]) -> None:
     """Hand each queued read its replies (a tracked read's as
-    :func:`~gcache.remote.protocol.fence_read`'s would be: TIME, and INFO's reply if it is fenced)."""
-    i = _head(batch)[1]
+    :func:`~gcache.remote.protocol.fence_read`'s would be: TIME, and INFO's reply if it is
+    fenced), the ``i`` of the head first."""
     fenced, unfenced = replies[:i], replies[:1]  # TIME (and INFO's reply, first: see _head)
     for q in batch:
         if q.fence is None:

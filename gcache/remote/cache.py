@@ -440,10 +440,15 @@ class RemoteCache(Connections):
 
     def _check_confirmed(self, result: tuple[Any, int]) -> int:
         watermark, confirmed = result
-        wanted, wait_ms = self._wait  # type: ignore[misc]
-        if confirmed < wanted:
-            raise RemoteError("invalidate", ReplicasNotConfirmed(wanted, confirmed, wait_ms))
+        short = self._shortfall(confirmed)
+        if short is not None:
+            raise RemoteError("invalidate", short)
         return int(watermark)
+
+    def _shortfall(self, confirmed: int) -> ReplicasNotConfirmed | None:
+        """What ``confirmed`` replicas (WAIT's answer) fall short of ``invalidate_replicas``."""
+        wanted, wait_ms = self._wait  # type: ignore[misc]
+        return ReplicasNotConfirmed(wanted, confirmed, wait_ms) if confirmed < wanted else None
 
     def _delete(self, key: str) -> Callable[[Connection], Any]:
         args = [self.channel, self.origin, self._signature("delete", 0, key)]
@@ -860,11 +865,7 @@ class RemoteCache(Connections):
         """Each script's reply, or where it ran, the error of its WAIT (failed, or too few
         replicas confirmed: :class:`~gcache.errors.ReplicasNotConfirmed`, applied on the primary);
         a NOSCRIPT left in place, to send again."""
-        wanted, wait_ms = self._wait  # type: ignore[misc]
-        if isinstance(confirmed, Exception):
-            short: Exception | None = confirmed
-        else:
-            short = ReplicasNotConfirmed(wanted, int(confirmed), wait_ms) if int(confirmed) < wanted else None
+        short = confirmed if isinstance(confirmed, Exception) else self._shortfall(int(confirmed))
         if short is None:
             return replies
         return [reply if isinstance(reply, Exception) else short for reply in replies]

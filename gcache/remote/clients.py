@@ -88,8 +88,7 @@ class ConnectTimeout(redis.TimeoutError):
     lookups that timed out; a timeout, so redis-py does not retry it (a retry would double it)."""
 
 
-def _not_opened(connection: Any, exc: BaseException) -> ConnectTimeout:
-    bound = connection.socket_connect_timeout
+def _not_opened(bound: float | None, exc: BaseException) -> ConnectTimeout:
     return ConnectTimeout(f"no connection opened within {bound} s (socket_connect_timeout): {summary(exc)}")
 
 
@@ -99,9 +98,7 @@ def not_opened(conn: Connection, exc: redis.TimeoutError) -> redis.TimeoutError:
     clients' are; any other timeout as it is."""
     if str(exc) != "Timeout connecting to server":
         return exc
-    timeout = ConnectTimeout(
-        f"no connection opened within {conn.opening} s (socket_connect_timeout): {summary(exc)}"
-    )
+    timeout = _not_opened(conn.opening, exc)
     timeout.__cause__ = exc
     return timeout
 
@@ -157,7 +154,7 @@ class _SyncBoundedOpen:
         try:
             super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         except redis.TimeoutError as exc:
-            raise _not_opened(self, exc) from exc
+            raise _not_opened(self.socket_connect_timeout, exc) from exc
         finally:
             _deadline_back(self, term)
 
@@ -185,7 +182,7 @@ class _AsyncBoundedOpen:
         try:
             await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         except redis.TimeoutError as exc:
-            raise _not_opened(self, exc) from exc
+            raise _not_opened(self.socket_connect_timeout, exc) from exc
         finally:
             self.socket_timeout = term
 

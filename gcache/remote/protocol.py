@@ -472,21 +472,14 @@ async def ainvalidations_and_wait(
     """Async twin of :func:`invalidations_and_wait`."""
     connection = await pool.get_connection(*ASYNC_POOL_ARGS)
     try:
-        replies = await exchange(
-            connection, b"".join(_scripts_and_wait(connection, calls, wait)), len(calls) + 1
-        )
-        replies, confirmed = replies[:-1], replies[-1]
+        replies, confirmed = await _async_round(connection, calls, wait)
         lacking = _lacking(replies)
         if lacking:
             for script in _scripts(calls, lacking):
                 await connection.send_command("SCRIPT", "LOAD", script.script)
                 await connection.read_response()
-            again = [calls[i] for i in lacking]
-            answers = await exchange(
-                connection, b"".join(_scripts_and_wait(connection, again, wait)), len(again) + 1
-            )
-            confirmed = answers[-1]
-            for i, reply in zip(lacking, answers[:-1], strict=True):
+            again, confirmed = await _async_round(connection, [calls[i] for i in lacking], wait)
+            for i, reply in zip(lacking, again, strict=True):
                 replies[i] = reply
         return replies, confirmed
     except BaseException:
@@ -494,6 +487,13 @@ async def ainvalidations_and_wait(
         raise
     finally:
         await pool.release(connection)
+
+
+async def _async_round(
+    connection: Any, calls: Sequence[Invalidation], wait: tuple[int, int]
+) -> tuple[list[Any], Any]:
+    replies = await exchange(connection, b"".join(_scripts_and_wait(connection, calls, wait)), len(calls) + 1)
+    return replies[:-1], replies[-1]
 
 
 def _one(replies: list[Any], confirmed: Any) -> tuple[Any, int]:
