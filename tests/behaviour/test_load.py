@@ -266,10 +266,13 @@ def test_a_wait_for_a_pooled_connection_is_counted_and_not_charged_to_the_read_d
 @pytest.mark.slow
 def test_a_short_soak_of_mixed_traffic_levels_off(redis_url: str, redis_client: redis.Redis) -> None:
     """The soak benchmark for 15 s (``python -m benchmarks soak`` runs 5 minutes): memory and the
-    flight tables level off and no cache error is counted."""
+    flight tables level off and no cache error is counted. A write-back past its 250 ms deadline
+    on a CI machine the soak saturates is served and counted as a timeout, not an error: at most
+    one in 10,000 calls (CI saw 7 in 259,254)."""
     samples = bench_soak.run(redis_url, seconds=15, every=1.5, local_entries=1_000)
     assert len(samples) >= 10
-    assert samples[-1].errors == 0
+    assert samples[-1].errors == 0, bench_soak.table(samples)
+    assert samples[-1].timeouts <= samples[-1].calls / 10_000, bench_soak.table(samples)
     assert samples[-1].calls > 10_000
     assert samples[-1].runs < samples[-1].calls  # the cache served
     assert bench_soak.levels_off(samples), bench_soak.table(samples)
