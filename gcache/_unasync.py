@@ -32,7 +32,8 @@ RENAMED = (
     "aprovider_answer", "aread_tracked", "aget_with_ttl", "aget", "atry_lock", "awrite_tracked",
     "aset", "arefresh", "anote_blocking", "aread_many", "aremote_read_many", "acompute_many", "aaccept",
     "arefresh_soon", "arefresh_ahead", "arefresh_many_ahead", "arefresh_many", "aremote_entry",
-    "awrite_back_many", "awrite_many", "awrite", "aread_fences",
+    "awrite_back_many", "awrite_many", "awrite", "aread_fences", "aremote_batch",
+    "aremote_read_untracked",
 )  # fmt: skip
 SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"\basync def ", "def "),

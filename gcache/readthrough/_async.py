@@ -431,7 +431,7 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(ids[0], pairs)
         if config is None:
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
-        keys = [self.render(id, pairs) for id in ids]
+        keys = self.render_many(ids, pairs)
         longest = max(len(urn) for urn, _ in keys)
         if longest > self.rt.max_key_length:
             self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
@@ -446,26 +446,36 @@ class AsyncDriver(AsyncIO):
             return await self.arefresh_many(*refreshing)
         ahead = config.refresh_ahead
         due: list[str] = []  # ids served from an entry past its refresh point
-        for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
-            if local_ttl:
-                value = self.local_get(urn, entity)
-                if value is not MISS:
-                    found[id] = value
-                    if ahead and self.local_due(urn, config):
-                        due.append(id)
-        if len(found) < len(ids):
-            self.anote_blocking()
-            lacking = [i for i, id in enumerate(ids) if id not in found]
-            entries = [(*keys[i], local_ttls[i]) for i in lacking]
-            misses = dict(zip((ids[i] for i in lacking), self.batch_misses(config, entries), strict=True))
-            asked = [id for id, m in misses.items() if m.remote_ttl]
-            if asked:
-                values = await self.aremote_read_many([misses[id] for id in asked])
-                for id, value in zip(asked, values, strict=True):
+        if any(local_ttls):
+            for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
+                if local_ttl:
+                    value = self.local_get(urn, entity)
                     if value is not MISS:
                         found[id] = value
-                        if misses[id].due:
+                        if ahead and self.local_due(urn, config):
                             due.append(id)
+        if len(found) < len(ids):
+            self.anote_blocking()
+            if found:
+                lacking = [i for i, id in enumerate(ids) if id not in found]
+                entries = [(*keys[i], local_ttls[i]) for i in lacking]
+                lacking_ids = [ids[i] for i in lacking]
+            else:
+                entries = [(urn, entity, ttl) for (urn, entity), ttl in zip(keys, local_ttls, strict=True)]
+                lacking_ids = ids
+            if self.judged_whole(config):
+                misses = await self.aremote_read_untracked(config, lacking_ids, entries, found)
+            else:
+                ms = self.batch_misses(config, entries)
+                misses = dict(zip(lacking_ids, ms, strict=True))
+                asked = [id for id, m in misses.items() if m.remote_ttl]
+                if asked:
+                    values = await self.aremote_read_many([misses[id] for id in asked])
+                    for id, value in zip(asked, values, strict=True):
+                        if value is not MISS:
+                            found[id] = value
+                            if misses[id].due:
+                                due.append(id)
             missing = [id for id in misses if id not in found]
             if missing:
                 await self.acompute_many(missing, misses, originals, found, func, args, kwargs, with_ids)
@@ -567,31 +577,37 @@ class AsyncDriver(AsyncIO):
                 self.refresh_ended(m.urn, hold=result in ("refresh_failed", "locked"))
                 self.m.refresh(result).inc()
 
-    async def aremote_read_many(self, ms: list[Miss]) -> list[Any]:
-        """:meth:`aremote_read` of many misses at once: each value (LOCAL filled) or MISS."""
+    async def aremote_batch(self, urns: list[str], fences: list[str] | None) -> list[Any] | None:
+        """A batch's REMOTE reads in one round trip (a cluster's: one per node), counted and timed
+        as that many lookups; None when Redis failed (told)."""
         remote = self.remote
         assert remote is not None
-        config = ms[0].config
-        if config.fail_safe_sec or config.refresh_ahead:  # each value's PTTL is needed: read by read
-            return [await self.aremote_read(m) for m in ms]
-        n = len(ms)
+        n = len(urns)
         self.m.request_remote.add(n)
-        read_at = _monotonic()
         start = _perf()
         try:
-            urns = [m.urn for m in ms]
-            fences = [watermark_key(m.entity) for m in ms] if self.tracked else None
             reads = await remote.aread_many(urns, fences)
         except Exception as exc:
             self.remote_error(exc, "remote read failed")
             reads = None
         self.m.get_remote.observe_many((_perf() - start) / n, n)  # still one per lookup
+        return reads
+
+    async def aremote_read_many(self, ms: list[Miss]) -> list[Any]:
+        """:meth:`aremote_read` of many misses at once: each value (LOCAL filled) or MISS."""
+        config = ms[0].config
+        if config.fail_safe_sec or config.refresh_ahead:  # each value's PTTL is needed: read by read
+            return [await self.aremote_read(m) for m in ms]
+        read_at = _monotonic()
+        urns = [m.urn for m in ms]
+        fences = [watermark_key(m.entity) for m in ms] if self.tracked else None
+        reads = await self.aremote_batch(urns, fences)
         for m in ms:
             m.read_at = read_at
             if reads is None:
                 m.remote_ttl = 0
         if reads is None:
-            return [MISS] * n
+            return [MISS] * len(ms)
         if self.tracked:
             tracked: list[TrackedRead] | None = reads
             for m, read in zip(ms, reads, strict=True):
@@ -600,8 +616,60 @@ class AsyncDriver(AsyncIO):
         else:
             tracked, raws = None, reads
         if not self.codec.is_async:
-            return self.accept_many(ms, raws, tracked)
+            fills = None
+            if any(m.local_ttl for m in ms):
+                fills = [m.entity for m in ms], [m.local_ttl for m in ms], [m.epoch for m in ms]
+            return self.accept_many(urns, raws, tracked, ms.__getitem__, fills)
         return [await self.aaccept(m, raw, m.read, -1, True) for m, raw in zip(ms, raws, strict=True)]
+
+    async def aremote_read_untracked(
+        self,
+        config: GCacheKeyConfig,
+        ids: list[str],
+        entries: list[tuple[str, str, float]],
+        found: dict[str, Any],
+    ) -> dict[str, Miss]:
+        """:meth:`aremote_read_many` of an untracked batch judged as a whole (:meth:`judged_whole`):
+        nothing is kept per id before the read but LOCAL's epochs, and a miss is made only for an
+        id whose entry needs the full checks or was not found, so a page served from REMOTE
+        makes none (they were a third of its instructions); no LOCAL epochs either, which fence
+        tracked entries alone. Fills ``found``; returns the misses."""
+        remote_ttl = self.remote_layer(config, entries[0][0])
+        if not remote_ttl:
+            return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True))
+        made: dict[int, Miss] = {}
+
+        def miss_at(i: int) -> Miss:
+            m = made.get(i)
+            if m is None:
+                urn, entity, ttl = entries[i]
+                m = self.miss(urn, entity, config, ttl, remote_ttl, shared_read=False)
+                m.batch = True
+                made[i] = m
+            return m
+
+        n, local_ttl = len(entries), entries[0][2]
+        read_at = _monotonic()
+        urns = [urn for urn, _, _ in entries]
+        raws = await self.aremote_batch(urns, None)
+        if raws is None:
+            values: list[Any] = [MISS] * n
+        else:
+            fills = None
+            if local_ttl:
+                fills = [entity for _, entity, _ in entries], [local_ttl] * n, [-1] * n
+            values = self.accept_many(urns, raws, None, miss_at, fills)
+        misses: dict[str, Miss] = {}
+        for i, value in enumerate(values):
+            if value is MISS:
+                m = miss_at(i)
+                m.read_at = read_at
+                if raws is None:
+                    m.remote_ttl = 0  # Redis failed: nothing is written back either
+                misses[ids[i]] = m
+            else:
+                found[ids[i]] = value
+        return misses
 
     async def acompute_many(
         self,

@@ -30,6 +30,8 @@ from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
 from gcache.urns import ID_ESCAPES, KEY_TYPE_ESCAPES, original_value_key, value_key, value_key_tail
 
+LocalFills = tuple[list[str], list[float], list[int]]  # entities, LOCAL TTLs, LOCAL epochs
+
 if TYPE_CHECKING:
     from gcache.readthrough.runtime import Runtime
     from gcache.remote import TrackedRead
@@ -220,6 +222,15 @@ class Decisions(OriginalEntries):
             return original_value_key(entity, pairs, self.use_case, tracked=self.tracked), entity
         entity = self._entity_head + id.translate(ID_ESCAPES) + "}"
         return (value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail), entity
+
+    def render_many(self, ids: list[str], pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        """:meth:`render` of a batch's ids; without arguments inline (a call each cost a 50-id
+        page a tenth of its instructions)."""
+        if pairs or self.legacy_compat:
+            return [self.render(id, pairs) for id in ids]
+        head, tail, escapes = self._entity_head, self._key_tail, ID_ESCAPES
+        entities = [head + id.translate(escapes) + "}" for id in ids]
+        return [(entity + tail, entity) for entity in entities]
 
     def make_key(self, id: str, args: tuple[tuple[str, str], ...]) -> GCacheKey:
         return GCacheKey(
@@ -576,13 +587,20 @@ class Decisions(OriginalEntries):
         return result == 1
 
     def batch_misses(
-        self, config: GCacheKeyConfig, entries: list[tuple[str, str, float]], *, stale: bool = True
+        self,
+        config: GCacheKeyConfig,
+        entries: list[tuple[str, str, float]],
+        *,
+        stale: bool = True,
+        remote_ttl: float | None = None,
     ) -> list[Miss]:
         """A batch's misses (``entries``: key, entity, LOCAL TTL): REMOTE decided once for the
-        batch, or per key under a sticky ramp (``ramp_by="key"``); each its own reader (a batch
-        reads REMOTE for all its ids at once, before any single flight)."""
+        batch (``remote_ttl`` when it was), or per key under a sticky ramp (``ramp_by="key"``);
+        each its own reader (a batch reads REMOTE for all its ids at once, before any single
+        flight)."""
         per_key = config.ramp_by == "key"
-        remote_ttl = 0.0 if per_key or not entries else self.remote_layer(config, entries[0][0])
+        if remote_ttl is None:
+            remote_ttl = 0.0 if per_key or not entries else self.remote_layer(config, entries[0][0])
         ms = []
         for urn, entity, local_ttl in entries:
             ttl = self.remote_layer(config, urn) if per_key else remote_ttl
@@ -591,23 +609,46 @@ class Decisions(OriginalEntries):
             ms.append(m)
         return ms
 
+    def judged_whole(self, config: GCacheKeyConfig) -> bool:
+        """Whether a batch's REMOTE read is judged as a whole (:meth:`accept_many`), needing no
+        miss per id before it: untracked (no fences), no fail-safe or refresh_ahead (no PTTL per
+        entry), one REMOTE decision for the batch (``ramp_by="call"``), a sync codec."""
+        return not (
+            self.tracked
+            or config.fail_safe_sec
+            or config.refresh_ahead
+            or config.ramp_by == "key"
+            or self.codec.is_async
+        )
+
     def accept_many(
-        self, ms: list[Miss], raws: list[bytes | None], reads: list[TrackedRead] | None
+        self,
+        urns: list[str],
+        raws: list[bytes | None],
+        reads: list[TrackedRead] | None,
+        miss_at: Callable[[int], Miss],
+        fills: LocalFills | None,
     ) -> list[Any]:
         """What a batch's REMOTE reads found, as ``aaccept`` takes one (a batch of a use case
         without fail-safe or refresh_ahead, whose codec is not async): each value (LOCAL filled)
-        or MISS, the loads timed together, as many observations of their mean."""
+        or MISS, the loads timed together, as many observations of their mean.
+
+        ``miss_at(i)`` is the i-th key's miss, asked only for an entry that needs the full checks
+        (none, or not a plain pickle), so an untracked batch served from REMOTE makes none;
+        ``fills``: each key's entity, LOCAL TTL and LOCAL epoch at the read (untracked: -1, not
+        looked at), None when LOCAL sits the batch out.
+        """
         limit, plain, codec = self.read_limit, self._plain, self.codec
-        values: list[Any] = [MISS] * len(ms)
+        values: list[Any] = [MISS] * len(urns)
         loadable: list[tuple[int, bytes, int]] = []  # index, payload, flags
-        for i, m in enumerate(ms):
-            raw = raws[i]
+        for i, raw in enumerate(raws):
             if raw is not None and len(raw) > limit:
                 self.m.miss(LAYER_REMOTE, "too_large").inc()
                 continue
-            payload = plain(raw, m.urn) if plain is not None else None
+            payload = plain(raw, urns[i]) if plain is not None else None
             flags = 0
             if payload is None:
+                m = miss_at(i)
                 found = self.to_load(m, raw, None if reads is None else reads[i], -1)
                 if found is None:
                     continue
@@ -629,11 +670,16 @@ class Decisions(OriginalEntries):
         except Exception:  # one of them: each on its own, the undecodable ones missed
             loaded = [self._load_one(payload, flags) for _, payload, flags in loadable]
         self.m.load.observe_many((_perf() - start) / len(loadable), len(loadable))
+        if fills is None:
+            for (i, _, _), value in zip(loadable, loaded, strict=True):
+                values[i] = value
+            return values
+        entities, local_ttls, epochs = fills
         for (i, _, _), value in zip(loadable, loaded, strict=True):
             if value is not MISS:
-                m = ms[i]
-                if m.local_ttl:
-                    self.local_put(m.urn, m.entity, value, m.local_ttl, m.epoch, m.config.fail_safe_sec)
+                ttl = local_ttls[i]
+                if ttl:  # no fail-safe grace: a fail-safe batch reads one by one
+                    self.local_put(urns[i], entities[i], value, ttl, epochs[i])
                 values[i] = value
         return values
 

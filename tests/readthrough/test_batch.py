@@ -103,6 +103,58 @@ async def test_a_cold_local_tier_reads_every_id_in_one_round_trip(
     assert redis_writes[0].count(b"GETRANGE") == 49  # the 49 not in the reader's LOCAL
 
 
+async def test_a_batch_read_from_redis_fills_local_and_tracked_save_an_id_invalidated_meanwhile(
+    make_cache: Callable[..., GCache],
+    redis_writes: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    is_async: bool,
+    tracked: bool,
+) -> None:
+    """What a batch reads from Redis goes into LOCAL. Tracked, an invalidation reaching this
+    process while the read is on its way keeps that id's value out (its LOCAL epoch is taken
+    before the read); untracked entries have no invalidation (an untracked batch keeps no state
+    per id before its read), so all go in."""
+    writer, reader = make_cache(), make_cache()
+    source = Source()
+    with writer.enable():
+        await call(
+            batch_function(writer, source, is_async, track_for_invalidation=tracked), is_async, [1, 2, 3]
+        )
+    users = batch_function(reader, source, is_async, track_for_invalidation=tracked)
+    (use_case,) = [uc for uc in reader._use_cases if uc.use_case == "Users"]
+    entity = use_case.render("2", ())[1]
+    remote = reader._remote
+    assert remote is not None
+    read_many, aread_many = remote.read_many, remote.aread_many
+
+    def bumped(*args: Any) -> Any:
+        found = read_many(*args)
+        reader._local.epochs.bump(entity)  # as the bus's message of another process's invalidation
+        return found
+
+    async def abumped(*args: Any) -> Any:
+        found = await aread_many(*args)
+        reader._local.epochs.bump(entity)
+        return found
+
+    monkeypatch.setattr(remote, "read_many", bumped)
+    monkeypatch.setattr(remote, "aread_many", abumped)
+    with reader.enable():
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+        monkeypatch.setattr(remote, "read_many", read_many)
+        monkeypatch.setattr(remote, "aread_many", aread_many)
+        redis_writes.clear()
+        assert await call(users, is_async, [1, 2, 3]) == {1: "v1:1", 2: "v1:2", 3: "v1:3"}
+
+    assert source.asked == [[1, 2, 3]]  # the reader's values came from Redis
+    if not tracked:
+        assert redis_writes == []  # all three from LOCAL
+        return
+    assert len(redis_writes) == 1  # 1 and 3 from LOCAL; 2 read again
+    assert redis_writes[0].count(b"GETRANGE") == 1
+    assert b"user:2}" in redis_writes[0]
+
+
 async def test_invalidating_one_id_of_a_batch_recomputes_that_id_alone(
     make_cache: Callable[..., GCache], is_async: bool
 ) -> None:
