@@ -145,6 +145,19 @@ def untracked_pickle(raw: bytes | None, key: str) -> bytes | None:
     return None
 
 
+def untracked_pickles(raws: list[bytes | None], limit: int) -> list[bytes | None]:
+    """:func:`untracked_pickle` of a batch's entries in one pass (a call each cost a 50-id page a
+    tenth of its instructions); None also for an entry longer than ``limit``, which the caller
+    judges on its own."""
+    head, size = _PICKLE_HEAD, HEADER_SIZE
+    return [
+        raw[size:]
+        if raw is not None and size <= len(raw) <= limit and raw[:5] == head and raw[5:21].isdigit()
+        else None
+        for raw in raws
+    ]
+
+
 def signed_pickle(signer: Signer, raw: bytes | None, key: str) -> bytes | None:
     """:func:`untracked_pickle` with signing keys: the payload only of an entry whose MAC is good
     for ``key``; None sends the entry to :func:`decode` and the full checks, which tell why."""

@@ -14,9 +14,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gcache import _envelope, original_wire
 from gcache._codec import Codec, OriginalCodec
@@ -169,11 +169,14 @@ class Decisions(OriginalEntries):
         # An untracked pickle's payload, taken with its header checked and nothing parsed (see
         # _envelope.untracked_pickle); None: every entry goes through fresh().
         self._plain: Callable[[bytes | None, str], bytes | None] | None = None
+        self._plain_many: Callable[[list[bytes | None], int], list[bytes | None]] | None = None
         if not tracked and serializer is None:
             signer = runtime.signer
             self._plain = (
                 _envelope.untracked_pickle if signer is None else partial(_envelope.signed_pickle, signer)
             )
+            if signer is None:
+                self._plain_many = _envelope.untracked_pickles
         self.unsigned_pickle = serializer is None and runtime.signer is None and runtime.remote is not None
         # The longest stored value worth loading: a planted giant is a miss, never unpickled or
         # kept in LOCAL (the same bound as writes, framed). REMOTE reads at most one byte more.
@@ -199,7 +202,7 @@ class Decisions(OriginalEntries):
         self.wire_envelope = envelope  # how the original frames this use case's entries
         if runtime.legacy_compat:  # the original's entries and keys (see original_entries)
             self.codec = OriginalCodec(serializer)
-            self._plain = None
+            self._plain = self._plain_many = None
             self.unsigned_pickle = False
             self._entity_head = "{" + f"{runtime.prefix}:{key_type}:"
             self._key_tail = "#" + use_case
@@ -639,43 +642,55 @@ class Decisions(OriginalEntries):
         looked at), None when LOCAL sits the batch out.
         """
         limit, plain, codec = self.read_limit, self._plain, self.codec
-        values: list[Any] = [MISS] * len(urns)
-        loadable: list[tuple[int, bytes, int]] = []  # index, payload, flags
-        for i, raw in enumerate(raws):
-            if raw is not None and len(raw) > limit:
-                self.m.miss(LAYER_REMOTE, "too_large").inc()
-                continue
-            payload = plain(raw, urns[i]) if plain is not None else None
-            flags = 0
-            if payload is None:
-                m = miss_at(i)
-                found = self.to_load(m, raw, None if reads is None else reads[i], -1)
-                if found is None:
-                    continue
-                payload, flags, _ = found
-                if flags & _envelope.FLAG_ABSENT:
-                    values[i] = self.absent(m)
-                    continue
-            loadable.append((i, payload, flags))
-        if not loadable:
-            return values
+        n = len(urns)
+        values: list[Any] = [MISS] * n
+        plains = self._plain_many(raws, limit) if self._plain_many is not None else None
+        at: Sequence[int]
+        if plains is not None and None not in plains:  # a page of plain pickles: no check per entry
+            at, payloads, flags = range(n), cast("list[bytes]", plains), [0] * n
+        else:
+            at, payloads, flags = [], [], []
+            for i, raw in enumerate(raws):
+                payload = plains[i] if plains is not None else None
+                flag = 0
+                if payload is None:
+                    if raw is not None and len(raw) > limit:
+                        self.m.miss(LAYER_REMOTE, "too_large").inc()
+                        continue
+                    payload = plain(raw, urns[i]) if plain is not None and plains is None else None
+                if payload is None:
+                    m = miss_at(i)
+                    found = self.to_load(m, raw, None if reads is None else reads[i], -1)
+                    if found is None:
+                        continue
+                    payload, flag, _ = found
+                    if flag & _envelope.FLAG_ABSENT:
+                        values[i] = self.absent(m)
+                        continue
+                at.append(i)
+                payloads.append(payload)
+                flags.append(flag)
+            if not at:
+                return values
         start = _perf()
         try:
             if codec.loads is not None:  # pickle: straight to C
                 loads = codec.loads
-                loaded = [loads(payload) for _, payload, _ in loadable]
+                loaded = [loads(payload) for payload in payloads]
             else:
                 load = codec.load
-                loaded = [load(payload, flags) for _, payload, flags in loadable]
+                loaded = [load(payload, flag) for payload, flag in zip(payloads, flags, strict=True)]
         except Exception:  # one of them: each on its own, the undecodable ones missed
-            loaded = [self._load_one(payload, flags) for _, payload, flags in loadable]
-        self.m.load.observe_many((_perf() - start) / len(loadable), len(loadable))
+            loaded = [self._load_one(payload, flag) for payload, flag in zip(payloads, flags, strict=True)]
+        self.m.load.observe_many((_perf() - start) / len(loaded), len(loaded))
         if fills is None:
-            for (i, _, _), value in zip(loadable, loaded, strict=True):
+            if len(loaded) == n:
+                return loaded
+            for i, value in zip(at, loaded, strict=True):
                 values[i] = value
             return values
         entities, local_ttls, epochs = fills
-        for (i, _, _), value in zip(loadable, loaded, strict=True):
+        for i, value in zip(at, loaded, strict=True):
             if value is not MISS:
                 ttl = local_ttls[i]
                 if ttl:  # no fail-safe grace: a fail-safe batch reads one by one

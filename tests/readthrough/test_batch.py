@@ -337,6 +337,44 @@ async def test_cache_missing_keeps_an_absent_id_for_its_own_ttl(
     assert sample(cache_registry(other), "gcache_miss_reason_counter_total", reason="absent") == 1
 
 
+async def test_a_page_of_plain_entries_with_a_giant_a_foreign_and_an_absent_one_among_them(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool, tracked: bool
+) -> None:
+    """A page read from REMOTE is judged as a whole while every entry is a plain pickle, and
+    entry by entry as soon as one is not: a value past ``max_value_bytes`` and one gcache did not
+    write are misses told by their reasons, an absent id stays absent, the rest are served."""
+    writer, reader = (
+        make_cache(max_value_bytes=1_000),
+        make_cache(max_value_bytes=1_000, metrics_registry=CollectorRegistry()),
+    )
+    source = Source(absent={4})
+    options: dict[str, Any] = {
+        "track_for_invalidation": tracked,
+        "default_config": REMOTE_ONLY,
+        "cache_missing": True,
+        "missing_ttl_sec": 30,
+    }
+    ids = [1, 2, 3, 4, 5, 6]
+    with writer.enable():
+        await call(batch_function(writer, source, is_async, **options), is_async, ids)
+    ((giant,),) = [redis_client.keys("*:user:2}#Users")]
+    ((foreign,),) = [redis_client.keys("*:user:3}#Users")]
+    redis_client.set(giant, b"x" * 5_000, keepttl=True)
+    redis_client.set(foreign, b"not gcache's", keepttl=True)
+    users = batch_function(reader, source, is_async, **options)
+    with reader.enable():
+        assert await call(users, is_async, ids) == {i: f"v1:{i}" for i in ids if i != 4}
+
+    assert source.asked == [ids, [2, 3]]
+    registry = cache_registry(reader)
+    reasons = {
+        reason: sample(registry, "gcache_miss_reason_counter_total", layer="REMOTE", reason=reason)
+        for reason in ("too_large", "foreign", "absent")
+    }
+    assert reasons == {"too_large": 1, "foreign": 1, "absent": 0}  # absent: a batch's answer
+    assert redis_client.strlen(giant) < 1_000  # both written back with the function's values
+
+
 async def test_without_cache_missing_an_absent_id_is_asked_again(
     make_cache: Callable[..., GCache], is_async: bool
 ) -> None:
