@@ -431,10 +431,9 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(ids[0], pairs)
         if config is None:
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
-        keys = self.render_many(ids, pairs)
-        longest = max(len(urn) for urn, _ in keys)
+        keys, longest = self.render_many(ids, pairs)
         if longest > self.rt.max_key_length:
-            self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
+            self.key_error(too_long(max((urn for urn, _ in keys), key=len), self.rt.max_key_length))
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
         found: dict[str, Any] = {}
         if config.ramp_by == "key":  # a sticky ramp decides each id by its key

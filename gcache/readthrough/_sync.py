@@ -414,10 +414,9 @@ class SyncDriver(SyncIO):
             config = self.config(ids[0], pairs)
         if config is None:
             return dict(self.function(LAYER_NONE, func, args, kwargs))
-        keys = self.render_many(ids, pairs)
-        longest = max(len(urn) for urn, _ in keys)
+        keys, longest = self.render_many(ids, pairs)
         if longest > self.rt.max_key_length:
-            self.key_error(too_long(max(keys)[0], self.rt.max_key_length))
+            self.key_error(too_long(max((urn for urn, _ in keys), key=len), self.rt.max_key_length))
             return dict(self.function(LAYER_NONE, func, args, kwargs))
         found: dict[str, Any] = {}
         if config.ramp_by == "key":  # a sticky ramp decides each id by its key

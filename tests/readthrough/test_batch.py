@@ -375,6 +375,30 @@ async def test_a_page_of_plain_entries_with_a_giant_a_foreign_and_an_absent_one_
     assert redis_client.strlen(giant) < 1_000  # both written back with the function's values
 
 
+async def test_a_batch_with_an_id_past_max_key_length_is_served_uncached_and_names_that_key(
+    make_cache: Callable[..., GCache],
+    registry: Any,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    is_async: bool,
+) -> None:
+    cache = make_cache(max_key_length=200)
+    source = Source()
+    users = batch_function(cache, source, is_async)
+    long = "9" * 300  # the id; "z" sorts after it, and is short
+
+    with cache.enable(), caplog.at_level("WARNING", logger="gcache"):
+        assert await call(users, is_async, [1, long, "z"]) == {1: "v1:1", long: f"v1:{long}", "z": "v1:z"}
+        assert await call(users, is_async, [1, long, "z"]) == {1: "v1:1", long: f"v1:{long}", "z": "v1:z"}
+
+    assert source.asked == [[1, long, "z"]] * 2  # uncached, the whole batch each time
+    assert sample(registry, "gcache_error_counter_total", error="KeyTooLongError") == 2
+    (told,) = [r.getMessage() for r in caplog.records if "max_key_length" in r.getMessage()]
+    assert "the key is 324 characters, max_key_length is 200" in told  # the long one, not "z"
+    assert "user:999" in told
+    assert redis_client.keys("*Users*") == []
+
+
 async def test_without_cache_missing_an_absent_id_is_asked_again(
     make_cache: Callable[..., GCache], is_async: bool
 ) -> None:
