@@ -224,6 +224,18 @@ def parse_fence_read(replies: list[Any], fencing: bool = True) -> TrackedRead | 
     return _tracked(seconds, micros, raw or None, nonce, watermark, replies[4:5])
 
 
+def _batch_read(
+    now_us: int, history: bytes | None, raw: bytes | None, fence: list[Any]
+) -> TrackedRead | None:
+    """:func:`parse_fence_read` of one key of a batch, whose head (time and, fencing, the node's
+    replication id ``history``) was read once for all (its keys have no PTTL). Not shared with
+    the single read, which a call more would cost on every tracked hit."""
+    nonce, watermark = fence[0], fence[1]
+    if nonce is None or (history is not None and fence[2] != history):
+        return None
+    return TrackedRead(raw or None, nonce, int(watermark) if watermark is not None else 0, now_us, -1)
+
+
 def _tracked(
     seconds: bytes, micros: bytes, raw: bytes | None, nonce: bytes, watermark: bytes | None, pttl: list[Any]
 ) -> TrackedRead:
@@ -605,11 +617,11 @@ def parse_batch(replies: list[Any], tracked: bool, fencing: bool = True) -> list
     history: the read script must make it)."""
     if not tracked:
         return [raw or None for raw in replies]
+    (seconds, micros) = replies[0]
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    history = replid(replies[1]) if fencing else None  # the head read once for every key
     n = head(fencing)[1]
-    first = replies[:n]
-    return [
-        parse_fence_read([*first, replies[i], replies[i + 1]], fencing) for i in range(n, len(replies), 2)
-    ]
+    return [_batch_read(now_us, history, replies[i], replies[i + 1]) for i in range(n, len(replies), 2)]
 
 
 def batch_pipelined(
