@@ -191,11 +191,29 @@ class KeyBuilder:
             ArgumentsDoNotBind: the function would reject these arguments (it raises TypeError).
         """
         n = len(args)
+        if self._id_only and not kwargs and self._by_position <= n <= self._max_args:
+            return self.part(args[self._id_position]), ()  # binds, the id alone, by position: most calls
+        raw_id, pairs = self._bind(args, kwargs)
+        return self.part(raw_id), pairs
+
+    def batch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """A ``cached_many`` call's ids (the id argument as given: an iterable, not rendered) and
+        the pairs of its other arguments, which every id's key shares.
+
+        Raises:
+            ArgumentsDoNotBind: as :meth:`build`.
+        """
+        n = len(args)
+        if self._id_only and not kwargs and self._by_position <= n <= self._max_args:
+            return args[self._id_position], ()
+        return self._bind(args, kwargs)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """:meth:`build`'s id as given (extracted by ``id_extract``, not rendered) and its pairs."""
+        n = len(args)
         part = self.part
         if not kwargs and self._by_position <= n <= self._max_args:
-            raw_id = args[self._id_position]  # binds, and the id came by position: most calls
-            if self._id_only:
-                return part(raw_id), ()
+            raw_id = args[self._id_position]  # binds, and the id came by position
         elif kwargs:
             self._check_keywords(args, kwargs)
             raw_id = _value(self._id_field, args, kwargs)
@@ -212,7 +230,7 @@ class KeyBuilder:
             adapter = fld[3]
             pairs.append((fld[0], part(v if adapter is None else adapter(v))))
         if self._var_positional is None and self._var_keyword is None:
-            return part(raw_id), tuple(pairs)
+            return raw_id, tuple(pairs)
         if self._var_positional is not None:
             pairs.append((self._var_positional, part(args[self._n_positional :])))
         if self._var_keyword is not None and kwargs:
@@ -222,17 +240,7 @@ class KeyBuilder:
                     key = "**" + name if name in renamed or name.startswith("*") else name
                     pairs.append((key, part(adapt[name](v) if name in adapt else v)))
         pairs.sort()
-        return part(raw_id), tuple(pairs)
-
-    def batch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[tuple[str, str], ...]]:
-        """A ``cached_many`` call's ids (the id argument as given: an iterable) and the pairs of its
-        other arguments, which every id's key shares.
-
-        Raises:
-            ArgumentsDoNotBind: as :meth:`build`.
-        """
-        _, pairs = self.build(args, kwargs)
-        return _value(self._id_field, args, kwargs), pairs
+        return raw_id, tuple(pairs)
 
     def with_ids(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], ids: list[Any]

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcache.keys import GCacheKey
-from gcache.urns import entity_key, owned_by, value_key, watermark_key
+from gcache.urns import ID_ESCAPES, entity_key, escape_id, owned_by, value_key, watermark_key
 
 # ---------------------------------------------------------------------------------------------
 # Rendered keys
@@ -212,3 +212,12 @@ def test_urn_never_shared_between_different_prefixes(p1: str, p2: str, a: Compon
         assert key_a.prefix != key_b.prefix
         assert not owned_by(key_a.urn, p2)
         assert not owned_by(key_a.watermark_key, p2)
+
+
+@given(st.text(alphabet=st.sampled_from("ab1%{}:&#=é日"), max_size=12) | st.text(max_size=12))
+def test_escape_id_is_the_id_escapes_translation_whatever_the_id(id: str) -> None:
+    """The shortcut for ids without delimiters changes no key: every path renders ids alike."""
+    escaped = escape_id(id)
+    assert escaped == id.translate(ID_ESCAPES)
+    assert entity_key("p", "t", id) == "{p:t:" + escaped + "}"
+    assert (escaped is id) == (id.translate(ID_ESCAPES) == id)  # no delimiter: the same object

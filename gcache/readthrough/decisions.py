@@ -28,7 +28,7 @@ from gcache.metrics import LAYER_CONFIG, LAYER_LOCAL, LAYER_REMOTE, UseCaseMetri
 from gcache.readthrough.original_entries import OriginalEntries
 from gcache.remote.protocol import read_limit
 from gcache.single_flight import Flight, FlightTable
-from gcache.urns import ID_ESCAPES, KEY_TYPE_ESCAPES, original_value_key, value_key, value_key_tail
+from gcache.urns import KEY_TYPE_ESCAPES, escape_id, original_value_key, value_key, value_key_tail
 
 LocalFills = tuple[list[str], list[float], list[int]]  # entities, LOCAL TTLs, LOCAL epochs
 
@@ -223,7 +223,7 @@ class Decisions(OriginalEntries):
         if self.legacy_compat:
             entity = self._entity_head + id + "}"
             return original_value_key(entity, pairs, self.use_case, tracked=self.tracked), entity
-        entity = self._entity_head + id.translate(ID_ESCAPES) + "}"
+        entity = self._entity_head + escape_id(id) + "}"
         return (value_key(entity, pairs, self.use_case) if pairs else entity + self._key_tail), entity
 
     def render_many(
@@ -234,8 +234,11 @@ class Decisions(OriginalEntries):
         if pairs or self.legacy_compat:
             keys = [self.render(id, pairs) for id in ids]
             return keys, max(len(urn) for urn, _ in keys)
-        head, tail, escapes = self._entity_head, self._key_tail, ID_ESCAPES
-        entities = [head + id.translate(escapes) + "}" for id in ids]
+        head, tail, every = self._entity_head, self._key_tail, "".join(ids)
+        if "%" in every or "{" in every or "}" in every or ":" in every:  # escape_id, the batch at once
+            entities = [head + escape_id(id) + "}" for id in ids]
+        else:
+            entities = [head + id + "}" for id in ids]
         return [(entity + tail, entity) for entity in entities], max(map(len, entities)) + len(tail)
 
     def make_key(self, id: str, args: tuple[tuple[str, str], ...]) -> GCacheKey:

@@ -58,7 +58,9 @@ class UseCase(AsyncDriver, SyncDriver):
                     return await func(*args, **kwargs)
                 try:
                     id, pairs = build(args, kwargs)
-                    entity = entity_head + id.translate(id_escapes) + "}"  # urns.entity_key, head built once
+                    # urns.entity_key, its head built once and escape_id inline
+                    plain = "%" not in id and "{" not in id and "}" not in id and ":" not in id
+                    entity = entity_head + (id if plain else id.translate(id_escapes)) + "}"
                     urn = render(entity, pairs, use_case) if pairs or unbraced else entity + key_tail
                 except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                     return await func(*args, **kwargs)
@@ -82,7 +84,9 @@ class UseCase(AsyncDriver, SyncDriver):
                 return func(*args, **kwargs)
             try:
                 id, pairs = build(args, kwargs)
-                entity = entity_head + id.translate(id_escapes) + "}"  # urns.entity_key, head built once
+                # urns.entity_key, its head built once and escape_id inline
+                plain = "%" not in id and "{" not in id and "}" not in id and ":" not in id
+                entity = entity_head + (id if plain else id.translate(id_escapes)) + "}"
                 urn = render(entity, pairs, use_case) if pairs or unbraced else entity + key_tail
             except ArgumentsDoNotBind:  # the function's own TypeError, never a cached value
                 return func(*args, **kwargs)

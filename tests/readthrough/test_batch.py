@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -57,6 +57,19 @@ def batch_function(cache: GCache, source: Source, is_async: bool, **options: Any
         return source.load(ids)
 
     return decorate(load_sync)
+
+
+def single_function(cache: GCache, singles: list[Any], tracked: bool) -> Callable[[Any], str]:
+    """The single-id function of the batch's use case, recording the ids it is called with."""
+
+    @cache.cached(
+        key_type="user", id_arg="id", use_case="Users", track_for_invalidation=tracked, default_config=BOTH
+    )
+    def user(id: Any) -> str:
+        singles.append(id)
+        return f"single:{id}"
+
+    return user
 
 
 async def call(function: Callable[..., Any], is_async: bool, *args: Any) -> Any:
@@ -263,21 +276,71 @@ async def test_a_batch_and_a_single_call_of_one_use_case_share_entries(
     cache = make_cache()
     source = Source()
     users = batch_function(cache, source, is_async, track_for_invalidation=tracked)
-    singles: list[int] = []
-
-    @cache.cached(
-        key_type="user", id_arg="id", use_case="Users", track_for_invalidation=tracked, default_config=BOTH
-    )
-    def user(id: int) -> str:
-        singles.append(id)
-        return f"single:{id}"
-
+    singles: list[Any] = []
+    user = single_function(cache, singles, tracked)
     with cache.enable():
         await asyncio.to_thread(user, 7)
         assert await call(users, is_async, [7, 8]) == {7: "single:7", 8: "v1:8"}
         assert await asyncio.to_thread(user, 8) == "v1:8"
     assert (singles, source.asked) == ([7], [[8]])
     assert user.use_case == users.use_case == "Users"  # type: ignore[attr-defined]
+
+
+DELIMITED_IDS = ["a:b", "{x}", "50%", "%3A", "caf\u00e9", "\u65e5\u672c", "plain"]
+
+
+async def test_ids_holding_delimiters_or_non_ascii_share_entries_with_single_calls_through_redis(
+    make_cache: Callable[..., GCache], redis_client: redis.Redis, is_async: bool, tracked: bool
+) -> None:
+    """Keys escape an id's delimiters whichever path renders them (a single call's wrapper, a
+    batch's keys, direct access), and a batch of non-ASCII keys is packed as its UTF-8 bytes."""
+    writer, reader = make_cache(), make_cache()
+    singles: list[Any] = []
+    user = single_function(writer, singles, tracked)
+    source = Source()
+    users = batch_function(reader, source, is_async, track_for_invalidation=tracked)
+    with writer.enable():
+        for id in DELIMITED_IDS:
+            await asyncio.to_thread(user, id)
+    with reader.enable():  # a cold LOCAL tier: every id from Redis, in one round trip
+        found = await call(users, is_async, DELIMITED_IDS)
+
+    assert found == {id: f"single:{id}" for id in DELIMITED_IDS}
+    assert source.asked == []
+    keys = {key.decode() for key in cast("list[bytes]", redis_client.keys("*#Users"))}
+    assert keys == {GCacheKey("user", id, "Users").urn for id in DELIMITED_IDS}
+    escaped = {"{urn:gcache:user:" + id + "}#Users" for id in ("a%3Ab", "%7Bx%7D", "50%25", "%253A")}
+    assert escaped < keys  # ':', braces and '%' end or escape parts of a key
+    assert {"{urn:gcache:user:caf\u00e9}#Users", "{urn:gcache:user:plain}#Users"} < keys
+    with writer.enable():
+        await writer.ainvalidate("user", "a:b")  # the entity of the escaped key
+        assert await asyncio.to_thread(user, "a:b") == "single:a:b"
+    assert singles == [*DELIMITED_IDS, *(["a:b"] if tracked else [])]
+
+
+class UnprintableIds(list[int]):
+    """Ids whose str() fails, as a large or lazy collection's might: the batch renders each id."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("the collection is not rendered")
+
+    __repr__ = __str__
+
+
+async def test_the_collection_of_ids_is_never_rendered_only_each_id(
+    make_cache: Callable[..., GCache], registry: CollectorRegistry, is_async: bool
+) -> None:
+    cache = make_cache()
+    source = Source()
+    users = batch_function(cache, source, is_async)
+    with cache.enable():
+        first = await call(users, is_async, UnprintableIds([1, 2]))
+        second = await call(users, is_async, UnprintableIds([2, 1]))
+
+    assert list(first.items()) == [(1, "v1:1"), (2, "v1:2")]
+    assert list(second.items()) == [(2, "v1:2"), (1, "v1:1")]
+    assert source.asked == [[1, 2]]  # the second batch was served from the cache
+    assert sample(registry, "gcache_error_counter_total", use_case="Users") == 0
 
 
 def test_sharing_needs_the_same_keys_and_storage(make_cache: Callable[..., GCache]) -> None:
