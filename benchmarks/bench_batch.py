@@ -153,13 +153,14 @@ def _decoded(values: list[Any]) -> list[Any]:
 
 def _rows(scenario: str, times: dict[str, list[float]]) -> list[Result]:
     bare = _median(times["bare"])
+    mget = f"{'redis.asyncio' if scenario.startswith('async') else 'redis-py'} MGET of 50"
     return [
         Result(
             scenario,
             "cached_many",
             _median(times["many"]),
             "µs/page",
-            "redis-py MGET of 50",
+            mget,
             bare,
             target=TARGET,
         ),
@@ -168,10 +169,10 @@ def _rows(scenario: str, times: dict[str, list[float]]) -> list[Result]:
             "cached_many",
             _median(times["many"]),
             "µs/page",
-            "redis-py MGET of 50, each value unpickled",
+            f"{mget}, each value unpickled",
             _median(times["decoded"]),
         ),
-        Result(scenario, "50 cached calls", _median(times["one"]), "µs/page", "redis-py MGET of 50", bare),
+        Result(scenario, "50 cached calls", _median(times["one"]), "µs/page", mget, bare),
     ]
 
 
