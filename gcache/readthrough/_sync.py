@@ -612,10 +612,10 @@ class SyncDriver(SyncIO):
         found: dict[str, Any],
     ) -> dict[str, Miss]:
         """:meth:`remote_read_many` of an untracked batch judged as a whole (:meth:`judged_whole`):
-        nothing is kept per id before the read but LOCAL's epochs, and a miss is made only for an
-        id whose entry needs the full checks or was not found, so a page served from REMOTE
-        makes none (they were a third of its instructions); no LOCAL epochs either, which fence
-        tracked entries alone. Fills ``found``; returns the misses."""
+        nothing is kept per id before the read (not even a LOCAL epoch: epochs fence tracked
+        entries alone), and a miss is made only for an id whose entry needs the full checks or
+        was not found, so a page served from REMOTE makes none (they were a third of its
+        instructions). Fills ``found``; returns the misses."""
         remote_ttl = self.remote_layer(config, entries[0][0])
         if not remote_ttl:
             return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True))
