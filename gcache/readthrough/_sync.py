@@ -440,14 +440,14 @@ class SyncDriver(SyncIO):
             self.note_blocking()
             if found:
                 lacking = [i for i, id in enumerate(ids) if id not in found]
-                entries = [(*keys[i], local_ttls[i]) for i in lacking]
-                lacking_ids = [ids[i] for i in lacking]
+                lacking_ids, lacking_keys = [ids[i] for i in lacking], [keys[i] for i in lacking]
+                lacking_ttls = [local_ttls[i] for i in lacking]
             else:
-                entries = [(urn, entity, ttl) for (urn, entity), ttl in zip(keys, local_ttls, strict=True)]
-                lacking_ids = ids
-            if self.judged_whole(config):
-                misses = self.remote_read_untracked(config, lacking_ids, entries, found)
+                lacking_ids, lacking_keys, lacking_ttls = ids, keys, local_ttls
+            if self.judged_whole(config):  # one LOCAL decision for the batch: ramp_by="call"
+                misses = self.remote_read_untracked(config, lacking_ids, lacking_keys, local_ttls[0], found)
             else:
+                entries = [(*key, ttl) for key, ttl in zip(lacking_keys, lacking_ttls, strict=True)]
                 ms = self.batch_misses(config, entries)
                 misses = dict(zip(lacking_ids, ms, strict=True))
                 asked = [id for id, m in misses.items() if m.remote_ttl]
@@ -467,7 +467,8 @@ class SyncDriver(SyncIO):
             if claimed:
                 work = (claimed, config, originals, func, args, kwargs, with_ids)
                 self.work_aside(self.refresh_many_ahead, *work)
-        return {originals[id]: found[id] for id in ids if found.get(id, ABSENT) is not ABSENT}
+        get = found.get
+        return {originals[id]: value for id in ids if (value := get(id, ABSENT)) is not ABSENT}
 
     def refresh_many(
         self,
@@ -608,7 +609,8 @@ class SyncDriver(SyncIO):
         self,
         config: GCacheKeyConfig,
         ids: list[str],
-        entries: list[tuple[str, str, float]],
+        keys: list[tuple[str, str]],
+        local_ttl: float,
         found: dict[str, Any],
     ) -> dict[str, Miss]:
         """:meth:`remote_read_many` of an untracked batch judged as a whole (:meth:`judged_whole`):
@@ -616,30 +618,31 @@ class SyncDriver(SyncIO):
         entries alone), and a miss is made only for an id whose entry needs the full checks or
         was not found, so a page served from REMOTE makes none (they were a third of its
         instructions). Fills ``found``; returns the misses."""
-        remote_ttl = self.remote_layer(config, entries[0][0])
+        remote_ttl = self.remote_layer(config, keys[0][0])
         if not remote_ttl:
+            entries = [(urn, entity, local_ttl) for urn, entity in keys]
             return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True))
         made: dict[int, Miss] = {}
 
         def miss_at(i: int) -> Miss:
             m = made.get(i)
             if m is None:
-                urn, entity, ttl = entries[i]
-                m = self.miss(urn, entity, config, ttl, remote_ttl, shared_read=False)
+                urn, entity = keys[i]
+                m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
                 m.batch = True
                 made[i] = m
             return m
 
-        n, local_ttl = len(entries), entries[0][2]
+        n = len(keys)
         read_at = _monotonic()
-        urns = [urn for urn, _, _ in entries]
+        urns = [urn for urn, _ in keys]
         raws = self.remote_batch(urns, None)
         if raws is None:
             values: list[Any] = [MISS] * n
         else:
             fills = None
             if local_ttl:
-                fills = [entity for _, entity, _ in entries], [local_ttl] * n, [-1] * n
+                fills = [entity for _, entity in keys], [local_ttl] * n, [-1] * n
             values = self.accept_many(urns, raws, None, miss_at, fills)
         misses: dict[str, Miss] = {}
         for i, value in enumerate(values):
