@@ -221,3 +221,9 @@ def test_escape_id_is_the_id_escapes_translation_whatever_the_id(id: str) -> Non
     assert escaped == id.translate(ID_ESCAPES)
     assert entity_key("p", "t", id) == "{p:t:" + escaped + "}"
     assert (escaped is id) == (id.translate(ID_ESCAPES) == id)  # no delimiter: the same object
+
+
+def test_the_delimiters_tested_before_escaping_are_the_id_escapes_table() -> None:
+    """escape_id and the read-through's wrappers (usecase.wrap) test these four characters
+    inline: a delimiter added to the table without them would leave ids unescaped there."""
+    assert {chr(c) for c in ID_ESCAPES} == set("%{}:")

@@ -235,10 +235,10 @@ class Decisions(OriginalEntries):
             keys = [self.render(id, pairs) for id in ids]
             return keys, max(len(urn) for urn, _ in keys)
         head, tail, every = self._entity_head, self._key_tail, "".join(ids)
-        if "%" in every or "{" in every or "}" in every or ":" in every:  # escape_id, the batch at once
-            entities = [head + escape_id(id) + "}" for id in ids]
-        else:
+        if escape_id(every) is every:  # no id holds a delimiter: the batch tested at once
             entities = [head + id + "}" for id in ids]
+        else:
+            entities = [head + escape_id(id) + "}" for id in ids]
         return [(entity + tail, entity) for entity in entities], max(map(len, entities)) + len(tail)
 
     def make_key(self, id: str, args: tuple[tuple[str, str], ...]) -> GCacheKey:

@@ -603,8 +603,8 @@ def batch_reads(
     if fences is None:
         command, tail = read
         if keys and encode is str.encode:  # UTF-8: ASCII keys packed as one text, encoded at once
-            text, between = command.decode(), "\r\n" + tail.decode() + command.decode()
-            text += between.join([f"${len(key)}\r\n{key}" for key in keys]) + "\r\n" + tail.decode()
+            opening, closing = command.decode(), "\r\n" + tail.decode()
+            text = opening + (closing + opening).join([f"${len(key)}\r\n{key}" for key in keys]) + closing
             if text.isascii():  # then a key's length in characters is its length in bytes
                 return text.encode(), len(keys)
         encoded = [encode(key) for key in keys]
