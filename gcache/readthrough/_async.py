@@ -431,22 +431,26 @@ class AsyncDriver(AsyncIO):
             config = await self.aconfig(ids[0], pairs)
         if config is None:
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
-        keys, longest = self.render_many(ids, pairs)
+        urns, longest = self.render_many(ids, pairs)
         if longest > self.rt.max_key_length:
-            self.key_error(too_long(max((urn for urn, _ in keys), key=len), self.rt.max_key_length))
+            self.key_error(too_long(max(urns, key=len), self.rt.max_key_length))
             return dict(await self.afunction(LAYER_NONE, func, args, kwargs))
         found: dict[str, Any] = {}
         if config.ramp_by == "key":  # a sticky ramp decides each id by its key
-            local_ttls = [self.local_layer(config, urn) for urn, _ in keys]
+            local_ttls = [self.local_layer(config, urn) for urn in urns]
         else:  # one decision (and one draw) for the batch
-            local_ttls = [self.local_layer(config, keys[0][0])] * len(keys)
+            local_ttls = [self.local_layer(config, urns[0])] * len(urns)
+        whole = self.judged_whole(config)  # then REMOTE alone needs no entities (see render_many)
+        entities = None if whole and not (refresh or any(local_ttls)) else self.entities(ids)
         if refresh:
-            refreshing = (ids, keys, local_ttls, config, originals, func, args, kwargs, with_ids)
+            assert entities is not None
+            entries = list(zip(urns, entities, local_ttls, strict=True))
+            refreshing = (ids, entries, config, originals, func, args, kwargs, with_ids)
             return await self.arefresh_many(*refreshing)
         ahead = config.refresh_ahead
         due: list[str] = []  # ids served from an entry past its refresh point
-        if any(local_ttls):
-            for id, (urn, entity), local_ttl in zip(ids, keys, local_ttls, strict=True):
+        if entities is not None and any(local_ttls):
+            for id, urn, entity, local_ttl in zip(ids, urns, entities, local_ttls, strict=True):
                 if local_ttl:
                     value = self.local_get(urn, entity)
                     if value is not MISS:
@@ -455,18 +459,21 @@ class AsyncDriver(AsyncIO):
                             due.append(id)
         if len(found) < len(ids):
             self.anote_blocking()
-            if found:
+            if found:  # found in LOCAL: the entities are known
+                assert entities is not None
                 lacking = [i for i, id in enumerate(ids) if id not in found]
-                lacking_ids, lacking_keys = [ids[i] for i in lacking], [keys[i] for i in lacking]
+                lacking_ids, lacking_urns = [ids[i] for i in lacking], [urns[i] for i in lacking]
+                lacking_entities: list[str] | None = [entities[i] for i in lacking]
                 lacking_ttls = [local_ttls[i] for i in lacking]
             else:
-                lacking_ids, lacking_keys, lacking_ttls = ids, keys, local_ttls
-            if self.judged_whole(config):  # one LOCAL decision for the batch: ramp_by="call"
+                lacking_ids, lacking_urns, lacking_entities, lacking_ttls = ids, urns, entities, local_ttls
+            if whole:  # one LOCAL decision for the batch: ramp_by="call"
                 misses = await self.aremote_read_untracked(
-                    config, lacking_ids, lacking_keys, local_ttls[0], found
+                    config, lacking_ids, lacking_urns, lacking_entities, local_ttls[0], found
                 )
             else:
-                entries = [(*key, ttl) for key, ttl in zip(lacking_keys, lacking_ttls, strict=True)]
+                assert lacking_entities is not None
+                entries = list(zip(lacking_urns, lacking_entities, lacking_ttls, strict=True))
                 ms = self.batch_misses(config, entries)
                 misses = dict(zip(lacking_ids, ms, strict=True))
                 asked = [id for id, m in misses.items() if m.remote_ttl]
@@ -480,9 +487,10 @@ class AsyncDriver(AsyncIO):
             missing = [id for id in misses if id not in found]
             if missing:
                 await self.acompute_many(missing, misses, originals, found, func, args, kwargs, with_ids)
-        if due:
-            where = dict(zip(ids, zip(keys, local_ttls, strict=True), strict=True))
-            claimed = [(id, *where[id][0], where[id][1]) for id in due if self.claim_refresh(where[id][0][0])]
+        if due:  # found in LOCAL, or read with per-id misses: the entities are known
+            assert entities is not None
+            where = dict(zip(ids, zip(urns, entities, local_ttls, strict=True), strict=True))
+            claimed = [(id, *where[id]) for id in due if self.claim_refresh(where[id][0])]
             if claimed:
                 work = (claimed, config, originals, func, args, kwargs, with_ids)
                 self.awork_aside(self.arefresh_many_ahead, *work)
@@ -492,8 +500,7 @@ class AsyncDriver(AsyncIO):
     async def arefresh_many(
         self,
         ids: list[str],
-        keys: list[tuple[str, str]],
-        local_ttls: list[float],
+        entries: list[tuple[str, str, float]],
         config: GCacheKeyConfig,
         originals: dict[str, Any],
         func: Callable[..., Awaitable[Any]],
@@ -504,7 +511,7 @@ class AsyncDriver(AsyncIO):
         """:meth:`arefresh` of a batch: a tracked use case reads the ids' fences first (one round
         trip), then the function runs once with every id and each value is written back, so an
         invalidation landing in between refuses that id's write, as a miss's would be."""
-        ms = self.batch_misses(config, [(*key, ttl) for key, ttl in zip(keys, local_ttls, strict=True)])
+        ms = self.batch_misses(config, entries)
         await self.aread_fences(ms)
         layer = self.fallback_layer(ms[0].local_ttl, ms[0].remote_ttl)
         result = await self.afunction(layer, func, *with_ids(args, kwargs, [originals[id] for id in ids]))
@@ -628,7 +635,8 @@ class AsyncDriver(AsyncIO):
         self,
         config: GCacheKeyConfig,
         ids: list[str],
-        keys: list[tuple[str, str]],
+        urns: list[str],
+        entities: list[str] | None,
         local_ttl: float,
         found: dict[str, Any],
     ) -> dict[str, Miss]:
@@ -637,31 +645,31 @@ class AsyncDriver(AsyncIO):
         entries alone), and a miss is made only for an id whose entry needs the full checks or
         was not found, so a page served from REMOTE makes none (they were a third of its
         instructions). Fills ``found``; returns the misses."""
-        remote_ttl = self.remote_layer(config, keys[0][0])
+        remote_ttl = self.remote_layer(config, urns[0])
         if not remote_ttl:
-            entries = [(urn, entity, local_ttl) for urn, entity in keys]
+            entries = list(zip(urns, entities or self.entities(ids), [local_ttl] * len(urns), strict=True))
             return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True))
         made: dict[int, Miss] = {}
 
         def miss_at(i: int) -> Miss:
             m = made.get(i)
             if m is None:
-                urn, entity = keys[i]
-                m = self.miss(urn, entity, config, local_ttl, remote_ttl, shared_read=False)
+                entity = self.entity(ids[i]) if entities is None else entities[i]  # None: LOCAL sat out
+                m = self.miss(urns[i], entity, config, local_ttl, remote_ttl, shared_read=False)
                 m.batch = True
                 made[i] = m
             return m
 
-        n = len(keys)
+        n = len(urns)
         read_at = _monotonic()
-        urns = [urn for urn, _ in keys]
         raws = await self.aremote_batch(urns, None)
         if raws is None:
             values: list[Any] = [MISS] * n
         else:
             fills = None
-            if local_ttl:
-                fills = [entity for _, entity in keys], [local_ttl] * n, [-1] * n
+            if local_ttl:  # then LOCAL was looked up: the entities are known
+                assert entities is not None
+                fills = entities, [local_ttl] * n, [-1] * n
             values = self.accept_many(urns, raws, None, miss_at, fills)
         misses: dict[str, Miss] = {}
         for i, value in enumerate(values):
