@@ -1,10 +1,12 @@
-"""The read protocol's deadline (``gcache.remote.protocol.Deadline``): it forgives a busy event
-loop once, still tells a silent Redis, and leaves an outer cancellation to the caller."""
+"""The read protocol (``gcache.remote.protocol``): its deadline forgives a busy event loop once,
+still tells a silent Redis and leaves an outer cancellation to the caller; batch replies are taken
+from the hiredis reader; async reads are written to the transport without redis-py's sender."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +149,51 @@ async def test_batch_replies_taken_from_the_hiredis_reader_match_and_an_error_co
     finally:
         pool.disconnect()
         await apool.disconnect()
+
+
+async def test_async_reads_write_to_the_transport_and_leave_redis_py_a_closed_connection_or_due_health_check(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open asyncio connection's reads are written to its transport by ``exchange`` itself:
+    redis-py's ``send_packed_command`` bounds its write with ``asyncio.wait_for`` (on 3.11 a task
+    of its own), counted here. A connection that is closed, or whose health check is due, is left
+    to redis-py: it reconnects, and Redis sees the check's PING before the read."""
+    from gcache.remote.protocol import GET, abatch_pipelined, apipelined
+
+    bounded: list[object] = []
+    wait_for = asyncio.wait_for
+
+    async def counted(awaitable: Any, timeout: float | None) -> Any:
+        bounded.append(awaitable)
+        return await wait_for(awaitable, timeout)
+
+    keys = [f"proto:direct:{i}" for i in range(3)]
+    for i, k in enumerate(keys):
+        redis_client.set(k, bytes([i]) * 10)
+    values = [redis_client.get(k) for k in keys]
+    pool = redis.asyncio.ConnectionPool.from_url(redis_url, socket_timeout=5.0, health_check_interval=60)
+    try:
+        assert await abatch_pipelined(pool, GET, keys, None) == values  # connects: redis-py's path
+        monkeypatch.setattr(asyncio, "wait_for", counted)
+        assert await abatch_pipelined(pool, GET, keys, None) == values
+        assert await apipelined(pool, GET, keys[0], None, False) == [values[0]]
+        assert bounded == []  # written straight to the transport
+
+        (connection,) = pool._available_connections
+        pings = _calls(redis_client, "ping")
+        connection.next_health_check = -1.0  # due
+        assert await abatch_pipelined(pool, GET, keys, None) == values
+        assert _calls(redis_client, "ping") == pings + 1
+        assert len(bounded) == 2  # the PING's write and the read's, by redis-py
+
+        await connection.disconnect()
+        assert await abatch_pipelined(pool, GET, keys, None) == values  # reconnected by redis-py
+        assert len(bounded) > 2  # the handshake's writes and the read's, by redis-py
+        assert pool._available_connections == [connection]  # the same connection, open again
+    finally:
+        await pool.disconnect()
+
+
+def _calls(client: redis.Redis, command: str) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
