@@ -6,6 +6,8 @@
   hundred reads, reported against the same MGET without a target). Beside it, the same MGET with
   each value unpickled (what a hand-written batch cache must do at least), and 50 single calls of
   the same entries. Timed in alternating batches of 20 pages (``time_interleaved``).
+- **Reads unbounded** (``max_value_bytes=None``, as the MGET: nothing bounds what it reads), the
+  same pages: gcache then sends one MGET for a batch instead of a bounded GETRANGE a key.
 - **10 of the 50 missing** (deleted before each call): one batch, whose function runs once with the
   10 ids, against 50 single calls, whose function runs 10 times (counted, a condition).
 
@@ -88,10 +90,15 @@ def _functions(cache: GCache, tracked: bool, counts: dict[str, int]) -> dict[str
 
 
 def run(redis_url: str, admin_url: str) -> list[Result]:
-    """``admin_url`` for the bare MGET, a command gcache never sends (not in its login's rights)."""
+    """``admin_url`` for the bare MGET (the admin login's: gcache's own may be denied it)."""
     cache = make_gcache(redis_url, PREFIX)
+    unbounded = make_gcache(redis_url, f"{PREFIX}-unbounded", max_value_bytes=None)
     counts = {"batch": 0, "single": 0}
-    functions = {tracked: _functions(cache, tracked, counts) for tracked in (False, True)}
+    variants = [  # (what the scenario adds, its functions, tracked)
+        ("", _functions(cache, False, counts), False),
+        (" tracked", _functions(cache, True, counts), True),
+        (", reads unbounded", _functions(unbounded, False, counts), False),
+    ]
     client = bare_sync_client(admin_url)
     aclient = bare_async_client(admin_url)
     payload = pickle.dumps(user(IDS[0]), protocol=pickle.HIGHEST_PROTOCOL) + b"\0" * HEADER_SIZE
@@ -100,9 +107,8 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
         client.set(key, payload)
     results: list[Result] = []
     try:
-        with cache.enable():
-            for tracked, fns in functions.items():
-                suffix = " tracked" if tracked else ""
+        with cache.enable(), unbounded.enable():
+            for suffix, fns, tracked in variants:
                 fns["sync many"](IDS)  # warm REMOTE
                 asyncio.run(fns["async many"](IDS))
                 one = fns["sync one"]
@@ -119,11 +125,13 @@ def run(redis_url: str, admin_url: str) -> list[Result]:
                 results += _rows(f"sync page of 50{suffix}, cold LOCAL", times)
                 times = asyncio.run(_async_times(fns, aclient, bare_keys))
                 results += _rows(f"async page of 50{suffix}, cold LOCAL", times)
-                results.append(_missing(cache, fns, tracked, counts))
+                if not suffix.endswith("unbounded"):
+                    results.append(_missing(cache, fns, tracked, counts))
     finally:
-        cache.flushall()
+        for each in (cache, unbounded):
+            each.flushall()
+            each.close()
         client.delete(*bare_keys)
-        cache.close()
     return results
 
 

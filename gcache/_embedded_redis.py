@@ -73,8 +73,9 @@ APP_COMMANDS = (
     # connecting (AUTH is always allowed): HELLO for RESP3, SELECT for a database other than 0,
     # CLIENT SETNAME for a client_name in redis_py_options, the rest sent by redis-py itself
     "hello", "select", "client|setname", "client|setinfo", "client|maint_notifications",
-    # reads and writes; GETRANGE for the bounded read of oversized values (issue 14)
-    "get", "getrange", "set", "hmget", "hset", "pttl", "pexpire", "del", "unlink", "scan", "time",
+    # reads and writes; GETRANGE for the bounded read of oversized values (issue 14), MGET for an
+    # unbounded batch's
+    "get", "getrange", "mget", "set", "hmget", "hset", "pttl", "pexpire", "del", "unlink", "scan", "time",
     # scripts: EVALSHA, and on NOSCRIPT a SCRIPT LOAD (redis-py's Script)
     "evalsha", "script|load",
     # a tracked read's replication id, in the scripts too (INFO replication only: the rest of

@@ -249,6 +249,7 @@ class GCache(Management):
                 invalidate_wait_ms=config.invalidate_wait_ms,
                 failover_fencing=config.failover_fencing,
                 on_info_refused=self._on_info_refused,
+                on_mget_refused=self._on_mget_refused,
                 on_pool_wait=tuple(
                     FastHistogram(self._metrics.pool_wait.labels(pool)).observe
                     for pool in ("read", "write", "admin")
@@ -729,6 +730,14 @@ class GCache(Management):
             "failover fencing is off and a promoted replica's or restarted primary's rolled-back "
             "fences would be trusted. Allow it (+info|replication in the user's ACL), or say it is "
             "intended with GCacheConfig(failover_fencing=False) (README: Guarantees through failover)",
+        )
+
+    def _on_mget_refused(self) -> None:
+        self._errors.once(
+            ("mget_refused",),
+            f"Redis refuses MGET to the batches of {self._prefix!r} (an ACL user without +mget): "
+            "cached_many reads with max_value_bytes=None send a GET an id instead, one round trip "
+            "still, at more cost to Redis. Allow it (+mget in the user's ACL)",
         )
 
     def _use_case(

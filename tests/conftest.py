@@ -14,10 +14,13 @@ any is an error, which names them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -156,6 +159,25 @@ async def make_cache(
     yield make
     for cache in caches:
         await cache.aclose()
+
+
+@contextlib.contextmanager
+def app_user_without(redis_url: str, redis_client: redis.Redis, rule: str, name: str) -> Iterator[str]:
+    """The URL of the ACL user ``name``, with the application user's commands but ``rule``."""
+    password = secrets.token_urlsafe(16)
+    user = redis_client.acl_getuser("gcache")
+    assert user is not None
+    rules = [str(each) for each in cast(list[str], user["commands"])]
+    assert rule in rules
+    rules.remove(rule)
+    setuser = ("ACL", "SETUSER", name, "reset", "on", f">{password}", "~*", "&*", *rules)
+    redis_client.execute_command(*setuser)  # type: ignore[no-untyped-call]
+    parts = urlsplit(redis_url)
+    netloc = f"{quote(name)}:{quote(password)}@{parts.hostname}:{parts.port}"
+    try:
+        yield urlunsplit(parts._replace(netloc=netloc))
+    finally:
+        redis_client.acl_deluser(name)
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -140,6 +140,8 @@ class RemoteCache(Connections):
         on_info_refused: told True when a tracked read finds ``INFO`` refused (an ACL without
             ``+info``, a server without it: failover fencing is then off), False when it is
             answered again; only on a change, only with ``failover_fencing``.
+        on_mget_refused: told once when Redis refuses MGET, which an unbounded untracked batch
+            sends (``max_value_bytes`` None, one server); its batches then send a GET a key.
         invalidate_replicas, invalidate_wait_ms: an invalidation returns once ``WAIT`` confirms
             this many replicas have it, or raises ``RemoteError`` (cause
             :class:`~gcache.errors.ReplicasNotConfirmed`) after this long; 0: no WAIT.
@@ -172,6 +174,7 @@ class RemoteCache(Connections):
         on_node_breaker: Callable[[str, bool], None] = lambda node, is_open: None,
         failover_fencing: bool = True,
         on_info_refused: Callable[[bool], None] = lambda refused: None,
+        on_mget_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.failover_fencing = failover_fencing
         self._trust_any = "" if failover_fencing else "1"  # READ_TRACKED's ARGV[5]
@@ -179,6 +182,10 @@ class RemoteCache(Connections):
         self.info_refused = False  # whether the last tracked read that asked found INFO refused
         self._info_lock = threading.Lock()  # a change told once, however many threads see it
         limit = self.read_limit = read_limit(max_value_bytes)
+        # An untracked batch on one server: one MGET when reads are unbounded, until Redis refuses
+        # it (an ACL user without +mget), then a GET a key (told once: on_mget_refused)
+        self.mget = limit is None
+        self._on_mget_refused = on_mget_refused
         super().__init__(
             redis_config,
             client_factory,
@@ -594,6 +601,16 @@ class RemoteCache(Connections):
             self._info(not replies[1])
         return parse_batch(replies, tracked, fencing)
 
+    def _mget_refused(self, exc: redis.ResponseError) -> bool:
+        """Whether ``exc`` is Redis refusing MGET to this user (NOPERM); batches then send a GET a
+        key, and this is told once."""
+        if not isinstance(exc, redis.exceptions.NoPermissionError):
+            return False
+        if self.mget:
+            self.mget = False
+            self._on_mget_refused()
+        return True
+
     def _foreign(self, exc: redis.ResponseError, fence: str) -> None:
         """A pipelined read whose fence key holds another type: the original gcache's watermark
         (a string), which the read script turns into a fence. Any other error is raised."""
@@ -615,12 +632,14 @@ class RemoteCache(Connections):
         if connection.pool is None:  # a cluster: one pipeline, a write per node
             return await self._aread_pipelined(keys, fences)
 
-        fencing = self.failover_fencing
+        fencing, mget = self.failover_fencing, self.mget and fences is None
 
         async def batch_read(c: Connection) -> list[Any] | None:
             try:
-                return await abatch_pipelined(c.pool, c.value_read, keys, fences, fencing)
+                return await abatch_pipelined(c.pool, c.value_read, keys, fences, fencing, mget)
             except redis.ResponseError as exc:
+                if mget and self._mget_refused(exc):
+                    return await abatch_pipelined(c.pool, c.value_read, keys, None, fencing)
                 if fences is None:
                     raise
                 self._foreign(exc, "a batch's fences")  # one of them the original's: key by key
@@ -660,12 +679,14 @@ class RemoteCache(Connections):
         if connection.pool is None:
             return self._read_pipelined(keys, fences)
 
-        fencing = self.failover_fencing
+        fencing, mget = self.failover_fencing, self.mget and fences is None
 
         def batch_read(c: Connection) -> list[Any] | None:
             try:
-                return batch_pipelined(c.pool, c.value_read, keys, fences, fencing)
+                return batch_pipelined(c.pool, c.value_read, keys, fences, fencing, mget)
             except redis.ResponseError as exc:
+                if mget and self._mget_refused(exc):
+                    return batch_pipelined(c.pool, c.value_read, keys, None, fencing)
                 if fences is None:
                     raise
                 self._foreign(exc, "a batch's fences")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from gcache import CacheLayer, ConfigError, GCache, GCacheKey, GCacheKeyConfig, RedisConfig
 from gcache.errors import UseCaseIsAlreadyRegisteredError
 from gcache.remote import scripts
-from tests.conftest import sample, wait_until
+from tests.conftest import app_user_without, sample, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -683,3 +684,104 @@ async def test_a_batch_written_to_a_server_without_the_write_script_writes_throu
     assert source.asked == [[0], [1, 2, 3]]  # stored the second time
     assert sample(registry, "gcache_write_counter_total", use_case="Users",
                   layer="REMOTE", result="stored") == 4  # fmt: skip
+
+
+# -- unbounded reads: one MGET a page ----------------------------------------------------------------
+
+MGET = b"$4\r\nMGET\r\n"  # the command, not HMGET
+
+
+async def test_an_unbounded_untracked_page_is_one_mget_and_a_tracked_one_a_get_and_fence_an_id(
+    make_cache: Callable[..., GCache],
+    redis_client: redis.Redis,
+    redis_writes: list[bytes],
+    is_async: bool,
+    tracked: bool,
+) -> None:
+    """``max_value_bytes=None`` reads values whole: an untracked page on one server is then one
+    MGET (its misses, foreign entries and absent ids judged as the GETs' would be); a tracked page
+    still reads each entry with its fence."""
+    writer, reader = make_cache(max_value_bytes=None), make_cache(max_value_bytes=None)
+    source = Source(absent={4})
+    options: dict[str, Any] = {
+        "track_for_invalidation": tracked,
+        "default_config": REMOTE_ONLY,
+        "cache_missing": True,
+        "missing_ttl_sec": 30,
+    }
+    ids = list(range(1, 11))
+    with writer.enable():
+        await call(batch_function(writer, source, is_async, **options), is_async, ids[:8])
+    ((foreign,),) = [redis_client.keys("*:user:3}#Users")]
+    redis_client.set(foreign, b"not gcache's", keepttl=True)
+    users = batch_function(reader, source, is_async, **options)
+    with reader.enable():
+        redis_writes.clear()
+        found = await call(users, is_async, ids)
+
+    assert found == {i: f"v1:{i}" for i in ids if i != 4}
+    assert source.asked == [ids[:8], [3, 9, 10]]  # the foreign entry and the two never written
+    read = next(write for write in redis_writes if b"#Users" in write)  # after the connection's HELLO
+    if tracked:
+        assert (read.count(MGET), read.count(b"$3\r\nGET\r\n"), read.count(b"HMGET")) == (0, 10, 10)
+    else:
+        assert read.count(MGET) == 1
+        assert read.count(b"$3\r\nGET\r\n") == 0
+        assert read.count(b"#Users") == 10  # every key in the one command
+    registry = cache_registry(reader)
+    assert sample(registry, "gcache_miss_reason_counter_total", layer="REMOTE", reason="foreign") == 1
+    assert sample(registry, "gcache_error_counter_total") == 0
+
+
+async def test_bounded_reads_never_send_mget(
+    make_cache: Callable[..., GCache], redis_writes: list[bytes], is_async: bool
+) -> None:
+    cache = make_cache()  # max_value_bytes: 4 MiB, every value read bounded
+    users = batch_function(cache, Source(), is_async, default_config=REMOTE_ONLY)
+    with cache.enable():
+        await call(users, is_async, [1, 2, 3])
+        redis_writes.clear()
+        assert await call(users, is_async, [1, 2, 3]) == {i: f"v1:{i}" for i in (1, 2, 3)}
+
+    (read,) = redis_writes
+    assert MGET not in read
+    assert read.count(b"GETRANGE") == 3
+
+
+@pytest.fixture
+def no_mget_url(redis_url: str, redis_client: redis.Redis) -> Iterator[str]:
+    with app_user_without(redis_url, redis_client, "+mget", "gcache-no-mget") as url:
+        yield url
+
+
+async def test_a_user_refused_mget_reads_a_get_an_id_told_once_and_never_fails_a_call(
+    make_cache: Callable[..., GCache],
+    redis_client: redis.Redis,
+    no_mget_url: str,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = make_cache(max_value_bytes=None)
+    source = Source()
+    with writer.enable():
+        await call(batch_function(writer, source, is_async, default_config=REMOTE_ONLY), is_async, [1, 2, 3])
+    reader = make_cache(
+        max_value_bytes=None, redis_config=RedisConfig(url=no_mget_url), metrics_registry=CollectorRegistry()
+    )
+    users = batch_function(reader, source, is_async, default_config=REMOTE_ONLY)
+    refused_before = _rejected(redis_client, "mget")
+    with caplog.at_level(logging.WARNING, logger="gcache"), reader.enable():
+        for _ in range(3):
+            assert await call(users, is_async, [1, 2, 3]) == {i: f"v1:{i}" for i in (1, 2, 3)}
+
+    assert source.asked == [[1, 2, 3]]  # every page read from Redis, through GETs after the first MGET
+    assert _rejected(redis_client, "mget") == refused_before + 1  # asked once, never again
+    told = [r.getMessage() for r in caplog.records if "refuses MGET" in r.getMessage()]
+    assert len(told) == 1
+    assert "+mget" in told[0]
+    assert sample(cache_registry(reader), "gcache_error_counter_total") == 0
+
+
+def _rejected(client: redis.Redis, command: str) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("rejected_calls", 0))

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable, Iterator
-from typing import Any, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
 from gcache import CacheLayer, GCache, GCacheKeyConfig, RedisConfig
-from tests.conftest import commands_run, node_replid, sample
+from tests.conftest import app_user_without, commands_run, node_replid, sample
 
 pytestmark = pytest.mark.redis
 
@@ -214,20 +212,8 @@ async def test_without_failover_fencing_a_fence_of_another_history_is_trusted_un
 @pytest.fixture
 def no_info_url(redis_url: str, redis_client: redis.Redis) -> Iterator[str]:
     """The URL of an ACL user with the application user's commands but INFO."""
-    name, password = "gcache-no-info", secrets.token_urlsafe(16)
-    user = redis_client.acl_getuser("gcache")
-    assert user is not None
-    rules = [str(rule) for rule in cast(list[str], user["commands"])]
-    assert "+info|replication" in rules
-    rules.remove("+info|replication")
-    setuser = ("ACL", "SETUSER", name, "reset", "on", f">{password}", "~*", "&*", *rules)
-    redis_client.execute_command(*setuser)  # type: ignore[no-untyped-call]
-    parts = urlsplit(redis_url)
-    netloc = f"{quote(name)}:{quote(password)}@{parts.hostname}:{parts.port}"
-    try:
-        yield urlunsplit(parts._replace(netloc=netloc))
-    finally:
-        redis_client.acl_deluser(name)
+    with app_user_without(redis_url, redis_client, "+info|replication", "gcache-no-info") as url:
+        yield url
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
