@@ -468,9 +468,11 @@ class AsyncDriver(AsyncIO):
             else:
                 lacking_ids, lacking_urns, lacking_entities, lacking_ttls = ids, urns, entities, local_ttls
             if whole:  # one LOCAL decision for the batch: ramp_by="call"
-                misses = await self.aremote_read_untracked(
+                misses, read = await self.aremote_read_untracked(
                     config, lacking_ids, lacking_urns, lacking_entities, local_ttls[0], found
                 )
+                if read is not None:  # every id, from REMOTE: none from LOCAL, none due
+                    return dict(zip(originals.values(), read, strict=True))
             else:
                 assert lacking_entities is not None
                 entries = list(zip(lacking_urns, lacking_entities, lacking_ttls, strict=True))
@@ -628,7 +630,7 @@ class AsyncDriver(AsyncIO):
             fills = None
             if any(m.local_ttl for m in ms):
                 fills = [m.entity for m in ms], [m.local_ttl for m in ms], [m.epoch for m in ms]
-            return self.accept_many(urns, raws, tracked, ms.__getitem__, fills)
+            return self.accept_many(urns, raws, tracked, ms.__getitem__, fills)[0]
         return [await self.aaccept(m, raw, m.read, -1, True) for m, raw in zip(ms, raws, strict=True)]
 
     async def aremote_read_untracked(
@@ -639,16 +641,19 @@ class AsyncDriver(AsyncIO):
         entities: list[str] | None,
         local_ttl: float,
         found: dict[str, Any],
-    ) -> dict[str, Miss]:
+    ) -> tuple[dict[str, Miss], list[Any] | None]:
         """:meth:`aremote_read_many` of an untracked batch judged as a whole (:meth:`judged_whole`):
         nothing is kept per id before the read (not even a LOCAL epoch: epochs fence tracked
         entries alone), and a miss is made only for an id whose entry needs the full checks or
         was not found, so a page served from REMOTE makes none (they were a third of its
-        instructions). Fills ``found``; returns the misses."""
+        instructions). Returns the misses and fills ``found``; or, when ``found`` is empty and
+        every id was read whole, no misses and the values in ``ids``' order, ``found`` left
+        unfilled (the caller maps them at once: filling it and mapping from it cost a 50-id
+        page a tenth of its own work)."""
         remote_ttl = self.remote_layer(config, urns[0])
         if not remote_ttl:
             entries = list(zip(urns, entities or self.entities(ids), [local_ttl] * len(urns), strict=True))
-            return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True))
+            return dict(zip(ids, self.batch_misses(config, entries, remote_ttl=0.0), strict=True)), None
         made: dict[int, Miss] = {}
 
         def miss_at(i: int) -> Miss:
@@ -670,7 +675,9 @@ class AsyncDriver(AsyncIO):
             if local_ttl:  # then LOCAL was looked up: the entities are known
                 assert entities is not None
                 fills = entities, [local_ttl] * n, [-1] * n
-            values = self.accept_many(urns, raws, None, miss_at, fills)
+            values, whole = self.accept_many(urns, raws, None, miss_at, fills)
+            if whole and not found:
+                return {}, values
         misses: dict[str, Miss] = {}
         for i, value in enumerate(values):
             if value is MISS:
@@ -681,7 +688,7 @@ class AsyncDriver(AsyncIO):
                 misses[ids[i]] = m
             else:
                 found[ids[i]] = value
-        return misses
+        return misses, None
 
     async def acompute_many(
         self,

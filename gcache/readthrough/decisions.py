@@ -646,10 +646,11 @@ class Decisions(OriginalEntries):
         reads: list[TrackedRead] | None,
         miss_at: Callable[[int], Miss],
         fills: LocalFills | None,
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """What a batch's REMOTE reads found, as ``aaccept`` takes one (a batch of a use case
         without fail-safe or refresh_ahead, whose codec is not async): each value (LOCAL filled)
-        or MISS, the loads timed together, as many observations of their mean.
+        or MISS, the loads timed together, as many observations of their mean; and whether every
+        entry was a value (no MISS, no ABSENT among them).
 
         ``miss_at(i)`` is the i-th key's miss, asked only for an entry that needs the full checks
         (none, or not a plain pickle), so an untracked batch served from REMOTE makes none;
@@ -686,8 +687,9 @@ class Decisions(OriginalEntries):
                 payloads.append(payload)
                 flags.append(flag)
             if not at:
-                return values
+                return values, False
         start = _perf()
+        whole = len(payloads) == n
         try:
             if codec.loads is not None:  # pickle: straight to C
                 loads = codec.loads
@@ -697,13 +699,14 @@ class Decisions(OriginalEntries):
                 loaded = [load(payload, flag) for payload, flag in zip(payloads, flags, strict=True)]
         except Exception:  # one of them: each on its own, the undecodable ones missed
             loaded = [self._load_one(payload, flag) for payload, flag in zip(payloads, flags, strict=True)]
+            whole = False
         self.m.load.observe_many((_perf() - start) / len(loaded), len(loaded))
         if fills is None:
-            if len(loaded) == n:
-                return loaded
+            if whole:
+                return loaded, True
             for i, value in zip(at, loaded, strict=True):
                 values[i] = value
-            return values
+            return values, False
         entities, local_ttls, epochs = fills
         for i, value in zip(at, loaded, strict=True):
             if value is not MISS:
@@ -711,7 +714,7 @@ class Decisions(OriginalEntries):
                 if ttl:  # no fail-safe grace: a fail-safe batch reads one by one
                     self.local_put(urns[i], entities[i], value, ttl, epochs[i])
                 values[i] = value
-        return values
+        return values, whole
 
     def _load_one(self, payload: bytes, flags: int) -> Any:
         try:

@@ -785,3 +785,25 @@ async def test_a_user_refused_mget_reads_a_get_an_id_told_once_and_never_fails_a
 def _rejected(client: redis.Redis, command: str) -> int:
     stats: dict[str, Any] = client.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("rejected_calls", 0))
+
+
+async def test_a_page_read_whole_from_redis_keeps_the_caller_s_order_and_its_ids(
+    make_cache: Callable[..., GCache], is_async: bool
+) -> None:
+    """Every id found in REMOTE, none in LOCAL: the mapping is built from the read at once, in the
+    caller's order, each id once and as the caller's object; an absent id kept by
+    ``cache_missing`` leaves the page to the per-id path, and stays out of the mapping."""
+    writer, reader = make_cache(), make_cache()
+    source = Source(absent={4})
+    options: dict[str, Any] = {"default_config": REMOTE_ONLY, "cache_missing": True, "missing_ttl_sec": 30}
+    with writer.enable():
+        await call(batch_function(writer, source, is_async, **options), is_async, [1, 2, 3, 4, 5])
+    users = batch_function(reader, source, is_async, **options)
+    with reader.enable():
+        whole = await call(users, is_async, [5, 3, 1, 3, 2])
+        with_absent = await call(users, is_async, (i for i in [4, 2, 5]))
+
+    assert list(whole.items()) == [(5, "v1:5"), (3, "v1:3"), (1, "v1:1"), (2, "v1:2")]
+    assert all(type(key) is int for key in whole)  # the caller's ids, not their rendered keys
+    assert list(with_absent.items()) == [(2, "v1:2"), (5, "v1:5")]
+    assert source.asked == [[1, 2, 3, 4, 5]]  # both pages from Redis
