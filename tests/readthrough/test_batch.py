@@ -28,6 +28,7 @@ BOTH = GCacheKeyConfig(
     ramp={CacheLayer.LOCAL: 100, CacheLayer.REMOTE: 100},
 )
 REMOTE_ONLY = GCacheKeyConfig(ttl_sec={CacheLayer.REMOTE: 60}, ramp={CacheLayer.REMOTE: 100})
+KEEPING_ABSENT: dict[str, Any] = {"default_config": REMOTE_ONLY, "cache_missing": True, "missing_ttl_sec": 30}
 
 
 class Source:
@@ -412,12 +413,7 @@ async def test_a_page_of_plain_entries_with_a_giant_a_foreign_and_an_absent_one_
         make_cache(max_value_bytes=1_000, metrics_registry=CollectorRegistry()),
     )
     source = Source(absent={4})
-    options: dict[str, Any] = {
-        "track_for_invalidation": tracked,
-        "default_config": REMOTE_ONLY,
-        "cache_missing": True,
-        "missing_ttl_sec": 30,
-    }
+    options: dict[str, Any] = {**KEEPING_ABSENT, "track_for_invalidation": tracked}
     ids = [1, 2, 3, 4, 5, 6]
     with writer.enable():
         await call(batch_function(writer, source, is_async, **options), is_async, ids)
@@ -703,12 +699,7 @@ async def test_an_unbounded_untracked_page_is_one_mget_and_a_tracked_one_a_get_a
     still reads each entry with its fence."""
     writer, reader = make_cache(max_value_bytes=None), make_cache(max_value_bytes=None)
     source = Source(absent={4})
-    options: dict[str, Any] = {
-        "track_for_invalidation": tracked,
-        "default_config": REMOTE_ONLY,
-        "cache_missing": True,
-        "missing_ttl_sec": 30,
-    }
+    options: dict[str, Any] = {**KEEPING_ABSENT, "track_for_invalidation": tracked}
     ids = list(range(1, 11))
     with writer.enable():
         await call(batch_function(writer, source, is_async, **options), is_async, ids[:8])
@@ -795,7 +786,7 @@ async def test_a_page_read_whole_from_redis_keeps_the_caller_s_order_and_its_ids
     ``cache_missing`` leaves the page to the per-id path, and stays out of the mapping."""
     writer, reader = make_cache(), make_cache()
     source = Source(absent={4})
-    options: dict[str, Any] = {"default_config": REMOTE_ONLY, "cache_missing": True, "missing_ttl_sec": 30}
+    options: dict[str, Any] = dict(KEEPING_ABSENT)
     with writer.enable():
         await call(batch_function(writer, source, is_async, **options), is_async, [1, 2, 3, 4, 5])
     users = batch_function(reader, source, is_async, **options)

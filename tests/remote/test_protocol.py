@@ -15,7 +15,7 @@ import redis.asyncio
 from gcache import RemoteError
 from gcache._embedded_redis import EmbeddedRedis
 from gcache._loop_thread import LoopThread
-from tests.conftest import fence_fields
+from tests.conftest import commands_run, fence_fields
 from tests.remote.conftest import (
     fence,
     keep_the_loop_busy,
@@ -180,10 +180,10 @@ async def test_async_reads_write_to_the_transport_and_leave_redis_py_a_closed_co
         assert bounded == []  # written straight to the transport
 
         (connection,) = pool._available_connections
-        pings = _calls(redis_client, "ping")
+        pings = commands_run(redis_client).get("cmdstat_ping", 0)
         connection.next_health_check = -1.0  # due
         assert await abatch_pipelined(pool, GET, keys, None) == values
-        assert _calls(redis_client, "ping") == pings + 1
+        assert commands_run(redis_client).get("cmdstat_ping", 0) == pings + 1
         assert len(bounded) == 2  # the PING's write and the read's, by redis-py
 
         await connection.disconnect()
@@ -192,8 +192,3 @@ async def test_async_reads_write_to_the_transport_and_leave_redis_py_a_closed_co
         assert pool._available_connections == [connection]  # the same connection, open again
     finally:
         await pool.disconnect()
-
-
-def _calls(client: redis.Redis, command: str) -> int:
-    stats: dict[str, Any] = client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
